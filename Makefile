@@ -1,0 +1,58 @@
+# codex-hub: `make run` starts the product, `make test` runs the whole suite.
+# Both install what they need on first use (virtualenv, package, pinned codex CLI).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := .tools
+CODEX_VERSION := 0.169.0
+CODEX_STAMP := $(TOOLS)/.codex-$(CODEX_VERSION)
+VENV_STAMP := $(VENV)/.installed
+# The native codex binary (the npm wrapper spawns it as a child that survives a kill).
+CODEX_NATIVE = $(firstword $(wildcard $(TOOLS)/node_modules/@openai/codex-linux-*/vendor/*/bin/codex))
+PYTEST_ARGS ?=
+
+.PHONY: run install test lint fmt bench faults clean browser
+
+run: install
+	CODEX_BIN=$${CODEX_BIN:-$(abspath $(CODEX_NATIVE))} $(VENV)/bin/codex-hub up
+
+install: $(VENV_STAMP) $(CODEX_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(CODEX_STAMP):
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error @openai/codex@$(CODEX_VERSION)
+	touch $@
+
+# Headless Chromium for the monitor's browser tests, from Debian (never a download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium unavailable: browser tests will be skipped"; }
+
+test: install browser
+	CODEX_BIN=$(abspath $(CODEX_NATIVE)) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+faults: install browser
+	CODEX_BIN=$(abspath $(CODEX_NATIVE)) $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy hub executor bridges codex_hub
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

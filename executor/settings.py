@@ -1,0 +1,78 @@
+"""Settings of an executor node: codex, the transport, prompt optimization.
+
+Read once with pydantic-settings and passed down; the fallbacks for the optimizer's key
+and model are resolved here, in one place, exactly as docs/settings say.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from hub.settings import BASE_CONFIG, NodeSettings
+
+
+class ExecutorSettings(NodeSettings):
+    """Everything an executor (or `codex-hub exec`) needs to run codex."""
+
+    model_config = BASE_CONFIG
+
+    # codex itself
+    codex_bin: str = Field("", alias="CODEX_BIN")
+    codex_home: Path | None = Field(None, alias="CODEX_HOME")
+    codex_model: str = Field("", alias="CODEX_MODEL")
+    codex_sandbox: Literal["read-only", "workspace-write", "danger-full-access"] = Field(
+        "workspace-write", alias="CODEX_SANDBOX"
+    )
+    codex_network_access: bool = Field(True, alias="CODEX_NETWORK_ACCESS")
+    codex_extra_args: str = Field("", alias="CODEX_EXTRA_ARGS")
+
+    # how runs execute
+    exec_workdir: Path = Field(Path("."), alias="EXEC_WORKDIR")
+    exec_timeout_s: float = Field(1800.0, alias="EXEC_TIMEOUT_S", gt=0)
+    exec_concurrency: int = Field(4, alias="EXEC_CONCURRENCY", ge=1, le=256)
+    exec_transport: Literal["local", "ssh"] = Field("local", alias="EXEC_TRANSPORT")
+    exec_dry_run: bool = Field(False, alias="EXEC_DRY_RUN")
+
+    # SSH transport
+    ssh_host: str = Field("", alias="SSH_HOST")
+    ssh_port: int = Field(22, alias="SSH_PORT", ge=1, le=65535)
+    ssh_user: str = Field("", alias="SSH_USER")
+    ssh_key_path: Path | None = Field(None, alias="SSH_KEY_PATH")
+    ssh_known_hosts: Path | None = Field(None, alias="SSH_KNOWN_HOSTS")
+    ssh_insecure_no_host_key_check: bool = Field(
+        False, alias="SSH_INSECURE_NO_HOST_KEY_CHECK"
+    )
+
+    # prompt optimization (an upstream OpenAI-compatible chat model)
+    optimize_prompt: bool = Field(False, alias="OPTIMIZE_PROMPT")
+    openai_base_url: str = Field("https://api.openai.com/v1", alias="OPENAI_BASE_URL")
+    openai_api_key: SecretStr = Field(SecretStr(""), alias="OPENAI_API_KEY")
+    openwebui_api_key: SecretStr = Field(SecretStr(""), alias="OPENWEBUI_API_KEY")
+    litellm_api_key: SecretStr = Field(SecretStr(""), alias="LITELLM_API_KEY")
+    model: str = Field("", alias="MODEL")
+    openwebui_model: str = Field("", alias="OPENWEBUI_MODEL")
+    litellm_model: str = Field("", alias="LITELLM_MODEL")
+    optimizer_timeout_s: float = Field(30.0, alias="OPTIMIZER_TIMEOUT_S", gt=0)
+    available_clis: str = Field("", alias="AVAILABLE_CLIS")
+
+    @model_validator(mode="after")
+    def _resolve_fallbacks(self) -> ExecutorSettings:
+        # An empty key or model takes OpenWebUI's, then LiteLLM's; the base URL never does.
+        if not self.openai_api_key.get_secret_value():
+            self.openai_api_key = (
+                self.openwebui_api_key
+                if self.openwebui_api_key.get_secret_value()
+                else self.litellm_api_key
+            )
+        if not self.model:
+            self.model = self.openwebui_model or self.litellm_model
+        return self
+
+    @property
+    def extra_args(self) -> list[str]:
+        """`CODEX_EXTRA_ARGS` split like a shell would, never run through one."""
+        return shlex.split(self.codex_extra_args)
