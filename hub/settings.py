@@ -76,9 +76,7 @@ class HubSettings(LogSettings):
 
     @model_validator(mode="after")
     def _fail_closed(self) -> HubSettings:
-        if not is_loopback(self.host) and (
-            not self.token.get_secret_value() or not self.api_keys
-        ):
+        if not is_loopback(self.host) and (not self.token.get_secret_value() or not self.api_keys):
             raise ValueError(
                 f"HUB_HOST={self.host} is reachable from other machines: set both HUB_TOKEN "
                 "and HUB_API_KEYS before binding anywhere but 127.0.0.1"

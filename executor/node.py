@@ -1,0 +1,190 @@
+"""The executor node: takes runs from the hub, runs the pipeline, reports back.
+
+Every frame of a run (states, events, the result) is kept until the hub acknowledges
+the result, and re-sent after each reconnect: a run that outlives a hub restart still
+reports everything once the hub is back (the hub ignores what it already stored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from executor.pipeline import Job, Pipeline, Result
+from executor.settings import ExecutorSettings
+from hub.node_client import NodeClient
+
+log = logging.getLogger(__name__)
+
+LOGIN_RECHECK_S = 60.0
+
+
+@dataclass
+class _RunState:
+    job: Job
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = 0
+    result: dict[str, Any] | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class ExecutorNode:
+    """One executor connected to the hub; an async context manager."""
+
+    def __init__(self, settings: ExecutorSettings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        base = settings.node_name or socket.gethostname()
+        # A new id per process: a restarted executor does not claim a dead one's runs.
+        self.node_id = f"{base}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.runs: dict[str, _RunState] = {}
+        self.login: dict[str, Any] = {"logged_in": None, "detail": "not checked yet"}
+        self.client = NodeClient(
+            settings.hub_url,
+            hello=self._hello,
+            on_frame=self._on_frame,
+            on_connect=self._on_connect,
+            name=f"executor {base}",
+        )
+        self._login_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Check codex's login, then connect to the hub (in the background)."""
+        await self._check_login()
+        await self.client.start()
+        self._login_task = asyncio.create_task(self._login_loop(), name="Executor:login")
+
+    async def close(self) -> None:
+        """Cancel running work, disconnect. Idempotent."""
+        if self._login_task is not None:
+            self._login_task.cancel()
+            await asyncio.gather(self._login_task, return_exceptions=True)
+            self._login_task = None
+        tasks = [s.task for s in self.runs.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.close()
+
+    async def __aenter__(self) -> ExecutorNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # hub side
+
+    def _hello(self) -> dict[str, Any]:
+        return {
+            "type": "hello",
+            "role": "executor",
+            "token": self.settings.hub_token.get_secret_value(),
+            "node_id": self.node_id,
+            "name": self.settings.node_name or socket.gethostname(),
+            "capacity": self.settings.exec_concurrency,
+            "login": self.login,
+            "active_runs": list(self.runs),
+        }
+
+    async def _on_connect(self) -> None:
+        for state in self.runs.values():
+            for frame in state.frames:
+                self.client.send(frame)
+            if state.result is not None:
+                self.client.send(state.result)
+
+    async def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "assign":
+            self._assign(frame)
+        elif kind == "cancel":
+            state = self.runs.get(str(frame.get("run_id")))
+            if state is not None and state.task is not None and state.result is None:
+                state.task.cancel()
+        elif kind == "result_ack":
+            self.runs.pop(str(frame.get("run_id")), None)
+        elif kind == "error":
+            log.warning("hub reported: %s", frame.get("message"))
+
+    def _assign(self, frame: dict[str, Any]) -> None:
+        run_id = str(frame["run_id"])
+        if run_id in self.runs:
+            return
+        job = Job(
+            run_id=run_id,
+            prompt=str(frame["prompt"]),
+            thread_id=frame.get("thread_id"),
+            optimize=frame.get("optimize"),
+            origin=frame.get("origin") or {},
+        )
+        state = _RunState(job)
+        self.runs[run_id] = state
+        state.task = asyncio.create_task(self._execute(state), name=f"Executor:run:{run_id}")
+
+    # running
+
+    def _send(self, state: _RunState, frame: dict[str, Any]) -> None:
+        state.frames.append(frame)
+        self.client.send(frame)
+
+    async def _execute(self, state: _RunState) -> None:
+        run_id = state.job.run_id
+
+        def emit(event: dict[str, Any]) -> None:
+            state.seq += 1
+            self._send(state, {"type": "event", "run_id": run_id, "seq": state.seq, "event": event})
+
+        def set_state(name: str, effective_prompt: str | None) -> None:
+            frame: dict[str, Any] = {"type": "state", "run_id": run_id, "state": name}
+            if effective_prompt is not None:
+                frame["effective_prompt"] = effective_prompt
+            self._send(state, frame)
+
+        try:
+            result = await self.pipeline.run(state.job, emit, set_state)
+        except asyncio.CancelledError:
+            result = Result(
+                status="cancelled",
+                error={"code": "cancelled", "message": "cancelled; codex was stopped"},
+            )
+        except Exception as exc:
+            log.exception("run %s failed inside the executor", run_id)
+            result = Result(
+                status="failed",
+                error={"code": "executor_error", "message": f"executor error: {exc}"},
+            )
+        if result.error and result.error.get("code") == "codex_not_logged_in":
+            self._set_login(False, result.error.get("message", "not logged in"))
+        state.result = result.frame(run_id)
+        self.client.send(state.result)
+
+    # codex login
+
+    async def _check_login(self) -> None:
+        if self.settings.exec_dry_run:
+            self._set_login(True, "dry run: codex is not used")
+            return
+        try:
+            status = await self.pipeline.engine.login_status(force=True)
+        except Exception as exc:
+            log.warning("codex login check failed: %s", exc)
+            self._set_login(False, f"login check failed: {exc}")
+            return
+        self._set_login(status.logged_in, status.detail)
+
+    def _set_login(self, logged_in: bool, detail: str) -> None:
+        login = {"logged_in": logged_in, "detail": detail}
+        if login != self.login:
+            self.login = login
+            self.client.send({"type": "status", "login": login})
+
+    async def _login_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LOGIN_RECHECK_S)
+            await self._check_login()

@@ -1,0 +1,261 @@
+"""The operator's API: runs, nodes, the live feed, health, metrics and the monitor page.
+
+- ``GET /api/runs`` (filters ``state``, ``source``, ``q``, ``session_key``; paging with
+  ``limit`` and ``before``), ``GET /api/runs/{id}`` (with its events, ``after`` a seq),
+  ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
+- ``GET /api/nodes``.
+- ``GET /api/feed``: websocket; the first frame is ``{"type": "auth", "key": ...}``,
+  then every run change, event and node change flows as it happens. A browser that
+  falls behind gets ``{"type": "resync"}`` and the socket closes: reload, reconnect.
+- ``GET /healthz`` (alive), ``GET /readyz`` (an executor is connected and codex is
+  logged in), ``GET /metrics`` (Prometheus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from hub.appkeys import BUS, METRICS, ROUTER, SETTINGS, STORE
+from hub.auth import key_matches
+from hub.bus import Dropped
+from hub.errors import ApiError, BadRequest, NotFound, RateLimited, Unavailable
+from hub.metrics import CONTENT_TYPE
+from hub.router import HubClosing, QueueFull, new_run_id
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+MONITOR_DIR = Path(__file__).resolve().parent.parent / "monitor"
+FEED_QUEUE = 2000
+CLOSE_FEED_UNAUTHORIZED = 4001
+CLOSE_FEED_RESYNC = 4009
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v for v in (value or "").split(",") if v]
+
+
+def _int(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a whole number", param=name) from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"'{name}' must be between {lo} and {hi}", param=name)
+    return value
+
+
+@routes.get("/api/runs")
+async def list_runs(request: web.Request) -> web.Response:
+    """Newest runs first, filtered and paged."""
+    store = request.app[STORE]
+    router = request.app[ROUTER]
+    runs, next_before = await store.list_runs(
+        states=_csv(request.query.get("state")),
+        sources=_csv(request.query.get("source")),
+        query=request.query.get("q", "")[:200],
+        session_key=request.query.get("session_key") or None,
+        before=_int(request, "before", None, 0, 2**62),
+        limit=_int(request, "limit", 50, 1, 500) or 50,
+    )
+    items = []
+    for run in runs:
+        live = router.live.get(run.id)
+        items.append((live.run if live else run).summary())
+    return web.json_response({"runs": items, "next_before": next_before})
+
+
+@routes.get("/api/runs/{run_id}")
+async def get_run(request: web.Request) -> web.Response:
+    """One run with its events (those after ``after``)."""
+    run_id = request.match_info["run_id"]
+    router = request.app[ROUTER]
+    store = request.app[STORE]
+    live = router.live.get(run_id)
+    run = live.run if live else await store.get_run(run_id)
+    if run is None:
+        raise NotFound(f"no run with id {run_id}", param="run_id")
+    events = await store.get_events(run_id, _int(request, "after", 0, 0, 2**62) or 0)
+    return web.json_response({"run": run.to_dict(), "events": events})
+
+
+@routes.post("/api/runs")
+async def create_run(request: web.Request) -> web.Response:
+    """Start a run from the monitor page (optionally in an existing session)."""
+    router = request.app[ROUTER]
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest("'prompt' must be a non-empty string", param="prompt")
+    session_key = body.get("session_key")
+    if session_key is not None and (not isinstance(session_key, str) or len(session_key) > 500):
+        raise BadRequest("'session_key' must be a string", param="session_key")
+    optimize = body.get("optimize")
+    if optimize is not None and not isinstance(optimize, bool):
+        raise BadRequest("'optimize' must be true or false", param="optimize")
+    try:
+        run_id = new_run_id()
+        ticket = await router.submit(
+            prompt,
+            origin={"source": "monitor", "user": "monitor"},
+            session_key=session_key or f"monitor:{run_id}",
+            optimize=optimize,
+            run_id=run_id,
+        )
+    except QueueFull as exc:
+        raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
+    except HubClosing as exc:
+        raise Unavailable(str(exc), code="hub_closing") from None
+    return web.json_response(
+        {"run": ticket.run.summary(), "position": ticket.position},
+        status=202,
+        headers={"X-Run-ID": ticket.run.id},
+    )
+
+
+@routes.post("/api/runs/{run_id}/cancel")
+async def cancel_run(request: web.Request) -> web.Response:
+    """Cancel a queued or running run."""
+    run_id = request.match_info["run_id"]
+    router = request.app[ROUTER]
+    if await router.cancel(run_id, "cancelled from the API"):
+        live = router.live.get(run_id)
+        run = live.run if live else await request.app[STORE].get_run(run_id)
+        assert run is not None
+        return web.json_response(
+            {"run": run.summary(), "cancelled": True}, headers={"X-Run-ID": run_id}
+        )
+    run = await request.app[STORE].get_run(run_id)
+    if run is None:
+        raise NotFound(f"no run with id {run_id}", param="run_id")
+    raise ApiError(
+        f"run {run_id} already ended {run.state}",
+        status=409,
+        type="invalid_request_error",
+        code="run_finished",
+    )
+
+
+@routes.get("/api/nodes")
+async def list_nodes(request: web.Request) -> web.Response:
+    """Connected executors and bridges."""
+    return web.json_response({"nodes": request.app[ROUTER].nodes()})
+
+
+@routes.get("/api/feed")
+async def feed(request: web.Request) -> web.WebSocketResponse:
+    """Live feed for the monitor; see the module docstring."""
+    settings = request.app[SETTINGS]
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    try:
+        first = await ws.receive(timeout=10)
+    except TimeoutError:
+        await ws.close(code=CLOSE_FEED_UNAUTHORIZED, message=b"no auth frame")
+        return ws
+    key = ""
+    if first.type == WSMsgType.TEXT:
+        try:
+            frame = json.loads(first.data)
+            key = str(frame.get("key") or "") if isinstance(frame, dict) else ""
+        except ValueError:
+            key = ""
+    if settings.api_keys and not key_matches(key, settings.api_keys):
+        await ws.close(code=CLOSE_FEED_UNAUTHORIZED, message=b"missing or invalid API key")
+        return ws
+    sub = request.app[BUS].subscribe(maxsize=FEED_QUEUE)
+    request.app[SOCKETS_FEED].add(ws)
+    reader = asyncio.create_task(_drain(ws), name="feed:reader")
+    try:
+        await ws.send_str(json.dumps({"type": "ready", "nodes": request.app[ROUTER].nodes()}))
+        while not reader.done():
+            getter = asyncio.ensure_future(sub.get())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            try:
+                message = getter.result()
+            except Dropped:
+                await ws.send_str('{"type":"resync"}')
+                await ws.close(code=CLOSE_FEED_RESYNC, message=b"fell behind: reload")
+                break
+            await ws.send_str(json.dumps(message, separators=(",", ":")))
+    except (ConnectionError, RuntimeError):
+        pass
+    finally:
+        sub.close()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        request.app[SOCKETS_FEED].discard(ws)
+    return ws
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
+SOCKETS_FEED: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("feed_sockets")
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and serving."""
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when an executor is connected and codex is logged in there."""
+    router = request.app[ROUTER]
+    executors = list(router.executors.values())
+    ready = [n for n in executors if (n.login or {}).get("logged_in")]
+    body: dict[str, Any] = {
+        "ready": bool(ready),
+        "executors": len(executors),
+        "logged_in": len(ready),
+    }
+    if not executors:
+        body["reason"] = "no executor is connected"
+    elif not ready:
+        body["reason"] = "codex is not logged in on any executor: run `codex login` there"
+    return web.json_response(body, status=200 if ready else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def monitor_index(request: web.Request) -> web.StreamResponse:
+    """The monitor page."""
+    index = MONITOR_DIR / "index.html"
+    if not index.exists():
+        return web.Response(text="codex-hub: the monitor page is not installed", status=404)
+    return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+
+def setup(app: web.Application) -> None:
+    """Add these routes (and the monitor's static files) to ``app``."""
+    app[SOCKETS_FEED] = set()
+    app.router.add_routes(routes)
+    app.router.add_get("/", monitor_index)
+    if MONITOR_DIR.is_dir():
+        app.router.add_static("/static/", MONITOR_DIR, append_version=False)

@@ -1,0 +1,23 @@
+"""Typed keys for what the hub keeps on its aiohttp application."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from hub.auth import RateLimiter
+    from hub.bus import Bus
+    from hub.metrics import Metrics
+    from hub.router import Router
+    from hub.settings import HubSettings
+    from hub.store import Store
+
+SETTINGS: web.AppKey[HubSettings] = web.AppKey("settings")
+STORE: web.AppKey[Store] = web.AppKey("store")
+BUS: web.AppKey[Bus] = web.AppKey("bus")
+ROUTER: web.AppKey[Router] = web.AppKey("router")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")

@@ -1,0 +1,374 @@
+"""Logging for every codex-hub process: one line per event, context fields, no secrets.
+
+Pure stdlib ``logging``; modules keep using ``logging.getLogger(__name__)`` and never
+import anything from here except to bind context or register a secret.
+
+- ``configure_logging(level, fmt)`` installs one handler on the root logger. ``text``
+  (the default) is for people: ``2025-01-02T03:04:05.678Z INFO  hub.router: run queued
+  run_id=r-1``; ``json`` is one JSON object per line with ``ts``, ``level``, ``logger``,
+  ``msg``, every bound field and every ``extra=`` field, and ``exc`` when there is one.
+- ``bound(**fields)`` / ``bind_run(run_id)`` are context managers that put fields on every
+  line logged inside them, across ``await`` and into tasks created inside them (the
+  fields live in a ``contextvars.ContextVar``, which asyncio copies into new tasks).
+  ``bind(**fields)`` binds for the rest of the current task, for a run's own task.
+- ``register_secret(value)`` and ``register_settings_secrets(settings)`` add values that
+  are then replaced by ``***`` in every message, argument, field and traceback; tokens
+  that look like Slack (``xoxb-``, ``xapp-``), OpenAI (``sk-``), Telegram (``bot123:ABC``)
+  or ``Bearer`` credentials are masked even when nobody registered them. ``redact(text)``
+  applies the same masking to text that leaves by another road (events, API errors).
+
+A disabled level costs what stdlib logging costs: ``Logger.isEnabledFor`` answers before
+any record, field lookup or redaction happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import IO, Any, Literal
+
+__all__ = [
+    "RedactingFilter",
+    "bind",
+    "bind_run",
+    "bound",
+    "configure_logging",
+    "current_fields",
+    "forget_secrets",
+    "redact",
+    "register_secret",
+    "register_settings_secrets",
+]
+
+MASK = "***"
+
+# --- context fields -----------------------------------------------------------------
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_fields: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "codex_hub_log_fields", default=_EMPTY
+)
+
+
+def current_fields() -> Mapping[str, Any]:
+    """The fields bound in the current context (read-only)."""
+    return _fields.get()
+
+
+@contextlib.contextmanager
+def bound(**fields: Any) -> Iterator[Mapping[str, Any]]:
+    """Add ``fields`` to every line logged inside the block, then restore the previous ones."""
+    token = _fields.set(MappingProxyType({**_fields.get(), **fields}))
+    try:
+        yield _fields.get()
+    finally:
+        _fields.reset(token)
+
+
+def bind_run(run_id: str) -> contextlib.AbstractContextManager[Mapping[str, Any]]:
+    """``bound(run_id=run_id)``: the router wraps a run's path in it."""
+    return bound(run_id=run_id)
+
+
+def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
+    """Bind ``fields`` for the rest of the current context (a task's whole life).
+
+    Returns the token for ``ContextVar.reset`` should the caller want to undo it; a task
+    that simply ends needs no reset, its context dies with it.
+    """
+    return _fields.set(MappingProxyType({**_fields.get(), **fields}))
+
+
+# --- secrets ------------------------------------------------------------------------
+
+# Credentials recognisable by shape, masked even when nobody registered them: httpx logs
+# Telegram's URLs (the bot token is in the path) and a pasted config may carry any key.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\b(xox[a-z]|xapp)-[A-Za-z0-9-]+"), r"\1-" + MASK),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "sk-" + MASK),
+    (re.compile(r"\bbot\d+:[A-Za-z0-9_-]+"), "bot" + MASK),
+    (re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}"), MASK),
+    # Case-sensitive and 8+ characters: the header form, not prose about "bearer tokens".
+    (re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}"), "Bearer " + MASK),
+)
+
+_secrets_lock = threading.Lock()
+_secrets: set[str] = set()
+_secrets_re: re.Pattern[str] | None = None
+
+
+def register_secret(value: object) -> None:
+    """Mask ``value`` (a str or a pydantic ``SecretStr``) in everything logged from now on.
+
+    Empty values are ignored: there is nothing to hide and masking "" would be a no-op.
+    """
+    global _secrets_re
+    if hasattr(value, "get_secret_value"):
+        value = value.get_secret_value()
+    if not isinstance(value, str) or not value.strip():
+        return
+    with _secrets_lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        # Longest first, so a secret that contains another is masked whole.
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secrets_re = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def register_settings_secrets(*settings: object) -> None:
+    """Register every secret a settings object holds.
+
+    That is every ``SecretStr`` field, plus string and list fields whose env name says
+    they are credentials (``HUB_API_KEYS`` is a plain list because it is compared, not
+    sent anywhere).
+    """
+    for model in settings:
+        fields = getattr(type(model), "model_fields", {})
+        for name, info in fields.items():
+            value = getattr(model, name, None)
+            env_name = (info.alias or name).upper()
+            if hasattr(value, "get_secret_value"):
+                register_secret(value)
+            elif _looks_like_credential(env_name):
+                values = value if isinstance(value, list | tuple | set) else [value]
+                for item in values:
+                    register_secret(item)
+
+
+def _looks_like_credential(env_name: str) -> bool:
+    if env_name.endswith(("_PATH", "_FILE", "_HOSTS")):
+        return False
+    return any(word in env_name for word in ("TOKEN", "API_KEY", "SECRET", "PASSWORD"))
+
+
+def forget_secrets() -> None:
+    """Drop every registered secret (tests use it to start clean)."""
+    global _secrets_re
+    with _secrets_lock:
+        _secrets.clear()
+        _secrets_re = None
+
+
+def redact(text: str) -> str:
+    """``text`` with registered secrets and credential-shaped tokens replaced by ``***``."""
+    secrets_re = _secrets_re
+    if secrets_re is not None:
+        text = secrets_re.sub(MASK, text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact(str(value))
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in a record before any formatter sees it.
+
+    The record is rewritten in place (message rendered with its arguments, traceback
+    rendered into ``exc_text``), so handlers after this one get the clean text too.
+    """
+
+    _tb_formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad %-format must not turn into an exception at the caller
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._tb_formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        fields = getattr(record, "bound", None)
+        if fields:
+            record.bound = {key: _redact_value(value) for key, value in fields.items()}
+        for key in _extra_keys(record):
+            setattr(record, key, _redact_value(getattr(record, key)))
+        return True
+
+
+# --- formatting ---------------------------------------------------------------------
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(
+    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
+    | {"message", "asctime", "bound", "taskName"}
+)
+
+
+def _extra_keys(record: logging.LogRecord) -> list[str]:
+    return [key for key in record.__dict__ if key not in _STANDARD_ATTRS]
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    """Bound fields, then ``extra=`` fields (a per-call value wins over the context)."""
+    out = dict(getattr(record, "bound", None) or {})
+    for key in _extra_keys(record):
+        out[key] = getattr(record, key)
+    return out
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    stamp = dt.datetime.fromtimestamp(record.created, dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, fields, ``exc``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _context(record).items():
+            # A field may not impersonate the envelope; keep it under another name.
+            doc[f"field_{key}" if key in doc else key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = record.stack_info
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+_BARE = re.compile(r"[^\s\"'=\\]+")
+
+
+def _logfmt(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``ts LEVEL logger: message key=value ...`` on one line.
+
+    Newlines inside a message are escaped so one event stays one line for grep; a
+    traceback follows on indented lines because people read those.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage().replace("\r", "\\r").replace("\n", "\\n")
+        line = f"{_timestamp(record)} {record.levelname:<5} {record.name}: {message}"
+        context = _context(record)
+        if context:
+            line += " " + " ".join(f"{key}={_logfmt(value)}" for key, value in context.items())
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        extra = record.exc_text or ""
+        if record.stack_info:
+            extra = f"{extra}\n{record.stack_info}" if extra else record.stack_info
+        if extra:
+            line += "\n" + "\n".join("    " + part for part in extra.splitlines())
+        return line
+
+
+# --- set-up -------------------------------------------------------------------------
+
+_MARK = "_codex_hub_logs"
+_factory_lock = threading.Lock()
+
+# Libraries that log every HTTP request at INFO: Telegram's long polling alone would
+# write a line every few seconds. They speak again at DEBUG.
+_CHATTY = ("httpx", "httpcore")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (pytest swaps it per test)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _install_record_factory() -> None:
+    """Stamp the bound fields on each record when it is created, in the caller's context.
+
+    Done in the factory (not in a handler) because handlers may run later, elsewhere,
+    and because the factory only runs once the level check has passed. Installed when
+    the current factory is not ours, so a test that restores the stdlib one gets it back.
+    """
+    with _factory_lock:
+        previous = logging.getLogRecordFactory()
+        if getattr(previous, _MARK, False):
+            return
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            fields = _fields.get()
+            if fields:
+                record.bound = dict(fields)
+            return record
+
+        setattr(factory, _MARK, True)
+        logging.setLogRecordFactory(factory)
+
+
+def _parse_level(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    name = level.strip().upper()
+    if name.isdigit():
+        return int(name)
+    value = logging.getLevelNamesMapping().get(name)
+    if value is None:
+        raise ValueError(
+            f"LOG_LEVEL={level!r} is not a level; use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        )
+    return value
+
+
+def configure_logging(
+    level: str | int = "INFO",
+    fmt: Literal["text", "json"] = "text",
+    *,
+    stream: IO[str] | None = None,
+) -> logging.Handler:
+    """Send every logger's records to one handler on stderr (or ``stream``).
+
+    Safe to call again: the handler installed by an earlier call is replaced, handlers
+    installed by others (pytest's capture) are left alone. Returns the new handler.
+    """
+    if fmt not in ("text", "json"):
+        raise ValueError(f"LOG_FORMAT={fmt!r} is not a format; use text or json")
+    numeric = _parse_level(level)
+    _install_record_factory()
+
+    handler: logging.Handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactingFilter())
+    setattr(handler, _MARK, True)
+
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(numeric)
+
+    quiet = logging.NOTSET if numeric <= logging.DEBUG else logging.WARNING
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(quiet)
+    return handler

@@ -1,0 +1,103 @@
+"""Prometheus metrics of the hub, served at ``/metrics``.
+
+Counters and histograms move as runs finish; gauges are read from the router when
+scraped, so they are never stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from hub.router import Router
+    from hub.store import Run
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class _RouterGauges(Collector):
+    def __init__(self) -> None:
+        self.router: Router | None = None
+        self.outbox_pending = 0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        router = self.router
+        queue = GaugeMetricFamily("codex_hub_queue_depth", "Runs waiting for an executor")
+        queue.add_metric([], len(router.queue) if router else 0)
+        yield queue
+        nodes = GaugeMetricFamily("codex_hub_nodes", "Connected nodes", labels=["role"])
+        nodes.add_metric(["executor"], len(router.executors) if router else 0)
+        nodes.add_metric(["bridge"], len(router.bridges) if router else 0)
+        yield nodes
+        active = GaugeMetricFamily(
+            "codex_hub_active_runs", "Runs executing now (one codex process each)"
+        )
+        active.add_metric([], sum(len(n.busy) for n in router.executors.values()) if router else 0)
+        yield active
+        capacity = GaugeMetricFamily("codex_hub_executor_capacity", "Executor slots in all")
+        capacity.add_metric([], sum(n.capacity for n in router.executors.values()) if router else 0)
+        yield capacity
+        outbox = GaugeMetricFamily(
+            "codex_hub_outbox_pending", "Replies waiting for a bridge to acknowledge them"
+        )
+        outbox.add_metric([], len(router.pending) if router else 0)
+        yield outbox
+
+
+class Metrics:
+    """The hub's metric families, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.runs = Counter(
+            "codex_hub_runs",
+            "Runs that reached a final state, by state and source",
+            ["state", "source"],
+            registry=self.registry,
+        )
+        self.submitted = Counter(
+            "codex_hub_runs_submitted",
+            "Runs received, by source",
+            ["source"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "codex_hub_run_duration_seconds",
+            "Time from a run's arrival to its end",
+            ["state"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "codex_hub_queue_wait_seconds",
+            "Time a run waited for an executor",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self._gauges = _RouterGauges()
+        self.registry.register(self._gauges)
+
+    def attach(self, router: Router) -> None:
+        """Read live gauges from ``router``."""
+        self._gauges.router = router
+
+    def run_submitted(self, run: Run) -> None:
+        self.submitted.labels(run.source).inc()
+
+    def run_finished(self, run: Run, assigned_at: float | None) -> None:
+        """Count a finished run and its timings."""
+        self.runs.labels(run.state, run.source).inc()
+        if run.finished_at is not None:
+            self.duration.labels(run.state).observe(max(0.0, run.finished_at - run.created_at))
+        if assigned_at is not None:
+            self.queue_wait.observe(max(0.0, assigned_at - run.created_at))
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,215 @@
+"""The node side of the hub protocol: one websocket to the hub, kept open.
+
+Used by every node (executor, bridges). It says hello, hands each frame from the hub to
+the node, and reconnects with exponential backoff and jitter whenever the connection
+drops or is refused. Frames sent while disconnected are not queued: a node re-sends
+what matters from its own state in ``on_connect`` (see :mod:`hub.protocol`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from hub.protocol import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED
+
+log = logging.getLogger(__name__)
+
+Frame = dict[str, Any]
+
+
+class State(enum.Enum):
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class NotConnected(ConnectionError):
+    """The hub is not reachable right now."""
+
+
+class NodeClient:
+    """A reconnecting websocket client for one node.
+
+    ``hello`` builds the hello frame at each (re)connect; ``on_frame`` receives every
+    frame from the hub; ``on_connect`` runs after each welcome (re-send state there).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        hello: Callable[[], Frame],
+        on_frame: Callable[[Frame], Awaitable[None]],
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        name: str = "node",
+        backoff_min: float = 0.2,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.name = name
+        self._hello = hello
+        self._on_frame = on_frame
+        self._on_connect = on_connect
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self.state = State.NEW
+        self.connected = asyncio.Event()
+        self.last_close: tuple[int | None, str] | None = None
+        self.connections = 0
+        self._ws: ClientConnection | None = None
+        self._out: asyncio.Queue[str] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[Frame]] = {}
+        self._frame_tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Start connecting in the background."""
+        if self._task is None:
+            self.state = State.CONNECTING
+            self._task = asyncio.create_task(self._run(), name=f"NodeClient:{self.name}")
+
+    async def close(self) -> None:
+        """Disconnect and stop reconnecting. Idempotent."""
+        self.state = State.CLOSED
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for task in list(self._frame_tasks):
+            task.cancel()
+        await asyncio.gather(*self._frame_tasks, return_exceptions=True)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(NotConnected("the node is closing"))
+        self._pending.clear()
+        self.connected.clear()
+
+    async def __aenter__(self) -> NodeClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def send(self, frame: Frame) -> bool:
+        """Queue a frame for the hub; False (and nothing queued) while disconnected."""
+        if not self.connected.is_set():
+            return False
+        self._out.put_nowait(json.dumps(frame, separators=(",", ":")))
+        return True
+
+    async def request(self, frame: Frame, timeout: float = 30.0) -> Frame:  # noqa: ASYNC109
+        """Send a frame with a fresh ``req_id`` and wait for the hub's answer to it."""
+        async with asyncio.timeout(timeout):
+            await self.connected.wait()
+            req_id = secrets.token_hex(6)
+            fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+            self._pending[req_id] = fut
+            try:
+                if not self.send({**frame, "req_id": req_id}):
+                    raise NotConnected("the hub connection dropped")
+                return await fut
+            finally:
+                self._pending.pop(req_id, None)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while self.state is not State.CLOSED:
+            before = self.connections
+            try:
+                await self._connect_once()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, InvalidHandshake, InvalidURI, ConnectionClosed, TimeoutError) as exc:
+                log.warning("%s: cannot reach the hub at %s: %s", self.name, self.url, exc)
+            except Exception:
+                log.exception("%s: hub connection failed", self.name)
+            self.connected.clear()
+            self._fail_pending()
+            attempt = 1 if self.connections > before else attempt + 1
+            delay = min(self._backoff_max, self._backoff_min * 2 ** min(attempt, 10))
+            # Full jitter: many nodes restarting together do not reconnect in step.
+            await asyncio.sleep(random.uniform(self._backoff_min, max(self._backoff_min, delay)))
+
+    async def _connect_once(self) -> None:
+        async with connect(
+            self.url, open_timeout=10, ping_interval=10, ping_timeout=20, max_size=2**24
+        ) as ws:
+            self._ws = ws
+            await ws.send(json.dumps(self._hello()))
+            raw = await asyncio.wait_for(ws.recv(), timeout=10)
+            welcome = json.loads(raw)
+            if welcome.get("type") != "welcome":
+                raise ConnectionError(f"unexpected first frame from the hub: {welcome!r}")
+            self._out = asyncio.Queue()
+            self.state = State.CONNECTED
+            self.connections += 1
+            self.last_close = None
+            self.connected.set()
+            log.info("%s: connected to the hub at %s", self.name, self.url)
+            writer = asyncio.create_task(self._write(ws), name=f"NodeClient:{self.name}:writer")
+            try:
+                if self._on_connect is not None:
+                    await self._on_connect()
+                async for raw in ws:
+                    frame = json.loads(raw)
+                    req_id = frame.get("req_id")
+                    if req_id and req_id in self._pending and frame.get("type") != "deliver":
+                        fut = self._pending.pop(req_id)
+                        if not fut.done():
+                            fut.set_result(frame)
+                        continue
+                    self._dispatch(frame)
+            except ConnectionClosed:
+                pass
+            finally:
+                self.connected.clear()
+                self.state = State.CONNECTING
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+                code = ws.close_code
+                reason = ws.close_reason or ""
+                self.last_close = (code, reason)
+                if code in (CLOSE_UNAUTHORIZED, CLOSE_BAD_HELLO):
+                    log.error("%s: the hub refused this node (%s): %s", self.name, code, reason)
+                elif self.state is not State.CLOSED:
+                    log.warning("%s: lost the hub (%s %s); reconnecting", self.name, code, reason)
+
+    def _dispatch(self, frame: Frame) -> None:
+        # Frames are handled in arrival order per run, but one slow handler (a Slack
+        # post) must not stop the others: each gets a task the client owns.
+        task = asyncio.create_task(self._handle(frame), name=f"NodeClient:{self.name}:frame")
+        self._frame_tasks.add(task)
+        task.add_done_callback(self._frame_tasks.discard)
+
+    async def _handle(self, frame: Frame) -> None:
+        try:
+            await self._on_frame(frame)
+        except Exception:
+            log.exception("%s: handling a %s frame failed", self.name, frame.get("type"))
+
+    async def _write(self, ws: ClientConnection) -> None:
+        while True:
+            data = await self._out.get()
+            await ws.send(data)
+
+    def _fail_pending(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(NotConnected("the hub connection dropped"))
+        self._pending.clear()
+
+    @property
+    def is_connected(self) -> bool:
+        return self.connected.is_set()

@@ -1,0 +1,200 @@
+"""The hub's wire protocol: JSON text frames over the websocket at ``/ws``.
+
+Defined once, here, and used by every node (executors and bridges). Each frame is one
+JSON object with a ``type``. The full narrative, with a sequence diagram, is in
+``docs/protocol.md``; this module is the source of truth for the shapes.
+
+Connection
+----------
+1. The node opens ``/ws`` and sends ``hello`` first (within 10 s)::
+
+       {"type": "hello", "role": "executor" | "bridge", "token": HUB_TOKEN,
+        "node_id": "stable id chosen by the node", "name": "host-1",
+        "capacity": 4,                     # executors: parallel runs
+        "platform": "slack",               # bridges: whose replies it delivers
+        "login": {"logged_in": true, "detail": "..."},   # executors
+        "active_runs": ["run-id", ...]}    # executors: runs still going after a reconnect
+
+2. The hub answers ``welcome`` ({"type": "welcome", "node_id", "protocol": 1}) or closes
+   with one of the ``CLOSE_*`` codes below and a reason (wrong or missing token,
+   malformed hello, unknown role).
+
+Executor <-> hub
+----------------
+- hub -> executor ``assign``: {"run_id", "prompt", "thread_id" (resume it, or null),
+  "optimize" (true/false/null = executor default), "origin": {...}}
+- executor -> hub ``event``: {"run_id", "seq", "event": {"kind", ...}}; ``seq`` counts
+  from 1 per run, the hub stores each (run_id, seq) once, so re-sending is safe.
+- executor -> hub ``state``: {"run_id", "state": "optimizing" | "running",
+  "effective_prompt"?}
+- executor -> hub ``result``: {"run_id", "status", "answer", "thread_id", "usage",
+  "error", "effective_prompt"}; the hub answers ``result_ack`` {"run_id"} once the
+  result is durable. Until then the executor keeps the run's events and result and
+  re-sends them after every reconnect, so a hub restart loses nothing.
+- executor -> hub ``status``: {"capacity", "login"} whenever they change.
+- hub -> executor ``cancel``: {"run_id"}: kill codex; the executor then sends a
+  ``result`` with status ``cancelled``.
+
+Bridge <-> hub
+--------------
+- bridge -> hub ``submit``: {"req_id", "prompt", "session_key", "origin": {...},
+  "optimize"?}; the hub answers ``submitted`` {"req_id", "run_id", "position"} (runs
+  ahead of it in its session) or ``error`` {"req_id", "code", "message"}.
+- bridge -> hub ``cancel``: {"req_id", "run_id"? | "session_key"?}: cancels that run,
+  or the active run of that session; answered by ``cancelled`` {"req_id", "run_ids"}.
+- bridge -> hub ``reset_session``: {"req_id", "session_key"}: the next run there starts
+  a fresh codex thread; answered by ``ok`` {"req_id"}.
+- bridge -> hub ``session_status``: {"req_id", "session_key"}: answered by
+  ``session`` {"req_id", "active": run|null, "queued": [run, ...]}.
+- hub -> bridge ``progress``: {"run_id", "origin", "state", "detail", "position"}:
+  best effort, never stored, for status messages.
+- hub -> bridge ``deliver``: {"delivery_id", "run_id", "origin", "status", "answer",
+  "error", "usage"}: the final reply, kept in the hub's outbox and re-sent (after
+  every reconnect, and every ``HUB_REDELIVER_S``) until the bridge answers ``ack``
+  {"delivery_id"}. A bridge acks only once the platform accepted the reply.
+
+Both ways: ``error`` {"code", "message", "req_id"?} reports a frame the peer could not
+use; it never closes the connection by itself. Liveness is websocket ping/pong.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+
+#: Close codes the hub uses (4000-4999 is the application range).
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_BAD_HELLO = 4002
+CLOSE_REPLACED = 4003
+CLOSE_HELLO_TIMEOUT = 4008
+
+RunState = Literal[
+    "queued",
+    "optimizing",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "rejected",
+]
+TERMINAL_STATES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "cancelled", "timed_out", "rejected"}
+)
+ACTIVE_STATES: frozenset[str] = frozenset({"optimizing", "running"})
+ResultStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "rejected"]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class LoginState(_Frame):
+    logged_in: bool | None = None
+    detail: str = ""
+
+
+class Hello(_Frame):
+    type: Literal["hello"]
+    role: Literal["executor", "bridge"]
+    token: str = ""
+    node_id: str = Field(min_length=1, max_length=200)
+    name: str = Field("", max_length=200)
+    capacity: int = Field(0, ge=0, le=10_000)
+    platform: str = Field("", max_length=50)
+    login: LoginState | None = None
+    active_runs: list[str] = Field(default_factory=list)
+
+
+# executor -> hub
+
+
+class EventFrame(_Frame):
+    type: Literal["event"]
+    run_id: str
+    seq: int = Field(ge=1)
+    event: dict[str, Any]
+
+
+class StateFrame(_Frame):
+    type: Literal["state"]
+    run_id: str
+    state: Literal["optimizing", "running"]
+    effective_prompt: str | None = None
+
+
+class ResultFrame(_Frame):
+    type: Literal["result"]
+    run_id: str
+    status: ResultStatus
+    answer: str = ""
+    thread_id: str | None = None
+    usage: dict[str, int] | None = None
+    error: dict[str, str] | None = None
+    effective_prompt: str | None = None
+
+
+class StatusFrame(_Frame):
+    type: Literal["status"]
+    capacity: int | None = Field(None, ge=0, le=10_000)
+    login: LoginState | None = None
+
+
+# bridge -> hub
+
+
+class SubmitFrame(_Frame):
+    type: Literal["submit"]
+    req_id: str = ""
+    prompt: str = Field(min_length=1, max_length=200_000)
+    session_key: str | None = Field(None, max_length=500)
+    origin: dict[str, Any] = Field(default_factory=dict)
+    optimize: bool | None = None
+
+
+class CancelFrame(_Frame):
+    type: Literal["cancel"]
+    req_id: str = ""
+    run_id: str | None = None
+    session_key: str | None = None
+
+
+class ResetSessionFrame(_Frame):
+    type: Literal["reset_session"]
+    req_id: str = ""
+    session_key: str
+
+
+class SessionStatusFrame(_Frame):
+    type: Literal["session_status"]
+    req_id: str = ""
+    session_key: str
+
+
+class AckFrame(_Frame):
+    type: Literal["ack"]
+    delivery_id: str
+
+
+ExecutorFrame = Annotated[
+    EventFrame | StateFrame | ResultFrame | StatusFrame, Field(discriminator="type")
+]
+BridgeFrame = Annotated[
+    SubmitFrame | CancelFrame | ResetSessionFrame | SessionStatusFrame | AckFrame,
+    Field(discriminator="type"),
+]
+
+HELLO = TypeAdapter(Hello)
+EXECUTOR_FRAME: TypeAdapter[Any] = TypeAdapter(ExecutorFrame)
+BRIDGE_FRAME: TypeAdapter[Any] = TypeAdapter(BridgeFrame)
+
+
+def error_frame(code: str, message: str, req_id: str | None = None) -> dict[str, Any]:
+    """An ``error`` frame; ``req_id`` ties it to the request that caused it."""
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if req_id:
+        frame["req_id"] = req_id
+    return frame

@@ -1,0 +1,764 @@
+"""The router: which executor runs what, in what order, and where each reply goes.
+
+It owns the live state of the hub: connected nodes, the queue, the runs not yet
+finished. Everything it decides is written to the :class:`~hub.store.Store` before it is
+acknowledged to anyone, so a restart of the hub resumes from the store.
+
+Rules:
+- A run goes to the connected executor with the most free slots; a session's next run
+  prefers the executor that holds its codex thread.
+- Runs of one session run one after another, in arrival order.
+- The queue is bounded (``HUB_QUEUE_LIMIT``); past it :class:`QueueFull` is raised.
+- An executor that disconnects has ``HUB_EXECUTOR_GRACE_S`` to come back and claim its
+  runs; after that they fail with ``executor_lost``.
+- Replies for runs that came from a bridge go through the store's outbox and are re-sent
+  to a bridge of that platform until it acknowledges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hub.bus import Bus, Subscription
+from hub.metrics import Metrics
+from hub.protocol import (
+    CLOSE_REPLACED,
+    AckFrame,
+    CancelFrame,
+    EventFrame,
+    Hello,
+    ResetSessionFrame,
+    ResultFrame,
+    SessionStatusFrame,
+    StateFrame,
+    StatusFrame,
+    SubmitFrame,
+    error_frame,
+)
+from hub.settings import HubSettings
+from hub.store import Delivery, Run, Store, op_add_event, op_set_executor, op_update_run
+
+log = logging.getLogger(__name__)
+
+
+class RouterError(Exception):
+    """Root of the router's errors; ``code`` is the machine-readable reason."""
+
+    code = "router_error"
+
+
+class QueueFull(RouterError):
+    """The queue holds ``HUB_QUEUE_LIMIT`` runs already."""
+
+    code = "queue_full"
+
+
+class HubClosing(RouterError):
+    """The hub is shutting down and takes no new runs."""
+
+    code = "hub_closing"
+
+
+class Link(Protocol):
+    """A connected node as the router sees it: an id and a way to send it a frame."""
+
+    node_id: str
+
+    def send(self, frame: dict[str, Any]) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class NodeInfo:
+    """What the router knows about one connected node."""
+
+    link: Link
+    role: str
+    name: str
+    platform: str = ""
+    capacity: int = 0
+    login: dict[str, Any] | None = None
+    busy: set[str] = field(default_factory=set)
+    connected_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    assigned_total: int = 0
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.busy)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.link.node_id,
+            "role": self.role,
+            "name": self.name,
+            "online": True,
+            "connected_at": self.connected_at,
+            "last_seen": self.last_seen,
+        }
+        if self.role == "executor":
+            data.update(capacity=self.capacity, busy=len(self.busy), login=self.login)
+        else:
+            data["platform"] = self.platform
+        return data
+
+
+@dataclass
+class Live:
+    """A run that has not finished, with the router's bookkeeping."""
+
+    run: Run
+    done: asyncio.Future[Run]
+    seq: int = 0
+    exec_seq: int = 0
+    assigned_at: float | None = None
+    finishing: bool = False
+    cancel_requested: bool = False
+    last_detail: str | None = None
+
+
+@dataclass
+class Ticket:
+    """What a submitter gets back: the run, its outcome to await, and its live events."""
+
+    run: Run
+    done: asyncio.Future[Run]
+    events: Subscription | None
+    position: int
+
+
+def new_run_id() -> str:
+    """A short, unguessable run id."""
+    return "run_" + secrets.token_hex(8)
+
+
+class Router:
+    """Routes runs to executors and replies to bridges; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        settings: HubSettings,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self.executors: dict[str, NodeInfo] = {}
+        self.bridges: dict[str, NodeInfo] = {}
+        self.live: dict[str, Live] = {}
+        self.queue: deque[str] = deque()
+        self.session_active: dict[str, str] = {}
+        self.sessions: dict[str, tuple[str | None, str | None]] = {}
+        self.pending: dict[str, Delivery] = {}
+        self._last_sent: dict[str, float] = {}
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._redeliver_task: asyncio.Task[None] | None = None
+        self.metrics = metrics
+        self.closing = False
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Reload unfinished runs and pending replies from the store."""
+        for run in await self.store.unfinished_runs():
+            live = Live(run, asyncio.get_running_loop().create_future())
+            live.seq, live.exec_seq = await self.store.event_positions(run.id)
+            self.live[run.id] = live
+            if run.executor is None:
+                self.queue.append(run.id)
+            else:
+                if run.session_key:
+                    self.session_active[run.session_key] = run.id
+                self._start_lost_timer(run.id, run.executor)
+        for delivery in await self.store.pending_deliveries():
+            self.pending[delivery.id] = delivery
+        self._redeliver_task = asyncio.create_task(self._redeliver_loop(), name="Router:redeliver")
+        if self.live or self.pending:
+            log.info(
+                "recovered %d unfinished runs and %d undelivered replies",
+                len(self.live),
+                len(self.pending),
+            )
+
+    async def close(self) -> None:
+        """Stop timers and background work; runs stay in the store for the next start."""
+        self.closing = True
+        tasks = [*self._timers.values(), *self._tasks]
+        if self._redeliver_task is not None:
+            tasks.append(self._redeliver_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._timers.clear()
+        self._tasks.clear()
+        for live in self.live.values():
+            if not live.done.done():
+                live.done.cancel()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("router task %s failed", task.get_name(), exc_info=task.exception())
+
+    # submitting and cancelling
+
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        origin: dict[str, Any],
+        session_key: str | None = None,
+        optimize: bool | None = None,
+        watch: bool = False,
+        run_id: str | None = None,
+    ) -> Ticket:
+        """Store a new run and queue it; ``watch`` subscribes to its events first."""
+        if self.closing:
+            raise HubClosing("the hub is shutting down")
+        if len(self.queue) >= self.settings.queue_limit:
+            raise QueueFull(
+                f"{len(self.queue)} runs are already waiting (HUB_QUEUE_LIMIT="
+                f"{self.settings.queue_limit}); try again later"
+            )
+        if session_key and session_key not in self.sessions:
+            self.sessions[session_key] = await self.store.get_session(session_key)
+        now = time.time()
+        run = Run(
+            id=run_id or new_run_id(),
+            prompt=prompt,
+            origin=origin,
+            source=str(origin.get("source", "http")),
+            user=origin.get("user"),
+            created_at=now,
+            updated_at=now,
+            session_key=session_key,
+            optimize=optimize,
+        )
+        await self.store.insert_run(run)
+        live = Live(run, asyncio.get_running_loop().create_future())
+        self.live[run.id] = live
+        self.queue.append(run.id)
+        if self.metrics is not None:
+            self.metrics.run_submitted(run)
+        events = self.bus.subscribe(run.id) if watch else None
+        position = self.position(run)
+        self._record(live, "state", {"state": "queued", "position": position})
+        self._publish_run(run)
+        self._progress(live, position=position)
+        self._dispatch()
+        return Ticket(run, live.done, events, position)
+
+    def position(self, run: Run) -> int:
+        """How many runs of the same session are ahead of this one."""
+        if not run.session_key:
+            return 0
+        ahead = 1 if self.session_active.get(run.session_key) not in (None, run.id) else 0
+        for rid in self.queue:
+            if rid == run.id:
+                break
+            other = self.live.get(rid)
+            if other is not None and other.run.session_key == run.session_key:
+                ahead += 1
+        return ahead
+
+    async def cancel(self, run_id: str, reason: str = "cancelled on request") -> bool:
+        """Cancel a run; False when it is unknown or already finished."""
+        live = self.live.get(run_id)
+        if live is None or live.finishing:
+            return False
+        run = live.run
+        if run.executor is None:
+            self._remove_from_queue(run_id)
+            await self._finish(live, "cancelled", error={"code": "cancelled", "message": reason})
+            return True
+        live.cancel_requested = True
+        node = self.executors.get(run.executor)
+        if node is None:
+            await self._finish(live, "cancelled", error={"code": "cancelled", "message": reason})
+            return True
+        node.link.send({"type": "cancel", "run_id": run_id})
+        self._record(live, "note", {"message": reason})
+        # The executor confirms with a result; if it never does, do not hang.
+        self._start_timer(
+            run_id,
+            self._cancel_unconfirmed(run_id, reason),
+            f"Router:cancel:{run_id}",
+        )
+        return True
+
+    async def _cancel_unconfirmed(self, run_id: str, reason: str) -> None:
+        await asyncio.sleep(self.settings.executor_grace_s)
+        self._timers.pop(run_id, None)
+        live = self.live.get(run_id)
+        if live is not None and not live.finishing:
+            await self._finish(
+                live,
+                "cancelled",
+                error={"code": "cancelled", "message": f"{reason} (executor did not confirm)"},
+            )
+
+    def _remove_from_queue(self, run_id: str) -> None:
+        try:
+            self.queue.remove(run_id)
+        except ValueError:
+            pass
+
+    async def reset_session(self, session_key: str) -> None:
+        """Forget a session's codex thread: its next run starts a fresh conversation."""
+        self.sessions[session_key] = (None, None)
+        await self.store.set_session(session_key, None, None)
+
+    # dispatching
+
+    def _dispatch(self) -> None:
+        if not self.queue or not any(n.free > 0 for n in self.executors.values()):
+            return
+        busy_sessions = set(self.session_active)
+        waiting: deque[str] = deque()
+        while self.queue:
+            run_id = self.queue.popleft()
+            live = self.live.get(run_id)
+            if live is None or live.finishing:
+                continue
+            key = live.run.session_key
+            if key is not None and key in busy_sessions:
+                waiting.append(run_id)
+                continue
+            node = self._pick_executor(key)
+            if node is None:
+                waiting.append(run_id)
+                waiting.extend(self.queue)
+                self.queue.clear()
+                break
+            self._assign(live, node)
+            if key is not None:
+                busy_sessions.add(key)
+        self.queue = waiting
+
+    def _pick_executor(self, session_key: str | None) -> NodeInfo | None:
+        if session_key:
+            holder = self.sessions.get(session_key, (None, None))[1]
+            node = self.executors.get(holder) if holder else None
+            if node is not None and node.free > 0:
+                return node
+        best: NodeInfo | None = None
+        for node in self.executors.values():
+            if node.free <= 0:
+                continue
+            if best is None or (node.free, -node.assigned_total) > (
+                best.free,
+                -best.assigned_total,
+            ):
+                best = node
+        return best
+
+    def _assign(self, live: Live, node: NodeInfo) -> None:
+        run = live.run
+        run.executor = node.link.node_id
+        live.assigned_at = time.time()
+        node.busy.add(run.id)
+        node.assigned_total += 1
+        if run.session_key:
+            self.session_active[run.session_key] = run.id
+        thread_id = self.sessions.get(run.session_key, (None, None))[0] if run.session_key else None
+        node.link.send(
+            {
+                "type": "assign",
+                "run_id": run.id,
+                "prompt": run.prompt,
+                "thread_id": thread_id,
+                "optimize": run.optimize,
+                "origin": run.origin,
+            }
+        )
+        self.store.post(op_set_executor, run.id, run.executor)
+        self._record(live, "assigned", {"executor": node.name or node.link.node_id})
+
+    # nodes
+
+    def executor_connected(self, link: Link, hello: Hello) -> None:
+        """Register an executor; it claims the runs it still has going."""
+        old = self.executors.get(link.node_id)
+        if old is not None and old.link is not link:
+            old.link.close(CLOSE_REPLACED, "replaced by a newer connection of this node")
+        node = NodeInfo(
+            link=link,
+            role="executor",
+            name=hello.name or link.node_id,
+            capacity=hello.capacity,
+            login=hello.login.model_dump() if hello.login else None,
+        )
+        self.executors[link.node_id] = node
+        claimed = set(hello.active_runs)
+        for run_id, live in list(self.live.items()):
+            if live.run.executor != link.node_id or live.finishing:
+                continue
+            if run_id in claimed:
+                node.busy.add(run_id)
+                self._cancel_timer(run_id)
+            elif live.run.state == "queued":
+                # It never reached the executor: give it to whoever is free.
+                self._cancel_timer(run_id)
+                self._unassign(live)
+            else:
+                self._cancel_timer(run_id)
+                self._spawn(
+                    self._finish(
+                        live,
+                        "failed",
+                        error={
+                            "code": "executor_lost",
+                            "message": f"executor {node.name} restarted and lost this run",
+                        },
+                    ),
+                    f"Router:lost:{run_id}",
+                )
+        log.info("executor %s connected (capacity %d)", node.name, node.capacity)
+        self._publish_nodes()
+        self._dispatch()
+
+    def _unassign(self, live: Live) -> None:
+        run = live.run
+        run.executor = None
+        if run.session_key and self.session_active.get(run.session_key) == run.id:
+            del self.session_active[run.session_key]
+        self.queue.appendleft(run.id)
+        self.store.post(op_set_executor, run.id, None)
+
+    def executor_disconnected(self, link: Link) -> None:
+        """Give the executor's runs a grace period to be claimed back, then fail them."""
+        node = self.executors.get(link.node_id)
+        if node is None or node.link is not link:
+            return
+        del self.executors[link.node_id]
+        for run_id in node.busy:
+            self._start_lost_timer(run_id, link.node_id)
+        log.warning("executor %s disconnected with %d runs", node.name, len(node.busy))
+        self._publish_nodes()
+
+    def _start_lost_timer(self, run_id: str, node_id: str) -> None:
+        self._start_timer(run_id, self._lose(run_id, node_id), f"Router:grace:{run_id}")
+
+    def _start_timer(self, run_id: str, coro: Any, name: str) -> None:
+        self._cancel_timer(run_id)
+        self._timers[run_id] = asyncio.create_task(coro, name=name)
+
+    def _cancel_timer(self, run_id: str) -> None:
+        task = self._timers.pop(run_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _lose(self, run_id: str, node_id: str) -> None:
+        grace = self.settings.executor_grace_s
+        await asyncio.sleep(grace)
+        self._timers.pop(run_id, None)
+        live = self.live.get(run_id)
+        if live is None or live.finishing or live.run.executor != node_id:
+            return
+        if node_id in self.executors:
+            return
+        await self._finish(
+            live,
+            "failed",
+            error={
+                "code": "executor_lost",
+                "message": f"executor lost: {node_id} sent no word for {grace:g} s; "
+                "the run's outcome is unknown",
+            },
+        )
+
+    def bridge_connected(self, link: Link, hello: Hello) -> None:
+        """Register a bridge and send it every reply still waiting for its platform."""
+        old = self.bridges.get(link.node_id)
+        if old is not None and old.link is not link:
+            old.link.close(CLOSE_REPLACED, "replaced by a newer connection of this node")
+        self.bridges[link.node_id] = NodeInfo(
+            link=link, role="bridge", name=hello.name or link.node_id, platform=hello.platform
+        )
+        for delivery in list(self.pending.values()):
+            if delivery.platform == hello.platform:
+                self._send_delivery(delivery)
+        log.info("bridge %s (%s) connected", link.node_id, hello.platform)
+        self._publish_nodes()
+
+    def bridge_disconnected(self, link: Link) -> None:
+        """Forget a bridge; its replies wait in the outbox."""
+        node = self.bridges.get(link.node_id)
+        if node is not None and node.link is link:
+            del self.bridges[link.node_id]
+            self._publish_nodes()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Connected nodes, executors first."""
+        return [n.to_dict() for n in (*self.executors.values(), *self.bridges.values())]
+
+    # frames from executors
+
+    async def on_executor_frame(self, link: Link, frame: Any) -> None:
+        """Apply one frame from an executor."""
+        node = self.executors.get(link.node_id)
+        if node is not None:
+            node.last_seen = time.time()
+        if isinstance(frame, EventFrame):
+            self._on_event(link, frame)
+        elif isinstance(frame, StateFrame):
+            self._on_state(link, frame)
+        elif isinstance(frame, ResultFrame):
+            await self._on_result(link, frame)
+        elif isinstance(frame, StatusFrame) and node is not None:
+            if frame.capacity is not None:
+                node.capacity = frame.capacity
+            if frame.login is not None:
+                node.login = frame.login.model_dump()
+            self._publish_nodes()
+            self._dispatch()
+
+    def _owned(self, link: Link, run_id: str) -> Live | None:
+        live = self.live.get(run_id)
+        if live is None or live.finishing or live.run.executor != link.node_id:
+            return None
+        return live
+
+    def _on_event(self, link: Link, frame: EventFrame) -> None:
+        live = self._owned(link, frame.run_id)
+        if live is None or frame.seq <= live.exec_seq:
+            return
+        live.exec_seq = frame.seq
+        event = dict(frame.event)
+        kind = str(event.pop("kind", "codex"))
+        self._record(live, kind, event, exec_seq=frame.seq)
+        summary = event.get("summary")
+        if summary and summary != live.last_detail:
+            live.last_detail = summary
+            self._progress(live, detail=summary)
+
+    def _on_state(self, link: Link, frame: StateFrame) -> None:
+        live = self._owned(link, frame.run_id)
+        if live is None:
+            return
+        run = live.run
+        run.state = frame.state
+        fields: dict[str, Any] = {"state": frame.state}
+        if run.started_at is None:
+            run.started_at = fields["started_at"] = time.time()
+        if frame.effective_prompt is not None:
+            run.effective_prompt = fields["effective_prompt"] = frame.effective_prompt
+        self.store.post(op_update_run, run.id, fields)
+        self._record(live, "state", {"state": frame.state})
+        self._publish_run(run)
+        self._progress(live)
+
+    async def _on_result(self, link: Link, frame: ResultFrame) -> None:
+        live = self.live.get(frame.run_id)
+        if live is not None and live.run.executor == link.node_id:
+            if live.finishing:
+                await asyncio.shield(live.done)
+            else:
+                status = frame.status
+                if live.cancel_requested and status == "failed":
+                    status = "cancelled"
+                await self._finish(
+                    live,
+                    status,
+                    answer=frame.answer,
+                    thread_id=frame.thread_id,
+                    usage=frame.usage,
+                    error=frame.error,
+                    effective_prompt=frame.effective_prompt,
+                )
+        # Acknowledge even a result the hub no longer waits for, or the executor keeps it.
+        link.send({"type": "result_ack", "run_id": frame.run_id})
+
+    # frames from bridges
+
+    async def on_bridge_frame(self, link: Link, frame: Any) -> dict[str, Any] | None:
+        """Apply one frame from a bridge; returns the answer frame, if any."""
+        node = self.bridges.get(link.node_id)
+        platform = node.platform if node else "bridge"
+        if node is not None:
+            node.last_seen = time.time()
+        if isinstance(frame, AckFrame):
+            self.pending.pop(frame.delivery_id, None)
+            self._last_sent.pop(frame.delivery_id, None)
+            await self.store.ack_delivery(frame.delivery_id)
+            return None
+        if isinstance(frame, SubmitFrame):
+            origin = {**frame.origin, "source": platform, "platform": platform}
+            key = frame.session_key
+            if key and not key.startswith(f"{platform}:"):
+                key = f"{platform}:{key}"
+            try:
+                ticket = await self.submit(
+                    frame.prompt, origin=origin, session_key=key, optimize=frame.optimize
+                )
+            except RouterError as exc:
+                return error_frame(exc.code, str(exc), frame.req_id)
+            return {
+                "type": "submitted",
+                "req_id": frame.req_id,
+                "run_id": ticket.run.id,
+                "position": ticket.position,
+            }
+        if isinstance(frame, CancelFrame):
+            targets: list[str] = []
+            if frame.run_id:
+                live = self.live.get(frame.run_id)
+                if live is not None and live.run.origin.get("platform") == platform:
+                    targets.append(frame.run_id)
+            elif frame.session_key and frame.session_key in self.session_active:
+                targets.append(self.session_active[frame.session_key])
+            cancelled = [rid for rid in targets if await self.cancel(rid, "cancelled from chat")]
+            return {"type": "cancelled", "req_id": frame.req_id, "run_ids": cancelled}
+        if isinstance(frame, ResetSessionFrame):
+            await self.reset_session(frame.session_key)
+            return {"type": "ok", "req_id": frame.req_id}
+        if isinstance(frame, SessionStatusFrame):
+            active_id = self.session_active.get(frame.session_key)
+            active = self.live.get(active_id) if active_id else None
+            queued = [
+                self.live[rid].run.summary()
+                for rid in self.queue
+                if rid in self.live and self.live[rid].run.session_key == frame.session_key
+            ]
+            return {
+                "type": "session",
+                "req_id": frame.req_id,
+                "active": active.run.summary() if active else None,
+                "queued": queued,
+            }
+        return None
+
+    # finishing
+
+    async def _finish(self, live: Live, status: str, **fields: Any) -> None:
+        if live.finishing:
+            return
+        live.finishing = True
+        run = live.run
+        now = time.time()
+        for name, value in fields.items():
+            if value is not None:
+                setattr(run, name, value)
+        run.state = status
+        run.finished_at = now
+        self._cancel_timer(run.id)
+        self._remove_from_queue(run.id)
+        node = self.executors.get(run.executor) if run.executor else None
+        if node is not None:
+            node.busy.discard(run.id)
+        session = None
+        key = run.session_key
+        if key:
+            if self.session_active.get(key) == run.id:
+                del self.session_active[key]
+            if run.thread_id:
+                self.sessions[key] = (run.thread_id, run.executor)
+                session = (key, run.thread_id, run.executor)
+        delivery = None
+        platform = run.origin.get("platform")
+        if platform:
+            delivery = Delivery(
+                id=run.id,
+                run_id=run.id,
+                platform=str(platform),
+                created_at=now,
+                payload={
+                    "run_id": run.id,
+                    "origin": run.origin,
+                    "status": status,
+                    "answer": run.answer or "",
+                    "error": run.error,
+                    "usage": run.usage,
+                },
+            )
+        self._record(live, "state", {"state": status, "error": run.error})
+        self._dispatch()
+        await self.store.finish_run(run, delivery, session)
+        self.live.pop(run.id, None)
+        if not live.done.done():
+            live.done.set_result(run)
+        self._publish_run(run)
+        if delivery is not None:
+            self.pending[delivery.id] = delivery
+            self._send_delivery(delivery)
+        if self.metrics is not None:
+            self.metrics.run_finished(run, live.assigned_at)
+        log.info("run %s %s", run.id, status, extra={"run_id": run.id})
+
+    # deliveries
+
+    def _send_delivery(self, delivery: Delivery) -> None:
+        for node in self.bridges.values():
+            if node.platform == delivery.platform:
+                node.link.send({"type": "deliver", "delivery_id": delivery.id, **delivery.payload})
+                delivery.attempts += 1
+                self._last_sent[delivery.id] = time.monotonic()
+                return
+
+    async def _redeliver_loop(self) -> None:
+        interval = self.settings.redeliver_s
+        while True:
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            for delivery in list(self.pending.values()):
+                if now - self._last_sent.get(delivery.id, 0.0) >= interval:
+                    self._send_delivery(delivery)
+
+    # events and notifications
+
+    def _record(
+        self, live: Live, kind: str, data: dict[str, Any], exec_seq: int | None = None
+    ) -> None:
+        live.seq += 1
+        ts = time.time()
+        self.store.post(op_add_event, live.run.id, live.seq, ts, kind, data, exec_seq)
+        self.bus.publish(
+            {
+                "type": "event",
+                "run_id": live.run.id,
+                "event": {"seq": live.seq, "ts": ts, "kind": kind, **data},
+            },
+            live.run.id,
+        )
+
+    def _publish_run(self, run: Run) -> None:
+        self.bus.publish({"type": "run", "run": run.summary()}, run.id)
+
+    def _publish_nodes(self) -> None:
+        self.bus.publish({"type": "nodes", "nodes": self.nodes()})
+
+    def _progress(
+        self, live: Live, *, detail: str | None = None, position: int | None = None
+    ) -> None:
+        run = live.run
+        platform = run.origin.get("platform")
+        if not platform:
+            return
+        frame = {
+            "type": "progress",
+            "run_id": run.id,
+            "origin": run.origin,
+            "state": run.state,
+            "detail": detail if detail is not None else live.last_detail,
+            "position": position,
+        }
+        for node in self.bridges.values():
+            if node.platform == platform:
+                node.link.send(frame)
+                return

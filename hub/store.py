@@ -1,0 +1,590 @@
+"""The run store: runs, their events, sessions and the reply outbox, in SQLite.
+
+SQLite runs in WAL mode on one dedicated thread that owns the connection, so the event
+loop never blocks on disk. Operations queue up for that thread, which runs everything
+waiting in one transaction (group commit) and resolves each caller's future only after
+the commit: when ``await store.x(...)`` returns, the write survives a crash of the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    user TEXT,
+    origin TEXT NOT NULL,
+    session_key TEXT,
+    prompt TEXT NOT NULL,
+    effective_prompt TEXT,
+    optimize INTEGER,
+    executor TEXT,
+    thread_id TEXT,
+    answer TEXT,
+    usage TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_state ON runs(state);
+CREATE INDEX IF NOT EXISTS runs_source ON runs(source);
+CREATE INDEX IF NOT EXISTS runs_session ON runs(session_key);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    exec_seq INTEGER,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS events_exec_seq ON events(run_id, exec_seq)
+    WHERE exec_seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sessions (
+    key TEXT PRIMARY KEY,
+    thread_id TEXT,
+    executor TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    acked_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(platform) WHERE acked_at IS NULL;
+"""
+
+_JSON_COLUMNS = ("origin", "usage", "error")
+
+
+@dataclass
+class Run:
+    """One request handed to codex, from arrival to its final answer."""
+
+    id: str
+    prompt: str
+    origin: dict[str, Any]
+    source: str
+    created_at: float
+    state: str = "queued"
+    session_key: str | None = None
+    user: str | None = None
+    effective_prompt: str | None = None
+    optimize: bool | None = None
+    executor: str | None = None
+    thread_id: str | None = None
+    answer: str | None = None
+    usage: dict[str, int] | None = None
+    error: dict[str, str] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = 0.0
+    n: int | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as the API shows it."""
+        data = asdict(self)
+        data.pop("n", None)
+        return data
+
+    def summary(self, excerpt: int = 200) -> dict[str, Any]:
+        """The run without its long texts, for lists and the live feed."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "source": self.source,
+            "user": self.user,
+            "session_key": self.session_key,
+            "prompt_excerpt": self.prompt[:excerpt],
+            "executor": self.executor,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Delivery:
+    """A reply waiting in the outbox until the bridge of its platform acknowledges it."""
+
+    id: str
+    run_id: str
+    platform: str
+    payload: dict[str, Any]
+    created_at: float
+    attempts: int = 0
+
+
+_RUN_FIELDS = [f for f in Run.__dataclass_fields__ if f != "n"]
+
+
+def _row_to_run(row: sqlite3.Row) -> Run:
+    data = dict(row)
+    for col in _JSON_COLUMNS:
+        if data.get(col) is not None:
+            data[col] = json.loads(data[col])
+    if data.get("optimize") is not None:
+        data["optimize"] = bool(data["optimize"])
+    return Run(**data)
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name in _JSON_COLUMNS and value is not None:
+        return json.dumps(value, separators=(",", ":"))
+    return value
+
+
+class StoreClosed(RuntimeError):
+    """The store was closed; nothing more can be written."""
+
+
+class Store:
+    """SQLite-backed store with a single writer thread and group commit."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # lifecycle
+
+    async def open(self) -> None:
+        """Start the writer thread and create the schema."""
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._worker, args=(ready,), name=f"Store:{self.path}", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the writer thread. Idempotent."""
+        if self._closed or self._thread is None:
+            self._closed = True
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a crash of the process (not of the machine).
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def _worker(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            conn = self._connect()
+        except Exception as exc:  # the caller of open() gets the reason
+            loop.call_soon_threadsafe(ready.set_exception, exc)
+            return
+        loop.call_soon_threadsafe(ready.set_result, None)
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+            conn.execute("BEGIN")
+            for item in batch:
+                if item is None:
+                    stop = True
+                    continue
+                fut, fn, args = item
+                try:
+                    results.append((fut, True, fn(conn, *args)))
+                except Exception as exc:
+                    results.append((fut, False, exc))
+            try:
+                conn.execute("COMMIT")
+            except Exception as exc:  # pragma: no cover - disk full and the like
+                log.exception("store commit failed")
+                results = [(fut, False, exc) for fut, _, _ in results]
+            if results:
+                try:
+                    loop.call_soon_threadsafe(_resolve_all, results)
+                except RuntimeError:  # loop closed during shutdown
+                    pass
+        conn.close()
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(conn, *args)`` without waiting for it; a failure is logged."""
+        if self._closed or self._loop is None:
+            log.error("store closed: dropped a write (%s)", getattr(fn, "__name__", fn))
+            return
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        fut.add_done_callback(_log_failure)
+        self._queue.put((fut, fn, args))
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on the store thread; return after it is committed."""
+        if self._closed or self._loop is None:
+            raise StoreClosed("the store is closed")
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((fut, fn, args))
+        return await fut
+
+    # runs
+
+    async def insert_run(self, run: Run) -> None:
+        """Store a new run."""
+        await self.call(_insert_run, run)
+
+    async def update_run(self, run_id: str, **fields: Any) -> None:
+        """Change some fields of a run; ``updated_at`` follows."""
+        await self.call(_update_run, run_id, fields)
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """One run, or None."""
+        return await self.call(_get_run, run_id)
+
+    async def list_runs(
+        self,
+        *,
+        states: Iterable[str] = (),
+        sources: Iterable[str] = (),
+        query: str = "",
+        session_key: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Run], int | None]:
+        """Newest runs first, filtered; returns the page and the cursor of the next one."""
+        return await self.call(
+            _list_runs, list(states), list(sources), query, session_key, before, limit
+        )
+
+    async def unfinished_runs(self) -> list[Run]:
+        """Runs not yet in a terminal state, oldest first (for recovery at start-up)."""
+        return await self.call(_unfinished_runs)
+
+    async def count_runs(self) -> dict[tuple[str, str], int]:
+        """Number of runs by (state, source)."""
+        return await self.call(_count_runs)
+
+    # events
+
+    async def add_events(
+        self, run_id: str, events: list[tuple[int, float, str, Any, int | None]]
+    ) -> None:
+        """Store (seq, ts, kind, data, exec_seq) events; one already stored is ignored."""
+        await self.call(_add_events, run_id, events)
+
+    async def event_positions(self, run_id: str) -> tuple[int, int]:
+        """(last seq, last executor seq) stored for a run, 0 when none."""
+        return await self.call(_event_positions, run_id)
+
+    async def finish_run(
+        self,
+        run: Run,
+        delivery: Delivery | None = None,
+        session: tuple[str, str | None, str | None] | None = None,
+    ) -> None:
+        """Store a run's final fields, its reply and its session in one transaction."""
+        await self.call(_finish_run, run, delivery, session)
+
+    async def get_events(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """A run's events in order, those after ``after``."""
+        return await self.call(_get_events, run_id, after)
+
+    # sessions
+
+    async def get_session(self, key: str) -> tuple[str | None, str | None]:
+        """(thread_id, executor) remembered for a session, or (None, None)."""
+        return await self.call(_get_session, key)
+
+    async def set_session(self, key: str, thread_id: str | None, executor: str | None) -> None:
+        """Remember a session's codex thread and the executor that holds it."""
+        await self.call(_set_session, key, thread_id, executor)
+
+    # outbox
+
+    async def add_delivery(self, delivery: Delivery) -> None:
+        """Queue a reply for a platform's bridge."""
+        await self.call(_add_delivery, delivery)
+
+    async def pending_deliveries(self, platform: str | None = None) -> list[Delivery]:
+        """Replies not yet acknowledged, oldest first."""
+        return await self.call(_pending_deliveries, platform)
+
+    async def ack_delivery(self, delivery_id: str) -> bool:
+        """Mark a reply delivered; False when it was unknown or already acknowledged."""
+        return await self.call(_ack_delivery, delivery_id)
+
+    async def count_pending_deliveries(self) -> int:
+        """How many replies wait in the outbox."""
+        return await self.call(_count_pending)
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("store write failed", exc_info=fut.exception())
+
+
+def _resolve_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in results:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _insert_run(conn: sqlite3.Connection, run: Run) -> None:
+    run.updated_at = run.updated_at or time.time()
+    values = [_encode(name, getattr(run, name)) for name in _RUN_FIELDS]
+    cur = conn.execute(
+        f"INSERT INTO runs ({', '.join(_RUN_FIELDS)}) VALUES ({', '.join('?' * len(values))})",
+        values,
+    )
+    run.n = cur.lastrowid
+
+
+def _update_run(conn: sqlite3.Connection, run_id: str, fields: dict[str, Any]) -> None:
+    fields = {**fields, "updated_at": time.time()}
+    unknown = set(fields) - set(_RUN_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown run fields: {sorted(unknown)}")
+    sets = ", ".join(f"{name} = ?" for name in fields)
+    conn.execute(
+        f"UPDATE runs SET {sets} WHERE id = ?",
+        [*(_encode(k, v) for k, v in fields.items()), run_id],
+    )
+
+
+def _get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:
+    row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return _row_to_run(row) if row else None
+
+
+def _list_runs(
+    conn: sqlite3.Connection,
+    states: list[str],
+    sources: list[str],
+    query: str,
+    session_key: str | None,
+    before: int | None,
+    limit: int,
+) -> tuple[list[Run], int | None]:
+    where, args = [], []
+    if states:
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        args += states
+    if sources:
+        where.append(f"source IN ({', '.join('?' * len(sources))})")
+        args += sources
+    if query:
+        where.append("(prompt LIKE ? ESCAPE '\\' OR user LIKE ? ESCAPE '\\' OR id = ?)")
+        like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        args += [like, like, query]
+    if session_key is not None:
+        where.append("session_key = ?")
+        args.append(session_key)
+    if before is not None:
+        where.append("n < ?")
+        args.append(before)
+    sql = "SELECT * FROM runs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY n DESC LIMIT ?"
+    rows = conn.execute(sql, [*args, limit + 1]).fetchall()
+    runs = [_row_to_run(r) for r in rows[:limit]]
+    next_before = runs[-1].n if len(rows) > limit and runs else None
+    return runs, next_before
+
+
+def _unfinished_runs(conn: sqlite3.Connection) -> list[Run]:
+    rows = conn.execute(
+        "SELECT * FROM runs WHERE state IN ('queued', 'optimizing', 'running') ORDER BY n"
+    ).fetchall()
+    return [_row_to_run(r) for r in rows]
+
+
+def _count_runs(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    rows = conn.execute("SELECT state, source, COUNT(*) FROM runs GROUP BY state, source")
+    return {(state, source): count for state, source, count in rows}
+
+
+def _add_events(
+    conn: sqlite3.Connection,
+    run_id: str,
+    events: list[tuple[int, float, str, Any, int | None]],
+) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, data, exec_seq) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (run_id, seq, ts, kind, json.dumps(data, separators=(",", ":")), exec_seq)
+            for seq, ts, kind, data, exec_seq in events
+        ],
+    )
+
+
+def _event_positions(conn: sqlite3.Connection, run_id: str) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(exec_seq), 0) FROM events WHERE run_id = ?",
+        (run_id,),
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+_FINAL_FIELDS = (
+    "state",
+    "effective_prompt",
+    "executor",
+    "thread_id",
+    "answer",
+    "usage",
+    "error",
+    "started_at",
+    "finished_at",
+)
+
+
+def _finish_run(
+    conn: sqlite3.Connection,
+    run: Run,
+    delivery: Delivery | None,
+    session: tuple[str, str | None, str | None] | None,
+) -> None:
+    _update_run(conn, run.id, {name: getattr(run, name) for name in _FINAL_FIELDS})
+    if delivery is not None:
+        _add_delivery(conn, delivery)
+    if session is not None:
+        _set_session(conn, *session)
+
+
+def _get_events(conn: sqlite3.Connection, run_id: str, after: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT seq, ts, kind, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+        (run_id, after),
+    ).fetchall()
+    return [
+        {"seq": seq, "ts": ts, "kind": kind, **json.loads(data)} for seq, ts, kind, data in rows
+    ]
+
+
+def _get_session(conn: sqlite3.Connection, key: str) -> tuple[str | None, str | None]:
+    row = conn.execute("SELECT thread_id, executor FROM sessions WHERE key = ?", (key,)).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def _set_session(
+    conn: sqlite3.Connection, key: str, thread_id: str | None, executor: str | None
+) -> None:
+    conn.execute(
+        "INSERT INTO sessions (key, thread_id, executor, updated_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET thread_id = excluded.thread_id, "
+        "executor = excluded.executor, updated_at = excluded.updated_at",
+        (key, thread_id, executor, time.time()),
+    )
+
+
+def _add_delivery(conn: sqlite3.Connection, d: Delivery) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO outbox (id, run_id, platform, payload, created_at, attempts) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (d.id, d.run_id, d.platform, json.dumps(d.payload), d.created_at, d.attempts),
+    )
+
+
+def _pending_deliveries(conn: sqlite3.Connection, platform: str | None) -> list[Delivery]:
+    sql = "SELECT id, run_id, platform, payload, created_at, attempts FROM outbox "
+    sql += "WHERE acked_at IS NULL"
+    args: list[Any] = []
+    if platform is not None:
+        sql += " AND platform = ?"
+        args.append(platform)
+    rows = conn.execute(sql + " ORDER BY created_at", args).fetchall()
+    return [
+        Delivery(
+            id=r[0],
+            run_id=r[1],
+            platform=r[2],
+            payload=json.loads(r[3]),
+            created_at=r[4],
+            attempts=r[5],
+        )
+        for r in rows
+    ]
+
+
+def _ack_delivery(conn: sqlite3.Connection, delivery_id: str) -> bool:
+    cur = conn.execute(
+        "UPDATE outbox SET acked_at = ? WHERE id = ? AND acked_at IS NULL",
+        (time.time(), delivery_id),
+    )
+    return cur.rowcount > 0
+
+
+# Operations for Store.post(): queued without waiting, in order with everything else.
+def op_update_run(conn: sqlite3.Connection, run_id: str, fields: dict[str, Any]) -> None:
+    """Change some fields of a run."""
+    _update_run(conn, run_id, fields)
+
+
+def op_add_event(
+    conn: sqlite3.Connection,
+    run_id: str,
+    seq: int,
+    ts: float,
+    kind: str,
+    data: Any,
+    exec_seq: int | None,
+) -> None:
+    """Store one event of a run."""
+    _add_events(conn, run_id, [(seq, ts, kind, data, exec_seq)])
+
+
+def op_set_executor(conn: sqlite3.Connection, run_id: str, executor: str | None) -> None:
+    """Record which executor a run was given to."""
+    _update_run(conn, run_id, {"executor": executor})
+
+
+def _count_pending(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0])
