@@ -9,7 +9,6 @@ is SSE with ``: keepalive`` comments while codex works and progress as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub.appkeys import ROUTER, SETTINGS
 from hub.bus import Dropped
-from hub.errors import ApiError, BadRequest, NotFound, RateLimited, Unavailable
+from hub.errors import RUN_ID, ApiError, BadRequest, NotFound, RateLimited, Unavailable
 from hub.router import HubClosing, QueueFull, Router, new_run_id
 from hub.store import Run
 
@@ -180,7 +179,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     router = request.app[ROUTER]
     run_id = new_run_id()
-    request["run_id"] = run_id
+    request[RUN_ID] = run_id
     chat = await _parse(request)
     if chat.model != settings.model_name:
         raise NotFound(
@@ -272,8 +271,10 @@ async def _wait(
 
 
 async def _cancel_for_disconnect(router: Router, run_id: str) -> None:
-    with contextlib.suppress(Exception):
+    try:
         await asyncio.shield(router.cancel(run_id, "the HTTP client disconnected"))
+    except Exception:
+        log.exception("cancelling run %s after a disconnect failed", run_id)
 
 
 def _chunk(run: Run, model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -320,10 +321,10 @@ async def _stream(
             "X-Accel-Buffering": "no",
         }
     )
+    getter: asyncio.Future[Any] | None = None
     try:
         await response.prepare(request)
         await response.write(_chunk(run, model, {"role": "assistant", "content": ""}))
-        getter: asyncio.Task[Any] | None = None
         while not done.done():
             if getter is None:
                 getter = asyncio.ensure_future(events.get())
@@ -342,8 +343,6 @@ async def _stream(
                     await response.write(_chunk(run, model, {"reasoning_content": text}))
             elif not finished:
                 await response.write(b": keepalive\n\n")
-        if getter is not None:
-            getter.cancel()
         final = done.result()
         if final.state == "succeeded":
             await response.write(_chunk(run, model, {"content": final.answer or ""}))
@@ -369,6 +368,8 @@ async def _stream(
         await _cancel_for_disconnect(router, run.id)
         raise
     finally:
+        if getter is not None:
+            getter.cancel()
         events.close()
 
 

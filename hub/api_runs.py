@@ -4,11 +4,28 @@
   ``limit`` and ``before``), ``GET /api/runs/{id}`` (with its events, ``after`` a seq),
   ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
 - ``GET /api/nodes``.
-- ``GET /api/feed``: websocket; the first frame is ``{"type": "auth", "key": ...}``,
-  then every run change, event and node change flows as it happens. A browser that
-  falls behind gets ``{"type": "resync"}`` and the socket closes: reload, reconnect.
+- ``GET /api/feed``: websocket, see below.
 - ``GET /healthz`` (alive), ``GET /readyz`` (an executor is connected and codex is
   logged in), ``GET /metrics`` (Prometheus).
+- ``GET /`` and ``GET /static/...``: the monitor page (``monitor/``), served with a
+  strict Content-Security-Policy; it shows nothing until the browser presents a key.
+
+The live feed
+-------------
+The browser's first frame is ``{"type": "auth", "key": "<API key or empty>"}``; a wrong
+or missing key (when ``HUB_API_KEYS`` is set) closes the socket with code 4001. Then the
+hub sends, as JSON text frames:
+
+- ``{"type": "ready", "nodes": [...], "now": <hub clock, epoch s>}`` once, first;
+- ``{"type": "run", "run": <Run.summary()>}`` when a run is created or changes state;
+- ``{"type": "event", "run_id", "event": {"seq", "ts", "kind", ...}}`` for each event of
+  any run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
+- ``{"type": "nodes", "nodes": [...]}`` whenever a node connects, leaves or changes.
+
+Nothing that happened before ``ready`` is replayed: a client (re)loads what it shows
+through the HTTP API after ``ready`` and dedupes by run id and event seq. A client that
+falls behind gets ``{"type": "resync"}`` and the socket closes with code 4009: reload,
+reconnect. On shutdown the socket closes with 1001 (going away).
 """
 
 from __future__ import annotations
@@ -16,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +200,8 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     request.app[SOCKETS_FEED].add(ws)
     reader = asyncio.create_task(_drain(ws), name="feed:reader")
     try:
-        await ws.send_str(json.dumps({"type": "ready", "nodes": request.app[ROUTER].nodes()}))
+        ready = {"type": "ready", "nodes": request.app[ROUTER].nodes(), "now": time.time()}
+        await ws.send_str(json.dumps(ready))
         while not reader.done():
             getter = asyncio.ensure_future(sub.get())
             done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -244,12 +263,33 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
+#: The page renders untrusted text (prompts, outputs): allow only its own files, so
+#: a rendering mistake can never run a script or send data anywhere else.
+MONITOR_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 async def monitor_index(request: web.Request) -> web.StreamResponse:
     """The monitor page."""
     index = MONITOR_DIR / "index.html"
     if not index.exists():
         return web.Response(text="codex-hub: the monitor page is not installed", status=404)
-    return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(index, headers=MONITOR_HEADERS)
+
+
+async def _revalidate_static(request: web.Request, response: web.StreamResponse) -> None:
+    # The page's modules import each other by plain names: make the browser revalidate
+    # them, so a hub upgrade never runs a mix of old and new files.
+    if request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-cache")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
 def setup(app: web.Application) -> None:
@@ -259,3 +299,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/", monitor_index)
     if MONITOR_DIR.is_dir():
         app.router.add_static("/static/", MONITOR_DIR, append_version=False)
+        app.on_response_prepare.append(_revalidate_static)

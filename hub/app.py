@@ -79,13 +79,15 @@ class HubServer:
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        self.runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=5
+        )
         self.port: int | None = None
 
     async def start(self) -> None:
         """Listen; with ``HUB_PORT=0`` the port chosen is in :attr:`port`."""
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.settings.host, self.settings.port, shutdown_timeout=5)
+        site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []

@@ -10,12 +10,16 @@ ApiError                 status, type, code, param
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+#: The run id of a request, set as soon as it is known, so errors can carry X-Run-ID.
+RUN_ID: web.RequestKey[str] = web.RequestKey("run_id", str)
 
 
 class ApiError(Exception):
@@ -107,7 +111,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)
     except ApiError as err:
-        return error_response(err, request.get("run_id"))
+        return error_response(err, request.get(RUN_ID))
     except web.HTTPException as exc:
         if exc.status < 400 or (
             request.path.startswith(("/static", "/assets")) and exc.status == 404
@@ -118,4 +122,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status == 413:
             message = f"request body is too large: {message}"
         err = ApiError(message, status=exc.status, type=type_, code=code)
-        return error_response(err, request.get("run_id"))
+        return error_response(err, request.get(RUN_ID))
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        err = ApiError("internal error: the hub logged the details", code="internal_error")
+        return error_response(err, request.get(RUN_ID))

@@ -14,8 +14,9 @@ import anything from here except to bind context or register a secret.
 - ``register_secret(value)`` and ``register_settings_secrets(settings)`` add values that
   are then replaced by ``***`` in every message, argument, field and traceback; tokens
   that look like Slack (``xoxb-``, ``xapp-``), OpenAI (``sk-``), Telegram (``bot123:ABC``)
-  or ``Bearer`` credentials are masked even when nobody registered them. ``redact(text)``
-  applies the same masking to text that leaves by another road (events, API errors).
+  or ``Bearer`` credentials are masked even when nobody registered them. The masking is
+  done when a record is made, so every handler sees clean records, not only ours.
+  ``redact(text)`` applies it to text that leaves by another road (events, API errors).
 
 A disabled level costs what stdlib logging costs: ``Logger.isEnabledFor`` answers before
 any record, field lookup or redaction happens.
@@ -36,7 +37,9 @@ from types import MappingProxyType
 from typing import IO, Any, Literal
 
 __all__ = [
+    "JsonFormatter",
     "RedactingFilter",
+    "TextFormatter",
     "bind",
     "bind_run",
     "bound",
@@ -108,7 +111,8 @@ _secrets_re: re.Pattern[str] | None = None
 def register_secret(value: object) -> None:
     """Mask ``value`` (a str or a pydantic ``SecretStr``) in everything logged from now on.
 
-    Empty values are ignored: there is nothing to hide and masking "" would be a no-op.
+    Values of 8 characters or more are masked wherever they appear, shorter ones where
+    they stand alone (not inside a longer word). Empty values are ignored.
     """
     global _secrets_re
     if hasattr(value, "get_secret_value"):
@@ -121,7 +125,19 @@ def register_secret(value: object) -> None:
         _secrets.add(value)
         # Longest first, so a secret that contains another is masked whole.
         ordered = sorted(_secrets, key=len, reverse=True)
-        _secrets_re = re.compile("|".join(re.escape(s) for s in ordered))
+        _secrets_re = re.compile("|".join(_secret_pattern(s) for s in ordered))
+
+
+# Below this length a secret is masked only where it stands alone: a (weak) token "t"
+# must not turn "listening on http" into "lis***ening on h******p".
+_SHORT_SECRET = 8
+
+
+def _secret_pattern(secret: str) -> str:
+    escaped = re.escape(secret)
+    if len(secret) >= _SHORT_SECRET:
+        return escaped
+    return rf"(?<![A-Za-z0-9]){escaped}(?![A-Za-z0-9])"
 
 
 def register_settings_secrets(*settings: object) -> None:
@@ -176,31 +192,47 @@ def _redact_value(value: Any) -> Any:
     return redact(str(value))
 
 
-class RedactingFilter(logging.Filter):
-    """Masks secrets in a record before any formatter sees it.
+_FIELDS_ATTR = "_log_fields"
+_SCRUBBED_ATTR = "_log_scrubbed"
+_tb_formatter = logging.Formatter()
 
-    The record is rewritten in place (message rendered with its arguments, traceback
-    rendered into ``exc_text``), so handlers after this one get the clean text too.
+
+def _scrub(record: logging.LogRecord) -> None:
+    """Render the record's message and traceback now, masked, in place.
+
+    Rendering early is what makes masking reach every handler, not only ours: the
+    record a handler formats is already clean, and a handler cannot re-render the raw
+    arguments because they are gone.
+    """
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad %-format must not turn into an exception at the caller
+        message = f"{record.msg!r} % {record.args!r}"
+    record.msg = redact(message)
+    record.args = None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = _tb_formatter.formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    fields = getattr(record, _FIELDS_ATTR, None)
+    if fields:
+        setattr(record, _FIELDS_ATTR, {k: _redact_value(v) for k, v in fields.items()})
+    setattr(record, _SCRUBBED_ATTR, True)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in a record before any formatter of its handler sees it.
+
+    Records made after ``configure_logging`` are already clean except for their
+    ``extra=`` fields, which stdlib logging adds after the record factory has run; this
+    filter masks those, and does the whole job for records made by another factory.
     """
 
-    _tb_formatter = logging.Formatter()
-
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad %-format must not turn into an exception at the caller
-            message = f"{record.msg!r} % {record.args!r}"
-        record.msg = redact(message)
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self._tb_formatter.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        fields = getattr(record, "bound", None)
-        if fields:
-            record.bound = {key: _redact_value(value) for key, value in fields.items()}
+        if not getattr(record, _SCRUBBED_ATTR, False):
+            _scrub(record)
         for key in _extra_keys(record):
             setattr(record, key, _redact_value(getattr(record, key)))
         return True
@@ -211,7 +243,7 @@ class RedactingFilter(logging.Filter):
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
-    | {"message", "asctime", "bound", "taskName"}
+    | {"message", "asctime", "taskName", _FIELDS_ATTR, _SCRUBBED_ATTR}
 )
 
 
@@ -221,7 +253,7 @@ def _extra_keys(record: logging.LogRecord) -> list[str]:
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:
     """Bound fields, then ``extra=`` fields (a per-call value wins over the context)."""
-    out = dict(getattr(record, "bound", None) or {})
+    out = dict(getattr(record, _FIELDS_ATTR, None) or {})
     for key in _extra_keys(record):
         out[key] = getattr(record, key)
     return out
@@ -304,10 +336,10 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _install_record_factory() -> None:
-    """Stamp the bound fields on each record when it is created, in the caller's context.
+    """Make every record carry the bound fields and arrive already masked.
 
-    Done in the factory (not in a handler) because handlers may run later, elsewhere,
-    and because the factory only runs once the level check has passed. Installed when
+    The factory runs in the caller's context (so it sees the right fields) and only
+    after the level check has passed (so disabled levels pay nothing). Installed when
     the current factory is not ours, so a test that restores the stdlib one gets it back.
     """
     with _factory_lock:
@@ -319,7 +351,13 @@ def _install_record_factory() -> None:
             record = previous(*args, **kwargs)
             fields = _fields.get()
             if fields:
-                record.bound = dict(fields)
+                setattr(record, _FIELDS_ATTR, dict(fields))
+            try:
+                _scrub(record)
+            except Exception:  # never let logging raise at the caller, never leak instead
+                record.msg, record.args = f"unloggable record at {record.pathname}", None
+                record.exc_info = record.exc_text = record.stack_info = None
+                setattr(record, _SCRUBBED_ATTR, True)
             return record
 
         setattr(factory, _MARK, True)

@@ -1,16 +1,130 @@
-"""Shared test set-up: every module in tests/fakes/ is a pytest plugin of fixtures."""
+"""Shared test set-up: every module in tests/fakes/ is a pytest plugin of fixtures.
+
+Also isolates the tests from the developer's environment: no proxy variables, no
+settings from the shell, and no `.env` file read.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
+
+# Imported before any test runs: on CPython 3.11.7 a test that cancels a client
+# mid-stream leaves the compiler's recursion counter off, and hypothesis' plugin
+# importing itself late (in the terminal summary) then fails with "AST constructor
+# recursion depth mismatch". Importing it first avoids that late compile.
+import hypothesis  # noqa: F401
+import pytest
 
 # slack_sdk and httpx read proxy variables and would send loopback traffic elsewhere.
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(_var, None)
+
+# Settings come from the tests alone. CODEX_BIN (set by `make test`) stays: it only
+# says where the pinned codex binary is.
+_SETTING_PREFIXES = (
+    "HUB_", "EXEC_", "SSH_", "OPENAI_", "OPENWEBUI_", "LITELLM_", "SLACK_", "TELEGRAM_",
+    "OPTIMIZE_", "LOG_", "NODE_NAME", "MODEL", "AVAILABLE_CLIS",
+)
+for _var in list(os.environ):
+    if _var.startswith(_SETTING_PREFIXES) or (_var.startswith("CODEX_") and _var != "CODEX_BIN"):
+        os.environ.pop(_var, None)
 
 pytest_plugins = [
     f"tests.fakes.{p.stem}"
     for p in sorted((Path(__file__).parent / "fakes").glob("*.py"))
     if p.stem != "__init__"
 ]
+
+
+def _no_env_file() -> None:
+    from pydantic_settings import BaseSettings
+
+    import executor.settings  # noqa: F401
+    import hub.settings  # noqa: F401
+
+    stack = list(BaseSettings.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls.__module__.split(".")[0] in ("hub", "executor", "bridges", "codex_hub"):
+            cls.model_config["env_file"] = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Never read a developer's .env during tests."""
+    _no_env_file()
+
+
+NODE_TOKEN = "node-token-for-tests"
+
+
+@pytest.fixture
+def hub_settings(tmp_path: Path) -> Any:
+    """Hub settings for a test: port 0, a fresh store, short grace periods."""
+    from hub.settings import HubSettings
+
+    return HubSettings(
+        HUB_PORT=0,
+        HUB_DB=tmp_path / "hub.db",
+        HUB_TOKEN=NODE_TOKEN,
+        HUB_EXECUTOR_GRACE_S=2.0,
+        HUB_REDELIVER_S=1.0,
+        HUB_KEEPALIVE_S=0.5,
+    )
+
+
+@pytest.fixture
+async def hub(hub_settings: Any) -> AsyncIterator[Any]:
+    """A running hub on 127.0.0.1 and a free port."""
+    from hub.app import HubServer
+
+    server = HubServer(hub_settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def ws_url(hub: Any) -> str:
+    """The node websocket URL of a running hub."""
+    return f"ws://127.0.0.1:{hub.port}/ws"
+
+
+@pytest.fixture
+def start_executor(
+    hub: Any, tmp_path: Path
+) -> Callable[..., AbstractAsyncContextManager[Any]]:
+    """Start a real executor node on the hub: ``async with start_executor(**settings)``.
+
+    Dry-run by default; pass ``EXEC_DRY_RUN=False`` and codex settings for real runs.
+    """
+    from executor.factory import build_pipeline
+    from executor.node import ExecutorNode
+    from executor.settings import ExecutorSettings
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[ExecutorNode]:
+        values: dict[str, Any] = {
+            "HUB_URL": ws_url(hub),
+            "HUB_TOKEN": NODE_TOKEN,
+            "EXEC_DRY_RUN": True,
+            "EXEC_WORKDIR": tmp_path,
+        }
+        values.update(overrides)
+        settings = ExecutorSettings(**values)
+        pipeline, transport = build_pipeline(settings)
+        node = ExecutorNode(settings, pipeline)
+        try:
+            await node.start()
+            await node.client.connected.wait()
+            yield node
+        finally:
+            await node.close()
+            await transport.close()
+
+    return start

@@ -1,0 +1,138 @@
+"""Replies to bridges are re-sent until acknowledged, across bridge and hub restarts."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from hub.app import HubServer
+from hub.appkeys import STORE
+from tests.conftest import NODE_TOKEN, ws_url
+
+
+async def submit(bridge: Any, prompt: str, session_key: str = "C1:1.0") -> dict[str, Any]:
+    await bridge.send(
+        {
+            "type": "submit",
+            "req_id": prompt,
+            "prompt": prompt,
+            "session_key": session_key,
+            "origin": {"channel": "C1", "thread_ts": "1.0", "user": "U1"},
+        }
+    )
+    return await bridge.wait_type("submitted", req_id=prompt)
+
+
+async def test_a_bridge_gets_its_reply_again_until_it_acks(
+    hub: Any, fake_executor: Any, fake_bridge: Any
+) -> None:
+    """No ack: the reply comes again after HUB_REDELIVER_S; after the ack, never again."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, fake_bridge(
+        ws_url(hub), token=NODE_TOKEN
+    ) as br:
+        submitted = await submit(br, "deploy it")
+        run_id = submitted["run_id"]
+        assert submitted["position"] == 0
+        assign = await ex.wait_type("assign", run_id=run_id)
+        assert assign["origin"]["channel"] == "C1" and assign["origin"]["source"] == "slack"
+        await ex.start_run(run_id)
+        progress = await br.wait_type("progress", run_id=run_id, state="running")
+        assert progress["origin"]["thread_ts"] == "1.0"
+        await ex.finish(run_id, "deployed")
+        first = await br.wait_type("deliver", run_id=run_id)
+        assert first["answer"] == "deployed" and first["status"] == "succeeded"
+        count = len(br.frames)
+        again = await br.wait_for(lambda f: f.get("type") == "deliver", after=count)
+        assert again["delivery_id"] == first["delivery_id"]
+        await br.send({"type": "ack", "delivery_id": first["delivery_id"]})
+        await submit(br, "marker")  # answered after the ack was applied
+        assert await hub.app[STORE].count_pending_deliveries() == 0
+
+
+async def test_a_reply_waits_for_the_bridge_to_come_back(
+    hub: Any, fake_executor: Any, fake_bridge: Any
+) -> None:
+    """A run that ends while its bridge is away is delivered when it reconnects."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex:
+        async with fake_bridge(ws_url(hub), token=NODE_TOKEN) as br:
+            run_id = (await submit(br, "while away"))["run_id"]
+            await ex.wait_type("assign", run_id=run_id)
+        await ex.finish(run_id, "here you go")
+        await ex.wait_type("result_ack", run_id=run_id)
+        async with fake_bridge(ws_url(hub), token=NODE_TOKEN, node_id="bridge-2") as br2:
+            deliver = await br2.wait_type("deliver", run_id=run_id)
+            assert deliver["answer"] == "here you go"
+            await br2.send({"type": "ack", "delivery_id": deliver["delivery_id"]})
+        async with fake_bridge(ws_url(hub), token=NODE_TOKEN, node_id="tg", platform="telegram") as tg:
+            await submit(tg, "marker")
+            assert tg.of_type("deliver") == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_hub_restart_loses_neither_the_run_nor_the_reply(
+    hub_settings: Any, fake_executor: Any, fake_bridge: Any
+) -> None:
+    """Hub stopped mid-run: the executor reports after the restart, the bridge gets it."""
+    settings = hub_settings.model_copy(update={"port": free_port()})
+    url = f"ws://127.0.0.1:{settings.port}/ws"
+    hub = HubServer(settings)
+    await hub.start()
+    try:
+        async with fake_executor(url, token=NODE_TOKEN) as ex, fake_bridge(
+            url, token=NODE_TOKEN
+        ) as br:
+            run_id = (await submit(br, "survive this"))["run_id"]
+            await ex.wait_type("assign", run_id=run_id)
+            await ex.start_run(run_id)
+            await ex.event(run_id, 1, kind="codex", data={"step": 1})
+        await hub.close()
+
+        hub = HubServer(settings)
+        await hub.start()
+        async with fake_executor(url, token=NODE_TOKEN, active_runs=[run_id]) as ex:
+            await ex.event(run_id, 1, kind="codex", data={"step": 1})
+            await ex.event(run_id, 2, kind="codex", data={"step": 2})
+            await ex.finish(run_id, "survived", thread_id="t-1")
+            await ex.wait_type("result_ack", run_id=run_id)
+        async with fake_bridge(url, token=NODE_TOKEN) as br:
+            deliver = await br.wait_type("deliver", run_id=run_id)
+            assert deliver["answer"] == "survived"
+            await br.send({"type": "ack", "delivery_id": deliver["delivery_id"]})
+            await submit(br, "marker", session_key="other")
+        store = hub.app[STORE]
+        run = await store.get_run(run_id)
+        assert run.state == "succeeded" and run.thread_id == "t-1"
+        steps = [e["data"]["step"] for e in await store.get_events(run_id) if e["kind"] == "codex"]
+        assert steps == [1, 2]
+        assert await store.count_pending_deliveries() == 0
+    finally:
+        await hub.close()
+
+
+async def test_bridge_commands_for_a_session(
+    hub: Any, fake_executor: Any, fake_bridge: Any
+) -> None:
+    """Queue position, session status, cancel by session and reset work over the socket."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, fake_bridge(
+        ws_url(hub), token=NODE_TOKEN
+    ) as br:
+        first = await submit(br, "one")
+        second = await submit(br, "two")
+        assert (first["position"], second["position"]) == (0, 1)
+        await ex.wait_type("assign", run_id=first["run_id"])
+        await br.send({"type": "session_status", "req_id": "st", "session_key": "slack:C1:1.0"})
+        status = await br.wait_type("session", req_id="st")
+        assert status["active"]["id"] == first["run_id"]
+        assert [r["id"] for r in status["queued"]] == [second["run_id"]]
+        await br.send({"type": "cancel", "req_id": "c", "session_key": "slack:C1:1.0"})
+        await ex.wait_type("cancel", run_id=first["run_id"])
+        await ex.send({"type": "result", "run_id": first["run_id"], "status": "cancelled"})
+        assert (await br.wait_type("cancelled", req_id="c"))["run_ids"] == [first["run_id"]]
+        await ex.wait_type("assign", run_id=second["run_id"])
+        await br.send({"type": "reset_session", "req_id": "r", "session_key": "slack:C1:1.0"})
+        await br.wait_type("ok", req_id="r")
