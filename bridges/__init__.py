@@ -1,0 +1,1 @@
+"""Chat bridges: one node per platform, translating platform events to hub runs."""
