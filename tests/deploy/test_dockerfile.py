@@ -1,0 +1,130 @@
+"""The Dockerfile builds one image for every role from files that exist, with real settings."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.deploy import _contract as c
+
+
+def test_base_image_is_python_311_slim() -> None:
+    """The image starts from python:3.11-slim (ARG defaults resolved)."""
+    instructions = c.dockerfile()
+    args = {}
+    for ins in instructions:
+        if ins.keyword == "ARG" and "=" in ins.value:
+            key, _, value = ins.value.partition("=")
+            args[key] = value
+        if ins.keyword == "FROM":
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), ins.value)
+            assert image.split()[0] == "python:3.11-slim"
+            return
+    pytest.fail("no FROM instruction")
+
+
+def test_codex_is_pinned_like_the_makefile() -> None:
+    """The image installs the same codex version the Makefile pins."""
+    makefile = (c.ROOT / "Makefile").read_text()
+    pinned = re.search(r"^CODEX_VERSION\s*:?=\s*(\S+)", makefile, re.MULTILINE)
+    assert pinned, "Makefile has no CODEX_VERSION"
+    args = [i.value for i in c.dockerfile() if i.keyword == "ARG"]
+    assert f"CODEX_VERSION={pinned.group(1)}" in args
+    runs = " ".join(i.value for i in c.dockerfile() if i.keyword == "RUN")
+    assert '"@openai/codex@${CODEX_VERSION}"' in runs
+
+
+def test_every_copied_path_exists() -> None:
+    """Every path a COPY instruction takes from the build context is in the repository."""
+    copied = []
+    for ins in c.dockerfile():
+        if ins.keyword not in ("COPY", "ADD"):
+            continue
+        words = [w for w in (c.exec_form(ins.value) or ins.value.split()) if not w.startswith("--")]
+        assert "--from" not in ins.value, "multi-stage COPY: teach this test about stages"
+        for source in words[:-1]:
+            copied.append(source)
+            assert (c.ROOT / source).exists(), f"line {ins.line}: COPY {source}: not in the repo"
+    assert "pyproject.toml" in copied
+
+
+def test_copied_paths_are_not_dockerignored() -> None:
+    """.dockerignore does not hide a path the Dockerfile copies."""
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (c.ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith(("#", "!"))
+    }
+    for ins in c.dockerfile():
+        if ins.keyword == "COPY":
+            for source in ins.value.split()[:-1]:
+                assert source.rstrip("/") not in ignored
+
+
+def test_dockerignore_keeps_secrets_out() -> None:
+    """The build context never carries .env, local databases or the git history."""
+    ignored = (c.ROOT / ".dockerignore").read_text().splitlines()
+    for entry in (".env", "*.db", ".git", ".venv", ".tools"):
+        assert entry in ignored
+
+
+def test_dependencies_install_before_the_source_is_copied() -> None:
+    """Editing code reuses the dependency layer: pip install -r comes before COPY of code."""
+    instructions = c.dockerfile()
+    deps = next(
+        i
+        for i, ins in enumerate(instructions)
+        if ins.keyword == "RUN" and "pip install -r" in ins.value
+    )
+    for i, ins in enumerate(instructions):
+        if ins.keyword == "COPY" and any(ins.value.startswith(p) for p in c.PACKAGES):
+            assert i > deps, f"line {ins.line} copies source before dependencies are installed"
+
+
+def test_env_names_are_settings() -> None:
+    """Every ENV variable, and every variable the healthcheck reads, is a real setting."""
+    aliases = c.setting_aliases()
+    names = set(c.dockerfile_env()) | c.environ_reads(c.DOCKERFILE.read_text())
+    unknown = sorted(n for n in names if n not in aliases and n not in c.NON_SETTINGS)
+    assert not unknown, f"not settings (typo, or add to NON_SETTINGS with a reason): {unknown}"
+
+
+def test_container_defaults() -> None:
+    """Paths point at the data volumes and at the native codex the build links."""
+    env = c.dockerfile_env()
+    assert env["HUB_DB"].startswith("/data/hub/")
+    assert env["CODEX_HOME"] == "/data/codex-home"
+    assert env["EXEC_WORKDIR"] == "/data/work"
+    assert env["CODEX_BIN"] == "/usr/local/bin/codex"
+    runs = " ".join(i.value for i in c.dockerfile() if i.keyword == "RUN")
+    assert 'ln -s "$native" /usr/local/bin/codex' in runs
+    # HUB_HOST stays at its loopback default: only compose's hub opens it, with tokens.
+    assert "HUB_HOST" not in env
+
+
+def test_runs_as_non_root() -> None:
+    """The last USER before the command is not root."""
+    users = [i.value for i in c.dockerfile() if i.keyword == "USER"]
+    assert users and users[-1] not in ("root", "0", "0:0")
+
+
+def test_healthcheck_hits_healthz() -> None:
+    """HEALTHCHECK asks the hub's /healthz on loopback, with Python (no curl in the image)."""
+    checks = [i.value for i in c.dockerfile() if i.keyword == "HEALTHCHECK"]
+    assert len(checks) == 1
+    _, _, command = checks[0].partition("CMD ")
+    argv = c.exec_form(command)
+    assert argv is not None and argv[:2] == ["python", "-c"]
+    assert "http://127.0.0.1:" in argv[2] and "/healthz" in argv[2]
+    assert "'8080'" in argv[2]  # HUB_PORT's default
+    compile(argv[2], "<healthcheck>", "exec")
+
+
+def test_default_command_is_a_real_subcommand() -> None:
+    """ENTRYPOINT + CMD run a `codex-hub` command the CLI accepts."""
+    entry = [c.exec_form(i.value) for i in c.dockerfile() if i.keyword == "ENTRYPOINT"]
+    cmd = [c.exec_form(i.value) for i in c.dockerfile() if i.keyword == "CMD"]
+    assert entry and entry[-1] == ["tini", "--"]
+    assert cmd and cmd[-1] is not None
+    assert c.check_command(cmd[-1]) is None, c.check_command(cmd[-1])
