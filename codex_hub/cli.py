@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         logs = load(LogSettings, args.env_file)
-        configure_logging(logs.log_level, logs.log_format)
+        try:
+            configure_logging(logs.log_level, logs.log_format)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         commands: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
             "up": cmd_up,
             "serve": cmd_serve,

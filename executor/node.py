@@ -17,6 +17,7 @@ from typing import Any
 
 from executor.pipeline import Job, Pipeline, Result
 from executor.settings import ExecutorSettings
+from hub.logs import bind
 from hub.node_client import NodeClient
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class ExecutorNode:
 
     async def _execute(self, state: _RunState) -> None:
         run_id = state.job.run_id
+        bind(run_id=run_id)  # every line logged on this run's path carries its id
 
         def emit(event: dict[str, Any]) -> None:
             state.seq += 1

@@ -43,9 +43,7 @@ class ExecutorSettings(NodeSettings):
     ssh_user: str = Field("", alias="SSH_USER")
     ssh_key_path: Path | None = Field(None, alias="SSH_KEY_PATH")
     ssh_known_hosts: Path | None = Field(None, alias="SSH_KNOWN_HOSTS")
-    ssh_insecure_no_host_key_check: bool = Field(
-        False, alias="SSH_INSECURE_NO_HOST_KEY_CHECK"
-    )
+    ssh_insecure_no_host_key_check: bool = Field(False, alias="SSH_INSECURE_NO_HOST_KEY_CHECK")
 
     # prompt optimization (an upstream OpenAI-compatible chat model)
     optimize_prompt: bool = Field(False, alias="OPTIMIZE_PROMPT")

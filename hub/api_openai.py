@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hub.appkeys import ROUTER, SETTINGS
 from hub.bus import Dropped
 from hub.errors import RUN_ID, ApiError, BadRequest, NotFound, RateLimited, Unavailable
+from hub.logs import bind
 from hub.router import HubClosing, QueueFull, Router, new_run_id
 from hub.store import Run
 
@@ -180,6 +181,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
     run_id = new_run_id()
     request[RUN_ID] = run_id
+    bind(run_id=run_id)
     chat = await _parse(request)
     if chat.model != settings.model_name:
         raise NotFound(

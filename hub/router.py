@@ -262,6 +262,7 @@ class Router:
         self._publish_run(run)
         self._progress(live, position=position)
         self._dispatch()
+        log.debug("run %s queued from %s", run.id, run.source, extra={"run_id": run.id})
         return Ticket(run, live.done, events, position)
 
     def position(self, run: Run) -> int:
@@ -699,7 +700,7 @@ class Router:
             self._send_delivery(delivery)
         if self.metrics is not None:
             self.metrics.run_finished(run, live.assigned_at)
-        log.info("run %s %s", run.id, status, extra={"run_id": run.id})
+        log.info("run %s ended %s", run.id, status, extra={"run_id": run.id})
 
     # deliveries
 
