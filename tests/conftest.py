@@ -43,8 +43,12 @@ pytest_plugins = [
 def _no_env_file() -> None:
     from pydantic_settings import BaseSettings
 
-    import executor.settings  # noqa: F401
-    import hub.settings  # noqa: F401
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent
+    for path in root.glob("*/**/settings.py"):
+        if path.parts[len(root.parts)] in ("hub", "executor", "bridges", "codex_hub"):
+            importlib.import_module(".".join(path.relative_to(root).with_suffix("").parts))
 
     stack = list(BaseSettings.__subclasses__())
     while stack:

@@ -1,0 +1,502 @@
+"""Telegram quirks as pure functions: access, addressing, splitting, formatting, texts.
+
+Nothing here does I/O. The bridge calls these with values taken from python-telegram-bot
+objects; tests call them directly.
+
+Lengths are measured in UTF-16 code units, as Telegram counts them (an emoji outside the
+Basic Multilingual Plane is two), so a chunk that fits here fits on the wire.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import telegramify_markdown
+from telegram import MessageEntity
+from telegramify_markdown.entity import split_entities
+
+#: Telegram refuses message texts longer than this (after entity parsing).
+MESSAGE_LIMIT = 4096
+
+#: The commands the bot offers (``setMyCommands``), in menu order.
+BOT_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("ask", "Ask Codex (needed in groups)"),
+    ("new", "Start a fresh conversation"),
+    ("cancel", "Stop the current run"),
+    ("status", "Show what is running"),
+    ("help", "How to use this bot"),
+)
+
+_MIN_SPLIT_LIMIT = 128
+# Longer fence markers or language tags are not repeated when a code block is reopened.
+_MAX_MARKER = 10
+_MAX_LANGUAGE = 20
+_FENCE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_CLOSE_RE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*$")
+_COMMAND_RE = re.compile(r"(?<!\S)/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]{3,32})?(?![\w@])")
+_MENTION_RE = re.compile(r"(?<![\w@])@[A-Za-z0-9_]{3,32}(?!\w)")
+
+
+def utf16_len(text: str) -> int:
+    """Length of ``text`` in UTF-16 code units, Telegram's unit for limits and offsets."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+# --- who may talk to the bot -------------------------------------------------------
+
+
+def is_allowed(
+    chat_id: int,
+    user_id: int | None,
+    allowed_chats: Iterable[str],
+    allowed_users: Iterable[str],
+) -> bool:
+    """True when the chat is allowed (everyone in it may ask) or the sender is (anywhere).
+
+    The lists combine with OR: ``TELEGRAM_ALLOWED_CHATS`` opens a chat to all its members,
+    ``TELEGRAM_ALLOWED_USERS`` opens the bot to a person in any chat, including a private
+    chat with it. ``*`` in either list admits everyone. Empty lists admit nobody, and a
+    message without a sender (a channel post) only passes through the chat list.
+    """
+    chats = {entry.strip() for entry in allowed_chats}
+    users = {entry.strip() for entry in allowed_users}
+    if "*" in chats or str(chat_id) in chats:
+        return True
+    return "*" in users or (user_id is not None and str(user_id) in users)
+
+
+def refusal_text(chat_id: int, user_id: int | None) -> str:
+    """What a refused sender reads: their ids and the settings that would let them in."""
+    who = f"Your user id is {user_id}." if user_id is not None else "This message has no sender."
+    if user_id is not None and chat_id == user_id:
+        ask = "Ask whoever runs codex-hub to add your user id to TELEGRAM_ALLOWED_USERS."
+    else:
+        ask = (
+            f"This chat's id is {chat_id}. Ask whoever runs codex-hub to add your user id to "
+            "TELEGRAM_ALLOWED_USERS, or this chat's id to TELEGRAM_ALLOWED_CHATS "
+            "(which lets everyone in this chat use the bot)."
+        )
+    return f"Sorry, I only answer people I have been told to trust.\n{who} {ask}"
+
+
+# --- which messages are addressed to the bot ---------------------------------------
+
+
+def _entity_fields(entity: MessageEntity | Mapping[str, Any]) -> tuple[str, int, int]:
+    if isinstance(entity, Mapping):
+        return str(entity["type"]), int(entity["offset"]), int(entity["length"])
+    return str(entity.type), int(entity.offset), int(entity.length)
+
+
+def _python_spans(
+    text: str, entities: Sequence[MessageEntity | Mapping[str, Any]] | None
+) -> list[tuple[str, int, int]]:
+    """Entities as (type, start, end) in Python string indices, in text order."""
+    if entities is None:
+        found = [("bot_command", m.start(), m.end()) for m in _COMMAND_RE.finditer(text)]
+        found += [("mention", m.start(), m.end()) for m in _MENTION_RE.finditer(text)]
+        return sorted(found, key=lambda span: span[1])
+    # Telegram counts offsets in UTF-16 code units; map them back to string indices.
+    index_of: dict[int, int] = {}
+    units = 0
+    for index, char in enumerate(text):
+        index_of[units] = index
+        units += 2 if ord(char) > 0xFFFF else 1
+    index_of[units] = len(text)
+    spans = []
+    for entity in entities:
+        kind, offset, length = _entity_fields(entity)
+        start, end = index_of.get(offset), index_of.get(offset + length)
+        if start is not None and end is not None:
+            spans.append((kind, start, end))
+    return sorted(spans, key=lambda span: span[1])
+
+
+def _strip_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """Remove the spans (mentions) and the separators that only existed for them."""
+    out = ""
+    cursor = 0
+    for start, end in spans:
+        out += text[cursor:start]
+        cursor = end
+        # "@bot, fix this" and "@bot: fix this" address the bot; the comma is not the prompt.
+        while cursor < len(text) and text[cursor] in ",:":
+            cursor += 1
+        if (not out or out[-1] in " \t") and text[cursor : cursor + 1] in (" ", "\t"):
+            cursor = len(text) - len(text[cursor:].lstrip(" \t"))
+    return (out + text[cursor:]).strip()
+
+
+def should_handle(
+    message_text: str | None,
+    chat_type: str,
+    bot_username: str,
+    is_reply_to_bot: bool,
+    entities: Sequence[MessageEntity | Mapping[str, Any]] | None = None,
+) -> tuple[bool, str]:
+    """Whether a message asks the bot something, and the prompt without the addressing.
+
+    Private chats: every text is a prompt. Groups and supergroups: only a mention of the
+    bot, a reply to one of its messages, or ``/ask text`` (``/ask@botname text``); the
+    mention or command is stripped from the prompt. Other commands (``/start``, ``/new``,
+    ``/ask@otherbot``) are not prompts. ``(True, "")`` means the bot was addressed with
+    nothing to ask: answer with help. ``entities`` are Telegram's (UTF-16 offsets, PTB
+    objects or dicts); when ``None`` they are found in the text.
+
+    ``is_reply_to_bot`` must be False for messages in a forum topic whose
+    ``reply_to_message`` is only the topic's creation message (``forum_topic_created``):
+    Telegram sets that on every message in the topic.
+    """
+    text = message_text or ""
+    if not text.strip() or chat_type not in ("private", "group", "supergroup"):
+        return False, ""
+    bot = bot_username.lstrip("@").lower()
+    spans = _python_spans(text, entities)
+
+    command = next((s for s in spans if s[0] == "bot_command" and s[1] == 0), None)
+    if command is not None:
+        name, _, target = text[1 : command[2]].partition("@")
+        if name.lower() != "ask" or (target and target.lower() != bot):
+            return False, ""
+        rest = text[command[2] :]
+        offset = command[2]
+    else:
+        rest, offset = text, 0
+
+    mentions = [
+        (start - offset, end - offset)
+        for kind, start, end in spans
+        if kind == "mention" and start >= offset and text[start:end].lower() == f"@{bot}"
+    ]
+    prompt = _strip_spans(rest, mentions)
+    if command is not None or chat_type == "private":
+        return True, prompt
+    if mentions or is_reply_to_bot:
+        return True, prompt
+    return False, ""
+
+
+# --- splitting long answers --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Fence:
+    """An open fenced code block: the marker that closes it and its language."""
+
+    marker: str
+    language: str
+
+    @property
+    def reopen(self) -> str:
+        """The line that reopens this block at the top of the next chunk."""
+        return f"{self.marker}{self.language}\n"
+
+    @property
+    def close_cost(self) -> int:
+        """UTF-16 units the closing line adds to a chunk (a newline and the marker)."""
+        return 1 + len(self.marker)
+
+
+def _next_fence(line: str, fence: _Fence | None) -> _Fence | None:
+    """The open fence after ``line``, given the one open before it (CommonMark rules)."""
+    if fence is not None:
+        close = _CLOSE_RE.match(line)
+        if close and close[1][0] == fence.marker[0] and len(close[1]) >= len(fence.marker):
+            return None
+        return fence
+    opening = _FENCE_RE.match(line)
+    if opening is None:
+        return None
+    marker, info = opening[1], opening[2].strip()
+    if marker[0] == "`" and "`" in info:
+        return None
+    language = info.split(maxsplit=1)[0] if info else ""
+    return _Fence(marker, language[:_MAX_LANGUAGE])
+
+
+def _repairable(fence: _Fence | None) -> _Fence | None:
+    """The fence to close and reopen across chunks; absurdly long markers are left alone."""
+    return fence if fence is not None and len(fence.marker) <= _MAX_MARKER else None
+
+
+class _Packer:
+    """Greedy line packing into chunks of at most ``budget`` UTF-16 units, fences repaired."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.chunks: list[str] = []
+        self.raw: list[str] = []
+        self.size = 0
+        self.head: _Fence | None = None  # open when this chunk starts
+        self.fence: _Fence | None = None  # open after the last line added
+
+    def cost(self, extra: int, ends_newline: bool, fence: _Fence | None) -> int:
+        """Rendered size of the chunk if ``extra`` raw units were added."""
+        head = _repairable(self.head)
+        tail = _repairable(fence)
+        return (
+            (utf16_len(head.reopen) if head else 0)
+            + self.size
+            + extra
+            - (1 if ends_newline else 0)
+            + (tail.close_cost if tail else 0)
+        )
+
+    def add(self, piece: str, fence_after: _Fence | None) -> None:
+        """Append raw text that is known to fit."""
+        self.raw.append(piece)
+        self.size += utf16_len(piece)
+        self.fence = fence_after
+
+    def flush(self) -> None:
+        """Close the current chunk (repairing an open fence) and start the next one."""
+        if self.raw:
+            head, tail = _repairable(self.head), _repairable(self.fence)
+            body = "".join(self.raw).removesuffix("\n")
+            text = (head.reopen if head else "") + body + (f"\n{tail.marker}" if tail else "")
+            self.chunks.append(text)
+        self.raw, self.size, self.head = [], 0, self.fence
+
+    def room(self) -> int:
+        """UTF-16 units free for raw text in an empty chunk that starts in the current fence."""
+        fence = _repairable(self.fence)
+        return self.budget - (utf16_len(fence.reopen) + fence.close_cost if fence else 0)
+
+
+def _cut(line: str, start: int, room: int) -> int:
+    """Where to hard-split ``line`` after ``start``: at most ``room`` units, at a space if near."""
+    units = 0
+    cut = len(line)
+    for index in range(start, len(line)):
+        units += 2 if ord(line[index]) > 0xFFFF else 1
+        if units > room:
+            cut = max(index, start + 1)
+            break
+    space = line.rfind(" ", (start + cut) // 2, cut)
+    if start < space < len(line) - 1:
+        cut = space + 1
+    # A piece must not start like a fence, or the chunk it opens would read as code.
+    floor = max(start + 1, cut - _MAX_MARKER)
+    while cut > floor and _FENCE_RE.match(line[cut : cut + 2 * _MAX_MARKER]):
+        cut -= 1
+    return cut
+
+
+def _pack(text: str, budget: int) -> list[str]:
+    """Chunks of ``text`` without labels, each at most ``budget`` UTF-16 units."""
+    lines = text.split("\n")
+    fences: list[_Fence | None] = []  # the open fence after each line
+    state: _Fence | None = None
+    for line in lines:
+        state = _next_fence(line, state)
+        fences.append(state)
+
+    packer = _Packer(budget)
+    for number, line in enumerate(lines):
+        newline = number < len(lines) - 1
+        piece = line + "\n" if newline else line
+        after = fences[number]
+        opens_block = packer.fence is None and after is not None
+        if opens_block and packer.raw:
+            # Start a code block in a fresh chunk when it fits there but not here.
+            end = next((n for n in range(number, len(lines)) if fences[n] is None), len(lines))
+            block = sum(utf16_len(lines[n]) + 1 for n in range(number, min(end + 1, len(lines))))
+            if packer.cost(block, True, None) > budget and block <= budget:
+                packer.flush()
+        if packer.cost(utf16_len(piece), newline, after) <= budget:
+            packer.add(piece, after)
+            continue
+        packer.flush()
+        if packer.cost(utf16_len(piece), newline, after) <= budget:
+            packer.add(piece, after)
+            continue
+        # One line longer than a chunk: hard-split it, inside whatever fence is open.
+        start, left, state = 0, utf16_len(piece), packer.fence
+        room = packer.room()
+        if state is None and _FENCE_RE.match(line):
+            room -= _MAX_MARKER + 1  # its first piece opens a block that must be closed
+        while packer.cost(left, newline, after) > budget:
+            cut = min(_cut(piece, start, room), len(piece) - 1)
+            head = piece[start:cut]
+            if start == 0:
+                state = _next_fence(head, state)  # a cut opening line still opens its block
+            packer.add(head, state)
+            packer.flush()
+            start, left, room = cut, left - utf16_len(head), packer.room()
+        packer.add(piece[start:], after)
+    packer.flush()
+    return packer.chunks
+
+
+def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Split ``text`` into messages of at most ``limit`` UTF-16 units each.
+
+    Splits on line boundaries; a line longer than a message is cut, at a space when one is
+    near. A fenced code block cut in two is closed at the end of one chunk and reopened,
+    with its language, at the top of the next. When there is more than one chunk each
+    starts with a ``(i/n)`` line and a blank line (so Markdown never reads the label as
+    part of what follows), counted in the limit. Whitespace-only text gives ``[]``
+    (Telegram refuses empty messages); text that fits is returned unchanged.
+    """
+    if limit < _MIN_SPLIT_LIMIT:
+        raise ValueError(f"limit must be at least {_MIN_SPLIT_LIMIT}, got {limit}")
+    if not text.strip():
+        return []
+    if utf16_len(text) <= limit:
+        return [text]
+    digits = 1
+    while True:
+        label_room = len(f"({'9' * digits}/{'9' * digits})\n\n")
+        chunks = [c for c in _pack(text, limit - label_room) if c.strip()]
+        if len(str(len(chunks))) <= digits:
+            break
+        digits = len(str(len(chunks)))
+    if len(chunks) == 1:
+        return chunks
+    return [f"({n}/{len(chunks)})\n\n{chunk}" for n, chunk in enumerate(chunks, 1)]
+
+
+# --- formatting --------------------------------------------------------------------
+
+
+class Rendered(NamedTuple):
+    """One message ready to send: text plus entities, or plain text when entities is None."""
+
+    text: str
+    entities: list[MessageEntity] | None
+
+
+def _to_ptb(entities: Iterable[telegramify_markdown.MessageEntity]) -> list[MessageEntity]:
+    return [MessageEntity.de_json(entity.to_dict(), None) for entity in entities]
+
+
+def render(text: str, parse_mode: str) -> Rendered:
+    """Format one chunk: Markdown becomes plain text plus entities when ``parse_mode`` is set.
+
+    With ``parse_mode="MarkdownV2"`` the Markdown is converted by telegramify-markdown into
+    message entities, sent as ``entities=`` with no ``parse_mode`` at all: Telegram never
+    re-parses the text, so no reserved character can make it refuse the message. Any other
+    value, or a conversion that fails or comes out empty, gives the text unchanged.
+    """
+    if parse_mode != "MarkdownV2":
+        return Rendered(text, None)
+    try:
+        plain, entities = telegramify_markdown.convert(text)
+    except Exception:  # a formatter bug must never lose an answer: fall back to plain text
+        return Rendered(text, None)
+    if not plain.strip():
+        return Rendered(text, None)
+    return Rendered(plain, _to_ptb(entities))
+
+
+def render_message(text: str, parse_mode: str, limit: int = MESSAGE_LIMIT) -> list[Rendered]:
+    """Split then format ``text`` chunk by chunk; every result fits in ``limit``.
+
+    Formatting usually shortens a chunk, but it can grow one (tables are padded into
+    aligned columns): such a chunk is split again after conversion, entities clipped.
+    """
+    out: list[Rendered] = []
+    for chunk in split_message(text, limit):
+        rendered = render(chunk, parse_mode)
+        if rendered.entities is None or utf16_len(rendered.text) <= limit:
+            out.append(rendered)
+            continue
+        _, entities = telegramify_markdown.convert(chunk)
+        for part, part_entities in split_entities(rendered.text, entities, limit):
+            out.append(Rendered(part, _to_ptb(part_entities)))
+    return out
+
+
+# --- texts the bot sends ----------------------------------------------------------
+
+
+def session_key(chat_id: int, message_thread_id: int | None, generation: int) -> str:
+    """The hub session of a chat (or forum topic); ``/new`` bumps ``generation``."""
+    return f"telegram:{chat_id}:{message_thread_id or 0}:{generation}"
+
+
+def preview(text: str, n: int) -> str:
+    """``text`` on one line, whitespace collapsed, cut to at most ``n`` characters with '…'."""
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    flat = " ".join(text.split())
+    return flat if len(flat) <= n else flat[: n - 1].rstrip() + "…"
+
+
+def help_text(user_id: int | None, chat_id: int, *, bot_username: str = "") -> str:
+    """How to use the bot, with the ids an operator needs to allow this user or chat."""
+    mention = f"@{bot_username.lstrip('@')}" if bot_username else "me"
+    commands = "\n".join(f"/{name} - {about}" for name, about in BOT_COMMANDS)
+    ids = f"Your user id: {user_id}. This chat's id: {chat_id}."
+    return (
+        "I hand your messages to Codex and reply with its answer.\n"
+        "In a private chat, just write. In a group, mention "
+        f"{mention}, reply to one of my messages, or use /ask followed by your question.\n\n"
+        f"{commands}\n\n{ids}"
+    )
+
+
+_STATE_LABELS = {
+    "queued": "⏳ Queued",
+    "optimizing": "✍️ Preparing the prompt",
+    "running": "⚙️ Working",
+}
+
+
+def status_text(state: str, detail: str, run_id: str, position: int | None = None) -> str:
+    """The status message of a run still going (plain text, edited as progress arrives)."""
+    line = _STATE_LABELS.get(state, f"⚙️ {state.replace('_', ' ').capitalize()}")
+    if state == "queued" and position:
+        line += f" ({position} ahead)"
+    parts = [f"{line}…"]
+    if detail.strip():
+        parts.append(preview(detail, 300))
+    parts.append(f"run {run_id}")
+    return "\n".join(parts)
+
+
+def _error_message(error: Mapping[str, Any] | str | None) -> str:
+    if isinstance(error, Mapping):
+        message = error.get("message") or error.get("detail") or error.get("code")
+        return str(message) if message else ""
+    return error or ""
+
+
+def final_text(
+    status: str,
+    answer: str,
+    run_id: str,
+    error: Mapping[str, Any] | str | None = None,
+) -> str:
+    """The reply that ends a run: codex's answer, or what went wrong and the run id.
+
+    Only ``succeeded`` returns codex's own Markdown (render it with the parse mode); every
+    other outcome is plain text and should be sent without formatting.
+    """
+    if status == "succeeded":
+        return answer.strip() or f"Codex finished without an answer. (run {run_id})"
+    reason = preview(_error_message(error), 1000)
+    if status == "cancelled":
+        head = "🛑 Cancelled."
+    elif status == "timed_out":
+        head = "⌛ Timed out: the run took longer than it is allowed to."
+    elif status == "rejected":
+        head = "🚫 The hub did not accept this request."
+    else:
+        head = "❌ The run failed."
+    lines = [head]
+    if reason:
+        lines.append(reason)
+    lines.append(f"(run {run_id})")
+    return "\n".join(lines)
+
+
+def document_for(answer: str, run_id: str) -> tuple[str, bytes]:
+    """A long answer as a Markdown file: its name and UTF-8 bytes."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "", run_id)[:12] or "answer"
+    return f"answer-{safe}.md", answer.encode("utf-8")
