@@ -1,0 +1,1 @@
+"""Slack bridge: mentions and DMs in, answers back in the thread."""
