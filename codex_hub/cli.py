@@ -187,6 +187,7 @@ async def _executor(args: argparse.Namespace, hub_url: str | None = None) -> Asy
         async with ExecutorNode(settings, pipeline) as node:
             yield node
     finally:
+        await pipeline.aclose()
         await transport.close()
 
 
@@ -194,7 +195,6 @@ def _bridge(platform: str, env_file: Path | None, hub_url: str | None = None) ->
     overrides = {"HUB_URL": hub_url}
     if platform == "slack":
         from bridges.slack.bridge import SlackBridge
-
         from bridges.slack.settings import SlackSettings
 
         slack = load(SlackSettings, env_file, **overrides)
@@ -203,7 +203,6 @@ def _bridge(platform: str, env_file: Path | None, hub_url: str | None = None) ->
         register_settings_secrets(slack)
         return SlackBridge(slack)
     from bridges.telegram.bridge import TelegramBridge
-
     from bridges.telegram.settings import TelegramSettings
 
     telegram = load(TelegramSettings, env_file, **overrides)
@@ -293,6 +292,7 @@ async def cmd_exec(args: argparse.Namespace) -> int:
             stopper.cancel()
             result = task.result()
     finally:
+        await pipeline.aclose()
         await transport.close()
     if result.status == "succeeded":
         sys.stdout.write(result.answer)

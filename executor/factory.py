@@ -6,6 +6,7 @@ import importlib
 from typing import Any
 
 from executor.engine import CodexEngine
+from executor.optimizer import PromptOptimizer
 from executor.pipeline import Optimizer, Pipeline
 from executor.settings import ExecutorSettings
 from executor.transport import Transport
@@ -27,13 +28,9 @@ def make_transport(settings: ExecutorSettings) -> Transport:
     return module.SshTransport.from_settings(settings)
 
 
-def make_optimizer(settings: ExecutorSettings) -> Optimizer | None:
-    """The prompt optimizer, when this build has one."""
-    try:
-        module: Any = importlib.import_module("executor.optimizer")
-    except ImportError:
-        return None
-    return module.PromptOptimizer(settings)
+def make_optimizer(settings: ExecutorSettings) -> Optimizer:
+    """The prompt optimizer; it asks upstream only for runs that want optimization."""
+    return PromptOptimizer(settings)
 
 
 def build_pipeline(settings: ExecutorSettings) -> tuple[Pipeline, Transport]:

@@ -35,6 +35,8 @@ class Optimizer(Protocol):
 
     async def decide(self, prompt: str) -> Decision: ...
 
+    async def aclose(self) -> None: ...
+
 
 @dataclass
 class Job:
@@ -83,6 +85,11 @@ class Pipeline:
         self.settings = settings
         self.engine = engine
         self.optimizer = optimizer
+
+    async def aclose(self) -> None:
+        """Close what the pipeline owns (the optimizer's HTTP client). Idempotent."""
+        if self.optimizer is not None:
+            await self.optimizer.aclose()
 
     async def run(self, job: Job, emit: Emit, set_state: SetState) -> Result:
         """Run one job to its end; cancellation propagates (codex is killed)."""

@@ -26,8 +26,19 @@ for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_prox
 # Settings come from the tests alone. CODEX_BIN (set by `make test`) stays: it only
 # says where the pinned codex binary is.
 _SETTING_PREFIXES = (
-    "HUB_", "EXEC_", "SSH_", "OPENAI_", "OPENWEBUI_", "LITELLM_", "SLACK_", "TELEGRAM_",
-    "OPTIMIZE_", "LOG_", "NODE_NAME", "MODEL", "AVAILABLE_CLIS",
+    "HUB_",
+    "EXEC_",
+    "SSH_",
+    "OPENAI_",
+    "OPENWEBUI_",
+    "LITELLM_",
+    "SLACK_",
+    "TELEGRAM_",
+    "OPTIMIZE_",
+    "LOG_",
+    "NODE_NAME",
+    "MODEL",
+    "AVAILABLE_CLIS",
 )
 for _var in list(os.environ):
     if _var.startswith(_SETTING_PREFIXES) or (_var.startswith("CODEX_") and _var != "CODEX_BIN"):
@@ -41,9 +52,9 @@ pytest_plugins = [
 
 
 def _no_env_file() -> None:
-    from pydantic_settings import BaseSettings
-
     import importlib
+
+    from pydantic_settings import BaseSettings
 
     root = Path(__file__).resolve().parent.parent
     for path in root.glob("*/**/settings.py"):
@@ -100,9 +111,7 @@ def ws_url(hub: Any) -> str:
 
 
 @pytest.fixture
-def start_executor(
-    hub: Any, tmp_path: Path
-) -> Callable[..., AbstractAsyncContextManager[Any]]:
+def start_executor(hub: Any, tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[Any]]:
     """Start a real executor node on the hub: ``async with start_executor(**settings)``.
 
     Dry-run by default; pass ``EXEC_DRY_RUN=False`` and codex settings for real runs.
@@ -129,6 +138,7 @@ def start_executor(
             yield node
         finally:
             await node.close()
+            await pipeline.aclose()
             await transport.close()
 
     return start
