@@ -1,0 +1,62 @@
+// The composer: a prompt typed on the page starts a run (POST /api/runs), optionally in
+// the open run's conversation, and the new run is opened so its answer shows up there.
+
+import { setText } from './dom.js';
+
+export class Composer {
+  /** parts: { form, prompt, keep, keepLabel, send, status }; onStarted(runSummary). */
+  constructor(api, parts, onStarted, onError) {
+    this.api = api;
+    this.parts = parts;
+    this.onStarted = onStarted;
+    this.onError = onError;
+    this.sessionKey = null;
+    parts.form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      this.submit();
+    });
+    parts.prompt.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        this.submit();
+      }
+    });
+    this.follow(null);
+  }
+
+  /** The open run changed: offer to continue its conversation (when it has one). */
+  follow(run) {
+    const key = run?.session_key || null;
+    const { keep, keepLabel } = this.parts;
+    if (key !== this.sessionKey) keep.checked = false;
+    this.sessionKey = key;
+    keep.disabled = !key;
+    keepLabel.title = key ? `Continue the conversation of ${run.id}` : 'Open a run to continue its conversation';
+  }
+
+  async submit() {
+    const { prompt, keep, send, status } = this.parts;
+    const text = prompt.value;
+    if (!text.trim()) {
+      setText(status, 'Type a prompt first.');
+      prompt.focus();
+      return;
+    }
+    const body = { prompt: text };
+    if (keep.checked && this.sessionKey) body.session_key = this.sessionKey;
+    send.disabled = true;
+    setText(status, 'Starting…');
+    try {
+      const reply = await this.api.post('api/runs', body);
+      prompt.value = '';
+      const ahead = reply.position ? ` (${reply.position} ahead of it in the conversation)` : '';
+      setText(status, `Started ${reply.run.id}${ahead}.`);
+      this.onStarted(reply.run);
+    } catch (err) {
+      setText(status, `Could not start the run: ${err.message}`);
+      this.onError(err);
+    } finally {
+      send.disabled = false;
+    }
+  }
+}

@@ -1,0 +1,319 @@
+// The open run: prompts, a timeline that grows while it works, then the raw answer.
+//
+// Events come from the feed; anything missed (opened mid-run, a gap in seq, a
+// reconnect) is fetched with GET /api/runs/{id}?after=<last seq>. Events are applied in
+// seq order exactly once, whatever the mix of feed and catch-up that delivered them.
+
+import { now } from './clock.js';
+import { copyText, h, setText } from './dom.js';
+import { clock, duration, elapsed, isActive, originLabel, stateLabel, tokens } from './fmt.js';
+import { Timeline } from './timeline.js';
+
+const STATE_RANK = { queued: 0, optimizing: 1, running: 2 };
+const rank = (state) => STATE_RANK[state] ?? 3;
+
+export class RunDetail {
+  /** handlers: onError(err), onChange(run|null) whenever the open run changes. */
+  constructor(api, root, nodes, handlers) {
+    this.api = api;
+    this.root = root;
+    this.nodes = nodes;
+    this.handlers = handlers;
+    this.placeholder = root.firstElementChild;
+    this.reset(null);
+  }
+
+  reset(id) {
+    this.token = (this.token ?? 0) + 1; // replies for an earlier open are ignored
+    this.id = id;
+    this.run = null;
+    this.lastSeq = 0;
+    this.pending = []; // feed events that arrived before the first load finished
+    this.changedMeanwhile = false; // a feed `run` frame arrived before it, too
+    this.inflight = null;
+    this.again = false;
+    this.opening = null;
+    this.ui = null;
+  }
+
+  current() {
+    return this.run;
+  }
+
+  close() {
+    this.reset(null);
+    this.root.replaceChildren(this.placeholder);
+    this.handlers.onChange(null);
+  }
+
+  /** Show run `id`; resolves once it is shown (or its error is). */
+  open(id) {
+    if (id === this.id && (this.run || this.opening)) return this.opening || Promise.resolve();
+    this.reset(id);
+    const token = this.token;
+    this.opening = this.load(id, token).finally(() => {
+      if (token === this.token) this.opening = null;
+    });
+    return this.opening;
+  }
+
+  async load(id, token) {
+    this.root.replaceChildren(h('p', { class: 'placeholder muted', role: 'status' }, 'Loading the run…'));
+    let data;
+    try {
+      data = await this.api.get(runPath(id));
+    } catch (err) {
+      if (token !== this.token) return;
+      const message = err.status === 404 ? `There is no run with id ${id}.` : `Could not load the run: ${err.message}`;
+      this.root.replaceChildren(h('p', { class: 'notice notice-error', role: 'alert' }, message));
+      this.handlers.onError(err);
+      return;
+    }
+    if (token !== this.token) return;
+    this.render(data.run);
+    this.root.scrollTop = 0;
+    this.applyEvents(data.events);
+    const early = this.pending;
+    this.pending = [];
+    this.applyEvents(early.sort((a, b) => a.seq - b.seq));
+    this.handlers.onChange(this.run);
+    // The reply may predate what the feed said during the load (the answer, say).
+    if (this.changedMeanwhile) this.catchUp();
+  }
+
+  /** Fetch what the page has not seen of the open run (fields and events after lastSeq). */
+  catchUp() {
+    if (!this.run) return Promise.resolve();
+    if (this.inflight) {
+      this.again = true;
+      return this.inflight;
+    }
+    this.inflight = this.fetchMissing().finally(() => {
+      this.inflight = null;
+    });
+    return this.inflight;
+  }
+
+  async fetchMissing() {
+    const token = this.token;
+    do {
+      this.again = false;
+      let data;
+      try {
+        data = await this.api.get(runPath(this.id), { after: this.lastSeq });
+      } catch (err) {
+        // Unreachable: the feed reconnects and calls catchUp again after `ready`.
+        if (err.name === 'Unauthorized') this.handlers.onError(err);
+        return;
+      }
+      if (token !== this.token) return;
+      this.updateRun(data.run);
+      this.applyEvents(data.events, true);
+    } while (this.again && token === this.token);
+  }
+
+  /** A run summary from the feed. */
+  onRun(summary) {
+    if (summary.id !== this.id) return;
+    if (!this.run) {
+      this.changedMeanwhile = true;
+      return;
+    }
+    this.updateRun(summary);
+    this.catchUp(); // the summary lacks the answer, usage and effective prompt
+  }
+
+  /** An event from the feed. */
+  onEvent(runId, event) {
+    if (runId !== this.id) return;
+    if (!this.run) this.pending.push(event);
+    else this.applyEvents([event], true);
+  }
+
+  /** Apply events in seq order; `follow`: keep a reader who is at the end there. */
+  applyEvents(events, follow = false) {
+    const stick = follow && this.atBottom();
+    for (const event of events) {
+      if (event.seq <= this.lastSeq) continue;
+      if (event.seq > this.lastSeq + 1) {
+        this.catchUp(); // a gap: fetch it rather than show events out of order
+        break;
+      }
+      this.ui.timeline.add(event);
+      this.lastSeq = event.seq;
+      if (event.kind === 'state' && rank(event.state) >= rank(this.run.state)) {
+        this.run.state = event.state;
+        this.renderHead();
+      }
+    }
+    if (stick) this.root.scrollTop = this.root.scrollHeight;
+  }
+
+  // Follow the timeline only when the reader is already at its end.
+  atBottom() {
+    const el = this.root;
+    return el.scrollHeight > el.clientHeight && el.scrollHeight - el.scrollTop - el.clientHeight < 40;
+  }
+
+  updateRun(fields) {
+    if (rank(fields.state) < rank(this.run.state)) return; // a stale reply
+    const before = this.run;
+    this.run = { ...this.run, ...fields };
+    this.renderHead();
+    this.renderPrompts();
+    this.renderOutcome();
+    if (before.session_key !== this.run.session_key || before.state !== this.run.state) {
+      this.handlers.onChange(this.run);
+    }
+  }
+
+  tick() {
+    if (this.run && isActive(this.run.state)) {
+      setText(this.ui.elapsed, duration(elapsed(this.run, now())));
+    }
+  }
+
+  // ---- rendering ----
+
+  render(run) {
+    this.run = run;
+    const ui = {
+      title: h('h2', { id: 'detail-title' }, run.id),
+      badge: h('span', { class: 'badge' }),
+      elapsed: h('span', { class: 'muted', title: 'time since the run arrived' }),
+      cancel: h('button', { class: 'btn btn-danger btn-small', type: 'button' }, 'Cancel run'),
+      cancelStatus: h('span', { class: 'muted', role: 'status' }),
+      meta: h('dl', { class: 'detail-meta' }),
+      prompt: h('pre', { class: 'text-block prompt' }),
+      effective: h('div', { class: 'effective' }),
+      timelineList: h('ol', { class: 'timeline', 'aria-label': 'Timeline' }),
+      outcome: h('div', { class: 'outcome' }),
+      usage: h('div', { class: 'usage-timings' }),
+    };
+    ui.timeline = new Timeline(ui.timelineList, run.created_at);
+    ui.cancel.addEventListener('click', () => this.cancel());
+    this.ui = ui;
+    const back = h('button', { class: 'btn btn-quiet btn-small back-link', type: 'button' }, '← Back to runs');
+    back.addEventListener('click', () => document.getElementById('runs-title')?.focus());
+    this.root.replaceChildren(
+      back,
+      h('header', { class: 'detail-head' }, ui.title, ui.badge, ui.elapsed, ui.cancelStatus, ui.cancel),
+      ui.meta,
+      section('Prompt', ui.prompt),
+      section('Prompt codex got', ui.effective),
+      section('Timeline', ui.timelineList),
+      section('Answer', ui.outcome),
+      section('Usage and timings', ui.usage),
+    );
+    this.root.setAttribute('aria-labelledby', 'detail-title');
+    this.renderHead();
+    this.renderPrompts();
+    this.renderOutcome();
+  }
+
+  renderHead() {
+    const { run, ui } = this;
+    ui.badge.dataset.state = run.state;
+    setText(ui.badge, stateLabel(run.state));
+    setText(ui.elapsed, duration(elapsed(run, now())));
+    ui.cancel.hidden = !isActive(run.state);
+    const items = [
+      ['From', originLabel(run)],
+      ['Executor', run.executor ? this.nodes.nameOf(run.executor) : 'not assigned'],
+      ['Conversation', run.session_key || 'none'],
+      ['Created', clock(run.created_at)],
+    ];
+    ui.meta.replaceChildren(...items.map(([name, value]) => h('div', {}, h('dt', {}, name), h('dd', {}, value))));
+  }
+
+  renderPrompts() {
+    const { run, ui } = this;
+    setText(ui.prompt, run.prompt ?? run.prompt_excerpt ?? '');
+    let content;
+    if (run.effective_prompt == null) {
+      content = h('p', { class: 'muted' }, isActive(run.state) ? 'Not handed to codex yet.' : 'codex never got this run.');
+    } else if (run.effective_prompt === run.prompt) {
+      content = h('p', { class: 'muted' }, 'The same prompt, unchanged.');
+    } else {
+      content = h('pre', { class: 'text-block' }, run.effective_prompt);
+    }
+    ui.effective.replaceChildren(content);
+  }
+
+  renderOutcome() {
+    const { run, ui } = this;
+    if (isActive(run.state)) {
+      ui.outcome.replaceChildren(h('p', { class: 'muted' }, 'The answer appears here when codex finishes.'));
+    } else {
+      ui.outcome.replaceChildren(...this.answerParts());
+    }
+    ui.usage.replaceChildren(usageList(run));
+  }
+
+  answerParts() {
+    const { run } = this;
+    const parts = [];
+    if (run.error?.message) {
+      const code = run.error.code ? `${run.error.code}: ` : '';
+      parts.push(h('p', { class: 'notice notice-error', role: 'alert' }, `${code}${run.error.message}`));
+    }
+    if (run.answer) {
+      const status = h('span', { class: 'muted', role: 'status' });
+      const copy = h('button', { class: 'btn btn-small', type: 'button' }, 'Copy answer');
+      copy.addEventListener('click', async () => {
+        try {
+          await copyText(run.answer);
+          setText(status, 'Copied.');
+        } catch (err) {
+          setText(status, `Could not copy: ${err.message}`);
+        }
+      });
+      parts.push(h('div', { class: 'answer-bar' }, copy, status));
+      parts.push(h('pre', { class: 'text-block answer' }, run.answer));
+    } else if (!run.error) {
+      parts.push(h('p', { class: 'muted' }, 'codex gave no answer.'));
+    }
+    return parts;
+  }
+
+  async cancel() {
+    const { ui } = this;
+    const id = this.id;
+    ui.cancel.disabled = true;
+    setText(ui.cancelStatus, 'Cancelling…');
+    try {
+      await this.api.post(`${runPath(id)}/cancel`);
+      if (id === this.id) setText(ui.cancelStatus, 'Cancel requested.');
+    } catch (err) {
+      if (id !== this.id) return;
+      setText(ui.cancelStatus, err.status === 409 ? 'It had already ended.' : `Could not cancel: ${err.message}`);
+      if (err.name === 'Unauthorized') this.handlers.onError(err);
+    } finally {
+      ui.cancel.disabled = false;
+    }
+  }
+}
+
+function runPath(id) {
+  return `api/runs/${encodeURIComponent(id)}`;
+}
+
+function section(title, body) {
+  return h('section', { class: 'detail-section' }, h('h3', {}, title), body);
+}
+
+function usageList(run) {
+  const rows = [];
+  const usage = run.usage || {};
+  if (run.usage) {
+    rows.push(['Input tokens', tokens(usage.input_tokens)]);
+    rows.push(['Cached input tokens', tokens(usage.cached_input_tokens)]);
+    rows.push(['Output tokens', tokens(usage.output_tokens)]);
+  }
+  const at = now();
+  if (run.started_at) rows.push(['Waited', duration(run.started_at - run.created_at)]);
+  if (run.started_at) rows.push(['Ran', duration((run.finished_at || at) - run.started_at)]);
+  rows.push(['Total', duration(elapsed(run, at))]);
+  if (run.finished_at) rows.push(['Finished', clock(run.finished_at)]);
+  return h('dl', { class: 'usage' }, rows.map(([name, value]) => [h('dt', {}, name), h('dd', {}, value)]));
+}

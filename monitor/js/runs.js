@@ -1,0 +1,318 @@
+// The runs list: server-side filters and paging, kept live by the feed.
+//
+// Rows are keyed by run id, so a run that arrives twice (feed and reload, or a
+// reconnect's catch-up) is updated in place, never shown twice. Only the rows that
+// change are touched, which keeps the page fast with thousands of runs loaded.
+
+import { now } from './clock.js';
+import { h, setText } from './dom.js';
+import { duration, elapsed, isActive, originLabel, stateLabel } from './fmt.js';
+
+const PAGE_SIZE = 100;
+// A run's state only moves forward; a reply that was already stale when it arrived
+// must not take a row back (say, from "succeeded" to "running").
+const STATE_RANK = { queued: 0, optimizing: 1, running: 2 };
+const rank = (state) => STATE_RANK[state] ?? 3;
+// Runs shown as active but absent from a reloaded first page are refreshed one by one.
+const MAX_STALE_REFRESH = 50;
+// `after` larger than any seq: fetch a run without its events.
+const NO_EVENTS = 2 ** 53 - 1;
+
+/** The summary of a full run (GET /api/runs/{id}), as the list and the feed have it. */
+export function summaryOf(run) {
+  return {
+    id: run.id,
+    state: run.state,
+    source: run.source,
+    user: run.user,
+    session_key: run.session_key,
+    prompt_excerpt: run.prompt_excerpt ?? String(run.prompt ?? '').slice(0, 200),
+    executor: run.executor,
+    created_at: run.created_at,
+    started_at: run.started_at,
+    finished_at: run.finished_at,
+    error: run.error,
+  };
+}
+
+export class RunsList {
+  /** parts: { list, more, status }; nodes names executors; onError(err) reports failures. */
+  constructor(api, parts, nodes, onError) {
+    this.api = api;
+    this.list = parts.list;
+    this.more = parts.more;
+    this.status = parts.status;
+    this.nodes = nodes;
+    this.onError = onError;
+    this.filters = { q: '', state: '', source: '' };
+    this.rows = new Map();
+    this.active = new Set();
+    this.nextBefore = null;
+    this.generation = 0;
+    this.loaded = false;
+    this.reloading = false;
+    this.early = []; // feed runs that arrived while a reload was on its way
+    this.selectedId = null;
+    this.more.addEventListener('click', () => this.loadMore());
+  }
+
+  clear() {
+    this.generation += 1;
+    this.rows.clear();
+    this.active.clear();
+    this.list.replaceChildren();
+    this.nextBefore = null;
+    this.loaded = false;
+    this.reloading = false;
+    this.early = [];
+    this.more.hidden = true;
+    setText(this.status, '');
+  }
+
+  setFilters(filters) {
+    this.filters = { ...this.filters, ...filters };
+    return this.reload();
+  }
+
+  params(extra = {}) {
+    const { q, state, source } = this.filters;
+    return { q: q.trim(), state, source, limit: PAGE_SIZE, ...extra };
+  }
+
+  /** Replace the list with the first page for the current filters. */
+  async reload() {
+    const generation = ++this.generation;
+    // The page may be older than what the feed says meanwhile: keep the feed's news and
+    // apply it on top of the page (upsert never moves a run's state backwards).
+    this.reloading = true;
+    this.early = [];
+    setText(this.status, 'Loading…');
+    this.list.setAttribute('aria-busy', 'true');
+    try {
+      const page = await this.api.get('api/runs', this.params());
+      if (generation !== this.generation) return;
+      this.rows.clear();
+      this.active.clear();
+      this.list.replaceChildren();
+      this.loaded = true;
+      for (const run of page.runs) this.insert(run, true);
+      this.nextBefore = page.next_before;
+      this.reloading = false;
+      for (const run of this.early.splice(0)) this.upsert(run);
+      this.afterChange();
+    } catch (err) {
+      if (generation === this.generation) this.failed(err);
+    } finally {
+      if (generation === this.generation) {
+        this.reloading = false;
+        this.list.removeAttribute('aria-busy');
+      }
+    }
+  }
+
+  /** After a reconnect: merge the first page, keep the pages loaded below it. */
+  async refresh() {
+    if (!this.loaded) return this.reload();
+    const generation = this.generation;
+    try {
+      const page = await this.api.get('api/runs', this.params());
+      if (generation !== this.generation) return;
+      const fresh = new Set(page.runs.map((run) => run.id));
+      for (const run of page.runs) this.upsert(run);
+      const stale = [...this.active].filter((id) => !fresh.has(id)).slice(0, MAX_STALE_REFRESH);
+      await Promise.all(stale.map((id) => this.refreshOne(id, generation)));
+      this.afterChange();
+    } catch (err) {
+      if (generation === this.generation) this.failed(err);
+    }
+  }
+
+  async refreshOne(id, generation) {
+    try {
+      const data = await this.api.get(`api/runs/${encodeURIComponent(id)}`, { after: NO_EVENTS });
+      if (generation === this.generation) this.upsert(summaryOf(data.run));
+    } catch (err) {
+      if (err.name === 'Unauthorized') throw err;
+      // Gone or unreachable: the row keeps what it knew; the next reconnect retries.
+    }
+  }
+
+  async loadMore() {
+    if (this.nextBefore == null) return;
+    const generation = this.generation;
+    this.more.disabled = true;
+    try {
+      const page = await this.api.get('api/runs', this.params({ before: this.nextBefore }));
+      if (generation !== this.generation) return;
+      for (const run of page.runs) {
+        if (this.rows.has(run.id)) this.upsert(run);
+        else this.insert(run, true);
+      }
+      this.nextBefore = page.next_before;
+      this.afterChange();
+    } catch (err) {
+      if (generation === this.generation) this.failed(err);
+    } finally {
+      this.more.disabled = false;
+    }
+  }
+
+  failed(err) {
+    setText(this.status, `Could not load runs: ${err.message}`);
+    this.onError(err);
+  }
+
+  afterChange() {
+    this.more.hidden = this.nextBefore == null;
+    const shown = this.rows.size;
+    if (!shown) setText(this.status, this.filtered() ? 'No runs match these filters.' : 'No runs yet.');
+    else setText(this.status, `${shown} run${shown === 1 ? '' : 's'}${this.nextBefore == null ? '' : ' (more below)'}`);
+  }
+
+  filtered() {
+    const { q, state, source } = this.filters;
+    return Boolean(q.trim() || state || source);
+  }
+
+  /** Whether a run belongs in the list under the current filters (as the hub decides). */
+  matches(run) {
+    const { q, state, source } = this.filters;
+    if (state && !state.split(',').includes(run.state)) return false;
+    if (source && !source.split(',').includes(run.source)) return false;
+    const text = q.trim().toLowerCase();
+    if (!text) return true;
+    return (
+      run.id === q.trim() ||
+      String(run.prompt_excerpt || '').toLowerCase().includes(text) ||
+      String(run.user || '').toLowerCase().includes(text)
+    );
+  }
+
+  /** A run from the feed or the API: update its row, add it, or drop it. */
+  upsert(run) {
+    if (this.reloading) {
+      this.early.push(run);
+      return;
+    }
+    if (!this.loaded) return;
+    const row = this.rows.get(run.id);
+    if (row) {
+      if (rank(run.state) < rank(row.run.state)) return;
+      row.run = { ...row.run, ...run };
+      if (!this.matches(row.run) && run.id !== this.selectedId) this.remove(run.id);
+      else this.fill(row);
+      return;
+    }
+    if (!this.matches(run) || this.belowLoadedPages(run)) return;
+    this.insert(run, false);
+    this.afterChange();
+  }
+
+  // With more pages on the server, a run older than the last row belongs to one of them.
+  belowLoadedPages(run) {
+    if (this.nextBefore == null) return false;
+    const last = this.list.lastElementChild;
+    const lastRun = last && this.rows.get(last.dataset.id)?.run;
+    return Boolean(lastRun && run.created_at < lastRun.created_at);
+  }
+
+  /** A short progress text under an active run ("running `git status`"). */
+  progress(runId, text) {
+    const row = this.rows.get(runId);
+    if (row && text && isActive(row.run.state)) setText(row.progressEl, text);
+  }
+
+  select(id) {
+    const old = this.rows.get(this.selectedId);
+    if (old) old.link.removeAttribute('aria-current');
+    this.selectedId = id;
+    const row = this.rows.get(id);
+    if (row) row.link.setAttribute('aria-current', 'true');
+  }
+
+  /** Tick the elapsed time of active runs. */
+  tick() {
+    const at = now();
+    for (const id of this.active) {
+      const row = this.rows.get(id);
+      if (row) setText(row.elapsedEl, duration(elapsed(row.run, at)));
+    }
+  }
+
+  /** Refresh the executor names (they come with the nodes). */
+  renameExecutors() {
+    for (const row of this.rows.values()) setText(row.execEl, this.execText(row.run));
+  }
+
+  remove(id) {
+    const row = this.rows.get(id);
+    if (!row) return;
+    row.el.remove();
+    this.rows.delete(id);
+    this.active.delete(id);
+    this.afterChange();
+  }
+
+  insert(run, atEnd) {
+    const row = this.build(run);
+    this.rows.set(run.id, row);
+    if (atEnd) this.list.append(row.el);
+    else this.list.insertBefore(row.el, this.firstOlderThan(run));
+    this.fill(row);
+  }
+
+  // New runs come from the feed almost always newest: scan from the top.
+  firstOlderThan(run) {
+    for (const el of this.list.children) {
+      const other = this.rows.get(el.dataset.id)?.run;
+      if (other && other.created_at < run.created_at) return el;
+    }
+    return null;
+  }
+
+  build(run) {
+    const badge = h('span', { class: 'badge' });
+    const whoEl = h('span', { class: 'row-who' });
+    const elapsedEl = h('span', { class: 'row-elapsed' });
+    const excerptEl = h('span', { class: 'row-excerpt' });
+    const execEl = h('span', { class: 'row-exec' });
+    const progressEl = h('span', { class: 'row-progress' });
+    const link = h(
+      'a',
+      { class: 'run-link', href: `#/runs/${encodeURIComponent(run.id)}` },
+      h('span', { class: 'row-top' }, badge, whoEl, elapsedEl),
+      excerptEl,
+      h('span', { class: 'row-bottom' }, execEl, progressEl),
+    );
+    if (run.id === this.selectedId) link.setAttribute('aria-current', 'true');
+    const el = h('li', { class: 'run-row', dataset: { id: run.id } }, link);
+    return { run, el, link, badge, whoEl, elapsedEl, excerptEl, execEl, progressEl };
+  }
+
+  fill(row) {
+    const { run } = row;
+    row.el.dataset.state = run.state;
+    row.badge.dataset.state = run.state;
+    setText(row.badge, stateLabel(run.state));
+    setText(row.whoEl, originLabel(run));
+    setText(row.excerptEl, oneLine(run.prompt_excerpt));
+    setText(row.execEl, this.execText(run));
+    setText(row.elapsedEl, duration(elapsed(run, now())));
+    row.link.title = `${run.id} · ${stateLabel(run.state)}`;
+    if (isActive(run.state)) {
+      this.active.add(run.id);
+    } else {
+      this.active.delete(run.id);
+      setText(row.progressEl, run.error?.message ? oneLine(run.error.message) : '');
+    }
+  }
+
+  execText(run) {
+    if (run.executor) return `on ${this.nodes.nameOf(run.executor)}`;
+    return isActive(run.state) ? 'waiting for an executor' : 'never ran';
+  }
+}
+
+function oneLine(text) {
+  return String(text ?? '').replace(/\s+/g, ' ').trim();
+}
