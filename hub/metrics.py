@@ -90,13 +90,15 @@ class Metrics:
     def run_submitted(self, run: Run) -> None:
         self.submitted.labels(run.source).inc()
 
-    def run_finished(self, run: Run, assigned_at: float | None) -> None:
-        """Count a finished run and its timings."""
+    def run_assigned(self, run: Run, assigned_at: float) -> None:
+        """Time a run spent waiting for an executor."""
+        self.queue_wait.observe(max(0.0, assigned_at - run.created_at))
+
+    def run_finished(self, run: Run) -> None:
+        """Count a finished run and its duration."""
         self.runs.labels(run.state, run.source).inc()
         if run.finished_at is not None:
             self.duration.labels(run.state).observe(max(0.0, run.finished_at - run.created_at))
-        if assigned_at is not None:
-            self.queue_wait.observe(max(0.0, assigned_at - run.created_at))
 
     def render(self) -> bytes:
         """The text exposition format."""

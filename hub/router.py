@@ -375,6 +375,8 @@ class Router:
         live.assigned_at = time.time()
         node.busy.add(run.id)
         node.assigned_total += 1
+        if self.metrics is not None:
+            self.metrics.run_assigned(run, live.assigned_at)
         if run.session_key:
             self.session_active[run.session_key] = run.id
         thread_id = self.sessions.get(run.session_key, (None, None))[0] if run.session_key else None
@@ -699,7 +701,7 @@ class Router:
             self.pending[delivery.id] = delivery
             self._send_delivery(delivery)
         if self.metrics is not None:
-            self.metrics.run_finished(run, live.assigned_at)
+            self.metrics.run_finished(run)
         log.info("run %s ended %s", run.id, status, extra={"run_id": run.id})
 
     # deliveries

@@ -125,7 +125,9 @@ async def test_a_failed_run_streams_an_error_then_done(hub: Any, fake_executor: 
         (json.dumps(chat("hi", stream="yes")).encode(), 400, "invalid_value", "stream"),
         (json.dumps(chat("   ")).encode(), 400, "no_user_message", "messages"),
         (
-            json.dumps({"model": "codex", "messages": [{"role": "system", "content": "x"}]}).encode(),
+            json.dumps(
+                {"model": "codex", "messages": [{"role": "system", "content": "x"}]}
+            ).encode(),
             400,
             "no_user_message",
             "messages",
@@ -139,9 +141,10 @@ async def test_bad_requests_get_the_fitting_4xx_in_openai_envelope(
 ) -> None:
     """Each kind of bad body is refused with its own status and code; no run is made."""
     headers = {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession() as s, s.post(
-        hub.url + CHAT, data=io.BytesIO(payload), headers=headers
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(hub.url + CHAT, data=io.BytesIO(payload), headers=headers) as resp,
+    ):
         data = await resp.json()
         assert resp.status == status, data
         assert "X-Run-ID" in resp.headers

@@ -51,7 +51,8 @@ async def test_a_good_hello_is_welcomed_and_the_node_listed(hub: Any, fake_execu
     async with fake_executor(ws_url(hub), token=NODE_TOKEN, capacity=3) as ex:
         assert ex.frames == [] or ex.frames[0]["type"] != "error"
         nodes = hub.app[ROUTER].nodes()
-        assert [(n["id"], n["role"], n["capacity"]) for n in nodes] == [("fake-exec", "executor", 3)]
+        described = [(n["id"], n["role"], n["capacity"]) for n in nodes]
+        assert described == [("fake-exec", "executor", 3)]
 
 
 async def test_a_bad_frame_gets_an_error_frame_and_the_connection_stays(

@@ -27,9 +27,10 @@ async def test_a_bridge_gets_its_reply_again_until_it_acks(
     hub: Any, fake_executor: Any, fake_bridge: Any
 ) -> None:
     """No ack: the reply comes again after HUB_REDELIVER_S; after the ack, never again."""
-    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, fake_bridge(
-        ws_url(hub), token=NODE_TOKEN
-    ) as br:
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        fake_bridge(ws_url(hub), token=NODE_TOKEN) as br,
+    ):
         submitted = await submit(br, "deploy it")
         run_id = submitted["run_id"]
         assert submitted["position"] == 0
@@ -63,7 +64,9 @@ async def test_a_reply_waits_for_the_bridge_to_come_back(
             deliver = await br2.wait_type("deliver", run_id=run_id)
             assert deliver["answer"] == "here you go"
             await br2.send({"type": "ack", "delivery_id": deliver["delivery_id"]})
-        async with fake_bridge(ws_url(hub), token=NODE_TOKEN, node_id="tg", platform="telegram") as tg:
+        async with fake_bridge(
+            ws_url(hub), token=NODE_TOKEN, node_id="tg", platform="telegram"
+        ) as tg:
             await submit(tg, "marker")
             assert tg.of_type("deliver") == []
 
@@ -83,9 +86,10 @@ async def test_a_hub_restart_loses_neither_the_run_nor_the_reply(
     hub = HubServer(settings)
     await hub.start()
     try:
-        async with fake_executor(url, token=NODE_TOKEN) as ex, fake_bridge(
-            url, token=NODE_TOKEN
-        ) as br:
+        async with (
+            fake_executor(url, token=NODE_TOKEN) as ex,
+            fake_bridge(url, token=NODE_TOKEN) as br,
+        ):
             run_id = (await submit(br, "survive this"))["run_id"]
             await ex.wait_type("assign", run_id=run_id)
             await ex.start_run(run_id)
@@ -118,9 +122,10 @@ async def test_bridge_commands_for_a_session(
     hub: Any, fake_executor: Any, fake_bridge: Any
 ) -> None:
     """Queue position, session status, cancel by session and reset work over the socket."""
-    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, fake_bridge(
-        ws_url(hub), token=NODE_TOKEN
-    ) as br:
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        fake_bridge(ws_url(hub), token=NODE_TOKEN) as br,
+    ):
         first = await submit(br, "one")
         second = await submit(br, "two")
         assert (first["position"], second["position"]) == (0, 1)

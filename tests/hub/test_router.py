@@ -53,8 +53,10 @@ async def test_runs_wait_in_the_queue_while_every_slot_is_busy(
     hub: Any, fake_executor: Any
 ) -> None:
     """With one slot, the second run is assigned only when the first ends."""
-    async with fake_executor(ws_url(hub), token=NODE_TOKEN, capacity=1) as ex, \
-            aiohttp.ClientSession() as s:
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN, capacity=1) as ex,
+        aiohttp.ClientSession() as s,
+    ):
         first = asyncio.create_task(post_chat(s, hub, "one"))
         a1 = await ex.wait_type("assign")
         second = asyncio.create_task(post_chat(s, hub, "two"))
@@ -87,9 +89,11 @@ async def test_past_the_queue_limit_the_caller_gets_429(
 
 async def test_two_executors_share_the_load(hub: Any, fake_executor: Any) -> None:
     """Two concurrent runs go to two executors with one free slot each."""
-    async with fake_executor(ws_url(hub), token=NODE_TOKEN, node_id="a", capacity=1) as a, \
-            fake_executor(ws_url(hub), token=NODE_TOKEN, node_id="b", capacity=1) as b, \
-            aiohttp.ClientSession() as s:
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN, node_id="a", capacity=1) as a,
+        fake_executor(ws_url(hub), token=NODE_TOKEN, node_id="b", capacity=1) as b,
+        aiohttp.ClientSession() as s,
+    ):
         calls = [asyncio.create_task(post_chat(s, hub, f"job {i}")) for i in range(2)]
         ra = await a.wait_type("assign")
         rb = await b.wait_type("assign")
@@ -104,8 +108,10 @@ async def test_runs_of_one_session_run_in_order_and_resume_the_thread(
 ) -> None:
     """A session's second run waits for the first and resumes its codex thread."""
     headers = {"X-Session-Id": "conv-1"}
-    async with fake_executor(ws_url(hub), token=NODE_TOKEN, capacity=4) as ex, \
-            aiohttp.ClientSession() as s:
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN, capacity=4) as ex,
+        aiohttp.ClientSession() as s,
+    ):
         first = asyncio.create_task(post_chat(s, hub, "first", headers))
         a1 = await ex.wait_type("assign")
         second = asyncio.create_task(post_chat(s, hub, "second", headers))
@@ -116,7 +122,7 @@ async def test_runs_of_one_session_run_in_order_and_resume_the_thread(
         a2 = await ex.wait_type("assign", prompt="second")
         assert a2["thread_id"] == "thread-123"
         await ex.finish(a2["run_id"], "ok again", thread_id="thread-123")
-        unrelated = [f for f in ex.of_type("assign") if f["prompt"] == "unrelated"][0]
+        unrelated = next(f for f in ex.of_type("assign") if f["prompt"] == "unrelated")
         await ex.finish(unrelated["run_id"], "x")
         for call in (first, second, other):
             assert (await call)[0] == 200
@@ -151,9 +157,7 @@ async def test_an_executor_that_reconnects_in_time_reports_its_run(
             await ex.start_run(run_id)
             await ex.event(run_id, 1, kind="codex", data={"n": 1})
             await ex.drop()
-        async with fake_executor(
-            ws_url(hub), token=NODE_TOKEN, active_runs=[run_id]
-        ) as again:
+        async with fake_executor(ws_url(hub), token=NODE_TOKEN, active_runs=[run_id]) as again:
             # Re-sent from the start, as a real executor does after a reconnect.
             await again.start_run(run_id)
             await again.event(run_id, 1, kind="codex", data={"n": 1})
