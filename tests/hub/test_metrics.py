@@ -9,7 +9,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import NODE_TOKEN, ws_url
 
-
 Samples = dict[tuple[str, tuple[Any, ...]], float]
 
 
