@@ -39,6 +39,7 @@ class Submitted:
 
     run_id: str
     position: int
+    duplicate: bool = False
 
 
 class HubLink:
@@ -114,8 +115,13 @@ class HubLink:
         session_key: str,
         origin: dict[str, Any],
         optimize: bool | None = None,
+        dedupe_key: str | None = None,
     ) -> Submitted:
-        """Ask the hub for a run; raises :class:`HubError` when it refuses."""
+        """Ask the hub for a run; raises :class:`HubError` when it refuses.
+
+        ``dedupe_key`` (the platform's id of the message) makes a re-sent message name
+        the run it already started instead of starting another.
+        """
         reply = await self._request(
             {
                 "type": "submit",
@@ -123,9 +129,14 @@ class HubLink:
                 "session_key": session_key,
                 "origin": origin,
                 "optimize": optimize,
+                "dedupe_key": dedupe_key,
             }
         )
-        return Submitted(run_id=str(reply["run_id"]), position=int(reply.get("position") or 0))
+        return Submitted(
+            run_id=str(reply["run_id"]),
+            position=int(reply.get("position") or 0),
+            duplicate=bool(reply.get("duplicate")),
+        )
 
     async def cancel(
         self, *, session_key: str | None = None, run_id: str | None = None

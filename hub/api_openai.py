@@ -200,6 +200,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if len(session) > 200:
         raise BadRequest("X-Session-Id is longer than 200 characters", param="X-Session-Id")
     optimize = _bool_header(request, "X-Optimize-Prompt")
+    idempotency = request.headers.get("Idempotency-Key", "").strip()
+    if len(idempotency) > 200:
+        raise BadRequest("Idempotency-Key is longer than 200 characters", param="Idempotency-Key")
     origin = {
         "source": "http",
         "user": chat.user or None,
@@ -213,11 +216,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             optimize=optimize,
             watch=bool(chat.stream),
             run_id=run_id,
+            dedupe_key=f"http:{idempotency}" if idempotency else None,
         )
     except QueueFull as exc:
         raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
     except HubClosing as exc:
         raise Unavailable(str(exc), code="hub_closing") from None
+    request[RUN_ID] = ticket.run.id
     if chat.stream:
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
         return await _stream(

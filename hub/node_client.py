@@ -175,7 +175,9 @@ class NodeClient:
                 pass
             finally:
                 self.connected.clear()
-                self.state = State.CONNECTING
+                closing = self.state is State.CLOSED
+                if not closing:
+                    self.state = State.CONNECTING
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
                 code = ws.close_code
@@ -183,7 +185,7 @@ class NodeClient:
                 self.last_close = (code, reason)
                 if code in (CLOSE_UNAUTHORIZED, CLOSE_BAD_HELLO):
                     log.error("%s: the hub refused this node (%s): %s", self.name, code, reason)
-                elif self.state is not State.CLOSED:
+                elif not closing:
                     log.warning("%s: lost the hub (%s %s); reconnecting", self.name, code, reason)
 
     def _dispatch(self, frame: Frame) -> None:

@@ -38,8 +38,11 @@ Executor <-> hub
 Bridge <-> hub
 --------------
 - bridge -> hub ``submit``: {"req_id", "prompt", "session_key", "origin": {...},
-  "optimize"?}; the hub answers ``submitted`` {"req_id", "run_id", "position"} (runs
-  ahead of it in its session) or ``error`` {"req_id", "code", "message"}.
+  "optimize"?, "dedupe_key"?}; the hub answers ``submitted`` {"req_id", "run_id",
+  "position", "duplicate"} (runs ahead of it in its session) or ``error`` {"req_id",
+  "code", "message"}. A ``dedupe_key`` seen before (the platform's message id: a
+  platform that re-sends an event after a bridge crash) names the existing run
+  instead of starting a second one (``duplicate`` true).
 - bridge -> hub ``cancel``: {"req_id", "run_id"? | "session_key"?}: cancels that run,
   or the active run of that session; answered by ``cancelled`` {"req_id", "run_ids"}.
 - bridge -> hub ``reset_session``: {"req_id", "session_key"}: the next run there starts
@@ -153,6 +156,7 @@ class SubmitFrame(_Frame):
     session_key: str | None = Field(None, max_length=500)
     origin: dict[str, Any] = Field(default_factory=dict)
     optimize: bool | None = None
+    dedupe_key: str | None = Field(None, max_length=300)
 
 
 class CancelFrame(_Frame):

@@ -121,6 +121,7 @@ class Live:
     assigned_at: float | None = None
     finishing: bool = False
     cancel_requested: bool = False
+    session_gen: int = 0
     last_detail: str | None = None
 
 
@@ -132,6 +133,7 @@ class Ticket:
     done: asyncio.Future[Run]
     events: Subscription | None
     position: int
+    duplicate: bool = False
 
 
 def new_run_id() -> str:
@@ -159,6 +161,8 @@ class Router:
         self.queue: deque[str] = deque()
         self.session_active: dict[str, str] = {}
         self.sessions: dict[str, tuple[str | None, str | None]] = {}
+        self.session_gen: dict[str, int] = {}
+        self._dedupe: dict[str, str] = {}
         self.pending: dict[str, Delivery] = {}
         self._last_sent: dict[str, float] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
@@ -227,10 +231,18 @@ class Router:
         optimize: bool | None = None,
         watch: bool = False,
         run_id: str | None = None,
+        dedupe_key: str | None = None,
     ) -> Ticket:
-        """Store a new run and queue it; ``watch`` subscribes to its events first."""
+        """Store a new run and queue it; ``watch`` subscribes to its events first.
+
+        A ``dedupe_key`` already used returns the run it started (``Ticket.duplicate``).
+        """
         if self.closing:
             raise HubClosing("the hub is shutting down")
+        if dedupe_key is not None:
+            existing = await self._by_dedupe_key(dedupe_key, watch)
+            if existing is not None:
+                return existing
         if len(self.queue) >= self.settings.queue_limit:
             raise QueueFull(
                 f"{len(self.queue)} runs are already waiting (HUB_QUEUE_LIMIT="
@@ -249,8 +261,15 @@ class Router:
             updated_at=now,
             session_key=session_key,
             optimize=optimize,
+            dedupe_key=dedupe_key,
         )
-        await self.store.insert_run(run)
+        if dedupe_key is not None:
+            self._dedupe[dedupe_key] = run.id
+        try:
+            await self.store.insert_run(run)
+        except Exception:
+            self._dedupe.pop(dedupe_key or "", None)
+            raise
         live = Live(run, asyncio.get_running_loop().create_future())
         self.live[run.id] = live
         self.queue.append(run.id)
@@ -264,6 +283,22 @@ class Router:
         self._dispatch()
         log.debug("run %s queued from %s", run.id, run.source, extra={"run_id": run.id})
         return Ticket(run, live.done, events, position)
+
+    async def _by_dedupe_key(self, key: str, watch: bool) -> Ticket | None:
+        run_id = self._dedupe.get(key)
+        live = self.live.get(run_id) if run_id else None
+        if live is not None:
+            events = self.bus.subscribe(live.run.id) if watch else None
+            return Ticket(live.run, live.done, events, self.position(live.run), duplicate=True)
+        run = await self.store.run_by_dedupe_key(key)
+        if run is None:
+            return None
+        live = self.live.get(run.id)
+        if live is not None:
+            return Ticket(live.run, live.done, None, self.position(live.run), duplicate=True)
+        done: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        done.set_result(run)
+        return Ticket(run, done, None, 0, duplicate=True)
 
     def position(self, run: Run) -> int:
         """How many runs of the same session are ahead of this one."""
@@ -321,7 +356,12 @@ class Router:
             pass
 
     async def reset_session(self, session_key: str) -> None:
-        """Forget a session's codex thread: its next run starts a fresh conversation."""
+        """Forget a session's codex thread: its next run starts a fresh conversation.
+
+        A run of the session that is going at the time does not write its thread back
+        when it ends: the reset wins.
+        """
+        self.session_gen[session_key] = self.session_gen.get(session_key, 0) + 1
         self.sessions[session_key] = (None, None)
         await self.store.set_session(session_key, None, None)
 
@@ -373,6 +413,7 @@ class Router:
         run = live.run
         run.executor = node.link.node_id
         live.assigned_at = time.time()
+        live.session_gen = self.session_gen.get(run.session_key or "", 0)
         node.busy.add(run.id)
         node.assigned_total += 1
         if self.metrics is not None:
@@ -606,9 +647,14 @@ class Router:
             key = frame.session_key
             if key and not key.startswith(f"{platform}:"):
                 key = f"{platform}:{key}"
+            dedupe = f"{platform}:{frame.dedupe_key}" if frame.dedupe_key else None
             try:
                 ticket = await self.submit(
-                    frame.prompt, origin=origin, session_key=key, optimize=frame.optimize
+                    frame.prompt,
+                    origin=origin,
+                    session_key=key,
+                    optimize=frame.optimize,
+                    dedupe_key=dedupe,
                 )
             except RouterError as exc:
                 return error_frame(exc.code, str(exc), frame.req_id)
@@ -617,6 +663,7 @@ class Router:
                 "req_id": frame.req_id,
                 "run_id": ticket.run.id,
                 "position": ticket.position,
+                "duplicate": ticket.duplicate,
             }
         if isinstance(frame, CancelFrame):
             targets: list[str] = []
@@ -670,7 +717,7 @@ class Router:
         if key:
             if self.session_active.get(key) == run.id:
                 del self.session_active[key]
-            if run.thread_id:
+            if run.thread_id and live.session_gen == self.session_gen.get(key, 0):
                 self.sessions[key] = (run.thread_id, run.executor)
                 session = (key, run.thread_id, run.executor)
         delivery = None
@@ -694,6 +741,8 @@ class Router:
         self._dispatch()
         await self.store.finish_run(run, delivery, session)
         self.live.pop(run.id, None)
+        if run.dedupe_key:
+            self._dedupe.pop(run.dedupe_key, None)
         if not live.done.done():
             live.done.set_result(run)
         self._publish_run(run)

@@ -44,8 +44,10 @@ CREATE TABLE IF NOT EXISTS runs (
     thread_id TEXT,
     answer TEXT,
     usage TEXT,
-    error TEXT
+    error TEXT,
+    dedupe_key TEXT
 );
+CREATE UNIQUE INDEX IF NOT EXISTS runs_dedupe ON runs(dedupe_key) WHERE dedupe_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state);
 CREATE INDEX IF NOT EXISTS runs_source ON runs(source);
 CREATE INDEX IF NOT EXISTS runs_session ON runs(session_key);
@@ -103,6 +105,7 @@ class Run:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float = 0.0
+    dedupe_key: str | None = None
     n: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -298,6 +301,10 @@ class Store:
             _list_runs, list(states), list(sources), query, session_key, before, limit
         )
 
+    async def run_by_dedupe_key(self, key: str) -> Run | None:
+        """The run submitted with this idempotency key, if any."""
+        return await self.call(_run_by_dedupe_key, key)
+
     async def unfinished_runs(self) -> list[Run]:
         """Runs not yet in a terminal state, oldest first (for recovery at start-up)."""
         return await self.call(_unfinished_runs)
@@ -399,6 +406,11 @@ def _update_run(conn: sqlite3.Connection, run_id: str, fields: dict[str, Any]) -
 
 def _get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:
     row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return _row_to_run(row) if row else None
+
+
+def _run_by_dedupe_key(conn: sqlite3.Connection, key: str) -> Run | None:
+    row = conn.execute("SELECT * FROM runs WHERE dedupe_key = ?", (key,)).fetchone()
     return _row_to_run(row) if row else None
 
 

@@ -203,3 +203,15 @@ async def _final(hub: Any, run_id: str) -> Any:
     if live is not None:
         return await live.done
     return await hub.app[STORE].get_run(run_id)
+
+
+async def test_an_idempotency_key_returns_the_same_run(hub: Any, start_executor: Any) -> None:
+    """A retried request with the same Idempotency-Key gets the first run's answer."""
+    headers = {"Idempotency-Key": "retry-me"}
+    async with start_executor(), aiohttp.ClientSession() as s:
+        async with s.post(hub.url + CHAT, json=chat("first"), headers=headers) as resp:
+            first = (resp.headers["X-Run-ID"], await resp.json())
+        async with s.post(hub.url + CHAT, json=chat("second"), headers=headers) as resp:
+            second = (resp.headers["X-Run-ID"], await resp.json())
+    assert first[0] == second[0]
+    assert second[1]["choices"][0]["message"]["content"] == "first"

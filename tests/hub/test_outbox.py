@@ -141,3 +141,50 @@ async def test_bridge_commands_for_a_session(
         await ex.wait_type("assign", run_id=second["run_id"])
         await br.send({"type": "reset_session", "req_id": "r", "session_key": "slack:C1:1.0"})
         await br.wait_type("ok", req_id="r")
+
+
+async def test_a_message_submitted_twice_starts_one_run(
+    hub: Any, fake_executor: Any, fake_bridge: Any
+) -> None:
+    """The same dedupe key names the run it started, also after that run ended."""
+    frame = {
+        "type": "submit",
+        "prompt": "once",
+        "session_key": "C9:1",
+        "origin": {},
+        "dedupe_key": "C9:1700000000.1",
+    }
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        fake_bridge(ws_url(hub), token=NODE_TOKEN) as br,
+    ):
+        await br.send({**frame, "req_id": "a"})
+        first = await br.wait_type("submitted", req_id="a")
+        await br.send({**frame, "req_id": "b"})
+        again = await br.wait_type("submitted", req_id="b")
+        assert (first["duplicate"], again["duplicate"]) == (False, True)
+        assert again["run_id"] == first["run_id"]
+        await ex.finish((await ex.wait_type("assign"))["run_id"], "done")
+        await br.wait_type("deliver", run_id=first["run_id"])
+        await br.send({**frame, "req_id": "c"})
+        late = await br.wait_type("submitted", req_id="c")
+        assert late["run_id"] == first["run_id"] and late["duplicate"] is True
+        assert len(ex.of_type("assign")) == 1
+
+
+async def test_a_reset_wins_over_the_run_going_at_the_time(
+    hub: Any, fake_executor: Any, fake_bridge: Any
+) -> None:
+    """/new during a run: that run's thread is not written back; the next starts fresh."""
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        fake_bridge(ws_url(hub), token=NODE_TOKEN) as br,
+    ):
+        first = await submit(br, "first")
+        await ex.wait_type("assign", run_id=first["run_id"])
+        await br.send({"type": "reset_session", "req_id": "r", "session_key": "slack:C1:1.0"})
+        await br.wait_type("ok", req_id="r")
+        await ex.finish(first["run_id"], "ok", thread_id="old-thread")
+        second = await submit(br, "second")
+        assign = await ex.wait_type("assign", run_id=second["run_id"])
+        assert assign["thread_id"] is None
