@@ -1,5 +1,9 @@
 """Telegram quirks as pure functions: access, addressing, splitting, formatting, texts.
 
+Also what the bridge needs between a message and its reply: the reply target carried
+in a run's ``origin``, the parts of a reply (deterministic, so a re-sent reply can skip
+what already went out), flood-control waits, and the per-group send budget.
+
 Nothing here does I/O. The bridge calls these with values taken from python-telegram-bot
 objects; tests call them directly.
 
@@ -9,13 +13,17 @@ Basic Multilingual Plane is two), so a chunk that fits here fits on the wire.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import warnings
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import telegramify_markdown
-from telegram import MessageEntity
+from telegram import Message, MessageEntity
+from telegram.error import RetryAfter
 from telegramify_markdown.entity import split_entities
 
 #: Telegram refuses message texts longer than this (after entity parsing).
@@ -500,3 +508,293 @@ def document_for(answer: str, run_id: str) -> tuple[str, bytes]:
     """A long answer as a Markdown file: its name and UTF-8 bytes."""
     safe = re.sub(r"[^A-Za-z0-9_-]", "", run_id)[:12] or "answer"
     return f"answer-{safe}.md", answer.encode("utf-8")
+
+
+# --- what the bridge carries from a message to its reply ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTarget:
+    """Where a reply goes: the chat, its forum topic, and the user's message it answers.
+
+    It travels in the run's ``origin`` (:meth:`to_origin`), so whichever bridge process
+    receives the reply, a restarted one included, posts it without remembering anything.
+    """
+
+    chat_id: int
+    message_id: int | None = None
+    thread_id: int | None = None
+    chat_type: str = "private"
+
+    @classmethod
+    def of(cls, message: Message) -> ReplyTarget:
+        """The target of a reply to ``message`` (its topic only in a forum supergroup)."""
+        return cls(
+            chat_id=message.chat.id,
+            message_id=message.message_id,
+            thread_id=topic_of(message),
+            chat_type=str(message.chat.type),
+        )
+
+    @property
+    def is_group(self) -> bool:
+        """True in groups and supergroups, where Telegram's per-group budget applies."""
+        return self.chat_type in ("group", "supergroup") or self.chat_id < 0
+
+    def to_origin(self, user_id: int | None, username: str | None = None) -> dict[str, Any]:
+        """The ``origin`` of a run asked from here: the target plus who asked."""
+        return {
+            "chat_id": self.chat_id,
+            "message_id": self.message_id,
+            "message_thread_id": self.thread_id,
+            "chat_type": self.chat_type,
+            "user_id": user_id,
+            "user": f"@{username}" if username else (str(user_id) if user_id else None),
+        }
+
+    @classmethod
+    def from_origin(cls, origin: Mapping[str, Any]) -> ReplyTarget | None:
+        """The target a run's ``origin`` names, or None when it names no Telegram chat."""
+
+        def number(key: str) -> int | None:
+            value = origin.get(key)
+            if isinstance(value, bool) or value in (None, ""):
+                return None
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+
+        chat_id = number("chat_id")
+        if chat_id is None:
+            return None
+        return cls(
+            chat_id=chat_id,
+            message_id=number("message_id"),
+            thread_id=number("message_thread_id") or None,
+            chat_type=str(origin.get("chat_type") or ("private" if chat_id > 0 else "group")),
+        )
+
+
+def topic_of(message: Message) -> int | None:
+    """The forum topic of ``message``, or None outside forums.
+
+    Outside forum supergroups ``message_thread_id`` marks reply threads, which are not
+    separate conversations: only a topic message (``is_topic_message``) has a topic.
+    """
+    return message.message_thread_id if message.is_topic_message else None
+
+
+def is_reply_to_bot(message: Message, bot_id: int) -> bool:
+    """True when ``message`` replies to one of the bot's own messages.
+
+    In a forum topic every message "replies" to the topic's creation message
+    (``forum_topic_created``); that is not a reply to the bot, even if the bot made it.
+    """
+    reply = message.reply_to_message
+    if reply is None or reply.forum_topic_created is not None:
+        return False
+    return reply.from_user is not None and reply.from_user.id == bot_id
+
+
+def retry_after_s(exc: RetryAfter) -> float:
+    """Seconds Telegram asks to wait, whichever type this PTB version reports it in."""
+    with warnings.catch_warnings():
+        # PTB 22.2+ warns that the int form is deprecated; either form is read the same.
+        warnings.simplefilter("ignore")
+        value: Any = exc.retry_after
+    if isinstance(value, dt.timedelta):
+        return max(0.0, value.total_seconds())
+    return max(0.0, float(value))
+
+
+def is_format_error(description: str) -> bool:
+    """True when Telegram refused a message for its formatting (entities or markup).
+
+    PTB lower-cases descriptions after the first letter ("Can't parse entities: ...").
+    """
+    folded = description.lower()
+    return "entit" in folded or "parse" in folded
+
+
+# --- the parts of a reply -----------------------------------------------------------
+
+#: Telegram refuses captions longer than this (UTF-16 units).
+CAPTION_LIMIT = 1024
+_CAPTION_PREVIEW = 700
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """One message of a reply; ``fallback`` is sent, plain, if Telegram refuses ``entities``."""
+
+    text: str
+    entities: list[MessageEntity] | None
+    fallback: str
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentPart:
+    """A reply too long for messages: a file, with a preview as its caption."""
+
+    filename: str
+    content: bytes
+    caption: str
+
+
+ReplyPart = TextPart | DocumentPart
+
+
+def _fit_utf16(text: str, limit: int) -> str:
+    """``text`` cut (with '…') to at most ``limit`` UTF-16 units."""
+    if utf16_len(text) <= limit:
+        return text
+    units = 0
+    for index, char in enumerate(text):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > limit - 1:
+            return text[:index].rstrip() + "…"
+    return text
+
+
+def document_caption(answer: str) -> str:
+    """The caption of an answer sent as a file: its beginning, and what the file holds."""
+    note = f"\n\n📎 The whole answer ({len(answer):,} characters) is in the attached file."
+    head = preview(answer, _CAPTION_PREVIEW)
+    return _fit_utf16(head, CAPTION_LIMIT - utf16_len(note)) + note
+
+
+def reply_parts(
+    status: str,
+    answer: str,
+    run_id: str,
+    error: Mapping[str, Any] | str | None = None,
+    *,
+    parse_mode: str = "",
+    document_threshold: int = 12_000,
+) -> list[ReplyPart]:
+    """Everything a run's reply consists of, in posting order; the same input, the same parts.
+
+    A successful answer longer than ``document_threshold`` characters is one document
+    with a preview caption. Otherwise the text is split (labelled ``(i/n)``) and, for a
+    successful answer with ``parse_mode``, formatted into entities; each part keeps the
+    plain text to fall back on. Failures, cancellations and the like are plain text.
+    Deterministic, so a re-delivered reply has the same parts at the same indices.
+    """
+    text = final_text(status, answer, run_id, error)
+    if status == "succeeded" and len(text) > document_threshold:
+        filename, content = document_for(text, run_id)
+        return [DocumentPart(filename, content, document_caption(text))]
+    mode = parse_mode if status == "succeeded" else ""
+    parts: list[ReplyPart] = []
+    for chunk in split_message(text):
+        rendered = render_message(chunk, mode)
+        if len(rendered) == 1:
+            only = rendered[0]
+            parts.append(TextPart(only.text, only.entities, chunk))
+        else:  # formatting grew the chunk past the limit: each piece falls back to itself
+            parts.extend(TextPart(r.text, r.entities, r.text) for r in rendered)
+    return parts
+
+
+# --- keeping inside the group budget ------------------------------------------------
+
+#: Telegram lets a bot send about 20 messages a minute to one group (edits count too).
+GROUP_SENDS_PER_MINUTE = 20
+#: Sends of that budget that status messages leave for replies.
+REPLY_RESERVE = 5
+
+
+class SendWindow:
+    """Sends to one chat in the last ``period`` seconds (times come from the caller)."""
+
+    def __init__(self, limit: int = GROUP_SENDS_PER_MINUTE, period: float = 60.0) -> None:
+        self.limit = limit
+        self.period = period
+        self._times: deque[float] = deque()
+
+    def _prune(self, now: float) -> None:
+        while self._times and self._times[0] <= now - self.period:
+            self._times.popleft()
+
+    def record(self, now: float) -> None:
+        """Count one send at ``now``."""
+        self._prune(now)
+        self._times.append(now)
+
+    def room(self, now: float) -> int:
+        """How many more sends fit in the window at ``now`` (never below zero)."""
+        self._prune(now)
+        return max(0, self.limit - len(self._times))
+
+    def allows_status(self, now: float, reserve: int = REPLY_RESERVE) -> bool:
+        """True when a status post or edit still leaves ``reserve`` sends for replies."""
+        return self.room(now) > reserve
+
+
+# --- more texts the bot sends ---------------------------------------------------------
+
+
+def queued_text(position: int) -> str:
+    """The answer to a message that waits behind runs of the same conversation."""
+    runs = "run" if position == 1 else "runs"
+    return (
+        f"⏳ Queued: {position} {runs} ahead of this one in this conversation. "
+        "I will answer here when its turn comes."
+    )
+
+
+def hub_error_text(code: str, message: str) -> str:
+    """What the user reads when the hub did not take a request."""
+    if code == "hub_unreachable":
+        return "⚠️ Codex is not reachable right now (the hub is down). Please try again shortly."
+    if code == "queue_full":
+        return "⚠️ Too much work is waiting already; please try again later."
+    if code == "hub_closing":
+        return "⚠️ Codex is restarting; please try again in a minute."
+    return f"⚠️ The request was not accepted: {preview(message, 300) or code}"
+
+
+def cancel_text(run_ids: Sequence[str]) -> str:
+    """The answer to ``/cancel``; the run's own reply then says it was cancelled."""
+    if not run_ids:
+        return "Nothing is running in this conversation."
+    return f"🛑 Cancelling run {', '.join(run_ids)}…"
+
+
+NEW_SESSION_TEXT = "🆕 Fresh start: your next message begins a new Codex conversation."
+
+
+def busy_text(run_id: str) -> str:
+    """The answer to ``/new`` while the conversation still has work going."""
+    return (
+        f"Codex is still working in this conversation (run {run_id}); its answer would "
+        "continue the old one. Wait for it or /cancel it, then send /new again."
+    )
+
+
+def _age(since: Any, now: float) -> str:
+    if not isinstance(since, int | float):
+        return ""
+    seconds = max(0, int(now - since))
+    return f", {seconds // 60} min {seconds % 60} s" if seconds >= 60 else f", {seconds} s"
+
+
+def session_text(
+    active: Mapping[str, Any] | None, queued: Sequence[Mapping[str, Any]], now: float
+) -> str:
+    """The answer to ``/status``: the run going on here and what waits behind it."""
+    if active is None and not queued:
+        return "Nothing is running in this conversation. Send a message to start."
+    lines = []
+    if active is not None:
+        state = str(active.get("state", "running"))
+        since = active.get("started_at") or active.get("created_at")
+        lines.append(f"⚙️ Run {active.get('id')}: {state}{_age(since, now)}")
+        excerpt = preview(str(active.get("prompt_excerpt") or ""), 120)
+        if excerpt:
+            lines.append(f"“{excerpt}”")
+    if queued:
+        ids = ", ".join(str(q.get("id")) for q in queued)
+        lines.append(f"⏳ {len(queued)} more waiting: {ids}")
+    return "\n".join(lines)

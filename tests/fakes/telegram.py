@@ -259,6 +259,8 @@ class Call:
     status: int | None = None  # None while pending, or when the client hung up first
     result: Any = None
     description: str | None = None
+    #: Wall-clock time (``time.time()``) the request arrived, for latency measurements.
+    at: float = field(default_factory=time.time)
 
     @property
     def ok(self) -> bool:
@@ -336,6 +338,7 @@ class _Failure:
     status: int
     description: str
     parameters: dict[str, Any] | None
+    match: Callable[[dict[str, Any]], bool] | None = None
 
 
 _DEFAULT_DESCRIPTIONS = {
@@ -487,11 +490,13 @@ class FakeTelegram:
         status: int = 429,
         retry_after: int | float = 1,
         description: str | None = None,
+        match: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         """Answer the next ``times`` calls of ``method`` with an error instead of serving them.
 
         429 carries ``parameters.retry_after`` like Telegram's flood control; other statuses
-        get Telegram's usual description unless ``description`` is given.
+        get Telegram's usual description unless ``description`` is given. With ``match``,
+        only calls whose parsed arguments it accepts fail (e.g. the second part of a reply).
         """
         name = self._canonical(method)
         parameters: dict[str, Any] | None = None
@@ -501,7 +506,16 @@ class FakeTelegram:
         else:
             text = description or _DEFAULT_DESCRIPTIONS.get(status, f"Error {status}")
         for _ in range(times):
-            self._failures[name].append(_Failure(status, text, parameters))
+            self._failures[name].append(_Failure(status, text, parameters, match))
+
+    def _take_failure(self, method: str, args: dict[str, Any]) -> _Failure | None:
+        """The first failure queued for ``method`` that applies to a call with ``args``."""
+        queue = self._failures[method]
+        for failure in queue:
+            if failure.match is None or failure.match(args):
+                queue.remove(failure)
+                return failure
+        return None
 
     # --- inspection ----------------------------------------------------------------
 
@@ -529,7 +543,7 @@ class FakeTelegram:
         count: int,
         predicate: Callable[[Call], bool] | None = None,
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109 - the failure names what was awaited
+        timeout: float = 5.0,
         since: int = 0,
     ) -> list[Call]:
         """Wait until ``count`` answered calls of ``method`` match; return the first ``count``."""
@@ -551,14 +565,14 @@ class FakeTelegram:
         method: str,
         predicate: Callable[[Call], bool] | None = None,
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109 - the failure names what was awaited
+        timeout: float = 5.0,
         since: int = 0,
     ) -> Call:
         """Wait for the first answered call of ``method`` (at or after ``since``) that matches."""
         calls = await self.wait_for_calls(method, 1, predicate, timeout=timeout, since=since)
         return calls[0]
 
-    async def wait_until_polling(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_until_polling(self, timeout: float = 5.0) -> None:
         """Wait until a long poll (``getUpdates``) is pending."""
         async with asyncio.timeout(timeout):
             await self._changed.wait_for(lambda: self._poller is not None)
@@ -827,11 +841,12 @@ class FakeTelegram:
         return web.json_response(payload, status=status)
 
     async def _handle_api(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.time()
         method = self._canonical(request.match_info["method"])
         self._inflight[id(request)] = request
         try:
             args, files = await self._parse(request)
-            call = Call(method, args, files)
+            call = Call(method, args, files, at=arrived)
             self._calls.append(call)
             self._changed.notify()
             if request.match_info["token"] != self.token:
@@ -843,8 +858,8 @@ class FakeTelegram:
                     call, 404, {"ok": False, "error_code": 404, "description": "Not Found"}
                 )
             try:
-                if self._failures[method]:
-                    failure = self._failures[method].popleft()
+                failure = self._take_failure(method, args)
+                if failure is not None:
                     raise BotApiError(failure.status, failure.description, failure.parameters)
                 if method == "getUpdates":
                     result = await self._get_updates(args, request)
