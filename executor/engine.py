@@ -1,0 +1,258 @@
+"""The codex engine: one `codex exec` run per request, over any `Transport`.
+
+It checks the login, builds the argv (`executor.codex`), streams codex's JSONL events to
+the caller as they come, and turns the way codex ended into a `RunOutcome`. Error codes
+in `RunOutcome.error["code"]`: `codex_not_found`, `codex_not_logged_in`, `codex_failed`,
+`timeout`, `transport_error`. Cancelling the task that awaits `run` kills codex and re-raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from executor.codex import (
+    CodexProgress,
+    build_exec_argv,
+    describe,
+    parse_jsonl_line,
+    resolve_codex_bin,
+    truncate_event,
+)
+from executor.settings import ExecutorSettings
+from executor.transport import (
+    LoginStatus,
+    ProcessResult,
+    SpawnError,
+    Transport,
+    TransportError,
+)
+
+log = logging.getLogger(__name__)
+
+RunStatus = Literal["succeeded", "failed", "timed_out"]
+Emit = Callable[[dict[str, Any]], None]
+
+#: How long a positive login check is trusted; a negative one is never cached.
+LOGIN_CACHE_S = 60.0
+#: The part of stderr quoted in an error message.
+ERROR_STDERR_CHARS = 2000
+#: codex prints this on every run whose stdin is not a terminal; it explains nothing.
+_STDERR_NOISE = ("Reading additional input from stdin...",)
+_NO_ROLLOUT = "no rollout found"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One prompt to run; `thread_id` continues an earlier codex thread."""
+
+    run_id: str
+    prompt: str
+    thread_id: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended: status, codex's raw final answer, thread, token usage, error."""
+
+    status: RunStatus
+    answer: str
+    thread_id: str | None
+    usage: dict[str, int] | None
+    error: dict[str, str] | None = None  # {"code", "message"}
+
+
+@dataclass
+class _Attempt:
+    """One codex process and what its events said."""
+
+    result: ProcessResult
+    progress: CodexProgress = field(default_factory=CodexProgress)
+    answer: str = ""
+
+
+def _failed(code: str, message: str, thread_id: str | None = None) -> RunOutcome:
+    return RunOutcome("failed", "", thread_id, None, {"code": code, "message": message})
+
+
+def _clean_stderr(tail: str) -> str:
+    """stderr without codex's fixed noise lines and its empty backtrace frames."""
+    kept = []
+    for line in tail.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped in _STDERR_NOISE or stripped.endswith(": <unknown>"):
+            continue
+        kept.append(line.rstrip())
+    text = "\n".join(kept).removesuffix("Stack backtrace:").strip()
+    return text[-ERROR_STDERR_CHARS:]
+
+
+class CodexEngine:
+    """Runs prompts through `codex exec` on a transport, one process per run."""
+
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        transport: Transport,
+        *,
+        codex_bin: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        # A remote transport passes the remote path; locally it is resolved on first use.
+        self._codex_bin = codex_bin
+        self._clock = clock
+        self._login: tuple[float, LoginStatus] | None = None
+        self._login_lock = asyncio.Lock()
+
+    @property
+    def codex_bin(self) -> str:
+        """The codex binary runs use; raises FileNotFoundError when there is none."""
+        if self._codex_bin is None:
+            self._codex_bin = resolve_codex_bin(self._settings.codex_bin)
+        return self._codex_bin
+
+    def _env(self) -> dict[str, str]:
+        home = self._settings.codex_home
+        return {"CODEX_HOME": os.fspath(home)} if home is not None else {}
+
+    async def login_status(self, force: bool = False) -> LoginStatus:
+        """Whether codex is logged in; a logged-in answer is reused for a minute."""
+        # One check at a time, so a burst of runs costs one `codex login status`.
+        async with self._login_lock:
+            cached = self._login
+            if not force and cached and self._clock() - cached[0] < LOGIN_CACHE_S:
+                return cached[1]
+            status = await self._transport.login_status(self.codex_bin, self._env())
+            self._login = (self._clock(), status) if status.logged_in else None
+            return status
+
+    async def run(self, request: RunRequest, emit: Emit) -> RunOutcome:
+        """Run `request` to its end, calling `emit` for each event on the way."""
+        if self._settings.exec_dry_run:
+            return self._dry_run(request, emit)
+        try:
+            status = await self.login_status()
+        except (FileNotFoundError, SpawnError) as exc:
+            return _failed("codex_not_found", f"{exc}; set CODEX_BIN or run `make install`")
+        except TransportError as exc:
+            return _failed("transport_error", str(exc))
+        if not status.logged_in:
+            return _failed("codex_not_logged_in", self._login_hint(status))
+
+        try:
+            attempt = await self._attempt(request, emit, request.thread_id)
+            if (
+                request.thread_id
+                and attempt.result.exit_code not in (0, None)
+                and _NO_ROLLOUT in attempt.result.stderr_tail
+            ):
+                note = (
+                    f"The earlier conversation (thread {request.thread_id}) could not be "
+                    "resumed, so this runs as a new conversation."
+                )
+                log.info("run %s: %s", request.run_id, note)
+                emit({"kind": "note", "message": note, "summary": note})
+                attempt = await self._attempt(request, emit, None)
+        except SpawnError as exc:
+            return _failed("codex_not_found", f"{exc}; check CODEX_BIN and EXEC_WORKDIR")
+        except TransportError as exc:
+            # E.g. an SSH connection that broke: the run fails, the executor lives on.
+            return _failed("transport_error", str(exc))
+        return self._outcome(attempt)
+
+    def _login_hint(self, status: LoginStatus) -> str:
+        home = self._settings.codex_home
+        where = f"CODEX_HOME={home}" if home is not None else "CODEX_HOME (default ~/.codex)"
+        detail = "" if status.detail.lower().startswith("not logged in") else f" ({status.detail})"
+        return (
+            f"codex is not logged in{detail}. Log in on the executor machine with "
+            f"`printf '%s' \"$OPENAI_API_KEY\" | codex login --with-api-key` or `codex login`, "
+            f"using the same {where} as the executor."
+        )
+
+    async def _attempt(self, request: RunRequest, emit: Emit, thread_id: str | None) -> _Attempt:
+        """Run codex once; the temp dir for `-o` is removed on every path out."""
+        progress = CodexProgress()
+
+        def on_line(line: str) -> None:
+            event = parse_jsonl_line(line)
+            if event is None:
+                return  # codex's stdout carries only JSONL in --json mode; skip stray text
+            progress.feed(event)
+            emit({"kind": "codex", "data": truncate_event(event), "summary": describe(event)})
+
+        tempdir = await self._transport.make_tempdir()
+        try:
+            output_file = posixpath.join(tempdir, "last-message.txt")
+            argv = build_exec_argv(
+                self._settings,
+                request.prompt,
+                codex_bin=self.codex_bin,
+                workdir=os.fspath(self._settings.exec_workdir),
+                output_file=output_file,
+                resume_thread_id=thread_id,
+            )
+            log.info("run %s: codex exec%s", request.run_id, " resume" if thread_id else "")
+            result = await self._transport.run(
+                argv,
+                env_overrides=self._env(),
+                cwd=None,
+                on_stdout_line=on_line,
+                timeout_s=self._settings.exec_timeout_s,
+            )
+            attempt = _Attempt(result, progress)
+            if result.exit_code == 0 and progress.turn_completed:
+                try:
+                    attempt.answer = await self._transport.read_text(output_file)
+                except OSError:
+                    attempt.answer = ""
+                # -o holds the final message; the events are the fallback if it is empty.
+                attempt.answer = attempt.answer or progress.last_message or ""
+            return attempt
+        finally:
+            await self._transport.remove_tree(tempdir)
+
+    def _outcome(self, attempt: _Attempt) -> RunOutcome:
+        result, progress = attempt.result, attempt.progress
+        if result.timed_out:
+            limit = self._settings.exec_timeout_s
+            return RunOutcome(
+                "timed_out",
+                "",
+                progress.thread_id,
+                progress.usage,
+                {"code": "timeout", "message": f"codex did not finish within {limit:g} s"},
+            )
+        if result.exit_code == 0 and progress.turn_completed and not progress.turn_failed:
+            return RunOutcome("succeeded", attempt.answer, progress.thread_id, progress.usage)
+        if result.exit_code == 0:
+            summary = "codex exited with code 0 without completing the turn"
+        else:
+            summary = f"codex exited with code {result.exit_code}"
+        if progress.error_message:
+            summary += f": {progress.error_message}"
+        stderr = _clean_stderr(result.stderr_tail)
+        message = f"{summary}\n{stderr}" if stderr else summary
+        return RunOutcome(
+            "failed",
+            "",
+            progress.thread_id,
+            progress.usage,
+            {"code": "codex_failed", "message": message},
+        )
+
+    def _dry_run(self, request: RunRequest, emit: Emit) -> RunOutcome:
+        """Echo the prompt as codex's answer without starting anything (load tests)."""
+        item = {"id": "item_0", "type": "agent_message", "text": request.prompt}
+        event = truncate_event({"type": "item.completed", "item": item})
+        emit({"kind": "codex", "data": event, "summary": "answered (dry run)"})
+        usage = {"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0}
+        return RunOutcome("succeeded", request.prompt, request.thread_id, usage)

@@ -1,0 +1,79 @@
+"""Where codex runs: the small interface every transport (local, SSH) implements.
+
+The engine only talks to a `Transport`; it never starts processes itself. Errors:
+
+    TransportError            anything a transport could not do
+     └── SpawnError           the program could not be started (missing binary, bad cwd)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class TransportError(Exception):
+    """A transport could not do what was asked."""
+
+
+class SpawnError(TransportError):
+    """The program could not be started at all."""
+
+    def __init__(self, program: str, reason: str) -> None:
+        super().__init__(f"cannot start {program}: {reason}")
+        self.program = program
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """How a process ended: exit code (None if unknown), stderr's tail, timed out or not."""
+
+    exit_code: int | None
+    stderr_tail: str
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class LoginStatus:
+    """Whether codex is logged in, with a short detail that never contains a secret."""
+
+    logged_in: bool
+    detail: str
+
+
+class Transport(Protocol):
+    """Runs codex and handles its files on some machine (this one, or one over SSH)."""
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env_overrides: Mapping[str, str],
+        cwd: str | None,
+        on_stdout_line: Callable[[str], None],
+        timeout_s: float,
+    ) -> ProcessResult:
+        """Run `argv` with stdin empty, calling `on_stdout_line` per line; kill on timeout."""
+        ...
+
+    async def read_text(self, path: str) -> str:
+        """The text of the file at `path` (UTF-8, invalid bytes replaced)."""
+        ...
+
+    async def make_tempdir(self) -> str:
+        """A fresh private directory; the caller removes it with `remove_tree`."""
+        ...
+
+    async def remove_tree(self, path: str) -> None:
+        """Remove `path` and everything under it; a missing path is fine."""
+        ...
+
+    async def login_status(self, codex_bin: str, env_overrides: Mapping[str, str]) -> LoginStatus:
+        """Ask `codex login status`; raises SpawnError when codex cannot start."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the transport holds; idempotent."""
+        ...
