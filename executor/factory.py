@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from executor.engine import CodexEngine
 from executor.optimizer import PromptOptimizer
 from executor.pipeline import Optimizer, Pipeline
-from executor.settings import ExecutorSettings
+from executor.settings import ConfigError, ExecutorSettings
 from executor.transport import Transport
 from executor.transport_local import LocalTransport
+from executor.transport_ssh import SshTransport
 
-
-class ConfigError(ValueError):
-    """A setting is missing or wrong; the message names it."""
+__all__ = ["ConfigError", "build_pipeline", "make_optimizer", "make_transport"]
 
 
 def make_transport(settings: ExecutorSettings) -> Transport:
     """The transport ``EXEC_TRANSPORT`` asks for."""
     if settings.exec_transport == "local":
         return LocalTransport()
-    try:
-        module: Any = importlib.import_module("executor.transport_ssh")
-    except ImportError as exc:  # pragma: no cover - shipped with the package
-        raise ConfigError(f"EXEC_TRANSPORT=ssh is not available: {exc}") from exc
-    return module.SshTransport.from_settings(settings)
+    return SshTransport.from_settings(settings)
 
 
 def make_optimizer(settings: ExecutorSettings) -> Optimizer:

@@ -15,6 +15,10 @@ from pydantic import Field, SecretStr, model_validator
 from hub.settings import BASE_CONFIG, NodeSettings
 
 
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it."""
+
+
 class ExecutorSettings(NodeSettings):
     """Everything an executor (or `codex-hub exec`) needs to run codex."""
 

@@ -1,0 +1,957 @@
+"""The SSH transport: codex runs on ``SSH_HOST`` over one shared asyncssh connection.
+
+It mirrors `executor.transport_local.LocalTransport` (same `Transport` protocol, same
+semantics: stdin empty, stdout streamed line by line, the tail of stderr kept, every
+process of a run gone on every path out of `run`), with the remote machine doing what
+the local transport does with its own process table. Paths (``CODEX_BIN``,
+``CODEX_HOME``, ``EXEC_WORKDIR``) are paths on the machine where codex runs, so with
+``EXEC_TRANSPORT=ssh`` they name files on ``SSH_HOST``; ``CODEX_BIN`` empty means
+``codex`` on the remote ``PATH``.
+
+The remote command. Every run is one exec request, ``exec /bin/sh -c HELPER codex-hub
+run TAG GRACE_MS CWD N NAME=VALUE... ARGV...``, with each word quoted by
+`shlex.quote`: the prompt, paths and values never meet a shell unquoted, and the
+helper (a fixed POSIX sh script, `REMOTE_HELPER`) only ever expands them inside
+double quotes. The helper, on the remote side:
+
+- changes to CWD, exports the overrides and a tag variable unique to the run
+  (``CODEX_HUB_PROCESS_TAG``, as the local transport does), and starts ARGV with stdin
+  from /dev/null under ``setsid``, so codex leads a process group (and session) of its
+  own; its first stdout line is ``codex-hub-pid PID`` (or ``codex-hub-error REASON``
+  when ARGV or CWD is unusable), read here before codex's own lines;
+- waits for codex, then "reaps": SIGTERM to codex's group and to the group of every
+  process still carrying the tag (codex's sandboxed commands start sessions of their
+  own), SIGKILL after a grace period, and only then exits, so the channel closes once
+  nothing of the run is left;
+- watches its stdin, the channel: EOF there (the client gave up, or the connection
+  dropped and sshd closed the pipes) reaps at once. A dropped connection therefore
+  leaves nothing running either.
+
+On timeout or cancellation this side runs ``/bin/sh -c HELPER codex-hub kill TAG PGID
+GRACE_MS`` over the same connection (a plain exec channel delivers no signal reliably),
+waits for it, and also sends EOF as a backstop. The remote needs Linux ``/proc``, a
+POSIX ``/bin/sh``, util-linux ``setsid`` and GNU ``grep``; the login shell of
+``SSH_USER`` must be POSIX-like (sh, bash, dash, zsh, ksh).
+
+The connection. One `asyncssh.SSHClientConnection`, opened on first use and shared by
+concurrent runs (one channel each; keep ``EXEC_CONCURRENCY`` below the server's
+``MaxSessions``, 10 by default in OpenSSH). A connection that dropped is noticed
+(asyncssh's ``connection_lost``, keepalives for a silent peer) and re-opened by the
+next step; a run in flight when it drops fails with `SshConnectionError`. Public-key
+authentication only, never a password or ~/.ssh/config: the key of ``SSH_KEY_PATH``
+alone, or, when it is unset, ssh-agent and ``~/.ssh/id_*`` as ssh would. The host key
+must be listed in ``SSH_KNOWN_HOSTS`` (unset: ``~/.ssh/known_hosts``) unless
+``SSH_INSECURE_NO_HOST_KEY_CHECK`` turns the check off, explicitly. Settings are
+checked when the transport is built (`check_settings`), so a mistake stops start-up.
+
+Errors, in addition to `executor.transport`'s::
+
+    TransportError
+     ├── SpawnError              (remote: no such executable, no such directory)
+     └── SshConnectionError      cannot connect, refused login, connection lost
+          └── HostKeyError       the host key is unknown to, or differs from, SSH_KNOWN_HOSTS
+    executor.settings.ConfigError (ValueError)
+     └── SshSettingError         an SSH_* setting is missing or wrong, checked at start-up
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import re
+import shlex
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import asyncssh
+
+from executor.codex import login_detail
+from executor.settings import ConfigError, ExecutorSettings
+from executor.transport import LoginStatus, ProcessResult, SpawnError, TransportError
+from executor.transport_local import TAG_VAR
+
+log = logging.getLogger(__name__)
+
+#: How much of stderr a result keeps, as locally.
+STDERR_TAIL_BYTES = 4096
+#: A stdout line longer than this is dropped, as locally.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+#: Time between SIGTERM and SIGKILL on the remote side; codex exits within ~50 ms.
+KILL_GRACE_S = 2.0
+#: Opening the connection: TCP, key exchange, authentication.
+CONNECT_TIMEOUT_S = 15.0
+#: A short remote command (mktemp, cat, rm) and opening a channel.
+COMMAND_TIMEOUT_S = 30.0
+#: `codex login status` answers from a local file, so this is generous.
+LOGIN_TIMEOUT_S = 20.0
+#: How long output is still read, and the channel awaited, after the run ended.
+DRAIN_S = 5.0
+#: Keepalive requests notice a peer that vanished without closing the TCP connection.
+KEEPALIVE_INTERVAL_S = 15.0
+KEEPALIVE_COUNT_MAX = 3
+#: sshd hands the command to the login shell as one argv element, which Linux caps.
+MAX_COMMAND_BYTES = 128 * 1024 - 1
+#: The first stdout line of a run: codex's pid (= its process group), or why it failed.
+PID_MARK = "codex-hub-pid "
+ERROR_MARK = "codex-hub-error "
+_CHUNK = 256 * 1024
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: What a broken connection raises from a channel's reads, writes and opens.
+_CONNECTION_ERRORS = (asyncssh.DisconnectError, asyncssh.ChannelOpenError, ConnectionError)
+
+#: The remote helper, POSIX sh. Its arguments arrive quoted; it expands them only in
+#: double quotes. Modes: ``run TAG GRACE_MS DIR N NAME=VALUE... ARGV...`` and ``kill TAG
+#: PGID GRACE_MS``. It writes nothing but the marker line, so that a closed channel
+#: cannot kill it with SIGPIPE half-way through a reap.
+_HELPER = r"""
+read -r s < /proc/$$/stat; s=${s##*) }; s=${s#* }; s=${s#* }; me=${s%% *}
+groups() {
+  g=
+  for f in $2 $(grep -lsxzF "@TAG_VAR@=$1" /proc/[0-9]*/environ); do
+    case $f in /proc/*)
+      read -r s < "${f%/environ}/stat" || continue
+      s=${s##*) }; s=${s#* }; s=${s#* }; f=${s%% *} ;;
+    esac
+    [ "$f" -gt 1 ] && [ "$f" != "$me" ] && g="$g $f"
+  done
+  echo $g
+}
+alive() {
+  pat=
+  for g in "$@"; do pat="$pat${pat:+|}$g"; done
+  [ -n "$pat" ] && cat /proc/[0-9]*/stat 2>/dev/null | grep -qE "\) [^Z] [0-9]+ ($pat) "
+}
+signal() {
+  sig=$1; shift
+  for g in "$@"; do kill -s "$sig" -- "-$g"; done
+}
+wait_gone() {
+  n=$(($1 / 20)); shift
+  while alive "$@"; do
+    [ "$n" -le 0 ] && return 1
+    n=$((n - 1)); sleep 0.02
+  done
+}
+reap() {
+  if ! grep -qsxzF "@TAG_VAR@=$1" /proc/[0-9]*/environ \
+    && ! { [ "$2" -gt 1 ] && kill -0 -- "-$2"; }; then
+    return 0  # the usual case after a normal exit: nothing left
+  fi
+  gs=$(groups "$1" "$2")
+  signal TERM $gs; wait_gone "$3" $gs
+  gs="$gs $(groups "$1" "$2")"
+  signal TERM $gs; wait_gone "$3" $gs
+  signal KILL $gs; wait_gone 1000 $gs
+}
+case $1 in
+run)
+  tag=$2 grace=$3 dir=$4 n=$5; shift 5
+  if [ -n "$dir" ] && ! cd -- "$dir" 2>/dev/null; then
+    echo "codex-hub-error no such directory: $dir"; exit 127
+  fi
+  exec 3<&0
+  (
+    exec 3<&-
+    export @TAG_VAR@="$tag"
+    while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
+    case $1 in
+      */*) [ -f "$1" ] && [ -x "$1" ] ;;
+      *) command -v "$1" >/dev/null ;;
+    esac || { echo "codex-hub-error no such executable: $1"; exit 127; }
+    command -v setsid >/dev/null || { echo "codex-hub-error setsid is missing"; exit 127; }
+    read -r s < /proc/self/stat
+    echo "codex-hub-pid ${s%% *}"
+    exec setsid -- "$@"
+  ) </dev/null &
+  pid=$!
+  ( while read -r _; do :; done; reap "$tag" "$pid" "$grace" ) <&3 >/dev/null 2>&1 &
+  dog=$!
+  exec 3<&-
+  wait "$pid"; status=$?
+  kill "$dog" 2>/dev/null
+  reap "$tag" "$pid" "$grace" >/dev/null 2>&1
+  exit "$status" ;;
+kill)
+  reap "$2" "$3" "$4" >/dev/null 2>&1 ;;
+esac
+"""
+REMOTE_HELPER = _HELPER.replace("@TAG_VAR@", TAG_VAR)
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+class SshSettingError(ConfigError):
+    """An SSH setting is missing or wrong; `setting` names it (e.g. ``SSH_KEY_PATH``)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class SshConnectionError(TransportError):
+    """The SSH connection could not be opened, was refused, or was lost."""
+
+
+class HostKeyError(SshConnectionError):
+    """The server's host key is not the one ``SSH_KNOWN_HOSTS`` lists for it.
+
+    `changed` is True when the file lists other keys for the host (a changed key, or a
+    man in the middle), False when it lists none; `fingerprint` is the presented key's.
+    """
+
+    def __init__(self, message: str, *, changed: bool, fingerprint: str) -> None:
+        super().__init__(message)
+        self.changed = changed
+        self.fingerprint = fingerprint
+
+
+# --- pure parts: settings and the remote command ---------------------------------------
+
+
+#: Where ssh (and asyncssh) look when SSH_KNOWN_HOSTS / SSH_KEY_PATH are unset.
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+DEFAULT_KEY_NAMES = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa", "id_rsa")
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and how to connect: validated, ready for asyncssh."""
+
+    host: str
+    port: int
+    username: str | None
+    #: The key of SSH_KEY_PATH; None: ssh-agent and the default ~/.ssh/id_* keys.
+    key_path: Path | None
+    client_key: asyncssh.SSHKey | None
+    #: None: the host key is not checked (SSH_INSECURE_NO_HOST_KEY_CHECK, explicitly).
+    known_hosts: Path | None
+
+    @property
+    def where(self) -> str:
+        """``user@host:port`` for messages."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{user}{self.host}:{self.port}"
+
+    @property
+    def key_description(self) -> str:
+        """Which key(s) this target logs in with, for messages."""
+        if self.key_path is not None:
+            return f"the key SSH_KEY_PATH={self.key_path}"
+        return "the ssh-agent's keys and ~/.ssh/id_* (SSH_KEY_PATH is unset)"
+
+
+def _path_setting(value: Path | None) -> Path | None:
+    """A path setting, None when unset or empty (``SSH_KEY_PATH=`` reads as ``.``)."""
+    if value is None or str(value).strip() in ("", "."):
+        return None
+    return value
+
+
+def _read_key(key_path: Path) -> asyncssh.SSHKey:
+    """The private key at SSH_KEY_PATH; SshSettingError when it is missing or unusable."""
+    if not key_path.is_file():
+        raise SshSettingError("SSH_KEY_PATH", f"SSH_KEY_PATH={key_path}: no such file")
+    try:
+        return asyncssh.read_private_key(key_path)
+    except OSError as exc:
+        raise SshSettingError(
+            "SSH_KEY_PATH", f"SSH_KEY_PATH={key_path}: cannot read it ({exc.strerror or exc})"
+        ) from None
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        # The reason never quotes the key; no passphrase is ever asked for or logged.
+        hint = (
+            " (it is encrypted: use an unencrypted key readable only by this user, or "
+            "leave SSH_KEY_PATH unset and load the key into ssh-agent)"
+            if "passphrase" in str(exc).lower()
+            else ""
+        )
+        raise SshSettingError(
+            "SSH_KEY_PATH", f"SSH_KEY_PATH={key_path}: not a usable private key: {exc}{hint}"
+        ) from None
+
+
+def _check_default_keys(agent_socket: str | None) -> None:
+    """With SSH_KEY_PATH unset, an agent or a default key must exist to log in with."""
+    if agent_socket:
+        return
+    ssh_dir = Path("~/.ssh").expanduser()
+    if any((ssh_dir / name).is_file() for name in DEFAULT_KEY_NAMES):
+        return
+    raise SshSettingError(
+        "SSH_KEY_PATH",
+        "EXEC_TRANSPORT=ssh needs a key to log in with: set SSH_KEY_PATH to a private "
+        f"key file (no ssh-agent is running and {ssh_dir} has no id_* key)",
+    )
+
+
+def _check_known_hosts(path: Path, unset: bool) -> None:
+    """The known_hosts file must exist and parse; SshSettingError naming SSH_KNOWN_HOSTS."""
+    label = f"SSH_KNOWN_HOSTS is unset and {path}" if unset else f"SSH_KNOWN_HOSTS={path}"
+    if not path.is_file():
+        raise SshSettingError(
+            "SSH_KNOWN_HOSTS",
+            f"{label}: no such file. List the host's key there (check its fingerprint "
+            "first), or set SSH_INSECURE_NO_HOST_KEY_CHECK=true to skip the check, which "
+            "lets a man in the middle in",
+        )
+    try:
+        asyncssh.read_known_hosts(str(path))
+    except OSError as exc:
+        raise SshSettingError(
+            "SSH_KNOWN_HOSTS", f"{label}: cannot read it ({exc.strerror or exc})"
+        ) from None
+    except (ValueError, asyncssh.KeyImportError) as exc:
+        raise SshSettingError(
+            "SSH_KNOWN_HOSTS", f"{label}: not a known_hosts file: {exc}"
+        ) from None
+
+
+def check_settings(settings: ExecutorSettings, *, agent_socket: str | None = None) -> SshTarget:
+    """Validate the ``SSH_*`` settings; raises `SshSettingError` naming the bad setting.
+
+    ``SSH_KEY_PATH`` set: that key alone (no agent), read now, and it must not be
+    encrypted (there is no passphrase setting). Unset: ssh-agent (`agent_socket`, the
+    caller's ``SSH_AUTH_SOCK``) and the default ``~/.ssh/id_*`` keys, as ssh does; one of
+    them must exist. ``SSH_KNOWN_HOSTS`` unset means ``~/.ssh/known_hosts``; either way
+    the file must exist and parse, unless ``SSH_INSECURE_NO_HOST_KEY_CHECK`` is on.
+    Mistakes show at start-up rather than on the first run.
+    """
+    host = settings.ssh_host.strip()
+    if not host:
+        raise SshSettingError(
+            "SSH_HOST", "EXEC_TRANSPORT=ssh needs SSH_HOST, the machine where codex runs"
+        )
+    key_path = _path_setting(settings.ssh_key_path)
+    client_key: asyncssh.SSHKey | None = None
+    if key_path is not None:
+        key_path = key_path.expanduser()
+        client_key = _read_key(key_path)
+    else:
+        _check_default_keys(agent_socket)
+    known_hosts: Path | None = None
+    if settings.ssh_insecure_no_host_key_check:
+        log.warning(
+            "SSH_INSECURE_NO_HOST_KEY_CHECK is on: the host key of %s is not verified", host
+        )
+    else:
+        configured = _path_setting(settings.ssh_known_hosts)
+        known_hosts = (configured or DEFAULT_KNOWN_HOSTS).expanduser()
+        _check_known_hosts(known_hosts, unset=configured is None)
+    return SshTarget(
+        host=host,
+        port=settings.ssh_port,
+        username=settings.ssh_user.strip() or None,
+        key_path=key_path,
+        client_key=client_key,
+        known_hosts=known_hosts,
+    )
+
+
+def quote_command(words: Sequence[str]) -> str:
+    """One shell command line of `words`, each quoted with `shlex.quote`."""
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def run_command(
+    argv: Sequence[str],
+    env_overrides: Mapping[str, str],
+    cwd: str | None,
+    *,
+    tag: str,
+    grace_s: float,
+) -> str:
+    """The remote command line of one run: the helper in ``run`` mode, every word quoted.
+
+    Raises ValueError for an environment name a shell could not export (it would
+    otherwise be read as something else).
+    """
+    if not argv:
+        raise ValueError("empty argv")
+    for name in env_overrides:
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"invalid environment variable name {name!r}")
+    words = [
+        "/bin/sh",
+        "-c",
+        REMOTE_HELPER,
+        "codex-hub",
+        "run",
+        tag,
+        str(round(grace_s * 1000)),
+        cwd or "",
+        str(len(env_overrides)),
+        *(f"{name}={value}" for name, value in env_overrides.items()),
+        *argv,
+    ]
+    return "exec " + quote_command(words)
+
+
+def kill_command(tag: str, pgid: int | None, *, grace_s: float) -> str:
+    """The remote command line that ends every process of run `tag` (group `pgid`)."""
+    words = ["/bin/sh", "-c", REMOTE_HELPER, "codex-hub", "kill", tag, str(pgid or 0)]
+    return "exec " + quote_command([*words, str(round(grace_s * 1000))])
+
+
+# --- reading the channel ---------------------------------------------------------------
+
+
+class _Reader(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def _pump_lines(reader: _Reader, on_line: Callable[[str], None]) -> None:
+    """Call `on_line` for every line until EOF, dropping lines over MAX_LINE_BYTES."""
+    buf = bytearray()
+    discarding = False
+    while chunk := await reader.read(_CHUNK):
+        buf += chunk
+        while (newline := buf.find(b"\n")) != -1:
+            line = bytes(buf[:newline])
+            del buf[: newline + 1]
+            if discarding:
+                discarding = False
+                continue
+            on_line(line.decode("utf-8", errors="replace").rstrip("\r"))
+        if len(buf) > MAX_LINE_BYTES:
+            log.warning("dropping a stdout line longer than %d bytes", MAX_LINE_BYTES)
+            buf.clear()
+            discarding = True
+    if buf and not discarding:
+        on_line(buf.decode("utf-8", errors="replace").rstrip("\r"))
+
+
+async def _keep_tail(reader: _Reader, tail: bytearray) -> None:
+    """Read `reader` to EOF, keeping only its last STDERR_TAIL_BYTES in `tail`."""
+    while chunk := await reader.read(_CHUNK):
+        tail += chunk
+        if len(tail) > STDERR_TAIL_BYTES:
+            del tail[:-STDERR_TAIL_BYTES]
+
+
+async def _read_all(reader: _Reader) -> bytes:
+    """Everything until EOF (in chunks: asyncssh's read(-1) may miss data when stdout
+    and stderr are read at the same time)."""
+    data = bytearray()
+    while chunk := await reader.read(_CHUNK):
+        data += chunk
+    return bytes(data)
+
+
+class _ChannelReader:
+    """A channel's stdout or stderr whose connection errors become SshConnectionError."""
+
+    def __init__(self, reader: _Reader, lost: Callable[[BaseException], TransportError]) -> None:
+        self._reader = reader
+        self._lost = lost
+
+    async def read(self, n: int = -1) -> bytes:
+        try:
+            return await self._reader.read(n)
+        except _CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+
+
+class _Launch:
+    """What the helper's marker line said: codex's pid, or why it could not start."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self.pid: int | None = None
+        self.error: str | None = None
+        self._on_line = on_line
+
+    def feed(self, line: str) -> None:
+        """Pass codex's lines on; before the marker, take the marker, drop shell noise."""
+        if self.pid is not None:
+            self._on_line(line)
+        elif self.error is None:
+            if line.startswith(PID_MARK) and line[len(PID_MARK) :].isdigit():
+                self.pid = int(line[len(PID_MARK) :])
+            elif line.startswith(ERROR_MARK):
+                self.error = line[len(ERROR_MARK) :]
+            else:
+                # A login shell's start-up files may print; that is not codex's.
+                log.debug("ignoring remote output before codex started: %.200r", line)
+
+
+# --- the connection ---------------------------------------------------------------------
+
+
+class _Client(asyncssh.SSHClient):
+    """Remembers the key a server presented when it failed the known_hosts check."""
+
+    def __init__(self) -> None:
+        self.rejected_key: asyncssh.SSHKey | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.rejected_key = key
+        return False
+
+
+def _close_abandoned(opening: asyncio.Future[asyncssh.SSHClientProcess[bytes]]) -> None:
+    """Close a channel nobody waits for any more (its helper then reaps)."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"  # no new runs; cleanup may still use the connection
+    CLOSED = "closed"
+
+
+class _Run:
+    """A run in flight: its process, tag and (once known) codex's pid."""
+
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        process: asyncssh.SSHClientProcess[bytes],
+        tag: str,
+        launch: _Launch,
+    ) -> None:
+        self.conn = conn
+        self.process = process
+        self.tag = tag
+        self.launch = launch
+
+
+class SshTransport:
+    """Runs codex on an SSH host over one lazily opened, shared, re-opened connection."""
+
+    def __init__(
+        self,
+        target: SshTarget,
+        *,
+        codex_bin: str = "codex",
+        kill_grace_s: float = KILL_GRACE_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        command_timeout_s: float = COMMAND_TIMEOUT_S,
+        keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
+    ) -> None:
+        self._target = target
+        self._codex_bin = codex_bin
+        self._kill_grace_s = kill_grace_s
+        self._connect_timeout_s = connect_timeout_s
+        self._command_timeout_s = command_timeout_s
+        self._keepalive_interval_s = keepalive_interval_s
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._live: set[_Run] = set()
+        self._spare_dir: asyncio.Task[str] | None = None
+        self._state = _State.OPEN
+        self.connections_opened = 0
+        # asyncssh logs every channel at INFO, with the whole command line (the prompt
+        # included); keep that out of the logs unless someone set its level on purpose.
+        ssh_log = logging.getLogger("asyncssh")
+        if ssh_log.level == logging.NOTSET:
+            ssh_log.setLevel(logging.WARNING)
+
+    @classmethod
+    def from_settings(cls, settings: ExecutorSettings) -> SshTransport:
+        """The transport ``EXEC_TRANSPORT=ssh`` asks for; raises `SshSettingError`."""
+        target = check_settings(settings, agent_socket=os.environ.get("SSH_AUTH_SOCK"))
+        return cls(target, codex_bin=settings.codex_bin.strip() or "codex")
+
+    @property
+    def codex_bin(self) -> str:
+        """The codex binary on the remote host (``CODEX_BIN``, else ``codex`` on PATH)."""
+        return self._codex_bin
+
+    @property
+    def target(self) -> SshTarget:
+        """Where this transport connects."""
+        return self._target
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- connection ------------------------------------------------------------------
+
+    async def _connection(self) -> tuple[asyncssh.SSHClientConnection, bool]:
+        """The open connection, opening one if there is none; True if it is new."""
+        if self._state is _State.CLOSED:
+            raise TransportError("transport is closed")
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
+            return conn, False
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and not conn.is_closed():
+                return conn, False
+            if conn is not None:
+                log.info("SSH connection to %s was lost; reconnecting", self._target.where)
+            self._conn = None
+            conn = await self._connect()
+            if self._state is _State.CLOSED:  # closed while we connected
+                conn.close()
+                raise TransportError("transport is closed")
+            self._conn = conn
+            return conn, True
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        target = self._target
+        client = _Client()
+        options: dict[str, Any] = {
+            "port": target.port,
+            "known_hosts": str(target.known_hosts) if target.known_hosts else None,
+            # Exactly the configured key and host check, never ~/.ssh/config's.
+            "config": [],
+            "preferred_auth": "publickey",
+            "password_auth": False,
+            "kbdint_auth": False,
+            "x509_trusted_certs": None,
+            "connect_timeout": self._connect_timeout_s,
+            "login_timeout": self._connect_timeout_s,
+            "keepalive_interval": self._keepalive_interval_s,
+            "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        }
+        if target.client_key is not None:
+            options["client_keys"] = [target.client_key]
+            options["agent_path"] = None  # SSH_KEY_PATH's key alone
+        if target.username:
+            options["username"] = target.username
+        try:
+            async with asyncio.timeout(self._connect_timeout_s + 1):
+                conn = await asyncssh.connect(target.host, client_factory=lambda: client, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise self._host_key_error(client.rejected_key, exc) from None
+        except asyncssh.PermissionDenied:
+            raise SshConnectionError(
+                f"SSH login to {target.where} refused: the server accepts none of "
+                f"{target.key_description} for SSH_USER={target.username or '(local user)'}"
+            ) from None
+        except TimeoutError:
+            raise SshConnectionError(
+                f"cannot connect to SSH_HOST={target.host} SSH_PORT={target.port}: "
+                f"no answer within {self._connect_timeout_s:g} s"
+            ) from None
+        except (OSError, asyncssh.Error, ValueError) as exc:
+            # ValueError: asyncssh found no local user name to log in as.
+            hint = "; set SSH_USER" if isinstance(exc, ValueError) else ""
+            raise SshConnectionError(
+                f"cannot connect to SSH_HOST={target.host} SSH_PORT={target.port}: {exc}{hint}"
+            ) from None
+        self.connections_opened += 1
+        log.info("SSH connection to %s open", target.where)
+        return conn
+
+    def _host_key_error(
+        self, key: asyncssh.SSHKey | None, exc: asyncssh.HostKeyNotVerifiable
+    ) -> HostKeyError:
+        target = self._target
+        fingerprint = key.get_fingerprint() if key is not None else "unknown"
+        algorithm = key.get_algorithm() if key is not None else "?"
+        known = str(target.known_hosts)
+        changed = False
+        with contextlib.suppress(OSError, ValueError, asyncssh.KeyImportError):
+            listed = asyncssh.read_known_hosts(known).match(target.host, target.host, target.port)
+            changed = bool(listed[0] or listed[1])
+        presented = f"the server presented {algorithm} {fingerprint}"
+        if changed:
+            message = (
+                f"SSH host key of {target.host}:{target.port} does NOT match the one in "
+                f"SSH_KNOWN_HOSTS={known}: {presented}. It changed, or someone is in the "
+                "middle; refusing to connect. If the change is expected, replace the "
+                "host's entry in that file."
+            )
+        else:
+            message = (
+                f"SSH host key of {target.host}:{target.port} is unknown: SSH_KNOWN_HOSTS="
+                f"{known} lists no key for it ({presented}); refusing to connect. Add the "
+                "host's key to that file after checking its fingerprint, or set "
+                "SSH_INSECURE_NO_HOST_KEY_CHECK=true to skip the check."
+            )
+        log.debug("host key check failed: %s", exc)
+        return HostKeyError(message, changed=changed, fingerprint=fingerprint)
+
+    async def _open(
+        self, command: str, *, stdin: Any = asyncssh.PIPE
+    ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[bytes]]:
+        """Start `command` on a channel; re-opens a connection found dead, once.
+
+        A channel whose opening is abandoned (timeout, cancellation) is closed as soon
+        as it exists, so that the helper sees EOF and reaps whatever it started.
+        """
+        for attempt in (1, 2):
+            conn, fresh = await self._connection()
+            opening = asyncio.ensure_future(
+                conn.create_process(command, encoding=None, stdin=stdin)
+            )
+            try:
+                async with asyncio.timeout(self._command_timeout_s):
+                    process = await asyncio.shield(opening)
+                return conn, process
+            except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, ConnectionError) as exc:
+                if conn.is_closed() or not isinstance(exc, asyncssh.ChannelOpenError):
+                    # The command never started, so a fresh connection may try again.
+                    if not fresh and attempt == 1:
+                        self._discard(conn)
+                        continue
+                    raise self._lost(exc) from None
+                reason = getattr(exc, "reason", str(exc))
+                raise SshConnectionError(
+                    f"SSH host {self._target.where} refused a session: {reason} "
+                    "(more concurrent runs than the server's MaxSessions?)"
+                ) from None
+            except TimeoutError:
+                opening.add_done_callback(_close_abandoned)
+                raise SshConnectionError(
+                    f"SSH host {self._target.where} did not open a session within "
+                    f"{self._command_timeout_s:g} s"
+                ) from None
+            except BaseException:
+                opening.add_done_callback(_close_abandoned)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _discard(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Forget `conn` (it misbehaved); the next step opens a new one."""
+        if self._conn is conn:
+            self._conn = None
+        conn.abort()
+
+    def _lost(self, exc: BaseException | None) -> SshConnectionError:
+        reason = f": {exc}" if exc is not None and str(exc) else ""
+        return SshConnectionError(f"SSH connection to {self._target.where} lost{reason}")
+
+    async def _exec(self, words: Sequence[str], timeout_s: float) -> tuple[int | None, bytes, str]:
+        """Run a short remote command (stdin empty): exit code, stdout, stderr text."""
+        conn, process = await self._open("exec " + quote_command(words), stdin=asyncssh.DEVNULL)
+        try:
+            async with asyncio.timeout(timeout_s):
+                stdout, stderr = await asyncio.gather(
+                    _read_all(process.stdout), _read_all(process.stderr)
+                )
+                await process.wait_closed()
+        except TimeoutError:
+            raise SshConnectionError(
+                f"`{words[0]}` on {self._target.where} did not finish within {timeout_s:g} s"
+            ) from None
+        except _CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+        finally:
+            process.close()
+        if process.exit_status is None and conn.is_closed():
+            raise self._lost(None)
+        return process.returncode, stdout, stderr.decode("utf-8", errors="replace").strip()
+
+    # --- Transport ---------------------------------------------------------------------
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env_overrides: Mapping[str, str],
+        cwd: str | None,
+        on_stdout_line: Callable[[str], None],
+        timeout_s: float,
+    ) -> ProcessResult:
+        """Run `argv` on the host (stdin /dev/null, own process group), streaming stdout.
+
+        On timeout the remote processes are killed and `timed_out` is set; on
+        cancellation (or if `on_stdout_line` raises) they are killed before re-raising.
+        Raises SpawnError when the executable or `cwd` does not exist remotely and
+        SshConnectionError when the connection fails or drops during the run.
+        """
+        if self._state is not _State.OPEN:
+            raise TransportError("transport is closed")
+        tag = uuid.uuid4().hex
+        try:
+            command = run_command(argv, env_overrides, cwd, tag=tag, grace_s=self._kill_grace_s)
+        except ValueError as exc:
+            raise SpawnError(argv[0] if argv else "(nothing)", str(exc)) from None
+        if len(command.encode()) > MAX_COMMAND_BYTES:
+            raise SpawnError(
+                argv[0],
+                f"the remote command is {len(command.encode())} bytes, more than the "
+                f"{MAX_COMMAND_BYTES + 1} a remote shell accepts (shorten the prompt)",
+            )
+        conn, process = await self._open(command)
+        launch = _Launch(on_stdout_line)
+        run = _Run(conn, process, tag, launch)
+        self._live.add(run)
+        tail = bytearray()
+        name = f"SshTransport:{tag[:8]}"
+        stdout = _ChannelReader(process.stdout, self._lost)
+        stderr = _ChannelReader(process.stderr, self._lost)
+        stdout_task = asyncio.create_task(_pump_lines(stdout, launch.feed), name=f"{name}:stdout")
+        stderr_task = asyncio.create_task(_keep_tail(stderr, tail), name=f"{name}:stderr")
+        closed_task = asyncio.create_task(process.wait_closed(), name=f"{name}:closed")
+        tasks = (stdout_task, stderr_task, closed_task)
+        timed_out = False
+        try:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    # Wake on the end, or early if `on_stdout_line` raised.
+                    await asyncio.wait((stdout_task, closed_task), return_when="FIRST_COMPLETED")
+                    if stdout_task.done():
+                        stdout_task.result()
+                    await closed_task
+            except TimeoutError:
+                timed_out = True
+                await self._stop(run)
+            # Output sent before the end is still read; bounded all the same.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_S):
+                    await asyncio.gather(asyncio.shield(stdout_task), asyncio.shield(stderr_task))
+        except BaseException:
+            # Cancellation, the callback's own error, or SshConnectionError from a read.
+            await self._stop(run)
+            raise
+        finally:
+            self._live.discard(run)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            process.close()
+        if process.exit_status is None and process.exit_signal is None and not timed_out:
+            # The channel ended without an exit status: the connection went away.
+            raise self._lost(None)
+        if launch.error is not None:
+            raise SpawnError(argv[0], launch.error)
+        if launch.pid is None and not timed_out:
+            reason = tail.decode("utf-8", errors="replace").strip()[-500:]
+            raise SpawnError(
+                argv[0],
+                f"the remote shell on {self._target.where} exited with code "
+                f"{process.returncode} before starting it: {reason or 'no output'}",
+            )
+        return ProcessResult(
+            exit_code=process.returncode,
+            stderr_tail=tail.decode("utf-8", errors="replace"),
+            timed_out=timed_out,
+        )
+
+    async def _stop(self, run: _Run) -> None:
+        """End every remote process of `run`: the helper's kill mode, then EOF, bounded.
+
+        The kill goes over the run's own connection; if that is gone, sshd has closed
+        the run's stdin and the helper's watchdog reaps instead. EOF is sent on every
+        path out (also a second cancellation) as that backstop.
+        """
+        try:
+            if not run.conn.is_closed():
+                command = kill_command(run.tag, run.launch.pid, grace_s=self._kill_grace_s)
+                async with asyncio.timeout(2 * self._kill_grace_s + self._command_timeout_s):
+                    killer = await run.conn.create_process(
+                        command, encoding=None, stdin=asyncssh.DEVNULL
+                    )
+                    try:
+                        await killer.wait_closed()
+                    finally:
+                        killer.close()
+        except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+            log.warning("could not stop the run's processes on %s: %s", self._target.where, exc)
+        finally:
+            with contextlib.suppress(*_CONNECTION_ERRORS, RuntimeError):
+                run.process.stdin.write_eof()
+        with contextlib.suppress(TimeoutError, *_CONNECTION_ERRORS):
+            async with asyncio.timeout(DRAIN_S):
+                await run.process.wait_closed()
+
+    async def read_text(self, path: str) -> str:
+        """The remote file's text (UTF-8, invalid bytes replaced); OSError if unreadable."""
+        code, stdout, stderr = await self._exec(["cat", "--", path], self._command_timeout_s)
+        if code != 0:
+            raise OSError(f"cannot read {path} on {self._target.host}: {stderr or code}")
+        return stdout.decode("utf-8", errors="replace")
+
+    async def make_tempdir(self) -> str:
+        """A fresh directory (mode 0700) under the remote ``$TMPDIR`` or /tmp.
+
+        The next one is made in the background meanwhile, so that a run's temp dir
+        costs no round trip on its critical path (`close` removes an unused one).
+        """
+        spare, self._spare_dir = self._spare_dir, None
+        path: str | None = None
+        if spare is not None:
+            with contextlib.suppress(TransportError):
+                path = await spare
+        if path is None:
+            path = await self._mktemp()
+        if self._spare_dir is None and self._state is _State.OPEN:
+            self._spare_dir = asyncio.create_task(self._mktemp(), name="SshTransport:spare-dir")
+            # Retrieved here too, so that a spare nobody takes never warns about its error.
+            self._spare_dir.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return path
+
+    async def _mktemp(self) -> str:
+        words = ["mktemp", "-d", "-t", "codex-hub-XXXXXXXXXX"]
+        code, stdout, stderr = await self._exec(words, self._command_timeout_s)
+        path = stdout.decode("utf-8", errors="replace").strip()
+        if code != 0 or not path.startswith("/"):
+            raise TransportError(f"mktemp failed on {self._target.host}: {stderr or code}")
+        return path
+
+    async def _drop_spare_dir(self) -> None:
+        """Remove the temp dir made ahead of time, if any (bounded)."""
+        spare, self._spare_dir = self._spare_dir, None
+        if spare is None:
+            return
+        try:
+            async with asyncio.timeout(self._command_timeout_s):
+                path = await spare
+        except (TransportError, TimeoutError):
+            return
+        await self.remove_tree(path)
+
+    async def remove_tree(self, path: str) -> None:
+        """Remove the remote `path` recursively, ignoring errors (they are logged)."""
+        if not path.strip() or path.rstrip("/") == "":
+            return
+        try:
+            code, _, stderr = await self._exec(["rm", "-rf", "--", path], self._command_timeout_s)
+        except TransportError as exc:
+            log.warning("could not remove %s on %s: %s", path, self._target.host, exc)
+            return
+        if code != 0:
+            log.warning("could not remove %s on %s: %s", path, self._target.host, stderr)
+
+    async def login_status(self, codex_bin: str, env_overrides: Mapping[str, str]) -> LoginStatus:
+        """Run `codex login status` remotely; the detail never holds the masked key."""
+        lines: list[str] = []
+        result = await self.run(
+            [codex_bin, "login", "status"],
+            env_overrides=env_overrides,
+            cwd=None,
+            on_stdout_line=lines.append,
+            timeout_s=LOGIN_TIMEOUT_S,
+        )
+        if result.timed_out:
+            return LoginStatus(False, f"`codex login status` timed out after {LOGIN_TIMEOUT_S:g} s")
+        logged_in = result.exit_code == 0
+        output = "\n".join([*lines, result.stderr_tail])
+        return LoginStatus(logged_in, login_detail(output, logged_in, result.exit_code))
+
+    async def close(self) -> None:
+        """Stop every run still going, then close the connection; idempotent."""
+        if self._state is not _State.OPEN:
+            return
+        self._state = _State.CLOSING
+        live, self._live = list(self._live), set()
+        await asyncio.gather(self._drop_spare_dir(), *(self._stop(run) for run in live))
+        self._state = _State.CLOSED
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_S):
+                    await conn.wait_closed()
