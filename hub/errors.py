@@ -121,11 +121,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         if exc.status == 413:
             message = f"request body is too large: {message}"
-        err = ApiError(message, status=exc.status, type=type_, code=code)
-        return error_response(err, request.get(RUN_ID))
+        http_err = ApiError(message, status=exc.status, type=type_, code=code)
+        return error_response(http_err, request.get(RUN_ID))
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
-        err = ApiError("internal error: the hub logged the details", code="internal_error")
-        return error_response(err, request.get(RUN_ID))
+        internal = ApiError("internal error: the hub logged the details", code="internal_error")
+        return error_response(internal, request.get(RUN_ID))

@@ -423,7 +423,8 @@ def _list_runs(
     before: int | None,
     limit: int,
 ) -> tuple[list[Run], int | None]:
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     if states:
         where.append(f"state IN ({', '.join('?' * len(states))})")
         args += states
