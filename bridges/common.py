@@ -7,6 +7,11 @@ setting (``OPTIMIZE_PROMPT``) decides.
 
 from __future__ import annotations
 
+
+class BridgeError(Exception):
+    """Root of every bridge's errors; its message is fit to show a person as it is."""
+
+
 OPTIMIZE_PREFIX = "!optimize"
 RAW_PREFIX = "!raw"
 

@@ -178,9 +178,16 @@ class HubLink:
             await self._on_deliver(frame)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             # Not acknowledged: the hub re-sends it after HUB_REDELIVER_S.
-            log.exception("%s bridge: posting run %s failed", self.platform, frame.get("run_id"))
+            log.warning(
+                "%s bridge: posting the reply of run %s failed (%s: %s); the hub re-sends it",
+                self.platform,
+                frame.get("run_id"),
+                type(exc).__name__,
+                exc,
+            )
+            log.debug("posting failed", exc_info=True)
             return
         finally:
             self._inflight.discard(delivery_id)

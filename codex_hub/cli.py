@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bridges.common import BridgeError
 from hub.logs import configure_logging, register_settings_secrets
 from hub.settings import HubSettings, LogSettings
 
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"codex-hub: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BridgeError as exc:
+        print(f"codex-hub: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_CANCELLED
 

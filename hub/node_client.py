@@ -148,7 +148,10 @@ class NodeClient:
         ) as ws:
             self._ws = ws
             await ws.send(json.dumps(self._hello()))
-            raw = await asyncio.wait_for(ws.recv(), timeout=10)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a close that
+            # lands together with the welcome, and close() would then wait for ever.
+            async with asyncio.timeout(10):
+                raw = await ws.recv()
             welcome = json.loads(raw)
             if welcome.get("type") != "welcome":
                 raise ConnectionError(f"unexpected first frame from the hub: {welcome!r}")

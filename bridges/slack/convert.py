@@ -2,7 +2,12 @@
 
 Everything Slack-specific that can be decided without a network lives here so the tests
 can call it directly: mention stripping, access checks, mrkdwn escaping, splitting long
-answers into messages without breaking code fences, and the texts the bridge posts.
+answers into messages without breaking code fences, and the texts the bridge posts;
+and for the bridge: where a request's replies go (`Target`, carried in the run's
+origin), what to post for a finished run (`reply_parts`), the message metadata that
+lets a restarted bridge find its status message and the parts it already posted
+(`find_status`, `already_posted`), and which Slack errors are worth another try
+(`may_succeed_later`).
 
 Access rule (`is_allowed`): lists fail closed (an empty list lets nobody in) and `*`
 lets everyone in. In a channel both the user and the channel must be allowed; in a DM
@@ -14,7 +19,8 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 #: Slack's recommended size of one message; `split_message` stays at or below it.
@@ -349,3 +355,300 @@ def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
             total = len(pieces)
             return [f"({i}/{total})\n{piece}" for i, piece in enumerate(pieces, 1)]
         digits = len(str(len(pieces)))
+
+
+# --------------------------------------------------------------------------- replies
+
+#: Characters of the answer shown above the file that carries a long answer.
+PREVIEW_CHARS = 1500
+#: `event_type` of the metadata every answer part carries, so a restarted bridge can
+#: tell which parts of a reply are already in the thread.
+REPLY_EVENT_TYPE = "codex_hub_reply"
+#: `event_type` of the status message's metadata, which names the request it is about.
+STATUS_EVENT_TYPE = "codex_hub_status"
+#: Reactions on the request: while the run works, and at its end.
+WORKING_REACTION = "eyes"
+SUCCESS_REACTION = "white_check_mark"
+FAILURE_REACTION = "x"
+
+# Errors after which the same call may succeed later: Slack's own trouble, and
+# credentials an admin can fix (a reply waits in the hub's outbox meanwhile).
+_RETRYABLE_ERRORS = frozenset(
+    {
+        "ratelimited",
+        "rate_limited",
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request came from and where its replies go.
+
+    It travels in the run's `origin` (`to_origin` / `from_origin`), so whichever bridge
+    process gets the reply, even one started after the request, can post it. The
+    status message is not in it (it is posted while the run is submitted, so as not
+    to delay it): `find_status` finds it in the thread by its metadata.
+    """
+
+    team: str
+    channel: str
+    #: The thread replies go to (and the session): the request's own ts if it started one.
+    thread_ts: str
+    #: The request message, which gets the reactions.
+    ts: str
+    user: str = ""
+
+    @classmethod
+    def of_event(cls, event: Mapping[str, Any], team: str = "") -> Target:
+        """The target of a `message` or `app_mention` event."""
+        return cls(
+            team=team or str(event.get("team") or ""),
+            channel=str(event.get("channel") or ""),
+            thread_ts=thread_ts_of(event),
+            ts=str(event.get("ts") or ""),
+            user=str(event.get("user") or ""),
+        )
+
+    @classmethod
+    def from_origin(cls, origin: Mapping[str, Any]) -> Target | None:
+        """The target a run's origin names; None when it names no Slack message."""
+        channel = str(origin.get("channel") or "")
+        ts = str(origin.get("ts") or "")
+        thread_ts = str(origin.get("thread_ts") or ts)
+        if not channel or not thread_ts:
+            return None
+        return cls(
+            team=str(origin.get("team") or ""),
+            channel=channel,
+            thread_ts=thread_ts,
+            ts=ts,
+            user=str(origin.get("user") or ""),
+        )
+
+    def to_origin(self) -> dict[str, Any]:
+        """The run's `origin`: plain JSON, everything a reply needs."""
+        return {
+            "team": self.team,
+            "channel": self.channel,
+            "thread_ts": self.thread_ts,
+            "ts": self.ts,
+            "user": self.user,
+        }
+
+    @property
+    def session_key(self) -> str:
+        """The hub session of the thread (see `session_key`)."""
+        return session_key(self.team, self.channel, self.thread_ts)
+
+
+def is_direct(event: Mapping[str, Any]) -> bool:
+    """True for an event in a direct message with the bot (`im`; DM channel ids start with D)."""
+    return event.get("channel_type") == "im" or str(event.get("channel") or "").startswith("D")
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """One message of a reply."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A reply too long for messages: the whole answer as a file, a preview as its comment."""
+
+    content: str
+    filename: str
+    title: str
+    comment: str
+
+
+ReplyPart = TextPart | FilePart
+
+
+def answer_filename(run_id: str) -> str:
+    """The name of the file that carries a long answer (unique per run)."""
+    return f"codex-answer-{run_id}.md"
+
+
+def reply_parts(
+    run_id: str,
+    status: str,
+    answer: str = "",
+    error: Mapping[str, Any] | str | None = None,
+    *,
+    elapsed_s: float | None = None,
+    file_threshold: int = 12_000,
+    limit: int = MESSAGE_LIMIT,
+    preview_chars: int = PREVIEW_CHARS,
+) -> list[ReplyPart]:
+    """What to post for a finished run, in order.
+
+    A successful answer longer than `file_threshold` characters becomes one file with a
+    preview; anything else is `final_text` split into labelled messages of at most
+    `limit` characters (whitespace-only pieces dropped).
+    """
+    body = answer.strip()
+    if status == "succeeded" and len(body) > file_threshold:
+        head = preview(escape_mrkdwn(body), preview_chars)
+        comment = f"{head}\n_The whole answer ({len(body):,} characters) is in the file._"
+        return [
+            FilePart(
+                content=body + "\n",
+                filename=answer_filename(run_id),
+                title=f"codex answer, run {run_id}",
+                comment=comment,
+            )
+        ]
+    text = final_text(run_id, status, answer=answer, error=error, elapsed_s=elapsed_s)
+    return [TextPart(chunk) for chunk in split_message(text, limit) if chunk.strip()]
+
+
+def reply_metadata(run_id: str, index: int, count: int) -> dict[str, Any]:
+    """The message metadata of part `index` (0-based) of `count`: finds it again later."""
+    return {
+        "event_type": REPLY_EVENT_TYPE,
+        "event_payload": {"run_id": run_id, "part": index + 1, "parts": count},
+    }
+
+
+def already_posted(
+    messages: Iterable[Mapping[str, Any]], run_id: str, parts: list[ReplyPart]
+) -> set[int]:
+    """Indexes of `parts` that `messages` (a thread, read with its metadata) already hold.
+
+    Text parts are recognised by their metadata (`reply_metadata`), a file by its name.
+    Parts of a reply that was split differently (another part count) do not count.
+    """
+    found: set[int] = set()
+    filename = answer_filename(run_id)
+    for message in messages:
+        part = _part_number(message.get("metadata"), run_id, len(parts))
+        if part is not None and isinstance(parts[part - 1], TextPart):
+            found.add(part - 1)
+        for file in message.get("files") or []:
+            if isinstance(file, Mapping) and file.get("name") == filename:
+                found.update(i for i, p in enumerate(parts) if isinstance(p, FilePart))
+    return found
+
+
+def _part_number(meta: Any, run_id: str, count: int) -> int | None:
+    """The 1-based part number `reply_metadata` put in `meta`, if it is one of this reply."""
+    if not isinstance(meta, Mapping) or meta.get("event_type") != REPLY_EVENT_TYPE:
+        return None
+    payload = meta.get("event_payload")
+    if not isinstance(payload, Mapping):
+        return None
+    if payload.get("run_id") != run_id or payload.get("parts") != count:
+        return None
+    part = payload.get("part")
+    return part if isinstance(part, int) and 1 <= part <= count else None
+
+
+def status_metadata(request_ts: str) -> dict[str, Any]:
+    """The metadata of the status message about the request posted at `request_ts`."""
+    return {"event_type": STATUS_EVENT_TYPE, "event_payload": {"request_ts": request_ts}}
+
+
+def find_status(messages: Iterable[Mapping[str, Any]], request_ts: str) -> tuple[str, str] | None:
+    """`(ts, text)` of the status message about request `request_ts` in a thread, if any."""
+    for message in messages:
+        meta = message.get("metadata")
+        if not isinstance(meta, Mapping) or meta.get("event_type") != STATUS_EVENT_TYPE:
+            continue
+        payload = meta.get("event_payload")
+        ts = message.get("ts")
+        if isinstance(payload, Mapping) and payload.get("request_ts") == request_ts and ts:
+            return str(ts), str(message.get("text") or "")
+    return None
+
+
+def may_succeed_later(error: str, http_status: int = 200) -> bool:
+    """True when a call Slack refused may succeed if made again later.
+
+    Rate limits, Slack's own failures (5xx) and credentials an admin can fix are worth
+    another try; everything else (an unknown channel, an archived one, a bad argument)
+    will be refused again.
+    """
+    return http_status == 429 or http_status >= 500 or error in _RETRYABLE_ERRORS
+
+
+def elapsed_since(ts: str, now: float) -> float | None:
+    """Seconds from a Slack message timestamp to `now`; None when `ts` is not one."""
+    try:
+        elapsed = now - float(ts)
+    except (TypeError, ValueError):
+        return None
+    return elapsed if elapsed >= 0 else None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+def closing_status_text(status: str, run_id: str, elapsed_s: float | None = None) -> str:
+    """The status message once the run ended, e.g. ":white_check_mark: Done in 4.2 s · run `r1`"."""
+    emoji, label = _STATES.get(status, (":x:", status.replace("_", " ")))
+    took = ""
+    if elapsed_s is not None:
+        took = f" {'in' if status == 'succeeded' else 'after'} {_duration(elapsed_s)}"
+    return f"{emoji} {label}{took} · run `{escape_mrkdwn(run_id)}`"
+
+
+def closing_reaction(status: str) -> str:
+    """The reaction a finished request gets: a check mark for success, a cross otherwise."""
+    return SUCCESS_REACTION if status == "succeeded" else FAILURE_REACTION
+
+
+def help_text() -> str:
+    """What the bot says to an empty mention."""
+    return (
+        ":wave: Tell me what to do and I hand it to codex, e.g. `@codex list the open "
+        "pull requests` (in a direct message, just write it). Reply in the thread to "
+        "continue the same conversation; `cancel` or `stop` in the thread stops the "
+        "running request. Start with `!optimize` or `!raw` to turn prompt rewriting on "
+        "or off for one request."
+    )
+
+
+def undeliverable_text(run_id: str, reason: str) -> str:
+    """Said when Slack refused the answer itself for good (the run's result is in the hub)."""
+    return (
+        f":x: Slack refused the answer of run `{escape_mrkdwn(run_id)}` "
+        f"({escape_mrkdwn(_one_line(reason, 200))}); it is kept in the hub's run history."
+    )
+
+
+def cancel_text(run_ids: Collection[str]) -> str:
+    """The answer to `cancel`: which run is being cancelled, or that none is running."""
+    if not run_ids:
+        return ":information_source: Nothing is running in this thread."
+    names = ", ".join(f"`{escape_mrkdwn(r)}`" for r in run_ids)
+    return f":octagonal_sign: Cancelling run {names}."
+
+
+def hub_error_text(code: str, message: str) -> str:
+    """Why a request could not start, from the hub's error code and message."""
+    if code == "queue_full":
+        return ":warning: Too much work is waiting right now; try again in a little while."
+    if code == "hub_unreachable":
+        return ":warning: I cannot reach the codex hub right now; try again in a minute."
+    if code == "hub_closing":
+        return ":warning: The codex hub is restarting; try again in a minute."
+    reason = escape_mrkdwn(_one_line(message or code, 300))
+    return f":warning: The codex hub did not take the request: {reason}"

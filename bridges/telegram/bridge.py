@@ -64,6 +64,7 @@ from telegram.error import (
 )
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
+from bridges import common
 from bridges.common import split_optimize_prefix
 from bridges.hub_link import Frame, HubError, HubLink
 from bridges.telegram import convert
@@ -106,8 +107,8 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class BridgeError(Exception):
-    """Root of the bridge's errors.
+class BridgeError(common.BridgeError):
+    """Root of the Telegram bridge's errors.
 
     - :class:`TokenRefused`: Telegram refused ``TELEGRAM_BOT_TOKEN`` at start.
     - :class:`Undeliverable`: Telegram refused a reply for good; it is logged and dropped.

@@ -8,21 +8,22 @@ One aiohttp server on 127.0.0.1 (ephemeral port) speaks both of Slack's wire pro
   which wants the app-level token; unknown methods answer `unknown_method`;
 - Socket Mode at `/link/?ticket=...` (the URL `apps.connections.open` hands out): a
   `hello` frame on connect, events pushed in `events_api` envelopes, acks recorded;
-- the upload URL of `files.getUploadURLExternal` at `/upload/v1/{file_id}`.
+- the upload URL of `files.getUploadURLExternal` at `/upload/v1/{file_id}`;
+- `conversations.replies` (a thread, the bot's message metadata included on request),
+  so a bridge can look up what it already posted.
 
 Everything is recorded in order (`calls`, `posted`, `uploads`, `envelopes`,
 `connections`) and tests *wait* on it (`wait_for_call`, `wait_for_post`, `wait_ack`,
 `wait_connected`, `wait_until`), never sleep. Faults: `fail_next` (429 with Retry-After,
-5xx, or any Slack error), `send_disconnect`, `go_offline` / `go_online` (the listener
-closes and comes back on the same port). Builders (`mention`, `dm`, `message`,
-`message_changed`, `bot_message`, `channel_join`) make realistic events.
+5xx, or any Slack error; optionally only for calls whose arguments match),
+`send_disconnect`, `go_offline` / `go_online` (the listener closes and comes back on the
+same port). Builders (`mention`, `dm`, `message`, `message_changed`, `bot_message`,
+`channel_join`) make realistic events; `watchers` see every call as it is recorded.
 
-Fixtures: `fake_slack` (a started `FakeSlack`, closed after the test) and
-`slack_settings` (a `SlackSettings` pointed at it). Tokens: `BOT_TOKEN`, `APP_TOKEN`.
+Fixtures: `fake_slack` (a started `FakeSlack`, closed after the test),
+`slack_settings` (a `SlackSettings` pointed at it) and `start_slack_bridge` (a real
+`SlackBridge` on the fake and the test's hub). Tokens: `BOT_TOKEN`, `APP_TOKEN`.
 """
-
-# The waiting helpers take `timeout=` on purpose: tests read better with it than wrapped.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,6 +44,7 @@ from multidict import MultiDictProxy
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
+    from bridges.slack.bridge import SlackBridge
     from bridges.slack.settings import SlackSettings
 
 #: The bot token the fake accepts (bolt needs the xoxb- prefix to know its bot user).
@@ -89,6 +91,8 @@ class SlackMessage:
     blocks: list[Any] | None = None
     files: list[dict[str, Any]] = field(default_factory=list)
     markdown: bool = False
+    #: Message metadata (`{"event_type", "event_payload"}`) the poster attached.
+    metadata: dict[str, Any] | None = None
     #: Earlier texts, oldest first, one per `chat.update`.
     history: list[str] = field(default_factory=list)
     #: Reaction name -> users who added it.
@@ -99,8 +103,8 @@ class SlackMessage:
         """True for messages the bot posted."""
         return self.bot_id == BOT_ID
 
-    def to_api(self) -> dict[str, Any]:
-        """The message object as the Web API returns it."""
+    def to_api(self, *, with_metadata: bool = False) -> dict[str, Any]:
+        """The message object as the Web API returns it (metadata only when asked for)."""
         out: dict[str, Any] = {"type": "message", "text": self.text, "user": self.user}
         out["ts"] = self.ts
         if self.bot_id:
@@ -115,6 +119,8 @@ class SlackMessage:
             out["upload"] = True
         if self.history:
             out["edited"] = {"user": self.user, "ts": self.ts}
+        if with_metadata and self.metadata is not None:
+            out["metadata"] = self.metadata
         out["team"] = TEAM_ID
         return out
 
@@ -194,6 +200,7 @@ class _Failure:
     status: int
     error: str
     retry_after: int | None
+    match: Callable[[dict[str, Any]], bool] | None = None
 
 
 class _SlackError(Exception):
@@ -259,6 +266,9 @@ class FakeSlack:
         self.uploads: dict[str, UploadedFile] = {}
         self.users: dict[str, dict[str, Any]] = {}
         self._calls: list[SlackCall] = []
+        #: Called with every call as it is recorded (a bench under load uses this
+        #: instead of re-scanning `calls` on every change).
+        self.watchers: list[Callable[[SlackCall], None]] = []
         self._messages: dict[tuple[str, str], SlackMessage] = {}
         self._failures: dict[str, deque[_Failure]] = {}
         self._tickets: set[str] = set()
@@ -508,22 +518,32 @@ class FakeSlack:
         status: int = 429,
         error: str | None = None,
         retry_after: int = 1,
+        match: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         """Make the next `times` calls of `method` fail.
 
         429 answers `ratelimited` with a `Retry-After: retry_after` header; 5xx answers
         `internal_error` (or `error`); 200 with `error` is a plain Slack error. Use the
-        method name `"upload"` for the upload URL.
+        method name `"upload"` for the upload URL. With `match`, only calls whose
+        arguments it accepts fail (and use up the failures); others go through.
         """
         default = {429: "ratelimited"}.get(status, "internal_error" if status >= 500 else "")
-        failure = _Failure(status, error or default, retry_after if status == 429 else None)
+        failure = _Failure(status, error or default, retry_after if status == 429 else None, match)
         if not failure.error:
             raise ValueError("fail_next needs an error for a status other than 429 and 5xx")
         self._failures.setdefault(method, deque()).extend([failure] * times)
 
-    def _take_failure(self, method: str) -> _Failure | None:
+    def clear_failures(self) -> None:
+        """Forget every failure `fail_next` queued and no call has used up yet."""
+        self._failures.clear()
+
+    def _take_failure(self, method: str, args: dict[str, Any] | None = None) -> _Failure | None:
         queue = self._failures.get(method)
-        return queue.popleft() if queue else None
+        if not queue:
+            return None
+        if queue[0].match is not None and not queue[0].match(args or {}):
+            return None
+        return queue.popleft()
 
     # ------------------------------------------------------------------ Web API
 
@@ -568,7 +588,7 @@ class FakeSlack:
                 {"ok": False, "error": "not_allowed_token_type" if wrong_kind else "invalid_auth"},
                 {},
             )
-        failure = self._take_failure(method)
+        failure = self._take_failure(method, args)
         if failure is not None:
             headers = (
                 {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
@@ -582,7 +602,10 @@ class FakeSlack:
     def _record(
         self, method: str, args: dict[str, Any], token: str, status: int, body: dict[str, Any]
     ) -> None:
-        self._calls.append(SlackCall(method, args, token, time.monotonic(), status, body))
+        call = SlackCall(method, args, token, time.monotonic(), status, body)
+        self._calls.append(call)
+        for watcher in self.watchers:
+            watcher(call)
         self._touch()
 
     # Each method takes the merged arguments and returns the body after `"ok": true`.
@@ -619,6 +642,7 @@ class FakeSlack:
             bot_id=self.bot_id,
             blocks=blocks or None,
             markdown=bool(markdown),
+            metadata=_maybe_json(args.get("metadata")) or None,
         )
         self._messages[(channel, msg.ts)] = msg
         self._echo(msg)
@@ -733,6 +757,28 @@ class FakeSlack:
             self.add_user(user, user.lower())
         return {"user": self.users[user]}
 
+    def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = _need(args, "channel", "channel_not_found")
+        ts = _need(args, "ts", "thread_not_found")
+        thread = [
+            m
+            for (chan, _), m in self._messages.items()
+            if chan == channel and (m.ts == ts or m.thread_ts == ts)
+        ]
+        if not thread:
+            raise _SlackError("thread_not_found")
+        thread.sort(key=lambda m: (m.ts != ts, float(m.ts)))
+        start = int(str(args.get("cursor") or "0"))
+        limit = int(str(args.get("limit") or "100"))
+        page = thread[start : start + limit]
+        more = start + limit < len(thread)
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        return {
+            "messages": [m.to_api(with_metadata=with_metadata) for m in page],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
     _methods: dict[str, Callable[[FakeSlack, dict[str, Any]], dict[str, Any]]] = {
         "auth.test": _auth_test,
         "apps.connections.open": _apps_connections_open,
@@ -745,6 +791,7 @@ class FakeSlack:
         "files.completeUploadExternal": _files_complete_upload_external,
         "files.upload": _files_upload,
         "users.info": _users_info,
+        "conversations.replies": _conversations_replies,
     }
 
     async def _handle_upload(self, request: web.Request) -> web.Response:
@@ -1122,3 +1169,42 @@ def slack_settings(fake_slack: FakeSlack) -> SlackSettings:
         SLACK_ALLOWED_USERS=["*"],
         SLACK_ALLOWED_CHANNELS=["*"],
     )
+
+
+@pytest.fixture
+def start_slack_bridge(
+    fake_slack: FakeSlack, hub: Any
+) -> Callable[..., AbstractAsyncContextManager[SlackBridge]]:
+    """``async with start_slack_bridge(**settings) as bridge``: a SlackBridge on the fake.
+
+    It talks to `fake_slack` and to the test's `hub`, lets everyone in unless told
+    otherwise, and is connected to both when the block starts; closed when it ends.
+    """
+    from bridges.slack.bridge import SlackBridge
+    from bridges.slack.settings import SlackSettings
+    from tests.conftest import NODE_TOKEN, ws_url
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[SlackBridge]:
+        values: dict[str, Any] = {
+            "SLACK_BOT_TOKEN": fake_slack.bot_token,
+            "SLACK_APP_TOKEN": fake_slack.app_token,
+            "SLACK_API_BASE_URL": fake_slack.api_url,
+            "SLACK_ALLOWED_USERS": ["*"],
+            "SLACK_ALLOWED_CHANNELS": ["*"],
+            "HUB_URL": ws_url(hub),
+            "HUB_TOKEN": NODE_TOKEN,
+        }
+        values.update(overrides)
+        settings = SlackSettings(_env_file=None, **values)  # type: ignore[call-arg]
+        bridge = SlackBridge(settings, node_id="slack-bridge-test")
+        try:
+            await bridge.start()
+            async with asyncio.timeout(10):
+                await bridge.connected.wait()
+                await bridge.link.client.connected.wait()
+            yield bridge
+        finally:
+            await bridge.close()
+
+    return start
