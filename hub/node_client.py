@@ -144,7 +144,12 @@ class NodeClient:
 
     async def _connect_once(self) -> None:
         async with connect(
-            self.url, open_timeout=10, ping_interval=10, ping_timeout=20, max_size=2**24
+            self.url,
+            open_timeout=10,
+            ping_interval=10,
+            ping_timeout=20,
+            max_size=2**24,
+            compression=None,  # small JSON frames: deflate costs more CPU than it saves
         ) as ws:
             self._ws = ws
             await ws.send(json.dumps(self._hello()))

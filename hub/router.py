@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections import deque
@@ -42,7 +43,7 @@ from hub.protocol import (
     error_frame,
 )
 from hub.settings import HubSettings
-from hub.store import Delivery, Run, Store, op_add_event, op_set_executor, op_update_run
+from hub.store import Delivery, Run, Store, op_record, op_set_executor
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,12 @@ class Ticket:
     duplicate: bool = False
 
 
+_ids = random.Random(secrets.randbits(64))
+
+
 def new_run_id() -> str:
-    """A short, unguessable run id."""
-    return "run_" + secrets.token_hex(8)
+    """A short random run id (the API that names runs needs a key; ids need not be secret)."""
+    return f"run_{_ids.getrandbits(64):016x}"
 
 
 class Router:
@@ -431,8 +435,12 @@ class Router:
                 "origin": run.origin,
             }
         )
-        self.store.post(op_set_executor, run.id, run.executor)
-        self._record(live, "assigned", {"executor": node.name or node.link.node_id})
+        self._record(
+            live,
+            "assigned",
+            {"executor": node.name or node.link.node_id},
+            fields={"executor": run.executor},
+        )
 
     # nodes
 
@@ -603,8 +611,7 @@ class Router:
             run.started_at = fields["started_at"] = time.time()
         if frame.effective_prompt is not None:
             run.effective_prompt = fields["effective_prompt"] = frame.effective_prompt
-        self.store.post(op_update_run, run.id, fields)
-        self._record(live, "state", {"state": frame.state})
+        self._record(live, "state", {"state": frame.state}, fields=fields)
         self._publish_run(run)
         self._progress(live)
 
@@ -737,9 +744,10 @@ class Router:
                     "usage": run.usage,
                 },
             )
-        self._record(live, "state", {"state": status, "error": run.error})
+        final = {"state": status, "error": run.error}
+        seq, ts = self._publish_event(live, "state", final)
         self._dispatch()
-        await self.store.finish_run(run, delivery, session)
+        await self.store.finish_run(run, delivery, session, (seq, ts, "state", final, None))
         self.live.pop(run.id, None)
         if run.dedupe_key:
             self._dedupe.pop(run.dedupe_key, None)
@@ -774,12 +782,10 @@ class Router:
 
     # events and notifications
 
-    def _record(
-        self, live: Live, kind: str, data: dict[str, Any], exec_seq: int | None = None
-    ) -> None:
+    def _publish_event(self, live: Live, kind: str, data: dict[str, Any]) -> tuple[int, float]:
+        """Number the run's next event and hand it to live subscribers."""
         live.seq += 1
         ts = time.time()
-        self.store.post(op_add_event, live.run.id, live.seq, ts, kind, data, exec_seq)
         self.bus.publish(
             {
                 "type": "event",
@@ -788,6 +794,19 @@ class Router:
             },
             live.run.id,
         )
+        return live.seq, ts
+
+    def _record(
+        self,
+        live: Live,
+        kind: str,
+        data: dict[str, Any],
+        exec_seq: int | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish an event and store it, with the run fields it changed, in one write."""
+        seq, ts = self._publish_event(live, kind, data)
+        self.store.post(op_record, live.run.id, fields, (seq, ts, kind, data, exec_seq))
 
     def _publish_run(self, run: Run) -> None:
         self.bus.publish({"type": "run", "run": run.summary()}, run.id)

@@ -240,9 +240,17 @@ class Store:
                     continue
                 fut, fn, args = item
                 try:
-                    results.append((fut, True, fn(conn, *args)))
+                    value = fn(conn, *args)
                 except Exception as exc:
-                    results.append((fut, False, exc))
+                    if fut is None:
+                        log.error(
+                            "store write %s failed", getattr(fn, "__name__", fn), exc_info=exc
+                        )
+                    else:
+                        results.append((fut, False, exc))
+                else:
+                    if fut is not None:
+                        results.append((fut, True, value))
             try:
                 conn.execute("COMMIT")
             except Exception as exc:  # pragma: no cover - disk full and the like
@@ -260,9 +268,8 @@ class Store:
         if self._closed or self._loop is None:
             log.error("store closed: dropped a write (%s)", getattr(fn, "__name__", fn))
             return
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        fut.add_done_callback(_log_failure)
-        self._queue.put((fut, fn, args))
+        # No future: nobody waits, and skipping the loop round trip is most of the cost.
+        self._queue.put((None, fn, args))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the store thread; return after it is committed."""
@@ -330,9 +337,10 @@ class Store:
         run: Run,
         delivery: Delivery | None = None,
         session: tuple[str, str | None, str | None] | None = None,
+        event: tuple[int, float, str, Any, int | None] | None = None,
     ) -> None:
-        """Store a run's final fields, its reply and its session in one transaction."""
-        await self.call(_finish_run, run, delivery, session)
+        """Store a run's final fields, last event, reply and session in one transaction."""
+        await self.call(_finish_run, run, delivery, session, event)
 
     async def get_events(self, run_id: str, after: int = 0) -> list[dict[str, Any]]:
         """A run's events in order, those after ``after``."""
@@ -365,11 +373,6 @@ class Store:
     async def count_pending_deliveries(self) -> int:
         """How many replies wait in the outbox."""
         return await self.call(_count_pending)
-
-
-def _log_failure(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("store write failed", exc_info=fut.exception())
 
 
 def _resolve_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -468,6 +471,14 @@ def _add_events(
     run_id: str,
     events: list[tuple[int, float, str, Any, int | None]],
 ) -> None:
+    if len(events) == 1:
+        seq, ts, kind, data, exec_seq = events[0]
+        conn.execute(
+            "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, data, exec_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, seq, ts, kind, json.dumps(data, separators=(",", ":")), exec_seq),
+        )
+        return
     conn.executemany(
         "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, data, exec_seq) "
         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -504,8 +515,11 @@ def _finish_run(
     run: Run,
     delivery: Delivery | None,
     session: tuple[str, str | None, str | None] | None,
+    event: tuple[int, float, str, Any, int | None] | None = None,
 ) -> None:
     _update_run(conn, run.id, {name: getattr(run, name) for name in _FINAL_FIELDS})
+    if event is not None:
+        _add_events(conn, run.id, [event])
     if delivery is not None:
         _add_delivery(conn, delivery)
     if session is not None:
@@ -576,22 +590,16 @@ def _ack_delivery(conn: sqlite3.Connection, delivery_id: str) -> bool:
 
 
 # Operations for Store.post(): queued without waiting, in order with everything else.
-def op_update_run(conn: sqlite3.Connection, run_id: str, fields: dict[str, Any]) -> None:
-    """Change some fields of a run."""
-    _update_run(conn, run_id, fields)
-
-
-def op_add_event(
+def op_record(
     conn: sqlite3.Connection,
     run_id: str,
-    seq: int,
-    ts: float,
-    kind: str,
-    data: Any,
-    exec_seq: int | None,
+    fields: dict[str, Any] | None,
+    event: tuple[int, float, str, Any, int | None],
 ) -> None:
-    """Store one event of a run."""
-    _add_events(conn, run_id, [(seq, ts, kind, data, exec_seq)])
+    """Store one event of a run, with the run's fields it changed (if any)."""
+    if fields:
+        _update_run(conn, run_id, fields)
+    _add_events(conn, run_id, [event])
 
 
 def op_set_executor(conn: sqlite3.Connection, run_id: str, executor: str | None) -> None:

@@ -93,7 +93,8 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
     """Serve one node for as long as it stays connected."""
     settings = request.app[SETTINGS]
     router: Router = request.app[ROUTER]
-    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=MAX_FRAME_BYTES)
+    # Frames are small JSON on a trusted link: deflate costs more CPU than it saves.
+    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=MAX_FRAME_BYTES, compress=False)
     await ws.prepare(request)
     sockets = request.app[SOCKETS]
     sockets.add(ws)
