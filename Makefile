@@ -39,8 +39,10 @@ browser:
 test: install browser
 	CODEX_BIN=$(abspath $(CODEX_NATIVE)) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# Every slow test, then the quick fault tests `make test` also runs (tests/faults/).
 faults: install browser
 	CODEX_BIN=$(abspath $(CODEX_NATIVE)) $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	CODEX_BIN=$(abspath $(CODEX_NATIVE)) $(PY) -m pytest -q -m "not slow" tests/faults $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

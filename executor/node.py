@@ -164,7 +164,14 @@ class ExecutorNode:
         if result.error and result.error.get("code") == "codex_not_logged_in":
             self._set_login(False, result.error.get("message", "not logged in"))
         state.result = result.frame(run_id)
-        self.client.send(state.result)
+        sent = self.client.send(state.result)
+        # Kept either way until the hub acknowledges it; said so when the hub is away.
+        log.info(
+            "run %s ended %s%s",
+            run_id,
+            result.status,
+            "" if sent else "; kept until the hub is back",
+        )
 
     # codex login
 

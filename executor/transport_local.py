@@ -1,9 +1,22 @@
-"""The local transport: codex runs on this machine as a child in its own process group.
+"""The local transport: codex runs on this machine, through the run helper, in its own group.
 
 Every path out of `LocalTransport.run` (exit, timeout, cancellation, a failing callback)
-leaves no process behind: codex's process group is signalled, and so are the groups of
-the processes it moved into sessions of their own (its sandboxed commands and its shell
-snapshot call setsid), found through the process tree and an inherited tag variable.
+leaves no process behind, and so does the death of the executor itself, SIGKILL
+included. codex is started through `executor.run_helper` (the same POSIX sh script the
+SSH transport runs remotely) with a pipe on the helper's stdin whose other end only
+this process holds: the helper starts codex in a session of its own with a tag
+variable every descendant inherits, and reaps codex's group and every tagged group
+(codex's sandboxed commands start sessions of their own) when codex exits, when the
+transport closes the pipe to stop the run, and when the kernel closes it because the
+executor died. A parent-death signal would not do: it reaches only codex, not the
+commands codex moved into sessions of their own, and on Linux it follows the death of
+the spawning *thread*.
+
+Should the helper itself fail to finish (it was killed, or outlived its bound), the
+transport walks /proc the same way (process tree and tag) and signals what is left.
+Where the helper cannot run (no /proc or no ``setsid``, e.g. macOS) codex is started
+directly in its own process group and only that in-process clean-up applies: codex
+then outlives an executor killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from types import TracebackType
 from typing import Self
 
 from executor.codex import codex_environment, login_detail
+from executor.run_helper import TAG_VAR, Launch, reap_bound_s, run_words
 from executor.transport import LoginStatus, ProcessResult, SpawnError, TransportError
 
 log = logging.getLogger(__name__)
@@ -37,9 +51,6 @@ KILL_GRACE_S = 2.0
 LOGIN_TIMEOUT_S = 20.0
 #: How long output is still read after the process ended.
 DRAIN_S = 5.0
-#: Every process of a run inherits this variable, with a value unique to the run, so
-#: leftovers are found even after codex exited and they were re-parented to init.
-TAG_VAR = "CODEX_HUB_PROCESS_TAG"
 _CHUNK = 256 * 1024
 
 
@@ -60,25 +71,59 @@ class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 
 class _Child:
-    """A started process, its exit event and the tag its whole process tree inherits."""
+    """A started process, its exit event and the tag its whole process tree inherits.
 
-    def __init__(self, proc: asyncio.subprocess.Process, exited: asyncio.Event, tag: str) -> None:
+    With `helper`, the process is the run helper and its stdin the watchdog's pipe.
+    """
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, exited: asyncio.Event, tag: str, *, helper: bool
+    ) -> None:
         self.proc = proc
         self.exited = exited
         self.tag = tag
+        self.helper = helper
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
+    def close_stdin(self) -> None:
+        """Close the watchdog's pipe: the helper reaps the run (idempotent)."""
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+
+
+def helper_usable() -> bool:
+    """True when the run helper can work here: /proc, /bin/sh and ``setsid`` exist."""
+    return (
+        os.path.isdir("/proc/self")
+        and os.access("/bin/sh", os.X_OK)
+        and shutil.which("setsid") is not None
+    )
+
 
 class LocalTransport:
-    """Runs codex as a local subprocess and handles its files with the local filesystem."""
+    """Runs codex as a local subprocess and handles its files with the local filesystem.
 
-    def __init__(self, *, kill_grace_s: float = KILL_GRACE_S) -> None:
+    `use_helper` None means: through the run helper wherever it can work (see the module
+    docstring); False starts codex directly, without the watchdog.
+    """
+
+    def __init__(
+        self, *, kill_grace_s: float = KILL_GRACE_S, use_helper: bool | None = None
+    ) -> None:
         self._kill_grace_s = kill_grace_s
         self._live: set[_Child] = set()
         self._closed = False
+        if use_helper is None:
+            use_helper = helper_usable()
+            if not use_helper:
+                log.warning(
+                    "codex runs without the run helper (no /proc or setsid here): a run's "
+                    "processes outlive an executor that is killed"
+                )
+        self.use_helper = use_helper
 
     async def __aenter__(self) -> Self:
         return self
@@ -102,22 +147,28 @@ class LocalTransport:
     ) -> ProcessResult:
         """Run `argv` (stdin /dev/null, own process group), streaming stdout line by line.
 
-        On timeout the group is killed and `timed_out` is set; on cancellation (or if
-        `on_stdout_line` raises) the group is killed and awaited before re-raising.
+        On timeout every process of the run is killed and `timed_out` is set; on
+        cancellation (or if `on_stdout_line` raises) they are killed and awaited before
+        re-raising. Raises SpawnError when `argv[0]` or `cwd` is unusable.
         """
         if self._closed:
             raise TransportError("transport is closed")
-        child = await _spawn(
-            argv, codex_environment(os.environ, env_overrides), cwd, uuid.uuid4().hex
-        )
+        env = codex_environment(os.environ, env_overrides)
+        tag = uuid.uuid4().hex
+        launch: Launch | None = None
+        if self.use_helper:
+            launch = Launch(on_stdout_line)
+            words = run_words(argv, {}, cwd, tag=tag, grace_s=self._kill_grace_s)
+            child = await _spawn(words, env, None, tag, helper=True)
+        else:
+            child = await _spawn(argv, {**env, TAG_VAR: tag}, cwd, tag, helper=False)
         proc = child.proc
         assert proc.stdout is not None and proc.stderr is not None
         self._live.add(child)
         tail = bytearray()
         name = f"LocalTransport:{child.pid}"
-        stdout_task = asyncio.create_task(
-            _pump_lines(proc.stdout, on_stdout_line), name=f"{name}:stdout"
-        )
+        on_line = launch.feed if launch is not None else on_stdout_line
+        stdout_task = asyncio.create_task(_pump_lines(proc.stdout, on_line), name=f"{name}:stdout")
         stderr_task = asyncio.create_task(_keep_tail(proc.stderr, tail), name=f"{name}:stderr")
         exit_task = asyncio.create_task(child.exited.wait(), name=f"{name}:exit")
         tasks = (stdout_task, stderr_task, exit_task)
@@ -136,20 +187,30 @@ class LocalTransport:
                 timed_out = True
             # After a normal exit too: what codex left behind must not outlive the run
             # (nor hold the pipes open, which would stall the reads below).
-            await _terminate(child, self._kill_grace_s)
+            await _stop(child, self._kill_grace_s)
             # Output written before the end is still read; bounded, because a process
             # outside the group could still hold a pipe open.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_S):
                     await asyncio.gather(asyncio.shield(stdout_task), asyncio.shield(stderr_task))
         except BaseException:
-            await _terminate(child, self._kill_grace_s)
+            await _stop(child, self._kill_grace_s)
             raise
         finally:
             self._live.discard(child)
+            child.close_stdin()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if launch is not None and launch.error is not None:
+            raise SpawnError(argv[0], launch.error)
+        if launch is not None and launch.pid is None and not timed_out:
+            reason = tail.decode("utf-8", errors="replace").strip()[-500:]
+            raise SpawnError(
+                argv[0],
+                f"the run helper exited with code {proc.returncode} before starting it: "
+                f"{reason or 'no output'}",
+            )
         return ProcessResult(
             exit_code=proc.returncode,
             stderr_tail=tail.decode("utf-8", errors="replace"),
@@ -189,18 +250,23 @@ class LocalTransport:
         """Kill every process still running; idempotent."""
         self._closed = True
         live, self._live = list(self._live), set()
-        await asyncio.gather(*(_terminate(child, self._kill_grace_s) for child in live))
+        await asyncio.gather(*(_stop(child, self._kill_grace_s) for child in live))
 
 
-async def _spawn(argv: Sequence[str], env: dict[str, str], cwd: str | None, tag: str) -> _Child:
-    """Start `argv` in a new session with stdin from /dev/null and piped stdout/stderr."""
-    env = {**env, TAG_VAR: tag}
+async def _spawn(
+    argv: Sequence[str], env: dict[str, str], cwd: str | None, tag: str, *, helper: bool
+) -> _Child:
+    """Start `argv` in a new session with piped stdout/stderr.
+
+    The helper's stdin is the watchdog's pipe (it gives codex /dev/null); codex started
+    directly gets /dev/null, or it would read stdin to EOF.
+    """
     loop = asyncio.get_running_loop()
     try:
         transport, protocol = await loop.subprocess_exec(
             lambda: _ExitAwareProtocol(loop),
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,  # codex reads stdin to EOF otherwise
+            stdin=asyncio.subprocess.PIPE if helper else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=cwd,
@@ -209,7 +275,8 @@ async def _spawn(argv: Sequence[str], env: dict[str, str], cwd: str | None, tag:
         )
     except OSError as exc:
         raise SpawnError(argv[0], exc.strerror or str(exc)) from exc
-    return _Child(asyncio.subprocess.Process(transport, protocol, loop), protocol.exited, tag)
+    proc = asyncio.subprocess.Process(transport, protocol, loop)
+    return _Child(proc, protocol.exited, tag, helper=helper)
 
 
 async def _pump_lines(reader: asyncio.StreamReader, on_line: Callable[[str], None]) -> None:
@@ -353,3 +420,30 @@ async def _terminate(child: _Child, grace_s: float) -> None:
     # SIGKILL takes effect asynchronously; callers must see no survivor once we return.
     if not await _wait_gone(child, groups, 1.0):
         log.warning("processes of pid %d outlived SIGKILL for 1 s", child.pid)
+
+
+def _leftovers(child: _Child) -> bool:
+    """True while a live process is in the child's own group or carries its tag."""
+    return any(
+        not proc.zombie and (proc.tagged or proc.pgid == child.pid)
+        for proc in _process_table(child.tag).values()
+    )
+
+
+async def _stop(child: _Child, grace_s: float) -> None:
+    """End every process of the run; return once none is left (also after a normal exit).
+
+    Through the helper: close its stdin, the watchdog's pipe, and wait (bounded) until
+    it has reaped and exited, as it also does by itself once codex exits. What a helper
+    leaves (it was killed, or missed its bound), and any run started without the
+    helper, `_terminate` ends from here.
+    """
+    if child.helper:
+        child.close_stdin()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(reap_bound_s(grace_s)):
+                await child.exited.wait()
+        if child.exited.is_set() and not _leftovers(child):
+            return
+        log.warning("the run helper (pid %d) left processes behind; killing them", child.pid)
+    await _terminate(child, grace_s)

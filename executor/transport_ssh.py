@@ -11,8 +11,8 @@ the local transport does with its own process table. Paths (``CODEX_BIN``,
 The remote command. Every run is one exec request, ``exec /bin/sh -c HELPER codex-hub
 run TAG GRACE_MS CWD N NAME=VALUE... ARGV...``, with each word quoted by
 `shlex.quote`: the prompt, paths and values never meet a shell unquoted, and the
-helper (a fixed POSIX sh script, `REMOTE_HELPER`) only ever expands them inside
-double quotes. The helper, on the remote side:
+helper (a fixed POSIX sh script, `executor.run_helper`, which the local transport runs
+too) only ever expands them inside double quotes. The helper, on the remote side:
 
 - changes to CWD, exports the overrides and a tag variable unique to the run
   (``CODEX_HUB_PROCESS_TAG``, as the local transport does), and starts ARGV with stdin
@@ -61,7 +61,6 @@ import contextlib
 import enum
 import logging
 import os
-import re
 import shlex
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -73,9 +72,9 @@ from typing import Any, Protocol, Self
 import asyncssh
 
 from executor.codex import login_detail
+from executor.run_helper import HELPER, Launch, kill_words, run_words
 from executor.settings import ConfigError, ExecutorSettings
 from executor.transport import LoginStatus, ProcessResult, SpawnError, TransportError
-from executor.transport_local import TAG_VAR
 
 log = logging.getLogger(__name__)
 
@@ -98,91 +97,12 @@ KEEPALIVE_INTERVAL_S = 15.0
 KEEPALIVE_COUNT_MAX = 3
 #: sshd hands the command to the login shell as one argv element, which Linux caps.
 MAX_COMMAND_BYTES = 128 * 1024 - 1
-#: The first stdout line of a run: codex's pid (= its process group), or why it failed.
-PID_MARK = "codex-hub-pid "
-ERROR_MARK = "codex-hub-error "
 _CHUNK = 256 * 1024
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: What a broken connection raises from a channel's reads, writes and opens.
 _CONNECTION_ERRORS = (asyncssh.DisconnectError, asyncssh.ChannelOpenError, ConnectionError)
 
-#: The remote helper, POSIX sh. Its arguments arrive quoted; it expands them only in
-#: double quotes. Modes: ``run TAG GRACE_MS DIR N NAME=VALUE... ARGV...`` and ``kill TAG
-#: PGID GRACE_MS``. It writes nothing but the marker line, so that a closed channel
-#: cannot kill it with SIGPIPE half-way through a reap.
-_HELPER = r"""
-read -r s < /proc/$$/stat; s=${s##*) }; s=${s#* }; s=${s#* }; me=${s%% *}
-groups() {
-  g=
-  for f in $2 $(grep -lsxzF "@TAG_VAR@=$1" /proc/[0-9]*/environ); do
-    case $f in /proc/*)
-      read -r s < "${f%/environ}/stat" || continue
-      s=${s##*) }; s=${s#* }; s=${s#* }; f=${s%% *} ;;
-    esac
-    [ "$f" -gt 1 ] && [ "$f" != "$me" ] && g="$g $f"
-  done
-  echo $g
-}
-alive() {
-  pat=
-  for g in "$@"; do pat="$pat${pat:+|}$g"; done
-  [ -n "$pat" ] && cat /proc/[0-9]*/stat 2>/dev/null | grep -qE "\) [^Z] [0-9]+ ($pat) "
-}
-signal() {
-  sig=$1; shift
-  for g in "$@"; do kill -s "$sig" -- "-$g"; done
-}
-wait_gone() {
-  n=$(($1 / 20)); shift
-  while alive "$@"; do
-    [ "$n" -le 0 ] && return 1
-    n=$((n - 1)); sleep 0.02
-  done
-}
-reap() {
-  if ! grep -qsxzF "@TAG_VAR@=$1" /proc/[0-9]*/environ \
-    && ! { [ "$2" -gt 1 ] && kill -0 -- "-$2"; }; then
-    return 0  # the usual case after a normal exit: nothing left
-  fi
-  gs=$(groups "$1" "$2")
-  signal TERM $gs; wait_gone "$3" $gs
-  gs="$gs $(groups "$1" "$2")"
-  signal TERM $gs; wait_gone "$3" $gs
-  signal KILL $gs; wait_gone 1000 $gs
-}
-case $1 in
-run)
-  tag=$2 grace=$3 dir=$4 n=$5; shift 5
-  if [ -n "$dir" ] && ! cd -- "$dir" 2>/dev/null; then
-    echo "codex-hub-error no such directory: $dir"; exit 127
-  fi
-  exec 3<&0
-  (
-    exec 3<&-
-    export @TAG_VAR@="$tag"
-    while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
-    case $1 in
-      */*) [ -f "$1" ] && [ -x "$1" ] ;;
-      *) command -v "$1" >/dev/null ;;
-    esac || { echo "codex-hub-error no such executable: $1"; exit 127; }
-    command -v setsid >/dev/null || { echo "codex-hub-error setsid is missing"; exit 127; }
-    read -r s < /proc/self/stat
-    echo "codex-hub-pid ${s%% *}"
-    exec setsid -- "$@"
-  ) </dev/null &
-  pid=$!
-  ( while read -r _; do :; done; reap "$tag" "$pid" "$grace" ) <&3 >/dev/null 2>&1 &
-  dog=$!
-  exec 3<&-
-  wait "$pid"; status=$?
-  kill "$dog" 2>/dev/null
-  reap "$tag" "$pid" "$grace" >/dev/null 2>&1
-  exit "$status" ;;
-kill)
-  reap "$2" "$3" "$4" >/dev/null 2>&1 ;;
-esac
-"""
-REMOTE_HELPER = _HELPER.replace("@TAG_VAR@", TAG_VAR)
+#: The helper every run goes through (see `executor.run_helper`), as the remote runs it.
+REMOTE_HELPER = HELPER
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -373,31 +293,12 @@ def run_command(
     Raises ValueError for an environment name a shell could not export (it would
     otherwise be read as something else).
     """
-    if not argv:
-        raise ValueError("empty argv")
-    for name in env_overrides:
-        if not _ENV_NAME.fullmatch(name):
-            raise ValueError(f"invalid environment variable name {name!r}")
-    words = [
-        "/bin/sh",
-        "-c",
-        REMOTE_HELPER,
-        "codex-hub",
-        "run",
-        tag,
-        str(round(grace_s * 1000)),
-        cwd or "",
-        str(len(env_overrides)),
-        *(f"{name}={value}" for name, value in env_overrides.items()),
-        *argv,
-    ]
-    return "exec " + quote_command(words)
+    return "exec " + quote_command(run_words(argv, env_overrides, cwd, tag=tag, grace_s=grace_s))
 
 
 def kill_command(tag: str, pgid: int | None, *, grace_s: float) -> str:
     """The remote command line that ends every process of run `tag` (group `pgid`)."""
-    words = ["/bin/sh", "-c", REMOTE_HELPER, "codex-hub", "kill", tag, str(pgid or 0)]
-    return "exec " + quote_command([*words, str(round(grace_s * 1000))])
+    return "exec " + quote_command(kill_words(tag, pgid, grace_s=grace_s))
 
 
 # --- reading the channel ---------------------------------------------------------------
@@ -459,28 +360,6 @@ class _ChannelReader:
             raise self._lost(exc) from None
 
 
-class _Launch:
-    """What the helper's marker line said: codex's pid, or why it could not start."""
-
-    def __init__(self, on_line: Callable[[str], None]) -> None:
-        self.pid: int | None = None
-        self.error: str | None = None
-        self._on_line = on_line
-
-    def feed(self, line: str) -> None:
-        """Pass codex's lines on; before the marker, take the marker, drop shell noise."""
-        if self.pid is not None:
-            self._on_line(line)
-        elif self.error is None:
-            if line.startswith(PID_MARK) and line[len(PID_MARK) :].isdigit():
-                self.pid = int(line[len(PID_MARK) :])
-            elif line.startswith(ERROR_MARK):
-                self.error = line[len(ERROR_MARK) :]
-            else:
-                # A login shell's start-up files may print; that is not codex's.
-                log.debug("ignoring remote output before codex started: %.200r", line)
-
-
 # --- the connection ---------------------------------------------------------------------
 
 
@@ -517,7 +396,7 @@ class _Run:
         conn: asyncssh.SSHClientConnection,
         process: asyncssh.SSHClientProcess[bytes],
         tag: str,
-        launch: _Launch,
+        launch: Launch,
     ) -> None:
         self.conn = conn
         self.process = process
@@ -785,7 +664,7 @@ class SshTransport:
                 f"{MAX_COMMAND_BYTES + 1} a remote shell accepts (shorten the prompt)",
             )
         conn, process = await self._open(command)
-        launch = _Launch(on_stdout_line)
+        launch = Launch(on_stdout_line)
         run = _Run(conn, process, tag, launch)
         self._live.add(run)
         tail = bytearray()
