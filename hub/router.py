@@ -140,6 +140,12 @@ class Ticket:
 _ids = random.Random(secrets.randbits(64))
 
 
+#: Longest wait between two sends of an unacknowledged reply.
+REDELIVER_MAX_S = 300.0
+#: Longest reconnect backoff of a node (hub.node_client's default backoff_max).
+RECONNECT_MAX_S = 10.0
+
+
 def new_run_id() -> str:
     """A short random run id (the API that names runs needs a key; ids need not be secret)."""
     return f"run_{_ids.getrandbits(64):016x}"
@@ -168,7 +174,7 @@ class Router:
         self.session_gen: dict[str, int] = {}
         self._dedupe: dict[str, str] = {}
         self.pending: dict[str, Delivery] = {}
-        self._last_sent: dict[str, float] = {}
+        self._next_send: dict[str, float] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._redeliver_task: asyncio.Task[None] | None = None
@@ -188,7 +194,13 @@ class Router:
             else:
                 if run.session_key:
                     self.session_active[run.session_key] = run.id
-                self._start_lost_timer(run.id, run.executor)
+                # Nodes reconnect to a restarted hub with jittered backoff (up to
+                # RECONNECT_MAX_S): give them that long to claim their runs.
+                self._start_lost_timer(
+                    run.id,
+                    run.executor,
+                    max(self.settings.executor_grace_s, RECONNECT_MAX_S + 5.0),
+                )
         for delivery in await self.store.pending_deliveries():
             self.pending[delivery.id] = delivery
         self._redeliver_task = asyncio.create_task(self._redeliver_loop(), name="Router:redeliver")
@@ -504,8 +516,9 @@ class Router:
         log.warning("executor %s disconnected with %d runs", node.name, len(node.busy))
         self._publish_nodes()
 
-    def _start_lost_timer(self, run_id: str, node_id: str) -> None:
-        self._start_timer(run_id, self._lose(run_id, node_id), f"Router:grace:{run_id}")
+    def _start_lost_timer(self, run_id: str, node_id: str, grace: float | None = None) -> None:
+        grace = self.settings.executor_grace_s if grace is None else grace
+        self._start_timer(run_id, self._lose(run_id, node_id, grace), f"Router:grace:{run_id}")
 
     def _start_timer(self, run_id: str, coro: Any, name: str) -> None:
         self._cancel_timer(run_id)
@@ -516,8 +529,7 @@ class Router:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    async def _lose(self, run_id: str, node_id: str) -> None:
-        grace = self.settings.executor_grace_s
+    async def _lose(self, run_id: str, node_id: str, grace: float) -> None:
         await asyncio.sleep(grace)
         self._timers.pop(run_id, None)
         live = self.live.get(run_id)
@@ -545,6 +557,7 @@ class Router:
         )
         for delivery in list(self.pending.values()):
             if delivery.platform == hello.platform:
+                delivery.attempts = 0  # a fresh bridge starts the backoff over
                 self._send_delivery(delivery)
         log.info("bridge %s (%s) connected", link.node_id, hello.platform)
         self._publish_nodes()
@@ -646,7 +659,7 @@ class Router:
             node.last_seen = time.time()
         if isinstance(frame, AckFrame):
             self.pending.pop(frame.delivery_id, None)
-            self._last_sent.pop(frame.delivery_id, None)
+            self._next_send.pop(frame.delivery_id, None)
             await self.store.ack_delivery(frame.delivery_id)
             return None
         if isinstance(frame, SubmitFrame):
@@ -768,16 +781,20 @@ class Router:
             if node.platform == delivery.platform:
                 node.link.send({"type": "deliver", "delivery_id": delivery.id, **delivery.payload})
                 delivery.attempts += 1
-                self._last_sent[delivery.id] = time.monotonic()
+                # Exponential backoff with jitter: a platform that is down for long is
+                # not hammered, and many replies do not retry in step.
+                wait = min(
+                    REDELIVER_MAX_S, self.settings.redeliver_s * 2 ** (delivery.attempts - 1)
+                )
+                self._next_send[delivery.id] = time.monotonic() + wait * random.uniform(0.5, 1.0)
                 return
 
     async def _redeliver_loop(self) -> None:
-        interval = self.settings.redeliver_s
         while True:
-            await asyncio.sleep(interval / 2)
+            await asyncio.sleep(min(1.0, self.settings.redeliver_s / 2))
             now = time.monotonic()
             for delivery in list(self.pending.values()):
-                if now - self._last_sent.get(delivery.id, 0.0) >= interval:
+                if now >= self._next_send.get(delivery.id, 0.0):
                     self._send_delivery(delivery)
 
     # events and notifications

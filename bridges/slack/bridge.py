@@ -688,7 +688,12 @@ class SlackBridge:
         try:
             # Submitted first: the Slack calls below would only delay the run's start.
             submitted = await self.link.submit(
-                prompt, session_key=target.session_key, origin=target.to_origin(), optimize=optimize
+                prompt,
+                session_key=target.session_key,
+                origin=target.to_origin(),
+                optimize=optimize,
+                # A message re-sent after a bridge crash names the run it started.
+                dedupe_key=f"{target.channel}:{target.ts}" if target.ts else None,
             )
         except HubError as exc:
             log.warning("the hub did not take a request from %s: %s", target.channel, exc)

@@ -486,7 +486,13 @@ class TelegramBridge:
         origin = target.to_origin(user.id if user else None, user.username if user else None)
         try:
             submitted = await self.link.submit(
-                prompt, session_key=self._session(target), origin=origin, optimize=optimize
+                prompt,
+                session_key=self._session(target),
+                origin=origin,
+                optimize=optimize,
+                # Telegram re-sends an update a crashed bridge never confirmed: the same
+                # message then names the run it started instead of starting another.
+                dedupe_key=f"{target.chat_id}:{target.message_id}" if target.message_id else None,
             )
         except HubError as exc:
             log.warning("the hub did not take a message from chat %s: %s", target.chat_id, exc)

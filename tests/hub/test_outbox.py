@@ -188,3 +188,31 @@ async def test_a_reset_wins_over_the_run_going_at_the_time(
         second = await submit(br, "second")
         assign = await ex.wait_type("assign", run_id=second["run_id"])
         assert assign["thread_id"] is None
+
+
+async def test_unacknowledged_replies_are_resent_with_growing_gaps(
+    hub_settings: Any, fake_executor: Any, fake_bridge: Any
+) -> None:
+    """Re-sends back off exponentially (with jitter) while the bridge does not ack."""
+    import time
+
+    settings = hub_settings.model_copy(update={"redeliver_s": 0.2})
+    async with HubServer(settings) as hub:
+        url = ws_url(hub)
+        async with fake_executor(url, token=NODE_TOKEN) as ex, fake_bridge(
+            url, token=NODE_TOKEN
+        ) as br:
+            run_id = (await submit(br, "unacked"))["run_id"]
+            await ex.finish((await ex.wait_type("assign"))["run_id"], "x")
+            seen: list[float] = []
+            while len(seen) < 4:
+                await br.wait_for(
+                    lambda f: f.get("type") == "deliver" and f["run_id"] == run_id,
+                    after=len(br.frames) if seen else 0,
+                )
+                seen.append(time.monotonic())
+    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    # 0.2 s doubling, each wait jittered to 50-100 %: the third gap is >= 0.4 s, the
+    # first at most 0.2 s plus the loop's 0.1 s tick.
+    assert gaps[2] > gaps[0]
+    assert gaps[2] >= 0.35

@@ -728,3 +728,24 @@ async def test_python_dash_m_is_the_cli() -> None:
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert "codex-hub bridge" in out.decode()
+
+
+async def test_a_message_delivered_twice_starts_one_run(
+    make_settings: Settings, fake_telegram: FakeTelegram, executor: FakeExecutor
+) -> None:
+    """An update Telegram sends again (never confirmed by a crashed bridge) runs once."""
+    async with running(make_settings(), fake_telegram):
+        pushed = fake_telegram.push_message(USER, "do it once", user_id=USER)
+        first = await executor.wait_type("assign")
+        fake_telegram.push_update({"message": pushed.message})
+        # Another chat (another session): its run is assigned once both updates were read.
+        marker = fake_telegram.push_message(OTHER, "marker", user_id=OTHER)
+        await executor.wait_type("assign", prompt="marker")
+        assert [a["prompt"] for a in executor.of_type("assign")].count("do it once") == 1
+        await executor.finish(first["run_id"], "done once")
+        await fake_telegram.wait_for_call(
+            "sendMessage", lambda c: c.text == "done once" and replied_to(c) == pushed.message_id
+        )
+        answers = [c for c in fake_telegram.calls("sendMessage") if c.text == "done once"]
+        assert len(answers) == 1
+        assert marker.message_id == 1  # ids count per chat: the dedupe key names the chat too
