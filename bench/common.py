@@ -1,0 +1,537 @@
+"""What every bench suite shares: processes, load loops, statistics, the markdown report.
+
+- :class:`Proc` starts a command in a process group of its own and, whatever happens,
+  ends that group (SIGTERM, then SIGKILL) when the ``with`` block is left;
+  :func:`wait_ready` polls a readiness URL, bounded, and fails early if one dies.
+- :func:`closed_loop` drives ``concurrency`` workers that each send one request after
+  another, for a count or a duration; :func:`open_loop` starts requests at Poisson
+  arrivals. Both return every latency.
+- :func:`cpu_seconds`, :func:`rss_kib` read a process's CPU time and memory from /proc;
+  :func:`machine_busy_seconds` and :func:`wait_quiet` tell whether others are using
+  the machine (a shared one makes figures mean less).
+- :func:`percentile` and :class:`Summary` turn latencies into p50/p90/p99/max.
+- :func:`render_table` draws a markdown table; :func:`replace_section` swaps one
+  suite's section of ``docs/benchmarks.md`` and leaves the others as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import math
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC_PATH = ROOT / "docs" / "benchmarks.md"
+DOC_TITLE = "# Benchmarks"
+DOC_PREAMBLE = (
+    "Written by `make bench` (`python -m bench [suite ...]`); each suite rewrites only "
+    "its own section, between its `bench:` markers. Do not edit inside the markers by "
+    "hand: the next run replaces it.\n"
+)
+
+#: Settings of the project's processes: a bench process must not inherit the shell's.
+SETTING_PREFIXES = (
+    "HUB_", "EXEC_", "SSH_", "OPENAI_", "OPENWEBUI_", "LITELLM_", "SLACK_", "TELEGRAM_",
+    "OPTIMIZE_", "LOG_", "NODE_NAME", "MODEL", "AVAILABLE_CLIS", "CODEX_",
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+)  # fmt: skip
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (a process did not start, a request failed)."""
+
+
+# --- statistics ------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (0-100) by linear interpolation between closest ranks.
+
+    The same definition as numpy's default: rank ``p/100 * (n - 1)`` in sorted order.
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile {p} is outside 0..100")
+    ordered = sorted(values)
+    rank = p / 100 * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = math.ceil(rank)
+    if low == high:
+        return ordered[low]
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Latency statistics of one measurement, in milliseconds."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    mean: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Summary:
+        """Summarize latencies given in seconds."""
+        ms = sorted(s * 1000.0 for s in seconds)
+        return cls(
+            count=len(ms),
+            p50=percentile(ms, 50),
+            p90=percentile(ms, 90),
+            p99=percentile(ms, 99),
+            max=ms[-1],
+            mean=sum(ms) / len(ms),
+        )
+
+
+def fmt_ms(value: float) -> str:
+    """A latency in ms, with the precision that matters at its size."""
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+# --- load ------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    """What a closed loop measured: each latency (s), the errors, the wall time (s)."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+    #: Why the loop stopped early, if it did (an open loop the target fell behind).
+    stopped: str = ""
+
+    @property
+    def rate(self) -> float:
+        """Completed requests per second of wall time."""
+        return len(self.latencies) / self.elapsed if self.elapsed > 0 else 0.0
+
+
+async def closed_loop(
+    request: Callable[[int], Awaitable[None]],
+    concurrency: int,
+    *,
+    count: int | None = None,
+    duration: float | None = None,
+    max_errors: int = 20,
+) -> LoadResult:
+    """Run ``request(i)`` from ``concurrency`` workers, each one after the other.
+
+    Stops after ``count`` requests in all or after ``duration`` seconds, whichever is
+    given (a request under way then still completes and counts). A request that raises
+    is an error; after ``max_errors`` the loop gives up with :class:`BenchError`.
+    """
+    if (count is None) == (duration is None):
+        raise ValueError("give exactly one of count and duration")
+    result = LoadResult()
+    issued = 0
+    clock = time.perf_counter
+    start = clock()
+    deadline = start + duration if duration is not None else math.inf
+
+    async def worker() -> None:
+        nonlocal issued
+        while True:
+            if count is not None and issued >= count:
+                return
+            if clock() >= deadline:
+                return
+            i = issued
+            issued += 1
+            t0 = clock()
+            try:
+                await request(i)
+            except Exception as exc:
+                result.errors.append(f"{type(exc).__name__}: {exc}")
+                if len(result.errors) >= max_errors:
+                    raise BenchError(
+                        f"{len(result.errors)} requests failed; first: {result.errors[0]}"
+                    ) from exc
+                continue
+            result.latencies.append(clock() - t0)
+
+    with _first_error():
+        async with asyncio.TaskGroup() as group:
+            for n in range(concurrency):
+                group.create_task(worker(), name=f"bench:worker:{n}")
+    result.elapsed = clock() - start
+    return result
+
+
+@contextlib.contextmanager
+def _first_error() -> Iterator[None]:
+    """Raise a task group's first error itself, not an ExceptionGroup around it."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+
+
+async def open_loop(
+    request: Callable[[int], Awaitable[None]],
+    rate: float,
+    count: int,
+    *,
+    max_in_flight: int = 256,
+    seed: int = 10,
+    max_errors: int = 20,
+) -> LoadResult:
+    """Start ``count`` requests at Poisson arrivals, ``rate`` a second on average.
+
+    Each latency runs from the request's *scheduled* start, so a client that falls
+    behind shows as latency instead of hiding it (no coordinated omission). When
+    ``max_in_flight`` requests are under way at once the target cannot keep up: no more
+    are started, and :attr:`LoadResult.stopped` says so.
+    """
+    rng = random.Random(seed)
+    result = LoadResult()
+    clock = time.perf_counter
+    in_flight = 0
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal in_flight
+        try:
+            await request(i)
+        except Exception as exc:
+            result.errors.append(f"{type(exc).__name__}: {exc}")
+        else:
+            result.latencies.append(clock() - scheduled)
+        finally:
+            in_flight -= 1
+
+    start = clock()
+    at = start
+    with _first_error():
+        async with asyncio.TaskGroup() as group:
+            for i in range(count):
+                at += rng.expovariate(rate)
+                delay = at - clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if len(result.errors) >= max_errors:
+                    raise BenchError(
+                        f"{len(result.errors)} requests failed; first: {result.errors[0]}"
+                    )
+                if in_flight >= max_in_flight:
+                    result.stopped = (
+                        f"fell behind {rate:g}/s: {in_flight} under way after {i:,} started"
+                    )
+                    break
+                in_flight += 1
+                group.create_task(one(i, at), name=f"bench:open:{i}")
+    result.elapsed = clock() - start
+    return result
+
+
+# --- processes -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without any project setting, plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
+    env.update(overrides)
+    return env
+
+
+def venv_script(name: str) -> str:
+    """The console script ``name`` installed beside this Python (the project's venv)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise BenchError(f"{path} not found: run `make install` first")
+    return str(path)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (VmRSS), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process (or of its thread ``tid``) so far, in seconds."""
+    where = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    stat = Path(where).read_text()
+    # The command name may hold spaces; fields after it are fixed.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine have spent not idle since boot (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
+async def wait_quiet(max_wait: float = 20.0, below: float = 0.2, window: float = 1.0) -> float:
+    """Wait (at most ``max_wait`` s) until the machine is busy less than ``below`` cores.
+
+    Others may share the machine; the figures mean more on a quiet one. Returns how
+    many cores were busy in the last ``window``.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = machine_busy_seconds()
+        await asyncio.sleep(window)
+        busy = (machine_busy_seconds() - before) / window
+        if busy < below or time.monotonic() >= deadline:
+            return busy
+
+
+class Proc:
+    """A child process in its own process group, ended with its group on exit.
+
+    Output goes to ``log_path``, so a failure can be explained from the log.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        log_path: Path,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(env)
+        self.cwd = cwd
+        self.log_path = log_path
+        self.popen: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self.popen is None:
+            raise BenchError(f"{self.name} is not running")
+        return self.popen.pid
+
+    def start(self) -> None:
+        """Start the process in a new session (so its group id is its pid)."""
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        """Raise :class:`BenchError` with the log's tail when the process has exited."""
+        if self.popen is not None and self.popen.poll() is not None:
+            raise BenchError(
+                f"{self.name} exited with code {self.popen.returncode}:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the process's output."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM the group, SIGKILL it after ``timeout``; returns the exit code."""
+        popen = self.popen
+        if popen is None:
+            return None
+        try:
+            if popen.poll() is None:
+                _signal_group(popen.pid, signal.SIGTERM)
+                try:
+                    popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            # The leader may be gone while children of its group are not.
+            _signal_group(popen.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout)
+            return popen.returncode
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def __enter__(self) -> Proc:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def wait_ready(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    procs: Iterable[Proc] = (),
+    headers: Mapping[str, str] | None = None,
+    within: float = 30.0,
+    interval: float = 0.05,
+) -> dict[str, Any]:
+    """Poll ``url`` until it answers 200; fail early if one of ``procs`` has died."""
+    last = "no answer yet"
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for proc in procs:
+            proc.check_alive()
+        try:
+            async with session.get(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=2)
+            ) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status == 200:
+                    return dict(body) if isinstance(body, dict) else {}
+                last = f"HTTP {resp.status}: {body}"
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        await asyncio.sleep(interval)
+    raise BenchError(f"{url} not ready within {within:g} s ({last})")
+
+
+# --- the machine -----------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_revision() -> str:
+    """The checked-out commit, with ``+changes`` when the work tree differs from it."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}+changes" if dirty else rev
+
+
+def machine_lines() -> list[str]:
+    """Markdown bullet lines that say where and when a suite ran."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [
+        f"- Machine: {os.cpu_count()} CPUs (`nproc`), {cpu_model()}, "
+        f"{platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"aiohttp {aiohttp.__version__}",
+        f"- Date: {now}; code at `{git_revision()}`",
+    ]
+
+
+# --- the report ------------------------------------------------------------------
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A markdown table; numbers are right-aligned."""
+    body = [list(map(str, row)) for row in rows]
+    for row in body:
+        if len(row) != len(headers):
+            raise ValueError(f"row {row} has {len(row)} cells, not {len(headers)}")
+    numeric = [
+        all(_looks_numeric(row[i]) for row in body) and bool(body) for i in range(len(headers))
+    ]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join("---:" if num else "---" for num in numeric) + " |",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _looks_numeric(cell: str) -> bool:
+    try:
+        float(cell.replace(",", "").rstrip("%"))
+    except ValueError:
+        return False
+    return True
+
+
+def section_markers(name: str) -> tuple[str, str]:
+    """The comment lines that enclose suite ``name``'s section."""
+    return f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+
+
+def replace_section(document: str, name: str, body: str) -> str:
+    """``document`` with suite ``name``'s section set to ``body``; the rest untouched.
+
+    A section not yet in the document is appended at its end; an empty document gets
+    the title and preamble first.
+    """
+    begin, end = section_markers(name)
+    block = f"{begin}\n{body.strip()}\n{end}"
+    start = document.find(begin)
+    if start >= 0:
+        stop = document.find(end, start)
+        if stop < 0:
+            raise ValueError(f"section {name!r} has a begin marker and no end marker")
+        return document[:start] + block + document[stop + len(end) :]
+    if not document.strip():
+        document = f"{DOC_TITLE}\n\n{DOC_PREAMBLE}"
+    return document.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def write_section(name: str, body: str, path: Path = DOC_PATH) -> None:
+    """Replace suite ``name``'s section of the report at ``path``."""
+    document = path.read_text() if path.exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(replace_section(document, name, body))
