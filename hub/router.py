@@ -43,7 +43,7 @@ from hub.protocol import (
     error_frame,
 )
 from hub.settings import HubSettings
-from hub.store import Delivery, Run, Store, op_record, op_set_executor
+from hub.store import Delivery, Run, Store, op_insert_run, op_record, op_set_executor
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,9 @@ class Router:
             raise HubClosing("the hub is shutting down")
         if dedupe_key is not None:
             existing = await self._by_dedupe_key(dedupe_key, watch)
+            if existing is None and dedupe_key in self._dedupe:
+                # Another submit with this key got in while the store was asked.
+                existing = await self._by_dedupe_key(dedupe_key, watch)
             if existing is not None:
                 return existing
         if len(self.queue) >= self.settings.queue_limit:
@@ -281,11 +284,10 @@ class Router:
         )
         if dedupe_key is not None:
             self._dedupe[dedupe_key] = run.id
-        try:
-            await self.store.insert_run(run)
-        except Exception:
-            self._dedupe.pop(dedupe_key or "", None)
-            raise
+        # Posted, not awaited: the store applies writes in order, so everything later
+        # about this run lands after it. Who must not be told before it is on disk (a
+        # bridge's "submitted") waits for store.flush().
+        self.store.post(op_insert_run, run)
         live = Live(run, asyncio.get_running_loop().create_future())
         self.live[run.id] = live
         self.queue.append(run.id)
@@ -678,6 +680,7 @@ class Router:
                 )
             except RouterError as exc:
                 return error_frame(exc.code, str(exc), frame.req_id)
+            await self.store.flush()  # the bridge hears "submitted" only once it is on disk
             return {
                 "type": "submitted",
                 "req_id": frame.req_id,
@@ -760,12 +763,14 @@ class Router:
         final = {"state": status, "error": run.error}
         seq, ts = self._publish_event(live, "state", final)
         self._dispatch()
+        # The waiting caller may answer before the commit: the executor keeps re-sending
+        # the result until result_ack, which is sent only after the commit below.
+        if not live.done.done():
+            live.done.set_result(run)
         await self.store.finish_run(run, delivery, session, (seq, ts, "state", final, None))
         self.live.pop(run.id, None)
         if run.dedupe_key:
             self._dedupe.pop(run.dedupe_key, None)
-        if not live.done.done():
-            live.done.set_result(run)
         self._publish_run(run)
         if delivery is not None:
             self.pending[delivery.id] = delivery

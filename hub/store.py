@@ -285,6 +285,10 @@ class Store:
         """Store a new run."""
         await self.call(_insert_run, run)
 
+    async def flush(self) -> None:
+        """Return once every write queued before this call is committed."""
+        await self.call(_noop)
+
     async def update_run(self, run_id: str, **fields: Any) -> None:
         """Change some fields of a run; ``updated_at`` follows."""
         await self.call(_update_run, run_id, fields)
@@ -590,6 +594,15 @@ def _ack_delivery(conn: sqlite3.Connection, delivery_id: str) -> bool:
 
 
 # Operations for Store.post(): queued without waiting, in order with everything else.
+def _noop(conn: sqlite3.Connection) -> None:
+    pass
+
+
+def op_insert_run(conn: sqlite3.Connection, run: Run) -> None:
+    """Store a new run."""
+    _insert_run(conn, run)
+
+
 def op_record(
     conn: sqlite3.Connection,
     run_id: str,
