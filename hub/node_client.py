@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -106,7 +106,7 @@ class NodeClient:
         """Queue a frame for the hub; False (and nothing queued) while disconnected."""
         if not self.connected.is_set():
             return False
-        self._out.put_nowait(json.dumps(frame, separators=(",", ":")))
+        self._out.put_nowait(orjson.dumps(frame).decode())
         return True
 
     async def request(self, frame: Frame, timeout: float = 30.0) -> Frame:  # noqa: ASYNC109
@@ -152,12 +152,12 @@ class NodeClient:
             compression=None,  # small JSON frames: deflate costs more CPU than it saves
         ) as ws:
             self._ws = ws
-            await ws.send(json.dumps(self._hello()))
+            await ws.send(orjson.dumps(self._hello()).decode())
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a close that
             # lands together with the welcome, and close() would then wait for ever.
             async with asyncio.timeout(10):
                 raw = await ws.recv()
-            welcome = json.loads(raw)
+            welcome = orjson.loads(raw)
             if welcome.get("type") != "welcome":
                 raise ConnectionError(f"unexpected first frame from the hub: {welcome!r}")
             self._out = asyncio.Queue()
@@ -171,7 +171,7 @@ class NodeClient:
                 if self._on_connect is not None:
                     await self._on_connect()
                 async for raw in ws:
-                    frame = json.loads(raw)
+                    frame = orjson.loads(raw)
                     req_id = frame.get("req_id")
                     if req_id and req_id in self._pending and frame.get("type") != "deliver":
                         fut = self._pending.pop(req_id)

@@ -9,7 +9,6 @@ the commit: when ``await store.x(...)`` returns, the write survives a crash of t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import queue
 import sqlite3
@@ -19,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _row_to_run(row: sqlite3.Row) -> Run:
     data = dict(row)
     for col in _JSON_COLUMNS:
         if data.get(col) is not None:
-            data[col] = json.loads(data[col])
+            data[col] = orjson.loads(data[col])
     if data.get("optimize") is not None:
         data["optimize"] = bool(data["optimize"])
     return Run(**data)
@@ -158,7 +159,7 @@ def _row_to_run(row: sqlite3.Row) -> Run:
 
 def _encode(name: str, value: Any) -> Any:
     if name in _JSON_COLUMNS and value is not None:
-        return json.dumps(value, separators=(",", ":"))
+        return orjson.dumps(value).decode()
     return value
 
 
@@ -480,14 +481,14 @@ def _add_events(
         conn.execute(
             "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, data, exec_seq) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, seq, ts, kind, json.dumps(data, separators=(",", ":")), exec_seq),
+            (run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq),
         )
         return
     conn.executemany(
         "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, data, exec_seq) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (run_id, seq, ts, kind, json.dumps(data, separators=(",", ":")), exec_seq)
+            (run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq)
             for seq, ts, kind, data, exec_seq in events
         ],
     )
@@ -536,7 +537,7 @@ def _get_events(conn: sqlite3.Connection, run_id: str, after: int) -> list[dict[
         (run_id, after),
     ).fetchall()
     return [
-        {"seq": seq, "ts": ts, "kind": kind, **json.loads(data)} for seq, ts, kind, data in rows
+        {"seq": seq, "ts": ts, "kind": kind, **orjson.loads(data)} for seq, ts, kind, data in rows
     ]
 
 
@@ -560,7 +561,7 @@ def _add_delivery(conn: sqlite3.Connection, d: Delivery) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO outbox (id, run_id, platform, payload, created_at, attempts) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        (d.id, d.run_id, d.platform, json.dumps(d.payload), d.created_at, d.attempts),
+        (d.id, d.run_id, d.platform, orjson.dumps(d.payload).decode(), d.created_at, d.attempts),
     )
 
 
@@ -577,7 +578,7 @@ def _pending_deliveries(conn: sqlite3.Connection, platform: str | None) -> list[
             id=r[0],
             run_id=r[1],
             platform=r[2],
-            payload=json.loads(r[3]),
+            payload=orjson.loads(r[3]),
             created_at=r[4],
             attempts=r[5],
         )
