@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import hub_latency, slack_latency, ssh_overhead, telegram_latency
+from bench import feed_fanout, hub_latency, slack_latency, ssh_overhead, telegram_latency
 from bench.common import DOC_PATH, BenchError, write_section
 
 
@@ -54,6 +54,7 @@ SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in [
         Suite(hub_latency.NAME, hub_latency.TITLE, _hub),
+        Suite(feed_fanout.NAME, feed_fanout.TITLE, feed_fanout.main),
         Suite(slack_latency.NAME, slack_latency.TITLE, slack_latency.main),
         Suite(telegram_latency.NAME, telegram_latency.TITLE, telegram_latency.main),
         Suite(ssh_overhead.NAME, ssh_overhead.TITLE, ssh_overhead.main),

@@ -22,6 +22,9 @@ hub sends, as JSON text frames:
   any run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
 - ``{"type": "nodes", "nodes": [...]}`` whenever a node connects, leaves or changes.
 
+When several messages wait for one browser they travel in one text frame as a JSON
+array of those messages, in order (one send instead of hundreds on a busy hub).
+
 Nothing that happened before ``ready`` is replayed: a client (re)loads what it shows
 through the HTTP API after ``ready`` and dedupes by run id and event seq. A client that
 falls behind gets ``{"type": "resync"}`` and the socket closes with code 4009: reload,
@@ -41,8 +44,8 @@ from aiohttp import WSMsgType, web
 
 from hub.appkeys import BUS, METRICS, ROUTER, SETTINGS, STORE
 from hub.auth import key_matches
-from hub.bus import Dropped
-from hub.errors import ApiError, BadRequest, NotFound, RateLimited, Unavailable
+from hub.bus import Dropped, encode
+from hub.errors import ApiError, BadRequest, NotFound, RateLimited, Unavailable, read_json
 from hub.metrics import CONTENT_TYPE
 from hub.router import HubClosing, QueueFull, new_run_id
 
@@ -52,6 +55,7 @@ routes = web.RouteTableDef()
 
 MONITOR_DIR = Path(__file__).resolve().parent.parent / "monitor"
 FEED_QUEUE = 2000
+FEED_BATCH = 500
 CLOSE_FEED_UNAUTHORIZED = 4001
 CLOSE_FEED_RESYNC = 4009
 
@@ -111,10 +115,7 @@ async def get_run(request: web.Request) -> web.Response:
 async def create_run(request: web.Request) -> web.Response:
     """Start a run from the monitor page (optionally in an existing session)."""
     router = request.app[ROUTER]
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     prompt = body.get("prompt")
@@ -179,7 +180,9 @@ async def list_nodes(request: web.Request) -> web.Response:
 async def feed(request: web.Request) -> web.WebSocketResponse:
     """Live feed for the monitor; see the module docstring."""
     settings = request.app[SETTINGS]
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024)
+    # No per-message deflate: with hundreds of browsers it would compress every
+    # message once per subscriber.
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024, compress=False)
     await ws.prepare(request)
     try:
         first = await ws.receive(timeout=10)
@@ -199,6 +202,7 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     sub = request.app[BUS].subscribe(maxsize=FEED_QUEUE)
     request.app[SOCKETS_FEED].add(ws)
     reader = asyncio.create_task(_drain(ws), name="feed:reader")
+    getter: asyncio.Future[Any] | None = None
     try:
         ready = {"type": "ready", "nodes": request.app[ROUTER].nodes(), "now": time.time()}
         await ws.send_str(json.dumps(ready))
@@ -206,21 +210,28 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
             getter = asyncio.ensure_future(sub.get())
             done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
-                getter.cancel()
                 break
             try:
-                message = getter.result()
+                # Encoded once for all subscribers; what queued meanwhile goes out in the
+                # same websocket frame, as a JSON array: one send for many messages.
+                batch = [encode(getter.result())]
+                while len(batch) < FEED_BATCH and (more := sub.get_nowait()) is not None:
+                    batch.append(encode(more))
+                await ws.send_str(batch[0] if len(batch) == 1 else f"[{','.join(batch)}]")
             except Dropped:
                 await ws.send_str('{"type":"resync"}')
                 await ws.close(code=CLOSE_FEED_RESYNC, message=b"fell behind: reload")
                 break
-            await ws.send_str(json.dumps(message, separators=(",", ":")))
     except (ConnectionError, RuntimeError):
         pass
     finally:
         sub.close()
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        # Await what is cancelled: a task dropped while still pending is logged as an
+        # error ("Task was destroyed but it is pending") when it is collected.
+        pending = [t for t in (getter, reader) if t is not None]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         request.app[SOCKETS_FEED].discard(ws)
     return ws
 

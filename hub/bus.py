@@ -11,7 +11,29 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 Message = dict[str, Any]
+
+
+class _Shared(dict[str, Any]):
+    """A published message: one object for every subscriber, its JSON made once."""
+
+    __slots__ = ("_json",)
+
+    def json(self) -> str:
+        try:
+            return self._json
+        except AttributeError:
+            self._json: str = orjson.dumps(self).decode()
+            return self._json
+
+
+def encode(message: Message) -> str:
+    """The message as JSON text, encoded once however many subscribers send it."""
+    if isinstance(message, _Shared):
+        return message.json()
+    return orjson.dumps(message).decode()
 
 
 class Dropped(Exception):
@@ -101,6 +123,7 @@ class Bus:
 
     def publish(self, message: Message, run_id: str | None = None) -> None:
         """Hand ``message`` to the subscribers; never waits."""
+        message = _Shared(message)
         for sub in tuple(self._all):
             sub._offer(message)
         if run_id is not None:

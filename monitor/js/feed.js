@@ -62,18 +62,8 @@ export class Feed {
     };
     ws.onmessage = (event) => {
       if (ws !== this.ws) return;
-      const frame = parse(event.data);
-      if (!frame) return;
-      if (frame.type === 'ready') {
-        clearTimeout(this.readyTimer);
-        this.failures = 0;
-        this.handlers.onStatus('live');
-        this.handlers.onReady(frame);
-      } else if (frame.type === 'resync') {
-        resync = true;
-      } else {
-        this.handlers.onMessage(frame);
-      }
+      // A busy hub sends the messages waiting for us as one JSON array, in order.
+      for (const frame of parse(event.data)) this.handle(frame, () => { resync = true; });
     };
     ws.onclose = (event) => {
       clearTimeout(this.readyTimer);
@@ -91,6 +81,19 @@ export class Feed {
     };
   }
 
+  handle(frame, onResync) {
+    if (frame.type === 'ready') {
+      clearTimeout(this.readyTimer);
+      this.failures = 0;
+      this.handlers.onStatus('live');
+      this.handlers.onReady(frame);
+    } else if (frame.type === 'resync') {
+      onResync();
+    } else {
+      this.handlers.onMessage(frame);
+    }
+  }
+
   scheduleRetry() {
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.failures);
     this.failures += 1;
@@ -102,9 +105,10 @@ export class Feed {
 
 function parse(text) {
   try {
-    const frame = JSON.parse(text);
-    return frame && typeof frame === 'object' ? frame : null;
+    const data = JSON.parse(text);
+    const frames = Array.isArray(data) ? data : [data];
+    return frames.filter((frame) => frame && typeof frame === 'object');
   } catch {
-    return null;
+    return [];
   }
 }
