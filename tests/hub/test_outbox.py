@@ -194,14 +194,16 @@ async def test_unacknowledged_replies_are_resent_with_growing_gaps(
     hub_settings: Any, fake_executor: Any, fake_bridge: Any
 ) -> None:
     """Re-sends back off exponentially (with jitter) while the bridge does not ack."""
+    import itertools
     import time
 
     settings = hub_settings.model_copy(update={"redeliver_s": 0.2})
     async with HubServer(settings) as hub:
         url = ws_url(hub)
-        async with fake_executor(url, token=NODE_TOKEN) as ex, fake_bridge(
-            url, token=NODE_TOKEN
-        ) as br:
+        async with (
+            fake_executor(url, token=NODE_TOKEN) as ex,
+            fake_bridge(url, token=NODE_TOKEN) as br,
+        ):
             run_id = (await submit(br, "unacked"))["run_id"]
             await ex.finish((await ex.wait_type("assign"))["run_id"], "x")
             seen: list[float] = []
@@ -211,7 +213,7 @@ async def test_unacknowledged_replies_are_resent_with_growing_gaps(
                     after=len(br.frames) if seen else 0,
                 )
                 seen.append(time.monotonic())
-    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
     # 0.2 s doubling, each wait jittered to 50-100 %: the third gap is >= 0.4 s, the
     # first at most 0.2 s plus the loop's 0.1 s tick.
     assert gaps[2] > gaps[0]
