@@ -17,7 +17,7 @@ from typing import Any
 
 from executor.pipeline import Job, Pipeline, Result
 from executor.settings import ExecutorSettings
-from hub.logs import bind
+from hub.logs import bind, redact_json
 from hub.node_client import NodeClient
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,10 @@ class ExecutorNode:
     # running
 
     def _send(self, state: _RunState, frame: dict[str, Any]) -> None:
+        # codex or the optimizer may quote a secret of this process (a command that
+        # prints a key): registered secrets are masked before anything leaves it, and
+        # credential-shaped tokens too in events (not in the user's prompt or answer).
+        frame = redact_json(frame, shapes=frame.get("type") == "event")
         state.frames.append(frame)
         self.client.send(frame)
 
@@ -163,7 +167,7 @@ class ExecutorNode:
             )
         if result.error and result.error.get("code") == "codex_not_logged_in":
             self._set_login(False, result.error.get("message", "not logged in"))
-        state.result = result.frame(run_id)
+        state.result = redact_json(result.frame(run_id), shapes=False)
         sent = self.client.send(state.result)
         # Kept either way until the hub acknowledges it; said so when the hub is away.
         # DEBUG when all is well: a line per run costs the executor a fifth of its CPU.

@@ -18,7 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub.appkeys import ROUTER, SETTINGS
 from hub.bus import Dropped
-from hub.errors import RUN_ID, ApiError, BadRequest, NotFound, RateLimited, Unavailable
+from hub.errors import (
+    RUN_ID,
+    ApiError,
+    BadRequest,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    read_json,
+)
 from hub.logs import bind
 from hub.router import HubClosing, QueueFull, Router, new_run_id
 from hub.store import Run
@@ -115,11 +123,7 @@ async def _parse(request: web.Request) -> ChatRequest:
             type="invalid_request_error",
             code="unsupported_media_type",
         )
-    raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     try:
@@ -163,6 +167,19 @@ async def get_model(request: web.Request) -> web.Response:
     return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": "codex-hub"})
 
 
+def _text_header(request: web.Request, name: str, limit: int = 200) -> str:
+    """A header that names something the store keeps: at most ``limit`` chars of UTF-8."""
+    value = request.headers.get(name, "").strip()
+    if len(value) > limit:
+        raise BadRequest(f"{name} is longer than {limit} characters", param=name)
+    try:
+        # aiohttp hands other bytes over as surrogates, which the store cannot write.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name} is not valid UTF-8", param=name) from None
+    return value
+
+
 def _bool_header(request: web.Request, name: str) -> bool | None:
     value = request.headers.get(name)
     if value is None or value == "":
@@ -196,13 +213,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             param="messages",
             code="no_user_message",
         )
-    session = request.headers.get("X-Session-Id", "").strip()
-    if len(session) > 200:
-        raise BadRequest("X-Session-Id is longer than 200 characters", param="X-Session-Id")
+    session = _text_header(request, "X-Session-Id")
     optimize = _bool_header(request, "X-Optimize-Prompt")
-    idempotency = request.headers.get("Idempotency-Key", "").strip()
-    if len(idempotency) > 200:
-        raise BadRequest("Idempotency-Key is longer than 200 characters", param="Idempotency-Key")
+    idempotency = _text_header(request, "Idempotency-Key")
     origin = {
         "source": "http",
         "user": chat.user or None,
@@ -230,7 +243,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             router,
             ticket.run,
             ticket.done,
-            ticket.events,
+            # A repeated Idempotency-Key names a run watched by nobody: no progress then.
+            ticket.events or _NoEvents(),
             include_usage,
             settings.keepalive_s,
         )

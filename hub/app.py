@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from hub import api_openai, api_runs
+from hub import api_openai, api_runs, openapi
 from hub.appkeys import BUS, LIMITER, METRICS, ROUTER, SETTINGS, SOCKETS, STORE
 from hub.auth import RateLimiter, make_auth_middleware
 from hub.bus import Bus
@@ -69,6 +69,7 @@ def create_app(settings: HubSettings) -> web.Application:
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", node_socket)
     app.router.add_routes(api_openai.routes)
+    app.router.add_routes(openapi.routes)
     api_runs.setup(app)
     return app
 

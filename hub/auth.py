@@ -21,9 +21,12 @@ SELF_AUTH_PATHS = frozenset({"/ws", "/api/feed"})
 
 def key_matches(presented: str, keys: Iterable[str]) -> bool:
     """Constant-time check of ``presented`` against every configured key."""
+    # A header's stray bytes arrive as surrogates, and so may a feed frame's key: they
+    # must compare unequal, not raise.
+    given = presented.encode("utf-8", "surrogatepass")
     found = False
     for key in keys:
-        found |= hmac.compare_digest(presented.encode(), key.encode())
+        found |= hmac.compare_digest(given, key.encode("utf-8", "surrogatepass"))
     return found and bool(presented)
 
 

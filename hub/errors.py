@@ -11,10 +11,14 @@ ApiError                 status, type, code, param
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+
+from hub.router import new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +27,16 @@ RUN_ID: web.RequestKey[str] = web.RequestKey("run_id", str)
 
 
 class ApiError(Exception):
-    """An error the caller can act on, with OpenAI's envelope fields."""
+    """An error the caller can act on, with OpenAI's envelope fields.
+
+    ``close_connection`` ends the connection after the answer: for a body the hub will
+    not read, whose bytes would otherwise be taken for the next request.
+    """
 
     status = 500
     type = "server_error"
     code: str | None = None
+    close_connection = False
 
     def __init__(
         self,
@@ -91,7 +100,10 @@ def error_response(err: ApiError, run_id: str | None = None) -> web.Response:
     headers = dict(err.headers)
     if run_id:
         headers["X-Run-ID"] = run_id
-    return web.json_response(err.body(), status=err.status, headers=headers)
+    response = web.json_response(err.body(), status=err.status, headers=headers)
+    if err.close_connection:
+        response.force_close()
+    return response
 
 
 _HTTP_CODES = {
@@ -105,13 +117,33 @@ _HTTP_CODES = {
 }
 
 
+#: Every answer of this path carries X-Run-ID, even a refusal before the run existed.
+CHAT_PATH = "/v1/chat/completions"
+
+
+def _run_id(request: web.Request) -> str | None:
+    run_id = request.get(RUN_ID)
+    if run_id is None and request.path == CHAT_PATH:
+        # Refused before the handler named a run (key, rate limit): an id that names
+        # no stored run, as the README promises, so every answer can be quoted.
+        run_id = request[RUN_ID] = new_run_id()
+    return run_id
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Render every error of the API in OpenAI's envelope; never leak a traceback."""
     try:
         return await handler(request)
     except ApiError as err:
-        return error_response(err, request.get(RUN_ID))
+        return error_response(err, _run_id(request))
+    except RequestPayloadError as exc:
+        # The body could not be decoded (a Content-Encoding that is not what it says,
+        # broken chunks, a body cut short): the client's mistake, not ours.
+        detail = " ".join(str(getattr(exc.__cause__, "message", "") or exc).split())
+        bad_body = BadRequest(f"the request body could not be read: {detail}", code="invalid_body")
+        bad_body.close_connection = True
+        return error_response(bad_body, _run_id(request))
     except web.HTTPException as exc:
         if exc.status < 400 or (
             request.path.startswith(("/static", "/assets")) and exc.status == 404
@@ -122,10 +154,61 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status == 413:
             message = f"request body is too large: {message}"
         http_err = ApiError(message, status=exc.status, type=type_, code=code)
-        return error_response(http_err, request.get(RUN_ID))
+        return error_response(http_err, _run_id(request))
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         internal = ApiError("internal error: the hub logged the details", code="internal_error")
-        return error_response(internal, request.get(RUN_ID))
+        return error_response(internal, _run_id(request))
+
+
+#: The longest a client may take to send a request body.
+BODY_TIMEOUT_S = 60.0
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON (UTF-8, as RFC 8259 says), or :class:`BadRequest`.
+
+    Refuses what the store could not keep: text with lone surrogates (``"\\ud800"``) and
+    nesting too deep to walk. The ``charset`` of Content-Type is ignored on purpose. A
+    compressed body is refused unread (415): no client of this API needs one, and
+    aiohttp 3.14 can wait forever on a deflate body that does not end (it never fails
+    the body's stream). A body still arriving after ``BODY_TIMEOUT_S`` is refused (408).
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        refused = ApiError(
+            f"Content-Encoding {encoding} is not accepted: send the JSON uncompressed",
+            status=415,
+            type="invalid_request_error",
+            code="unsupported_content_encoding",
+        )
+        refused.close_connection = True
+        raise refused
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()
+    except TimeoutError:
+        slow = ApiError(
+            f"the request body did not arrive within {BODY_TIMEOUT_S:g} s",
+            status=408,
+            type="invalid_request_error",
+            code="request_timeout",
+        )
+        slow.close_connection = True
+        raise slow from None
+    try:
+        body = json.loads(raw)
+        # Encoding it back is what the store will do; a lone surrogate fails here.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            "the body holds text that is not valid Unicode (a lone surrogate)",
+            code="invalid_json",
+        ) from None
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply", code="invalid_json") from None
+    return body

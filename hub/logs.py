@@ -16,7 +16,10 @@ import anything from here except to bind context or register a secret.
   that look like Slack (``xoxb-``, ``xapp-``), OpenAI (``sk-``), Telegram (``bot123:ABC``)
   or ``Bearer`` credentials are masked even when nobody registered them. The masking is
   done when a record is made, so every handler sees clean records, not only ours.
-  ``redact(text)`` applies it to text that leaves by another road (events, API errors).
+  ``redact(text)`` and ``redact_json(value)`` apply it to what leaves by another road:
+  the hub masks every frame an executor sends before it is stored, shown or forwarded.
+- ``quiet_client_errors()`` (part of ``configure_logging``) logs aiohttp's reports of
+  malformed client requests at INFO, in one line: they are answered 400, not failures.
 
 A disabled level costs what stdlib logging costs: ``Logger.isEnabledFor`` answers before
 any record, field lookup or redaction happens.
@@ -37,6 +40,7 @@ from types import MappingProxyType
 from typing import IO, Any, Literal
 
 __all__ = [
+    "ClientErrorFilter",
     "JsonFormatter",
     "RedactingFilter",
     "TextFormatter",
@@ -46,7 +50,9 @@ __all__ = [
     "configure_logging",
     "current_fields",
     "forget_secrets",
+    "quiet_client_errors",
     "redact",
+    "redact_json",
     "register_secret",
     "register_settings_secrets",
 ]
@@ -174,14 +180,32 @@ def forget_secrets() -> None:
         _secrets_re = None
 
 
-def redact(text: str) -> str:
-    """``text`` with registered secrets and credential-shaped tokens replaced by ``***``."""
+def redact(text: str, *, shapes: bool = True) -> str:
+    """``text`` with registered secrets and credential-shaped tokens replaced by ``***``.
+
+    ``shapes=False`` masks registered secrets only: for text that is someone's content
+    (codex's answer), where a token-shaped example is not a leak but a secret is.
+    """
     secrets_re = _secrets_re
     if secrets_re is not None:
         text = secrets_re.sub(MASK, text)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    if shapes:
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
     return text
+
+
+def redact_json(value: Any, *, shapes: bool = True) -> Any:
+    """A JSON-like value with :func:`redact` applied to every string in it, keys too."""
+    if isinstance(value, str):
+        return redact(value, shapes=shapes)
+    if isinstance(value, dict):
+        return {
+            redact_json(k, shapes=shapes): redact_json(v, shapes=shapes) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact_json(v, shapes=shapes) for v in value]
+    return value
 
 
 def _redact_value(value: Any) -> Any:
@@ -317,6 +341,43 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# --- client mistakes that aiohttp reports as server errors ---------------------------
+
+
+class ClientErrorFilter(logging.Filter):
+    """Logs aiohttp's reports of malformed requests as one INFO line, not an ERROR.
+
+    aiohttp answers a request it cannot parse with 400 itself (the hub answers 400 to a
+    body it cannot decode), then logs it on ``aiohttp.server`` at ERROR with a traceback.
+    Those are the client's mistakes: anyone who reaches the port could fill the log with
+    them, and an ERROR should mean the hub needs a person.
+    """
+
+    def __init__(self, client_errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.client_errors = client_errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and isinstance(exc, self.client_errors):
+            detail = " ".join(str(exc).split())[:300]
+            record.msg = redact(f"{record.getMessage()}: {type(exc).__name__}: {detail}")
+            record.args = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Install :class:`ClientErrorFilter` on ``aiohttp.server``; idempotent."""
+    from aiohttp.http_exceptions import HttpProcessingError
+    from aiohttp.web_protocol import RequestPayloadError
+
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorFilter) for f in logger.filters):
+        logger.addFilter(ClientErrorFilter((HttpProcessingError, RequestPayloadError)))
+
+
 # --- set-up -------------------------------------------------------------------------
 
 _MARK = "_codex_hub_logs"
@@ -393,6 +454,7 @@ def configure_logging(
         raise ValueError(f"LOG_FORMAT={fmt!r} is not a format; use text or json")
     numeric = _parse_level(level)
     _install_record_factory()
+    quiet_client_errors()
 
     handler: logging.Handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

@@ -2,7 +2,8 @@
 
 Speaks the protocol of :mod:`hub.protocol`: checks the hello (role, ``HUB_TOKEN``),
 then feeds every frame to the router. Frames to the node leave through one writer
-task per connection, so the router never waits on a slow socket.
+task per connection, so the router never waits on a slow socket. What an executor
+sends is masked (:func:`hub.logs.redact`) before the router stores or shows any of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from hub.appkeys import ROUTER, SETTINGS, SOCKETS
+from hub.logs import redact, redact_json
 from hub.protocol import (
     BRIDGE_FRAME,
     CLOSE_BAD_HELLO,
@@ -25,7 +27,10 @@ from hub.protocol import (
     EXECUTOR_FRAME,
     HELLO,
     PROTOCOL_VERSION,
+    EventFrame,
     ResultFrame,
+    StateFrame,
+    StatusFrame,
     error_frame,
 )
 from hub.router import Router
@@ -144,9 +149,12 @@ async def _serve_executor(ws: web.WebSocketResponse, link: WsLink, router: Route
             if msg.type != WSMsgType.TEXT:
                 continue
             try:
-                frame = EXECUTOR_FRAME.validate_json(msg.data)
+                frame = _masked(EXECUTOR_FRAME.validate_json(msg.data))
             except ValidationError as exc:
                 link.send(error_frame("bad_frame", _first_error(exc)))
+                continue
+            if not _storable(frame):
+                link.send(error_frame("bad_frame", UNSTORABLE))
                 continue
             if isinstance(frame, ResultFrame):
                 # Results wait for the store; other runs' frames need not wait with them.
@@ -172,9 +180,57 @@ async def _serve_bridge(ws: web.WebSocketResponse, link: WsLink, router: Router)
             req_id = _req_id(msg.data)
             link.send(error_frame("bad_frame", _first_error(exc), req_id))
             continue
+        if not _storable(frame):
+            link.send(error_frame("bad_frame", UNSTORABLE, getattr(frame, "req_id", None)))
+            continue
         reply = await router.on_bridge_frame(link, frame)
         if reply is not None:
             link.send(reply)
+
+
+#: The store writes JSON with orjson, which holds integers of 64 bits at most.
+_INT_RANGE = range(-(2**63), 2**64)
+UNSTORABLE = "a number in the frame does not fit in 64 bits"
+
+
+def _storable(frame: Any) -> bool:
+    """True when the store can write every value of ``frame`` (free-form dicts included)."""
+    stack: list[Any] = [frame.model_dump()]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
+            return False
+    return True
+
+
+def _masked(frame: Any) -> Any:
+    """``frame`` with secrets masked before the hub stores, shows or forwards any of it.
+
+    codex's events and errors can quote anything it read (a stderr line with a key in
+    it): they lose registered secrets and credential-shaped tokens. The answer and the
+    effective prompt are codex's and the user's text: they lose registered secrets only.
+    """
+    if isinstance(frame, EventFrame):
+        return frame.model_copy(update={"event": redact_json(frame.event)})
+    if isinstance(frame, StateFrame) and frame.effective_prompt is not None:
+        return frame.model_copy(
+            update={"effective_prompt": redact(frame.effective_prompt, shapes=False)}
+        )
+    if isinstance(frame, ResultFrame):
+        update: dict[str, Any] = {"answer": redact(frame.answer, shapes=False)}
+        if frame.error is not None:
+            update["error"] = redact_json(frame.error)
+        if frame.effective_prompt is not None:
+            update["effective_prompt"] = redact(frame.effective_prompt, shapes=False)
+        return frame.model_copy(update=update)
+    if isinstance(frame, StatusFrame) and frame.login is not None:
+        login = frame.login.model_copy(update={"detail": redact(frame.login.detail)})
+        return frame.model_copy(update={"login": login})
+    return frame
 
 
 def _req_id(data: str) -> str | None:

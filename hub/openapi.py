@@ -1,0 +1,595 @@
+"""The OpenAPI 3.1 document of the hub's HTTP API, built in code, served at
+``GET /openapi.json``.
+
+It describes what :mod:`hub.api_openai` and :mod:`hub.api_runs` answer, status by
+status, so a client generator or a fuzzer (the tests run schemathesis against it) can
+hold the hub to it. It is built from the hub's settings: the model name it serves and
+whether API keys are required. The two websockets (``/ws`` for nodes, ``/api/feed`` for
+the monitor) and the monitor's static page are not HTTP operations; the document's
+description points to where they are specified.
+
+A test compares the document with the routes the application really has, so an
+endpoint added without being described here fails the suite.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from aiohttp import web
+
+from hub.appkeys import SETTINGS
+from hub.settings import HubSettings
+
+routes = web.RouteTableDef()
+
+Schema = dict[str, Any]
+
+#: Paths the hub serves that are not HTTP operations of this document.
+NOT_OPERATIONS = {
+    "/ws": "websocket for executors and bridges (hub/protocol.py)",
+    "/api/feed": "websocket of the monitor's live feed (hub/api_runs.py)",
+    "/": "the monitor page (public: it shows nothing without a key)",
+    "/static": "the monitor page's files (public)",
+}
+
+RUN_STATES = [
+    "queued",
+    "optimizing",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "rejected",
+]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    if "type" in schema and isinstance(schema["type"], str):
+        return {**schema, "type": [schema["type"], "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _object(
+    properties: dict[str, Schema], *, extra: bool = True, optional: tuple[str, ...] = ()
+) -> Schema:
+    """An object whose every property is required unless named in ``optional``."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": extra,
+    }
+
+
+STRING: Schema = {"type": "string"}
+NUMBER: Schema = {"type": "number"}
+INTEGER: Schema = {"type": "integer"}
+BOOLEAN: Schema = {"type": "boolean"}
+CURSOR: Schema = {"type": "integer", "minimum": 0, "maximum": 2**62}
+
+
+NON_BLANK: Schema = {"type": "string", "pattern": r"\S"}
+#: A user message with text: the instruction a chat completion needs.
+USER_TEXT: Schema = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"const": "user"},
+        "content": {
+            "anyOf": [
+                NON_BLANK,
+                {
+                    "type": "array",
+                    "contains": {
+                        "type": "object",
+                        "required": ["type", "text"],
+                        "properties": {"type": {"const": "text"}, "text": NON_BLANK},
+                    },
+                },
+            ]
+        },
+    },
+}
+
+
+def _schemas(model_name: str) -> dict[str, Schema]:
+    error_map = {"type": "object", "additionalProperties": STRING}
+    return {
+        "Error": _object(
+            {
+                "error": _object(
+                    {
+                        "message": STRING,
+                        "type": STRING,
+                        "param": _nullable(STRING),
+                        "code": _nullable(STRING),
+                    }
+                )
+            }
+        ),
+        "Model": _object(
+            {
+                "id": {"type": "string", "examples": [model_name]},
+                "object": {"const": "model"},
+                "created": INTEGER,
+                "owned_by": STRING,
+            }
+        ),
+        "ModelList": _object(
+            {"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}
+        ),
+        "ContentPart": _object(
+            {"type": {"type": "string", "examples": ["text"]}, "text": _nullable(STRING)},
+            optional=("text",),
+        ),
+        "ChatMessage": _object(
+            {
+                "role": {"type": "string", "examples": ["user", "system", "assistant"]},
+                "content": {
+                    "anyOf": [
+                        STRING,
+                        {"type": "array", "items": _ref("ContentPart")},
+                        {"type": "null"},
+                    ]
+                },
+            },
+            optional=("content",),
+        ),
+        "ChatCompletionRequest": _object(
+            {
+                "model": {"const": model_name},
+                "messages": {
+                    "type": "array",
+                    "items": _ref("ChatMessage"),
+                    "minItems": 1,
+                    # The instruction: the last user message with text.
+                    "contains": USER_TEXT,
+                },
+                "stream": _nullable(BOOLEAN),
+                "stream_options": _nullable(
+                    _object({"include_usage": BOOLEAN}, optional=("include_usage",))
+                ),
+                "user": _nullable(STRING),
+            },
+            optional=("stream", "stream_options", "user"),
+        ),
+        "Usage": _object(
+            {
+                "prompt_tokens": INTEGER,
+                "completion_tokens": INTEGER,
+                "total_tokens": INTEGER,
+                "prompt_tokens_details": _object({"cached_tokens": INTEGER}),
+            }
+        ),
+        "ChatCompletion": _object(
+            {
+                "id": STRING,
+                "object": {"const": "chat.completion"},
+                "created": INTEGER,
+                "model": STRING,
+                "choices": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "index": INTEGER,
+                            "message": _object({"role": {"const": "assistant"}, "content": STRING}),
+                            "logprobs": {"type": "null"},
+                            "finish_reason": STRING,
+                        }
+                    ),
+                },
+                "usage": _ref("Usage"),
+                "system_fingerprint": {"type": "null"},
+            }
+        ),
+        "RunSummary": _object(
+            {
+                "id": STRING,
+                "state": {"enum": RUN_STATES},
+                "source": STRING,
+                "user": _nullable(STRING),
+                "session_key": _nullable(STRING),
+                "prompt_excerpt": STRING,
+                "executor": _nullable(STRING),
+                "created_at": NUMBER,
+                "started_at": _nullable(NUMBER),
+                "finished_at": _nullable(NUMBER),
+                "error": _nullable(error_map),
+            }
+        ),
+        "Run": _object(
+            {
+                "id": STRING,
+                "prompt": STRING,
+                "origin": {"type": "object"},
+                "source": STRING,
+                "created_at": NUMBER,
+                "state": {"enum": RUN_STATES},
+                "session_key": _nullable(STRING),
+                "user": _nullable(STRING),
+                "effective_prompt": _nullable(STRING),
+                "optimize": _nullable(BOOLEAN),
+                "executor": _nullable(STRING),
+                "thread_id": _nullable(STRING),
+                "answer": _nullable(STRING),
+                "usage": _nullable({"type": "object", "additionalProperties": INTEGER}),
+                "error": _nullable(error_map),
+                "started_at": _nullable(NUMBER),
+                "finished_at": _nullable(NUMBER),
+                "updated_at": NUMBER,
+                "dedupe_key": _nullable(STRING),
+            }
+        ),
+        "Event": _object({"seq": {"type": "integer", "minimum": 1}, "ts": NUMBER, "kind": STRING}),
+        "Node": _object(
+            {
+                "id": STRING,
+                "role": {"enum": ["executor", "bridge"]},
+                "name": STRING,
+                "online": BOOLEAN,
+                "connected_at": NUMBER,
+                "last_seen": NUMBER,
+                "capacity": INTEGER,
+                "busy": INTEGER,
+                "login": _nullable({"type": "object"}),
+                "platform": STRING,
+            },
+            optional=("capacity", "busy", "login", "platform"),
+        ),
+        "CreateRun": _object(
+            {
+                "prompt": NON_BLANK,
+                "session_key": _nullable({"type": "string", "maxLength": 500}),
+                "optimize": _nullable(BOOLEAN),
+            },
+            optional=("session_key", "optimize"),
+        ),
+    }
+
+
+#: Why each error status is answered, for the document's reader.
+ERRORS = {
+    "400": "The request is malformed: body, parameter or header (OpenAI's envelope).",
+    "401": "Missing or wrong API key (HUB_API_KEYS).",
+    "404": "No such model or run.",
+    "408": "The body did not arrive in time.",
+    "409": "The run was cancelled, or had already ended.",
+    "413": "The body is larger than HUB_MAX_BODY_BYTES.",
+    "415": "The body is not JSON, or is compressed (Content-Encoding).",
+    "422": "The prompt optimizer judged the request not executable.",
+    "429": "The queue is full (HUB_QUEUE_LIMIT) or the key's rate limit is reached (Retry-After).",
+    "502": "codex or the executor failed.",
+    "503": "codex is not logged in, no executor can take runs, or the hub is shutting down.",
+    "504": "The run timed out.",
+}
+RUN_ID_HEADER = {"X-Run-ID": {"description": "The run this answer belongs to.", "schema": STRING}}
+
+
+def _errors(*statuses: int, run_id: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
+            "description": ERRORS[str(status)],
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
+        if status == 429:
+            response["headers"] = {"Retry-After": {"schema": INTEGER}}
+        if run_id:
+            response["headers"] = {**response.get("headers", {}), **RUN_ID_HEADER}
+        out[str(status)] = response
+    return out
+
+
+def _json(description: str, schema: Schema, **extra: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+        **extra,
+    }
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _header(name: str, schema: Schema, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+#: One server-sent event of a streamed completion; ``: keepalive`` comments are not events.
+SSE_EVENT: Schema = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chat.completion.chunk as JSON, an error envelope, or [DONE].",
+        },
+        "event": STRING,
+        "id": STRING,
+    },
+}
+RUN_ID_PARAM = {"name": "run_id", "in": "path", "required": True, "schema": STRING}
+RUN_LINKS = {
+    "GetRun": {"operationId": "getRun", "parameters": {"run_id": "$response.body#/run/id"}},
+    "CancelRun": {"operationId": "cancelRun", "parameters": {"run_id": "$response.body#/run/id"}},
+}
+
+
+def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
+    """Every operation; ``keyed`` is (401, 429) when API keys are required, else (429,)."""
+    return {
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "summary": "The one model this hub serves (HUB_MODEL_NAME).",
+                "responses": {
+                    "200": _json("The model list.", _ref("ModelList")),
+                    **_errors(*keyed),
+                },
+            }
+        },
+        "/v1/models/{model}": {
+            "get": {
+                "operationId": "getModel",
+                "summary": "One model, by id.",
+                "parameters": [{"name": "model", "in": "path", "required": True, "schema": STRING}],
+                "responses": {"200": _json("The model.", _ref("Model")), **_errors(*keyed, 404)},
+            }
+        },
+        "/v1/chat/completions": {
+            "post": {
+                "operationId": "createChatCompletion",
+                "summary": "Run codex on the last user message; answer like OpenAI.",
+                "description": (
+                    "With `stream: true` the answer is SSE: `data: {chunk}` lines, "
+                    "`: keepalive` comments while codex works, progress as "
+                    "`reasoning_content`, then `data: [DONE]`."
+                ),
+                "parameters": [
+                    _header(
+                        "X-Session-Id",
+                        {"type": "string", "maxLength": 200},
+                        "Continue this conversation (codex resumes its thread).",
+                    ),
+                    _header(
+                        "X-Optimize-Prompt",
+                        {"enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]},
+                        "Override OPTIMIZE_PROMPT for this request.",
+                    ),
+                    _header(
+                        "Idempotency-Key",
+                        {"type": "string", "maxLength": 200},
+                        "A key seen before names the run it started instead of a new one.",
+                    ),
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "codex's answer (JSON, or SSE when streaming).",
+                        "headers": RUN_ID_HEADER,
+                        "content": {
+                            "application/json": {"schema": _ref("ChatCompletion")},
+                            # Before OpenAPI 3.2 this schema describes each event.
+                            "text/event-stream": {"schema": SSE_EVENT},
+                        },
+                        "links": {
+                            "GetRun": {
+                                "operationId": "getRun",
+                                "parameters": {"run_id": "$response.header.X-Run-ID"},
+                            }
+                        },
+                    },
+                    **_errors(
+                        400, *keyed, 404, 408, 409, 413, 415, 422, 502, 503, 504, run_id=True
+                    ),
+                },
+            }
+        },
+        "/api/runs": {
+            "get": {
+                "operationId": "listRuns",
+                "summary": "Newest runs first, filtered and paged.",
+                "parameters": [
+                    _query("state", STRING, "Comma-separated run states."),
+                    _query(
+                        "source", STRING, "Comma-separated sources (http, monitor, slack, ...)."
+                    ),
+                    _query("q", STRING, "Text in the prompt or user, or a run id."),
+                    _query("session_key", STRING, "Runs of this session only."),
+                    _query("before", CURSOR, "The `next_before` of the previous page."),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 500},
+                        "Runs per page (50).",
+                    ),
+                ],
+                "responses": {
+                    "200": _json(
+                        "A page of runs.",
+                        _object(
+                            {
+                                "runs": {"type": "array", "items": _ref("RunSummary")},
+                                "next_before": _nullable(INTEGER),
+                            }
+                        ),
+                    ),
+                    **_errors(400, *keyed),
+                },
+            },
+            "post": {
+                "operationId": "createRun",
+                "summary": "Start a run (the monitor's composer).",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CreateRun")}},
+                },
+                "responses": {
+                    "202": _json(
+                        "The run, queued.",
+                        _object({"run": _ref("RunSummary"), "position": INTEGER}),
+                        headers=RUN_ID_HEADER,
+                        links=RUN_LINKS,
+                    ),
+                    **_errors(400, *keyed, 408, 413, 415, 503),
+                },
+            },
+        },
+        "/api/runs/{run_id}": {
+            "get": {
+                "operationId": "getRun",
+                "summary": "One run with its events (those after `after`).",
+                "parameters": [
+                    RUN_ID_PARAM,
+                    _query("after", CURSOR, "Only events after this seq."),
+                ],
+                "responses": {
+                    "200": _json(
+                        "The run and its events.",
+                        _object(
+                            {
+                                "run": _ref("Run"),
+                                "events": {"type": "array", "items": _ref("Event")},
+                            }
+                        ),
+                    ),
+                    **_errors(400, *keyed, 404),
+                },
+            }
+        },
+        "/api/runs/{run_id}/cancel": {
+            "post": {
+                "operationId": "cancelRun",
+                "summary": "Cancel a queued or running run.",
+                "parameters": [RUN_ID_PARAM],
+                "responses": {
+                    "200": _json(
+                        "The run, being cancelled.",
+                        _object({"run": _ref("RunSummary"), "cancelled": {"const": True}}),
+                        headers=RUN_ID_HEADER,
+                    ),
+                    **_errors(*keyed, 404, 409),
+                },
+            }
+        },
+        "/api/nodes": {
+            "get": {
+                "operationId": "listNodes",
+                "summary": "Connected executors and bridges.",
+                "responses": {
+                    "200": _json(
+                        "The nodes.", _object({"nodes": {"type": "array", "items": _ref("Node")}})
+                    ),
+                    **_errors(*keyed),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is alive (no key needed).",
+                "security": [],
+                "responses": {"200": _json("Alive.", _object({"status": {"const": "ok"}}))},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Ready when an executor is connected and codex is logged in there.",
+                "responses": {
+                    "200": _json("Ready.", _ref("Readiness")),
+                    "503": _json("Not ready; `reason` says why.", _ref("Readiness")),
+                    **_errors(*keyed),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus text format.",
+                "responses": {
+                    "200": {
+                        "description": "The metrics.",
+                        "content": {"text/plain": {"schema": STRING}},
+                    },
+                    **_errors(*keyed),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {
+                    "200": _json("The OpenAPI document.", {"type": "object"}),
+                    **_errors(*keyed),
+                },
+            }
+        },
+    }
+
+
+def _version() -> str:
+    try:
+        return metadata.version("codex-hub")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def document(settings: HubSettings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a hub with these settings."""
+    keyed = bool(settings.api_keys)
+    schemas = _schemas(settings.model_name)
+    schemas["Readiness"] = _object(
+        {"ready": BOOLEAN, "executors": INTEGER, "logged_in": INTEGER, "reason": STRING},
+        optional=("reason",),
+    )
+    others = "\n".join(f"- `{path}`: {what}" for path, what in NOT_OPERATIONS.items())
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "codex-hub",
+            "version": _version(),
+            "description": (
+                "Hand work to the Codex CLI over HTTP. Errors use OpenAI's envelope "
+                '`{"error": {"message", "type", "param", "code"}}`.\n\n'
+                f"Served besides these operations:\n{others}"
+            ),
+        },
+        "paths": _paths((401, 429) if keyed else (429,)),
+        "components": {"schemas": schemas},
+    }
+    if keyed:
+        doc["components"]["securitySchemes"] = {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "A key of HUB_API_KEYS."}
+        }
+        doc["security"] = [{"apiKey": []}]
+    return doc
+
+
+@routes.get("/openapi.json")
+async def openapi_json(request: web.Request) -> web.Response:
+    """This hub's OpenAPI document."""
+    return web.json_response(document(request.app[SETTINGS]))

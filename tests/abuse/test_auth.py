@@ -1,0 +1,268 @@
+"""With keys and token set, nothing but /healthz answers without them (issue #8, point 6).
+
+Decision on the monitor page: ``GET /`` and ``GET /static/...`` stay public by design.
+They are the page's own static files, the same for everyone; the page shows nothing
+until the browser presents a key, and everything it shows comes through the API and the
+feed, which check that key. The tests below hold the page to that: no run, prompt, key
+or token is in any of its files, whoever asks.
+
+The routes are enumerated from ``app.router.routes()``: an endpoint added without auth
+fails here, not in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from hub.api_runs import MONITOR_DIR
+from hub.app import HubServer
+from hub.appkeys import ROUTER, STORE
+from hub.openapi import document
+from hub.protocol import CLOSE_UNAUTHORIZED
+from hub.settings import HubSettings
+from tests.abuse.conftest import API_KEY, AUTH, CHAT, assert_serving
+from tests.abuse.procs import feed_messages
+from tests.conftest import NODE_TOKEN
+from tests.fakes.nodes import FakeNode, bridge_hello, executor_hello
+
+#: Open to anyone: liveness.
+PUBLIC = {"/healthz"}
+#: Open to anyone by design: the monitor's static page (see the module docstring).
+PUBLIC_BY_DESIGN = {"/", "/static"}
+#: Websockets that check their own credentials in the first frame (tested below).
+SELF_AUTHENTICATED = {"/ws", "/api/feed"}
+CLOSE_FEED_UNAUTHORIZED = 4001
+
+WRONG_KEYS = [
+    None,
+    "",
+    "Bearer",
+    "Bearer ",
+    f"Bearer {API_KEY[:-1]}",
+    f"Bearer {API_KEY}x",
+    f"Bearer {API_KEY.upper()}",
+    f"Basic {API_KEY}",
+    API_KEY,
+    f"Bearer {NODE_TOKEN}",
+    f"Bearer {API_KEY},{API_KEY}",
+]
+
+
+def endpoints(app: Any) -> list[tuple[str, str]]:
+    """(METHOD, concrete path) of every route, path parameters filled in."""
+    found = set()
+    for route in app.router.routes():
+        if route.resource is None:
+            continue
+        info = route.resource.get_info()
+        path = info.get("path") or info.get("formatter") or info.get("prefix") or ""
+        found.add((route.method, re.sub(r"\{[^}]+\}", "x", path)))
+    return sorted(found)
+
+
+def key_needed(path: str) -> bool:
+    return path not in PUBLIC | PUBLIC_BY_DESIGN | SELF_AUTHENTICATED
+
+
+async def test_every_route_but_healthz_refuses_a_missing_or_wrong_key(
+    hub: Any, http: aiohttp.ClientSession
+) -> None:
+    """Each API route answers 401 to every wrong credential, and not 401 to the key."""
+    checked = []
+    for method, path in endpoints(hub.app):
+        if not key_needed(path):
+            continue
+        checked.append((method, path))
+        for wrong in WRONG_KEYS:
+            headers = {} if wrong is None else {"Authorization": wrong}
+            async with http.request(method, path, headers=headers, json={}) as resp:
+                assert resp.status == 401, (method, path, wrong, resp.status)
+                if method != "HEAD":
+                    body = await resp.json()
+                    assert body["error"]["code"] == "invalid_api_key"
+                    assert API_KEY not in json.dumps(body)
+        async with http.request(method, path, headers=AUTH, json={}) as resp:
+            assert resp.status != 401, (method, path)
+    # The list is the application's, so a new endpoint lands in it by itself; every
+    # operation of the OpenAPI document but /healthz is among them.
+    described = {
+        (method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+        for path, item in document(hub.settings)["paths"].items()
+        for method in item
+    }
+    assert described - {("GET", "/healthz")} <= set(checked)
+
+
+async def test_healthz_answers_without_a_key(hub: Any, http: aiohttp.ClientSession) -> None:
+    """Liveness needs no key and says nothing but that."""
+    async with http.get("/healthz") as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ok"}
+
+
+async def test_the_public_monitor_files_hold_no_run_key_or_token(
+    hub: Any, http: aiohttp.ClientSession, executor: Any
+) -> None:
+    """The page and each of its files are public, and carry nothing of the hub's state."""
+    prompt = "monitor-secret-prompt-7f3a"
+    await assert_serving(http, prompt)
+    runs, _ = await hub.app[STORE].list_runs()
+    files = ["/"] + [
+        "/static/" + p.relative_to(MONITOR_DIR).as_posix()
+        for p in MONITOR_DIR.rglob("*")
+        if p.is_file()
+    ]
+    assert len(files) > 2
+    for path in files:
+        async with http.get(path) as resp:
+            assert resp.status == 200, path
+            body = await resp.text()
+        for leak in (prompt, API_KEY, NODE_TOKEN, *(r.id for r in runs)):
+            assert leak not in body, (path, leak)
+
+
+# --- node token ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token", ["", "wrong-token", API_KEY, NODE_TOKEN.upper(), NODE_TOKEN + " "]
+)
+@pytest.mark.parametrize("hello", [executor_hello, bridge_hello])
+async def test_a_node_without_the_token_is_refused(hub: Any, token: str, hello: Any) -> None:
+    """Executors and bridges with a wrong token, or the API key, get 4001 and nothing else."""
+    node = FakeNode(f"ws://127.0.0.1:{hub.port}/ws", hello(token=token))
+    with pytest.raises(ConnectionClosed):
+        await node.connect()
+    assert node.close_code == CLOSE_UNAUTHORIZED
+    assert not hub.app[ROUTER].executors and not hub.app[ROUTER].bridges
+
+
+async def test_the_api_key_works_as_node_token_only_when_they_are_equal(
+    hub_settings: HubSettings,
+) -> None:
+    """A hub whose HUB_TOKEN is its API key welcomes that value; nothing else does."""
+    same = hub_settings.model_copy(update={"token": SecretStr(API_KEY)})
+    async with HubServer(same) as server:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        node = FakeNode(url, executor_hello(token=API_KEY))
+        assert (await node.connect())["type"] == "welcome"
+        await node.close()
+        refused = FakeNode(url, executor_hello(token=NODE_TOKEN))
+        with pytest.raises(ConnectionClosed):
+            await refused.connect()
+        assert refused.close_code == CLOSE_UNAUTHORIZED
+
+
+# --- the monitor's feed -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "",
+        "not json",
+        json.dumps({"type": "auth"}),
+        json.dumps({"type": "auth", "key": API_KEY[:-1]}),
+        json.dumps({"type": "auth", "key": NODE_TOKEN}),
+        json.dumps({"type": "auth", "key": [API_KEY]}),
+        json.dumps({"type": "hello", "role": "executor", "token": NODE_TOKEN, "node_id": "x"}),
+    ],
+)
+async def test_the_feed_refuses_a_missing_or_wrong_key(hub: Any, first: str) -> None:
+    """Without the API key in the first frame the feed closes 4001 before saying anything."""
+    async with connect(f"ws://127.0.0.1:{hub.port}/api/feed") as ws:
+        await ws.send(first)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == CLOSE_FEED_UNAUTHORIZED
+
+
+async def test_a_monitor_cannot_act_as_an_executor_or_a_bridge(
+    hub: Any, http: aiohttp.ClientSession, fake_executor: Any
+) -> None:
+    """Hello, submit, result and ack frames on the feed change nothing; the feed goes on."""
+    router = hub.app[ROUTER]
+    async with fake_executor(f"ws://127.0.0.1:{hub.port}/ws", token=NODE_TOKEN) as ex:
+        async with connect(f"ws://127.0.0.1:{hub.port}/api/feed") as feed:
+            await feed.send(json.dumps({"type": "auth", "key": API_KEY}))
+            assert json.loads(await feed.recv())["type"] == "ready"
+            async with http.post("/api/runs", json={"prompt": "held"}, headers=AUTH) as resp:
+                run_id = (await resp.json())["run"]["id"]
+            await ex.wait_type("assign", run_id=run_id)
+            await ex.start_run(run_id)
+            forged = [
+                executor_hello(node_id="monitor-exec", token=NODE_TOKEN),
+                bridge_hello(node_id="monitor-bridge", token=NODE_TOKEN),
+                {"type": "submit", "req_id": "r", "prompt": "from the feed"},
+                {"type": "result", "run_id": run_id, "status": "succeeded", "answer": "forged"},
+                {"type": "cancel", "req_id": "c", "run_id": run_id},
+                {"type": "ack", "delivery_id": run_id},
+            ]
+            for frame in forged:
+                await feed.send(json.dumps(frame))
+            await ex.finish(run_id, answer="real")
+            # The feed reports the real end; the frames before it were read and dropped.
+            async with asyncio.timeout(10):
+                ended = False
+                while not ended:
+                    for message in feed_messages(await feed.recv()):
+                        assert message["type"] in ("run", "event", "nodes"), message
+                        run = message.get("run") or {}
+                        ended = ended or run.get("state") == "succeeded"
+            assert sorted(router.executors) == ["fake-exec"] and not router.bridges
+            assert not ex.of_type("cancel")
+    run = await hub.app[STORE].get_run(run_id)
+    assert run is not None and run.answer == "real"
+    runs, _ = await hub.app[STORE].list_runs()
+    assert [r.prompt for r in runs] == ["held"]
+
+
+# --- rate limits --------------------------------------------------------------------
+
+LIMIT = 5
+OTHER_KEY = "abuse-other-key-0123456789"
+
+
+@pytest.fixture
+def limited_settings(hub_settings: HubSettings) -> HubSettings:
+    """The test hub with two keys and a limit of LIMIT requests a minute per key."""
+    return hub_settings.model_copy(
+        update={"api_keys": [API_KEY, OTHER_KEY], "rate_limit_per_min": LIMIT}
+    )
+
+
+async def test_a_key_over_its_rate_limit_gets_429_with_retry_after(
+    limited_settings: HubSettings,
+) -> None:
+    """The request past HUB_RATE_LIMIT_PER_MIN is refused 429 with Retry-After; other keys
+    and /healthz are not held back."""
+    async with (
+        HubServer(limited_settings) as server,
+        aiohttp.ClientSession(server.url) as http,
+    ):
+        for _ in range(LIMIT):
+            async with http.get("/api/nodes", headers=AUTH) as resp:
+                assert resp.status == 200
+        async with http.get("/api/nodes", headers=AUTH) as resp:
+            assert resp.status == 429
+            retry_after = int(resp.headers["Retry-After"])
+            body = await resp.json()
+        assert 1 <= retry_after <= 60
+        assert body["error"]["code"] == "rate_limit_exceeded"
+        async with http.post(CHAT, json={}, headers=AUTH) as resp:
+            assert resp.status == 429 and resp.headers["X-Run-ID"].startswith("run_")
+        async with http.get("/api/nodes", headers={"Authorization": f"Bearer {OTHER_KEY}"}) as resp:
+            assert resp.status == 200
+        for _ in range(LIMIT * 2):
+            async with http.get("/healthz") as resp:
+                assert resp.status == 200
