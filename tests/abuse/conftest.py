@@ -112,6 +112,8 @@ def crashes() -> Iterator[Crashes]:
     Every codex-hub process logs aiohttp's reports of malformed requests at INFO
     (``configure_logging`` installs that); these in-process hubs get the same here.
     """
+    server_log = logging.getLogger("aiohttp.server")
+    filters = server_log.filters[:]
     quiet_client_errors()
     handler = Crashes()
     root = logging.getLogger()
@@ -120,6 +122,7 @@ def crashes() -> Iterator[Crashes]:
         yield handler
     finally:
         root.removeHandler(handler)
+        server_log.filters[:] = filters
 
 
 async def assert_serving(http: aiohttp.ClientSession, prompt: str = "still serving?") -> None:

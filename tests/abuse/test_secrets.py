@@ -245,12 +245,14 @@ def debug_log() -> Iterator[io.StringIO]:
     """Every record of the process, at DEBUG, through the hub's own logging set-up."""
     root = logging.getLogger()
     levels = {name: logging.getLogger(name).level for name in ("", "httpx", "httpcore")}
+    factory = logging.getLogRecordFactory()
     stream = io.StringIO()
     handler = configure_logging("DEBUG", "text", stream=stream)
     try:
         yield stream
     finally:
         root.removeHandler(handler)
+        logging.setLogRecordFactory(factory)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 
