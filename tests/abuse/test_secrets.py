@@ -469,9 +469,6 @@ async def refused_bridges(hub: HubServer, telegram: FakeTelegram) -> list[str]:
 
 # --- the real processes ---------------------------------------------------------------
 
-#: What the executor holds: its codex may quote these, and the hub cannot know them.
-EXECUTOR_SECRETS = {"OPENAI_API_KEY", "OPENWEBUI_API_KEY", "LITELLM_API_KEY"}
-
 
 async def test_no_secret_in_the_logs_of_the_real_processes(tmp_path: Path) -> None:
     """``codex-hub serve``, ``executor`` and ``bridge telegram|slack`` as processes at
