@@ -4,7 +4,7 @@ It is what makes "no process of a run outlives it" hold even when the executor i
 dies. Locally codex is started as ``/bin/sh -c HELPER codex-hub run ...`` with a pipe on
 the helper's stdin (`executor.transport_local`); over SSH the same words go through
 sshd, the channel being that pipe (`executor.transport_ssh`). Pure text and words here;
-the transports start the processes.
+the transports start the processes, and follow them the same way (`executor.run_io`).
 
 ``run TAG GRACE_MS DIR N NAME=VALUE... ARGV...``:
 

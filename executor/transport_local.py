@@ -35,23 +35,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from executor.codex import codex_environment, login_detail
+from executor.codex import codex_environment
 from executor.run_helper import TAG_VAR, Launch, reap_bound_s, run_words
+from executor.run_io import KILL_GRACE_S, check_started, codex_login_status, follow
 from executor.transport import LoginStatus, ProcessResult, SpawnError, TransportError
 
 log = logging.getLogger(__name__)
-
-#: How much of stderr a result keeps (the end of it, where the error usually is).
-STDERR_TAIL_BYTES = 4096
-#: A stdout line longer than this is dropped (codex caps command output well below it).
-MAX_LINE_BYTES = 64 * 1024 * 1024
-#: Time between SIGTERM and SIGKILL; codex exits within ~50 ms of SIGTERM.
-KILL_GRACE_S = 2.0
-#: `codex login status` answers from a local file, so this is generous.
-LOGIN_TIMEOUT_S = 20.0
-#: How long output is still read after the process ended.
-DRAIN_S = 5.0
-_CHUNK = 256 * 1024
 
 
 class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
@@ -165,57 +154,32 @@ class LocalTransport:
         proc = child.proc
         assert proc.stdout is not None and proc.stderr is not None
         self._live.add(child)
-        tail = bytearray()
-        name = f"LocalTransport:{child.pid}"
-        on_line = launch.feed if launch is not None else on_stdout_line
-        stdout_task = asyncio.create_task(_pump_lines(proc.stdout, on_line), name=f"{name}:stdout")
-        stderr_task = asyncio.create_task(_keep_tail(proc.stderr, tail), name=f"{name}:stderr")
-        exit_task = asyncio.create_task(child.exited.wait(), name=f"{name}:exit")
-        tasks = (stdout_task, stderr_task, exit_task)
-        timed_out = False
         try:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    # Wake on the exit, or early if `on_stdout_line` raised.
-                    await asyncio.wait(
-                        (stdout_task, exit_task), return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if stdout_task.done():
-                        stdout_task.result()
-                    await exit_task
-            except TimeoutError:
-                timed_out = True
-            # After a normal exit too: what codex left behind must not outlive the run
-            # (nor hold the pipes open, which would stall the reads below).
-            await _stop(child, self._kill_grace_s)
-            # Output written before the end is still read; bounded, because a process
-            # outside the group could still hold a pipe open.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DRAIN_S):
-                    await asyncio.gather(asyncio.shield(stdout_task), asyncio.shield(stderr_task))
-        except BaseException:
-            await _stop(child, self._kill_grace_s)
-            raise
+            timed_out, tail = await follow(
+                proc.stdout,
+                proc.stderr,
+                child.exited.wait(),
+                launch.feed if launch is not None else on_stdout_line,
+                timeout_s=timeout_s,
+                stop=lambda: _stop(child, self._kill_grace_s),
+                # After a normal exit too: what codex left behind must not outlive the
+                # run (nor hold the pipes open, which would stall the reads).
+                stop_after_exit=True,
+                name=f"LocalTransport:{child.pid}",
+            )
         finally:
             self._live.discard(child)
             child.close_stdin()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if launch is not None and launch.error is not None:
-            raise SpawnError(argv[0], launch.error)
-        if launch is not None and launch.pid is None and not timed_out:
-            reason = tail.decode("utf-8", errors="replace").strip()[-500:]
-            raise SpawnError(
+        if launch is not None:
+            check_started(
+                launch,
                 argv[0],
-                f"the run helper exited with code {proc.returncode} before starting it: "
-                f"{reason or 'no output'}",
+                timed_out=timed_out,
+                exit_code=proc.returncode,
+                stderr_tail=tail,
+                starter="the run helper",
             )
-        return ProcessResult(
-            exit_code=proc.returncode,
-            stderr_tail=tail.decode("utf-8", errors="replace"),
-            timed_out=timed_out,
-        )
+        return ProcessResult(exit_code=proc.returncode, stderr_tail=tail, timed_out=timed_out)
 
     async def read_text(self, path: str) -> str:
         """The file's text, decoded as UTF-8 with invalid bytes replaced."""
@@ -231,20 +195,7 @@ class LocalTransport:
 
     async def login_status(self, codex_bin: str, env_overrides: Mapping[str, str]) -> LoginStatus:
         """Run `codex login status`; the detail keeps its wording, never the masked key."""
-        lines: list[str] = []
-        result = await self.run(
-            [codex_bin, "login", "status"],
-            env_overrides=env_overrides,
-            cwd=None,
-            on_stdout_line=lines.append,
-            timeout_s=LOGIN_TIMEOUT_S,
-        )
-        if result.timed_out:
-            return LoginStatus(False, f"`codex login status` timed out after {LOGIN_TIMEOUT_S:g} s")
-        logged_in = result.exit_code == 0
-        # codex prints the status on stderr; stdout is read too in case that changes.
-        output = "\n".join([*lines, result.stderr_tail])
-        return LoginStatus(logged_in, login_detail(output, logged_in, result.exit_code))
+        return await codex_login_status(self, codex_bin, env_overrides)
 
     async def close(self) -> None:
         """Kill every process still running; idempotent."""
@@ -277,35 +228,6 @@ async def _spawn(
         raise SpawnError(argv[0], exc.strerror or str(exc)) from exc
     proc = asyncio.subprocess.Process(transport, protocol, loop)
     return _Child(proc, protocol.exited, tag, helper=helper)
-
-
-async def _pump_lines(reader: asyncio.StreamReader, on_line: Callable[[str], None]) -> None:
-    """Call `on_line` for every line until EOF, without StreamReader's 64 KiB line limit."""
-    buf = bytearray()
-    discarding = False
-    while chunk := await reader.read(_CHUNK):
-        buf += chunk
-        while (newline := buf.find(b"\n")) != -1:
-            line = bytes(buf[:newline])
-            del buf[: newline + 1]
-            if discarding:
-                discarding = False
-                continue
-            on_line(line.decode("utf-8", errors="replace").rstrip("\r"))
-        if len(buf) > MAX_LINE_BYTES:
-            log.warning("dropping a stdout line longer than %d bytes", MAX_LINE_BYTES)
-            buf.clear()
-            discarding = True
-    if buf and not discarding:
-        on_line(buf.decode("utf-8", errors="replace").rstrip("\r"))
-
-
-async def _keep_tail(reader: asyncio.StreamReader, tail: bytearray) -> None:
-    """Read `reader` to EOF, keeping only its last STDERR_TAIL_BYTES in `tail`."""
-    while chunk := await reader.read(_CHUNK):
-        tail += chunk
-        if len(tail) > STDERR_TAIL_BYTES:
-            del tail[:-STDERR_TAIL_BYTES]
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -67,37 +67,34 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import asyncssh
 
-from executor.codex import login_detail
 from executor.run_helper import HELPER, Launch, kill_words, run_words
+from executor.run_io import (
+    CHUNK_BYTES,
+    DRAIN_S,
+    KILL_GRACE_S,
+    Reader,
+    check_started,
+    codex_login_status,
+    follow,
+)
 from executor.settings import ConfigError, ExecutorSettings
 from executor.transport import LoginStatus, ProcessResult, SpawnError, TransportError
 
 log = logging.getLogger(__name__)
 
-#: How much of stderr a result keeps, as locally.
-STDERR_TAIL_BYTES = 4096
-#: A stdout line longer than this is dropped, as locally.
-MAX_LINE_BYTES = 64 * 1024 * 1024
-#: Time between SIGTERM and SIGKILL on the remote side; codex exits within ~50 ms.
-KILL_GRACE_S = 2.0
 #: Opening the connection: TCP, key exchange, authentication.
 CONNECT_TIMEOUT_S = 15.0
 #: A short remote command (mktemp, cat, rm) and opening a channel.
 COMMAND_TIMEOUT_S = 30.0
-#: `codex login status` answers from a local file, so this is generous.
-LOGIN_TIMEOUT_S = 20.0
-#: How long output is still read, and the channel awaited, after the run ended.
-DRAIN_S = 5.0
 #: Keepalive requests notice a peer that vanished without closing the TCP connection.
 KEEPALIVE_INTERVAL_S = 15.0
 KEEPALIVE_COUNT_MAX = 3
 #: sshd hands the command to the login shell as one argv element, which Linux caps.
 MAX_COMMAND_BYTES = 128 * 1024 - 1
-_CHUNK = 256 * 1024
 #: What a broken connection raises from a channel's reads, writes and opens.
 _CONNECTION_ERRORS = (asyncssh.DisconnectError, asyncssh.ChannelOpenError, ConnectionError)
 
@@ -304,44 +301,11 @@ def kill_command(tag: str, pgid: int | None, *, grace_s: float) -> str:
 # --- reading the channel ---------------------------------------------------------------
 
 
-class _Reader(Protocol):
-    async def read(self, n: int = -1) -> bytes: ...
-
-
-async def _pump_lines(reader: _Reader, on_line: Callable[[str], None]) -> None:
-    """Call `on_line` for every line until EOF, dropping lines over MAX_LINE_BYTES."""
-    buf = bytearray()
-    discarding = False
-    while chunk := await reader.read(_CHUNK):
-        buf += chunk
-        while (newline := buf.find(b"\n")) != -1:
-            line = bytes(buf[:newline])
-            del buf[: newline + 1]
-            if discarding:
-                discarding = False
-                continue
-            on_line(line.decode("utf-8", errors="replace").rstrip("\r"))
-        if len(buf) > MAX_LINE_BYTES:
-            log.warning("dropping a stdout line longer than %d bytes", MAX_LINE_BYTES)
-            buf.clear()
-            discarding = True
-    if buf and not discarding:
-        on_line(buf.decode("utf-8", errors="replace").rstrip("\r"))
-
-
-async def _keep_tail(reader: _Reader, tail: bytearray) -> None:
-    """Read `reader` to EOF, keeping only its last STDERR_TAIL_BYTES in `tail`."""
-    while chunk := await reader.read(_CHUNK):
-        tail += chunk
-        if len(tail) > STDERR_TAIL_BYTES:
-            del tail[:-STDERR_TAIL_BYTES]
-
-
-async def _read_all(reader: _Reader) -> bytes:
+async def _read_all(reader: Reader) -> bytes:
     """Everything until EOF (in chunks: asyncssh's read(-1) may miss data when stdout
     and stderr are read at the same time)."""
     data = bytearray()
-    while chunk := await reader.read(_CHUNK):
+    while chunk := await reader.read(CHUNK_BYTES):
         data += chunk
     return bytes(data)
 
@@ -349,7 +313,7 @@ async def _read_all(reader: _Reader) -> bytes:
 class _ChannelReader:
     """A channel's stdout or stderr whose connection errors become SshConnectionError."""
 
-    def __init__(self, reader: _Reader, lost: Callable[[BaseException], TransportError]) -> None:
+    def __init__(self, reader: Reader, lost: Callable[[BaseException], TransportError]) -> None:
         self._reader = reader
         self._lost = lost
 
@@ -667,57 +631,34 @@ class SshTransport:
         launch = Launch(on_stdout_line)
         run = _Run(conn, process, tag, launch)
         self._live.add(run)
-        tail = bytearray()
-        name = f"SshTransport:{tag[:8]}"
-        stdout = _ChannelReader(process.stdout, self._lost)
-        stderr = _ChannelReader(process.stderr, self._lost)
-        stdout_task = asyncio.create_task(_pump_lines(stdout, launch.feed), name=f"{name}:stdout")
-        stderr_task = asyncio.create_task(_keep_tail(stderr, tail), name=f"{name}:stderr")
-        closed_task = asyncio.create_task(process.wait_closed(), name=f"{name}:closed")
-        tasks = (stdout_task, stderr_task, closed_task)
-        timed_out = False
         try:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    # Wake on the end, or early if `on_stdout_line` raised.
-                    await asyncio.wait((stdout_task, closed_task), return_when="FIRST_COMPLETED")
-                    if stdout_task.done():
-                        stdout_task.result()
-                    await closed_task
-            except TimeoutError:
-                timed_out = True
-                await self._stop(run)
-            # Output sent before the end is still read; bounded all the same.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DRAIN_S):
-                    await asyncio.gather(asyncio.shield(stdout_task), asyncio.shield(stderr_task))
-        except BaseException:
-            # Cancellation, the callback's own error, or SshConnectionError from a read.
-            await self._stop(run)
-            raise
+            # A read's SshConnectionError stops the run too, and propagates.
+            timed_out, tail = await follow(
+                _ChannelReader(process.stdout, self._lost),
+                _ChannelReader(process.stderr, self._lost),
+                process.wait_closed(),
+                launch.feed,
+                timeout_s=timeout_s,
+                stop=lambda: self._stop(run),
+                # The helper has reaped by the time the channel closes.
+                stop_after_exit=False,
+                name=f"SshTransport:{tag[:8]}",
+            )
         finally:
             self._live.discard(run)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             process.close()
         if process.exit_status is None and process.exit_signal is None and not timed_out:
             # The channel ended without an exit status: the connection went away.
             raise self._lost(None)
-        if launch.error is not None:
-            raise SpawnError(argv[0], launch.error)
-        if launch.pid is None and not timed_out:
-            reason = tail.decode("utf-8", errors="replace").strip()[-500:]
-            raise SpawnError(
-                argv[0],
-                f"the remote shell on {self._target.where} exited with code "
-                f"{process.returncode} before starting it: {reason or 'no output'}",
-            )
-        return ProcessResult(
-            exit_code=process.returncode,
-            stderr_tail=tail.decode("utf-8", errors="replace"),
+        check_started(
+            launch,
+            argv[0],
             timed_out=timed_out,
+            exit_code=process.returncode,
+            stderr_tail=tail,
+            starter=f"the remote shell on {self._target.where}",
         )
+        return ProcessResult(exit_code=process.returncode, stderr_tail=tail, timed_out=timed_out)
 
     async def _stop(self, run: _Run) -> None:
         """End every remote process of `run`: the helper's kill mode, then EOF, bounded.
@@ -806,19 +747,7 @@ class SshTransport:
 
     async def login_status(self, codex_bin: str, env_overrides: Mapping[str, str]) -> LoginStatus:
         """Run `codex login status` remotely; the detail never holds the masked key."""
-        lines: list[str] = []
-        result = await self.run(
-            [codex_bin, "login", "status"],
-            env_overrides=env_overrides,
-            cwd=None,
-            on_stdout_line=lines.append,
-            timeout_s=LOGIN_TIMEOUT_S,
-        )
-        if result.timed_out:
-            return LoginStatus(False, f"`codex login status` timed out after {LOGIN_TIMEOUT_S:g} s")
-        logged_in = result.exit_code == 0
-        output = "\n".join([*lines, result.stderr_tail])
-        return LoginStatus(logged_in, login_detail(output, logged_in, result.exit_code))
+        return await codex_login_status(self, codex_bin, env_overrides)
 
     async def close(self) -> None:
         """Stop every run still going, then close the connection; idempotent."""

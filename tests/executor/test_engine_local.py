@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from executor.engine import CodexEngine, RunOutcome, RunRequest
+from executor.run_io import STDERR_TAIL_BYTES
 from executor.settings import ExecutorSettings
 from executor.transport import LoginStatus
-from executor.transport_local import STDERR_TAIL_BYTES, LocalTransport
+from executor.transport_local import LocalTransport
 from tests.fakes.model_server import STUB_API_KEY, STUB_USAGE, StubModelServer
 
 Settings = Callable[..., ExecutorSettings]

@@ -23,13 +23,13 @@ import pytest
 
 from executor.engine import CodexEngine, RunRequest
 from executor.factory import ConfigError, build_pipeline
+from executor.run_io import STDERR_TAIL_BYTES
 from executor.settings import ExecutorSettings
 from executor.transport import SpawnError, TransportError
 from executor.transport_local import TAG_VAR
 from executor.transport_ssh import (
     MAX_COMMAND_BYTES,
     REMOTE_HELPER,
-    STDERR_TAIL_BYTES,
     HostKeyError,
     SshConnectionError,
     SshSettingError,

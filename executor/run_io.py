@@ -1,0 +1,168 @@
+"""Driving a run once it is started: what the local and the SSH transport share.
+
+Both start codex through the run helper (`executor.run_helper`) and then do the same:
+stream stdout line by line (the helper's marker line first, see `Launch`), keep the
+tail of stderr, wait for the end or the timeout, stop every process of the run on every
+path out, still read what was written before the end (bounded), and say why codex did
+not start when the helper could not start it. How a run is started and stopped (a local
+process group, a remote command over SSH) stays with each transport: `follow` gets the
+run's streams, what to await for its end, and how to stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from executor.codex import login_detail
+from executor.run_helper import Launch
+from executor.transport import LoginStatus, SpawnError, Transport
+
+log = logging.getLogger(__name__)
+
+#: How much of stderr a result keeps (the end of it, where the error usually is).
+STDERR_TAIL_BYTES = 4096
+#: A stdout line longer than this is dropped (codex caps command output well below it).
+MAX_LINE_BYTES = 64 * 1024 * 1024
+#: Time between SIGTERM and SIGKILL; codex exits within ~50 ms of SIGTERM.
+KILL_GRACE_S = 2.0
+#: `codex login status` answers from a local file, so this is generous.
+LOGIN_TIMEOUT_S = 20.0
+#: How long output is still read after the run ended.
+DRAIN_S = 5.0
+#: How much is read at once from a run's output.
+CHUNK_BYTES = 256 * 1024
+
+
+class Reader(Protocol):
+    """A run's stdout or stderr: an asyncio stream, or an SSH channel's."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+async def pump_lines(reader: Reader, on_line: Callable[[str], None]) -> None:
+    """Call `on_line` for every line until EOF, dropping lines over MAX_LINE_BYTES
+    (without StreamReader's 64 KiB line limit)."""
+    buf = bytearray()
+    discarding = False
+    while chunk := await reader.read(CHUNK_BYTES):
+        buf += chunk
+        while (newline := buf.find(b"\n")) != -1:
+            line = bytes(buf[:newline])
+            del buf[: newline + 1]
+            if discarding:
+                discarding = False
+                continue
+            on_line(line.decode("utf-8", errors="replace").rstrip("\r"))
+        if len(buf) > MAX_LINE_BYTES:
+            log.warning("dropping a stdout line longer than %d bytes", MAX_LINE_BYTES)
+            buf.clear()
+            discarding = True
+    if buf and not discarding:
+        on_line(buf.decode("utf-8", errors="replace").rstrip("\r"))
+
+
+async def keep_tail(reader: Reader, tail: bytearray) -> None:
+    """Read `reader` to EOF, keeping only its last STDERR_TAIL_BYTES in `tail`."""
+    while chunk := await reader.read(CHUNK_BYTES):
+        tail += chunk
+        if len(tail) > STDERR_TAIL_BYTES:
+            del tail[:-STDERR_TAIL_BYTES]
+
+
+async def follow(
+    stdout: Reader,
+    stderr: Reader,
+    end: Awaitable[Any],
+    on_line: Callable[[str], None],
+    *,
+    timeout_s: float,
+    stop: Callable[[], Awaitable[None]],
+    stop_after_exit: bool,
+    name: str,
+) -> tuple[bool, str]:
+    """Follow a started run to its end: (timed out, the tail of stderr).
+
+    `end` completes when the run is over (the process exited, the channel closed). On
+    timeout `stop()` ends the run, and also after a normal end with `stop_after_exit`
+    (what codex left behind must not outlive the run). On cancellation, or if
+    `on_line` or a read raises, the run is stopped before the error propagates.
+    """
+    tail = bytearray()
+    stdout_task = asyncio.create_task(pump_lines(stdout, on_line), name=f"{name}:stdout")
+    stderr_task = asyncio.create_task(keep_tail(stderr, tail), name=f"{name}:stderr")
+    end_task = asyncio.ensure_future(end)
+    tasks = (stdout_task, stderr_task, end_task)
+    timed_out = False
+    try:
+        try:
+            async with asyncio.timeout(timeout_s):
+                # Wake on the end, or early if `on_line` raised.
+                await asyncio.wait((stdout_task, end_task), return_when=asyncio.FIRST_COMPLETED)
+                if stdout_task.done():
+                    stdout_task.result()
+                await end_task
+        except TimeoutError:
+            timed_out = True
+        if timed_out or stop_after_exit:
+            await stop()
+        # Output written before the end is still read; bounded, because a process
+        # outside the run could still hold a pipe open.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                await asyncio.gather(asyncio.shield(stdout_task), asyncio.shield(stderr_task))
+    except BaseException:
+        await stop()
+        raise
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return timed_out, tail.decode("utf-8", errors="replace")
+
+
+def check_started(
+    launch: Launch,
+    program: str,
+    *,
+    timed_out: bool,
+    exit_code: int | None,
+    stderr_tail: str,
+    starter: str,
+) -> None:
+    """Raise SpawnError when the helper said, or showed, that `program` never started.
+
+    `starter` names what exited early in the message ("the run helper", "the remote
+    shell on host:22").
+    """
+    if launch.error is not None:
+        raise SpawnError(program, launch.error)
+    if launch.pid is None and not timed_out:
+        reason = stderr_tail.strip()[-500:]
+        raise SpawnError(
+            program,
+            f"{starter} exited with code {exit_code} before starting it: {reason or 'no output'}",
+        )
+
+
+async def codex_login_status(
+    transport: Transport, codex_bin: str, env_overrides: Mapping[str, str]
+) -> LoginStatus:
+    """Run `codex login status` on `transport`; the detail never holds the masked key."""
+    lines: list[str] = []
+    result = await transport.run(
+        [codex_bin, "login", "status"],
+        env_overrides=env_overrides,
+        cwd=None,
+        on_stdout_line=lines.append,
+        timeout_s=LOGIN_TIMEOUT_S,
+    )
+    if result.timed_out:
+        return LoginStatus(False, f"`codex login status` timed out after {LOGIN_TIMEOUT_S:g} s")
+    logged_in = result.exit_code == 0
+    # codex prints the status on stderr; stdout is read too in case that changes.
+    output = "\n".join([*lines, result.stderr_tail])
+    return LoginStatus(logged_in, login_detail(output, logged_in, result.exit_code))
