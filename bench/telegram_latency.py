@@ -24,30 +24,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
-import sqlite3
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
+from bench.bridge_phases import (
+    GOAL_MS,
+    CpuMeter,
+    Phase,
+    Sample,
+    closed_phase,
+    cpu_table,
+    goal_met,
+    latency_table,
+    metrics,
+    paced_phase,
+    read_store,
+    wait_bridge,
+    yes,
+)
 from bench.common import (
     BenchError,
     Proc,
-    Summary,
     clean_env,
-    closed_loop,
-    cpu_seconds,
-    fmt_ms,
     free_port,
-    machine_busy_seconds,
     machine_lines,
-    render_table,
     venv_script,
     wait_quiet,
     wait_ready,
@@ -58,7 +65,6 @@ if TYPE_CHECKING:
 
 NAME = "telegram"
 TITLE = "Telegram bridge: message to run, run to reply"
-GOAL_MS = 20.0
 #: Private chats (one per concurrent worker) start at this user id.
 FIRST_CHAT = 10_000
 TAG = "tgbench"
@@ -81,36 +87,6 @@ class Plan:
 
 FULL = Plan()
 QUICK = Plan(warmup=10, sequential=50, paced=(8, 20.0, 100), saturated=(8, 80))
-
-
-@dataclass
-class Sample:
-    """One message's clocks (wall-clock seconds)."""
-
-    pushed: float
-    replied: float
-    created: float = 0.0
-    started: float = 0.0
-    finished: float = 0.0
-
-
-@dataclass
-class Phase:
-    """One measured phase: its samples by prompt, and the bridge's CPU time."""
-
-    label: str
-    load: str
-    #: Whether the issue's latency goal applies (not to the saturated phase).
-    goal: bool = True
-    samples: dict[str, Sample] = field(default_factory=dict)
-    elapsed: float = 0.0
-    bridge_cpu_s: float = 0.0
-    #: Cores that processes outside the bench kept busy meanwhile (others share the machine).
-    others_cores: float = 0.0
-
-    def summary(self, metric: Callable[[Sample], float]) -> Summary:
-        """Latency statistics of ``metric`` (seconds) over the phase."""
-        return Summary.of([metric(s) for s in self.samples.values()])
 
 
 @dataclass
@@ -192,7 +168,7 @@ async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]
         headers = {"Authorization": f"Bearer {api_key}"}
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"{system.base}/readyz", procs=system.procs, headers=headers)
-            await _wait_bridge(session, system, headers)
+            await wait_bridge(session, system.base, headers, system.procs, bridge, "telegram")
         await fake.wait_until_polling(timeout=30)
         yield system
         for part in system.procs:
@@ -204,42 +180,7 @@ async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]
             raise BenchError(f"the bridge exited with {code}:\n{bridge.log_tail()}")
 
 
-async def _wait_bridge(
-    session: aiohttp.ClientSession, system: System, headers: dict[str, str]
-) -> None:
-    """Until the hub lists the Telegram bridge among its nodes."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for part in system.procs:
-            part.check_alive()
-        async with session.get(f"{system.base}/api/nodes", headers=headers) as resp:
-            nodes = (await resp.json()).get("nodes", [])
-        if any(n.get("platform") == "telegram" for n in nodes):
-            return
-        await asyncio.sleep(0.05)
-    raise BenchError(f"the Telegram bridge never reached the hub:\n{system.bridge.log_tail()}")
-
-
 # --- the load --------------------------------------------------------------------------
-
-
-def _cpu(system: System) -> dict[str, float]:
-    """CPU seconds so far: the machine's (not idle), the bridge's, and all of ours."""
-    ours = sum(cpu_seconds(p.pid) for p in system.procs) + cpu_seconds(os.getpid())
-    return {
-        "machine": machine_busy_seconds(),
-        "bridge": cpu_seconds(system.bridge.pid),
-        "ours": ours,
-    }
-
-
-def _account(phase: Phase, system: System, before: dict[str, float], elapsed: float) -> None:
-    """Record the phase's duration, the bridge's CPU, and the load others put on the machine."""
-    after = _cpu(system)
-    phase.elapsed = elapsed
-    phase.bridge_cpu_s = after["bridge"] - before["bridge"]
-    others = (after["machine"] - before["machine"]) - (after["ours"] - before["ours"])
-    phase.others_cores = max(0.0, others / elapsed) if elapsed > 0 else 0.0
 
 
 async def _one(fake: FakeTelegram, phase: Phase, chat: int, i: int) -> None:
@@ -257,63 +198,8 @@ async def _one(fake: FakeTelegram, phase: Phase, chat: int, i: int) -> None:
     phase.samples[prompt] = Sample(pushed=pushed, replied=call.at)
 
 
-async def _closed(
-    fake: FakeTelegram, system: System, phase: Phase, chats: int, count: int
-) -> Phase:
-    """``count`` messages from ``chats`` private chats, each waiting for its reply."""
-    free = asyncio.Queue[int]()
-    for n in range(chats):
-        free.put_nowait(FIRST_CHAT + n)
-
-    async def one(i: int) -> None:
-        chat = await free.get()
-        try:
-            await _one(fake, phase, chat, i)
-        finally:
-            free.put_nowait(chat)
-
-    before = _cpu(system)
-    load = await closed_loop(one, chats, count=count)
-    _account(phase, system, before, load.elapsed)
-    if load.errors:
-        raise BenchError(f"{len(load.errors)} messages failed; first: {load.errors[0]}")
-    return phase
-
-
-async def _paced(
-    fake: FakeTelegram, system: System, phase: Phase, chats: int, rate: float, count: int
-) -> Phase:
-    """``count`` messages at ``rate`` per second, round-robin over ``chats`` chats."""
-    loop = asyncio.get_running_loop()
-    before = _cpu(system)
-    start = loop.time()
-    tasks = []
-    for i in range(count):
-        await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
-        chat = FIRST_CHAT + i % chats
-        tasks.append(asyncio.create_task(_one(fake, phase, chat, i), name=f"bench:tg:{i}"))
-    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-    _account(phase, system, before, loop.time() - start)
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    if errors:
-        raise BenchError(f"{len(errors)} messages failed; first: {errors[0]!r}")
-    return phase
-
-
-def _read_store(db: Path, phase: Phase) -> None:
-    """Fill in each sample's run clocks from the hub's store."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        rows = conn.execute(
-            "SELECT prompt, created_at, started_at, finished_at FROM runs WHERE prompt LIKE ?",
-            (f"{TAG} {phase.label} %",),
-        ).fetchall()
-    for prompt, created, started, finished in rows:
-        sample = phase.samples.get(prompt)
-        if sample is not None:
-            sample.created, sample.started, sample.finished = created, started, finished
-    missing = [p for p, s in phase.samples.items() if not (s.started and s.finished)]
-    if missing:
-        raise BenchError(f"{len(missing)} runs missing from the store, e.g. {missing[0]!r}")
+def _chats(count: int) -> list[int]:
+    return [FIRST_CHAT + n for n in range(count)]
 
 
 async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
@@ -330,26 +216,31 @@ async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
             async with running_system(tmp, fake) as system:
                 results.startup_s = time.monotonic() - started
                 print("telegram: hub + executor (dry run) + bridge, fake Bot API", flush=True)
+                meter = CpuMeter(system.procs, system.bridge)
+
+                def sender(phase: Phase) -> Callable[[int, int], Coroutine[Any, Any, None]]:
+                    return lambda chat, i: _one(fake, phase, chat, i)
+
+                async def closed(phase: Phase, chats: int, count: int) -> Phase:
+                    one = sender(phase)
+                    return await closed_phase(phase, meter, _chats(chats), count, one, "message")
+
                 chats, rate, paced = plan.paced
                 burst, saturated = plan.saturated
                 try:
-                    await _closed(fake, system, Phase("warmup", ""), 1, plan.warmup)
-                    for phase in (
-                        await _closed(
-                            fake, system, Phase("sequential", "1 chat, 1 at a time"), 1,
-                            plan.sequential,
-                        ),
-                        await _paced(
-                            fake, system, Phase("paced", f"{chats} chats, {rate:g}/s"), chats,
-                            rate, paced,
-                        ),
-                        await _closed(
-                            fake, system,
-                            Phase("saturated", f"{burst} chats, closed loop", goal=False),
-                            burst, saturated,
-                        ),
-                    ):  # fmt: skip
-                        _read_store(system.db, phase)
+                    await closed(Phase("warmup", ""), 1, plan.warmup)
+                    phases = [
+                        await closed(Phase("sequential", "1 chat, 1 at a time"), 1, plan.sequential)
+                    ]
+                    phase = Phase("paced", f"{chats} chats, {rate:g}/s")
+                    one = sender(phase)
+                    phases.append(
+                        await paced_phase(phase, meter, _chats(chats), rate, paced, one, "message")
+                    )
+                    phase = Phase("saturated", f"{burst} chats, closed loop", goal=False)
+                    phases.append(await closed(phase, burst, saturated))
+                    for phase in phases:
+                        read_store(system.db, TAG, phase)
                         results.phases.append(phase)
                         print(f"telegram: {phase.label} done", flush=True)
                 except BenchError as exc:
@@ -361,47 +252,11 @@ async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
 
 # --- the report --------------------------------------------------------------------------
 
-METRICS: list[tuple[str, Callable[[Sample], float]]] = [
-    ("message -> run created (hub accepted the submit)", lambda s: s.created - s.pushed),
-    ("**message -> run started**", lambda s: s.started - s.pushed),
-    ("**run finished -> reply sent**", lambda s: s.replied - s.finished),
-    ("message -> reply (whole path, dry run)", lambda s: s.replied - s.pushed),
-]
-
-
-def _yes(ok: bool) -> str:
-    return "**yes**" if ok else "**no**"
+METRICS = metrics("message", "reply sent")
 
 
 def report(results: Results) -> str:
     """The suite's section of docs/benchmarks.md, in markdown."""
-    rows = []
-    met = True
-    for phase in results.phases:
-        for name, metric in METRICS:
-            summary = phase.summary(metric)
-            if phase.goal and name.startswith("**"):
-                met = met and summary.p50 <= GOAL_MS and summary.p99 <= GOAL_MS
-            rows.append(
-                [
-                    f"{phase.label} ({phase.load})",
-                    name,
-                    f"{summary.count:,}",
-                    fmt_ms(summary.p50),
-                    fmt_ms(summary.p90),
-                    fmt_ms(summary.p99),
-                    fmt_ms(summary.max),
-                ]
-            )
-    cpu_rows = [
-        [
-            phase.label,
-            f"{len(phase.samples) / phase.elapsed:,.0f}" if phase.elapsed else "-",
-            f"{1000.0 * phase.bridge_cpu_s / max(1, len(phase.samples)):.2f}",
-            f"{phase.others_cores:.2f}",
-        ]
-        for phase in results.phases
-    ]
     plan = results.plan
     return "\n".join(
         [
@@ -436,16 +291,11 @@ def report(results: Results) -> str:
             "",
             f"**Goal (issue #4, point 9: median and p99 of message -> run started and of run "
             f"finished -> reply sent, each under {GOAL_MS:g} ms, sequential and paced) met: "
-            f"{_yes(met)}.**",
+            f"{yes(goal_met(results.phases, METRICS))}.**",
             "",
-            render_table(
-                ["phase", "interval", "messages", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows
-            ),
+            latency_table(results.phases, METRICS, "message"),
             "",
-            render_table(
-                ["phase", "messages/s", "bridge CPU ms per message", "others' load (cores)"],
-                cpu_rows,
-            ),
+            cpu_table(results.phases, "message"),
         ]
     )
 
@@ -461,13 +311,3 @@ async def main(options: _Options) -> str:
     """``python -m bench telegram``: measure and return the markdown section."""
     plan = QUICK if options.quick else FULL
     return report(await measure(plan, quiet_wait=getattr(options, "quiet_wait", 20.0)))
-
-
-async def run(report_section: Callable[[str], None] | None = None, *, quick: bool = False) -> None:
-    """Measure and hand the section to ``report_section`` (default: print it)."""
-    section = report(await measure(QUICK if quick else FULL))
-    (report_section or print)(section)
-
-
-if __name__ == "__main__":
-    asyncio.run(run(quick=True))

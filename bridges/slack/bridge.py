@@ -53,7 +53,6 @@ import contextlib
 import enum
 import logging
 import math
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -70,7 +69,13 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bridges.common import BridgeError, split_optimize_prefix
+from bridges.common import (
+    STARTUP_BACKOFF_MAX_S,
+    BridgeError,
+    freeze_startup_heap,
+    retry_startup,
+    split_optimize_prefix,
+)
 from bridges.hub_link import Frame, HubError, HubLink
 from bridges.slack import convert
 from bridges.slack.convert import FilePart, ReplyPart, Target, TextPart
@@ -89,8 +94,8 @@ CALL_TIMEOUT_S = 60.0
 RATE_LIMIT_RETRIES = 3
 #: Connecting to Slack (auth.test, apps.connections.open, the socket) at start-up.
 CONNECT_TIMEOUT_S = 15.0
-#: Retrying a start-up connection that failed: backoff ceiling (full jitter).
-CONNECT_BACKOFF_MAX_S = 60.0
+#: Retrying a start-up connection that failed: the longest wait between tries.
+CONNECT_BACKOFF_MAX_S = STARTUP_BACKOFF_MAX_S
 #: The Socket Mode client's ping and monitor period: a dropped socket is replaced
 #: within this time (bolt's default is 10 s).
 SOCKET_PING_INTERVAL_S = 5.0
@@ -203,11 +208,11 @@ class _StatusMessage:
     """A run's status message: posted once the run has worked a while, then kept current.
 
     ``show`` takes the newest text at once and without waiting. One task
-    (``SlackBridge:status:<run>``) does the Slack side: it first looks for a status
-    message an earlier bridge process posted (``find``, for runs from before a
-    restart), else posts one once the run has lasted ``delay`` (at once when
-    ``urgent``: a run waiting behind others is told its place); after that it edits
-    the message, at most once per ``interval``, always with the newest text.
+    (``SlackBridge:status:<run>``) does the Slack side: once the run has lasted
+    ``delay`` (at once when ``urgent``: a run waiting behind others is told its place)
+    it looks for a status message an earlier bridge process posted (``find``, for runs
+    from before a restart), else posts one; after that it edits the message, at most
+    once per ``interval``, always with the newest text.
     ``close`` lets a post under way finish (so its message is known and gets the
     closing edit), then cancels the task: a late progress edit never overwrites the
     closing one.
@@ -267,17 +272,17 @@ class _StatusMessage:
 
     async def _keep_current(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._find is not None:
-            find, self._find = self._find, None
-            found = await find()
-            if found is not None:
-                self.ts, self.shown = found
-                self._last_edit = loop.time()
-                if self.wanted == self.shown:
-                    self.wanted = None
         while self.wanted is not None and not self.closed:
             if self.ts is None:
                 await self._until(self._post_at)
+                if self._find is not None:
+                    # Looked for only once a status message is due: a quick run never
+                    # costs a read of its thread.
+                    find, self._find = self._find, None
+                    found = await find()
+                    if found is not None:
+                        self.ts, self.shown = found
+                        continue  # edited at once with the newest text
                 text, self.wanted = self.wanted, None
                 if text is None:
                     continue
@@ -418,6 +423,7 @@ class SlackBridge:
             await self.close()
             raise
         self.state = State.RUNNING
+        freeze_startup_heap()
 
     async def _connect(self) -> None:
         assert self._handler is not None
@@ -446,20 +452,12 @@ class SlackBridge:
         log.info("Slack bridge is up as <@%s> (Socket Mode)", self.bot_user_id)
 
     async def _connect_later(self) -> None:
-        attempt = 0
-        while True:
-            attempt += 1
-            delay = min(CONNECT_BACKOFF_MAX_S, 0.5 * 2 ** min(attempt, 10))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            try:
-                await self._connect()
-            except SlackRefused as exc:
-                log.error("%s; the Slack bridge stays down", exc)
-                return
-            except Exception as exc:
-                log.warning("Slack still not reachable (%s); retrying", exc)
-                continue
-            return
+        await retry_startup(
+            self._connect,
+            platform="Slack",
+            refused=(SlackRefused,),
+            backoff_max=CONNECT_BACKOFF_MAX_S,
+        )
 
     def _build_app(self, client: AsyncWebClient) -> AsyncApp:
         app = AsyncApp(
@@ -800,15 +798,31 @@ class SlackBridge:
             else:
                 answered = True
             self._sent.pop(delivery_id, None)
-            closing = convert.closing_status_text(outcome, run_id, elapsed)
-            await asyncio.gather(
-                self._edit_status(target, sent.status[0], closing) if sent.status else _nothing(),
-                # No check mark on a request whose answer Slack refused.
-                self._close_reactions(target, outcome if answered else "failed"),
-            )
             log.info(
                 "answered %s in %s (%s, %d parts)", target.user, target.channel, outcome, len(parts)
             )
+            # The reply is out: acknowledged now (when this returns), while the status
+            # edit and the reactions, best effort, follow on their own.
+            closing = convert.closing_status_text(outcome, run_id, elapsed)
+            self._spawn(
+                self._close_request(
+                    target,
+                    sent.status[0] if sent.status else None,
+                    closing,
+                    # No check mark on a request whose answer Slack refused.
+                    outcome if answered else "failed",
+                ),
+                f"close:{run_id}",
+            )
+
+    async def _close_request(
+        self, target: Target, status_ts: str | None, closing: str, outcome: str
+    ) -> None:
+        """Set the status message, if any, to its end state; swap :eyes: for the outcome's."""
+        await asyncio.gather(
+            self._edit_status(target, status_ts, closing) if status_ts else _nothing(),
+            self._close_reactions(target, outcome),
+        )
 
     async def _first_attempt(self, run_id: str, target: Target, parts: list[ReplyPart]) -> _Sent:
         """What a delivery starts from: its status message, and any parts posted before."""

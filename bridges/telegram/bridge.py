@@ -37,7 +37,6 @@ import datetime as dt
 import enum
 import logging
 import math
-import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -65,10 +64,11 @@ from telegram.error import (
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bridges import common
-from bridges.common import split_optimize_prefix
+from bridges.common import freeze_startup_heap, retry_startup, split_optimize_prefix
 from bridges.hub_link import Frame, HubError, HubLink
 from bridges.telegram import convert
 from bridges.telegram.convert import DocumentPart, ReplyPart, ReplyTarget, SendWindow, TextPart
+from bridges.telegram.http import AiohttpRequest
 from bridges.telegram.settings import TelegramSettings
 from hub.logs import bound, register_secret
 
@@ -91,7 +91,8 @@ HUB_REQUEST_TIMEOUT_S = 10.0
 POLL_TIMEOUT_S = 10.0
 #: Connecting to Telegram at start-up; after that it is retried in the background.
 STARTUP_TIMEOUT_S = 15.0
-STARTUP_BACKOFF_MAX_S = 60.0
+#: Retrying a start-up connection that failed: the longest wait between tries.
+STARTUP_BACKOFF_MAX_S = common.STARTUP_BACKOFF_MAX_S
 #: Each step of stopping.
 STOP_TIMEOUT_S = 10.0
 #: Deliveries whose posted parts are remembered, and runs known to be finished.
@@ -152,6 +153,8 @@ class TelegramBridge:
             node_id=node_id,
             request_timeout=HUB_REQUEST_TIMEOUT_S,
         )
+        #: The Bot API's HTTP clients: for calls, and for the one long poll.
+        self._http = (AiohttpRequest(), AiohttpRequest(1))
         self.app: AnyApp = self._build_app()
         self.bot_id = 0
         self.bot_username = ""
@@ -168,6 +171,9 @@ class TelegramBridge:
             .token(self.settings.bot_token.get_secret_value())
             .base_url(self.settings.api_base_url)
             .base_file_url(self.settings.file_base_url)
+            # aiohttp, not PTB's httpx: a third of the CPU per call (see bridges.telegram.http).
+            .request(self._http[0])
+            .get_updates_request(self._http[1])
             .concurrent_updates(True)
             .build()
         )
@@ -195,13 +201,10 @@ class TelegramBridge:
             return
         self.state = State.STARTING
         try:
-            async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                await self.app.initialize()
-        except InvalidToken:
+            await self._initialize()
+        except TokenRefused:
             await self.close()
-            raise TokenRefused(
-                "Telegram refused TELEGRAM_BOT_TOKEN; check it with @BotFather"
-            ) from None
+            raise
         except (NetworkError, TimeoutError) as exc:
             log.warning("Telegram is not reachable (%s); retrying in the background", exc)
             self._startup = asyncio.create_task(self._start_later(), name="TelegramBridge:startup")
@@ -212,29 +215,29 @@ class TelegramBridge:
             await self.close()
             raise
 
+    async def _initialize(self) -> None:
+        """Ask Telegram who the bot is (``getMe``); a refused token is :class:`TokenRefused`."""
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                await self.app.initialize()
+        except InvalidToken:
+            # Not chained: PTB's message quotes the token itself.
+            raise TokenRefused(
+                "Telegram refused TELEGRAM_BOT_TOKEN; check it with @BotFather"
+            ) from None
+
     async def _start_later(self) -> None:
-        attempt = 0
-        while True:
-            attempt += 1
-            delay = min(STARTUP_BACKOFF_MAX_S, 0.5 * 2 ** min(attempt, 10))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            try:
-                async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                    await self.app.initialize()
-            except InvalidToken:
-                log.error("Telegram refused TELEGRAM_BOT_TOKEN; the bridge stays down")
-                return
-            except Exception as exc:  # logged here: nobody awaits this task's result
-                log.warning("connecting to Telegram failed (%s); retrying", exc)
-                continue
-            except (NetworkError, TimeoutError) as exc:
-                log.warning("Telegram still not reachable (%s); retrying", exc)
-                continue
+        up = await retry_startup(
+            self._initialize,
+            platform="Telegram",
+            refused=(TokenRefused,),
+            backoff_max=STARTUP_BACKOFF_MAX_S,
+        )
+        if up:
             try:
                 await self._go_live()
             except Exception:
                 log.exception("starting the Telegram bridge failed; it stays down")
-            return
 
     async def _go_live(self) -> None:
         self.bot_id = self.app.bot.id
@@ -252,6 +255,7 @@ class TelegramBridge:
         self.state = State.RUNNING
         self._spawn(self._publish_commands(), "commands")
         log.info("Telegram bridge is up as @%s", self.bot_username)
+        freeze_startup_heap()
 
     async def close(self) -> None:
         """Stop polling, finish the updates in hand, leave the hub, stop. Idempotent."""
@@ -277,8 +281,11 @@ class TelegramBridge:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._quietly("shutting down", self.app.shutdown())
-        # The bot's HTTP clients exist even when initialize failed half-way.
+        # The bot's HTTP clients exist even when initialize failed half-way, when the
+        # bot's own shutdown does nothing.
         await self._quietly("closing the HTTP clients", self.app.bot.shutdown())
+        for http in self._http:
+            await self._quietly("closing an HTTP client", http.shutdown())
         log.info("Telegram bridge stopped")
 
     async def _quietly(self, what: str, step: Awaitable[None]) -> None:

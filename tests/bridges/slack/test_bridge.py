@@ -88,6 +88,8 @@ async def test_mention_is_answered_in_its_thread(
     first, *last = [(c.method, c.args["name"]) for c in fake_slack.calls() if "name" in c.args]
     assert first == ("reactions.add", "eyes")
     assert sorted(last) == [("reactions.add", "white_check_mark"), ("reactions.remove", "eyes")]
+    # Its own run's thread is never read: no status message of an earlier process to find.
+    assert fake_slack.calls("conversations.replies") == []
 
 
 async def test_a_direct_message_is_answered_and_the_bots_echo_starts_nothing(

@@ -704,13 +704,13 @@ async def test_the_bot_token_never_reaches_the_logs(
     fake_telegram: FakeTelegram,
     make_settings: Settings,
 ) -> None:
-    """Even at DEBUG, with httpx logging every URL, the token is masked; run ids are bound."""
+    """Even at DEBUG, with PTB logging every call, the token is masked; run ids are bound."""
     async with start_executor(), running(make_settings(), fake_telegram):
         pushed = fake_telegram.push_message(USER, "log this")
         await reply(fake_telegram, pushed, "log this")
     text = debug_log.getvalue()
     secret = fake_telegram.token.split(":", 1)[1]
-    assert "getUpdates" in text  # httpx did log the URLs
+    assert "getUpdates" in text  # the calls were logged
     assert secret not in text and fake_telegram.token not in text
     assert "replied in chat" in text and "run_id=run_" in text
 
