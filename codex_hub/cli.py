@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -110,6 +111,22 @@ def _runner_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (Linux and macOS), else asyncio's own.
+
+    Every process started by this CLI uses it (its effect is measured in
+    docs/benchmarks.md). ``CODEX_HUB_ASYNCIO_LOOP=1`` keeps asyncio's loop, to rule
+    uvloop out when chasing a bug.
+    """
+    if os.environ.get("CODEX_HUB_ASYNCIO_LOOP") == "1":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``codex-hub`` console script."""
     args = build_parser().parse_args(argv)
@@ -127,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             "exec": cmd_exec,
             "doctor": cmd_doctor,
         }
-        return asyncio.run(commands[args.command](args))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(commands[args.command](args))
     except UsageError as exc:
         print(f"codex-hub: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -25,6 +25,7 @@ from hub.errors import (
     NotFound,
     RateLimited,
     Unavailable,
+    json_response,
     read_json,
 )
 from hub.logs import bind
@@ -146,7 +147,7 @@ async def _parse(request: web.Request) -> ChatRequest:
 async def list_models(request: web.Request) -> web.Response:
     """The one model this hub serves."""
     name = request.app[SETTINGS].model_name
-    return web.json_response(
+    return json_response(
         {
             "object": "list",
             "data": [{"id": name, "object": "model", "created": 0, "owned_by": "codex-hub"}],
@@ -164,7 +165,7 @@ async def get_model(request: web.Request) -> web.Response:
             code="model_not_found",
             param="model",
         )
-    return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": "codex-hub"})
+    return json_response({"id": name, "object": "model", "created": 0, "owned_by": "codex-hub"})
 
 
 def _text_header(request: web.Request, name: str, limit: int = 200) -> str:
@@ -267,7 +268,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "usage": openai_usage(run.usage),
         "system_fingerprint": None,
     }
-    return web.json_response(body, headers={"X-Run-ID": run.id})
+    return json_response(body, headers={"X-Run-ID": run.id})
 
 
 def _gone(request: web.Request) -> bool:

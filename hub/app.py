@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from aiohttp import WSCloseCode, web
 
 from hub import api_openai, api_runs, openapi
-from hub.appkeys import BUS, LIMITER, METRICS, ROUTER, SETTINGS, SOCKETS, STORE
-from hub.auth import RateLimiter, make_auth_middleware
+from hub.appkeys import AUTH_FAILURES, BUS, LIMITER, METRICS, ROUTER, SETTINGS, SOCKETS, STORE
+from hub.auth import AuthFailures, RateLimiter, make_auth_middleware
 from hub.bus import Bus
 from hub.errors import error_middleware
 from hub.metrics import Metrics
@@ -55,14 +55,16 @@ async def _close_sockets(app: web.Application) -> None:
 def create_app(settings: HubSettings) -> web.Application:
     """The hub as an aiohttp application; run it with :func:`serve` or a test client."""
     limiter = RateLimiter(settings.rate_limit_per_min)
+    failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_s)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, make_auth_middleware(settings.api_keys, limiter)],
+        middlewares=[error_middleware, make_auth_middleware(settings.api_keys, limiter, failures)],
     )
     app[SETTINGS] = settings
     app[BUS] = Bus()
     app[METRICS] = Metrics()
     app[LIMITER] = limiter
+    app[AUTH_FAILURES] = failures
     app[SOCKETS] = set()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_router_ctx)

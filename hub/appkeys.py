@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from hub.auth import RateLimiter
+    from hub.auth import AuthFailures, RateLimiter
     from hub.bus import Bus
     from hub.metrics import Metrics
     from hub.router import Router
@@ -20,4 +20,5 @@ BUS: web.AppKey[Bus] = web.AppKey("bus")
 ROUTER: web.AppKey[Router] = web.AppKey("router")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+AUTH_FAILURES: web.AppKey[AuthFailures] = web.AppKey("auth_failures")
 SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")

@@ -1,10 +1,14 @@
-"""API keys for the HTTP API and the monitor, and per-key rate limits."""
+"""API keys for the HTTP API and the monitor, per-key rate limits, and a limit on failed
+authentications per client address (for the API, the feed and the node socket alike)."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import math
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -59,8 +63,91 @@ class RateLimiter:
         return (1.0 - tokens) / rate
 
 
-def make_auth_middleware(keys: list[str], limiter: RateLimiter) -> Any:
-    """Refuse API calls without a valid Bearer key when ``HUB_API_KEYS`` is set."""
+def client_address(request: web.Request) -> str:
+    """Who a request comes from, for :class:`AuthFailures`: its peer's IP address.
+
+    An IPv6 client counts as its /64 network (one host usually holds all of it); an
+    IPv4-mapped address as the IPv4 one.
+    """
+    remote = request.remote or ""
+    try:
+        ip = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return remote or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class AuthFailures:
+    """Failed authentications per client address, in a sliding window.
+
+    An address with ``limit`` failures in the last ``window_s`` seconds is refused
+    without its credentials being checked, until the oldest of them leaves the window.
+    Refused attempts do not count; successful ones are not slowed. ``limit`` 0 turns
+    it off. ``clock`` is injectable for tests; at most ``max_clients`` addresses are
+    remembered (the stalest are forgotten first).
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 10_000,
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self.max_clients = max_clients
+        self._failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, client: str) -> float:
+        """0 when ``client`` may try, else the seconds until it may."""
+        failures = self._failures.get(client)
+        if self.limit <= 0 or failures is None:
+            return 0.0
+        now = self.clock()
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return 0.0
+        if len(failures) < self.limit:
+            return 0.0
+        return failures[0] + self.window_s - now
+
+    def failed(self, client: str) -> None:
+        """Count a failed authentication of ``client``."""
+        if self.limit <= 0:
+            return
+        failures = self._failures.pop(client, None) or deque(maxlen=self.limit)
+        failures.append(self.clock())
+        self._failures[client] = failures  # last in the dict: the most recently failed
+        if len(self._failures) > self.max_clients:
+            del self._failures[next(iter(self._failures))]
+
+    def refusal(self, client: str) -> tuple[str, int] | None:
+        """None when ``client`` may try; else why not, and the whole seconds to wait."""
+        wait = self.retry_after(client)
+        if wait <= 0:
+            return None
+        seconds = max(1, math.ceil(wait))
+        return (
+            f"too many failed authentications from {client} ({self.limit} in "
+            f"{self.window_s:g} s); retry in {seconds} s",
+            seconds,
+        )
+
+
+def make_auth_middleware(keys: list[str], limiter: RateLimiter, failures: AuthFailures) -> Any:
+    """Refuse API calls without a valid Bearer key when ``HUB_API_KEYS`` is set.
+
+    An address with too many failures is refused (429) before its key is checked.
+    """
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -68,11 +155,22 @@ def make_auth_middleware(keys: list[str], limiter: RateLimiter) -> Any:
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in SELF_AUTH_PATHS:
             return await handler(request)
         key = bearer(request)
-        if keys and not key_matches(key, keys):
-            raise Unauthorized(
-                "missing or invalid API key: send 'Authorization: Bearer <key>' "
-                "with one of the keys in HUB_API_KEYS"
-            )
+        if keys:
+            client = client_address(request)
+            refused = failures.refusal(client)
+            if refused is not None:
+                reason, seconds = refused
+                raise RateLimited(
+                    f"{reason}; the key was not checked",
+                    code="too_many_auth_failures",
+                    headers={"Retry-After": str(seconds)},
+                )
+            if not key_matches(key, keys):
+                failures.failed(client)
+                raise Unauthorized(
+                    "missing or invalid API key: send 'Authorization: Bearer <key>' "
+                    "with one of the keys in HUB_API_KEYS"
+                )
         wait = limiter.check(key or request.remote or "")
         if wait > 0:
             raise RateLimited(

@@ -11,10 +11,10 @@ ApiError                 status, type, code, param
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -100,7 +100,7 @@ def error_response(err: ApiError, run_id: str | None = None) -> web.Response:
     headers = dict(err.headers)
     if run_id:
         headers["X-Run-ID"] = run_id
-    response = web.json_response(err.body(), status=err.status, headers=headers)
+    response = json_response(err.body(), status=err.status, headers=headers)
     if err.close_connection:
         response.force_close()
     return response
@@ -167,6 +167,15 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 BODY_TIMEOUT_S = 60.0
 
 
+def json_response(
+    body: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """``web.json_response``, encoded by orjson (it is on every API answer)."""
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON (UTF-8, as RFC 8259 says), or :class:`BadRequest`.
 
@@ -199,16 +208,16 @@ async def read_json(request: web.Request) -> Any:
         slow.close_connection = True
         raise slow from None
     try:
-        body = json.loads(raw)
-        # Encoding it back is what the store will do; a lone surrogate fails here.
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest(
-            "the body holds text that is not valid Unicode (a lone surrogate)",
-            code="invalid_json",
-        ) from None
-    except ValueError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    except RecursionError:
-        raise BadRequest("the body is nested too deeply", code="invalid_json") from None
-    return body
+        # orjson is strict where the store must be: it refuses invalid UTF-8, lone
+        # surrogates ("\ud800"), NaN and Infinity, and nesting past 1024 levels.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc)
+        if "surrogate" in reason or "UTF-8" in reason:
+            raise BadRequest(
+                "the body holds text that is not valid Unicode (a lone surrogate or bad UTF-8)",
+                code="invalid_json",
+            ) from None
+        if "depth limit" in reason:
+            raise BadRequest("the body is nested too deeply", code="invalid_json") from None
+        raise BadRequest(f"the body is not valid JSON: {reason}", code="invalid_json") from None

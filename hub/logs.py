@@ -39,6 +39,8 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import IO, Any, Literal
 
+import orjson
+
 __all__ = [
     "ClientErrorFilter",
     "JsonFormatter",
@@ -109,9 +111,45 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}"), "Bearer " + MASK),
 )
 
+# Hints: looser forms of the shapes above (no word boundaries, no lookarounds), so that
+# one search proves most text clean without running every substitution. Each matches
+# wherever its shape does, in text and in that text's JSON encoding alike (the parts they
+# match never contain a character JSON escapes). A hint that matches only sends the text
+# through the full masking, so being loose costs time, never correctness.
+_SHAPE_HINTS = (
+    r"xox[a-z]-",
+    r"xapp-",
+    r"sk-[A-Za-z0-9_-]{16,}",
+    r"bot\d+:",
+    r"\d{5,}:[A-Za-z0-9_-]{30,}",
+    r"Bearer",
+)
+
 _secrets_lock = threading.Lock()
 _secrets: set[str] = set()
 _secrets_re: re.Pattern[str] | None = None
+
+
+class _Hints:
+    """Compiled hints for the secrets registered now: text, and JSON bytes from orjson."""
+
+    def __init__(self, secrets: set[str]) -> None:
+        ordered = sorted(secrets, key=len, reverse=True)
+        text = [re.escape(s) for s in ordered]
+        # orjson writes non-ASCII as UTF-8 and escapes only '"', '\\' and control
+        # characters: a secret is in the JSON either as it is or in that escaped form.
+        raw: list[bytes] = []
+        for secret in ordered:
+            for form in {secret.encode(), orjson.dumps(secret)[1:-1]}:
+                raw.append(re.escape(form))
+        shapes = "|".join(_SHAPE_HINTS)
+        self.text_secrets = re.compile("|".join(text)) if text else None
+        self.text_all = re.compile("|".join([*text, shapes]))
+        self.json_secrets = re.compile(b"|".join(raw)) if raw else None
+        self.json_all = re.compile(b"|".join([*raw, shapes.encode()]))
+
+
+_hints = _Hints(set())
 
 
 def register_secret(value: object) -> None:
@@ -120,7 +158,7 @@ def register_secret(value: object) -> None:
     Values of 8 characters or more are masked wherever they appear, shorter ones where
     they stand alone (not inside a longer word). Empty values are ignored.
     """
-    global _secrets_re
+    global _secrets_re, _hints
     if hasattr(value, "get_secret_value"):
         value = value.get_secret_value()
     if not isinstance(value, str) or not value.strip():
@@ -132,6 +170,7 @@ def register_secret(value: object) -> None:
         # Longest first, so a secret that contains another is masked whole.
         ordered = sorted(_secrets, key=len, reverse=True)
         _secrets_re = re.compile("|".join(_secret_pattern(s) for s in ordered))
+        _hints = _Hints(_secrets)
 
 
 # Below this length a secret is masked only where it stands alone: a (weak) token "t"
@@ -174,10 +213,11 @@ def _looks_like_credential(env_name: str) -> bool:
 
 def forget_secrets() -> None:
     """Drop every registered secret (tests use it to start clean)."""
-    global _secrets_re
+    global _secrets_re, _hints
     with _secrets_lock:
         _secrets.clear()
         _secrets_re = None
+        _hints = _Hints(set())
 
 
 def redact(text: str, *, shapes: bool = True) -> str:
@@ -186,6 +226,10 @@ def redact(text: str, *, shapes: bool = True) -> str:
     ``shapes=False`` masks registered secrets only: for text that is someone's content
     (codex's answer), where a token-shaped example is not a leak but a secret is.
     """
+    hints = _hints
+    hint = hints.text_all if shapes else hints.text_secrets
+    if hint is None or hint.search(text) is None:
+        return text  # the common case: one search, no copy
     secrets_re = _secrets_re
     if secrets_re is not None:
         text = secrets_re.sub(MASK, text)
@@ -196,15 +240,35 @@ def redact(text: str, *, shapes: bool = True) -> str:
 
 
 def redact_json(value: Any, *, shapes: bool = True) -> Any:
-    """A JSON-like value with :func:`redact` applied to every string in it, keys too."""
+    """A JSON-like value with :func:`redact` applied to every string in it, keys too.
+
+    A value with nothing to mask comes back as it is (the same object); otherwise the
+    result is a copy, with lists for tuples.
+    """
+    if isinstance(value, str):
+        return redact(value, shapes=shapes)
+    if isinstance(value, dict | list | tuple):
+        hints = _hints
+        hint = hints.json_all if shapes else hints.json_secrets
+        if hint is None:
+            return value
+        try:
+            encoded = orjson.dumps(value)
+        except TypeError:  # not plain JSON (a key that is not a str, a huge int): walk it
+            pass
+        else:
+            if hint.search(encoded) is None:
+                return value
+    return _redact_walk(value, shapes)
+
+
+def _redact_walk(value: Any, shapes: bool) -> Any:
     if isinstance(value, str):
         return redact(value, shapes=shapes)
     if isinstance(value, dict):
-        return {
-            redact_json(k, shapes=shapes): redact_json(v, shapes=shapes) for k, v in value.items()
-        }
+        return {_redact_walk(k, shapes): _redact_walk(v, shapes) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [redact_json(v, shapes=shapes) for v in value]
+        return [_redact_walk(v, shapes) for v in value]
     return value
 
 

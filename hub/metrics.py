@@ -7,7 +7,7 @@ scraped, so they are never stale.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -54,6 +54,7 @@ class Metrics:
     """The hub's metric families, in a registry of their own."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry()
         self.runs = Counter(
             "codex_hub_runs",
@@ -88,7 +89,7 @@ class Metrics:
         self._gauges.router = router
 
     def run_submitted(self, run: Run) -> None:
-        self.submitted.labels(run.source).inc()
+        self._child(self.submitted, run.source).inc()
 
     def run_assigned(self, run: Run, assigned_at: float) -> None:
         """Time a run spent waiting for an executor."""
@@ -96,9 +97,18 @@ class Metrics:
 
     def run_finished(self, run: Run) -> None:
         """Count a finished run and its duration."""
-        self.runs.labels(run.state, run.source).inc()
+        self._child(self.runs, run.state, run.source).inc()
         if run.finished_at is not None:
-            self.duration.labels(run.state).observe(max(0.0, run.finished_at - run.created_at))
+            took = max(0.0, run.finished_at - run.created_at)
+            self._child(self.duration, run.state).observe(took)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` is slow, runs are many."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         """The text exposition format."""

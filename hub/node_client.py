@@ -20,7 +20,13 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from hub.protocol import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED
+from hub.protocol import (
+    BATCH_SINCE,
+    CLOSE_BAD_HELLO,
+    CLOSE_UNAUTHORIZED,
+    PROTOCOL_VERSION,
+    batch_messages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,8 @@ class NodeClient:
         self.connections = 0
         self._ws: ClientConnection | None = None
         self._out: asyncio.Queue[str] = asyncio.Queue()
+        #: The hub takes several frames in one message (it said protocol >= 2).
+        self._batches = False
         self._task: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Frame]] = {}
         self._frame_tasks: set[asyncio.Task[None]] = set()
@@ -152,15 +160,19 @@ class NodeClient:
             compression=None,  # small JSON frames: deflate costs more CPU than it saves
         ) as ws:
             self._ws = ws
-            await ws.send(orjson.dumps(self._hello()).decode())
+            hello = {**self._hello(), "protocol": PROTOCOL_VERSION}
+            await ws.send(orjson.dumps(hello).decode())
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a close that
             # lands together with the welcome, and close() would then wait for ever.
             async with asyncio.timeout(10):
                 raw = await ws.recv()
-            welcome = orjson.loads(raw)
-            if welcome.get("type") != "welcome":
+            # The welcome may come first in a batch (this node said it takes batches).
+            first = orjson.loads(raw)
+            welcome, *early = first if isinstance(first, list) and first else [first]
+            if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
                 raise ConnectionError(f"unexpected first frame from the hub: {welcome!r}")
             self._out = asyncio.Queue()
+            self._batches = int(welcome.get("protocol") or 1) >= BATCH_SINCE
             self.state = State.CONNECTED
             self.connections += 1
             self.last_close = None
@@ -170,15 +182,12 @@ class NodeClient:
             try:
                 if self._on_connect is not None:
                     await self._on_connect()
+                for frame in early:
+                    self._receive(frame)
                 async for raw in ws:
-                    frame = orjson.loads(raw)
-                    req_id = frame.get("req_id")
-                    if req_id and req_id in self._pending and frame.get("type") != "deliver":
-                        fut = self._pending.pop(req_id)
-                        if not fut.done():
-                            fut.set_result(frame)
-                        continue
-                    self._dispatch(frame)
+                    data = orjson.loads(raw)
+                    for frame in data if isinstance(data, list) else (data,):
+                        self._receive(frame)
             except ConnectionClosed:
                 pass
             finally:
@@ -196,6 +205,15 @@ class NodeClient:
                 elif not closing:
                     log.warning("%s: lost the hub (%s %s); reconnecting", self.name, code, reason)
 
+    def _receive(self, frame: Frame) -> None:
+        req_id = frame.get("req_id")
+        if req_id and req_id in self._pending and frame.get("type") != "deliver":
+            fut = self._pending.pop(req_id)
+            if not fut.done():
+                fut.set_result(frame)
+            return
+        self._dispatch(frame)
+
     def _dispatch(self, frame: Frame) -> None:
         # Frames are handled in arrival order per run, but one slow handler (a Slack
         # post) must not stop the others: each gets a task the client owns.
@@ -210,9 +228,16 @@ class NodeClient:
             log.exception("%s: handling a %s frame failed", self.name, frame.get("type"))
 
     async def _write(self, ws: ClientConnection) -> None:
+        out = self._out
         while True:
-            data = await self._out.get()
-            await ws.send(data)
+            data = await out.get()
+            if not self._batches or out.empty():
+                await ws.send(data)
+                continue
+            # Frames queued while the last message was written go in one message: a
+            # short run's state, events and result cost the hub one read, not five.
+            for message in batch_messages(data, out):
+                await ws.send(message)
 
     def _fail_pending(self) -> None:
         for fut in self._pending.values():

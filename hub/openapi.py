@@ -264,7 +264,10 @@ ERRORS = {
     "413": "The body is larger than HUB_MAX_BODY_BYTES.",
     "415": "The body is not JSON, or is compressed (Content-Encoding).",
     "422": "The prompt optimizer judged the request not executable.",
-    "429": "The queue is full (HUB_QUEUE_LIMIT) or the key's rate limit is reached (Retry-After).",
+    "429": (
+        "The queue is full (HUB_QUEUE_LIMIT), the key's rate limit is reached, or the "
+        "address sent too many wrong keys (HUB_AUTH_FAILURE_LIMIT); see Retry-After."
+    ),
     "502": "codex or the executor failed.",
     "503": "codex is not logged in, no executor can take runs, or the hub is shutting down.",
     "504": "The run timed out.",

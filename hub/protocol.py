@@ -1,23 +1,30 @@
 """The hub's wire protocol: JSON text frames over the websocket at ``/ws``.
 
 Defined once, here, and used by every node (executors and bridges). Each frame is one
-JSON object with a ``type``. The full narrative, with a sequence diagram, is in
-``docs/protocol.md``; this module is the source of truth for the shapes.
+JSON object with a ``type``. This docstring tells the story; the models below are the
+source of truth for the shapes.
+
+A websocket message holds one frame, or (protocol 2) a batch: a JSON array of frames,
+applied in order as if each had come alone. A side sends batches only to a peer that
+said it takes them: a node puts ``"protocol": 2`` in its hello, the hub puts it in its
+welcome. Writers batch what queued up while they were busy (at most 256 frames, 1 MiB),
+so a quiet link still sends every frame at once, and a busy one sends fewer messages.
 
 Connection
 ----------
 1. The node opens ``/ws`` and sends ``hello`` first (within 10 s)::
 
        {"type": "hello", "role": "executor" | "bridge", "token": HUB_TOKEN,
+        "protocol": 2,                     # optional; 1 when absent (no batches)
         "node_id": "stable id chosen by the node", "name": "host-1",
         "capacity": 4,                     # executors: parallel runs
         "platform": "slack",               # bridges: whose replies it delivers
         "login": {"logged_in": true, "detail": "..."},   # executors
         "active_runs": ["run-id", ...]}    # executors: runs still going after a reconnect
 
-2. The hub answers ``welcome`` ({"type": "welcome", "node_id", "protocol": 1}) or closes
+2. The hub answers ``welcome`` ({"type": "welcome", "node_id", "protocol": 2}) or closes
    with one of the ``CLOSE_*`` codes below and a reason (wrong or missing token,
-   malformed hello, unknown role).
+   malformed hello, unknown role, too many failed tokens from the node's address).
 
 Executor <-> hub
 ----------------
@@ -62,17 +69,26 @@ use; it never closes the connection by itself. Liveness is websocket ping/pong.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: From this version on a message may carry a batch: a JSON array of frames.
+BATCH_SINCE = 2
+#: A batch stays well under the hub's 4 MiB message limit and holds at most this many.
+BATCH_MAX_BYTES = 1 << 20
+BATCH_MAX_FRAMES = 256
 
 #: Close codes the hub uses (4000-4999 is the application range).
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_BAD_HELLO = 4002
 CLOSE_REPLACED = 4003
 CLOSE_HELLO_TIMEOUT = 4008
+#: Too many failed HUB_TOKEN (or API key) checks from the node's address: try later.
+CLOSE_RATE_LIMITED = 4029
 
 RunState = Literal[
     "queued",
@@ -103,6 +119,8 @@ class LoginState(_Frame):
 class Hello(_Frame):
     type: Literal["hello"]
     role: Literal["executor", "bridge"]
+    #: The node's protocol version: 2 and later take batches from the hub.
+    protocol: int = Field(1, ge=1)
     token: str = ""
     node_id: str = Field(min_length=1, max_length=200)
     name: str = Field("", max_length=200)
@@ -194,6 +212,33 @@ BridgeFrame = Annotated[
 HELLO = TypeAdapter(Hello)
 EXECUTOR_FRAME: TypeAdapter[Any] = TypeAdapter(ExecutorFrame)
 BRIDGE_FRAME: TypeAdapter[Any] = TypeAdapter(BridgeFrame)
+
+
+def batch_messages(first: str, queue: asyncio.Queue[Any]) -> Iterator[str]:
+    """``first`` and the encoded frames waiting in ``queue``, as few messages as fit.
+
+    Takes what is queued now (never waits); stops at a ``None`` left in the queue (a
+    writer's stop signal, put back for the writer to see). A frame too big to share a
+    message goes alone.
+    """
+    parts = [first]
+    size = len(first)
+    while not queue.empty():
+        data = queue.get_nowait()
+        if data is None:
+            queue.put_nowait(None)
+            break
+        if len(parts) >= BATCH_MAX_FRAMES or size + len(data) > BATCH_MAX_BYTES:
+            yield _batch(parts)
+            parts, size = [], 0
+        parts.append(data)
+        size += len(data) + 1
+    if parts:
+        yield _batch(parts)
+
+
+def _batch(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else "[" + ",".join(parts) + "]"
 
 
 def error_frame(code: str, message: str, req_id: str | None = None) -> dict[str, Any]:

@@ -124,6 +124,8 @@ class Live:
     cancel_requested: bool = False
     session_gen: int = 0
     last_detail: str | None = None
+    #: Once finishing: True when its end is on disk, False when the store failed.
+    stored: asyncio.Future[bool] | None = None
 
 
 @dataclass
@@ -177,6 +179,8 @@ class Router:
         self._next_send: dict[str, float] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Ends the store failed to write, by run id: written when the result comes again.
+        self._unstored: dict[str, tuple[Run, Delivery | None, Any, Any]] = {}
         self._redeliver_task: asyncio.Task[None] | None = None
         self.metrics = metrics
         self.closing = False
@@ -632,14 +636,16 @@ class Router:
 
     async def _on_result(self, link: Link, frame: ResultFrame) -> None:
         live = self.live.get(frame.run_id)
+        stored = True
         if live is not None and live.run.executor == link.node_id:
             if live.finishing:
-                await asyncio.shield(live.done)
+                if live.stored is not None:
+                    stored = await asyncio.shield(live.stored)
             else:
                 status = frame.status
                 if live.cancel_requested and status == "failed":
                     status = "cancelled"
-                await self._finish(
+                stored = await self._finish(
                     live,
                     status,
                     answer=frame.answer,
@@ -648,8 +654,17 @@ class Router:
                     error=frame.error,
                     effective_prompt=frame.effective_prompt,
                 )
-        # Acknowledge even a result the hub no longer waits for, or the executor keeps it.
-        link.send({"type": "result_ack", "run_id": frame.run_id})
+        elif frame.run_id in self._unstored:
+            # Sent again after the store failed to record the run's end: try once more
+            # (without the reply if the bridge has acknowledged it meanwhile).
+            run, delivery, session, event = self._unstored[frame.run_id]
+            if delivery is not None and delivery.id not in self.pending:
+                delivery = None
+            stored = await self._store_end(run, delivery, session, event)
+        # Acknowledge even a result the hub no longer waits for, or the executor keeps it;
+        # but not one whose end the store failed to record: the executor keeps that.
+        if stored:
+            link.send({"type": "result_ack", "run_id": frame.run_id})
 
     # frames from bridges
 
@@ -680,7 +695,22 @@ class Router:
                 )
             except RouterError as exc:
                 return error_frame(exc.code, str(exc), frame.req_id)
-            await self.store.flush()  # the bridge hears "submitted" only once it is on disk
+            try:
+                await self.store.flush()  # the bridge hears "submitted" only once on disk
+            except Exception:
+                # Not on disk: refuse it, rather than run what the bridge hears failed.
+                log.exception(
+                    "run %s: the store failed; refusing it",
+                    ticket.run.id,
+                    extra={"run_id": ticket.run.id},
+                )
+                if not ticket.duplicate:
+                    await self.cancel(ticket.run.id, "the hub could not store this request")
+                return error_frame(
+                    "store_error",
+                    "the hub could not store this request, so it will not run; try again",
+                    frame.req_id,
+                )
             return {
                 "type": "submitted",
                 "req_id": frame.req_id,
@@ -719,10 +749,16 @@ class Router:
 
     # finishing
 
-    async def _finish(self, live: Live, status: str, **fields: Any) -> None:
+    async def _finish(self, live: Live, status: str, **fields: Any) -> bool:
+        """End a run; True once its end is on disk (False: the store failed, logged).
+
+        Whatever the store does, the caller is answered, the reply goes to the bridge
+        and the run's slot, session and in-memory state are released.
+        """
         if live.finishing:
-            return
+            return False
         live.finishing = True
+        live.stored = asyncio.get_running_loop().create_future()
         run = live.run
         now = time.time()
         for name, value in fields.items():
@@ -767,7 +803,11 @@ class Router:
         # the result until result_ack, which is sent only after the commit below.
         if not live.done.done():
             live.done.set_result(run)
-        await self.store.finish_run(run, delivery, session, (seq, ts, "state", final, None))
+        stored = False
+        try:
+            stored = await self._store_end(run, delivery, session, (seq, ts, "state", final, None))
+        finally:
+            live.stored.set_result(stored)  # also when cancelled: nobody waits for ever
         self.live.pop(run.id, None)
         if run.dedupe_key:
             self._dedupe.pop(run.dedupe_key, None)
@@ -777,7 +817,44 @@ class Router:
             self._send_delivery(delivery)
         if self.metrics is not None:
             self.metrics.run_finished(run)
-        log.info("run %s ended %s", run.id, status, extra={"run_id": run.id})
+        # A success is in the store, the metrics and the monitor: a line for each would
+        # cost the hub a tenth of its time at full load (see docs/benchmarks.md).
+        # Every other ending is worth an operator's eye, with its reason.
+        if status == "succeeded":
+            log.debug("run %s ended %s", run.id, status, extra={"run_id": run.id})
+        else:
+            log.info(
+                "run %s ended %s: %s",
+                run.id,
+                status,
+                (run.error or {}).get("message", "no reason given"),
+                extra={"run_id": run.id},
+            )
+        return stored
+
+    async def _store_end(
+        self, run: Run, delivery: Delivery | None, session: Any, event: Any
+    ) -> bool:
+        """Write a run's end; on failure log it once and keep it to write again.
+
+        The result is then not acknowledged: the executor keeps it and sends it again
+        (after a reconnect, or to a restarted hub), and that retries the write.
+        """
+        try:
+            await self.store.finish_run(run, delivery, session, event)
+        except Exception:
+            log.exception(
+                "run %s ended %s but the store could not record it (its caller and "
+                "bridge are answered from memory; the result is not acknowledged)",
+                run.id,
+                run.state,
+                extra={"run_id": run.id},
+            )
+            if run.executor is not None:  # only an executor sends a result again
+                self._unstored[run.id] = (run, delivery, session, event)
+            return False
+        self._unstored.pop(run.id, None)
+        return True
 
     # deliveries
 

@@ -71,6 +71,8 @@ class HubSettings(LogSettings):
     keepalive_s: float = Field(5.0, alias="HUB_KEEPALIVE_S", gt=0)
     redeliver_s: float = Field(10.0, alias="HUB_REDELIVER_S", gt=0)
     rate_limit_per_min: int = Field(0, alias="HUB_RATE_LIMIT_PER_MIN", ge=0)
+    auth_failure_limit: int = Field(10, alias="HUB_AUTH_FAILURE_LIMIT", ge=0)
+    auth_failure_window_s: float = Field(60.0, alias="HUB_AUTH_FAILURE_WINDOW_S", gt=0)
 
     _split_keys = field_validator("api_keys", mode="before")(split_csv)
 

@@ -12,17 +12,23 @@ import asyncio
 import hmac
 import json
 import logging
+import re
+from collections.abc import Awaitable
 from typing import Any
 
+import orjson
 from aiohttp import WSMsgType, web
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from hub.appkeys import ROUTER, SETTINGS, SOCKETS
+from hub.appkeys import AUTH_FAILURES, ROUTER, SETTINGS, SOCKETS
+from hub.auth import client_address
 from hub.logs import redact, redact_json
 from hub.protocol import (
+    BATCH_SINCE,
     BRIDGE_FRAME,
     CLOSE_BAD_HELLO,
     CLOSE_HELLO_TIMEOUT,
+    CLOSE_RATE_LIMITED,
     CLOSE_UNAUTHORIZED,
     EXECUTOR_FRAME,
     HELLO,
@@ -31,6 +37,7 @@ from hub.protocol import (
     ResultFrame,
     StateFrame,
     StatusFrame,
+    batch_messages,
     error_frame,
 )
 from hub.router import Router
@@ -44,16 +51,18 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 class WsLink:
     """A connected node: frames are queued and written by a task of its own."""
 
-    def __init__(self, ws: web.WebSocketResponse, node_id: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, node_id: str, batches: bool = False) -> None:
         self.ws = ws
         self.node_id = node_id
+        #: The node takes several frames in one message (its hello said protocol >= 2).
+        self.batches = batches
         self._out: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name=f"WsLink:{node_id}:writer")
         self._close_task: asyncio.Task[Any] | None = None
 
     def send(self, frame: dict[str, Any]) -> None:
         """Queue a frame for the node; never waits."""
-        self._out.put_nowait(json.dumps(frame, separators=(",", ":")))
+        self._out.put_nowait(orjson.dumps(frame).decode())
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with ``code`` after the frames already queued."""
@@ -64,12 +73,16 @@ class WsLink:
             )
 
     async def _write_loop(self) -> None:
+        out = self._out
         while True:
-            data = await self._out.get()
+            data = await out.get()
             if data is None:
                 return
+            # What queued up while the last message was written goes in one message.
+            messages = batch_messages(data, out) if self.batches else (data,)
             try:
-                await self.ws.send_str(data)
+                for message in messages:
+                    await self.ws.send_str(message)
             except (ConnectionError, RuntimeError):
                 return
 
@@ -114,9 +127,14 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
             hello = HELLO.validate_json(first.data)
         except ValidationError as exc:
             return await _refuse(ws, CLOSE_BAD_HELLO, f"bad hello: {_first_error(exc)}")
+        client = client_address(request)
+        refused = request.app[AUTH_FAILURES].refusal(client)
+        if refused is not None:  # the token is not even checked
+            return await _refuse(ws, CLOSE_RATE_LIMITED, refused[0])
         if not token_ok(hello.token, settings.token.get_secret_value()):
+            request.app[AUTH_FAILURES].failed(client)
             return await _refuse(ws, CLOSE_UNAUTHORIZED, "wrong or missing HUB_TOKEN")
-        link = WsLink(ws, hello.node_id)
+        link = WsLink(ws, hello.node_id, batches=hello.protocol >= BATCH_SINCE)
         link.send({"type": "welcome", "node_id": hello.node_id, "protocol": PROTOCOL_VERSION})
         try:
             if hello.role == "executor":
@@ -148,23 +166,18 @@ async def _serve_executor(ws: web.WebSocketResponse, link: WsLink, router: Route
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
-            try:
-                frame = _masked(EXECUTOR_FRAME.validate_json(msg.data))
-            except ValidationError as exc:
-                link.send(error_frame("bad_frame", _first_error(exc)))
-                continue
-            if not _storable(frame):
-                link.send(error_frame("bad_frame", UNSTORABLE))
-                continue
-            if isinstance(frame, ResultFrame):
-                # Results wait for the store; other runs' frames need not wait with them.
-                task = asyncio.create_task(
-                    router.on_executor_frame(link, frame), name=f"result:{frame.run_id}"
-                )
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            else:
-                await router.on_executor_frame(link, frame)
+            for valid in _frames(link, msg.data, EXECUTOR_FRAME):
+                frame = _masked(valid)
+                if isinstance(frame, ResultFrame):
+                    # Results wait for the store; other runs' frames need not wait.
+                    task = asyncio.create_task(
+                        _apply(link, frame, router.on_executor_frame(link, frame)),
+                        name=f"result:{frame.run_id}",
+                    )
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                else:
+                    await _apply(link, frame, router.on_executor_frame(link, frame))
     finally:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -174,18 +187,74 @@ async def _serve_bridge(ws: web.WebSocketResponse, link: WsLink, router: Router)
     async for msg in ws:
         if msg.type != WSMsgType.TEXT:
             continue
+        for frame in _frames(link, msg.data, BRIDGE_FRAME):
+            await _apply(link, frame, router.on_bridge_frame(link, frame))
+
+
+def _frames(link: WsLink, data: str, adapter: TypeAdapter[Any]) -> list[Any]:
+    """The usable frames of one message: one frame, or a batch (a JSON array of them).
+
+    Each frame that is malformed or holds what the store cannot write is answered with
+    an ``error`` (``bad_frame``, with its ``req_id`` when it has one) and left out; the
+    rest of a batch is applied all the same.
+    """
+    if data[:1] != "[":
         try:
-            frame = BRIDGE_FRAME.validate_json(msg.data)
+            frame = adapter.validate_json(data)
         except ValidationError as exc:
-            req_id = _req_id(msg.data)
+            link.send(error_frame("bad_frame", _first_error(exc), _req_id(data)))
+            return []
+        if not _storable(frame, data):
+            link.send(error_frame("bad_frame", UNSTORABLE, getattr(frame, "req_id", None)))
+            return []
+        return [frame]
+    try:
+        items = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        link.send(error_frame("bad_frame", f"the batch is not valid JSON: {exc}"))
+        return []
+    long_numbers = _LONG_NUMBER.search(data) is not None
+    frames = []
+    for item in items:
+        req_id = item.get("req_id") if isinstance(item, dict) else None
+        req_id = req_id if isinstance(req_id, str) else None
+        try:
+            frame = adapter.validate_python(item)
+        except ValidationError as exc:
             link.send(error_frame("bad_frame", _first_error(exc), req_id))
             continue
-        if not _storable(frame):
-            link.send(error_frame("bad_frame", UNSTORABLE, getattr(frame, "req_id", None)))
+        if long_numbers and not _storable(frame):
+            link.send(error_frame("bad_frame", UNSTORABLE, req_id))
             continue
-        reply = await router.on_bridge_frame(link, frame)
-        if reply is not None:
-            link.send(reply)
+        frames.append(frame)
+    return frames
+
+
+async def _apply(link: WsLink, frame: Any, applying: Awaitable[dict[str, Any] | None]) -> None:
+    """Apply one frame and send its answer; if that fails, only this frame is lost.
+
+    The failure is logged and the node hears an ``error`` (with the frame's ``req_id``);
+    the connection stays.
+    """
+    try:
+        reply = await applying
+    except Exception:
+        run_id = getattr(frame, "run_id", None)
+        log.exception(
+            "node %s: handling its %s frame failed%s",
+            link.node_id,
+            frame.type,
+            f" (run {run_id})" if run_id else "",
+            extra={"run_id": run_id} if run_id else None,
+        )
+        reply = error_frame(
+            "internal_error",
+            f"the hub failed to handle this {frame.type} frame (its log says why); "
+            "the connection stays open",
+            getattr(frame, "req_id", None),
+        )
+    if reply is not None:
+        link.send(reply)
 
 
 #: The store writes JSON with orjson, which holds integers of 64 bits at most.
@@ -193,8 +262,18 @@ _INT_RANGE = range(-(2**63), 2**64)
 UNSTORABLE = "a number in the frame does not fit in 64 bits"
 
 
-def _storable(frame: Any) -> bool:
-    """True when the store can write every value of ``frame`` (free-form dicts included)."""
+#: Digits enough for an integer past 64 bits; JSON cannot spell such a number shorter.
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
+def _storable(frame: Any, raw: str | None = None) -> bool:
+    """True when the store can write every value of ``frame`` (free-form dicts included).
+
+    ``raw`` is the frame's JSON text: without 19 digits in a row it holds no integer
+    that could be too big, and the walk is skipped.
+    """
+    if raw is not None and _LONG_NUMBER.search(raw) is None:
+        return True
     stack: list[Any] = [frame.model_dump()]
     while stack:
         value = stack.pop()
@@ -214,18 +293,24 @@ def _masked(frame: Any) -> Any:
     it): they lose registered secrets and credential-shaped tokens. The answer and the
     effective prompt are codex's and the user's text: they lose registered secrets only.
     """
+    # redact/redact_json return their argument itself when nothing needed masking: then
+    # the frame is kept as it is (copying a model is most of the cost of this check).
     if isinstance(frame, EventFrame):
-        return frame.model_copy(update={"event": redact_json(frame.event)})
+        event = redact_json(frame.event)
+        return frame if event is frame.event else frame.model_copy(update={"event": event})
     if isinstance(frame, StateFrame) and frame.effective_prompt is not None:
-        return frame.model_copy(
-            update={"effective_prompt": redact(frame.effective_prompt, shapes=False)}
-        )
+        prompt = redact(frame.effective_prompt, shapes=False)
+        if prompt is frame.effective_prompt:
+            return frame
+        return frame.model_copy(update={"effective_prompt": prompt})
     if isinstance(frame, ResultFrame):
         update: dict[str, Any] = {"answer": redact(frame.answer, shapes=False)}
         if frame.error is not None:
             update["error"] = redact_json(frame.error)
         if frame.effective_prompt is not None:
             update["effective_prompt"] = redact(frame.effective_prompt, shapes=False)
+        if all(value is getattr(frame, name) for name, value in update.items()):
+            return frame
         return frame.model_copy(update=update)
     if isinstance(frame, StatusFrame) and frame.login is not None:
         login = frame.login.model_copy(update={"detail": redact(frame.login.detail)})

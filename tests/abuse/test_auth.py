@@ -25,9 +25,10 @@ from websockets.exceptions import ConnectionClosed
 
 from hub.api_runs import MONITOR_DIR
 from hub.app import HubServer
-from hub.appkeys import ROUTER, STORE
+from hub.appkeys import AUTH_FAILURES, ROUTER, STORE
+from hub.auth import AuthFailures, client_address
 from hub.openapi import document
-from hub.protocol import CLOSE_UNAUTHORIZED
+from hub.protocol import CLOSE_RATE_LIMITED, CLOSE_UNAUTHORIZED
 from hub.settings import HubSettings
 from tests.abuse.conftest import API_KEY, AUTH, CHAT, assert_serving
 from tests.abuse.procs import feed_messages
@@ -266,3 +267,158 @@ async def test_a_key_over_its_rate_limit_gets_429_with_retry_after(
         for _ in range(LIMIT * 2):
             async with http.get("/healthz") as resp:
                 assert resp.status == 200
+
+
+# --- failed authentications per address -------------------------------------------------
+
+#: Another client address: Linux routes all of 127.0.0.0/8 to the loopback interface.
+OTHER_ADDRESS = "127.0.0.2"
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def guarded_settings(hub_settings: HubSettings) -> HubSettings:
+    """The test hub with the default limit on failed authentications per address."""
+    defaults = HubSettings.model_fields
+    return hub_settings.model_copy(
+        update={
+            "auth_failure_limit": defaults["auth_failure_limit"].default,
+            "auth_failure_window_s": defaults["auth_failure_window_s"].default,
+        }
+    )
+
+
+async def hello_close(url: str, token: str, local: str = "127.0.0.1") -> tuple[int | None, str]:
+    """Say hello with `token` from address `local`: (close code, reason), or (None, welcome)."""
+    async with connect(url, local_addr=(local, 0)) as ws:
+        await ws.send(json.dumps(executor_hello(node_id=f"n-{local}", token=token)))
+        try:
+            return None, json.loads(await ws.recv())["type"]
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None
+            return exc.rcvd.code, exc.rcvd.reason
+
+
+async def test_wrong_keys_from_one_address_are_refused_unchecked_until_the_window_passes(
+    guarded_settings: HubSettings,
+) -> None:
+    """Past HUB_AUTH_FAILURE_LIMIT wrong keys, the address gets 429 with Retry-After even
+    with the right key, on every way in; another address is not affected; once the
+    window has passed, its keys are checked again."""
+    limit = guarded_settings.auth_failure_limit
+    window = guarded_settings.auth_failure_window_s
+    assert limit > 0 and window > 0
+    wrong = {"Authorization": f"Bearer {API_KEY}x"}
+    clock = Clock()
+    async with (
+        HubServer(guarded_settings) as server,
+        aiohttp.ClientSession(server.url) as http,
+        aiohttp.ClientSession(
+            server.url, connector=aiohttp.TCPConnector(local_addr=(OTHER_ADDRESS, 0))
+        ) as other,
+    ):
+        server.app[AUTH_FAILURES].clock = clock
+        for _ in range(limit):
+            async with http.get("/api/nodes", headers=AUTH) as resp:  # successes do not count
+                assert resp.status == 200
+            async with http.get("/api/nodes", headers=wrong) as resp:
+                assert resp.status == 401
+        for headers in (wrong, AUTH):
+            async with http.get("/api/nodes", headers=headers) as resp:
+                assert resp.status == 429
+                assert resp.headers["Retry-After"] == str(round(window))
+                body = await resp.json()
+            assert body["error"]["code"] == "too_many_auth_failures"
+            assert "retry in" in body["error"]["message"] and API_KEY not in json.dumps(body)
+        async with http.get("/healthz") as resp:
+            assert resp.status == 200
+        # The node socket and the feed refuse the address too, before any check.
+        ws_url = f"ws://127.0.0.1:{server.port}/ws"
+        code, reason = await hello_close(ws_url, NODE_TOKEN)
+        assert code == CLOSE_RATE_LIMITED and "retry in" in reason
+        async with connect(f"ws://127.0.0.1:{server.port}/api/feed") as feed:
+            await feed.send(json.dumps({"type": "auth", "key": API_KEY}))
+            with pytest.raises(ConnectionClosed) as closed:
+                await feed.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_RATE_LIMITED
+        # Another address is not held back.
+        async with other.get("/api/nodes", headers=AUTH) as resp:
+            assert resp.status == 200
+        assert await hello_close(ws_url, NODE_TOKEN, OTHER_ADDRESS) == (None, "welcome")
+        # Just before the window ends, still refused; at its end, checked again.
+        clock.now += window - 1
+        async with http.get("/api/nodes", headers=AUTH) as resp:
+            assert resp.status == 429 and resp.headers["Retry-After"] == "1"
+        clock.now += 1
+        async with http.get("/api/nodes", headers=AUTH) as resp:
+            assert resp.status == 200
+        async with http.get("/api/nodes", headers=wrong) as resp:
+            assert resp.status == 401
+
+
+async def test_wrong_node_tokens_count_against_the_address_too(
+    guarded_settings: HubSettings,
+) -> None:
+    """Wrong HUB_TOKENs in hellos trip the same limit: then the right token is refused
+    with 4029 and a reason, and so is the API key over HTTP from that address."""
+    limit = guarded_settings.auth_failure_limit
+    async with (
+        HubServer(guarded_settings) as server,
+        aiohttp.ClientSession(server.url) as http,
+    ):
+        server.app[AUTH_FAILURES].clock = Clock()
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        for _ in range(limit):
+            assert (await hello_close(url, "guess"))[0] == CLOSE_UNAUTHORIZED
+        code, reason = await hello_close(url, NODE_TOKEN)
+        assert code == CLOSE_RATE_LIMITED
+        assert reason.startswith("too many failed authentications from 127.0.0.1")
+        assert NODE_TOKEN not in reason
+        async with http.get("/api/nodes", headers=AUTH) as resp:
+            assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+        assert await hello_close(url, NODE_TOKEN, OTHER_ADDRESS) == (None, "welcome")
+        assert not server.app[ROUTER].executors or list(server.app[ROUTER].executors) == [
+            f"n-{OTHER_ADDRESS}"
+        ]
+
+
+def test_addresses_are_counted_by_host_and_bounded() -> None:
+    """An IPv6 client counts as its /64, a mapped IPv4 as the IPv4 address; the table of
+    addresses never grows past its bound; limit 0 turns the guard off."""
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    def address(peer: str) -> str:
+        transport = mock.Mock()
+        transport.get_extra_info.side_effect = lambda name, default=None: (
+            (peer, 1234) if name == "peername" else default
+        )
+        return client_address(make_mocked_request("GET", "/", transport=transport))
+
+    assert (
+        address("2001:db8:1:2:3:4:5:6") == address("2001:db8:1:2:ffff::1") == ("2001:db8:1:2::/64")
+    )
+    assert address("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address("192.0.2.7") == "192.0.2.7"
+
+    clock = Clock()
+    guard = AuthFailures(2, 60.0, clock=clock, max_clients=3)
+    for n in range(10):
+        guard.failed(f"10.0.0.{n}")
+        guard.failed(f"10.0.0.{n}")
+    assert len(guard._failures) == 3
+    assert guard.retry_after("10.0.0.9") == 60.0 and guard.retry_after("10.0.0.0") == 0.0
+    off = AuthFailures(0, 60.0, clock=clock)
+    for _ in range(5):
+        off.failed("10.0.0.1")
+    assert off.refusal("10.0.0.1") is None

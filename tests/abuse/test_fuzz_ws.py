@@ -30,7 +30,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hub.appkeys import ROUTER
-from hub.protocol import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED
+from hub.protocol import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION
 from tests.abuse.conftest import API_KEY, FULL, QUICK, Batches
 from tests.abuse.strategies import encode, json_values, obj, text
 from tests.conftest import NODE_TOKEN
@@ -347,7 +347,7 @@ async def frames_as_executor(hub: Any, frames: list[str | bytes], batches: Batch
         assert (await first_answer(ws)) == {
             "type": "welcome",
             "node_id": "fuzz-executor",
-            "protocol": 1,
+            "protocol": PROTOCOL_VERSION,
         }
         for frame in frames:
             await ws.send(frame)

@@ -333,3 +333,77 @@ def test_other_handlers_see_masked_records(caplog: pytest.LogCaptureFixture) -> 
         log.warning("using %s", "caplog-secret")
     assert "caplog-secret" not in caplog.text
     assert caplog.records[-1].getMessage() == "using ***"
+
+
+# --- the fast path: one search proves a value clean; it must never miss what the walk masks
+
+_SECRETS = ("s3cr3t-value-long", 'q"uo\\te\nsecret', "é-unicode-secret", "tok")
+_NEEDLES = (
+    *_SECRETS,
+    "xoxb-123-abc",
+    "xapp-1-A",
+    "sk-" + "a" * 20,
+    "bot123:ABCdef",
+    "12345:" + "x" * 30,
+    "Bearer abcdefgh12",
+    "\nsk-" + "b" * 16,
+    "tab\tBearer\tabcdefgh12",
+    "task-forces",
+)
+
+
+def _reference(value: object, shapes: bool) -> object:
+    """What redact_json did before its fast path: mask every string, keys too."""
+    if isinstance(value, str):
+        return logs.redact(value, shapes=shapes)
+    if isinstance(value, dict):
+        return {_reference(k, shapes): _reference(v, shapes) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_reference(v, shapes) for v in value]
+    return value
+
+
+def test_redact_json_fast_path_masks_what_the_walk_masks() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    for secret in _SECRETS:
+        logs.register_secret(secret)
+    text = st.one_of(
+        st.text(max_size=20),
+        st.builds(
+            lambda a, needle, b: a + needle + b,
+            st.text(max_size=5),
+            st.sampled_from(_NEEDLES),
+            st.text(max_size=5),
+        ),
+    )
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), text)
+    values = st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(text, inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+
+    @settings(max_examples=400, deadline=None)
+    @given(value=st.one_of(st.lists(values), st.dictionaries(text, values)), shapes=st.booleans())
+    def check(value: object, shapes: bool) -> None:
+        expected = _reference(value, shapes)
+        got = logs.redact_json(value, shapes=shapes)
+        assert got == expected or (got != got and expected != expected)  # NaN != NaN
+        if got is value:  # untouched: nothing in it had anything to mask
+            assert expected == value or repr(expected) == repr(value)
+
+    check()
+
+
+def test_redact_json_returns_a_clean_value_itself_and_masks_a_dirty_one() -> None:
+    logs.register_secret("s3cr3t-value-long")
+    clean = {"event": {"kind": "command", "text": "ls -la"}, "items": [1, 2.5, None]}
+    assert logs.redact_json(clean) is clean
+    dirty = {"event": {"text": "key s3cr3t-value-long"}, "t": ("a",)}
+    assert logs.redact_json(dirty) == {"event": {"text": "key ***"}, "t": ["a"]}
+    # Not plain JSON for orjson (an int key): walked, still masked.
+    assert logs.redact_json({1: "s3cr3t-value-long"}) == {1: "***"}
