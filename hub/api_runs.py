@@ -13,8 +13,9 @@
 The live feed
 -------------
 The browser's first frame is ``{"type": "auth", "key": "<API key or empty>"}``; a wrong
-or missing key (when ``HUB_API_KEYS`` is set) closes the socket with code 4001. Then the
-hub sends, as JSON text frames:
+or missing key (when ``HUB_API_KEYS`` is set) closes the socket with code 4001 (4029,
+unchecked, from an address with too many wrong keys lately). Then the hub sends, as JSON
+text frames:
 
 - ``{"type": "ready", "nodes": [...], "now": <hub clock, epoch s>}`` once, first;
 - ``{"type": "run", "run": <Run.summary()>}`` when a run is created or changes state;
@@ -22,13 +23,19 @@ hub sends, as JSON text frames:
   any run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
 - ``{"type": "nodes", "nodes": [...]}`` whenever a node connects, leaves or changes.
 
-When several messages wait for one browser they travel in one text frame as a JSON
-array of those messages, in order (one send instead of hundreds on a busy hub).
+After ``ready`` every text frame is a JSON array of messages, in the order they were
+published: the hub gathers what is published during a short tick (``hub.bus.TICK_S``,
+25 ms) and sends it to every browser as one frame, encoded once. Within a tick only
+the latest ``run`` message of each run (and the latest ``nodes``) is kept, in the place
+of the latest; ``event`` messages are never merged or dropped, so a browser sees every
+event of every run, in seq order, though not every intermediate state of a run.
 
 Nothing that happened before ``ready`` is replayed: a client (re)loads what it shows
 through the HTTP API after ``ready`` and dedupes by run id and event seq. A client that
-falls behind gets ``{"type": "resync"}`` and the socket closes with code 4009: reload,
-reconnect. On shutdown the socket closes with 1001 (going away).
+falls behind (more than ``FEED_BUFFER_BYTES`` waiting for it that its socket would not
+take) gets ``{"type": "resync"}`` and the socket closes with code 4009: reload,
+reconnect; it never slows the hub or the other browsers. On shutdown the socket closes
+with 1001 (going away).
 """
 
 from __future__ import annotations
@@ -42,11 +49,20 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from hub.appkeys import BUS, METRICS, ROUTER, SETTINGS, STORE
-from hub.auth import key_matches
-from hub.bus import Dropped, encode
-from hub.errors import ApiError, BadRequest, NotFound, RateLimited, Unavailable, read_json
+from hub.appkeys import AUTH_FAILURES, BUS, METRICS, ROUTER, SETTINGS, STORE
+from hub.auth import client_address, key_matches
+from hub.bus import Frame, websocket_text_frame
+from hub.errors import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    RateLimited,
+    Unavailable,
+    json_response,
+    read_json,
+)
 from hub.metrics import CONTENT_TYPE
+from hub.protocol import CLOSE_RATE_LIMITED
 from hub.router import HubClosing, QueueFull, new_run_id
 
 log = logging.getLogger(__name__)
@@ -54,8 +70,11 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 MONITOR_DIR = Path(__file__).resolve().parent.parent / "monitor"
-FEED_QUEUE = 2000
-FEED_BATCH = 500
+#: Bytes a browser's socket may hold back (beyond what the kernel took) before the
+#: browser counts as fallen behind and is dropped: a couple of seconds of a busy hub.
+FEED_BUFFER_BYTES = 256 * 1024
+#: How long a dropped browser gets to take `resync` and the close before it is cut off.
+FEED_CLOSE_TIMEOUT_S = 5.0
 CLOSE_FEED_UNAUTHORIZED = 4001
 CLOSE_FEED_RESYNC = 4009
 
@@ -94,7 +113,7 @@ async def list_runs(request: web.Request) -> web.Response:
     for run in runs:
         live = router.live.get(run.id)
         items.append((live.run if live else run).summary())
-    return web.json_response({"runs": items, "next_before": next_before})
+    return json_response({"runs": items, "next_before": next_before})
 
 
 @routes.get("/api/runs/{run_id}")
@@ -108,7 +127,7 @@ async def get_run(request: web.Request) -> web.Response:
     if run is None:
         raise NotFound(f"no run with id {run_id}", param="run_id")
     events = await store.get_events(run_id, _int(request, "after", 0, 0, 2**62) or 0)
-    return web.json_response({"run": run.to_dict(), "events": events})
+    return json_response({"run": run.to_dict(), "events": events})
 
 
 @routes.post("/api/runs")
@@ -140,7 +159,7 @@ async def create_run(request: web.Request) -> web.Response:
         raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
     except HubClosing as exc:
         raise Unavailable(str(exc), code="hub_closing") from None
-    return web.json_response(
+    return json_response(
         {"run": ticket.run.summary(), "position": ticket.position},
         status=202,
         headers={"X-Run-ID": ticket.run.id},
@@ -156,7 +175,7 @@ async def cancel_run(request: web.Request) -> web.Response:
         live = router.live.get(run_id)
         run = live.run if live else await request.app[STORE].get_run(run_id)
         assert run is not None
-        return web.json_response(
+        return json_response(
             {"run": run.summary(), "cancelled": True}, headers={"X-Run-ID": run_id}
         )
     run = await request.app[STORE].get_run(run_id)
@@ -173,7 +192,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 @routes.get("/api/nodes")
 async def list_nodes(request: web.Request) -> web.Response:
     """Connected executors and bridges."""
-    return web.json_response({"nodes": request.app[ROUTER].nodes()})
+    return json_response({"nodes": request.app[ROUTER].nodes()})
 
 
 @routes.get("/api/feed")
@@ -181,7 +200,7 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     """Live feed for the monitor; see the module docstring."""
     settings = request.app[SETTINGS]
     # No per-message deflate: with hundreds of browsers it would compress every
-    # message once per subscriber.
+    # frame once per subscriber (and the shared frame could not be shared).
     ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=64 * 1024, compress=False)
     await ws.prepare(request)
     try:
@@ -196,44 +215,75 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
             key = str(frame.get("key") or "") if isinstance(frame, dict) else ""
         except ValueError:
             key = ""
-    if settings.api_keys and not key_matches(key, settings.api_keys):
-        await ws.close(code=CLOSE_FEED_UNAUTHORIZED, message=b"missing or invalid API key")
+    if settings.api_keys:
+        failures, client = request.app[AUTH_FAILURES], client_address(request)
+        refused = failures.refusal(client)
+        if refused is not None:  # the key is not even checked
+            await ws.close(code=CLOSE_RATE_LIMITED, message=refused[0].encode())
+            return ws
+        if not key_matches(key, settings.api_keys):
+            failures.failed(client)
+            await ws.close(code=CLOSE_FEED_UNAUTHORIZED, message=b"missing or invalid API key")
+            return ws
+    transport = request.transport
+    if transport is None or ws.closed:
         return ws
-    sub = request.app[BUS].subscribe(maxsize=FEED_QUEUE)
+    sink = _FeedSink(ws, transport)
+    # Subscribed and `ready` written in one step, with no await in between: nothing
+    # published before `ready` follows it, nothing published after it is missed.
+    sub = request.app[BUS].subscribe_frames(sink)
+    ready = {"type": "ready", "nodes": request.app[ROUTER].nodes(), "now": time.time()}
+    transport.write(websocket_text_frame(json.dumps(ready).encode()))
     request.app[SOCKETS_FEED].add(ws)
     reader = asyncio.create_task(_drain(ws), name="feed:reader")
-    getter: asyncio.Future[Any] | None = None
+    dropped = asyncio.create_task(sub.wait_dropped(), name="feed:dropped")
     try:
-        ready = {"type": "ready", "nodes": request.app[ROUTER].nodes(), "now": time.time()}
-        await ws.send_str(json.dumps(ready))
-        while not reader.done():
-            getter = asyncio.ensure_future(sub.get())
-            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                break
-            try:
-                # Encoded once for all subscribers; what queued meanwhile goes out in the
-                # same websocket frame, as a JSON array: one send for many messages.
-                batch = [encode(getter.result())]
-                while len(batch) < FEED_BATCH and (more := sub.get_nowait()) is not None:
-                    batch.append(encode(more))
-                await ws.send_str(batch[0] if len(batch) == 1 else f"[{','.join(batch)}]")
-            except Dropped:
+        await asyncio.wait({reader, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        if dropped.done() and not ws.closed:
+            # Behind the frames already buffered for it: reload, reconnect.
+            async with asyncio.timeout(FEED_CLOSE_TIMEOUT_S):
                 await ws.send_str('{"type":"resync"}')
                 await ws.close(code=CLOSE_FEED_RESYNC, message=b"fell behind: reload")
-                break
     except (ConnectionError, RuntimeError):
         pass
+    except TimeoutError:
+        transport.abort()  # a browser that reads nothing more is not waited for
     finally:
         sub.close()
         # Await what is cancelled: a task dropped while still pending is logged as an
         # error ("Task was destroyed but it is pending") when it is collected.
-        pending = [t for t in (getter, reader) if t is not None]
-        for task in pending:
+        for task in (reader, dropped):
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(reader, dropped, return_exceptions=True)
         request.app[SOCKETS_FEED].discard(ws)
     return ws
+
+
+class _FeedSink:
+    """Writes each tick's frame, built once for all, straight to one browser's socket.
+
+    No task and no await per browser: the bus calls this for every subscriber in turn
+    when a tick ends. The websocket frame is complete in one ``write``, so it never
+    interleaves with aiohttp's own frames (pings, close). Bytes the kernel did not take
+    wait in the transport's buffer; past :data:`FEED_BUFFER_BYTES` the browser has
+    fallen behind and is dropped.
+    """
+
+    __slots__ = ("transport", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        self.ws = ws
+        # uvloop's transports have the same methods but are no asyncio.Transport.
+        self.transport = transport
+
+    def __call__(self, frame: Frame) -> bool:
+        transport = self.transport
+        if self.ws.closed or transport.is_closing():
+            return True  # going away: the handler notices and unsubscribes
+        if transport.get_write_buffer_size() > FEED_BUFFER_BYTES:
+            return False
+        transport.write(frame.websocket())
+        return True
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:
@@ -247,7 +297,7 @@ SOCKETS_FEED: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("feed_sockets"
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and serving."""
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -265,7 +315,7 @@ async def readyz(request: web.Request) -> web.Response:
         body["reason"] = "no executor is connected"
     elif not ready:
         body["reason"] = "codex is not logged in on any executor: run `codex login` there"
-    return web.json_response(body, status=200 if ready else 503)
+    return json_response(body, status=200 if ready else 503)
 
 
 @routes.get("/metrics")

@@ -1,19 +1,39 @@
 """In-process fan-out of run changes and events to live subscribers.
 
-Every subscriber has its own bounded queue, filled without waiting. A subscriber that
-falls behind is dropped (its iterator ends with :class:`Dropped`) and resyncs from the
-store; it never slows the publisher or the other subscribers.
+Two kinds of subscriber:
+
+- :meth:`Bus.subscribe`: a bounded queue of messages, one at a time, as soon as they
+  are published (a streaming chat completion follows its run this way). A subscriber
+  that falls behind is dropped (its iterator ends with :class:`Dropped`) and resyncs
+  from the store.
+- :meth:`Bus.subscribe_frames`: the monitor's feed. Messages are gathered for one
+  *tick* (:attr:`Bus.tick_s`, counted from the first message after a quiet spell),
+  then encoded once into one :class:`Frame`, a JSON array, that every such subscriber
+  is handed: one send per browser per tick, however many browsers and messages there
+  are. Within a tick only the latest of a run's summaries (``type: run``) and of the
+  node lists (``type: nodes``) is kept, in the place of the latest; events are never
+  merged or dropped. A frame subscriber's sink says whether it can take the frame;
+  when it cannot (its browser fell behind), the subscriber is dropped.
+
+Either way a slow subscriber never slows the publisher or the other subscribers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+import struct
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 
 Message = dict[str, Any]
+
+log = logging.getLogger(__name__)
+
+#: How long messages gather before they go out together to the frame subscribers.
+TICK_S = 0.025
 
 
 class _Shared(dict[str, Any]):
@@ -34,6 +54,41 @@ def encode(message: Message) -> str:
     if isinstance(message, _Shared):
         return message.json()
     return orjson.dumps(message).decode()
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """``payload`` (UTF-8 text) as one unfragmented, unmasked websocket text frame.
+
+    A server's frames are never masked (RFC 6455, 5.1), so this one sequence of bytes
+    is the same for every browser it goes to.
+    """
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+class Frame:
+    """The messages of one tick, encoded once for every frame subscriber."""
+
+    __slots__ = ("_websocket", "count", "payload")
+
+    def __init__(self, payload: bytes, count: int) -> None:
+        #: A JSON array of the messages, UTF-8.
+        self.payload = payload
+        #: How many messages it holds.
+        self.count = count
+        self._websocket: bytes | None = None
+
+    def websocket(self) -> bytes:
+        """The payload as a websocket text frame, built once (see :func:`websocket_text_frame`)."""
+        if self._websocket is None:
+            self._websocket = websocket_text_frame(self.payload)
+        return self._websocket
 
 
 class Dropped(Exception):
@@ -105,12 +160,68 @@ class Subscription:
         self.close()
 
 
+#: Takes one tick's frame; returns False when it cannot (it fell behind).
+FrameSink = Callable[[Frame], bool]
+
+
+class FrameSubscription:
+    """Hands every tick's :class:`Frame` to a sink, until closed or dropped."""
+
+    def __init__(self, bus: Bus, sink: FrameSink) -> None:
+        self._bus = bus
+        self.sink = sink
+        self.dropped = False
+        self.closed = False
+        self._ended = asyncio.get_running_loop().create_future()
+
+    async def wait_dropped(self) -> None:
+        """Return once the subscriber is dropped (it never returns after a plain close)."""
+        await asyncio.shield(self._ended)
+
+    def _drop(self) -> None:
+        self.dropped = True
+        self.close()
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    def close(self) -> None:
+        """Stop receiving frames. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            self._bus._frame_subs.pop(self, None)
+
+    def __enter__(self) -> FrameSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _coalesce_key(message: Message) -> str | None:
+    kind = message.get("type")
+    if kind == "run":
+        run = message.get("run")
+        return f"run:{run.get('id')}" if isinstance(run, dict) else None
+    if kind == "nodes":
+        return "nodes"
+    return None
+
+
 class Bus:
     """Publish run messages to every subscriber, or to those of one run."""
 
-    def __init__(self) -> None:
+    def __init__(self, tick_s: float = TICK_S) -> None:
+        #: Messages gather this long before a frame goes out (0: at the next loop turn).
+        self.tick_s = tick_s
         self._all: set[Subscription] = set()
         self._by_run: dict[str, set[Subscription]] = {}
+        # A dict, not a set: frames go out in the order the subscribers came.
+        self._frame_subs: dict[FrameSubscription, None] = {}
+        self._batch: list[Message | None] = []
+        self._latest: dict[str, int] = {}
+        self._flush_handle: asyncio.Handle | None = None
+        #: Frames handed out so far (one per tick that had messages and subscribers).
+        self.frames_sent = 0
 
     def subscribe(self, run_id: str | None = None, maxsize: int = 1000) -> Subscription:
         """Receive every message (``run_id=None``) or only those of one run."""
@@ -121,6 +232,17 @@ class Bus:
             self._by_run.setdefault(run_id, set()).add(sub)
         return sub
 
+    def subscribe_frames(self, sink: FrameSink) -> FrameSubscription:
+        """Hand ``sink`` one :class:`Frame` per tick, from the next message on.
+
+        What is already gathered goes out first, to the others only: a new subscriber
+        never gets a message published before it subscribed.
+        """
+        self.flush()
+        sub = FrameSubscription(self, sink)
+        self._frame_subs[sub] = None
+        return sub
+
     def publish(self, message: Message, run_id: str | None = None) -> None:
         """Hand ``message`` to the subscribers; never waits."""
         message = _Shared(message)
@@ -129,11 +251,49 @@ class Bus:
         if run_id is not None:
             for sub in tuple(self._by_run.get(run_id, ())):
                 sub._offer(message)
+        if self._frame_subs:
+            self._gather(message)
+
+    def _gather(self, message: Message) -> None:
+        key = _coalesce_key(message)
+        if key is not None:
+            earlier = self._latest.get(key)
+            if earlier is not None:
+                self._batch[earlier] = None
+            self._latest[key] = len(self._batch)
+        self._batch.append(message)
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            if self.tick_s > 0:
+                self._flush_handle = loop.call_later(self.tick_s, self.flush)
+            else:
+                self._flush_handle = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send what the current tick gathered now (the tick's timer calls this)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        batch = [m for m in self._batch if m is not None]
+        self._batch = []
+        self._latest = {}
+        if not batch or not self._frame_subs:
+            return
+        frame = Frame(orjson.dumps(batch), len(batch))
+        self.frames_sent += 1
+        for sub in tuple(self._frame_subs):
+            try:
+                took = sub.sink(frame)
+            except Exception:
+                log.exception("a feed subscriber failed to take a frame; dropped")
+                took = False
+            if not took:
+                sub._drop()
 
     @property
     def subscriber_count(self) -> int:
         """How many subscriptions are open."""
-        return len(self._all) + sum(len(s) for s in self._by_run.values())
+        return len(self._all) + sum(len(s) for s in self._by_run.values()) + len(self._frame_subs)
 
     def _remove(self, sub: Subscription) -> None:
         if sub.run_id is None:

@@ -62,7 +62,9 @@ export class Feed {
     };
     ws.onmessage = (event) => {
       if (ws !== this.ws) return;
-      // A busy hub sends the messages waiting for us as one JSON array, in order.
+      // After `ready` each frame is a JSON array: what the hub published during one short
+      // tick, in order (a run's summaries of that tick merged into the latest one; every
+      // event is there). `ready` and `resync` come as single objects.
       for (const frame of parse(event.data)) this.handle(frame, () => { resync = true; });
     };
     ws.onclose = (event) => {
