@@ -12,10 +12,12 @@ A bridge whose platform is unreachable at start-up keeps trying in the backgroun
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import random
 from collections.abc import Awaitable, Callable
+
+# Re-exported: each bridge calls it once it is up (also when embedded in `codex-hub up`).
+from hub.process import freeze_startup_heap as freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +75,3 @@ async def retry_startup(
             log.warning("%s still not reachable (%s); retrying", platform, exc)
             continue
         return True
-
-
-_heap_frozen = False
-
-
-def freeze_startup_heap() -> bool:
-    """Hide everything alive now from the cyclic garbage collector; once per process.
-
-    After start-up a bridge process holds a few hundred thousand objects (slack-bolt,
-    python-telegram-bot, pydantic, their modules) that live as long as it does. Every
-    full collection walked all of them: 40 ms on a quiet machine, 200 ms on a busy one,
-    with the event loop standing still, which showed as the bridges' worst latencies.
-    Frozen (``gc.freeze``) they are skipped; reference counting still frees them as
-    before. Returns True when this call froze the heap.
-    """
-    global _heap_frozen
-    if _heap_frozen:
-        return False
-    _heap_frozen = True
-    gc.collect()  # what start-up left behind is freed, not frozen
-    gc.freeze()
-    return True

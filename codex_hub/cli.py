@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from bridges.common import BridgeError
 from hub.logs import configure_logging, register_settings_secrets
+from hub.process import freeze_startup_heap
 from hub.settings import HubSettings, LogSettings
 
 log = logging.getLogger("codex_hub")
@@ -176,6 +177,7 @@ async def _run_until_stopped(parts: list[Any]) -> int:
     async with contextlib.AsyncExitStack() as stack:
         for part in parts:
             await stack.enter_async_context(part)
+        freeze_startup_heap()
         async with _until_signal() as stop:
             await stop.wait()
         log.info("stopping")

@@ -3,6 +3,7 @@ authentications per client address (for the API, the feed and the node socket al
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import math
@@ -69,7 +70,12 @@ def client_address(request: web.Request) -> str:
     An IPv6 client counts as its /64 network (one host usually holds all of it); an
     IPv4-mapped address as the IPv4 one.
     """
-    remote = request.remote or ""
+    return _client_of(request.remote or "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _client_of(remote: str) -> str:
+    # Cached: parsing an address costs more than the rest of the key check.
     try:
         ip = ipaddress.ip_address(remote.split("%", 1)[0])
     except ValueError:

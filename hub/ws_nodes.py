@@ -33,6 +33,7 @@ from hub.protocol import (
     EXECUTOR_FRAME,
     HELLO,
     PROTOCOL_VERSION,
+    AckFrame,
     EventFrame,
     ResultFrame,
     StateFrame,
@@ -184,11 +185,25 @@ async def _serve_executor(ws: web.WebSocketResponse, link: WsLink, router: Route
 
 
 async def _serve_bridge(ws: web.WebSocketResponse, link: WsLink, router: Router) -> None:
-    async for msg in ws:
-        if msg.type != WSMsgType.TEXT:
-            continue
-        for frame in _frames(link, msg.data, BRIDGE_FRAME):
-            await _apply(link, frame, router.on_bridge_frame(link, frame))
+    acks: set[asyncio.Task[None]] = set()
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            for frame in _frames(link, msg.data, BRIDGE_FRAME):
+                if isinstance(frame, AckFrame):
+                    # An ack waits for its commit; the next submit need not wait with it.
+                    task = asyncio.create_task(
+                        _apply(link, frame, router.on_bridge_frame(link, frame)),
+                        name=f"ack:{frame.delivery_id}",
+                    )
+                    acks.add(task)
+                    task.add_done_callback(acks.discard)
+                else:
+                    await _apply(link, frame, router.on_bridge_frame(link, frame))
+    finally:
+        if acks:
+            await asyncio.gather(*acks, return_exceptions=True)
 
 
 def _frames(link: WsLink, data: str, adapter: TypeAdapter[Any]) -> list[Any]:
