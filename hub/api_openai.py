@@ -279,17 +279,32 @@ def _gone(request: web.Request) -> bool:
 async def _wait(
     request: web.Request, router: Router, run: Run, done: asyncio.Future[Run], tick: float
 ) -> Run:
-    """Wait for the run; a caller that goes away cancels it."""
+    """Wait for the run; a caller that goes away cancels it.
+
+    aiohttp cancels this handler when the connection drops; a timer that looks every
+    ``tick`` seconds is the second line (a timer, not ``wait_for``: it is on every run).
+    """
+    if done.done():
+        return done.result()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    handle: asyncio.TimerHandle | None = None
+
+    def look() -> None:
+        nonlocal handle
+        if _gone(request) and task is not None:
+            task.cancel()
+        else:
+            handle = loop.call_later(tick, look)
+
+    handle = loop.call_later(tick, look)
     try:
-        while True:
-            try:
-                return await asyncio.wait_for(asyncio.shield(done), timeout=tick)
-            except TimeoutError:
-                if _gone(request):
-                    raise asyncio.CancelledError from None
+        return await asyncio.shield(done)
     except asyncio.CancelledError:
         await _cancel_for_disconnect(router, run.id)
         raise
+    finally:
+        handle.cancel()
 
 
 async def _cancel_for_disconnect(router: Router, run_id: str) -> None:

@@ -212,6 +212,9 @@ BridgeFrame = Annotated[
 HELLO = TypeAdapter(Hello)
 EXECUTOR_FRAME: TypeAdapter[Any] = TypeAdapter(ExecutorFrame)
 BRIDGE_FRAME: TypeAdapter[Any] = TypeAdapter(BridgeFrame)
+#: Whole batches, validated in one pass when every frame in them is valid.
+EXECUTOR_BATCH: TypeAdapter[list[Any]] = TypeAdapter(list[ExecutorFrame])
+BRIDGE_BATCH: TypeAdapter[list[Any]] = TypeAdapter(list[BridgeFrame])
 
 
 def batch_messages(first: str, queue: asyncio.Queue[Any]) -> Iterator[str]:

@@ -25,11 +25,13 @@ from hub.auth import client_address
 from hub.logs import redact, redact_json
 from hub.protocol import (
     BATCH_SINCE,
+    BRIDGE_BATCH,
     BRIDGE_FRAME,
     CLOSE_BAD_HELLO,
     CLOSE_HELLO_TIMEOUT,
     CLOSE_RATE_LIMITED,
     CLOSE_UNAUTHORIZED,
+    EXECUTOR_BATCH,
     EXECUTOR_FRAME,
     HELLO,
     PROTOCOL_VERSION,
@@ -167,7 +169,7 @@ async def _serve_executor(ws: web.WebSocketResponse, link: WsLink, router: Route
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
-            for valid in _frames(link, msg.data, EXECUTOR_FRAME):
+            for valid in _frames(link, msg.data, EXECUTOR_FRAME, EXECUTOR_BATCH):
                 frame = _masked(valid)
                 if isinstance(frame, ResultFrame):
                     # Results wait for the store; other runs' frames need not wait.
@@ -190,7 +192,7 @@ async def _serve_bridge(ws: web.WebSocketResponse, link: WsLink, router: Router)
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
-            for frame in _frames(link, msg.data, BRIDGE_FRAME):
+            for frame in _frames(link, msg.data, BRIDGE_FRAME, BRIDGE_BATCH):
                 if isinstance(frame, AckFrame):
                     # An ack waits for its commit; the next submit need not wait with it.
                     task = asyncio.create_task(
@@ -206,7 +208,9 @@ async def _serve_bridge(ws: web.WebSocketResponse, link: WsLink, router: Router)
             await asyncio.gather(*acks, return_exceptions=True)
 
 
-def _frames(link: WsLink, data: str, adapter: TypeAdapter[Any]) -> list[Any]:
+def _frames(
+    link: WsLink, data: str, adapter: TypeAdapter[Any], batch: TypeAdapter[list[Any]]
+) -> list[Any]:
     """The usable frames of one message: one frame, or a batch (a JSON array of them).
 
     Each frame that is malformed or holds what the store cannot write is answered with
@@ -223,12 +227,17 @@ def _frames(link: WsLink, data: str, adapter: TypeAdapter[Any]) -> list[Any]:
             link.send(error_frame("bad_frame", UNSTORABLE, getattr(frame, "req_id", None)))
             return []
         return [frame]
+    long_numbers = _LONG_NUMBER.search(data) is not None
+    if not long_numbers:
+        try:
+            return batch.validate_json(data)
+        except ValidationError:
+            pass  # find the bad ones below, one by one
     try:
         items = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         link.send(error_frame("bad_frame", f"the batch is not valid JSON: {exc}"))
         return []
-    long_numbers = _LONG_NUMBER.search(data) is not None
     frames = []
     for item in items:
         req_id = item.get("req_id") if isinstance(item, dict) else None
