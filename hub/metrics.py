@@ -48,6 +48,11 @@ class _RouterGauges(Collector):
         )
         outbox.add_metric([], len(router.pending) if router else 0)
         yield outbox
+        backlog = GaugeMetricFamily(
+            "codex_hub_store_backlog", "Store writes queued and not yet committed"
+        )
+        backlog.add_metric([], router.store.backlog if router else 0)
+        yield backlog
 
 
 class Metrics:

@@ -139,6 +139,9 @@ class Ticket:
     duplicate: bool = False
 
 
+#: Store writes that may wait for the writer thread before a new run waits for them.
+STORE_BACKLOG_LIMIT = 2000
+
 _ids = random.Random(secrets.randbits(64))
 
 
@@ -266,6 +269,10 @@ class Router:
                 existing = await self._by_dedupe_key(dedupe_key, watch)
             if existing is not None:
                 return existing
+        if self.store.backlog > STORE_BACKLOG_LIMIT:
+            # The writer thread is behind (the loop kept the GIL): new work waits until
+            # what is queued is on disk, so the lag, and the memory it holds, stay bounded.
+            await self.store.flush()
         if len(self.queue) >= self.settings.queue_limit:
             raise QueueFull(
                 f"{len(self.queue)} runs are already waiting (HUB_QUEUE_LIMIT="

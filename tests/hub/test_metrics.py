@@ -39,6 +39,7 @@ async def test_every_family_is_present_and_moves_with_a_run(
             "codex_hub_active_runs",
             "codex_hub_outbox_pending",
             "codex_hub_executor_capacity",
+            "codex_hub_store_backlog",
         ):
             assert (name, ()) in before, name
         assert value(before, "codex_hub_nodes", role="executor") == 0

@@ -212,3 +212,28 @@ async def until(hub: Any, predicate: Any, timeout: float = 5.0) -> None:
 @pytest.fixture(autouse=True)
 def _short_grace(hub_settings: Any) -> None:
     assert hub_settings.executor_grace_s <= 2.0
+
+
+async def test_a_store_far_behind_makes_new_runs_wait_until_it_caught_up(
+    hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes never pile up without bound: past the limit, submit waits for the commit."""
+    import threading
+
+    from hub import router as router_module
+
+    router = hub.app[ROUTER]
+    store = hub.app[STORE]
+    monkeypatch.setattr(router_module, "STORE_BACKLOG_LIMIT", 3)
+    release = threading.Event()
+    store.post(lambda conn: release.wait(10))  # holds the writer thread
+    for _ in range(5):
+        store.post(lambda conn: None)
+    assert store.backlog > 3
+    submit = asyncio.create_task(router.submit("held", origin={"source": "http"}))
+    await asyncio.sleep(0.05)  # give it every chance to get through; it must not
+    assert not submit.done()
+    release.set()
+    ticket = await asyncio.wait_for(submit, 10)
+    assert ticket.run.prompt == "held"
+    assert store.backlog <= 3

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from hub.store import Delivery, Run, Store
+import pytest
+
+from hub.store import (
+    Delivery,
+    Run,
+    Store,
+    _finish_run,
+    op_insert_run,
+    op_record,
+    op_set_executor,
+)
 
 
 def make_run(i: int, **fields: object) -> Run:
@@ -103,3 +117,100 @@ async def test_commits_never_checkpoint_the_checkpointer_does(tmp_path: Path) ->
     # Everything is in the database file itself, readable without the WAL.
     async with Store(tmp_path / "a.db") as store:
         assert (await store.get_run("run_0299")) is not None
+
+
+# --- the writer folds the hot path's writes; the result must be the same ---------------
+
+
+def _hold(store: Store) -> threading.Event:
+    """Stop the writer thread until the event is set: what is queued meanwhile goes
+    into one transaction."""
+    release = threading.Event()
+    store.post(lambda conn: release.wait(10))
+    return release
+
+
+def _life(i: int) -> list[tuple[Any, tuple[Any, ...]]]:
+    """The store operations of one run's life, as the router posts them."""
+    fixed: dict[str, Any] = {"session_key": f"s{i % 3}", "created_at": 1.0, "updated_at": 1.0}
+    run = make_run(i, **fixed)
+    done = make_run(i, **fixed, state="succeeded", answer=f"answer {i}")
+    done.executor, done.started_at, done.finished_at = "ex", 2.0, 3.0
+    delivery = Delivery(
+        id=run.id, run_id=run.id, platform="slack", created_at=3.0, payload={"answer": i}
+    )
+    return [
+        (op_insert_run, (run,)),
+        (op_record, (run.id, None, (1, 1.0, "state", {"state": "queued"}, None))),
+        (op_record, (run.id, {"executor": "ex"}, (2, 1.1, "assigned", {"e": "ex"}, None))),
+        (op_set_executor, (run.id, "ex")),
+        (op_record, (run.id, {"state": "running", "started_at": 2.0}, (3, 2.0, "state", {}, None))),
+        (op_record, (run.id, None, (4, 2.1, "codex", {"n": i}, 1))),
+        (op_record, (run.id, None, (5, 2.2, "codex", {"again": i}, 1))),  # same exec_seq
+        (_finish_run, (done, delivery, (f"s{i % 3}", f"t{i}", "ex"), (6, 3.0, "state", {}, None))),
+    ]
+
+
+def _dump(path: Path) -> dict[str, list[Any]]:
+    conn = sqlite3.connect(path)
+    try:
+        runs = conn.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        columns = [d[0] for d in conn.execute("SELECT * FROM runs").description]
+        skip = {columns.index("n"), columns.index("updated_at")}
+        return {
+            "runs": [[v for k, v in enumerate(r) if k not in skip] for r in runs],
+            "events": conn.execute("SELECT * FROM events ORDER BY run_id, seq").fetchall(),
+            "sessions": conn.execute("SELECT key, thread_id, executor FROM sessions").fetchall(),
+            "outbox": conn.execute("SELECT id, run_id, payload FROM outbox").fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+async def test_folded_writes_leave_what_the_writes_one_by_one_leave(tmp_path: Path) -> None:
+    async with Store(tmp_path / "folded.db") as store:
+        release = _hold(store)
+        for i in range(40):
+            for fn, args in _life(i):
+                store.post(fn, *args)
+        release.set()
+        await store.flush()
+    async with Store(tmp_path / "single.db") as store:
+        for i in range(40):
+            for fn, args in _life(i):
+                # A wrapper is not foldable: each operation runs on its own.
+                await store.call(lambda conn, fn=fn, args=args: fn(conn, *args))
+    folded, single = _dump(tmp_path / "folded.db"), _dump(tmp_path / "single.db")
+    assert folded == single
+    assert len(folded["runs"]) == 40 and len(folded["events"]) == 40 * 5
+
+
+async def test_a_read_after_folded_writes_sees_them(tmp_path: Path) -> None:
+    async with Store(tmp_path / "a.db") as store:
+        release = _hold(store)
+        for fn, args in _life(7)[:5]:
+            store.post(fn, *args)
+        read = asyncio.ensure_future(store.get_run("run_0007"))
+        events = asyncio.ensure_future(store.get_events("run_0007"))
+        release.set()
+        run = await read
+        assert run is not None and (run.state, run.executor) == ("running", "ex")
+        assert [e["seq"] for e in await events] == [1, 2, 3]
+
+
+async def test_one_bad_write_among_folded_ones_fails_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Store(tmp_path / "a.db") as store:
+        await store.insert_run(make_run(1))
+        release = _hold(store)
+        store.post(op_insert_run, make_run(1))  # already there: UNIQUE fails
+        for fn, args in _life(2):
+            store.post(fn, *args)
+        finished = asyncio.ensure_future(store.finish_run(*_life(3)[-1][1]))
+        release.set()
+        await finished
+        await store.flush()
+        assert (await store.get_run("run_0002")).state == "succeeded"  # type: ignore[union-attr]
+        assert len(await store.get_events("run_0002")) == 5
+    assert "store write op_insert_run failed" in caplog.text
