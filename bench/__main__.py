@@ -21,6 +21,7 @@ from typing import Any
 
 from bench import feed_fanout, hub_latency, slack_latency, ssh_overhead, telegram_latency
 from bench.common import DOC_PATH, BenchError, write_section
+from hub.process import loop_factory
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {suite.name}: {suite.title}", flush=True)
         started = time.monotonic()
         try:
-            section = asyncio.run(suite.main(options))
+            # The load generator runs on the same loop as the processes it measures.
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                section = runner.run(suite.main(options))
         except BenchError as exc:
             print(f"bench: suite {name} failed: {exc}", file=sys.stderr)
             return 1

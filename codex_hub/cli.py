@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -21,7 +20,7 @@ from pydantic import ValidationError
 
 from bridges.common import BridgeError
 from hub.logs import configure_logging, register_settings_secrets
-from hub.process import freeze_startup_heap
+from hub.process import freeze_startup_heap, loop_factory
 from hub.settings import HubSettings, LogSettings
 
 log = logging.getLogger("codex_hub")
@@ -112,22 +111,6 @@ def _runner_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (Linux and macOS), else asyncio's own.
-
-    Every process started by this CLI uses it (its effect is measured in
-    docs/benchmarks.md). ``CODEX_HUB_ASYNCIO_LOOP=1`` keeps asyncio's loop, to rule
-    uvloop out when chasing a bug.
-    """
-    if os.environ.get("CODEX_HUB_ASYNCIO_LOOP") == "1":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``codex-hub`` console script."""
     args = build_parser().parse_args(argv)
@@ -145,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             "exec": cmd_exec,
             "doctor": cmd_doctor,
         }
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(commands[args.command](args))
     except UsageError as exc:
         print(f"codex-hub: {exc}", file=sys.stderr)

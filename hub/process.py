@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import os
+from collections.abc import Callable
 
 _heap_frozen = False
 
@@ -24,3 +27,19 @@ def freeze_startup_heap() -> bool:
     gc.collect()  # what start-up left behind is freed, not frozen
     gc.freeze()
     return True
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (Linux and macOS), else asyncio's own.
+
+    Every process the CLI starts uses it, and so does the bench's load generator (its
+    effect is measured in docs/benchmarks.md). ``CODEX_HUB_ASYNCIO_LOOP=1`` keeps
+    asyncio's loop, to rule uvloop out when chasing a bug.
+    """
+    if os.environ.get("CODEX_HUB_ASYNCIO_LOOP") == "1":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
