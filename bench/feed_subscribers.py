@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -129,6 +130,12 @@ async def main(argv: list[str] | None = None) -> int:
                 if task in done:
                     task.result()  # a subscriber that ended before ready: say why
                     raise RuntimeError("a subscriber's socket closed before ready")
+            # The measuring instrument must not pause: its own garbage (parsed frames) is
+            # freed by reference counting; the cyclic collector would stop this process
+            # for milliseconds at a time, which would show as delivery latency.
+            gc.collect()
+            gc.freeze()
+            gc.disable()
             print(json.dumps({"ready": time.perf_counter() - started}), flush=True)
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if line.strip() != "stop":
