@@ -50,7 +50,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from hub.appkeys import AUTH_FAILURES, BUS, METRICS, ROUTER, SETTINGS, STORE
-from hub.auth import client_address, key_matches
+from hub.auth import key_matches
 from hub.bus import Frame, websocket_text_frame
 from hub.errors import (
     ApiError,
@@ -216,7 +216,8 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
         except ValueError:
             key = ""
     if settings.api_keys:
-        failures, client = request.app[AUTH_FAILURES], client_address(request)
+        failures = request.app[AUTH_FAILURES]
+        client = failures.client(request)
         refused = failures.refusal(client)
         if refused is not None:  # the key is not even checked
             await ws.close(code=CLOSE_RATE_LIMITED, message=refused[0].encode())

@@ -19,7 +19,7 @@ from hub.bus import Bus
 from hub.errors import error_middleware
 from hub.metrics import Metrics
 from hub.router import Router
-from hub.settings import HubSettings
+from hub.settings import HubSettings, parse_networks
 from hub.store import Store
 from hub.ws_nodes import node_socket
 
@@ -55,7 +55,11 @@ async def _close_sockets(app: web.Application) -> None:
 def create_app(settings: HubSettings) -> web.Application:
     """The hub as an aiohttp application; run it with :func:`serve` or a test client."""
     limiter = RateLimiter(settings.rate_limit_per_min)
-    failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_s)
+    failures = AuthFailures(
+        settings.auth_failure_limit,
+        settings.auth_failure_window_s,
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+    )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[error_middleware, make_auth_middleware(settings.api_keys, limiter, failures)],

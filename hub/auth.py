@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from hub.errors import RateLimited, Unauthorized
+from hub.settings import Network
 
 #: Paths open without a key: liveness and the monitor's static page (it shows nothing
 #: until the browser presents a key to the API).
@@ -64,13 +65,46 @@ class RateLimiter:
         return (1.0 - tokens) / rate
 
 
-def client_address(request: web.Request) -> str:
-    """Who a request comes from, for :class:`AuthFailures`: its peer's IP address.
+def client_address(request: web.Request, trusted_proxies: tuple[Network, ...] = ()) -> str:
+    """Who a request comes from, for :class:`AuthFailures`: its client's IP address.
 
-    An IPv6 client counts as its /64 network (one host usually holds all of it); an
-    IPv4-mapped address as the IPv4 one.
+    That is the TCP peer's, unless the peer is one of ``trusted_proxies``
+    (``HUB_TRUSTED_PROXIES``): then it is the rightmost address in ``X-Forwarded-For``
+    that is not a trusted proxy. Entries to its left are the client's own to write and
+    are never believed; an entry that is not an address stops the walk at the proxy
+    that passed it on. An IPv6 client counts as its /64 network (one host usually holds
+    all of it); an IPv4-mapped address as the IPv4 one.
     """
-    return _client_of(request.remote or "")
+    peer = request.remote or ""
+    if trusted_proxies and _within(peer, trusted_proxies):
+        hops = [
+            h.strip() for v in request.headers.getall("X-Forwarded-For", ()) for h in v.split(",")
+        ]
+        for hop in reversed(hops):
+            if _ip(hop) is None:
+                break
+            peer = hop
+            if not _within(hop, trusted_proxies):
+                break
+    return _client_of(peer)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _within(text: str, networks: tuple[Network, ...]) -> bool:
+    ip = _ip(text)
+    if ip is None:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -104,12 +138,18 @@ class AuthFailures:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_clients: int = 10_000,
+        trusted_proxies: tuple[Network, ...] = (),
     ) -> None:
         self.limit = limit
         self.window_s = window_s
+        self.trusted_proxies = trusted_proxies
         self.clock = clock
         self.max_clients = max_clients
         self._failures: dict[str, deque[float]] = {}
+
+    def client(self, request: web.Request) -> str:
+        """The address ``request`` is counted against (see :func:`client_address`)."""
+        return client_address(request, self.trusted_proxies)
 
     def retry_after(self, client: str) -> float:
         """0 when ``client`` may try, else the seconds until it may."""
@@ -162,7 +202,7 @@ def make_auth_middleware(keys: list[str], limiter: RateLimiter, failures: AuthFa
             return await handler(request)
         key = bearer(request)
         if keys:
-            client = client_address(request)
+            client = failures.client(request)
             refused = failures.refusal(client)
             if refused is not None:
                 reason, seconds = refused

@@ -7,6 +7,7 @@ passed down. Nothing below this module reads `os.environ`.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,6 +55,21 @@ class LogSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", alias="LOG_FORMAT")
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """``HUB_TRUSTED_PROXIES`` entries (addresses or CIDR networks) parsed; ValueError
+    names the first that is neither."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
 class HubSettings(LogSettings):
     """The hub server: HTTP API, node websocket, store."""
 
@@ -73,8 +89,15 @@ class HubSettings(LogSettings):
     rate_limit_per_min: int = Field(0, alias="HUB_RATE_LIMIT_PER_MIN", ge=0)
     auth_failure_limit: int = Field(10, alias="HUB_AUTH_FAILURE_LIMIT", ge=0)
     auth_failure_window_s: float = Field(60.0, alias="HUB_AUTH_FAILURE_WINDOW_S", gt=0)
+    trusted_proxies: CsvList = Field(default_factory=list, alias="HUB_TRUSTED_PROXIES")
 
-    _split_keys = field_validator("api_keys", mode="before")(split_csv)
+    _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # refuses what is not an address or a network
+        return value
 
     @model_validator(mode="after")
     def _fail_closed(self) -> HubSettings:

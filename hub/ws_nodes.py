@@ -21,7 +21,6 @@ from aiohttp import WSMsgType, web
 from pydantic import TypeAdapter, ValidationError
 
 from hub.appkeys import AUTH_FAILURES, ROUTER, SETTINGS, SOCKETS
-from hub.auth import client_address
 from hub.logs import redact, redact_json
 from hub.protocol import (
     BATCH_SINCE,
@@ -130,7 +129,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
             hello = HELLO.validate_json(first.data)
         except ValidationError as exc:
             return await _refuse(ws, CLOSE_BAD_HELLO, f"bad hello: {_first_error(exc)}")
-        client = client_address(request)
+        client = request.app[AUTH_FAILURES].client(request)
         refused = request.app[AUTH_FAILURES].refusal(client)
         if refused is not None:  # the token is not even checked
             return await _refuse(ws, CLOSE_RATE_LIMITED, refused[0])

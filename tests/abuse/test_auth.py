@@ -422,3 +422,76 @@ def test_addresses_are_counted_by_host_and_bounded() -> None:
     for _ in range(5):
         off.failed("10.0.0.1")
     assert off.refusal("10.0.0.1") is None
+
+
+# --- behind a proxy: HUB_TRUSTED_PROXIES --------------------------------------------
+
+
+def _address(peer: str, forwarded: list[str], trusted: str) -> str:
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from hub.settings import parse_networks
+
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 1234) if name == "peername" else default
+    )
+    headers = CIMultiDict(("X-Forwarded-For", value) for value in forwarded)
+    request = make_mocked_request("GET", "/", headers=headers, transport=transport)
+    return client_address(request, parse_networks(trusted.split(",") if trusted else []))
+
+
+def test_the_client_behind_a_trusted_proxy_is_the_rightmost_untrusted_forwarded_address() -> None:
+    proxies = "10.0.0.0/8,192.0.2.1"
+    # The peer is not a proxy: what it claims is not believed.
+    assert _address("203.0.113.9", ["198.51.100.7"], proxies) == "203.0.113.9"
+    # No proxy configured: the header is ignored.
+    assert _address("10.1.2.3", ["198.51.100.7"], "") == "10.1.2.3"
+    # Through one proxy, and through two (one header or several).
+    assert _address("10.1.2.3", ["198.51.100.7"], proxies) == "198.51.100.7"
+    assert _address("192.0.2.1", ["198.51.100.7, 10.9.9.9"], proxies) == "198.51.100.7"
+    assert _address("192.0.2.1", ["198.51.100.7", "10.9.9.9"], proxies) == "198.51.100.7"
+    # What the client wrote itself, left of what the proxy added, is not believed.
+    assert _address("10.1.2.3", ["1.2.3.4, 198.51.100.7"], proxies) == "198.51.100.7"
+    # A hop that is not an address stops the walk at the proxy that passed it on.
+    assert _address("10.1.2.3", ["198.51.100.7, junk"], proxies) == "10.1.2.3"
+    # Only proxies: the leftmost of them.
+    assert _address("10.1.2.3", ["10.4.4.4, 10.5.5.5"], proxies) == "10.4.4.4"
+    assert _address("10.1.2.3", [], proxies) == "10.1.2.3"
+    # IPv6 clients still count by /64.
+    assert _address("10.1.2.3", ["2001:db8:1:2::77"], proxies) == "2001:db8:1:2::/64"
+
+
+def test_a_trusted_proxy_that_is_not_an_address_is_refused() -> None:
+    from pydantic import ValidationError
+
+    refused = re.escape("'proxy.local' is not an IP address or network")
+    with pytest.raises(ValidationError, match=refused):
+        HubSettings(HUB_TRUSTED_PROXIES="10.0.0.0/8,proxy.local")
+
+
+@pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
+async def test_behind_a_trusted_proxy_one_clients_wrong_keys_hold_back_only_that_client(
+    guarded_settings: HubSettings, trusted: str
+) -> None:
+    """With the proxy trusted, the limit counts the forwarded client, so the others
+    behind the same proxy get in; without it, forged headers change nothing."""
+    settings = guarded_settings.model_copy(update={"trusted_proxies": [trusted] if trusted else []})
+    wrong = {"Authorization": f"Bearer {API_KEY}x"}
+    async with HubServer(settings) as server, aiohttp.ClientSession(server.url) as http:
+        server.app[AUTH_FAILURES].clock = Clock()
+        for n in range(settings.auth_failure_limit):
+            # A guesser behind the proxy; without a trusted proxy it tries to look like
+            # a new client every time.
+            forged = "198.51.100.7" if trusted else f"198.51.100.{n + 10}"
+            async with http.get("/api/nodes", headers={**wrong, "X-Forwarded-For": forged}) as resp:
+                assert resp.status == 401
+        guesser = {**AUTH, "X-Forwarded-For": "198.51.100.7"}
+        async with http.get("/api/nodes", headers=guesser) as resp:
+            assert resp.status == 429
+        someone_else = {**AUTH, "X-Forwarded-For": "198.51.100.8"}
+        async with http.get("/api/nodes", headers=someone_else) as resp:
+            assert resp.status == (200 if trusted else 429)

@@ -225,11 +225,17 @@ async def test_a_store_far_behind_makes_new_runs_wait_until_it_caught_up(
     router = hub.app[ROUTER]
     store = hub.app[STORE]
     monkeypatch.setattr(router_module, "STORE_BACKLOG_LIMIT", 3)
-    release = threading.Event()
-    store.post(lambda conn: release.wait(10))  # holds the writer thread
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: object) -> None:
+        entered.set()
+        release.wait(10)
+
+    store.post(hold)  # holds the writer thread
+    assert await asyncio.to_thread(entered.wait, 10)
     for _ in range(5):
         store.post(lambda conn: None)
-    assert store.backlog > 3
+    assert store.backlog == 5
     submit = asyncio.create_task(router.submit("held", origin={"source": "http"}))
     await asyncio.sleep(0.05)  # give it every chance to get through; it must not
     assert not submit.done()

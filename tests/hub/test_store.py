@@ -122,11 +122,17 @@ async def test_commits_never_checkpoint_the_checkpointer_does(tmp_path: Path) ->
 # --- the writer folds the hot path's writes; the result must be the same ---------------
 
 
-def _hold(store: Store) -> threading.Event:
+async def _hold(store: Store) -> threading.Event:
     """Stop the writer thread until the event is set: what is queued meanwhile goes
     into one transaction."""
-    release = threading.Event()
-    store.post(lambda conn: release.wait(10))
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: object) -> None:
+        entered.set()
+        release.wait(10)
+
+    store.post(hold)
+    assert await asyncio.to_thread(entered.wait, 10)
     return release
 
 
@@ -169,7 +175,7 @@ def _dump(path: Path) -> dict[str, list[Any]]:
 
 async def test_folded_writes_leave_what_the_writes_one_by_one_leave(tmp_path: Path) -> None:
     async with Store(tmp_path / "folded.db") as store:
-        release = _hold(store)
+        release = await _hold(store)
         for i in range(40):
             for fn, args in _life(i):
                 store.post(fn, *args)
@@ -187,7 +193,7 @@ async def test_folded_writes_leave_what_the_writes_one_by_one_leave(tmp_path: Pa
 
 async def test_a_read_after_folded_writes_sees_them(tmp_path: Path) -> None:
     async with Store(tmp_path / "a.db") as store:
-        release = _hold(store)
+        release = await _hold(store)
         for fn, args in _life(7)[:5]:
             store.post(fn, *args)
         read = asyncio.ensure_future(store.get_run("run_0007"))
@@ -203,7 +209,7 @@ async def test_one_bad_write_among_folded_ones_fails_alone(
 ) -> None:
     async with Store(tmp_path / "a.db") as store:
         await store.insert_run(make_run(1))
-        release = _hold(store)
+        release = await _hold(store)
         store.post(op_insert_run, make_run(1))  # already there: UNIQUE fails
         for fn, args in _life(2):
             store.post(fn, *args)
