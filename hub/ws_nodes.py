@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -163,48 +163,48 @@ def _first_error(exc: ValidationError) -> str:
 
 
 async def _serve_executor(ws: web.WebSocketResponse, link: WsLink, router: Router) -> None:
+    # A result waits for the store; other runs' frames need not wait with it.
+    await _serve(
+        ws, link, EXECUTOR_FRAME, EXECUTOR_BATCH, router.on_executor_frame, ResultFrame, _masked
+    )
+
+
+async def _serve_bridge(ws: web.WebSocketResponse, link: WsLink, router: Router) -> None:
+    # An ack waits for its commit; the next submit need not wait with it.
+    await _serve(ws, link, BRIDGE_FRAME, BRIDGE_BATCH, router.on_bridge_frame, AckFrame)
+
+
+async def _serve(
+    ws: web.WebSocketResponse,
+    link: WsLink,
+    adapter: TypeAdapter[Any],
+    batch: TypeAdapter[list[Any]],
+    apply: Callable[[WsLink, Any], Awaitable[dict[str, Any] | None]],
+    aside: type[Any],
+    mask: Callable[[Any], Any] | None = None,
+) -> None:
+    """Apply a node's frames in order (``mask`` each first), except that those of type
+    ``aside`` (they wait for the store) go in tasks of their own: later frames do not
+    wait for them."""
     tasks: set[asyncio.Task[None]] = set()
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
-            for valid in _frames(link, msg.data, EXECUTOR_FRAME, EXECUTOR_BATCH):
-                frame = _masked(valid)
-                if isinstance(frame, ResultFrame):
-                    # Results wait for the store; other runs' frames need not wait.
+            for frame in _frames(link, msg.data, adapter, batch):
+                if mask is not None:
+                    frame = mask(frame)
+                if isinstance(frame, aside):
                     task = asyncio.create_task(
-                        _apply(link, frame, router.on_executor_frame(link, frame)),
-                        name=f"result:{frame.run_id}",
+                        _apply(link, frame, apply(link, frame)), name=f"{frame.type}:{link.node_id}"
                     )
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 else:
-                    await _apply(link, frame, router.on_executor_frame(link, frame))
+                    await _apply(link, frame, apply(link, frame))
     finally:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _serve_bridge(ws: web.WebSocketResponse, link: WsLink, router: Router) -> None:
-    acks: set[asyncio.Task[None]] = set()
-    try:
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            for frame in _frames(link, msg.data, BRIDGE_FRAME, BRIDGE_BATCH):
-                if isinstance(frame, AckFrame):
-                    # An ack waits for its commit; the next submit need not wait with it.
-                    task = asyncio.create_task(
-                        _apply(link, frame, router.on_bridge_frame(link, frame)),
-                        name=f"ack:{frame.delivery_id}",
-                    )
-                    acks.add(task)
-                    task.add_done_callback(acks.discard)
-                else:
-                    await _apply(link, frame, router.on_bridge_frame(link, frame))
-    finally:
-        if acks:
-            await asyncio.gather(*acks, return_exceptions=True)
 
 
 def _frames(
