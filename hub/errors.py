@@ -11,6 +11,7 @@ ApiError                 status, type, code, param
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -171,9 +172,11 @@ def json_response(
     body: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     """``web.json_response``, encoded by orjson (it is on every API answer)."""
-    return web.Response(
-        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
-    )
+    try:
+        data = orjson.dumps(body)
+    except TypeError:  # a lone surrogate quoted from the request: json escapes it
+        data = json.dumps(body).encode()
+    return web.Response(body=data, status=status, headers=headers, content_type="application/json")
 
 
 async def read_json(request: web.Request) -> Any:

@@ -64,7 +64,11 @@ class WsLink:
 
     def send(self, frame: dict[str, Any]) -> None:
         """Queue a frame for the node; never waits."""
-        self._out.put_nowait(orjson.dumps(frame).decode())
+        try:
+            data = orjson.dumps(frame).decode()
+        except TypeError:  # a lone surrogate, quoted from a peer's bad frame in an error
+            data = json.dumps(frame, separators=(",", ":"))
+        self._out.put_nowait(data)
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with ``code`` after the frames already queued."""
