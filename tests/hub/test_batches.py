@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from hub.appkeys import ROUTER
 from hub.protocol import BATCH_MAX_FRAMES, PROTOCOL_VERSION, batch_messages
 from tests.conftest import NODE_TOKEN, ws_url
-from tests.fakes.nodes import executor_hello
+from tests.fakes.nodes import bridge_hello, executor_hello
 
 # --- the writer's batching -----------------------------------------------------------
 
@@ -160,3 +160,19 @@ async def test_a_batch_that_is_not_json_is_refused_and_the_link_stays(
     (probe,) = await _messages(ws, 1)
     assert probe["type"] == "error" and "probe" in probe["message"]
     assert hub.app[ROUTER].executors["fake-exec"].capacity == 3
+
+
+async def test_an_error_quoting_a_lone_surrogate_reaches_the_node(hub: Any) -> None:
+    """A bad frame's error carries its req_id; one that is a lone surrogate cannot be
+    encoded by orjson, the hub's fallback encodes it, and the link stays."""
+    async with connect(ws_url(hub)) as ws:
+        await ws.send(json.dumps(bridge_hello(token=NODE_TOKEN, platform="fuzz")))
+        await _messages(ws, 1)
+        await ws.send('{"type": "submit", "req_id": "\\ud800"}')  # no prompt
+        (error,) = await _messages(ws, 1)
+        assert error["type"] == "error" and error["code"] == "bad_frame"
+        assert error["req_id"] == "\ud800"
+        probe = {"type": "session_status", "req_id": "probe", "session_key": "k"}
+        await ws.send(json.dumps(probe))
+        (answer,) = await _messages(ws, 1)
+        assert answer["req_id"] == "probe"
