@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 Frame = dict[str, Any]
 
+#: Status message refs kept for re-sending after a reconnect (the newest runs').
+STATUS_REF_MEMORY = 1000
+#: ``req_id`` prefix of a ``status_ref`` frame: the hub's error about one names it.
+_STATUS_REF_REQ = "status_ref:"
+
 
 class HubError(Exception):
     """The hub refused a request; ``code`` says why (e.g. ``queue_full``)."""
@@ -65,10 +70,13 @@ class HubLink:
         self.node_id = node_id or f"{platform}-bridge-{name}"
         self._inflight: set[str] = set()
         self._done: OrderedDict[str, None] = OrderedDict()
+        #: run id -> status message ref, until the run's reply is posted.
+        self._status_refs: OrderedDict[str, str] = OrderedDict()
         self.client = NodeClient(
             settings.hub_url,
             hello=self._hello,
             on_frame=self._on_frame,
+            on_connect=self._on_connect,
             name=f"{platform} bridge",
         )
 
@@ -155,6 +163,36 @@ class HubLink:
         """``{"active": run | None, "queued": [run, ...]}`` for a session."""
         return await self._request({"type": "session_status", "session_key": session_key})
 
+    def status_ref(self, run_id: str, ref: str) -> None:
+        """Tell the hub where a run's status message is; never waits, never raises.
+
+        The hub keeps it with the run and puts it in the run's later ``progress`` and
+        ``deliver`` frames, so a restarted bridge finds the message. Kept here until the
+        run's reply is posted, and sent again after every reconnect: a hub that was away
+        when it was first sent hears of it all the same.
+        """
+        self._status_refs[run_id] = ref
+        self._status_refs.move_to_end(run_id)
+        while len(self._status_refs) > STATUS_REF_MEMORY:
+            self._status_refs.popitem(last=False)
+        self._send_status_ref(run_id, ref)
+
+    def _send_status_ref(self, run_id: str, ref: str) -> None:
+        frame = {
+            "type": "status_ref",
+            "req_id": f"{_STATUS_REF_REQ}{run_id}",
+            "run_id": run_id,
+            "ref": ref,
+        }
+        try:
+            self.client.send(frame)
+        except Exception:  # best effort: the reply never depends on it
+            log.warning("%s bridge: could not send a status ref", self.platform, exc_info=True)
+
+    async def _on_connect(self) -> None:
+        for run_id, ref in list(self._status_refs.items()):
+            self._send_status_ref(run_id, ref)
+
     # frames from the hub
 
     async def _on_frame(self, frame: Frame) -> None:
@@ -164,7 +202,13 @@ class HubLink:
         elif kind == "progress" and self._on_progress is not None:
             await self._on_progress(frame)
         elif kind == "error":
-            log.warning("%s bridge: hub reported %s", self.platform, frame.get("message"))
+            req_id = str(frame.get("req_id") or "")
+            if req_id.startswith(_STATUS_REF_REQ):
+                # The run is over and answered (or unknown): nothing left to tell.
+                self._status_refs.pop(req_id.removeprefix(_STATUS_REF_REQ), None)
+                log.info("%s bridge: status ref not kept: %s", self.platform, frame.get("message"))
+            else:
+                log.warning("%s bridge: hub reported %s", self.platform, frame.get("message"))
 
     async def _deliver(self, frame: Frame) -> None:
         delivery_id = str(frame.get("delivery_id"))
@@ -194,4 +238,5 @@ class HubLink:
         self._done[delivery_id] = None
         while len(self._done) > 10_000:
             self._done.popitem(last=False)
+        self._status_refs.pop(str(frame.get("run_id")), None)
         self.client.send({"type": "ack", "delivery_id": delivery_id})

@@ -56,6 +56,15 @@ Bridge <-> hub
   a fresh codex thread; answered by ``ok`` {"req_id"}.
 - bridge -> hub ``session_status``: {"req_id", "session_key"}: answered by
   ``session`` {"req_id", "active": run|null, "queued": [run, ...]}.
+- bridge -> hub ``status_ref``: {"run_id", "ref", "req_id"?}: the platform's id of the
+  status message the bridge posted for that run (a string of 1 to 200 characters), for
+  a platform that cannot find that message again by itself (Telegram). Not answered.
+  The hub takes it only for a run of the sending bridge's platform that is unfinished
+  or whose reply is not yet acknowledged; it keeps it durably in the run's ``origin``
+  as ``status_ref`` (and in the reply waiting in the outbox), so every later
+  ``progress`` and ``deliver`` of the run carries it, to whichever process of the
+  bridge (a restarted one included). Any other run is answered with ``error``
+  {"code": "unknown_run", "req_id"}. Sending it again is harmless; the latest wins.
 - hub -> bridge ``progress``: {"run_id", "origin", "state", "detail", "position"}:
   best effort, never stored, for status messages.
 - hub -> bridge ``deliver``: {"delivery_id", "run_id", "origin", "status", "answer",
@@ -201,11 +210,19 @@ class AckFrame(_Frame):
     delivery_id: str
 
 
+class StatusRefFrame(_Frame):
+    type: Literal["status_ref"]
+    req_id: str = ""
+    run_id: str = Field(min_length=1, max_length=200)
+    #: The platform's id of the run's status message (Telegram: its message_id).
+    ref: str = Field(min_length=1, max_length=200)
+
+
 ExecutorFrame = Annotated[
     EventFrame | StateFrame | ResultFrame | StatusFrame, Field(discriminator="type")
 ]
 BridgeFrame = Annotated[
-    SubmitFrame | CancelFrame | ResetSessionFrame | SessionStatusFrame | AckFrame,
+    SubmitFrame | CancelFrame | ResetSessionFrame | SessionStatusFrame | AckFrame | StatusRefFrame,
     Field(discriminator="type"),
 ]
 

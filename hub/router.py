@@ -13,6 +13,8 @@ Rules:
   runs; after that they fail with ``executor_lost``.
 - Replies for runs that came from a bridge go through the store's outbox and are re-sent
   to a bridge of that platform until it acknowledges them.
+- A bridge may name the status message it posted for a run (``status_ref``): kept in
+  the run's origin, it goes with the run's later progress and its reply.
 """
 
 from __future__ import annotations
@@ -39,11 +41,21 @@ from hub.protocol import (
     SessionStatusFrame,
     StateFrame,
     StatusFrame,
+    StatusRefFrame,
     SubmitFrame,
     error_frame,
 )
 from hub.settings import HubSettings
-from hub.store import Delivery, Run, Store, op_insert_run, op_record, op_set_executor
+from hub.store import (
+    Delivery,
+    Run,
+    Store,
+    op_insert_run,
+    op_record,
+    op_set_delivery_payload,
+    op_set_executor,
+    op_set_origin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -686,6 +698,8 @@ class Router:
             self._next_send.pop(frame.delivery_id, None)
             await self.store.ack_delivery(frame.delivery_id)
             return None
+        if isinstance(frame, StatusRefFrame):
+            return await self._on_status_ref(platform, frame)
         if isinstance(frame, SubmitFrame):
             origin = {**frame.origin, "source": platform, "platform": platform}
             key = frame.session_key
@@ -753,6 +767,43 @@ class Router:
                 "queued": queued,
             }
         return None
+
+    async def _on_status_ref(self, platform: str, frame: StatusRefFrame) -> dict[str, Any] | None:
+        """Keep where a run's status message is, in its ``origin`` (see hub.protocol).
+
+        Replaced, never mutated: a write queued earlier may still read the old dict.
+        """
+        live = self.live.get(frame.run_id)
+        if live is not None and live.stored is not None:
+            # Finishing: its reply is being stored; once it is, update that instead.
+            await asyncio.shield(live.stored)
+            live = None
+        if live is not None:
+            run = live.run
+            if run.origin.get("platform") == platform:
+                if run.origin.get("status_ref") != frame.ref:
+                    run.origin = {**run.origin, "status_ref": frame.ref}
+                    self.store.post(op_set_origin, run.id, run.origin)
+                return None
+        else:
+            delivery = self.pending.get(frame.run_id)  # a reply's id is its run's id
+            if (
+                delivery is not None
+                and delivery.run_id == frame.run_id
+                and delivery.platform == platform
+            ):
+                origin = dict(delivery.payload.get("origin") or {})
+                if origin.get("status_ref") != frame.ref:
+                    origin["status_ref"] = frame.ref
+                    delivery.payload = {**delivery.payload, "origin": origin}
+                    self.store.post(op_set_origin, frame.run_id, origin)
+                    self.store.post(op_set_delivery_payload, delivery.id, delivery.payload)
+                return None
+        return error_frame(
+            "unknown_run",
+            f"no unfinished run or unacknowledged reply {frame.run_id} from {platform}",
+            frame.req_id,
+        )
 
     # finishing
 

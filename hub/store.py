@@ -702,6 +702,21 @@ def op_set_executor(conn: sqlite3.Connection, run_id: str, executor: str | None)
     _update_run(conn, run_id, {"executor": executor})
 
 
+def op_set_origin(conn: sqlite3.Connection, run_id: str, origin: dict[str, Any]) -> None:
+    """Replace a run's ``origin`` (a bridge told where the run's status message is)."""
+    _update_run(conn, run_id, {"origin": origin})
+
+
+def op_set_delivery_payload(
+    conn: sqlite3.Connection, delivery_id: str, payload: dict[str, Any]
+) -> None:
+    """Replace the payload of a reply still waiting in the outbox."""
+    conn.execute(
+        "UPDATE outbox SET payload = ? WHERE id = ? AND acked_at IS NULL",
+        (orjson.dumps(payload).decode(), delivery_id),
+    )
+
+
 # --- folding the hot path's writes -----------------------------------------------------
 #
 # A run's life is ~9 statements (insert, three updates, five events). Each statement
@@ -825,6 +840,10 @@ def _fold_set_executor(m: _Merge, run_id: str, executor: str | None) -> None:
     m.update(run_id, {"executor": executor})
 
 
+def _fold_set_origin(m: _Merge, run_id: str, origin: dict[str, Any]) -> None:
+    m.update(run_id, {"origin": origin})
+
+
 def _fold_finish(
     m: _Merge,
     run: Run,
@@ -845,6 +864,7 @@ _MERGEABLE: dict[Callable[..., Any], Callable[..., None]] = {
     op_insert_run: _fold_insert,
     op_record: _fold_record,
     op_set_executor: _fold_set_executor,
+    op_set_origin: _fold_set_origin,
     _finish_run: _fold_finish,
 }
 

@@ -16,7 +16,14 @@ A translator and nothing more; every Telegram quirk is a pure function in
   ``TELEGRAM_STATUS_DELAY_S``, one status message edited with the state and the command
   codex is running (at most every ``TELEGRAM_STATUS_EDIT_INTERVAL_S``, and in groups
   only while Telegram's per-group budget leaves room for replies). ``deliver`` posts
-  the answer as a reply to the user's message: split and labelled, or as a document.
+  the answer as a reply to the user's message: split and labelled, or as a document,
+  then deletes the status message.
+- **The status message survives a restart.** The Bot API cannot list a chat's
+  messages, so once posted, the status message's id goes to the hub (``status_ref``,
+  best effort), which keeps it in the run's ``origin`` and hands it back in the run's
+  later ``progress`` and ``deliver`` frames. A bridge restarted mid-run thus edits
+  the message posted before the restart instead of posting a second one, and deletes
+  it when the answer is posted.
 
 Delivery. A reply is acknowledged to the hub only after Telegram accepted every part
 (HubLink acks when ``on_deliver`` returns); a failure leaves it in the hub's outbox,
@@ -579,18 +586,29 @@ class TelegramBridge:
         state: str | None,
         detail: str | None = None,
         position: int | None = None,
+        status_message_id: int | None = None,
     ) -> None:
         """Start or update the watcher of a run still going (not one already answered).
 
         ``state`` None keeps the state known: the answer to a submit may arrive after
-        the run's first progress frames.
+        the run's first progress frames. ``status_message_id``: the status message the
+        hub knows of (posted by an earlier process of this bridge), used when this
+        process has none.
         """
         if self.state is not State.RUNNING or run_id in self._finished:
             return
         view = self._runs.get(run_id)
         if view is None:
             view = self._runs[run_id] = _RunView(self, run_id, target)
+        view.adopt(status_message_id)
         view.update(state, detail, position)
+
+    def status_posted(self, run_id: str, message_id: int) -> None:
+        """Tell the hub about a new status message (best effort: nothing waits for it)."""
+        try:
+            self.link.status_ref(run_id, convert.status_ref(message_id))
+        except Exception:
+            log.warning("could not tell the hub about the status message", exc_info=True)
 
     def _remember(self, memory: OrderedDict[str, Any], key: str, value: Any) -> None:
         memory[key] = value
@@ -600,7 +618,8 @@ class TelegramBridge:
 
     async def _on_progress(self, frame: Frame) -> None:
         run_id = str(frame.get("run_id") or "")
-        target = ReplyTarget.from_origin(frame.get("origin") or {})
+        origin = frame.get("origin") or {}
+        target = ReplyTarget.from_origin(origin)
         if not run_id or target is None:
             return
         position = frame.get("position")
@@ -610,13 +629,15 @@ class TelegramBridge:
             state=str(frame.get("state") or "running"),
             detail=frame.get("detail"),
             position=position if isinstance(position, int) else None,
+            status_message_id=convert.status_message_of(origin),
         )
 
     async def _on_deliver(self, frame: Frame) -> None:
         run_id = str(frame.get("run_id") or "")
         delivery_id = str(frame.get("delivery_id") or run_id)
         with bound(run_id=run_id):
-            target = ReplyTarget.from_origin(frame.get("origin") or {})
+            origin = frame.get("origin") or {}
+            target = ReplyTarget.from_origin(origin)
             if target is None:
                 log.error("the reply names no Telegram chat in its origin; dropping it")
                 return
@@ -644,8 +665,11 @@ class TelegramBridge:
             else:
                 log.info("replied in chat %s (%d parts)", target.chat_id, len(parts))
             self._posted.pop(delivery_id, None)
-            if posted.status_message_id is not None:
-                self._spawn(self._delete(target, posted.status_message_id), "delete-status")
+            # This process's status message, and the one the hub knows of: the same, or
+            # one an earlier process of this bridge posted before it was restarted.
+            statuses = {posted.status_message_id, convert.status_message_of(origin)}
+            for message_id in sorted(m for m in statuses if m is not None):
+                self._spawn(self._delete(target, message_id), "delete-status")
 
     async def _post(self, target: ReplyTarget, part: ReplyPart) -> int:
         """Post one part of a reply; its message id. Raises Undeliverable when hopeless."""
@@ -681,8 +705,9 @@ class _RunView:
     """A run still going, as the chat sees it: "typing…" and, later, a status message.
 
     One task per run (``TelegramBridge:run:<id>``): it renews the typing action while
-    the run works, posts the status message once the run has lasted the status delay,
-    and edits it when the state or the command changes, never more often than the edit
+    the run works, posts the status message once the run has lasted the status delay
+    (or adopts the one an earlier bridge process posted, see :meth:`adopt`), and edits
+    it when the state or the command changes, never more often than the edit
     interval. ``close`` ends the task, letting a call under way finish first: a status
     post, so the message it creates is known and can be deleted once the answer is
     posted; a typing action, so it cannot land after the answer (and keep "typing…"
@@ -704,6 +729,7 @@ class _RunView:
         self.status_message_id: int | None = None
         #: When the run became the one working in its conversation (loop time).
         self.working_since: float | None = None
+        self._adopted = False
         self._wake = asyncio.Event()
         self._stopping = False
         self._busy = False
@@ -721,6 +747,19 @@ class _RunView:
             # The status delay counts from here: a run that waited in the queue and then
             # finishes fast needs no status message either.
             self.working_since = asyncio.get_running_loop().time()
+        self._wake.set()
+
+    def adopt(self, message_id: int | None) -> None:
+        """Use ``message_id`` as the status message when this view has none (once).
+
+        The hub names the status message an earlier process of this bridge posted; it
+        is edited from now on instead of a second one being posted. Once only: if it
+        turns out deleted, the view posts a new one rather than try it again.
+        """
+        if message_id is None or self._adopted or self.status_message_id is not None:
+            return
+        self._adopted = True
+        self.status_message_id = message_id
         self._wake.set()
 
     @property
@@ -762,7 +801,8 @@ class _RunView:
                     finally:
                         self._busy = False
                 text = self.text()
-                if self.working_since is not None:
+                if self.working_since is not None and self.status_message_id is None:
+                    # The delay is for posting one; one already there (adopted) is edited.
                     next_status = max(next_status, self.working_since + settings.status_delay_s)
                 if self.working and text != shown and now >= next_status:
                     self._busy = True
@@ -802,6 +842,8 @@ class _RunView:
             if self.status_message_id is None:
                 message = await bridge.send_text(self.target, text, quiet=True, max_wait=0.0)
                 self.status_message_id = message.message_id
+                self._adopted = True  # this process's own from now on: adopt no other
+                bridge.status_posted(self.run_id, message.message_id)
             else:
                 await bridge.edit_text(self.target, self.status_message_id, text)
         except RetryAfter as exc:

@@ -576,6 +576,25 @@ class ReplyTarget:
         )
 
 
+def status_message_of(origin: Mapping[str, Any]) -> int | None:
+    """The id of the run's status message that the hub keeps in ``origin``, if any.
+
+    A bridge sends it to the hub (``status_ref``) after posting the status message; the
+    hub hands it back with every later frame of the run, so a restarted bridge finds the
+    message (the Bot API cannot list a chat's messages).
+    """
+    ref = origin.get("status_ref")
+    if not isinstance(ref, str) or not ref.isascii() or not ref.isdigit():
+        return None
+    message_id = int(ref)
+    return message_id if 0 < message_id < 2**63 else None
+
+
+def status_ref(message_id: int) -> str:
+    """What the hub keeps of a status message: its id, as a string."""
+    return str(message_id)
+
+
 def topic_of(message: Message) -> int | None:
     """The forum topic of ``message``, or None outside forums.
 

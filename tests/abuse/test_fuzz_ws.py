@@ -193,6 +193,10 @@ status_query_frames = obj(
     {"type": st.just("session_status"), "session_key": text}, {"req_id": text}
 )
 ack_frames = obj({"type": st.just("ack"), "delivery_id": text})
+status_ref_frames = obj(
+    {"type": st.just("status_ref"), "run_id": run_id, "ref": st.one_of(text, st.just("r" * 201))},
+    {"req_id": text},
+)
 well_formed_bridge_frames = st.one_of(
     st.fixed_dictionaries(
         {"type": st.just("submit"), "prompt": text.filter(bool)},
@@ -208,6 +212,9 @@ well_formed_bridge_frames = st.one_of(
     ),
     st.fixed_dictionaries({"type": st.just("reset_session"), "session_key": text}),
     st.fixed_dictionaries({"type": st.just("ack"), "delivery_id": run_id}),
+    st.fixed_dictionaries(
+        {"type": st.just("status_ref"), "run_id": run_id, "ref": text.filter(bool)}
+    ),
 )
 bridge_frames = frames_of(
     st.one_of(
@@ -218,6 +225,7 @@ bridge_frames = frames_of(
         reset_frames,
         status_query_frames,
         ack_frames,
+        status_ref_frames,
         hello_frame,
         json_values,
     )

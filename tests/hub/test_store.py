@@ -18,7 +18,9 @@ from hub.store import (
     _finish_run,
     op_insert_run,
     op_record,
+    op_set_delivery_payload,
     op_set_executor,
+    op_set_origin,
 )
 
 
@@ -153,6 +155,7 @@ def _life(i: int) -> list[tuple[Any, tuple[Any, ...]]]:
         (op_record, (run.id, {"state": "running", "started_at": 2.0}, (3, 2.0, "state", {}, None))),
         (op_record, (run.id, None, (4, 2.1, "codex", {"n": i}, 1))),
         (op_record, (run.id, None, (5, 2.2, "codex", {"again": i}, 1))),  # same exec_seq
+        (op_set_origin, (run.id, {"source": "http", "status_ref": str(i)})),
         (_finish_run, (done, delivery, (f"s{i % 3}", f"t{i}", "ex"), (6, 3.0, "state", {}, None))),
     ]
 
@@ -220,3 +223,31 @@ async def test_one_bad_write_among_folded_ones_fails_alone(
         assert (await store.get_run("run_0002")).state == "succeeded"  # type: ignore[union-attr]
         assert len(await store.get_events("run_0002")) == 5
     assert "store write op_insert_run failed" in caplog.text
+
+
+async def test_a_status_ref_is_written_with_the_run_and_its_waiting_reply(tmp_path: Path) -> None:
+    """op_set_origin, folded with the run's insert or not, and op_set_delivery_payload."""
+    async with Store(tmp_path / "a.db") as store:
+        release = await _hold(store)
+        run = make_run(1)
+        store.post(op_insert_run, run)
+        store.post(op_set_origin, run.id, {"source": "http", "status_ref": "5"})
+        release.set()
+        await store.flush()
+        stored = await store.get_run(run.id)
+        assert stored is not None and stored.origin == {"source": "http", "status_ref": "5"}
+        delivery = Delivery(
+            id=run.id, run_id=run.id, platform="telegram", created_at=1.0, payload={"a": 1}
+        )
+        await store.add_delivery(delivery)
+        store.post(op_set_origin, run.id, {"source": "http", "status_ref": "6"})
+        store.post(op_set_delivery_payload, run.id, {"a": 1, "origin": {"status_ref": "6"}})
+        await store.flush()
+    async with Store(tmp_path / "a.db") as store:
+        stored = await store.get_run(run.id)
+        assert stored is not None and stored.origin["status_ref"] == "6"
+        (pending,) = await store.pending_deliveries()
+        assert pending.payload == {"a": 1, "origin": {"status_ref": "6"}}
+        await store.ack_delivery(run.id)
+        await store.call(op_set_delivery_payload, run.id, {"changed": True})
+        assert await store.pending_deliveries() == []

@@ -23,6 +23,7 @@ from bridges.telegram.convert import MESSAGE_LIMIT, NEW_SESSION_TEXT, utf16_len
 from bridges.telegram.settings import TelegramSettings
 from hub import logs
 from hub.appkeys import ROUTER, STORE
+from hub.store import Run
 from tests.conftest import NODE_TOKEN, ws_url
 from tests.fakes.model_server import StubModelServer
 from tests.fakes.nodes import FakeExecutor
@@ -641,6 +642,112 @@ async def test_a_restarted_bridge_replies_exactly_once_for_a_run_in_flight(
         await said(fake, USER, "Nothing is running", since=fake.mark())
     assert answers(fake, "answer after the restart") == [call]
     assert len(executor.of_type("assign")) == 1  # the message itself was not taken twice
+    assert await hub.app[STORE].count_pending_deliveries() == 0
+
+
+def spy_status_posts(bridge: TelegramBridge) -> asyncio.Queue[tuple[str, int]]:
+    """(run id, message id) of each status message the bridge tells the hub about."""
+    posted: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    tell = bridge.status_posted
+
+    def spy(run_id: str, message_id: int) -> None:
+        tell(run_id, message_id)
+        posted.put_nowait((run_id, message_id))
+
+    bridge.status_posted = spy  # type: ignore[method-assign]
+    return posted
+
+
+async def status_known_to_hub(
+    hub: Any, bridge: TelegramBridge, posted: asyncio.Queue[tuple[str, int]]
+) -> tuple[Run, int]:
+    """Wait until the bridge told the hub of a status message and the hub applied it."""
+    async with asyncio.timeout(10):
+        run_id, message_id = await posted.get()
+    # The hub applies a bridge's frames in order: once this is answered, the ref is in.
+    await bridge.link.session_status("telegram:sync")
+    return hub.app[ROUTER].live[run_id].run, message_id
+
+
+async def test_a_restarted_bridge_edits_and_removes_the_status_message_of_before(
+    hub: Any, executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """Restarted mid-run: the old status message is edited, then removed; no second one."""
+    fake = fake_telegram
+    settings = make_settings(TELEGRAM_STATUS_DELAY_S=0.05, TELEGRAM_STATUS_EDIT_INTERVAL_S=0.05)
+    async with running(settings, fake) as bridge:
+        posted = spy_status_posts(bridge)
+        pushed = fake.push_message(USER, "survive with a status")
+        run_id = await assign(executor, "survive with a status")
+        await executor.start_run(run_id)
+        status = await said(fake, USER, f"run {run_id}")
+        status_id = status.result["message_id"]
+        run, told = await status_known_to_hub(hub, bridge, posted)
+        assert (run.id, told) == (run_id, status_id)
+        assert run.origin["status_ref"] == str(status_id)
+    mark = fake.mark()
+    async with running(settings, fake):
+        await executor.event(run_id, 1, kind="codex", data={}, summary="running `du -sh`")
+        edit = await fake.wait_for_call(
+            "editMessageText", lambda c: c.ok and "du -sh" in (c.text or ""), since=mark
+        )
+        assert edit.args["message_id"] == status_id
+        await executor.finish(run_id, "answer after the restart")
+        call = await reply(fake, pushed, "answer after the restart")
+        await fake.wait_for_call(
+            "deleteMessage", lambda c: c.ok and c.args["message_id"] == status_id
+        )
+        fake.push_command(USER, "status")
+        await said(fake, USER, "Nothing is running", since=fake.mark())
+    assert [c for c in fake.calls("sendMessage") if f"run {run_id}" in (c.text or "")] == [status]
+    assert answers(fake, "answer after the restart") == [call]
+    with pytest.raises(KeyError):
+        fake.message(USER, status_id)
+    assert await hub.app[STORE].count_pending_deliveries() == 0
+
+
+@pytest.mark.parametrize("delete_fails", [False, True], ids=["deleted", "delete-refused"])
+async def test_a_restarted_bridge_removes_the_status_message_of_a_run_ended_meanwhile(
+    hub: Any,
+    executor: FakeExecutor,
+    fake_telegram: FakeTelegram,
+    make_settings: Settings,
+    delete_fails: bool,
+) -> None:
+    """The run ended while the bridge was down: the reply names the old status message.
+
+    It is removed after the reply is posted, like a bridge that never restarted does;
+    Telegram refusing that (message too old, already gone) costs nothing but the removal.
+    """
+    fake = fake_telegram
+    settings = make_settings(TELEGRAM_STATUS_DELAY_S=0.05, TELEGRAM_STATUS_EDIT_INTERVAL_S=0.05)
+    async with running(settings, fake) as bridge:
+        posted = spy_status_posts(bridge)
+        pushed = fake.push_message(USER, "end while I am away")
+        run_id = await assign(executor, "end while I am away")
+        await executor.start_run(run_id)
+        status = await said(fake, USER, f"run {run_id}")
+        status_id = status.result["message_id"]
+        await status_known_to_hub(hub, bridge, posted)
+    await executor.finish(run_id, "ended while away")
+    await executor.wait_type("result_ack", run_id=run_id)
+    if delete_fails:
+        fake.fail_next(
+            "deleteMessage", status=400, description="Bad Request: message can't be deleted"
+        )
+    async with running(settings, fake):
+        call = await reply(fake, pushed, "ended while away")
+        await fake.wait_for_call("deleteMessage", lambda c: c.args["message_id"] == status_id)
+        fake.push_command(USER, "status")
+        await said(fake, USER, "Nothing is running", since=fake.mark())
+    assert answers(fake, "ended while away") == [call]
+    assert [c for c in fake.calls("sendMessage") if f"run {run_id}" in (c.text or "")] == [status]
+    assert len(fake.calls("deleteMessage")) == 1
+    if delete_fails:
+        assert fake.message(USER, status_id)["text"] == status.text
+    else:
+        with pytest.raises(KeyError):
+            fake.message(USER, status_id)
     assert await hub.app[STORE].count_pending_deliveries() == 0
 
 

@@ -58,6 +58,14 @@ def test_target_from_an_origin_without_a_chat_is_none() -> None:
     assert minimal is not None and minimal.is_group
 
 
+def test_the_status_message_round_trips_through_the_origin() -> None:
+    """The hub keeps the status message's id as a string; anything else names none."""
+    assert convert.status_message_of({"status_ref": convert.status_ref(1234)}) == 1234
+    assert convert.status_message_of({"chat_id": 42}) is None
+    for bad in (1234, "", "-5", "0", "12a", "١٢", "9" * 30, None, True):
+        assert convert.status_message_of({"status_ref": bad}) is None, bad
+
+
 def test_target_of_a_topic_message_keeps_its_topic_only_in_forums() -> None:
     """A forum topic is part of the target; a reply thread in a plain group is not."""
     forum = {"id": -1002, "type": "supergroup", "is_forum": True}

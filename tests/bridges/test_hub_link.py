@@ -1,0 +1,68 @@
+"""HubLink's status refs: best effort, sent again after a reconnect, forgotten once answered."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from bridges.hub_link import Frame, HubLink
+from hub.app import HubServer
+from hub.appkeys import ROUTER
+from hub.settings import NodeSettings
+from tests.conftest import NODE_TOKEN
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_status_ref_sent_while_the_hub_is_down_reaches_it_after_the_reconnect(
+    hub_settings: Any, fake_executor: Any
+) -> None:
+    """Sending never waits nor fails; the ref is sent again on reconnect, dropped after."""
+    settings = hub_settings.model_copy(update={"port": free_port()})
+    url = f"ws://127.0.0.1:{settings.port}/ws"
+    delivered: asyncio.Queue[Frame] = asyncio.Queue()
+
+    async def on_deliver(frame: Frame) -> None:
+        delivered.put_nowait(frame)
+
+    link = HubLink(
+        NodeSettings(HUB_URL=url, HUB_TOKEN=NODE_TOKEN),
+        "telegram",
+        on_deliver=on_deliver,
+        node_id="tg-link",
+    )
+    hub = HubServer(settings)
+    await hub.start()
+    try:
+        async with link, fake_executor(url, token=NODE_TOKEN) as ex:
+            async with asyncio.timeout(10):
+                await link.client.connected.wait()
+            submitted = await link.submit("hello", session_key="42", origin={"chat_id": 42})
+            run_id = submitted.run_id
+            await ex.wait_type("assign", run_id=run_id)
+            await ex.start_run(run_id)
+            await hub.close()
+            # Nobody hears it (refused while disconnected, or queued on a dead socket):
+            # it neither waits nor raises.
+            link.status_ref(run_id, "555")
+
+            hub = HubServer(settings)
+            await hub.start()
+            async with fake_executor(url, token=NODE_TOKEN, active_runs=[run_id]) as ex2:
+                async with asyncio.timeout(15):
+                    await link.client.connected.wait()
+                await link.session_status("telegram:sync")  # frames are applied in order
+                assert hub.app[ROUTER].live[run_id].run.origin["status_ref"] == "555"
+                await ex2.finish(run_id, "done")
+                async with asyncio.timeout(10):
+                    deliver = await delivered.get()
+                assert deliver["origin"]["status_ref"] == "555"
+                await link.session_status("telegram:sync")
+                assert link._status_refs == {}
+    finally:
+        await hub.close()
