@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import orjson
 
@@ -188,6 +188,7 @@ class Store:
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_wake = threading.Event()
         self._checkpoint_lock = threading.Lock()
+        self._checkpoint_conn: sqlite3.Connection | None = None
         self._commits = 0
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -219,6 +220,7 @@ class Store:
             await asyncio.to_thread(self._checkpointer.join)
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._close_checkpointer)
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -251,25 +253,34 @@ class Store:
             except sqlite3.Error:
                 log.exception("store checkpoint failed; the next one tries again")
 
+    def _close_checkpointer(self) -> None:
+        # After the writer closed: this is then the last connection, and checkpoints.
+        with self._checkpoint_lock:
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
+                self._checkpoint_conn = None
+
     def checkpoint_now(self) -> tuple[int, int]:
         """Copy the WAL into the database now; (WAL frames, frames copied).
 
         Passive: it never makes the writer wait. Once the WAL passes
         ``CHECKPOINT_TRUNCATE_BYTES`` (a writer that never paused), a truncating one
-        bounds the file, briefly holding writes.
+        bounds the file, briefly holding writes. The connection stays open until the
+        store closes: a connection that closes checks whether it is the database's
+        last one, taking an exclusive lock to do so, and the writer must not meet it.
         """
         with self._checkpoint_lock:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            try:
+            conn = self._checkpoint_conn
+            if conn is None:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout=5000")
-                mode = "PASSIVE"
-                wal = Path(self.path + "-wal")
-                if wal.exists() and wal.stat().st_size > CHECKPOINT_TRUNCATE_BYTES:
-                    mode = "TRUNCATE"
-                _busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-                return int(frames), int(copied)
-            finally:
-                conn.close()
+                self._checkpoint_conn = conn
+            mode = "PASSIVE"
+            wal = Path(self.path + "-wal")
+            if wal.exists() and wal.stat().st_size > CHECKPOINT_TRUNCATE_BYTES:
+                mode = "TRUNCATE"
+            _busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            return int(frames), int(copied)
 
     def _worker(self, ready: asyncio.Future[None]) -> None:
         loop = self._loop
@@ -282,47 +293,14 @@ class Store:
         loop.call_soon_threadsafe(ready.set_result, None)
         stop = False
         while not stop:
-            batch = [self._queue.get()]
+            batch: list[Any] = [self._queue.get()]
             while len(batch) < 1000:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            results: list[tuple[asyncio.Future[Any], bool, Any]] = []
-            merge = _Merge()
-            conn.execute("BEGIN")
-            for item in batch:
-                if item is None:
-                    stop = True
-                    continue
-                fut, fn, args = item
-                folds = _MERGEABLE.get(fn)
-                if folds is not None:
-                    folds(merge, *args)
-                    merge.ops.append(item)
-                    continue
-                if merge.ops:  # what was folded goes first: this op may read it
-                    merge.write(conn, results)
-                    merge = _Merge()
-                try:
-                    value = fn(conn, *args)
-                except Exception as exc:
-                    if fut is None:
-                        log.error(
-                            "store write %s failed", getattr(fn, "__name__", fn), exc_info=exc
-                        )
-                    else:
-                        results.append((fut, False, exc))
-                else:
-                    if fut is not None:
-                        results.append((fut, True, value))
-            if merge.ops:
-                merge.write(conn, results)
-            try:
-                conn.execute("COMMIT")
-            except Exception as exc:  # pragma: no cover - disk full and the like
-                log.exception("store commit failed")
-                results = [(fut, False, exc) for fut, _, _ in results]
+            stop = None in batch
+            results = self._transaction(conn, [item for item in batch if item is not None])
             self._commits += 1
             if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
                 self._checkpoint_wake.set()
@@ -337,6 +315,33 @@ class Store:
     def backlog(self) -> int:
         """Writes queued and not yet committed (the writer thread's queue)."""
         return self._queue.qsize()
+
+    def _transaction(
+        self, conn: sqlite3.Connection, items: list[Any]
+    ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        """Apply ``items`` in one transaction; again, whole, if the database was busy.
+
+        SQLite waits ``busy_timeout`` for a lock before it gives up; a transaction that
+        still met one (another process reading the file, say) is rolled back and run
+        again, so that no write is lost to a lock.
+        """
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                return _apply_all(conn, items)
+            except _Busy as busy:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if attempt == BUSY_RETRIES:
+                    log.error(
+                        "store: the database stayed locked through %d tries; %d writes failed: %s",
+                        attempt + 1,
+                        len(items),
+                        busy.error,
+                    )
+                    return [(fut, False, busy.error) for fut, _, _ in items if fut is not None]
+                log.warning("store: the database was locked (%s); trying again", busy.error)
+                _backoff(min(1.0, 0.05 * 2**attempt))
+        raise AssertionError("unreachable")
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(conn, *args)`` without waiting for it; a failure is logged."""
@@ -452,6 +457,69 @@ class Store:
     async def count_pending_deliveries(self) -> int:
         """How many replies wait in the outbox."""
         return await self.call(_count_pending)
+
+
+#: Times a transaction that met a locked database is run again, after a pause.
+BUSY_RETRIES = 5
+_backoff = time.sleep
+
+
+class _Busy(Exception):
+    """The database was locked past ``busy_timeout``: the transaction is run again."""
+
+    def __init__(self, error: sqlite3.OperationalError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _busy(exc: BaseException) -> TypeGuard[sqlite3.OperationalError]:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _apply_all(
+    conn: sqlite3.Connection, items: list[Any]
+) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+    """One transaction: every item, folded where it can be; each item's outcome."""
+    results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+    merge = _Merge()
+    conn.execute("BEGIN")
+    for item in items:
+        fut, fn, args = item
+        folds = _MERGEABLE.get(fn)
+        if folds is not None:
+            folds(merge, *args)
+            merge.ops.append(item)
+            continue
+        if merge.ops:  # what was folded goes first: this op may read it
+            merge.write(conn, results)
+            merge = _Merge()
+        try:
+            value = fn(conn, *args)
+        except Exception as exc:
+            if _busy(exc):
+                raise _Busy(exc) from exc
+            if fut is None:
+                log.error("store write %s failed", getattr(fn, "__name__", fn), exc_info=exc)
+            else:
+                results.append((fut, False, exc))
+        else:
+            if fut is not None:
+                results.append((fut, True, value))
+    if merge.ops:
+        merge.write(conn, results)
+    try:
+        conn.execute("COMMIT")
+    except Exception as exc:  # pragma: no cover - disk full and the like
+        if _busy(exc):
+            raise _Busy(exc) from exc
+        log.exception("store commit failed")
+        results = [(fut, False, exc) for fut, _, _ in results]
+    return results
 
 
 def _resolve_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -758,7 +826,9 @@ class _Merge:
         conn.execute("SAVEPOINT folded")
         try:
             self._write(conn)
-        except Exception:
+        except Exception as exc:
+            if _busy(exc):
+                raise _Busy(exc) from exc  # the whole transaction goes again
             conn.execute("ROLLBACK TO folded")
             conn.execute("RELEASE folded")
             self._one_by_one(conn, results)
@@ -798,6 +868,8 @@ class _Merge:
             try:
                 fn(conn, *args)
             except Exception as exc:
+                if _busy(exc):
+                    raise _Busy(exc) from exc
                 if fut is None:
                     log.error("store write %s failed", getattr(fn, "__name__", fn), exc_info=exc)
                 else:

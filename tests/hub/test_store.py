@@ -251,3 +251,50 @@ async def test_a_status_ref_is_written_with_the_run_and_its_waiting_reply(tmp_pa
         await store.ack_delivery(run.id)
         await store.call(op_set_delivery_payload, run.id, {"changed": True})
         assert await store.pending_deliveries() == []
+
+
+async def test_a_locked_database_runs_the_transaction_again_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock met past busy_timeout (another process on the file) rolls the whole
+    transaction back and runs it again: every write lands once, every caller hears OK."""
+    from hub import store as store_module
+
+    monkeypatch.setattr(store_module, "_backoff", lambda s: None)
+    locked = iter([True, True, False])
+
+    def sometimes_locked(conn: sqlite3.Connection) -> str:
+        if next(locked):
+            raise sqlite3.OperationalError("database is locked")
+        return "written"
+
+    async with Store(tmp_path / "a.db") as store:
+        release = await _hold(store)
+        for fn, args in _life(1):
+            store.post(fn, *args)
+        answer = asyncio.ensure_future(store.call(sometimes_locked))
+        for fn, args in _life(2):
+            store.post(fn, *args)
+        release.set()
+        assert await answer == "written"
+        await store.flush()
+    dump = _dump(tmp_path / "a.db")
+    assert [run[0] for run in dump["runs"]] == ["run_0001", "run_0002"]
+    assert len(dump["events"]) == 10 and len(dump["outbox"]) == 2
+
+
+async def test_a_database_locked_for_good_fails_the_callers_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hub import store as store_module
+
+    monkeypatch.setattr(store_module, "_backoff", lambda s: None)
+
+    def always_locked(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    async with Store(tmp_path / "a.db") as store:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.call(always_locked)
+        await store.insert_run(make_run(1))  # the store goes on
+        assert await store.get_run("run_0001") is not None
