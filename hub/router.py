@@ -896,23 +896,36 @@ class Router:
         """Write a run's end; on failure log it once and keep it to write again.
 
         The result is then not acknowledged: the executor keeps it and sends it again
-        (after a reconnect, or to a restarted hub), and that retries the write.
+        (after a reconnect, or to a restarted hub), and that retries the write; so does
+        the background loop (:meth:`retry_unstored`), which also covers a run that never
+        reached an executor (cancelled while queued): otherwise the store would still
+        say ``queued`` and a restarted hub would run it.
         """
+        again = run.id in self._unstored
         try:
             await self.store.finish_run(run, delivery, session, event)
         except Exception:
-            log.exception(
-                "run %s ended %s but the store could not record it (its caller and "
-                "bridge are answered from memory; the result is not acknowledged)",
-                run.id,
-                run.state,
-                extra={"run_id": run.id},
-            )
-            if run.executor is not None:  # only an executor sends a result again
-                self._unstored[run.id] = (run, delivery, session, event)
+            if not again:
+                log.exception(
+                    "run %s ended %s but the store could not record it (its caller and "
+                    "bridge are answered from memory; the hub tries again)",
+                    run.id,
+                    run.state,
+                    extra={"run_id": run.id},
+                )
+            self._unstored[run.id] = (run, delivery, session, event)
             return False
+        if again:
+            log.info("run %s: its end is recorded now", run.id, extra={"run_id": run.id})
         self._unstored.pop(run.id, None)
         return True
+
+    async def retry_unstored(self) -> None:
+        """Try again to write every run end the store failed to record."""
+        for run, delivery, session, event in list(self._unstored.values()):
+            if delivery is not None and delivery.id not in self.pending:
+                delivery = None  # acknowledged meanwhile: no reply to keep
+            await self._store_end(run, delivery, session, event)
 
     # deliveries
 
@@ -930,12 +943,19 @@ class Router:
                 return
 
     async def _redeliver_loop(self) -> None:
+        last_retry = time.monotonic()
         while True:
             await asyncio.sleep(min(1.0, self.settings.redeliver_s / 2))
             now = time.monotonic()
             for delivery in list(self.pending.values()):
                 if now >= self._next_send.get(delivery.id, 0.0):
                     self._send_delivery(delivery)
+            if self._unstored and now - last_retry >= self.settings.redeliver_s:
+                last_retry = now
+                try:
+                    await self.retry_unstored()
+                except Exception:  # never let this loop die: replies depend on it
+                    log.exception("retrying unrecorded run ends failed")
 
     # events and notifications
 

@@ -142,8 +142,32 @@ async def test_a_store_failing_when_a_queued_run_is_cancelled_still_answers(
             assert resp.status == 200
         status, data, _ = await call
     assert status == 409 and data["error"]["code"] == "cancelled"
-    assert not router.live and not router.queue and not router._unstored
+    assert not router.live and not router.queue
     assert len([r for r in errors() if run_id in r.getMessage()]) == 1
+    # Its end is kept and written once the store works again: else the store would
+    # still say "queued", and a restarted hub would run what its caller cancelled.
+    assert (await store.get_run(run_id)).state == "queued"  # type: ignore[union-attr]
+    await router.retry_unstored()
+    assert (await store.get_run(run_id)).state == "cancelled"  # type: ignore[union-attr]
+    assert not router._unstored
+
+
+async def test_an_unrecorded_end_is_retried_quietly_until_it_is_recorded(
+    hub: Any, errors: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the store keeps failing, the retries add no error lines; then one line says
+    the end is recorded."""
+    store, router = hub.app[STORE], hub.app[ROUTER]
+    monkeypatch.setattr(store, "finish_run", failing(times=3)(store.finish_run))
+    ticket = await router.submit("never mind", origin={"source": "http"})
+    assert await router.cancel(ticket.run.id)
+    await router.retry_unstored()
+    await router.retry_unstored()
+    assert ticket.run.id in router._unstored
+    assert len(errors()) == 1
+    await router.retry_unstored()
+    assert not router._unstored
+    assert (await store.get_run(ticket.run.id)).state == "cancelled"  # type: ignore[union-attr]
 
 
 async def test_a_submit_the_store_cannot_keep_is_refused_and_not_run(
