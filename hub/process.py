@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 from collections.abc import Callable
 
 _heap_frozen = False
@@ -33,11 +32,8 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop where it is installed (Linux and macOS), else asyncio's own.
 
     Every process the CLI starts uses it, and so does the bench's load generator (its
-    effect is measured in docs/benchmarks.md). ``CODEX_HUB_ASYNCIO_LOOP=1`` keeps
-    asyncio's loop, to rule uvloop out when chasing a bug.
+    effect is measured in docs/benchmarks.md).
     """
-    if os.environ.get("CODEX_HUB_ASYNCIO_LOOP") == "1":
-        return None
     try:
         import uvloop
     except ImportError:

@@ -489,7 +489,7 @@ def _apply_all(
     merge = _Merge()
     conn.execute("BEGIN")
     for item in items:
-        fut, fn, args = item
+        _, fn, args = item
         folds = _MERGEABLE.get(fn)
         if folds is not None:
             folds(merge, *args)
@@ -498,18 +498,7 @@ def _apply_all(
         if merge.ops:  # what was folded goes first: this op may read it
             merge.write(conn, results)
             merge = _Merge()
-        try:
-            value = fn(conn, *args)
-        except Exception as exc:
-            if _busy(exc):
-                raise _Busy(exc) from exc
-            if fut is None:
-                log.error("store write %s failed", getattr(fn, "__name__", fn), exc_info=exc)
-            else:
-                results.append((fut, False, exc))
-        else:
-            if fut is not None:
-                results.append((fut, True, value))
+        _run_one(conn, item, results)
     if merge.ops:
         merge.write(conn, results)
     try:
@@ -520,6 +509,26 @@ def _apply_all(
         log.exception("store commit failed")
         results = [(fut, False, exc) for fut, _, _ in results]
     return results
+
+
+def _run_one(
+    conn: sqlite3.Connection, item: Any, results: list[tuple[asyncio.Future[Any], bool, Any]]
+) -> None:
+    """Run one operation on its own: its outcome goes to ``results`` (a posted write that
+    fails is logged); a locked database sends the whole transaction round again."""
+    fut, fn, args = item
+    try:
+        value = fn(conn, *args)
+    except Exception as exc:
+        if _busy(exc):
+            raise _Busy(exc) from exc
+        if fut is None:
+            log.error("store write %s failed", getattr(fn, "__name__", fn), exc_info=exc)
+        else:
+            results.append((fut, False, exc))
+    else:
+        if fut is not None:
+            results.append((fut, True, value))
 
 
 def _resolve_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -864,19 +873,8 @@ class _Merge:
     def _one_by_one(
         self, conn: sqlite3.Connection, results: list[tuple[asyncio.Future[Any], bool, Any]]
     ) -> None:
-        for fut, fn, args in self.ops:
-            try:
-                fn(conn, *args)
-            except Exception as exc:
-                if _busy(exc):
-                    raise _Busy(exc) from exc
-                if fut is None:
-                    log.error("store write %s failed", getattr(fn, "__name__", fn), exc_info=exc)
-                else:
-                    results.append((fut, False, exc))
-            else:
-                if fut is not None:
-                    results.append((fut, True, None))
+        for item in self.ops:
+            _run_one(conn, item, results)
 
 
 def _chunks(rows: list[Any]) -> Iterable[list[Any]]:

@@ -7,6 +7,7 @@ settings from the shell, and no `.env` file read.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -103,6 +104,13 @@ async def hub(hub_settings: Any) -> AsyncIterator[Any]:
         yield server
     finally:
         await server.close()
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for a server that must come back on the same one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def ws_url(hub: Any) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from hub.app import HubServer
 from hub.appkeys import STORE
-from tests.conftest import NODE_TOKEN
+from tests.conftest import NODE_TOKEN, free_port
 from tests.executor.test_engine_local import processes_under
 from tests.fakes.model_server import STUB_USAGE, StubModelServer, make_codex_home
 from tests.fakes.nodes import FakeNode, bridge_hello
@@ -214,12 +213,6 @@ async def test_two_executors_share_the_load(
     assert len(executors) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @asynccontextmanager
 async def _bridge(url: str) -> AsyncIterator[FakeNode]:
     node = FakeNode(url, bridge_hello(token=NODE_TOKEN))
@@ -238,7 +231,7 @@ async def test_a_hub_restart_mid_run_loses_nothing(
     workdir: Path,
 ) -> None:
     """The hub stops while codex works; after its restart the bridge gets the answer."""
-    settings = hub_settings.model_copy(update={"port": _free_port()})
+    settings = hub_settings.model_copy(update={"port": free_port()})
     url = f"ws://127.0.0.1:{settings.port}/ws"
     gate = workdir / "gate.fifo"
     os.mkfifo(gate)

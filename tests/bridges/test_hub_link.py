@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 from bridges.hub_link import Frame, HubLink
 from hub.app import HubServer
 from hub.appkeys import ROUTER
 from hub.settings import NodeSettings
-from tests.conftest import NODE_TOKEN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import NODE_TOKEN, free_port
 
 
 async def test_a_status_ref_sent_while_the_hub_is_down_reaches_it_after_the_reconnect(

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,16 +186,9 @@ class StubModelServer:
             await self._release.wait()
             return web.Response(status=503)
         if reply.kind == "status":
-            return web.json_response(
-                {"error": {"message": reply.text, "type": "server_error"}}, status=reply.status
-            )
+            return error_response(reply.text, reply.status)
         frames = exec_frames(reply.text) if reply.kind == "exec" else text_frames(reply.text)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for frame in frames:
-            await response.write(frame)
-        await response.write_eof()
-        return response
+        return await stream(request, frames)
 
 
 def config_toml(base_url: str, *, requires_openai_auth: bool = True) -> str:
@@ -320,3 +313,18 @@ def executor_settings(tmp_path: Path) -> Callable[..., ExecutorSettings]:
         return ExecutorSettings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return make
+
+
+def error_response(message: str, status: int) -> web.Response:
+    """An error answer in the Responses API's shape."""
+    return web.json_response({"error": {"message": message, "type": "server_error"}}, status=status)
+
+
+async def stream(request: web.Request, frames: Iterable[bytes]) -> web.StreamResponse:
+    """``frames`` (SSE events) as one streamed answer."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for frame in frames:
+        await response.write(frame)
+    await response.write_eof()
+    return response

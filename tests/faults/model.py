@@ -24,7 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.model_server import STUB_USAGE, RecordedRequest, text_frames
+from tests.fakes.model_server import (
+    STUB_USAGE,
+    RecordedRequest,
+    error_response,
+    stream,
+    text_frames,
+)
 
 #: How long a test waits for codex to reach the model or a gate.
 WAIT_S = 30.0
@@ -151,16 +157,9 @@ class KeyedModel:
         script = self._scripts.get(key) if key else None
         turn = script.popleft() if script else _Turn("text", f"no script for {key}")
         if turn.kind == "status":
-            return web.json_response(
-                {"error": {"message": turn.text, "type": "server_error"}}, status=turn.status
-            )
+            return error_response(turn.text, turn.status)
         frames = command_frames(turn.text) if turn.kind == "command" else text_frames(turn.text)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for frame in frames:
-            await response.write(frame)
-        await response.write_eof()
-        return response
+        return await stream(request, frames)
 
 
 class Gate:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from tests.conftest import free_port
 from tests.fakes.slack import FakeSlack, SlackMessage
 from tests.fakes.telegram import Call, FakeTelegram
 from tests.faults.procs import WAIT_S, Proc, Procs
@@ -26,13 +26,6 @@ from tests.faults.procs import WAIT_S, Proc, Procs
 #: Settings of every hub here: replies re-sent every half second; executors that
 #: vanish keep their runs for 15 s (tests of a lost executor shorten it).
 HUB_DEFAULTS = {"HUB_EXECUTOR_GRACE_S": "15", "HUB_REDELIVER_S": "0.5"}
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class HubApi:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from hub.app import HubServer
 from hub.appkeys import STORE
-from tests.conftest import NODE_TOKEN, ws_url
+from tests.conftest import NODE_TOKEN, free_port, ws_url
 
 
 async def submit(bridge: Any, prompt: str, session_key: str = "C1:1.0") -> dict[str, Any]:
@@ -69,12 +68,6 @@ async def test_a_reply_waits_for_the_bridge_to_come_back(
         ) as tg:
             await submit(tg, "marker")
             assert tg.of_type("deliver") == []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_a_hub_restart_loses_neither_the_run_nor_the_reply(

@@ -7,12 +7,11 @@ bridge finds the message. Only the run's own platform may set it.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from hub.app import HubServer
 from hub.appkeys import ROUTER, STORE
-from tests.conftest import NODE_TOKEN, ws_url
+from tests.conftest import NODE_TOKEN, free_port, ws_url
 
 
 async def submit(bridge: Any, prompt: str, session_key: str = "42") -> str:
@@ -33,12 +32,6 @@ async def settled(bridge: Any, probe: str) -> None:
     """Return once the hub applied every frame ``bridge`` sent before (they go in order)."""
     await bridge.send({"type": "session_status", "req_id": probe, "session_key": "probe"})
     await bridge.wait_type("session", req_id=probe)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_a_status_ref_is_kept_across_a_hub_restart_and_sent_with_the_run(

@@ -12,8 +12,8 @@ from telegram.error import NetworkError, TimedOut
 from telegram.request import RequestData
 from telegram.request._requestparameter import RequestParameter
 
-from bench.common import free_port
 from bridges.telegram.http import AiohttpRequest
+from tests.conftest import free_port
 
 
 @pytest.fixture
