@@ -424,6 +424,9 @@ async def test_a_page_that_falls_behind_resyncs_and_reloads(
     # Every socket "holds back more than the limit": the next frame drops the page.
     monkeypatch.setattr(api_runs, "FEED_BUFFER_BYTES", -1)
     page = await open_page(monitor_hub.url)
+    # The first list load must be over before the run is stored, or it (not the reload
+    # after the drop) could be what shows the run.
+    await expect(page.locator("#runs")).not_to_have_attribute("aria-busy", "true")
     sockets: list[Any] = []
     page.on("websocket", lambda ws: sockets.append(ws))
     now = time.time()
@@ -435,7 +438,8 @@ async def test_a_page_that_falls_behind_resyncs_and_reloads(
         created_at=now,
     )
     await monitor_hub.app[STORE].insert_run(unseen)
-    monitor_hub.app[BUS].publish({"type": "nodes", "nodes": []})
+    async with page.expect_websocket():
+        monitor_hub.app[BUS].publish({"type": "nodes", "nodes": []})
     await expect(row(page, "run_unseen")).to_have_count(1)
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
     assert len(sockets) == 1  # exactly one new feed socket after the drop
