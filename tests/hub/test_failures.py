@@ -28,21 +28,39 @@ class DiskOnFire(OSError):
     """What the injected store failure raises."""
 
 
-def failing(times: int = 1) -> Callable[[Any], Any]:
-    """A replacement for a store method: raises the first `times` calls, then delegates."""
+def failing() -> Callable[[Any], Any]:
+    """A replacement for a store method: raises the first call, then delegates."""
 
     def wrap(method: Any) -> Any:
         calls = {"n": 0}
 
         async def fail_then_work(*args: Any, **kwargs: Any) -> Any:
             calls["n"] += 1
-            if calls["n"] <= times:
+            if calls["n"] == 1:
                 raise DiskOnFire("disk on fire (injected)")
             return await method(*args, **kwargs)
 
         return fail_then_work
 
     return wrap
+
+
+class Outage:
+    """A store method that raises until :meth:`end` (the hub's own retries fail too)."""
+
+    def __init__(self) -> None:
+        self.over = False
+
+    def wrap(self, method: Any) -> Any:
+        async def fail_until_over(*args: Any, **kwargs: Any) -> Any:
+            if not self.over:
+                raise DiskOnFire("disk on fire (injected)")
+            return await method(*args, **kwargs)
+
+        return fail_until_over
+
+    def end(self) -> None:
+        self.over = True
 
 
 @pytest.fixture
@@ -133,7 +151,10 @@ async def test_a_store_failing_when_a_queued_run_is_cancelled_still_answers(
 ) -> None:
     """Cancelling fails to store the end: the caller still hears 409, nothing stays."""
     store, router = hub.app[STORE], hub.app[ROUTER]
-    monkeypatch.setattr(store, "finish_run", failing()(store.finish_run))
+    # Failing until the test ends it: the hub's background retry cannot write the end
+    # before the test has seen that it was not written.
+    outage = Outage()
+    monkeypatch.setattr(store, "finish_run", outage.wrap(store.finish_run))
     async with aiohttp.ClientSession() as s:
         call = asyncio.create_task(post_chat(s, hub, "never mind"))
         await until(hub, lambda: len(router.queue) == 1)
@@ -147,6 +168,8 @@ async def test_a_store_failing_when_a_queued_run_is_cancelled_still_answers(
     # Its end is kept and written once the store works again: else the store would
     # still say "queued", and a restarted hub would run what its caller cancelled.
     assert (await store.get_run(run_id)).state == "queued"  # type: ignore[union-attr]
+    assert run_id in router._unstored
+    outage.end()
     await router.retry_unstored()
     assert (await store.get_run(run_id)).state == "cancelled"  # type: ignore[union-attr]
     assert not router._unstored
@@ -158,13 +181,15 @@ async def test_an_unrecorded_end_is_retried_quietly_until_it_is_recorded(
     """While the store keeps failing, the retries add no error lines; then one line says
     the end is recorded."""
     store, router = hub.app[STORE], hub.app[ROUTER]
-    monkeypatch.setattr(store, "finish_run", failing(times=3)(store.finish_run))
+    outage = Outage()  # the hub's background retries fail too until it ends
+    monkeypatch.setattr(store, "finish_run", outage.wrap(store.finish_run))
     ticket = await router.submit("never mind", origin={"source": "http"})
     assert await router.cancel(ticket.run.id)
     await router.retry_unstored()
     await router.retry_unstored()
     assert ticket.run.id in router._unstored
     assert len(errors()) == 1
+    outage.end()
     await router.retry_unstored()
     assert not router._unstored
     assert (await store.get_run(ticket.run.id)).state == "cancelled"  # type: ignore[union-attr]
