@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from typing import Any
 
+import pytest
+
 from hub.app import HubServer
-from hub.appkeys import STORE
+from hub.appkeys import ROUTER, STORE
 from tests.conftest import NODE_TOKEN, free_port, ws_url
 
 
@@ -184,14 +188,22 @@ async def test_a_reset_wins_over_the_run_going_at_the_time(
 
 
 async def test_unacknowledged_replies_are_resent_with_growing_gaps(
-    hub_settings: Any, fake_executor: Any, fake_bridge: Any
+    hub_settings: Any, fake_executor: Any, fake_bridge: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Re-sends back off exponentially (with jitter) while the bridge does not ack."""
-    import itertools
-    import time
-
     settings = hub_settings.model_copy(update={"redeliver_s": 0.2})
     async with HubServer(settings) as hub:
+        router = hub.app[ROUTER]
+        sends: list[tuple[float, float]] = []  # (sent at, next send due) on the hub's clock
+        send = router._send_delivery
+
+        def recording(delivery: Any) -> None:
+            sent_at, attempts = time.monotonic(), delivery.attempts
+            send(delivery)
+            if delivery.attempts > attempts:  # a bridge was there to send it to
+                sends.append((sent_at, router._next_send[delivery.id]))
+
+        monkeypatch.setattr(router, "_send_delivery", recording)
         url = ws_url(hub)
         async with (
             fake_executor(url, token=NODE_TOKEN) as ex,
@@ -199,15 +211,14 @@ async def test_unacknowledged_replies_are_resent_with_growing_gaps(
         ):
             run_id = (await submit(br, "unacked"))["run_id"]
             await ex.finish((await ex.wait_type("assign"))["run_id"], "x")
-            seen: list[float] = []
-            while len(seen) < 4:
+            for count in range(1, 5):
                 await br.wait_for(
                     lambda f: f.get("type") == "deliver" and f["run_id"] == run_id,
-                    after=len(br.frames) if seen else 0,
+                    after=len(br.frames) if count > 1 else 0,
                 )
-                seen.append(time.monotonic())
-    gaps = [b - a for a, b in itertools.pairwise(seen)]
-    # 0.2 s doubling, each wait jittered to 50-100 %: the third gap is >= 0.4 s, the
-    # first at most 0.2 s plus the loop's 0.1 s tick.
-    assert gaps[2] > gaps[0]
-    assert gaps[2] >= 0.35
+    # The n-th wait is 0.2 s doubled n-1 times, jittered to 50-100 % of it...
+    for n, (sent_at, due) in enumerate(sends[:3]):
+        assert 0.5 * 0.2 * 2**n <= due - sent_at <= 0.2 * 2**n + 0.05, sends
+    # ...and no re-send comes before it is due.
+    for (_, due), (next_sent_at, _) in itertools.pairwise(sends[:4]):
+        assert next_sent_at >= due, sends
