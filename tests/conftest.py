@@ -6,6 +6,7 @@ settings from the shell, and no `.env` file read.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -111,6 +112,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def outbox_drained(store: Any, timeout: float = 10.0) -> None:
+    """Wait until the hub's outbox holds no reply (every one acknowledged or dropped).
+
+    A bridge's ack can reach the hub after the last thing a test can see (the platform
+    took the post before the bridge acked it), and the outbox says nothing when it empties:
+    the store is asked every 20 ms, for at most `timeout`.
+    """
+    async with asyncio.timeout(timeout):
+        while await store.count_pending_deliveries():  # noqa: ASYNC110 - no event to await
+            await asyncio.sleep(0.02)
 
 
 def ws_url(hub: Any) -> str:

@@ -24,7 +24,7 @@ from bridges.telegram.settings import TelegramSettings
 from hub import logs
 from hub.appkeys import ROUTER, STORE
 from hub.store import Run
-from tests.conftest import NODE_TOKEN, ws_url
+from tests.conftest import NODE_TOKEN, outbox_drained, ws_url
 from tests.fakes.model_server import StubModelServer
 from tests.fakes.nodes import FakeExecutor
 from tests.fakes.telegram import FAKE_BOT_USERNAME, Call, FakeTelegram, Pushed
@@ -554,12 +554,12 @@ async def test_a_failed_post_is_not_acknowledged_and_comes_again(
         fake.fail_next("sendMessage", status=502)
         await executor.finish(run_id, "made it")
         await reply(fake, pushed, "made it")
-        fake.push_command(USER, "status")  # after the ack on the same socket
+        fake.push_command(USER, "status")
         await said(fake, USER, "Nothing is running")
     statuses = [c.status for c in fake.calls("sendMessage") if replied_to(c) == pushed.message_id]
     assert statuses[:2] == [502, 200]
     assert len(answers(fake, "made it")) == 1
-    assert await hub.app[STORE].count_pending_deliveries() == 0
+    await outbox_drained(hub.app[STORE])
 
 
 async def test_a_reply_telegram_refuses_for_good_is_dropped(
@@ -576,7 +576,7 @@ async def test_a_reply_telegram_refuses_for_good_is_dropped(
         assert replied_to(refused) == pushed.message_id
         fake.push_command(USER, "status")
         await said(fake, USER, "Nothing is running")
-    assert await hub.app[STORE].count_pending_deliveries() == 0
+    await outbox_drained(hub.app[STORE])
     assert answers(fake, "nobody will read this") == []
 
 
@@ -596,7 +596,7 @@ async def test_a_reply_survives_a_telegram_outage(
         fake.push_command(USER, "status")
         await said(fake, USER, "Nothing is running", since=fake.mark())
     assert len(answers(fake, "after the outage")) == 1
-    assert await hub.app[STORE].count_pending_deliveries() == 0
+    await outbox_drained(hub.app[STORE])
 
 
 async def test_a_partly_posted_reply_is_completed_without_repeats(
@@ -621,7 +621,7 @@ async def test_a_partly_posted_reply_is_completed_without_repeats(
     assert [(c.text or "")[:5] for c in parts] == ["(1/3)", "(2/3)", "(3/3)"]
     failed = [c for c in fake.calls("sendMessage") if c.status == 500]
     assert len(failed) == 1 and (failed[0].text or "").startswith("(2/3)")
-    assert await hub.app[STORE].count_pending_deliveries() == 0
+    await outbox_drained(hub.app[STORE])
 
 
 async def test_a_restarted_bridge_replies_exactly_once_for_a_run_in_flight(
@@ -642,7 +642,7 @@ async def test_a_restarted_bridge_replies_exactly_once_for_a_run_in_flight(
         await said(fake, USER, "Nothing is running", since=fake.mark())
     assert answers(fake, "answer after the restart") == [call]
     assert len(executor.of_type("assign")) == 1  # the message itself was not taken twice
-    assert await hub.app[STORE].count_pending_deliveries() == 0
+    await outbox_drained(hub.app[STORE])
 
 
 def spy_status_posts(bridge: TelegramBridge) -> asyncio.Queue[tuple[str, int]]:
@@ -703,7 +703,7 @@ async def test_a_restarted_bridge_edits_and_removes_the_status_message_of_before
     assert answers(fake, "answer after the restart") == [call]
     with pytest.raises(KeyError):
         fake.message(USER, status_id)
-    assert await hub.app[STORE].count_pending_deliveries() == 0
+    await outbox_drained(hub.app[STORE])
 
 
 @pytest.mark.parametrize("delete_fails", [False, True], ids=["deleted", "delete-refused"])
@@ -748,7 +748,7 @@ async def test_a_restarted_bridge_removes_the_status_message_of_a_run_ended_mean
     else:
         with pytest.raises(KeyError):
             fake.message(USER, status_id)
-    assert await hub.app[STORE].count_pending_deliveries() == 0
+    await outbox_drained(hub.app[STORE])
 
 
 # --- lifecycle and hygiene ---------------------------------------------------------------------
