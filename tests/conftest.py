@@ -18,8 +18,13 @@ from typing import Any
 # mid-stream leaves the compiler's recursion counter off, and hypothesis' plugin
 # importing itself late (in the terminal summary) then fails with "AST constructor
 # recursion depth mismatch". Importing it first avoids that late compile.
-import hypothesis  # noqa: F401
+import hypothesis
 import pytest
+
+# Property tests are the same on every run and every machine: no timing deadline (a
+# loaded CI box is slow), no example database carried between runs, a fixed seed.
+hypothesis.settings.register_profile("codex-hub", deadline=None, database=None, derandomize=True)
+hypothesis.settings.load_profile("codex-hub")
 
 # slack_sdk and httpx read proxy variables and would send loopback traffic elsewhere.
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):

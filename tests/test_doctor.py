@@ -321,12 +321,12 @@ async def test_hub_that_never_welcomes_is_timed_out() -> None:
     await site.start()
     port = runner.addresses[0][1]
     try:
-        check = await check_hub(executor(HUB_URL=f"ws://127.0.0.1:{port}/ws"), timeout_s=0.3)
+        check = await check_hub(executor(HUB_URL=f"ws://127.0.0.1:{port}/ws"), timeout_s=1.5)
     finally:
         release.set()
         await runner.cleanup()
     assert hello_seen.is_set()
-    assert check.failed and "no welcome within 0.3 s" in check.detail
+    assert check.failed and "no welcome within 1.5 s" in check.detail
 
 
 async def test_hub_without_token_says_so(hub_settings: Any) -> None:

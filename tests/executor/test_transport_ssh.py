@@ -459,7 +459,7 @@ async def test_timeout_kills_the_group_and_setsid_children(
         ssh, [sys.executable, "-c", SPAWNER, "60"], cwd=str(tmp_path), timeout_s=1.0
     )
     assert result.timed_out
-    assert time.monotonic() - started < 1.0 + 5.0
+    assert time.monotonic() - started < 1.0 + 20.0  # long before the child's 60 s
     assert_no_process_left(tmp_path)
 
 
@@ -769,7 +769,7 @@ async def test_codex_timeout_over_ssh_leaves_nothing(
 
     assert outcome.status == "timed_out"
     assert outcome.error == {"code": "timeout", "message": "codex did not finish within 3 s"}
-    assert time.monotonic() - started < 3.0 + 8.0
+    assert time.monotonic() - started < 3.0 + 20.0  # stopped, not hung (room for a slow box)
     assert_no_process_left(tmp_path)
 
 
