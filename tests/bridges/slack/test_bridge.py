@@ -67,7 +67,8 @@ async def test_mention_is_answered_in_its_thread(
     fake_slack: FakeSlack, start_executor: Any, start_slack_bridge: Any, hub: Any
 ) -> None:
     """A mention runs without the mention; the answer lands in its thread, then a check mark."""
-    async with start_executor(), start_slack_bridge():
+    # The status waits one interval: 30 s, which no dry run on a loaded machine nears.
+    async with start_executor(), start_slack_bridge(SLACK_STATUS_EDIT_INTERVAL_S=30.0):
         event = fake_slack.mention("list the files", channel=CHANNEL)
         await fake_slack.send_event(event)
         answer = await fake_slack.wait_for_post(
