@@ -309,8 +309,10 @@ class Router:
             self._dedupe[dedupe_key] = run.id
         # Posted, not awaited: the store applies writes in order, so everything later
         # about this run lands after it. Who must not be told before it is on disk (a
-        # bridge's "submitted") waits for store.flush().
-        self.store.post(op_insert_run, run)
+        # bridge's "submitted") waits for store.flush(). A copy: the writer thread reads
+        # it later, and the live run may have moved on by then (a cancel whose own write
+        # failed would be stored with the insert; a half-made change could be torn).
+        self.store.post(op_insert_run, run.snapshot())
         live = Live(run, asyncio.get_running_loop().create_future())
         self.live[run.id] = live
         self.queue.append(run.id)

@@ -120,6 +120,12 @@ class Run:
     dedupe_key: str | None = None
     n: int | None = field(default=None, repr=False)
 
+    def snapshot(self) -> Run:
+        """A shallow copy, to hand to the writer thread (which reads it later)."""
+        clone = object.__new__(Run)
+        clone.__dict__.update(self.__dict__)
+        return clone
+
     def to_dict(self) -> dict[str, Any]:
         """The run as the API shows it."""
         data = asdict(self)

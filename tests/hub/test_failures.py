@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -277,3 +278,32 @@ async def test_an_executor_frame_that_raises_costs_only_that_frame(
         assert ex.close_code is None and "fake-exec" in router.executors
     logged = [r.getMessage() for r in errors()]
     assert len(logged) == 2 and all(run_id in m for m in logged), logged
+
+
+async def test_a_new_run_is_stored_as_submitted_whatever_changes_before_the_write(
+    hub: Any, errors: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The insert is written after submit returns: a change meanwhile (here a cancel whose
+    own write failed) must not ride along with it, or the store would show an end it never
+    recorded."""
+    store, router = hub.app[STORE], hub.app[ROUTER]
+    outage = Outage()
+    monkeypatch.setattr(store, "finish_run", outage.wrap(store.finish_run))
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: object) -> None:
+        entered.set()
+        release.wait(10)
+
+    store.post(hold)  # the writer is busy: the insert waits in its queue
+    assert await asyncio.to_thread(entered.wait, 10)
+    try:
+        ticket = await router.submit("never mind", origin={"source": "http"})
+        assert await router.cancel(ticket.run.id)
+        assert ticket.run.state == "cancelled"
+    finally:
+        release.set()
+    assert (await store.get_run(ticket.run.id)).state == "queued"  # type: ignore[union-attr]
+    outage.end()
+    await router.retry_unstored()
+    assert (await store.get_run(ticket.run.id)).state == "cancelled"  # type: ignore[union-attr]
