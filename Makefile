@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.installed
 CODEX_NATIVE = $(firstword $(wildcard $(TOOLS)/node_modules/@openai/codex-linux-*/vendor/*/bin/codex))
 PYTEST_ARGS ?=
 
-.PHONY: run install test lint fmt bench faults clean browser
+.PHONY: run install test lint fmt bench faults stress clean browser
 
 run: install
 	CODEX_BIN=$${CODEX_BIN:-$(abspath $(CODEX_NATIVE))} $(VENV)/bin/codex-hub up
@@ -43,6 +43,22 @@ test: install browser
 faults: install browser
 	CODEX_BIN=$(abspath $(CODEX_NATIVE)) $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 	CODEX_BIN=$(abspath $(CODEX_NATIVE)) $(PY) -m pytest -q -m "not slow" tests/faults $(PYTEST_ARGS)
+
+# The quick suite twice at once, STRESS_ROUNDS times: a loaded machine is where timing
+# races show (the kind that fail CI once in a while). Logs in artifacts/stress-*.log.
+STRESS_ROUNDS ?= 3
+stress: install browser
+	@mkdir -p artifacts; export CODEX_BIN=$(abspath $(CODEX_NATIVE)); \
+	for round in $$(seq $(STRESS_ROUNDS)); do \
+	  $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS) > artifacts/stress-a.log 2>&1 & a=$$!; \
+	  $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS) > artifacts/stress-b.log 2>&1 & b=$$!; \
+	  wait $$a; ra=$$?; wait $$b; rb=$$?; \
+	  tail -n 1 artifacts/stress-a.log artifacts/stress-b.log; \
+	  if [ $$ra -ne 0 ] || [ $$rb -ne 0 ]; then \
+	    grep -h -E '^(FAILED|ERROR) ' artifacts/stress-a.log artifacts/stress-b.log; \
+	    echo "round $$round failed: see artifacts/stress-a.log and artifacts/stress-b.log"; exit 1; \
+	  fi; \
+	done
 
 lint: install
 	$(VENV)/bin/ruff check .
