@@ -15,6 +15,8 @@ const STATE_RANK = { queued: 0, optimizing: 1, running: 2 };
 const rank = (state) => STATE_RANK[state] ?? 3;
 // Runs shown as active but absent from a reloaded first page are refreshed one by one.
 const MAX_STALE_REFRESH = 50;
+// Progress kept for runs without a row yet (the list loading, a filter): the newest few.
+const MAX_UNSHOWN_PROGRESS = 200;
 // `after` larger than any seq: fetch a run without its events.
 const NO_EVENTS = 2 ** 53 - 1;
 
@@ -52,6 +54,7 @@ export class RunsList {
     this.loaded = false;
     this.reloading = false;
     this.early = []; // feed runs that arrived while a reload was on its way
+    this.unshown = new Map(); // run id -> its latest progress text, while it has no row
     this.selectedId = null;
     this.more.addEventListener('click', () => this.loadMore());
   }
@@ -65,6 +68,7 @@ export class RunsList {
     this.loaded = false;
     this.reloading = false;
     this.early = [];
+    this.unshown.clear();
     this.more.hidden = true;
     setText(this.status, '');
   }
@@ -91,6 +95,11 @@ export class RunsList {
     try {
       const page = await this.api.get('api/runs', this.params());
       if (generation !== this.generation) return;
+      // The rows are built anew: what active runs were last seen doing stays shown.
+      for (const id of this.active) {
+        const text = this.rows.get(id)?.progressEl.textContent;
+        if (text) this.unshown.set(id, text);
+      }
       this.rows.clear();
       this.active.clear();
       this.list.replaceChildren();
@@ -218,8 +227,17 @@ export class RunsList {
 
   /** A short progress text under an active run ("running `git status`"). */
   progress(runId, text) {
+    if (!text) return;
     const row = this.rows.get(runId);
-    if (row && text && isActive(row.run.state)) setText(row.progressEl, text);
+    if (row) {
+      if (isActive(row.run.state)) setText(row.progressEl, text);
+      return;
+    }
+    // No row yet: its run may come later (the list still loading) and should not show
+    // a blank until the next event, which for a long command may be minutes away.
+    this.unshown.delete(runId);
+    this.unshown.set(runId, text);
+    if (this.unshown.size > MAX_UNSHOWN_PROGRESS) this.unshown.delete(this.unshown.keys().next().value);
   }
 
   select(id) {
@@ -259,6 +277,11 @@ export class RunsList {
     if (atEnd) this.list.append(row.el);
     else this.list.insertBefore(row.el, this.firstOlderThan(run));
     this.fill(row);
+    const text = this.unshown.get(run.id);
+    if (text !== undefined) {
+      this.unshown.delete(run.id);
+      if (isActive(run.state)) setText(row.progressEl, text);
+    }
   }
 
   // New runs come from the feed almost always newest: scan from the top.

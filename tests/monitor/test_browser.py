@@ -4,6 +4,7 @@ reconnects, nodes; with screenshots at laptop and phone sizes, light and dark.""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -237,6 +238,38 @@ async def test_a_running_run_ticks_and_is_cancelled_from_its_page(
         ended = (await api(monitor_hub, "GET", f"/api/runs/{run['id']}"))["run"]
         took = int(ended["finished_at"] - ended["created_at"])
         await expect(line.locator(".row-elapsed")).to_have_text(f"{took} s")
+
+
+async def test_progress_that_comes_while_the_list_loads_shows_once_the_row_does(
+    monitor_hub: HubServer, scripted_executor: EXECUTOR, open_page: OpenPage
+) -> None:
+    """A run's progress can reach the page before its row (the list still loading, or a
+    filtered list): it is kept for the row, not dropped."""
+    release = asyncio.Event()
+
+    async def held(route: Any) -> None:
+        await release.wait()
+        await route.continue_()
+
+    async with scripted_executor(), aiohttp.ClientSession() as http:
+        page = await open_page(monitor_hub.url, sign_in=False)
+        await page.route(lambda url: "/api/runs?" in url, held)
+        await sign_in_with(page, API_KEY)  # live; the first list load is held
+        async with http.ws_connect(f"{monitor_hub.url}/api/feed") as feed:
+            await feed.send_json({"type": "auth", "key": API_KEY})
+            assert json.loads(await feed.receive_str(timeout=5))["type"] == "ready"
+            run = (await api(monitor_hub, "POST", "/api/runs", json={"prompt": "hold on"}))["run"]
+            # The page's socket got each frame in the same write as this one.
+            while "running `sleep 1000`" not in await feed.receive_str(timeout=5):
+                pass
+        release.set()
+        line = row(page, run["id"])
+        await expect(line).to_have_attribute("data-state", "running")
+        await expect(line.locator(".row-progress")).to_have_text("running `sleep 1000`")
+        # A filter rebuilds the list: the row keeps what its run was last seen doing.
+        await page.get_by_label("Source").select_option(label="Page")
+        await expect(page.locator("#runs")).not_to_have_attribute("aria-busy", "true")
+        await expect(line.locator(".row-progress")).to_have_text("running `sleep 1000`")
 
 
 async def test_the_composer_starts_a_run_and_can_continue_its_conversation(
