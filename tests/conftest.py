@@ -119,6 +119,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def on_a_fixed_port(settings: Any) -> tuple[Any, str]:
+    """Hub settings on a port chosen now, and the node URL there: for a hub that a test
+    stops and starts again, and that its nodes must find on the same port."""
+    fixed = settings.model_copy(update={"port": free_port()})
+    return fixed, f"ws://127.0.0.1:{fixed.port}/ws"
+
+
 async def outbox_drained(store: Any, timeout: float = 10.0) -> None:
     """Wait until the hub's outbox holds no reply (every one acknowledged or dropped).
 

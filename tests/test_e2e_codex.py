@@ -15,7 +15,7 @@ import pytest
 
 from hub.app import HubServer
 from hub.appkeys import STORE
-from tests.conftest import NODE_TOKEN, free_port
+from tests.conftest import NODE_TOKEN, on_a_fixed_port
 from tests.executor.test_engine_local import processes_under
 from tests.fakes.model_server import STUB_USAGE, StubModelServer, make_codex_home
 from tests.fakes.nodes import FakeNode, bridge_hello
@@ -232,8 +232,7 @@ async def test_a_hub_restart_mid_run_loses_nothing(
     workdir: Path,
 ) -> None:
     """The hub stops while codex works; after its restart the bridge gets the answer."""
-    settings = hub_settings.model_copy(update={"port": free_port()})
-    url = f"ws://127.0.0.1:{settings.port}/ws"
+    settings, url = on_a_fixed_port(hub_settings)
     gate = workdir / "gate.fifo"
     os.mkfifo(gate)
     model_server.reply_exec("cat gate.fifo > /dev/null", then="finished after the restart")

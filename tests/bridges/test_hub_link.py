@@ -9,15 +9,14 @@ from bridges.hub_link import Frame, HubLink
 from hub.app import HubServer
 from hub.appkeys import ROUTER
 from hub.settings import NodeSettings
-from tests.conftest import NODE_TOKEN, free_port
+from tests.conftest import NODE_TOKEN, on_a_fixed_port
 
 
 async def test_a_status_ref_sent_while_the_hub_is_down_reaches_it_after_the_reconnect(
     hub_settings: Any, fake_executor: Any
 ) -> None:
     """Sending never waits nor fails; the ref is sent again on reconnect, dropped after."""
-    settings = hub_settings.model_copy(update={"port": free_port()})
-    url = f"ws://127.0.0.1:{settings.port}/ws"
+    settings, url = on_a_fixed_port(hub_settings)
     delivered: asyncio.Queue[Frame] = asyncio.Queue()
 
     async def on_deliver(frame: Frame) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from hub.app import HubServer
 from hub.appkeys import ROUTER, STORE
-from tests.conftest import NODE_TOKEN, free_port, ws_url
+from tests.conftest import NODE_TOKEN, on_a_fixed_port, ws_url
 
 
 async def submit(bridge: Any, prompt: str, session_key: str = "C1:1.0") -> dict[str, Any]:
@@ -78,8 +78,7 @@ async def test_a_hub_restart_loses_neither_the_run_nor_the_reply(
     hub_settings: Any, fake_executor: Any, fake_bridge: Any
 ) -> None:
     """Hub stopped mid-run: the executor reports after the restart, the bridge gets it."""
-    settings = hub_settings.model_copy(update={"port": free_port()})
-    url = f"ws://127.0.0.1:{settings.port}/ws"
+    settings, url = on_a_fixed_port(hub_settings)
     hub = HubServer(settings)
     await hub.start()
     try:

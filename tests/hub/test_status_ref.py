@@ -11,7 +11,7 @@ from typing import Any
 
 from hub.app import HubServer
 from hub.appkeys import ROUTER, STORE
-from tests.conftest import NODE_TOKEN, free_port, ws_url
+from tests.conftest import NODE_TOKEN, on_a_fixed_port, ws_url
 
 
 async def submit(bridge: Any, prompt: str, session_key: str = "42") -> str:
@@ -38,8 +38,7 @@ async def test_a_status_ref_is_kept_across_a_hub_restart_and_sent_with_the_run(
     hub_settings: Any, fake_executor: Any, fake_bridge: Any
 ) -> None:
     """Taken without an answer, stored with the run, in every later progress and deliver."""
-    settings = hub_settings.model_copy(update={"port": free_port()})
-    url = f"ws://127.0.0.1:{settings.port}/ws"
+    settings, url = on_a_fixed_port(hub_settings)
     hub = HubServer(settings)
     await hub.start()
     try:
