@@ -23,7 +23,6 @@ from bridges.telegram.convert import MESSAGE_LIMIT, NEW_SESSION_TEXT, utf16_len
 from bridges.telegram.settings import TelegramSettings
 from hub import logs
 from hub.appkeys import ROUTER, STORE
-from hub.store import Run
 from tests.conftest import NODE_TOKEN, outbox_drained, ws_url
 from tests.fakes.model_server import StubModelServer
 from tests.fakes.nodes import FakeExecutor
@@ -649,28 +648,31 @@ async def test_a_restarted_bridge_replies_exactly_once_for_a_run_in_flight(
     await outbox_drained(hub.app[STORE])
 
 
-def spy_status_posts(bridge: TelegramBridge) -> asyncio.Queue[tuple[str, int]]:
-    """(run id, message id) of each status message the bridge tells the hub about."""
-    posted: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+async def a_run_with_a_status_message(
+    hub: Any, executor: FakeExecutor, fake: FakeTelegram, bridge: TelegramBridge, prompt: str
+) -> tuple[Pushed, str, Call]:
+    """A running run whose status message is posted and known to the hub.
+
+    Returns the user's message, the run id and the status message's sendMessage call.
+    """
+    told: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
     tell = bridge.status_posted
 
     def spy(run_id: str, message_id: int) -> None:
         tell(run_id, message_id)
-        posted.put_nowait((run_id, message_id))
+        told.put_nowait((run_id, message_id))
 
     bridge.status_posted = spy  # type: ignore[method-assign]
-    return posted
-
-
-async def status_known_to_hub(
-    hub: Any, bridge: TelegramBridge, posted: asyncio.Queue[tuple[str, int]]
-) -> tuple[Run, int]:
-    """Wait until the bridge told the hub of a status message and the hub applied it."""
+    pushed = fake.push_message(USER, prompt)
+    run_id = await assign(executor, prompt)
+    await executor.start_run(run_id)
+    status = await said(fake, USER, f"run {run_id}")
     async with asyncio.timeout(10):
-        run_id, message_id = await posted.get()
+        assert await told.get() == (run_id, status.result["message_id"])
     # The hub applies a bridge's frames in order: once this is answered, the ref is in.
     await bridge.link.session_status("telegram:sync")
-    return hub.app[ROUTER].live[run_id].run, message_id
+    assert hub.app[ROUTER].live[run_id].run.origin["status_ref"] == str(status.result["message_id"])
+    return pushed, run_id, status
 
 
 async def test_a_restarted_bridge_edits_and_removes_the_status_message_of_before(
@@ -680,15 +682,10 @@ async def test_a_restarted_bridge_edits_and_removes_the_status_message_of_before
     fake = fake_telegram
     settings = make_settings(TELEGRAM_STATUS_DELAY_S=0.05, TELEGRAM_STATUS_EDIT_INTERVAL_S=0.05)
     async with running(settings, fake) as bridge:
-        posted = spy_status_posts(bridge)
-        pushed = fake.push_message(USER, "survive with a status")
-        run_id = await assign(executor, "survive with a status")
-        await executor.start_run(run_id)
-        status = await said(fake, USER, f"run {run_id}")
-        status_id = status.result["message_id"]
-        run, told = await status_known_to_hub(hub, bridge, posted)
-        assert (run.id, told) == (run_id, status_id)
-        assert run.origin["status_ref"] == str(status_id)
+        pushed, run_id, status = await a_run_with_a_status_message(
+            hub, executor, fake, bridge, "survive with a status"
+        )
+    status_id = status.result["message_id"]
     mark = fake.mark()
     async with running(settings, fake):
         await executor.event(run_id, 1, kind="codex", data={}, summary="running `du -sh`")
@@ -726,13 +723,10 @@ async def test_a_restarted_bridge_removes_the_status_message_of_a_run_ended_mean
     fake = fake_telegram
     settings = make_settings(TELEGRAM_STATUS_DELAY_S=0.05, TELEGRAM_STATUS_EDIT_INTERVAL_S=0.05)
     async with running(settings, fake) as bridge:
-        posted = spy_status_posts(bridge)
-        pushed = fake.push_message(USER, "end while I am away")
-        run_id = await assign(executor, "end while I am away")
-        await executor.start_run(run_id)
-        status = await said(fake, USER, f"run {run_id}")
-        status_id = status.result["message_id"]
-        await status_known_to_hub(hub, bridge, posted)
+        pushed, run_id, status = await a_run_with_a_status_message(
+            hub, executor, fake, bridge, "end while I am away"
+        )
+    status_id = status.result["message_id"]
     await executor.finish(run_id, "ended while away")
     await executor.wait_type("result_ack", run_id=run_id)
     if delete_fails:
