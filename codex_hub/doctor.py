@@ -2,7 +2,7 @@
 
 Checks, in the order they are printed:
 
-- **codex**: the binary (``CODEX_BIN``, ``.tools/``, PATH) answers ``codex --version``,
+- **codex**: the binary (``CODEX_BIN``, ``tools/``, PATH) answers ``codex --version``,
   ``CODEX_HOME`` exists, and ``codex login status`` (with that ``CODEX_HOME``) says it is
   logged in;
 - **cli**: git, gh, kubectl and aws (and anything ``AVAILABLE_CLIS`` adds) on PATH. A
@@ -46,7 +46,7 @@ from websockets.exceptions import (
 )
 
 from executor.clis import CLI_PURPOSES, CONDITIONAL, available_clis
-from executor.codex import resolve_codex_bin
+from executor.codex import TESTED_CODEX_VERSION, resolve_codex_bin
 from executor.settings import ExecutorSettings
 from executor.transport import SpawnError
 from executor.transport_local import LocalTransport
@@ -72,7 +72,7 @@ __all__ = [
     "run_doctor",
 ]
 
-Status = Literal["ok", "FAIL", "skip"]
+Status = Literal["ok", "warn", "FAIL", "skip"]
 
 #: Each network check gives up after this long.
 NETWORK_TIMEOUT_S = 5.0
@@ -95,6 +95,11 @@ class Check:
     def failed(self) -> bool:
         """True for a ``FAIL``."""
         return self.status == "FAIL"
+
+    @property
+    def advised(self) -> bool:
+        """True when the line comes with a ``fix:``: a ``FAIL`` or a ``warn``."""
+        return self.status in ("FAIL", "warn")
 
 
 def mask(secret: str) -> str:
@@ -151,7 +156,7 @@ async def check_codex(
         return [
             _fail(
                 "codex",
-                "no codex binary found (CODEX_BIN, .tools/, PATH)",
+                "no codex binary found (CODEX_BIN, tools/, PATH)",
                 "run `make install`, or set CODEX_BIN to the codex binary",
             )
         ]
@@ -198,12 +203,31 @@ async def _codex_version(
         )
     version = next((line.strip() for line in lines if line.strip()), "")
     if result.exit_code == 0 and version:
-        return Check("codex", "ok", f"{version} at {codex_bin}")
+        return _tested_or_warn(version, codex_bin)
     why = "timed out" if result.timed_out else f"exited with {result.exit_code}"
     return _fail(
         "codex",
         f"`{codex_bin} --version` {why}",
         "reinstall codex (`make install`) or point CODEX_BIN at a working binary",
+    )
+
+
+def _tested_or_warn(version: str, codex_bin: str) -> Check:
+    """``ok`` for the codex version this build was tested with, else a ``warn``.
+
+    Another version usually works, but its JSONL events and flags are what this code
+    parses, and they move between releases: say so, and how to get the tested one.
+    """
+    number = version.split()[-1].removeprefix("v")
+    if number == TESTED_CODEX_VERSION:
+        return Check("codex", "ok", f"{version} at {codex_bin}")
+    return Check(
+        "codex",
+        "warn",
+        f"{version} at {codex_bin}, but codex-hub was tested with {TESTED_CODEX_VERSION}",
+        f"install the tested version: `make codex` (or `npm install -g "
+        f"@openai/codex@{TESTED_CODEX_VERSION}`) and unset CODEX_BIN or point it there; "
+        f"to move codex-hub to {number}, change tools/package.json and run `make test`",
     )
 
 
@@ -593,12 +617,19 @@ def render(checks: Sequence[Check]) -> str:
     lines = []
     for check in checks:
         lines.append(f"{check.status:<4}  {check.name}: {check.detail}")
-        if check.failed and check.fix:
+        if check.advised and check.fix:
             lines.append(f"      fix: {check.fix}")
-    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "FAIL", "skip")}
-    verdict = "fix the FAIL lines above" if counts["FAIL"] else "all good"
+    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "warn", "FAIL", "skip")}
+    if counts["FAIL"]:
+        verdict = "fix the FAIL lines above"
+    elif counts["warn"]:
+        verdict = "works, but read the warn lines above"
+    else:
+        verdict = "all good"
+    warned = f"{counts['warn']} warn, " if counts["warn"] else ""
     lines.append(
-        f"doctor: {counts['ok']} ok, {counts['FAIL']} FAIL, {counts['skip']} skip: {verdict}"
+        f"doctor: {counts['ok']} ok, {warned}{counts['FAIL']} FAIL, {counts['skip']} skip: "
+        f"{verdict}"
     )
     return "\n".join(redact(line) for line in lines) + "\n"
 

@@ -20,8 +20,13 @@ from typing import Any
 
 from executor.settings import ExecutorSettings
 
-#: Where `make install` puts the CLI, relative to the repository (or the current dir).
-LOCAL_NODE_MODULES = Path(".tools") / "node_modules"
+#: Where `make install` puts the CLI (`npm ci` in tools/), relative to the repository
+#: (or the current dir).
+LOCAL_NODE_MODULES = Path("tools") / "node_modules"
+#: The codex version this code was tested with: the one tools/package-lock.json pins
+#: (a test holds the two together). Any other version may emit events this module does
+#: not know; `codex-hub doctor` warns when the binary in use is not this one.
+TESTED_CODEX_VERSION = "0.169.0"
 #: Marker appended to strings that `truncate_event` cut.
 TRUNCATION_MARK = "…[truncated {cut} chars]"
 #: The longest command or message quoted in a one-line progress text.
@@ -87,7 +92,7 @@ def _native_sibling(wrapper: Path) -> str | None:
 
 
 def resolve_codex_bin(setting: str) -> str:
-    """Find the codex binary: `setting`, else `.tools/` of the repo or cwd, else PATH.
+    """Find the codex binary: `setting`, else `tools/` of the repo or cwd, else PATH.
 
     An npm node wrapper is swapped for its native sibling when one is installed: killing
     the wrapper would leave the native child running. Raises FileNotFoundError when no

@@ -33,6 +33,7 @@ from codex_hub.doctor import (
     render,
     run_doctor,
 )
+from executor.codex import TESTED_CODEX_VERSION
 from executor.settings import ExecutorSettings
 from tests.conftest import NODE_TOKEN, ws_url
 from tests.fakes.chat_model import CHAT_API_KEY, CHAT_MODEL, StubChatModel
@@ -360,6 +361,31 @@ async def test_codex_home_missing(codex_bin: str, tmp_path: Path) -> None:
     assert version.status == "ok"
     assert login.failed and "does not exist" in login.detail
     assert f"mkdir -p {home}" in login.fix and "codex login --with-api-key" in login.fix
+
+
+@pytest.mark.parametrize("printed", ["codex-cli 0.171.0", "codex-cli 0.168.2"])
+async def test_a_codex_other_than_the_tested_one_is_a_warning(tmp_path: Path, printed: str) -> None:
+    """A codex that is not the tested version: warn (not FAIL), naming both and how to move."""
+    fake = tmp_path / "codex"
+    fake.write_text(f"#!/bin/sh\necho '{printed}'\n")
+    fake.chmod(0o755)
+    version, _login = await check_codex(executor(CODEX_BIN=str(fake), CODEX_HOME=tmp_path))
+    assert version.status == "warn" and not version.failed
+    assert printed in version.detail and TESTED_CODEX_VERSION in version.detail
+    assert "make codex" in version.fix and f"@openai/codex@{TESTED_CODEX_VERSION}" in version.fix
+    report = render([version])
+    assert "      fix: install the tested version" in report
+    assert report.splitlines()[-1] == (
+        "doctor: 0 ok, 1 warn, 0 FAIL, 0 skip: works, but read the warn lines above"
+    )
+
+
+@pytest.mark.codex
+async def test_the_pinned_codex_is_the_tested_one(codex_bin: str, tmp_path: Path) -> None:
+    """The codex `make install` puts in tools/ is the version doctor calls tested."""
+    version, _login = await check_codex(executor(CODEX_BIN=codex_bin, CODEX_HOME=tmp_path))
+    assert version.status == "ok", version
+    assert version.detail.startswith(f"codex-cli {TESTED_CODEX_VERSION} at ")
 
 
 async def test_codex_over_ssh_is_skipped() -> None:
