@@ -69,8 +69,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import asyncssh
-
 from executor.run_helper import HELPER, Launch, kill_words, run_words
 from executor.run_io import (
     CHUNK_BYTES,
@@ -82,6 +80,7 @@ from executor.run_io import (
     follow,
 )
 from executor.settings import ConfigError, ExecutorSettings
+from executor.ssh_compat import asyncssh
 from executor.transport import LoginStatus, ProcessResult, SpawnError, TransportError
 
 log = logging.getLogger(__name__)

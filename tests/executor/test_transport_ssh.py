@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import pytest
 
 from executor.engine import CodexEngine, RunRequest
 from executor.factory import ConfigError, build_pipeline
 from executor.run_io import STDERR_TAIL_BYTES
 from executor.settings import ExecutorSettings
+from executor.ssh_compat import asyncssh
 from executor.transport import SpawnError, TransportError
 from executor.transport_local import TAG_VAR
 from executor.transport_ssh import (

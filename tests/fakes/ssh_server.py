@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import pytest
+
+from executor.ssh_compat import asyncssh
 
 #: How long the server waits for its children when it stops, before killing them.
 STOP_GRACE_S = 5.0
