@@ -23,9 +23,6 @@
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim
 
-# Pinned like the Makefile's CODEX_VERSION: codex's JSONL events are a moving target.
-ARG CODEX_VERSION=0.169.0
-
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -50,12 +47,13 @@ RUN groupadd --system --gid 10001 codex \
  && mkdir -p /data/hub /data/codex-home /data/work \
  && chown -R codex:codex /data
 
-# codex, pinned, in /opt. CODEX_BIN points at the native binary rather than the npm
-# wrapper: the wrapper's child survives a kill of the wrapper (see the Makefile). The
-# platform package's path holds the target triple, so it is resolved here, at build
-# time, and given a fixed name on PATH (`codex login` in a shell finds it too).
-RUN npm install --prefix /opt/codex --omit=dev --no-audit --no-fund --loglevel=error \
-      "@openai/codex@${CODEX_VERSION}" \
+# codex, in /opt, exactly as tools/package-lock.json pins it (`npm ci`, integrity
+# checked): the same build `make test` tested. CODEX_BIN points at the native binary
+# rather than the npm wrapper: the wrapper's child survives a kill of the wrapper (see
+# the Makefile). The platform package's path holds the target triple, so it is resolved
+# here, at build time, and given a fixed name on PATH (`codex login` in a shell finds it).
+COPY tools/package.json tools/package-lock.json /opt/codex/
+RUN npm ci --prefix /opt/codex --omit=dev --no-audit --no-fund --loglevel=error \
  && native="$(ls -d /opt/codex/node_modules/@openai/codex-linux-*/vendor/*/bin/codex | head -n 1)" \
  && test -x "$native" \
  && ln -s "$native" /usr/local/bin/codex \
@@ -63,28 +61,33 @@ RUN npm install --prefix /opt/codex --omit=dev --no-audit --no-fund --loglevel=e
  && rm -rf /root/.npm
 ENV CODEX_BIN=/usr/local/bin/codex
 
-# Python dependencies before the source, so editing code reuses this layer. They are
-# read from pyproject.toml itself: no second list to keep in step. setuptools comes
-# along so the source layer below builds without fetching anything (70.1+ needs no
-# separate `wheel` for editable installs).
+# uv, the installer, pinned with hashes like everything it installs.
+COPY tools/uv-requirements.txt /tmp/uv-requirements.txt
+RUN pip install --require-hashes -r /tmp/uv-requirements.txt \
+ && rm /tmp/uv-requirements.txt
+
+# Python dependencies before the source, so editing code reuses this layer: exactly
+# what uv.lock pins (hashes checked), runtime only, into /opt/venv. --frozen: the lock
+# is used as it is, never re-resolved, so the image holds what CI tested.
 WORKDIR /app
-COPY pyproject.toml ./
-RUN python -m venv /opt/venv \
- && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-      > /tmp/requirements.txt \
- && /opt/venv/bin/pip install -r /tmp/requirements.txt "setuptools>=70.1" \
- && rm /tmp/requirements.txt
+ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1
+COPY pyproject.toml uv.lock ./
+RUN uv sync --frozen --no-dev --no-install-project
 ENV PATH=/opt/venv/bin:$PATH
 
-# The source. Installed editable, like `make install`, so the tree stays as in the
-# repository (the hub serves monitor/ from next to its package).
+# The source, then the project itself from the same lock. Installed editable, like
+# `make install`, so the tree stays as in the repository (the hub serves monitor/ from
+# next to its package).
 COPY README.md ./
 COPY hub ./hub
 COPY executor ./executor
 COPY bridges ./bridges
 COPY codex_hub ./codex_hub
 COPY monitor ./monitor
-RUN pip install --no-deps --no-build-isolation -e . \
+RUN uv sync --frozen --no-dev \
  && codex-hub --help > /dev/null
 
 USER codex
