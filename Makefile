@@ -74,7 +74,8 @@ test-latest: $(UV) codex browser
 	test -x $(LATEST_VENV)/bin/python || $(UV) venv --quiet $(LATEST_VENV)
 	VIRTUAL_ENV=$(abspath $(LATEST_VENV)) $(UV) pip install --quiet --upgrade \
 	  --resolution highest -e . --group dev
-	$(LATEST_VENV)/bin/python -m pip list --format=freeze 2>/dev/null \
+	@echo "newest versions under test (uv.lock has the tested ones):"
+	@VIRTUAL_ENV=$(abspath $(LATEST_VENV)) $(UV) pip freeze \
 	  | grep -iE '^(aiohttp|cryptography|asyncssh|pydantic|slack-bolt|python-telegram-bot|openai)==' || true
 	CODEX_BIN=$(abspath $(CODEX_NATIVE)) $(LATEST_VENV)/bin/python -m pytest -q \
 	  -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
