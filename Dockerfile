@@ -78,16 +78,15 @@ COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project
 ENV PATH=/opt/venv/bin:$PATH
 
-# The source, then the project itself from the same lock. Installed editable, like
-# `make install`, so the tree stays as in the repository (the hub serves monitor/ from
-# next to its package).
+# The source, then the project itself from the same lock, as a regular (non-editable)
+# install: the monitor page travels inside the package as package data.
 COPY README.md ./
 COPY hub ./hub
 COPY executor ./executor
 COPY bridges ./bridges
 COPY codex_hub ./codex_hub
 COPY monitor ./monitor
-RUN uv sync --frozen --no-dev \
+RUN uv sync --frozen --no-dev --no-editable \
  && codex-hub --help > /dev/null
 
 USER codex

@@ -44,7 +44,6 @@ import asyncio
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -64,12 +63,12 @@ from hub.errors import (
 from hub.metrics import CONTENT_TYPE
 from hub.protocol import CLOSE_RATE_LIMITED
 from hub.router import HubClosing, QueueFull, new_run_id
+from monitor import MONITOR_DIR
 
 log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
-MONITOR_DIR = Path(__file__).resolve().parent.parent / "monitor"
 #: Bytes a browser's socket may hold back (beyond what the kernel took) before the
 #: browser counts as fallen behind and is dropped: a couple of seconds of a busy hub.
 FEED_BUFFER_BYTES = 256 * 1024

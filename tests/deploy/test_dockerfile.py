@@ -43,6 +43,7 @@ def test_python_dependencies_are_installed_from_the_lock() -> None:
     assert len(syncs) == 2
     for run in syncs:
         assert "--frozen" in run and "--no-dev" in run
+    assert "--no-editable" in syncs[-1]  # a regular install: the page is package data
     assert not any(re.search(r"pip install (?!--require-hashes)", r) for r in runs)
 
 
