@@ -110,8 +110,12 @@ fmt: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# `make bench` runs every suite; `make bench SUITE=hub` (or SUITE="hub feed") only those.
+# (`make bench hub` would ask make for a target named hub: the directory, so nothing.)
+SUITE ?=
+BENCH_ARGS ?=
 bench: install
-	$(PY) -m bench
+	$(PY) -m bench $(SUITE) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LATEST_VENV) $(UV_VENV) $(TOOLS)/node_modules .pytest_cache .mypy_cache .ruff_cache
