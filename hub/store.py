@@ -261,8 +261,12 @@ class Store:
         conn.execute("PRAGMA busy_timeout=5000")
         # The checkpointer thread does it, off the commit path (see the module's doc).
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.executescript(SCHEMA)
-        _migrate(conn)
+        try:
+            conn.executescript(SCHEMA)
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _checkpoint_loop(self) -> None:
