@@ -5,6 +5,10 @@
   ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
 - ``GET /api/nodes``.
 - ``GET /api/feed``: websocket, see below.
+- ``GET /healthz`` (alive), ``GET /readyz`` (an executor is connected and codex is
+  logged in), ``GET /metrics`` (Prometheus).
+- ``GET /`` and ``GET /static/...``: the monitor page (``monitor/``), served with a
+  strict Content-Security-Policy; it shows nothing until the browser presents a key.
 
 A key sees only its own runs (hub.auth's principals): the list, a run, its cancel and
 the feed leave out other principals' runs and those of the chat bridges, and a run id
@@ -12,10 +16,6 @@ that is not the caller's is answered 404, as if it did not exist. Operator keys
 (``HUB_OPERATOR_KEYS``) see every run. ``session_key`` in ``POST /api/runs`` names a
 session of the caller's own; only an operator may continue another principal's or a
 chat platform's conversation, and the run records it (``origin.operator`` and a note).
-- ``GET /healthz`` (alive), ``GET /readyz`` (an executor is connected and codex is
-  logged in), ``GET /metrics`` (Prometheus).
-- ``GET /`` and ``GET /static/...``: the monitor page (``monitor/``), served with a
-  strict Content-Security-Policy; it shows nothing until the browser presents a key.
 
 The live feed
 -------------
@@ -27,12 +27,14 @@ text frames:
 - ``{"type": "ready", "nodes": [...], "now": <hub clock, epoch s>}`` once, first;
 - ``{"type": "run", "run": <Run.summary()>}`` when a run is created or changes state;
 - ``{"type": "event", "run_id", "event": {"seq", "ts", "kind", ...}}`` for each event of
-  any run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
+  a run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
+  ``run`` and ``event`` messages only of the key's own runs, unless it is an operator's;
 - ``{"type": "nodes", "nodes": [...]}`` whenever a node connects, leaves or changes.
 
 After ``ready`` every text frame is a JSON array of messages, in the order they were
 published: the hub gathers what is published during a short tick (``hub.bus.TICK_S``,
-25 ms) and sends it to every browser as one frame, encoded once. Within a tick only
+25 ms) and sends it to every browser as one frame, encoded once (once per principal
+watching). Within a tick only
 the latest ``run`` message of each run (and the latest ``nodes``) is kept, in the place
 of the latest; ``event`` messages are never merged or dropped, so a browser sees every
 event of every run, in seq order, though not every intermediate state of a run.
@@ -65,9 +67,7 @@ from hub.auth import (
     principal_for_key,
     principal_of,
 )
-from hub.auth import (
-    session_key as namespaced,
-)
+from hub.auth import session_key as namespaced
 from hub.bus import Frame, websocket_text_frame
 from hub.errors import (
     ApiError,
