@@ -359,6 +359,7 @@ HIDDEN_ENV: frozenset[str] = frozenset(
     {
         "HUB_TOKEN",
         "HUB_API_KEYS",
+        "HUB_OPERATOR_KEYS",
         "SLACK_BOT_TOKEN",
         "SLACK_APP_TOKEN",
         "TELEGRAM_BOT_TOKEN",

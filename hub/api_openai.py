@@ -4,6 +4,10 @@ Shaped exactly like OpenAI's so the official client works unchanged. The instruc
 the last non-empty ``user`` message; the answer is codex's raw final message. Streaming
 is SSE with ``: keepalive`` comments while codex works and progress as
 ``reasoning_content`` deltas, never mixed into ``content``.
+
+``X-Session-Id`` and ``Idempotency-Key`` are the caller's own: they are namespaced by
+the key's principal (:mod:`hub.auth`), so another key sending the same values gets a
+conversation and runs of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub.appkeys import ROUTER, SETTINGS
+from hub.auth import principal_of, session_key
 from hub.bus import Dropped
 from hub.errors import (
     RUN_ID,
@@ -222,15 +227,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "user": chat.user or None,
         "client": request.headers.get("User-Agent", "")[:200],
     }
+    # Both ids live in the caller's own namespace: another key sending the same ones
+    # gets a conversation (and runs) of its own, never this caller's.
+    principal = principal_of(request)
     try:
         ticket = await router.submit(
             prompt,
             origin=origin,
-            session_key=f"http:{session}" if session else None,
+            session_key=session_key("http", principal, session) if session else None,
             optimize=optimize,
             watch=bool(chat.stream),
             run_id=run_id,
-            dedupe_key=f"http:{idempotency}" if idempotency else None,
+            dedupe_key=session_key("http", principal, idempotency) if idempotency else None,
+            principal=principal,
         )
     except QueueFull as exc:
         raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None

@@ -10,6 +10,13 @@
 - ``GET /`` and ``GET /static/...``: the monitor page (``monitor/``), served with a
   strict Content-Security-Policy; it shows nothing until the browser presents a key.
 
+A key sees only its own runs (hub.auth's principals): the list, a run, its cancel and
+the feed leave out other principals' runs and those of the chat bridges, and a run id
+that is not the caller's is answered 404, as if it did not exist. Operator keys
+(``HUB_OPERATOR_KEYS``) see every run. ``session_key`` in ``POST /api/runs`` names a
+session of the caller's own; only an operator may continue another principal's or a
+chat platform's conversation, and the run records it (``origin.operator`` and a note).
+
 The live feed
 -------------
 The browser's first frame is ``{"type": "auth", "key": "<API key or empty>"}``; a wrong
@@ -20,12 +27,14 @@ text frames:
 - ``{"type": "ready", "nodes": [...], "now": <hub clock, epoch s>}`` once, first;
 - ``{"type": "run", "run": <Run.summary()>}`` when a run is created or changes state;
 - ``{"type": "event", "run_id", "event": {"seq", "ts", "kind", ...}}`` for each event of
-  any run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
+  a run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
+  ``run`` and ``event`` messages only of the key's own runs, unless it is an operator's;
 - ``{"type": "nodes", "nodes": [...]}`` whenever a node connects, leaves or changes.
 
 After ``ready`` every text frame is a JSON array of messages, in the order they were
 published: the hub gathers what is published during a short tick (``hub.bus.TICK_S``,
-25 ms) and sends it to every browser as one frame, encoded once. Within a tick only
+25 ms) and sends it to every browser as one frame, encoded once (once per principal
+watching). Within a tick only
 the latest ``run`` message of each run (and the latest ``nodes``) is kept, in the place
 of the latest; ``event`` messages are never merged or dropped, so a browser sees every
 event of every run, in seq order, though not every intermediate state of a run.
@@ -49,7 +58,15 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from hub.appkeys import AUTH_FAILURES, BUS, METRICS, ROUTER, SETTINGS, STORE
-from hub.auth import key_matches
+from hub.auth import (
+    can_see,
+    is_operator,
+    key_matches,
+    owns_session,
+    principal_for_key,
+    principal_of,
+)
+from hub.auth import session_key as namespaced
 from hub.bus import Frame, websocket_text_frame
 from hub.errors import (
     ApiError,
@@ -107,6 +124,7 @@ async def list_runs(request: web.Request) -> web.Response:
         session_key=request.query.get("session_key") or None,
         before=_int(request, "before", None, 0, 2**62),
         limit=_int(request, "limit", 50, 1, 500) or 50,
+        principal=None if is_operator(request) else principal_of(request),
     )
     items = []
     for run in runs:
@@ -123,7 +141,7 @@ async def get_run(request: web.Request) -> web.Response:
     store = request.app[STORE]
     live = router.live.get(run_id)
     run = live.run if live else await store.get_run(run_id)
-    if run is None:
+    if run is None or not can_see(request, run.principal):
         raise NotFound(f"no run with id {run_id}", param="run_id")
     events = await store.get_events(run_id, _int(request, "after", 0, 0, 2**62) or 0)
     return json_response({"run": run.to_dict(), "events": events})
@@ -145,14 +163,31 @@ async def create_run(request: web.Request) -> web.Response:
     optimize = body.get("optimize")
     if optimize is not None and not isinstance(optimize, bool):
         raise BadRequest("'optimize' must be true or false", param="optimize")
+    principal = principal_of(request)
+    run_id = new_run_id()
+    origin: dict[str, Any] = {"source": "monitor", "user": "monitor"}
+    note = None
+    if not session_key:
+        session_key = namespaced("monitor", principal, run_id)
+    elif owns_session(principal, session_key):
+        pass
+    elif is_operator(request):
+        # An operator continues someone else's conversation (a chat user's, say): the
+        # run says so, for whoever reads it later.
+        origin["operator"] = principal
+        note = f"operator {principal} continued the conversation {session_key}"
+    else:
+        # Never someone else's session: the id names one of the caller's own.
+        session_key = namespaced("monitor", principal, session_key)
     try:
-        run_id = new_run_id()
         ticket = await router.submit(
             prompt,
-            origin={"source": "monitor", "user": "monitor"},
-            session_key=session_key or f"monitor:{run_id}",
+            origin=origin,
+            session_key=session_key,
             optimize=optimize,
             run_id=run_id,
+            principal=principal,
+            note=note,
         )
     except QueueFull as exc:
         raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
@@ -170,6 +205,10 @@ async def cancel_run(request: web.Request) -> web.Response:
     """Cancel a queued or running run."""
     run_id = request.match_info["run_id"]
     router = request.app[ROUTER]
+    live = router.live.get(run_id)
+    owned = live.run if live else await request.app[STORE].get_run(run_id)
+    if owned is None or not can_see(request, owned.principal):
+        raise NotFound(f"no run with id {run_id}", param="run_id")
     if await router.cancel(run_id, "cancelled from the API"):
         live = router.live.get(run_id)
         run = live.run if live else await request.app[STORE].get_run(run_id)
@@ -214,24 +253,28 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
             key = str(frame.get("key") or "") if isinstance(frame, dict) else ""
         except ValueError:
             key = ""
-    if settings.api_keys:
+    # Whose runs this browser sees: None is every run (an operator, or a hub without keys).
+    viewer: str | None = None
+    if settings.all_api_keys:
         failures = request.app[AUTH_FAILURES]
         client = failures.client(request)
         refused = failures.refusal(client)
         if refused is not None:  # the key is not even checked
             await ws.close(code=CLOSE_RATE_LIMITED, message=refused[0].encode())
             return ws
-        if not key_matches(key, settings.api_keys):
+        if not key_matches(key, settings.all_api_keys):
             failures.failed(client)
             await ws.close(code=CLOSE_FEED_UNAUTHORIZED, message=b"missing or invalid API key")
             return ws
+        if not key_matches(key, settings.operator_keys):
+            viewer = principal_for_key(key)
     transport = request.transport
     if transport is None or ws.closed:
         return ws
     sink = _FeedSink(ws, transport)
     # Subscribed and `ready` written in one step, with no await in between: nothing
     # published before `ready` follows it, nothing published after it is missed.
-    sub = request.app[BUS].subscribe_frames(sink)
+    sub = request.app[BUS].subscribe_frames(sink, principal=viewer)
     ready = {"type": "ready", "nodes": request.app[ROUTER].nodes(), "now": time.time()}
     transport.write(websocket_text_frame(json.dumps(ready).encode()))
     request.app[SOCKETS_FEED].add(ws)

@@ -62,7 +62,10 @@ def create_app(settings: HubSettings) -> web.Application:
     )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, make_auth_middleware(settings.api_keys, limiter, failures)],
+        middlewares=[
+            error_middleware,
+            make_auth_middleware(settings.api_keys, limiter, failures, settings.operator_keys),
+        ],
     )
     app[SETTINGS] = settings
     app[BUS] = Bus()

@@ -1,9 +1,27 @@
 """API keys for the HTTP API and the monitor, per-key rate limits, and a limit on failed
-authentications per client address (for the API, the feed and the node socket alike)."""
+authentications per client address (for the API, the feed and the node socket alike).
+
+Principals
+----------
+Every API key is a *principal*: it sees, cancels and continues only its own runs and
+sessions. Its id (:func:`principal_for_key`) is ``key:`` and the first 12 hex digits of
+the key's SHA-256: stable across restarts, and never the key itself. The keys of
+``HUB_OPERATOR_KEYS`` are *operators*: they see every run (those of other keys and of the
+chat bridges) and may continue any conversation. Without any key configured everyone
+is one principal (:data:`NO_AUTH_PRINCIPAL`) and an operator. Runs from chat bridges
+belong to no API principal (their ``principal`` is null): only operators see them.
+
+The auth middleware sets ``request[PRINCIPAL]`` and ``request[OPERATOR]`` on every
+request it checks (typed request keys named ``principal`` and ``operator``: aiohttp warns
+on plain string keys); handlers read them with :func:`principal_of`, :func:`is_operator`
+and :func:`can_see`. A session id an HTTP caller names is put in its principal's namespace
+with :func:`session_key`, so it can never name another principal's session.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import ipaddress
 import math
@@ -34,6 +52,57 @@ def key_matches(presented: str, keys: Iterable[str]) -> bool:
     for key in keys:
         found |= hmac.compare_digest(given, key.encode("utf-8", "surrogatepass"))
     return found and bool(presented)
+
+
+#: Where the auth middleware leaves a request's principal, and whether it is an operator.
+PRINCIPAL: web.RequestKey[str] = web.RequestKey("principal", str)
+OPERATOR: web.RequestKey[bool] = web.RequestKey("operator", bool)
+#: The one principal of a hub that has no API key at all (everyone is an operator then).
+NO_AUTH_PRINCIPAL = "anonymous"
+#: Surfaces whose session keys are namespaced by principal (``<surface>:<principal>:<id>``).
+API_SURFACES = ("http", "monitor")
+
+
+def principal_for_key(key: str) -> str:
+    """The principal id of an API key: ``key:`` + 12 hex digits of its SHA-256."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"key:{digest[:12]}"
+
+
+def principal_of(request: web.Request) -> str:
+    """The principal the auth middleware found for ``request``.
+
+    Raises :class:`~hub.errors.Unauthorized` on a path the middleware did not check,
+    rather than guess: a handler that needs a principal must be behind a key.
+    """
+    principal = request.get(PRINCIPAL)
+    if not principal:
+        raise Unauthorized("this request carries no checked API key")
+    return principal
+
+
+def is_operator(request: web.Request) -> bool:
+    """True when ``request`` came with an operator key (or the hub has no key at all)."""
+    return request.get(OPERATOR) is True
+
+
+def can_see(request: web.Request, owner: str | None) -> bool:
+    """Whether ``request``'s principal may see (read, cancel) a run owned by ``owner``.
+
+    ``owner`` None is a run of a chat bridge (or from before principals): operators only.
+    """
+    return is_operator(request) or (owner is not None and owner == principal_of(request))
+
+
+def session_key(surface: str, principal: str, session_id: str) -> str:
+    """The session key of ``session_id``, named by ``principal`` on ``surface``."""
+    return f"{surface}:{principal}:{session_id}"
+
+
+def owns_session(principal: str, key: str) -> bool:
+    """Whether ``key`` is a session in ``principal``'s namespace (of any API surface)."""
+    surface, _, rest = key.partition(":")
+    return surface in API_SURFACES and rest.startswith(f"{principal}:")
 
 
 def bearer(request: web.Request) -> str:
@@ -189,11 +258,20 @@ class AuthFailures:
         )
 
 
-def make_auth_middleware(keys: list[str], limiter: RateLimiter, failures: AuthFailures) -> Any:
-    """Refuse API calls without a valid Bearer key when ``HUB_API_KEYS`` is set.
+def make_auth_middleware(
+    keys: list[str],
+    limiter: RateLimiter,
+    failures: AuthFailures,
+    operator_keys: list[str] | None = None,
+) -> Any:
+    """Refuse API calls without a valid Bearer key when any key is configured.
 
-    An address with too many failures is refused (429) before its key is checked.
+    ``keys`` are the plain API keys, ``operator_keys`` the operators' (valid API keys
+    too). An address with too many failures is refused (429) before its key is checked.
+    A request let through carries ``request[PRINCIPAL]`` and ``request[OPERATOR]``.
     """
+    operator_keys = list(operator_keys or ())
+    every_key = [*keys, *operator_keys]
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -201,7 +279,7 @@ def make_auth_middleware(keys: list[str], limiter: RateLimiter, failures: AuthFa
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in SELF_AUTH_PATHS:
             return await handler(request)
         key = bearer(request)
-        if keys:
+        if every_key:
             client = failures.client(request)
             refused = failures.refusal(client)
             if refused is not None:
@@ -211,12 +289,17 @@ def make_auth_middleware(keys: list[str], limiter: RateLimiter, failures: AuthFa
                     code="too_many_auth_failures",
                     headers={"Retry-After": str(seconds)},
                 )
-            if not key_matches(key, keys):
+            if not key_matches(key, every_key):
                 failures.failed(client)
                 raise Unauthorized(
                     "missing or invalid API key: send 'Authorization: Bearer <key>' "
                     "with one of the keys in HUB_API_KEYS"
                 )
+            request[PRINCIPAL] = principal_for_key(key)
+            request[OPERATOR] = key_matches(key, operator_keys)
+        else:
+            request[PRINCIPAL] = NO_AUTH_PRINCIPAL
+            request[OPERATOR] = True
         wait = limiter.check(key or request.remote or "")
         if wait > 0:
             raise RateLimited(

@@ -15,6 +15,12 @@ Two kinds of subscriber:
   merged or dropped. A frame subscriber's sink says whether it can take the frame;
   when it cannot (its browser fell behind), the subscriber is dropped.
 
+A run's messages (published with its ``run_id``) carry the run's ``owner``, its
+principal (:mod:`hub.auth`): a frame subscriber that is not an operator gets only its
+own runs' messages, and those published for no run (the node lists). Subscribers who
+see the same are handed the same frame, so a tick is encoded once per principal with
+browsers open (once in all when only operators watch).
+
 Either way a slow subscriber never slows the publisher or the other subscribers.
 """
 
@@ -37,9 +43,15 @@ TICK_S = 0.025
 
 
 class _Shared(dict[str, Any]):
-    """A published message: one object for every subscriber, its JSON made once."""
+    """A published message: one object for every subscriber, its JSON made once.
 
-    __slots__ = ("_json",)
+    ``private`` when it is a run's (only the run's ``owner`` and operators see it).
+    """
+
+    __slots__ = ("_json", "owner", "private")
+
+    owner: str | None
+    private: bool
 
     def json(self) -> str:
         try:
@@ -165,11 +177,16 @@ FrameSink = Callable[[Frame], bool]
 
 
 class FrameSubscription:
-    """Hands every tick's :class:`Frame` to a sink, until closed or dropped."""
+    """Hands every tick's :class:`Frame` to a sink, until closed or dropped.
 
-    def __init__(self, bus: Bus, sink: FrameSink) -> None:
+    ``principal`` None sees every run's messages (an operator); otherwise only that
+    principal's runs' and those of no run.
+    """
+
+    def __init__(self, bus: Bus, sink: FrameSink, principal: str | None) -> None:
         self._bus = bus
         self.sink = sink
+        self.principal = principal
         self.dropped = False
         self.closed = False
         self._ended = asyncio.get_running_loop().create_future()
@@ -195,6 +212,15 @@ class FrameSubscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _private(message: Message) -> bool:
+    # Fail closed: a message that is somehow not a _Shared counts as a run's.
+    return getattr(message, "private", True) is not False
+
+
+def _owner(message: Message) -> str | None:
+    return getattr(message, "owner", None)
 
 
 def _coalesce_key(message: Message) -> str | None:
@@ -232,20 +258,30 @@ class Bus:
             self._by_run.setdefault(run_id, set()).add(sub)
         return sub
 
-    def subscribe_frames(self, sink: FrameSink) -> FrameSubscription:
+    def subscribe_frames(self, sink: FrameSink, *, principal: str | None) -> FrameSubscription:
         """Hand ``sink`` one :class:`Frame` per tick, from the next message on.
 
-        What is already gathered goes out first, to the others only: a new subscriber
-        never gets a message published before it subscribed.
+        ``principal`` is whose runs it sees; None: everyone's (an operator's feed). A
+        tick with nothing for it sends it nothing. What is already gathered goes out
+        first, to the others only: a new subscriber never gets a message published
+        before it subscribed.
         """
         self.flush()
-        sub = FrameSubscription(self, sink)
+        sub = FrameSubscription(self, sink, principal)
         self._frame_subs[sub] = None
         return sub
 
-    def publish(self, message: Message, run_id: str | None = None) -> None:
-        """Hand ``message`` to the subscribers; never waits."""
+    def publish(
+        self, message: Message, run_id: str | None = None, *, owner: str | None = None
+    ) -> None:
+        """Hand ``message`` to the subscribers; never waits.
+
+        A message with a ``run_id`` is that run's: frame subscribers see it only if they
+        are ``owner`` (the run's principal; None for a chat bridge's run) or operators.
+        """
         message = _Shared(message)
+        message.private = run_id is not None
+        message.owner = owner
         for sub in tuple(self._all):
             sub._offer(message)
         if run_id is not None:
@@ -279,9 +315,15 @@ class Bus:
         self._latest = {}
         if not batch or not self._frame_subs:
             return
-        frame = Frame(orjson.dumps(batch), len(batch))
-        self.frames_sent += 1
+        # One frame per view: every message for operators, a principal's own for it.
+        frames: dict[str | None, Frame | None] = {}
         for sub in tuple(self._frame_subs):
+            view = sub.principal
+            if view not in frames:
+                frames[view] = self._frame_for(batch, view)
+            frame = frames[view]
+            if frame is None:
+                continue  # nothing this tick that it may see
             try:
                 took = sub.sink(frame)
             except Exception:
@@ -289,6 +331,14 @@ class Bus:
                 took = False
             if not took:
                 sub._drop()
+
+    def _frame_for(self, batch: list[Message], principal: str | None) -> Frame | None:
+        if principal is not None:
+            batch = [m for m in batch if not _private(m) or _owner(m) == principal]
+            if not batch:
+                return None
+        self.frames_sent += 1
+        return Frame(orjson.dumps(batch), len(batch))
 
     @property
     def subscriber_count(self) -> int:

@@ -208,7 +208,8 @@ def register_settings_secrets(*settings: object) -> None:
 def _looks_like_credential(env_name: str) -> bool:
     if env_name.endswith(("_PATH", "_FILE", "_HOSTS")):
         return False
-    return any(word in env_name for word in ("TOKEN", "API_KEY", "SECRET", "PASSWORD"))
+    words = ("TOKEN", "API_KEY", "OPERATOR_KEY", "SECRET", "PASSWORD")
+    return any(word in env_name for word in words)
 
 
 def forget_secrets() -> None:

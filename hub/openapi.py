@@ -73,6 +73,9 @@ NUMBER: Schema = {"type": "number"}
 INTEGER: Schema = {"type": "integer"}
 BOOLEAN: Schema = {"type": "boolean"}
 CURSOR: Schema = {"type": "integer", "minimum": 0, "maximum": 2**62}
+#: Who started a run (hub.auth): ``key:`` and 12 hex digits, or ``anonymous`` on a hub
+#: without keys; null for a chat bridge's run.
+PRINCIPAL: Schema = {"type": "string", "description": "The API key's principal id."}
 
 
 NON_BLANK: Schema = {"type": "string", "pattern": r"\S"}
@@ -202,6 +205,7 @@ def _schemas(model_name: str) -> dict[str, Schema]:
                 "started_at": _nullable(NUMBER),
                 "finished_at": _nullable(NUMBER),
                 "error": _nullable(error_map),
+                "principal": _nullable(PRINCIPAL),
             }
         ),
         "Run": _object(
@@ -225,6 +229,7 @@ def _schemas(model_name: str) -> dict[str, Schema]:
                 "finished_at": _nullable(NUMBER),
                 "updated_at": NUMBER,
                 "dedupe_key": _nullable(STRING),
+                "principal": _nullable(PRINCIPAL),
             }
         ),
         "Event": _object({"seq": {"type": "integer", "minimum": 1}, "ts": NUMBER, "kind": STRING}),
@@ -258,7 +263,7 @@ def _schemas(model_name: str) -> dict[str, Schema]:
 ERRORS = {
     "400": "The request is malformed: body, parameter or header (OpenAI's envelope).",
     "401": "Missing or wrong API key (HUB_API_KEYS).",
-    "404": "No such model or run.",
+    "404": "No such model or run (another key's run is answered so too).",
     "408": "The body did not arrive in time.",
     "409": "The run was cancelled, or had already ended.",
     "413": "The body is larger than HUB_MAX_BODY_BYTES.",
@@ -372,7 +377,8 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                     _header(
                         "X-Session-Id",
                         {"type": "string", "maxLength": 200},
-                        "Continue this conversation (codex resumes its thread).",
+                        "Continue this conversation (codex resumes its thread); the id is "
+                        "the key's own: another key's same id is another conversation.",
                     ),
                     _header(
                         "X-Optimize-Prompt",
@@ -382,7 +388,8 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                     _header(
                         "Idempotency-Key",
                         {"type": "string", "maxLength": 200},
-                        "A key seen before names the run it started instead of a new one.",
+                        "A key seen before (from the same API key) names the run it "
+                        "started instead of a new one.",
                     ),
                 ],
                 "requestBody": {
@@ -415,6 +422,10 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
             "get": {
                 "operationId": "listRuns",
                 "summary": "Newest runs first, filtered and paged.",
+                "description": (
+                    "The caller's own runs only; an operator key (HUB_OPERATOR_KEYS) "
+                    "sees every run, the chat bridges' too."
+                ),
                 "parameters": [
                     _query("state", STRING, "Comma-separated run states."),
                     _query(
@@ -445,6 +456,12 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
             "post": {
                 "operationId": "createRun",
                 "summary": "Start a run (the monitor's composer).",
+                "description": (
+                    "`session_key` continues a conversation of the caller's own (a "
+                    "`session_key` of one of its runs); any other names a new one of "
+                    "its own. Only an operator key may continue another key's or a chat "
+                    "platform's conversation, and the run records it (`origin.operator`)."
+                ),
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("CreateRun")}},
@@ -563,7 +580,7 @@ def _version() -> str:
 
 def document(settings: HubSettings) -> dict[str, Any]:
     """The OpenAPI 3.1 document of a hub with these settings."""
-    keyed = bool(settings.api_keys)
+    keyed = bool(settings.all_api_keys)
     schemas = _schemas(settings.model_name)
     schemas["Readiness"] = _object(
         {"ready": BOOLEAN, "executors": INTEGER, "logged_in": INTEGER, "reason": STRING},
@@ -586,7 +603,11 @@ def document(settings: HubSettings) -> dict[str, Any]:
     }
     if keyed:
         doc["components"]["securitySchemes"] = {
-            "apiKey": {"type": "http", "scheme": "bearer", "description": "A key of HUB_API_KEYS."}
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A key of HUB_API_KEYS or HUB_OPERATOR_KEYS.",
+            }
         }
         doc["security"] = [{"apiKey": []}]
     return doc

@@ -267,10 +267,15 @@ class Router:
         watch: bool = False,
         run_id: str | None = None,
         dedupe_key: str | None = None,
+        principal: str | None = None,
+        note: str | None = None,
     ) -> Ticket:
         """Store a new run and queue it; ``watch`` subscribes to its events first.
 
         A ``dedupe_key`` already used returns the run it started (``Ticket.duplicate``).
+        ``principal`` owns the run (hub.auth; None for chat bridges): the live feed shows
+        it to that principal and to operators only. ``note`` is recorded as the run's
+        first note (an operator continuing someone else's conversation, say).
         """
         if self.closing:
             raise HubClosing("the hub is shutting down")
@@ -304,6 +309,7 @@ class Router:
             session_key=session_key,
             optimize=optimize,
             dedupe_key=dedupe_key,
+            principal=principal,
         )
         if dedupe_key is not None:
             self._dedupe[dedupe_key] = run.id
@@ -321,6 +327,8 @@ class Router:
         events = self.bus.subscribe(run.id) if watch else None
         position = self.position(run)
         self._record(live, "state", {"state": "queued", "position": position})
+        if note:
+            self._record(live, "note", {"message": note})
         self._publish_run(run)
         self._progress(live, position=position)
         self._dispatch()
@@ -972,6 +980,7 @@ class Router:
                 "event": {"seq": live.seq, "ts": ts, "kind": kind, **data},
             },
             live.run.id,
+            owner=live.run.principal,
         )
         return live.seq, ts
 
@@ -988,7 +997,7 @@ class Router:
         self.store.post(op_record, live.run.id, fields, (seq, ts, kind, data, exec_seq))
 
     def _publish_run(self, run: Run) -> None:
-        self.bus.publish({"type": "run", "run": run.summary()}, run.id)
+        self.bus.publish({"type": "run", "run": run.summary()}, run.id, owner=run.principal)
 
     def _publish_nodes(self) -> None:
         self.bus.publish({"type": "nodes", "nodes": self.nodes()})

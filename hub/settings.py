@@ -80,6 +80,7 @@ class HubSettings(LogSettings):
     db: Path = Field(Path("codex-hub.db"), alias="HUB_DB")
     token: SecretStr = Field(SecretStr(""), alias="HUB_TOKEN")
     api_keys: CsvList = Field(default_factory=list, alias="HUB_API_KEYS")
+    operator_keys: CsvList = Field(default_factory=list, alias="HUB_OPERATOR_KEYS")
     model_name: str = Field("codex", alias="HUB_MODEL_NAME")
     queue_limit: int = Field(1000, alias="HUB_QUEUE_LIMIT", ge=1)
     max_body_bytes: int = Field(1_048_576, alias="HUB_MAX_BODY_BYTES", ge=1024)
@@ -92,12 +93,19 @@ class HubSettings(LogSettings):
     trusted_proxies: CsvList = Field(default_factory=list, alias="HUB_TRUSTED_PROXIES")
 
     _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
+    _split_operator_keys = field_validator("operator_keys", mode="before")(split_csv)
 
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         parse_networks(value)  # refuses what is not an address or a network
         return value
+
+    @property
+    def all_api_keys(self) -> list[str]:
+        """Every key the HTTP API and the monitor accept: ``HUB_API_KEYS`` and the
+        operators' ``HUB_OPERATOR_KEYS`` (an operator key is an API key too)."""
+        return [*self.api_keys, *self.operator_keys]
 
     @model_validator(mode="after")
     def _fail_closed(self) -> HubSettings:

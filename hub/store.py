@@ -92,6 +92,19 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(platform) WHERE acked_at IS NULL;
 """
 
+#: Changes to the schema since the first release, in order. ``PRAGMA user_version``
+#: counts those a database has had: at open, the ones it lacks run, each in the same
+#: transaction as the version it brings (a new database starts from :data:`SCHEMA` and
+#: runs them all).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: who owns a run (hub.auth's principals); null for chat bridges and older runs,
+    # which only operators see.
+    (
+        "ALTER TABLE runs ADD COLUMN principal TEXT",
+        "CREATE INDEX IF NOT EXISTS runs_principal ON runs(principal, n)",
+    ),
+)
+
 _JSON_COLUMNS = ("origin", "usage", "error")
 
 
@@ -118,6 +131,8 @@ class Run:
     finished_at: float | None = None
     updated_at: float = 0.0
     dedupe_key: str | None = None
+    #: The API principal that started it (hub.auth); None for chat bridges.
+    principal: str | None = None
     n: int | None = field(default=None, repr=False)
 
     def snapshot(self) -> Run:
@@ -146,6 +161,7 @@ class Run:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "error": self.error,
+            "principal": self.principal,
         }
 
 
@@ -245,7 +261,12 @@ class Store:
         conn.execute("PRAGMA busy_timeout=5000")
         # The checkpointer thread does it, off the commit path (see the module's doc).
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        conn.executescript(SCHEMA)
+        try:
+            conn.executescript(SCHEMA)
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _checkpoint_loop(self) -> None:
@@ -392,10 +413,14 @@ class Store:
         session_key: str | None = None,
         before: int | None = None,
         limit: int = 50,
+        principal: str | None = None,
     ) -> tuple[list[Run], int | None]:
-        """Newest runs first, filtered; returns the page and the cursor of the next one."""
+        """Newest runs first, filtered; returns the page and the cursor of the next one.
+
+        ``principal`` keeps only that principal's runs (None: everyone's).
+        """
         return await self.call(
-            _list_runs, list(states), list(sources), query, session_key, before, limit
+            _list_runs, list(states), list(sources), query, session_key, before, limit, principal
         )
 
     async def run_by_dedupe_key(self, key: str) -> Run | None:
@@ -576,6 +601,33 @@ def _update_sql(names: tuple[str, ...]) -> str:
     return f"UPDATE runs SET {sets} WHERE id = ?"
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema up to date (see :data:`MIGRATIONS`).
+
+    Each step runs in its own immediate transaction that reads the version again: a
+    crash leaves the database before or after a step, and of two processes opening
+    the same file at once the second finds the step done.
+    """
+    for number, statements in enumerate(MIGRATIONS, start=1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"the store has schema version {version}, newer than this codex-hub "
+                    f"knows ({len(MIGRATIONS)}): upgrade codex-hub, or use another HUB_DB"
+                )
+            if version < number:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+                log.info("store: schema migrated to version %d", number)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
 def _get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:
     row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     return _row_to_run(row) if row else None
@@ -594,9 +646,13 @@ def _list_runs(
     session_key: str | None,
     before: int | None,
     limit: int,
+    principal: str | None = None,
 ) -> tuple[list[Run], int | None]:
     where: list[str] = []
     args: list[Any] = []
+    if principal is not None:
+        where.append("principal = ?")
+        args.append(principal)
     if states:
         where.append(f"state IN ({', '.join('?' * len(states))})")
         args += states
@@ -812,7 +868,7 @@ def op_set_delivery_payload(
 # first writes what was folded, so it sees it. If a folded write fails, it is undone and
 # the operations run one by one, so only the failing one fails, as before.
 
-#: Rows per multi-row INSERT (SQLite allows 32,766 variables; a run row has 20).
+#: Rows per multi-row INSERT (SQLite allows 32,766 variables; a run row has 21).
 _ROWS_PER_INSERT = 500
 
 _EVENT_COLUMNS = "(run_id, seq, ts, kind, data, exec_seq)"

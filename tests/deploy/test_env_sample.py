@@ -55,7 +55,7 @@ def test_secrets_are_empty() -> None:
             if info.annotation is SecretStr:
                 secret_names |= c.field_env_names(cls, name, info)
     assert {"HUB_TOKEN", "OPENAI_API_KEY"} <= secret_names
-    secret_names |= {"HUB_API_KEYS"}  # a plain list, but keys all the same
+    secret_names |= {"HUB_API_KEYS", "HUB_OPERATOR_KEYS"}  # plain lists, but keys all the same
     for name, value, active in c.env_sample():
         if name in secret_names:
             assert active and value == "", name

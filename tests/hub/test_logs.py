@@ -185,17 +185,21 @@ def test_secret_is_masked_in_text_tracebacks() -> None:
 
 
 def test_secret_str_and_settings_register(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings' SecretStr values and API keys are registered from the settings objects."""
-    for name in ("HUB_TOKEN", "HUB_API_KEYS", "HUB_HOST"):
+    """Settings' SecretStr values and API keys (operators' too) are registered from the
+    settings objects."""
+    for name in ("HUB_TOKEN", "HUB_API_KEYS", "HUB_OPERATOR_KEYS", "HUB_HOST"):
         monkeypatch.delenv(name, raising=False)
     # Built from an env file, the way processes build them (and without typing friction).
     env = tmp_path / "test.env"
-    env.write_text("HUB_TOKEN=node-secret-1\nHUB_API_KEYS=key-one,key-two\n")
+    env.write_text(
+        "HUB_TOKEN=node-secret-1\nHUB_API_KEYS=key-one,key-two\nHUB_OPERATOR_KEYS=op-key-1\n"
+    )
     hub = HubSettings(_env_file=env)  # type: ignore[call-arg]
     node = NodeSettings(_env_file=None, HUB_TOKEN=SecretStr("node-secret-2"))  # type: ignore[call-arg]
     logs.register_settings_secrets(hub, node)
     assert (
-        logs.redact("node-secret-1 key-one key-two node-secret-2 codex") == "*** *** *** *** codex"
+        logs.redact("node-secret-1 key-one key-two op-key-1 node-secret-2 codex")
+        == "*** *** *** *** *** codex"
     )
     # The model name is no credential and stays readable.
     assert logs.redact(hub.model_name) == "codex"

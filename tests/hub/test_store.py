@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from hub.store import (
+    MIGRATIONS,
+    SCHEMA,
     Delivery,
     Run,
     Store,
@@ -69,6 +71,48 @@ async def test_list_runs_pages_newest_first_with_filters(tmp_path: Path) -> None
         assert [r.id for r in found] == ["run_0007"]
         none, _ = await store.list_runs(query="%", states=["failed"], limit=100)
         assert none == []
+
+
+async def test_a_database_of_the_first_release_gains_run_principals_on_open(
+    tmp_path: Path,
+) -> None:
+    """Opening a store written before principals adds the column: its runs keep their
+    fields with no principal (operators only), new runs record theirs and list by it,
+    and opening again changes nothing."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA)  # the first release's schema, before any migration
+    old.execute(
+        "INSERT INTO runs (id, created_at, updated_at, state, source, origin, prompt) "
+        "VALUES ('run_old', 1.0, 1.0, 'succeeded', 'http', '{}', 'from before')"
+    )
+    old.commit()
+    old.close()
+    for _ in range(2):
+        async with Store(path) as store:
+            before = await store.get_run("run_old")
+            assert before is not None
+            assert (before.prompt, before.principal) == ("from before", None)
+            if await store.get_run("run_0001") is None:
+                await store.insert_run(make_run(1, principal="key:aaaaaaaaaaaa"))
+                await store.insert_run(make_run(2, principal="key:bbbbbbbbbbbb"))
+            mine, _ = await store.list_runs(principal="key:aaaaaaaaaaaa")
+            assert [r.id for r in mine] == ["run_0001"]
+            everyone, _ = await store.list_runs()
+            assert {r.id for r in everyone} == {"run_old", "run_0001", "run_0002"}
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    check.close()
+
+
+async def test_a_database_from_a_newer_codex_hub_is_refused(tmp_path: Path) -> None:
+    """A schema version beyond what this code knows stops the store with the reason."""
+    path = tmp_path / "new.db"
+    newer = sqlite3.connect(path)
+    newer.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    newer.close()
+    with pytest.raises(RuntimeError, match="newer than this codex-hub knows"):
+        await Store(path).open()
 
 
 async def test_events_resent_by_an_executor_are_stored_once(tmp_path: Path) -> None:

@@ -34,12 +34,13 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 
 
 def make_settings(tmp_path: Path, port: int = 0, **overrides: Any) -> HubSettings:
-    """Hub settings with an API key, a node token and a store in ``tmp_path``."""
+    """Hub settings with an operator's API key (the monitor's users see every run), a
+    node token and a store in ``tmp_path``."""
     values: dict[str, Any] = {
         "HUB_PORT": port,
         "HUB_DB": tmp_path / "hub.db",
         "HUB_TOKEN": NODE_TOKEN,
-        "HUB_API_KEYS": API_KEY,
+        "HUB_OPERATOR_KEYS": API_KEY,
         "HUB_EXECUTOR_GRACE_S": 2.0,
     }
     values.update(overrides)
@@ -58,7 +59,7 @@ def monitor_settings(tmp_path: Path) -> HubSettings:
 
 @pytest.fixture
 async def monitor_hub(monitor_settings: HubSettings) -> AsyncIterator[HubServer]:
-    """A running hub on a free port of 127.0.0.1, with ``HUB_API_KEYS`` set."""
+    """A running hub on a free port of 127.0.0.1, with ``HUB_OPERATOR_KEYS`` set."""
     async with HubServer(monitor_settings) as server:
         yield server
 

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from hub import api_runs
 from hub.app import HubServer, create_app
 from hub.appkeys import BUS, ROUTER
+from hub.auth import principal_for_key
 from hub.settings import HubSettings
 from tests.monitor.conftest import API_KEY, NODE_TOKEN, node_url
 from tests.monitor.scripted_executor import ScriptedExecutor
@@ -211,10 +212,11 @@ async def test_a_run_comes_with_its_events_and_after_skips_those_seen(client: Te
 
 
 async def test_a_run_from_the_page_can_continue_a_conversation(client: TestClient) -> None:
-    """Without a session_key a page run starts its own; with one it joins that session."""
+    """Without a session_key a page run starts its own, in its key's namespace; with one
+    it joins that session."""
     first = await start_run(client, "first")
     assert first["source"] == "monitor"
-    assert first["session_key"] == f"monitor:{first['id']}"
+    assert first["session_key"] == f"monitor:{principal_for_key(API_KEY)}:{first['id']}"
     second = await start_run(client, "second", session_key=first["session_key"])
     assert second["session_key"] == first["session_key"]
     same = await list_runs(client, session_key=first["session_key"])

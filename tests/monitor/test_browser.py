@@ -19,6 +19,7 @@ from playwright.async_api import Browser, Page, expect
 from hub import api_runs
 from hub.app import HubServer
 from hub.appkeys import BUS, STORE
+from hub.auth import principal_for_key
 from hub.store import Run, Store
 from tests.monitor.conftest import API_KEY, NODE_TOKEN, SCREENSHOTS, make_settings, node_url
 
@@ -131,7 +132,7 @@ async def test_sign_in_asks_for_a_key_keeps_it_and_never_shows_it(
 
 async def test_without_api_keys_the_page_opens_at_once(tmp_path: Path, open_page: OpenPage) -> None:
     """A hub without HUB_API_KEYS (loopback only) needs no sign-in; there is no sign-out."""
-    async with HubServer(make_settings(tmp_path, HUB_API_KEYS="")) as hub:
+    async with HubServer(make_settings(tmp_path, HUB_OPERATOR_KEYS="")) as hub:
         page = await open_page(hub.url, sign_in=False)
         await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
         await expect(page.locator("#signin")).to_be_hidden()
@@ -299,7 +300,8 @@ async def test_the_composer_starts_a_run_and_can_continue_its_conversation(
 
     first = (await api(monitor_hub, "GET", f"/api/runs/{first_id}"))["run"]
     second = (await api(monitor_hub, "GET", f"/api/runs/{second_id}"))["run"]
-    assert second["session_key"] == first["session_key"] == f"monitor:{first_id}"
+    own = f"monitor:{principal_for_key(API_KEY)}:{first_id}"
+    assert second["session_key"] == first["session_key"] == own
 
 
 # --- lists, filters, nodes ------------------------------------------------------------
@@ -446,7 +448,9 @@ async def test_a_revoked_key_brings_back_the_sign_in_form(
         await expect(page.locator(".run-row")).to_have_count(1)
     finally:
         await first.close()
-    async with HubServer(make_settings(tmp_path, port=port, HUB_API_KEYS="a-new-key")):
+    async with HubServer(
+        make_settings(tmp_path, port=port, HUB_API_KEYS="a-new-key", HUB_OPERATOR_KEYS="")
+    ):
         await expect(page.locator("#signin-form")).to_be_visible()
         await expect(page.locator("#signin-error")).to_contain_text("refused")
         await expect(page.locator("#app")).to_be_hidden()
