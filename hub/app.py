@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from hub import api_openai, api_runs, openapi
+from hub import api_openai, api_runs, openapi, web_guard
 from hub.appkeys import AUTH_FAILURES, BUS, LIMITER, METRICS, ROUTER, SETTINGS, SOCKETS, STORE
 from hub.auth import AuthFailures, RateLimiter, make_auth_middleware
 from hub.bus import Bus
@@ -62,8 +62,16 @@ def create_app(settings: HubSettings) -> web.Application:
     )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[error_middleware, make_auth_middleware(settings.api_keys, limiter, failures)],
+        # The web guard refuses what pages of other sites send before any key is checked
+        # (their requests never count as failed logins); its refusals are rendered by
+        # the error middleware, like every other error.
+        middlewares=[
+            error_middleware,
+            web_guard.make_guard_middleware(settings),
+            make_auth_middleware(settings.api_keys, limiter, failures),
+        ],
     )
+    web_guard.setup(app)
     app[SETTINGS] = settings
     app[BUS] = Bus()
     app[METRICS] = Metrics()
