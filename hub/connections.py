@@ -85,9 +85,7 @@ class ConnectionLimits:
     ``per_client`` 0 turns the per-address limit off.
     """
 
-    def __init__(
-        self, total: int, per_client: int, *, exempt: tuple[Network, ...] = ()
-    ) -> None:
+    def __init__(self, total: int, per_client: int, *, exempt: tuple[Network, ...] = ()) -> None:
         self.total = total
         self.per_client = per_client
         self.exempt = exempt

@@ -185,8 +185,7 @@ class NodeClient:
                 for frame in early:
                     self._receive(frame)
                 async for raw in ws:
-                    data = orjson.loads(raw)
-                    for frame in data if isinstance(data, list) else (data,):
+                    for frame in self._decode(raw):
                         self._receive(frame)
             except ConnectionClosed:
                 pass
@@ -204,6 +203,20 @@ class NodeClient:
                     log.error("%s: the hub refused this node (%s): %s", self.name, code, reason)
                 elif not closing:
                     log.warning("%s: lost the hub (%s %s); reconnecting", self.name, code, reason)
+
+    def _decode(self, raw: str | bytes) -> list[Frame]:
+        """The frames of one message; one that is not JSON objects (or is nested past
+        orjson's 1,024 levels) is logged and skipped: the connection stays."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            log.warning("%s: skipped a message from the hub that is not JSON: %s", self.name, exc)
+            return []
+        frames = data if isinstance(data, list) else [data]
+        if not all(isinstance(frame, dict) for frame in frames):
+            log.warning("%s: skipped a message from the hub that holds no frames", self.name)
+            return []
+        return frames
 
     def _receive(self, frame: Frame) -> None:
         req_id = frame.get("req_id")

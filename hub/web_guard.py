@@ -199,5 +199,5 @@ def setup(app: web.Application) -> None:
     """Give every answer of ``app`` the headers of this module."""
     # Answers aiohttp writes by itself (to a request line it cannot parse) pass no
     # middleware and no signal: they take this default, which otherwise names versions.
-    aiohttp.web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]
+    aiohttp.web_response.SERVER_SOFTWARE = SERVER
     app.on_response_prepare.append(_security_headers)
