@@ -362,8 +362,10 @@ def _too_deep(exc: ValueError) -> bool:
 
 
 def _req_id(data: str) -> str | None:
+    # json, which takes the lone surrogates jiter refuses (an error quotes them back);
+    # a message too deep for it comes here only past a surrogate that stopped jiter.
     try:
-        value = from_json(data).get("req_id")
-    except (ValueError, AttributeError):
+        value = json.loads(data).get("req_id")
+    except (ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) else None

@@ -146,3 +146,16 @@ async def test_a_node_skips_a_message_it_cannot_use_and_stays_connected(rogue_hu
             frame = await got.get()
         assert frame == {"type": "cancel", "run_id": "r1"}
         assert client.connections == 1 and client.is_connected
+
+
+async def test_a_deep_frame_behind_a_lone_surrogate_is_a_bad_frame(
+    hub: HubServer, fake_bridge: Any
+) -> None:
+    """A frame that stops the strict parser at a lone surrogate, then nests 1,000 deep, is
+    answered with bad_frame and the connection stays."""
+    async with fake_bridge(f"ws://127.0.0.1:{hub.port}/ws", token=NODE_TOKEN) as bridge:
+        await bridge.ws.send('{"type": "submit", "req_id": "\\ud800", "x": ' + nested(DEEP) + "}")
+        error = await bridge.wait_type("error")
+        assert error["code"] == "bad_frame"
+        await bridge.send({"type": "session_status", "req_id": "probe", "session_key": "k"})
+        assert (await bridge.wait_type("session", req_id="probe"))["active"] is None
