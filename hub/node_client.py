@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from hub.protocol import (
     BATCH_SINCE,
@@ -139,6 +139,11 @@ class NodeClient:
                 await self._connect_once()
             except asyncio.CancelledError:
                 raise
+            except InvalidStatus as exc:
+                hint = ""
+                if exc.response.status_code == 403:
+                    hint = ": add the host name of HUB_URL to the hub's HUB_ALLOWED_HOSTS"
+                log.warning("%s: the hub at %s refused: %s%s", self.name, self.url, exc, hint)
             except (OSError, InvalidHandshake, InvalidURI, ConnectionClosed, TimeoutError) as exc:
                 log.warning("%s: cannot reach the hub at %s: %s", self.name, self.url, exc)
             except Exception:
