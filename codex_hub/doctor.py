@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
+from urllib.parse import urlsplit
 
 import httpx
 from websockets.asyncio.client import connect
@@ -330,6 +331,12 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
+        if status == 403:
+            return _fail(
+                "hub",
+                f"{url}: the hub does not answer to the name {urlsplit(url).hostname!r} (HTTP 403)",
+                "add that name to the hub's HUB_ALLOWED_HOSTS, or use the hub's address in HUB_URL",
+            )
         return _fail(
             "hub",
             f"{url} answered HTTP {status} instead of a websocket",

@@ -34,6 +34,7 @@ from hub.errors import (
     read_json,
 )
 from hub.logs import bind
+from hub.protocol import NUL_IN_PROMPT
 from hub.router import HubClosing, QueueFull, Router, new_run_id
 from hub.store import Run
 
@@ -219,6 +220,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             param="messages",
             code="no_user_message",
         )
+    if "\x00" in prompt:
+        raise BadRequest(NUL_IN_PROMPT, param="messages", code="invalid_prompt")
     session = _text_header(request, "X-Session-Id")
     optimize = _bool_header(request, "X-Optimize-Prompt")
     idempotency = _text_header(request, "Idempotency-Key")

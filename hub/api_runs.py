@@ -55,6 +55,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from hub.appkeys import AUTH_FAILURES, BUS, METRICS, ROUTER, SETTINGS, STORE
@@ -78,7 +79,7 @@ from hub.errors import (
     read_json,
 )
 from hub.metrics import CONTENT_TYPE
-from hub.protocol import CLOSE_RATE_LIMITED
+from hub.protocol import CLOSE_RATE_LIMITED, NUL_IN_PROMPT
 from hub.router import HubClosing, QueueFull, new_run_id
 from monitor import MONITOR_DIR
 
@@ -157,6 +158,8 @@ async def create_run(request: web.Request) -> web.Response:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("'prompt' must be a non-empty string", param="prompt")
+    if "\x00" in prompt:
+        raise BadRequest(NUL_IN_PROMPT, param="prompt", code="invalid_prompt")
     session_key = body.get("session_key")
     if session_key is not None and (not isinstance(session_key, str) or len(session_key) > 500):
         raise BadRequest("'session_key' must be a string", param="session_key")
@@ -249,7 +252,9 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     key = ""
     if first.type == WSMsgType.TEXT:
         try:
-            frame = json.loads(first.data)
+            # orjson, not json: a frame nested 1,000 deep is a ValueError, not a
+            # RecursionError that would end this handler.
+            frame = orjson.loads(first.data)
             key = str(frame.get("key") or "") if isinstance(frame, dict) else ""
         except ValueError:
             key = ""

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
 
-from hub import api_openai, api_runs, openapi
+from hub import api_openai, api_runs, openapi, web_guard
 from hub.appkeys import AUTH_FAILURES, BUS, LIMITER, METRICS, ROUTER, SETTINGS, SOCKETS, STORE
 from hub.auth import AuthFailures, RateLimiter, make_auth_middleware
 from hub.bus import Bus
+from hub.connections import ConnectionLimits, LimitedSite
 from hub.errors import error_middleware
 from hub.metrics import Metrics
 from hub.router import Router
@@ -62,11 +63,16 @@ def create_app(settings: HubSettings) -> web.Application:
     )
     app = web.Application(
         client_max_size=settings.max_body_bytes,
+        # The web guard refuses what pages of other sites send before any key is checked
+        # (their requests never count as failed logins); its refusals are rendered by
+        # the error middleware, like every other error.
         middlewares=[
             error_middleware,
+            web_guard.make_guard_middleware(settings),
             make_auth_middleware(settings.api_keys, limiter, failures, settings.operator_keys),
         ],
     )
+    web_guard.setup(app)
     app[SETTINGS] = settings
     app[BUS] = Bus()
     app[METRICS] = Metrics()
@@ -90,18 +96,24 @@ class HubServer:
         self.settings = settings
         self.app = create_app(settings)
         self.runner = web.AppRunner(
-            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=5
+            self.app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=5,
+            # Runs from the moment a connection opens: it also ends one whose headers
+            # never finish (hub/connections.py).
+            keepalive_timeout=settings.idle_timeout_s,
         )
         self.port: int | None = None
+        self.limits: ConnectionLimits | None = None
 
     async def start(self) -> None:
         """Listen; with ``HUB_PORT=0`` the port chosen is in :attr:`port`."""
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.settings.host, self.settings.port)
+        self.limits = ConnectionLimits.from_settings(self.settings)
+        site = LimitedSite(self.runner, self.settings.host, self.settings.port, self.limits)
         await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        self.port = site.port
         log.info("hub listening on http://%s:%s", self.settings.host, self.port)
 
     @property

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from hub.protocol import (
     BATCH_SINCE,
@@ -139,6 +139,11 @@ class NodeClient:
                 await self._connect_once()
             except asyncio.CancelledError:
                 raise
+            except InvalidStatus as exc:
+                hint = ""
+                if exc.response.status_code == 403:
+                    hint = ": add the host name of HUB_URL to the hub's HUB_ALLOWED_HOSTS"
+                log.warning("%s: the hub at %s refused: %s%s", self.name, self.url, exc, hint)
             except (OSError, InvalidHandshake, InvalidURI, ConnectionClosed, TimeoutError) as exc:
                 log.warning("%s: cannot reach the hub at %s: %s", self.name, self.url, exc)
             except Exception:
@@ -185,8 +190,7 @@ class NodeClient:
                 for frame in early:
                     self._receive(frame)
                 async for raw in ws:
-                    data = orjson.loads(raw)
-                    for frame in data if isinstance(data, list) else (data,):
+                    for frame in self._decode(raw):
                         self._receive(frame)
             except ConnectionClosed:
                 pass
@@ -204,6 +208,20 @@ class NodeClient:
                     log.error("%s: the hub refused this node (%s): %s", self.name, code, reason)
                 elif not closing:
                     log.warning("%s: lost the hub (%s %s); reconnecting", self.name, code, reason)
+
+    def _decode(self, raw: str | bytes) -> list[Frame]:
+        """The frames of one message; one that is not JSON objects (or is nested past
+        orjson's 1,024 levels) is logged and skipped: the connection stays."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            log.warning("%s: skipped a message from the hub that is not JSON: %s", self.name, exc)
+            return []
+        frames = data if isinstance(data, list) else [data]
+        if not all(isinstance(frame, dict) for frame in frames):
+            log.warning("%s: skipped a message from the hub that holds no frames", self.name)
+            return []
+        return frames
 
     def _receive(self, frame: Frame) -> None:
         req_id = frame.get("req_id")

@@ -263,11 +263,15 @@ def _schemas(model_name: str) -> dict[str, Schema]:
 ERRORS = {
     "400": "The request is malformed: body, parameter or header (OpenAI's envelope).",
     "401": "Missing or wrong API key (HUB_API_KEYS).",
+    "403": (
+        "A Host that is not the hub's (HUB_ALLOWED_HOSTS), or an Origin that is not its "
+        "own (HUB_ALLOWED_ORIGINS): the request comes from a page of another site."
+    ),
     "404": "No such model or run (another key's run is answered so too).",
     "408": "The body did not arrive in time.",
     "409": "The run was cancelled, or had already ended.",
     "413": "The body is larger than HUB_MAX_BODY_BYTES.",
-    "415": "The body is not JSON, or is compressed (Content-Encoding).",
+    "415": "The body is not sent as application/json, or is compressed (Content-Encoding).",
     "422": "The prompt optimizer judged the request not executable.",
     "429": (
         "The queue is full (HUB_QUEUE_LIMIT), the key's rate limit is reached, or the "
@@ -344,7 +348,8 @@ RUN_LINKS = {
 
 
 def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
-    """Every operation; ``keyed`` is (401, 429) when API keys are required, else (429,)."""
+    """Every operation; ``keyed`` is (401, 403, 429) when API keys are required, else
+    (403, 429)."""
     return {
         "/v1/models": {
             "get": {
@@ -510,7 +515,7 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         _object({"run": _ref("RunSummary"), "cancelled": {"const": True}}),
                         headers=RUN_ID_HEADER,
                     ),
-                    **_errors(*keyed, 404, 409),
+                    **_errors(*keyed, 404, 409, 415),
                 },
             }
         },
@@ -531,7 +536,10 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                 "operationId": "healthz",
                 "summary": "The process is alive (no key needed).",
                 "security": [],
-                "responses": {"200": _json("Alive.", _object({"status": {"const": "ok"}}))},
+                "responses": {
+                    "200": _json("Alive.", _object({"status": {"const": "ok"}})),
+                    **_errors(403),
+                },
             }
         },
         "/readyz": {
@@ -598,7 +606,7 @@ def document(settings: HubSettings) -> dict[str, Any]:
                 f"Served besides these operations:\n{others}"
             ),
         },
-        "paths": _paths((401, 429) if keyed else (429,)),
+        "paths": _paths((401, 403, 429) if keyed else (403, 429)),
         "components": {"schemas": schemas},
     }
     if keyed:

@@ -49,7 +49,8 @@ Bridge <-> hub
   "position", "duplicate"} (runs ahead of it in its session) or ``error`` {"req_id",
   "code", "message"}. A ``dedupe_key`` seen before (the platform's message id: a
   platform that re-sends an event after a bridge crash) names the existing run
-  instead of starting a second one (``duplicate`` true).
+  instead of starting a second one (``duplicate`` true). A prompt with a NUL character
+  is refused (``error`` ``bad_frame``; bridges show its message to the user).
 - bridge -> hub ``cancel``: {"req_id", "run_id"? | "session_key"?}: cancels that run,
   or the active run of that session; answered by ``cancelled`` {"req_id", "run_ids"}.
 - bridge -> hub ``reset_session``: {"req_id", "session_key"}: the next run there starts
@@ -73,7 +74,8 @@ Bridge <-> hub
   {"delivery_id"}. A bridge acks only once the platform accepted the reply.
 
 Both ways: ``error`` {"code", "message", "req_id"?} reports a frame the peer could not
-use; it never closes the connection by itself. Liveness is websocket ping/pong.
+use; it never closes the connection by itself. A message nested deeper than 200 levels
+is such a frame, refused before it is walked. Liveness is websocket ping/pong.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic_core import PydanticCustomError
 
 PROTOCOL_VERSION = 2
 #: From this version on a message may carry a batch: a JSON array of frames.
@@ -175,6 +178,17 @@ class StatusFrame(_Frame):
 
 # bridge -> hub
 
+#: Why a prompt with a NUL is refused, on every surface that takes one: codex gets the
+#: prompt as one argv element, which a NUL would cut short without a word.
+NUL_IN_PROMPT = "the prompt holds a NUL character (\\u0000), which codex cannot take: remove it"
+
+
+def refuse_nul(prompt: str) -> str:
+    """``prompt`` itself, or a validation error when it holds a NUL character."""
+    if "\x00" in prompt:
+        raise PydanticCustomError("nul_in_prompt", NUL_IN_PROMPT)
+    return prompt
+
 
 class SubmitFrame(_Frame):
     type: Literal["submit"]
@@ -184,6 +198,8 @@ class SubmitFrame(_Frame):
     origin: dict[str, Any] = Field(default_factory=dict)
     optimize: bool | None = None
     dedupe_key: str | None = Field(None, max_length=300)
+
+    _no_nul = field_validator("prompt")(refuse_nul)
 
 
 class CancelFrame(_Frame):

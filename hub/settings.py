@@ -70,6 +70,17 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def parse_origin(text: str) -> str:
+    """An ``HUB_ALLOWED_ORIGINS`` entry as browsers send it in ``Origin``: lower case,
+    ``scheme://host[:port]`` without a default port; ValueError when it is not one."""
+    value = text.strip().lower().rstrip("/")
+    scheme, sep, netloc = value.partition("://")
+    if not sep or scheme not in ("http", "https") or not netloc or any(c in netloc for c in "/?#@"):
+        raise ValueError(f"{text!r} is not an origin such as https://hub.example.com")
+    default = ":443" if scheme == "https" else ":80"
+    return f"{scheme}://{netloc.removesuffix(default)}"
+
+
 class HubSettings(LogSettings):
     """The hub server: HTTP API, node websocket, store."""
 
@@ -91,9 +102,34 @@ class HubSettings(LogSettings):
     auth_failure_limit: int = Field(10, alias="HUB_AUTH_FAILURE_LIMIT", ge=0)
     auth_failure_window_s: float = Field(60.0, alias="HUB_AUTH_FAILURE_WINDOW_S", gt=0)
     trusted_proxies: CsvList = Field(default_factory=list, alias="HUB_TRUSTED_PROXIES")
+    #: Pages of these origins may use the hub besides its own (hub/web_guard.py).
+    allowed_origins: CsvList = Field(default_factory=list, alias="HUB_ALLOWED_ORIGINS")
+    #: Host names the hub answers to besides loopback names and IP addresses.
+    allowed_hosts: CsvList = Field(default_factory=list, alias="HUB_ALLOWED_HOSTS")
+    #: A connection with no complete request for this long is closed (hub/connections.py).
+    idle_timeout_s: float = Field(30.0, alias="HUB_IDLE_TIMEOUT_S", gt=0)
+    max_connections: int = Field(1000, alias="HUB_MAX_CONNECTIONS", ge=1)
+    max_connections_per_client: int = Field(100, alias="HUB_MAX_CONNECTIONS_PER_CLIENT", ge=0)
 
     _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
     _split_operator_keys = field_validator("operator_keys", mode="before")(split_csv)
+    _split_web = field_validator("allowed_origins", "allowed_hosts", mode="before")(split_csv)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        return [parse_origin(entry) for entry in value]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if any(c in entry for c in ":/@[] "):
+                raise ValueError(
+                    f"HUB_ALLOWED_HOSTS: {entry!r} is not a host name (no port, no scheme; "
+                    "'.example.com' takes its subdomains too, '*' takes any name)"
+                )
+        return [entry.lower().rstrip(".") for entry in value]
 
     @field_validator("trusted_proxies")
     @classmethod

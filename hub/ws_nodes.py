@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from hub.appkeys import AUTH_FAILURES, ROUTER, SETTINGS, SOCKETS
 from hub.logs import redact, redact_json
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
 MAX_FRAME_BYTES = 4 * 1024 * 1024
+#: Nesting a message may have at most. Every message is parsed by jiter (pydantic's
+#: parser), which stops past this depth without recursing in Python; the nesting of a
+#: real frame is a few levels. A deeper message is answered with an ``error`` and left
+#: out; the connection stays.
+MAX_NESTING = 200
+TOO_DEEP = f"the message is nested deeper than {MAX_NESTING} levels"
 
 
 class WsLink:
@@ -224,7 +231,10 @@ def _frames(
         try:
             frame = adapter.validate_json(data)
         except ValidationError as exc:
-            link.send(error_frame("bad_frame", _first_error(exc), _req_id(data)))
+            if _too_deep(exc):
+                link.send(error_frame("bad_frame", TOO_DEEP))
+            else:
+                link.send(error_frame("bad_frame", _first_error(exc), _req_id(data)))
             return []
         if not _storable(frame, data):
             link.send(error_frame("bad_frame", UNSTORABLE, getattr(frame, "req_id", None)))
@@ -237,9 +247,11 @@ def _frames(
         except ValidationError:
             pass  # find the bad ones below, one by one
     try:
-        items = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        link.send(error_frame("bad_frame", f"the batch is not valid JSON: {exc}"))
+        # jiter, as above: the same depth limit, and integers of any size.
+        items = from_json(data)
+    except ValueError as exc:
+        problem = TOO_DEEP if _too_deep(exc) else f"the batch is not valid JSON: {exc}"
+        link.send(error_frame("bad_frame", problem))
         return []
     frames = []
     for item in items:
@@ -345,9 +357,15 @@ def _masked(frame: Any) -> Any:
     return frame
 
 
+def _too_deep(exc: ValueError) -> bool:
+    return "recursion limit exceeded" in str(exc)
+
+
 def _req_id(data: str) -> str | None:
+    # json, which takes the lone surrogates jiter refuses (an error quotes them back);
+    # a message too deep for it comes here only past a surrogate that stopped jiter.
     try:
         value = json.loads(data).get("req_id")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) else None

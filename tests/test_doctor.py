@@ -330,6 +330,27 @@ async def test_hub_that_never_welcomes_is_timed_out() -> None:
     assert check.failed and "no welcome within 1.5 s" in check.detail
 
 
+async def test_hub_that_refuses_the_host_name_says_which_setting() -> None:
+    """A hub answering 403 (the name in HUB_URL is not one it serves) points at
+    HUB_ALLOWED_HOSTS."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"code": "host_not_allowed"}}, status=403)
+
+    app = web.Application()
+    app.router.add_get("/ws", refuse)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        check = await check_hub(executor(HUB_URL=f"ws://127.0.0.1:{site.port}/ws"))
+    finally:
+        await runner.cleanup()
+    assert check.failed and "HTTP 403" in check.detail
+    assert "HUB_ALLOWED_HOSTS" in check.fix
+
+
 async def test_hub_without_token_says_so(hub_settings: Any) -> None:
     """A hub and node without HUB_TOKEN pass, and the line says there is no token."""
     from hub.app import HubServer

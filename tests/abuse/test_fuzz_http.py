@@ -470,7 +470,7 @@ CHAT_BODY = b'{"model":"codex","messages":[{"role":"user","content":"raw"}]}'
 def raw_chat(extra: bytes) -> bytes:
     """A well-framed chat request with one extra header line."""
     return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: " + KEY + b"\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + KEY + b"\r\n"
         b"Content-Type: application/json\r\nContent-Length: " + str(len(CHAT_BODY)).encode()
         + b"\r\n" + extra + b"\r\n" + CHAT_BODY
     )  # fmt: skip
@@ -564,8 +564,8 @@ async def test_a_body_that_stops_arriving_is_refused_in_time(
     reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
     try:
         writer.write(
-            b"POST /api/runs HTTP/1.1\r\nHost: x\r\nAuthorization: " + KEY + b"\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n5\r\nab"
+            b"POST /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + KEY + b"\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"
         )
         async with asyncio.timeout(10):
             head = await reader.readuntil(b"\r\n\r\n")

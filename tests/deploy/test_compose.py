@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -59,6 +60,17 @@ def test_hub_is_published_on_loopback_only(compose: dict) -> None:
     assert env["HUB_PORT"] == "8080"
     for name in NODES:
         assert "ports" not in compose["services"][name]
+
+
+@pytest.mark.parametrize("name", NODES)
+def test_the_hub_answers_to_the_name_nodes_dial(compose: dict, name: str) -> None:
+    """The host of every node's HUB_URL is in the hub's HUB_ALLOWED_HOSTS (any other Host
+    is refused with 403), and names of .env are kept."""
+    hub_env = c.service_environment(compose["services"]["hub"])
+    allowed = [h.strip() for h in hub_env["HUB_ALLOWED_HOSTS"].split(",")]
+    node_url = c.service_environment(compose["services"][name])["HUB_URL"]
+    assert urlsplit(node_url).hostname in allowed
+    assert "${HUB_ALLOWED_HOSTS:-}" in allowed
 
 
 def test_hub_healthcheck_hits_healthz(compose: dict) -> None:

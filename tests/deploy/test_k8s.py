@@ -116,6 +116,19 @@ def test_nodes_reach_the_hub_before_it_is_ready(docs: list[dict]) -> None:
         assert service["spec"]["selector"].items() <= hub_labels.items()
 
 
+def test_the_hub_answers_to_the_names_nodes_dial(docs: list[dict]) -> None:
+    """The host of every node's HUB_URL is in the hub's HUB_ALLOWED_HOSTS (any other Host
+    is refused with 403), and so is the API Service's name."""
+    hub = by_kind(docs, "Deployment")["codex-hub"]["spec"]["template"]["spec"]["containers"][0]
+    hub_env = {e["name"]: e.get("value") for e in hub["env"]}
+    allowed = hub_env["HUB_ALLOWED_HOSTS"].split(",")
+    assert "codex-hub" in allowed
+    for path, _, container in c.k8s_containers():
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if "HUB_URL" in env:
+            assert urlsplit(env["HUB_URL"]).hostname in allowed, path.name
+
+
 def test_selectors_match_templates(docs: list[dict]) -> None:
     """Every Deployment selects its own pods, and no two Deployments select the same ones."""
     seen = []
