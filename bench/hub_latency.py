@@ -517,6 +517,9 @@ async def running_hub(
             HUB_TOKEN=token,
             HUB_API_KEYS=api_key,
             HUB_MODEL_NAME=MODEL,
+            # Every load generator connects from 127.0.0.1: the per-client cap (meant
+            # for one hostile neighbour) would count them all as one client.
+            HUB_MAX_CONNECTIONS_PER_CLIENT="0",
             **extra,
         ),
         cwd=tmp,  # no .env there: the settings are exactly these
