@@ -167,7 +167,7 @@ async def test_healthy_setup_is_all_ok(
     assert all(lines[0].startswith("ok ") for lines in checks.values()), report
     assert "codex-cli" in checks["codex"][0]
     assert "API key configured" in checks["codex login"][0]
-    assert "welcomed" in checks["hub"][0] and "…ests" in checks["hub"][0]
+    assert "welcomed" in checks["hub"][0] and "…" + NODE_TOKEN[-4:] in checks["hub"][0]
     assert f"@{FAKE_BOT_USERNAME}" in checks["telegram"][0]
     assert report.splitlines()[-1] == "doctor: 13 ok, 0 FAIL, 0 skip: all good"
     assert_no_secret(report)
