@@ -172,17 +172,28 @@ def sealed_secret_environment() -> Iterator[None]:
         _sealed.update(before)
 
 
-def secret_file_settings(env_file: Path | None = None) -> dict[str, Path]:
-    """``NAME_FILE`` settings given now (environment, sealed or ``env_file``) -> path."""
+def _given(env_file: Path | None) -> dict[str, str]:
+    """Every variable given now: ``env_file``, then the environment (sealed included)."""
     from dotenv import dotenv_values  # pydantic-settings' own .env reader
 
-    found: dict[str, str | None] = {}
+    found: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
-        found.update({k.upper(): v for k, v in dotenv_values(env_file).items()})
+        found.update({k.upper(): v for k, v in dotenv_values(env_file).items() if v})
     found.update(_sealed)
     found.update({k.upper(): v for k, v in os.environ.items()})
+    return {k: v for k, v in found.items() if v}
+
+
+def secret_file_settings(env_file: Path | None = None) -> dict[str, Path]:
+    """``NAME_FILE`` settings given now (environment, sealed or ``env_file``) -> path."""
     names = {name for name in secret_env_names() if name.endswith(FILE_SUFFIX)}
-    return {name: Path(value).expanduser() for name, value in found.items() if name in names and value}
+    return {k: Path(v).expanduser() for k, v in _given(env_file).items() if k in names}
+
+
+def configured_secrets(env_file: Path | None = None) -> set[str]:
+    """Names of the secret settings given a value now, directly or as ``NAME_FILE``."""
+    names = secret_env_names()
+    return {k.removesuffix(FILE_SUFFIX) for k in _given(env_file) if k in names}
 
 
 def read_secret_file(env: str, path: str) -> str:
@@ -255,8 +266,7 @@ def weak_secret_reason(value: str) -> str | None:
     """Why ``value`` cannot be a credential (never quoting it), or None when it can."""
     if len(value) < MIN_SECRET_LENGTH:
         return (
-            f"{len(value)} characters is too short for a credential "
-            f"(at least {MIN_SECRET_LENGTH})"
+            f"{len(value)} characters is too short for a credential (at least {MIN_SECRET_LENGTH})"
         )
     if len(set(value)) < _MIN_DISTINCT_CHARS:
         return "too few different characters for a credential"
