@@ -317,7 +317,7 @@ class LogSettings(BaseSettings):
             value = getattr(self, name, None)
             values = value if isinstance(value, list | tuple) else [value]
             for item in values:
-                if hasattr(item, "get_secret_value"):
+                if isinstance(item, SecretStr):
                     item = item.get_secret_value()
                 if isinstance(item, str) and item:
                     reason = weak_secret_reason(item)
