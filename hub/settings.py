@@ -140,8 +140,10 @@ def secret_env_names() -> frozenset[str]:
     return frozenset(_SECRET_NAMES | {name + FILE_SUFFIX for name in _SECRET_NAMES})
 
 
-# Secret variables taken out of os.environ by sealed_secret_environment (upper-case names).
+# Secret variables taken out of os.environ by seal_secret_environment: by upper-case
+# name for the settings to read, and as they were named, to put back.
 _sealed: dict[str, str] = {}
+_moved: dict[str, str] = {}
 
 
 def seal_secret_environment(environ: MutableMapping[str, str] | None = None) -> list[str]:
@@ -152,7 +154,7 @@ def seal_secret_environment(environ: MutableMapping[str, str] | None = None) -> 
     names = secret_env_names()
     moved = [key for key in list(environ) if key.upper() in names]
     for key in moved:
-        _sealed[key.upper()] = environ.pop(key)
+        _sealed[key.upper()] = _moved[key] = environ.pop(key)
     return moved
 
 
@@ -160,16 +162,18 @@ def seal_secret_environment(environ: MutableMapping[str, str] | None = None) -> 
 def sealed_secret_environment() -> Iterator[None]:
     """Seal the environment for the block (see :func:`seal_secret_environment`), then put
     back what was moved: a command run in-process (tests) leaves it as it found it."""
-    before = dict(_sealed)
+    before, before_moved = dict(_sealed), dict(_moved)
     seal_secret_environment()
     try:
         yield
     finally:
-        for key, value in _sealed.items():
-            if key not in before:
+        for key, value in _moved.items():
+            if key not in before_moved:
                 os.environ.setdefault(key, value)
         _sealed.clear()
         _sealed.update(before)
+        _moved.clear()
+        _moved.update(before_moved)
 
 
 def _given(env_file: Path | None) -> dict[str, str]:
