@@ -55,8 +55,11 @@ def make_undumpable() -> bool:
     A non-dumpable process (``prctl(PR_SET_DUMPABLE, 0)``) cannot be traced, and its
     ``/proc/<pid>/environ``, ``mem``, ``fd`` and the like belong to root: codex's commands,
     which run as the same user, can no longer read the secrets this process holds in
-    its environment or memory. Only a process with CAP_SYS_PTRACE (root) still can. The
-    flag is not inherited across ``execve``, so codex and the run helper stay ordinary.
+    its environment or memory. Only a privileged process (root) still can. The flag is
+    not inherited across ``execve``, so codex and the run helper stay ordinary.
+
+    This, not removing variables from ``os.environ``, is what closes ``environ``: the
+    kernel shows the block the process started with, whatever it unset since.
     """
     if sys.platform != "linux":
         return False
