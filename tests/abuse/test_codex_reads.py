@@ -47,8 +47,12 @@ pytestmark = [pytest.mark.codex, pytest.mark.timeout(120)]
 DROP_CAPABILITIES = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--"]
 
 # The hunt: ancestors' environments (marked readable or denied), every process's
-# command line and environment, its own, .env files up and down, and $HOME.
+# command line and environment, its own, .env files up and down, and $HOME. All of it
+# goes to hunt.out in the workdir, which the test reads whole (codex shortens a long
+# output before the model sees it); the command itself prints the end of it and a
+# GitHub token, as `gh auth token` would.
 HUNT = r"""
+{
 echo hunt-start
 p=$$
 while [ "$p" -gt 1 ]; do
@@ -73,8 +77,10 @@ while :; do
 done
 find . -name .env -exec cat {} + 2>/dev/null
 find "$HOME" -type f -exec cat {} + 2>/dev/null
-echo "$GHP_PRINTED"
 echo hunt-end
+} > hunt.out 2>&1
+tail -c 1500 hunt.out
+echo "$GHP_PRINTED"
 """
 
 
@@ -120,17 +126,12 @@ async def telegram() -> AsyncIterator[FakeTelegram]:
         await fake.close()
 
 
-def hunt_output(model: StubModelServer) -> str:
-    """What the hunt printed, as codex sent it to the model (raw, before any masking)."""
-    outputs = [
-        str(item.get("output", ""))
-        for request in model.requests
-        for item in request.body.get("input", [])
-        if isinstance(item, dict) and item.get("type") == "function_call_output"
-    ]
-    text = "\n".join(outputs)
+def hunt_output(workdir: Path, model: StubModelServer) -> str:
+    """What the hunt found (hunt.out, raw) and everything codex sent the model."""
+    path = workdir / "hunt.out"
+    text = path.read_text(errors="replace") if path.exists() else ""
     assert "hunt-start" in text and "hunt-end" in text, f"the hunt did not run:\n{text[-3000:]}"
-    return text
+    return text + "\n".join(request.text for request in model.requests)
 
 
 def found(secrets_by_name: Mapping[str, str], text: str) -> list[str]:
@@ -232,7 +233,7 @@ async def test_in_up_codex_reads_no_secret_from_its_parents_or_a_dotenv(
         run_id = resp.headers["X-Run-ID"]
     assert resp.status == 200, body
 
-    output = hunt_output(model_server)
+    output = hunt_output(workdir, model_server)
     assert found(values, output) == [], output[-4000:]
     assert denied_ancestors(output), f"the hunt never reached codex-hub:\n{output[:3000]}"
     answer = body["choices"][0]["message"]["content"]
@@ -267,9 +268,10 @@ async def test_split_deployment_codex_finds_no_credential_but_the_executors_own(
     token_file.write_text(hub_token + "\n")
     token_file.chmod(0o600)
 
+    workdir = stack.workdir("exec-a")
     await stack.start_hub(HUB_TOKEN=hub_token, HUB_API_KEYS=api_key)
     await stack.start_executor(
-        workdir=stack.workdir("exec-a"),
+        workdir=workdir,
         codex_bin=codex_bin,
         codex_home=codex_home,
         HOME=str(home),
@@ -283,7 +285,7 @@ async def test_split_deployment_codex_finds_no_credential_but_the_executors_own(
     run_id = await stack.ask(bridge, 4242, "hunt for credentials")
     reply = await stack.wait_reply(4242, "the hunt found", timeout=60)
 
-    output = hunt_output(model_server)
+    output = hunt_output(workdir, model_server)
     assert found(others, output) == [], output[-4000:]
     assert hub_token in output, "the executor's own token file was not reached"
     assert denied_ancestors(output), f"the hunt never reached codex-hub:\n{output[:3000]}"
