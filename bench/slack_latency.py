@@ -178,7 +178,10 @@ async def running_system(tmp: Path, fake: FakeSlack, *, embedded: bool) -> Async
         "HUB_TOKEN": token,
         "HUB_API_KEYS": api_key,
     }
-    executor_env = {"EXEC_DRY_RUN": "true", "EXEC_CONCURRENCY": "64", "EXEC_WORKDIR": str(tmp)}
+    # A directory of its own: `codex-hub up` refuses a workdir that holds the store.
+    work = tmp / "work"
+    work.mkdir(exist_ok=True)
+    executor_env = {"EXEC_DRY_RUN": "true", "EXEC_CONCURRENCY": "64", "EXEC_WORKDIR": str(work)}
 
     def proc(name: str, argv: list[str], **env: str) -> Proc:
         # cwd is tmp: no .env there, the settings are exactly these.

@@ -20,8 +20,15 @@ from pydantic import ValidationError
 
 from bridges.common import BridgeError
 from hub.logs import configure_logging, register_settings_secrets
-from hub.process import freeze_startup_heap, loop_factory
-from hub.settings import HubSettings, LogSettings
+from hub.process import freeze_startup_heap, loop_factory, make_undumpable
+from hub.settings import (
+    HubSettings,
+    LogSettings,
+    SecretFileError,
+    seal_secret_environment,
+    sealed_secret_environment,
+    secret_file_settings,
+)
 
 log = logging.getLogger("codex_hub")
 
@@ -34,6 +41,11 @@ EXIT_CANCELLED = 130
 
 class UsageError(Exception):
     """Bad command-line input or settings; printed without a traceback."""
+
+
+class CredentialError(UsageError):
+    """A secret setting cannot be used (a weak value, a bad ``*_FILE``): never skipped,
+    even for a bridge that `codex-hub up` would otherwise leave out."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,13 +106,65 @@ def load(cls: type[Any], env_file: Path | None, **overrides: Any) -> Any:
     if env_file is not None:
         kwargs["_env_file"] = env_file
     try:
-        return cls(**kwargs)
+        settings = cls(**kwargs)
+    except SecretFileError as exc:
+        raise CredentialError(str(exc)) from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ())) or cls.__name__
             lines.append(f"  {where}: {err.get('msg')}")
         raise UsageError("invalid settings:\n" + "\n".join(lines)) from None
+    # The class may be one imported just now: its secrets leave os.environ too.
+    seal_secret_environment()
+    problems = settings.credential_problems() if hasattr(settings, "credential_problems") else []
+    if problems:
+        raise CredentialError(
+            "refused as credentials (masking them would rewrite ordinary text; use random "
+            "values, e.g. `openssl rand -hex 32`):\n" + "\n".join(f"  {p}" for p in problems)
+        )
+    return settings
+
+
+def loaded_env_file(env_file: Path | None) -> Path | None:
+    """The settings file a command reads: ``--env-file``, else ./.env when present."""
+    if env_file is not None:
+        return env_file
+    default = Path(".env")
+    return default if default.is_file() else None
+
+
+def secrets_in_workdir(
+    workdir: Path, *, env_file: Path | None, db: Path | None = None
+) -> list[str]:
+    """What holds secrets inside ``workdir`` (the .env read, the hub's data directory,
+    ``*_FILE`` files), where codex's commands can read them; one line each."""
+    root = workdir.expanduser().resolve()
+
+    def inside(path: Path) -> bool:
+        return path.expanduser().resolve().is_relative_to(root)
+
+    found = []
+    if env_file is not None and inside(env_file.parent):
+        found.append(f"the settings file {env_file} (its directory is inside EXEC_WORKDIR)")
+    if db is not None and inside(db.parent):
+        found.append(f"the hub's data directory {db.parent} (HUB_DB={db})")
+    for name, path in sorted(secret_file_settings(env_file).items()):
+        if inside(path):
+            found.append(f"{name}={path}")
+    return found
+
+
+def refuse_secrets_in_workdir(workdir: Path, *, env_file: Path | None, db: Path | None) -> None:
+    """Raise UsageError when codex would work where the secrets are (see above)."""
+    found = secrets_in_workdir(workdir, env_file=env_file, db=db)
+    if found:
+        raise UsageError(
+            f"EXEC_WORKDIR={workdir} is where codex works, and its commands can read every "
+            "file there; it holds " + "; ".join(found) + ". Set EXEC_WORKDIR to the "
+            "directory codex should work in, and keep settings (--env-file), HUB_DB and "
+            "*_FILE secrets outside it."
+        )
 
 
 def _runner_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,6 +178,15 @@ def _runner_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``codex-hub`` console script."""
     args = build_parser().parse_args(argv)
+    # Secrets leave the environment before anything can start a process, and the
+    # processes that hold them are closed to the commands codex runs as the same user.
+    with sealed_secret_environment():
+        if args.command != "doctor":
+            make_undumpable()
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         logs = load(LogSettings, args.env_file)
         try:
@@ -236,7 +309,14 @@ async def cmd_bridge(args: argparse.Namespace) -> int:
 
 async def cmd_up(args: argparse.Namespace) -> int:
     """``codex-hub up``: hub, a local executor and every configured bridge."""
+    from executor.settings import ExecutorSettings
+
     hub = _hub(args)
+    executor = load(ExecutorSettings, args.env_file, **_runner_overrides(args))
+    if executor.exec_transport == "local":
+        refuse_secrets_in_workdir(
+            executor.exec_workdir, env_file=loaded_env_file(args.env_file), db=hub.settings.db
+        )
     await hub.start()
     try:
         hub_url = f"ws://127.0.0.1:{hub.port}/ws"
@@ -244,6 +324,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
         for platform in ("slack", "telegram"):
             try:
                 parts.append(_bridge(platform, args.env_file, hub_url))
+            except CredentialError:
+                raise
             except UsageError as exc:
                 log.info("%s bridge not started: %s", platform, exc)
             except ImportError as exc:

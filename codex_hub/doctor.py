@@ -14,7 +14,11 @@ Checks, in the order they are printed:
 - **optimizer** (when ``OPTIMIZE_PROMPT`` is on): a key and a model are set, and
   ``GET {OPENAI_BASE_URL}/models`` with the key answers and lists ``MODEL``;
 - **slack** / **telegram** (when their tokens are set): ``auth.test`` with the bot token
-  and ``apps.connections.open`` with the app token; ``getMe`` with the bot token.
+  and ``apps.connections.open`` with the app token; ``getMe`` with the bot token;
+- **secrets** (only when there is something to say): a ``FAIL`` when codex would work in
+  a directory holding the settings file, the hub's store or a ``*_FILE`` secret; a
+  ``warn`` when ``CODEX_SANDBOX=danger-full-access`` runs codex's commands as a user who
+  also holds other roles' secrets (one machine, one user: ``codex-hub up``), or as root.
 
 Every check prints one line, ``ok``, ``FAIL`` or ``skip``, with what was found; a
 failure is followed by a ``fix:`` line with what to do. Secrets are shown as their last
@@ -575,6 +579,79 @@ async def check_telegram(
 # --- putting it together --------------------------------------------------------------
 
 
+# --- secrets codex can read ----------------------------------------------------------
+
+#: Secrets an executor may hold: its own node credential and the optimizer's keys.
+EXECUTOR_SECRETS = frozenset(
+    {"HUB_TOKEN", "OPENAI_API_KEY", "OPENWEBUI_API_KEY", "LITELLM_API_KEY"}
+)
+SEPARATE = (
+    "run the executor as its own OS user (or container) that holds only HUB_TOKEN and "
+    "codex's login, and the hub and bridges as another (README: Where secrets live)"
+)
+
+
+def check_secrets(
+    settings: ExecutorSettings,
+    *,
+    env_file: Path | None,
+    db: Path | None,
+    configured: set[str],
+    euid: int | None = None,
+) -> list[Check]:
+    """What codex's commands could read on this machine, when that is worth a word.
+
+    `configured` names the secret settings given here (environment or settings file);
+    `db` is the hub's store when this environment configures a hub.
+    """
+    from codex_hub.cli import secrets_in_workdir
+
+    if settings.exec_transport != "local":
+        return []  # codex runs on SSH_HOST, not among these files and processes
+    found = secrets_in_workdir(settings.exec_workdir, env_file=env_file, db=db)
+    if found:
+        return [
+            _fail(
+                "secrets",
+                f"codex works in EXEC_WORKDIR={settings.exec_workdir}, which holds "
+                + "; ".join(found)
+                + ": every command codex runs can read them",
+                "point EXEC_WORKDIR at the directory codex should work in and keep the "
+                "settings file (--env-file), HUB_DB and *_FILE secrets outside it",
+            )
+        ]
+    if settings.codex_sandbox != "danger-full-access":
+        return []
+    euid = os.geteuid() if euid is None and hasattr(os, "geteuid") else euid
+    others = sorted(configured - EXECUTOR_SECRETS)
+    if euid == 0:
+        return [
+            Check(
+                "secrets",
+                "warn",
+                "CODEX_SANDBOX=danger-full-access as root: codex's commands can read "
+                "every file and every process's memory on this machine, codex-hub's "
+                "secrets included",
+                SEPARATE,
+            )
+        ]
+    if others:
+        what = ", ".join(others)
+        return [
+            Check(
+                "secrets",
+                "warn",
+                "CODEX_SANDBOX=danger-full-access with one user for every role: codex's "
+                f"commands run unsandboxed as this user and can read {what} wherever they "
+                "are kept (the settings file, *_FILE files), the hub's store (every "
+                "prompt and answer) and codex's login; only the processes' memory and "
+                "environment are closed to them",
+                SEPARATE,
+            )
+        ]
+    return []
+
+
 async def diagnose(
     settings: ExecutorSettings | Check,
     *,
@@ -582,6 +659,7 @@ async def diagnose(
     telegram: TelegramSettings | Check | None = None,
     environ: Mapping[str, str],
     timeout_s: float = NETWORK_TIMEOUT_S,
+    secrets: Sequence[Check] = (),
 ) -> list[Check]:
     """Run every check, concurrently, and return the findings in a fixed order.
 
@@ -607,6 +685,7 @@ async def diagnose(
         groups.append(_done([telegram]))
     elif telegram is not None:
         groups.append(check_telegram(telegram, timeout_s=timeout_s))
+    groups.append(_done(list(secrets)))
     results = await asyncio.gather(*groups)
     return [check for group in results for check in group]
 
@@ -683,6 +762,20 @@ def load_all(env_file: Path | None) -> tuple[ExecutorSettings | Check, Any, Any]
     )
 
 
+def _secrets_checks(executor: ExecutorSettings, env_file: Path | None) -> list[Check]:
+    """:func:`check_secrets` for the settings this doctor read."""
+    from codex_hub.cli import UsageError, load, loaded_env_file
+    from hub.settings import HubSettings, configured_secrets
+
+    loaded = loaded_env_file(env_file)
+    configured = configured_secrets(loaded)
+    try:  # the store of a hub run with these settings, which may be this machine's
+        db = load(HubSettings, env_file).db
+    except UsageError:
+        db = None
+    return check_secrets(executor, env_file=loaded, db=db, configured=configured)
+
+
 async def run_doctor(
     env_file: Path | None,
     *,
@@ -697,12 +790,14 @@ async def run_doctor(
     otherwise. A missing `env_file` raises `codex_hub.cli.UsageError`.
     """
     executor, slack, telegram = load_all(env_file)
+    secrets = [] if isinstance(executor, Check) else _secrets_checks(executor, env_file)
     checks = await diagnose(
         executor,
         slack=slack,
         telegram=telegram,
         environ=os.environ if environ is None else environ,
         timeout_s=timeout_s,
+        secrets=secrets,
     )
     stream = sys.stdout if out is None else out
     stream.write(render(checks))

@@ -12,9 +12,12 @@ import anything from here except to bind context or register a secret.
   fields live in a ``contextvars.ContextVar``, which asyncio copies into new tasks).
   ``bind(**fields)`` binds for the rest of the current task, for a run's own task.
 - ``register_secret(value)`` and ``register_settings_secrets(settings)`` add values that
-  are then replaced by ``***`` in every message, argument, field and traceback; tokens
-  that look like Slack (``xoxb-``, ``xapp-``), OpenAI (``sk-``), Telegram (``bot123:ABC``)
-  or ``Bearer`` credentials are masked even when nobody registered them. The masking is
+  are then replaced by ``***`` in every message, argument, field and traceback;
+  credentials in a well-known format (GitHub ``ghp_``/``github_pat_``, GitLab
+  ``glpat-``, AWS ``AKIA...`` and ``aws_secret_access_key=...``, Slack ``xoxb-``/``xapp-``,
+  OpenAI ``sk-``, Telegram bot tokens, PEM private keys) are masked even when nobody
+  registered them, and so are looser shapes (``Bearer ...``, ``bot123:ABC``) outside
+  the prompt and answer. The masking is
   done when a record is made, so every handler sees clean records, not only ours.
   ``redact(text)`` and ``redact_json(value)`` apply it to what leaves by another road:
   the hub masks every frame an executor sends before it is stored, shown or forwarded.
@@ -100,11 +103,44 @@ def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
 
 # --- secrets ------------------------------------------------------------------------
 
-# Credentials recognisable by shape, masked even when nobody registered them: httpx logs
-# Telegram's URLs (the bot token is in the path) and a pasted config may carry any key.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+# Credentials recognisable by their format, masked wherever they appear, codex's answer
+# and the user's prompt included: a live key is a leak in any text. Each is specific
+# enough (a vendor prefix and a length, or a PEM armour) not to match ordinary words.
+_CREDENTIALS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # PEM private keys, whole; one cut short (an event truncated) up to the end.
+    (
+        re.compile(
+            r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----"
+            r"(?:[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[\s\S]*\Z)"
+        ),
+        r"-----BEGIN \1PRIVATE KEY-----" + MASK + r"-----END \1PRIVATE KEY-----",
+    ),
+    # Slack (xoxb-, xoxp-, xoxa-, xoxr-, xoxs-, ... and app-level xapp-).
     (re.compile(r"\b(xox[a-z]|xapp)-[A-Za-z0-9-]+"), r"\1-" + MASK),
+    # OpenAI and compatible (sk-, sk-proj-).
     (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "sk-" + MASK),
+    # GitHub: personal, OAuth, user-to-server, server-to-server, refresh; fine-grained.
+    (re.compile(r"\b(gh[pousr])_[A-Za-z0-9]{36,}"), r"\1_" + MASK),
+    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"), "github_pat_" + MASK),
+    # GitLab personal, project and group access tokens.
+    (re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"), "glpat-" + MASK),
+    # AWS access key ids (long-lived AKIA, temporary ASIA) ...
+    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), r"\1" + MASK),
+    # ... and secret keys where they are assigned (env, ~/.aws/credentials, JSON).
+    (
+        re.compile(
+            r"""(?i)(aws_secret_access_key["']?\s*[:=]\s*["']?)[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])"""
+        ),
+        r"\1" + MASK,
+    ),
+    # Telegram bot tokens: the bot's id, a colon, 35 characters.
+    (re.compile(r"(?<![A-Za-z0-9_])\d{5,}:[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"), MASK),
+)
+
+# Looser shapes, masked in logs and codex's events, not in the prompt or the answer
+# (someone's text, where a word like "Bearer" is prose): httpx logs Telegram's URLs
+# with the token in the path, and a header may carry any key.
+_LOOSE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bbot\d+:[A-Za-z0-9_-]+"), "bot" + MASK),
     (re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}"), MASK),
     # Case-sensitive and 8+ characters: the header form, not prose about "bearer tokens".
@@ -116,10 +152,19 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 # wherever its shape does, in text and in that text's JSON encoding alike (the parts they
 # match never contain a character JSON escapes). A hint that matches only sends the text
 # through the full masking, so being loose costs time, never correctness.
-_SHAPE_HINTS = (
+_CREDENTIAL_HINTS = (
+    r"PRIVATE KEY-----",
     r"xox[a-z]-",
     r"xapp-",
     r"sk-[A-Za-z0-9_-]{16,}",
+    r"gh[pousr]_[A-Za-z0-9]{36}",
+    r"github_pat_",
+    r"glpat-",
+    r"A[KS]IA[0-9A-Z]{16}",
+    r"(?i:aws_secret_access_key)",
+    r"\d{5,}:[A-Za-z0-9_-]{35}",
+)
+_LOOSE_HINTS = (
     r"bot\d+:",
     r"\d{5,}:[A-Za-z0-9_-]{30,}",
     r"Bearer",
@@ -142,10 +187,11 @@ class _Hints:
         for secret in ordered:
             for form in {secret.encode(), orjson.dumps(secret)[1:-1]}:
                 raw.append(re.escape(form))
-        shapes = "|".join(_SHAPE_HINTS)
-        self.text_secrets = re.compile("|".join(text)) if text else None
+        credentials = "|".join(_CREDENTIAL_HINTS)
+        shapes = "|".join([*_CREDENTIAL_HINTS, *_LOOSE_HINTS])
+        self.text_secrets = re.compile("|".join([*text, credentials]))
         self.text_all = re.compile("|".join([*text, shapes]))
-        self.json_secrets = re.compile(b"|".join(raw)) if raw else None
+        self.json_secrets = re.compile(b"|".join([*raw, credentials.encode()]))
         self.json_all = re.compile(b"|".join([*raw, shapes.encode()]))
 
 
@@ -222,20 +268,24 @@ def forget_secrets() -> None:
 
 
 def redact(text: str, *, shapes: bool = True) -> str:
-    """``text`` with registered secrets and credential-shaped tokens replaced by ``***``.
+    """``text`` with registered secrets and credentials replaced by ``***``.
 
-    ``shapes=False`` masks registered secrets only: for text that is someone's content
-    (codex's answer), where a token-shaped example is not a leak but a secret is.
+    Credentials in a well-known format (GitHub, GitLab, AWS, Slack, OpenAI, Telegram, PEM
+    private keys) are always masked. ``shapes=False`` leaves the looser shapes (a
+    ``Bearer`` word, a ``bot123:`` prefix) alone: for text that is someone's content
+    (codex's answer, the prompt), where such a word is prose but a key is still a key.
     """
     hints = _hints
     hint = hints.text_all if shapes else hints.text_secrets
-    if hint is None or hint.search(text) is None:
+    if hint.search(text) is None:
         return text  # the common case: one search, no copy
     secrets_re = _secrets_re
     if secrets_re is not None:
         text = secrets_re.sub(MASK, text)
+    for pattern, replacement in _CREDENTIALS:
+        text = pattern.sub(replacement, text)
     if shapes:
-        for pattern, replacement in _PATTERNS:
+        for pattern, replacement in _LOOSE:
             text = pattern.sub(replacement, text)
     return text
 
@@ -251,8 +301,6 @@ def redact_json(value: Any, *, shapes: bool = True) -> Any:
     if isinstance(value, dict | list | tuple):
         hints = _hints
         hint = hints.json_all if shapes else hints.json_secrets
-        if hint is None:
-            return value
         try:
             encoded = orjson.dumps(value)
         except TypeError:  # not plain JSON (a key that is not a str, a huge int): walk it

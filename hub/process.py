@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
+import logging
+import sys
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+_PR_SET_DUMPABLE = 4
+_PR_GET_DUMPABLE = 3
 
 _heap_frozen = False
 
@@ -39,3 +47,35 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+def make_undumpable() -> bool:
+    """Close this process to other processes of the same user (Linux); True when done.
+
+    A non-dumpable process (``prctl(PR_SET_DUMPABLE, 0)``) cannot be traced, and its
+    ``/proc/<pid>/environ``, ``mem``, ``fd`` and the like belong to root: codex's commands,
+    which run as the same user, can no longer read the secrets this process holds in
+    its environment or memory. Only a privileged process (root) still can. The flag is
+    not inherited across ``execve``, so codex and the run helper stay ordinary.
+
+    This, not removing variables from ``os.environ``, is what closes ``environ``: the
+    kernel shows the block the process started with, whatever it unset since.
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+    except (OSError, AttributeError) as exc:
+        log.warning("could not make this process non-dumpable: %s", exc)
+        return False
+    return True
+
+
+def is_dumpable() -> bool:
+    """True unless :func:`make_undumpable` took effect (always True off Linux)."""
+    if sys.platform != "linux":
+        return True
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))

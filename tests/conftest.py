@@ -81,7 +81,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _no_env_file()
 
 
-NODE_TOKEN = "node-token-for-tests"
+NODE_TOKEN = "node-token-for-tests-7f3a9c2e51"
 
 
 @pytest.fixture

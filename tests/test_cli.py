@@ -77,3 +77,47 @@ def test_bad_settings_are_named(tmp_path: Path, env: str, needle: str) -> None:
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 2
     assert needle in done.stderr
+
+
+def test_a_secret_too_short_or_common_is_refused_at_start_up(tmp_path: Path) -> None:
+    """HUB_TOKEN=codex-hub stops the hub with exit 2, naming the setting and the reason."""
+    (tmp_path / ".env").write_text("HUB_TOKEN=codex-hub\n")
+    done = run_cli("serve", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "HUB_TOKEN: 9 characters is too short for a credential" in done.stderr
+
+
+def test_a_missing_secret_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A *_FILE naming no file stops the command with exit 2, naming setting and path."""
+    (tmp_path / ".env").write_text(f"HUB_TOKEN_FILE={tmp_path / 'nope'}\n")
+    done = run_cli("serve", cwd=tmp_path)
+    assert done.returncode == 2
+    assert f"HUB_TOKEN_FILE={tmp_path / 'nope'}: no such file" in done.stderr
+
+
+def test_a_secret_file_is_read(tmp_path: Path) -> None:
+    """A secret given as a file is used: a weak one in the file is refused like any."""
+    (tmp_path / "token").write_text("short\n")
+    (tmp_path / ".env").write_text(f"HUB_TOKEN_FILE={tmp_path / 'token'}\n")
+    done = run_cli("serve", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "HUB_TOKEN: 5 characters is too short" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("dotenv", "named"),
+    [
+        ("HUB_DB={tmp}/data/hub.db\n", "the settings file .env"),
+        ("EXEC_WORKDIR={tmp}/work\nHUB_DB={tmp}/work/.hub/hub.db\n", "the hub's data directory"),
+    ],
+)
+def test_up_refuses_a_workdir_holding_the_env_file_or_the_store(
+    tmp_path: Path, dotenv: str, named: str
+) -> None:
+    """codex-hub up will not let codex work where .env or the store is."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / ".env").write_text("EXEC_DRY_RUN=true\nHUB_PORT=0\n" + dotenv.format(tmp=tmp_path))
+    done = run_cli("up", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "EXEC_WORKDIR=" in done.stderr and named in done.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "work" / ".hub").exists()

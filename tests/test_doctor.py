@@ -27,6 +27,7 @@ from codex_hub.doctor import (
     check_codex,
     check_hub,
     check_optimizer,
+    check_secrets,
     check_slack,
     check_telegram,
     mask,
@@ -167,7 +168,7 @@ async def test_healthy_setup_is_all_ok(
     assert all(lines[0].startswith("ok ") for lines in checks.values()), report
     assert "codex-cli" in checks["codex"][0]
     assert "API key configured" in checks["codex login"][0]
-    assert "welcomed" in checks["hub"][0] and "…ests" in checks["hub"][0]
+    assert "welcomed" in checks["hub"][0] and "…" + NODE_TOKEN[-4:] in checks["hub"][0]
     assert f"@{FAKE_BOT_USERNAME}" in checks["telegram"][0]
     assert report.splitlines()[-1] == "doctor: 13 ok, 0 FAIL, 0 skip: all good"
     assert_no_secret(report)
@@ -587,4 +588,45 @@ def test_render_puts_fix_under_failures_and_counts() -> None:
         "      fix: do this\n"
         "skip  c: off\n"
         "doctor: 1 ok, 1 FAIL, 1 skip: fix the FAIL lines above\n"
+    )
+
+
+def test_secrets_in_the_workdir_fail(tmp_path: Path) -> None:
+    """A settings file or a store inside EXEC_WORKDIR is a FAIL naming it."""
+    env_file = write_env(tmp_path / ".env", {"EXEC_DRY_RUN": "true"})
+    settings = executor(EXEC_WORKDIR=tmp_path)
+    (check,) = check_secrets(settings, env_file=env_file, db=None, configured=set(), euid=1000)
+    assert check.status == "FAIL" and str(env_file) in check.detail
+    (check,) = check_secrets(
+        settings, env_file=None, db=tmp_path / "d" / "hub.db", configured=set(), euid=1000
+    )
+    assert check.status == "FAIL" and "data directory" in check.detail
+
+
+def test_full_access_with_other_roles_secrets_is_a_warning(tmp_path: Path) -> None:
+    """danger-full-access for one user holding the bots' tokens and the API keys warns,
+    naming what codex can read and how to separate."""
+    settings = executor(EXEC_WORKDIR=tmp_path / "work", CODEX_SANDBOX="danger-full-access")
+    configured = {"HUB_TOKEN", "HUB_API_KEYS", "SLACK_BOT_TOKEN"}
+    (check,) = check_secrets(settings, env_file=None, db=None, configured=configured, euid=1000)
+    assert check.status == "warn"
+    assert "HUB_API_KEYS, SLACK_BOT_TOKEN" in check.detail and "HUB_TOKEN," not in check.detail
+    assert "own OS user" in check.fix
+    (root,) = check_secrets(settings, env_file=None, db=None, configured=set(), euid=0)
+    assert root.status == "warn" and "as root" in root.detail
+
+
+def test_a_separated_executor_has_nothing_to_say_about_secrets(tmp_path: Path) -> None:
+    """Only its own token and a sandbox, or full access with only its own: no line."""
+    work = tmp_path / "work"
+    for sandbox in ("workspace-write", "danger-full-access"):
+        settings = executor(EXEC_WORKDIR=work, CODEX_SANDBOX=sandbox)
+        assert (
+            check_secrets(settings, env_file=None, db=None, configured={"HUB_TOKEN"}, euid=1000)
+            == []
+        )
+    settings = executor(EXEC_WORKDIR=work, CODEX_SANDBOX="danger-full-access", EXEC_TRANSPORT="ssh")
+    assert (
+        check_secrets(settings, env_file=None, db=None, configured={"SLACK_BOT_TOKEN"}, euid=0)
+        == []
     )

@@ -106,13 +106,42 @@ def field_env_names(cls: type[BaseSettings], name: str, info: FieldInfo) -> set[
 
 
 def setting_aliases() -> dict[str, list[str]]:
-    """Every setting's environment name, with the classes that read it."""
+    """Every setting's environment name, with the classes that read it; a secret's
+    ``NAME_FILE`` too (the settings base reads it for every secret field)."""
+    from hub.settings import FILE_SUFFIX, is_secret_field
+
     out: dict[str, list[str]] = {}
     for cls in settings_classes():
         for name, info in cls.model_fields.items():
             for env in field_env_names(cls, name, info):
                 out.setdefault(env, []).append(cls.__name__)
+                if is_secret_field(name, info):
+                    out.setdefault(env + FILE_SUFFIX, []).append(cls.__name__)
     return out
+
+
+def secret_settings() -> set[str]:
+    """The environment names of every secret setting (``SecretStr`` or credential list)."""
+    from hub.settings import is_secret_field
+
+    return {
+        env
+        for cls in settings_classes()
+        for name, info in cls.model_fields.items()
+        if is_secret_field(name, info)
+        for env in field_env_names(cls, name, info)
+    }
+
+
+#: The credentials each role holds; every other secret setting reaches it empty. The
+#: optimizer's keys (OPTIMIZE_PROMPT) may also reach the executor, which runs it.
+ROLE_CREDENTIALS: dict[str, set[str]] = {
+    "hub": {"HUB_TOKEN", "HUB_API_KEYS"},
+    "executor": {"HUB_TOKEN"},
+    "slack": {"HUB_TOKEN", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"},
+    "telegram": {"HUB_TOKEN", "TELEGRAM_BOT_TOKEN"},
+}
+OPTIMIZER_KEYS = {"OPENAI_API_KEY", "OPENWEBUI_API_KEY", "LITELLM_API_KEY"}
 
 
 # --- the CLI --------------------------------------------------------------------------

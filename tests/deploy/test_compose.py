@@ -120,3 +120,31 @@ def test_state_lives_on_named_volumes(compose: dict) -> None:
             path = env[setting]
             directory = posixpath.dirname(path) if setting == "HUB_DB" else path
             assert directory in mounts, f"{name}: {setting}={path} is not on a volume"
+
+
+@pytest.mark.parametrize("name", ["hub", *NODES])
+def test_each_service_holds_only_its_own_credentials(compose: dict, name: str) -> None:
+    """A service gets its own credentials as mounted secret files, every other one empty
+    (which wins over .env), and the executor, where codex runs, only its node token."""
+    service = compose["services"][name]
+    env = c.service_environment(service)
+    mounted = {f"/run/secrets/{secret}" for secret in service.get("secrets", [])}
+    own = c.ROLE_CREDENTIALS[name]
+    for secret in sorted(c.secret_settings()):
+        if name == "executor" and secret in c.OPTIMIZER_KEYS and secret not in env:
+            continue  # the optimizer's key, from .env: the executor's own
+        assert env.get(secret) == "", f"{name}: {secret} must be set empty"
+        if secret in own:
+            assert env.get(f"{secret}_FILE") in mounted, f"{name}: {secret}_FILE"
+        else:
+            assert f"{secret}_FILE" not in env, f"{name} must not hold {secret}"
+    assert len(mounted) == len(own), f"{name} mounts a secret it does not need"
+    for secret in service.get("secrets", []):
+        assert compose["secrets"][secret]["file"].startswith("./secrets/")
+
+
+def test_executor_mounts_no_store_and_no_other_roles_secret(compose: dict) -> None:
+    """The executor's container holds no store and only the hub_token secret."""
+    executor = compose["services"]["executor"]
+    assert executor["secrets"] == ["hub_token"]
+    assert not any(v.startswith("hub-store:") for v in executor["volumes"])

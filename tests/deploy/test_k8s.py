@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from urllib.parse import urlsplit
 
 import pytest
@@ -54,8 +55,8 @@ def test_env_names_are_settings(docs: list[dict]) -> None:
     names = set()
     for _, _, container in c.k8s_containers():
         names |= {item["name"] for item in container.get("env", [])}
-    for secret in by_kind(docs, "Secret").values():
-        names |= set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    settings = by_kind(docs, "Secret")["codex-hub"]  # the others hold files, not settings
+    names |= set(settings.get("stringData", {})) | set(settings.get("data", {}))
     for path in c.K8S.glob("*.yaml"):  # inline Python in probes
         names |= c.environ_reads(path.read_text())
     unknown = sorted(n for n in names if n not in aliases and n not in c.NON_SETTINGS)
@@ -68,6 +69,53 @@ def test_example_secret_holds_no_real_secret(docs: list[dict]) -> None:
     for key, value in secret["stringData"].items():
         if "TOKEN" in key or "KEY" in key:
             assert value in ("", "REPLACE_ME"), key
+
+
+def test_example_settings_secret_holds_no_credential(docs: list[dict]) -> None:
+    """The settings Secret every pod reads holds no credential but the executor's
+    optimizer key, left empty; every role Secret holds only placeholders."""
+    secrets = by_kind(docs, "Secret")
+    for key, value in secrets["codex-hub"]["stringData"].items():
+        if key in c.secret_settings():
+            assert key in c.OPTIMIZER_KEYS and value == "", key
+    for name, secret in secrets.items():
+        if name != "codex-hub":
+            assert set(secret["stringData"].values()) == {"REPLACE_ME"}, name
+
+
+def _role(doc: dict) -> str:
+    component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+    return "hub" if component == "hub" else component.removesuffix("-bridge")
+
+
+def test_each_pod_holds_only_its_own_credentials(docs: list[dict]) -> None:
+    """A pod gets its own credentials as files from its role's Secrets, and every other
+    credential set empty (which wins over envFrom); the executor only its node token."""
+    seen = set()
+    for path, doc, container in c.k8s_containers():
+        role = _role(doc)
+        seen.add(role)
+        own = c.ROLE_CREDENTIALS[role]
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        volumes = {v["name"]: v for v in doc["spec"]["template"]["spec"]["volumes"]}
+        secret_dirs = {
+            m["mountPath"]: volumes[m["name"]]["secret"]["secretName"]
+            for m in container.get("volumeMounts", [])
+            if "secret" in volumes[m["name"]]
+        }
+        for secret in sorted(c.secret_settings()):
+            if role == "executor" and secret in c.OPTIMIZER_KEYS and secret not in env:
+                continue  # the optimizer's key, from the settings Secret
+            assert env.get(secret) == "", f"{path.name}: {secret} must be set empty"
+            file = env.get(f"{secret}_FILE")
+            if secret in own:
+                assert file and posixpath.dirname(file) in secret_dirs, f"{path.name}: {secret}"
+            else:
+                assert file is None, f"{path.name} must not hold {secret}"
+        assert all(name.startswith("codex-hub-") for name in secret_dirs.values())
+        if role == "executor":
+            assert set(secret_dirs.values()) == {"codex-hub-token"}
+    assert seen == set(c.ROLE_CREDENTIALS)
 
 
 def test_pods_read_the_secret() -> None:

@@ -258,6 +258,64 @@ def test_token_patterns(text: str, expected: str) -> None:
     assert logs.redact(text) == expected
 
 
+GHP = "ghp_" + "a1B2c3D4e5" * 3 + "F6g7H8"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+PEM = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+    "-----END OPENSSH PRIVATE KEY-----"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"token: {GHP}", "token: ghp_***"),
+        ("gho_" + "Q" * 36 + " ghs_" + "r9" * 18, "gho_*** ghs_***"),
+        ("GH_TOKEN=github_pat_11ABCDEFG0123456789_abcdefXYZ", "GH_TOKEN=github_pat_***"),
+        ("glpat-AbCdEfGhIjKlMnOpQrSt and more", "glpat-*** and more"),
+        ("aws_access_key_id = AKIAIOSFODNN7EXAMPLE", "aws_access_key_id = AKIA***"),
+        (f"aws_secret_access_key = {AWS_SECRET}", "aws_secret_access_key = ***"),
+        (f'AWS_SECRET_ACCESS_KEY="{AWS_SECRET}"', 'AWS_SECRET_ACCESS_KEY="***"'),
+        (f'{{"aws_secret_access_key": "{AWS_SECRET}"}}', '{"aws_secret_access_key": "***"}'),
+        ("xoxs-123-456-abc", "xoxs-***"),
+        ("sk-proj-AbCdEfGhIjKlMnOpQrStUv", "sk-***"),
+        ("123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawQ", "***"),
+        (
+            f"key:\n{PEM}\ndone",
+            "key:\n-----BEGIN OPENSSH PRIVATE KEY-----***-----END OPENSSH PRIVATE KEY-----\ndone",
+        ),
+        (
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+            "-----BEGIN PRIVATE KEY-----***-----END PRIVATE KEY-----",
+        ),
+        # Ordinary words and look-alikes stay as they are.
+        (
+            "cd /srv/codex-hub && ghp_ is GitHub's prefix",
+            "cd /srv/codex-hub && ghp_ is GitHub's prefix",
+        ),
+        ("pip install scikit-learn sk-learn", "pip install scikit-learn sk-learn"),
+        ("AKIA is how AWS key ids start", "AKIA is how AWS key ids start"),
+        ("-----BEGIN PUBLIC KEY-----", "-----BEGIN PUBLIC KEY-----"),
+        ("the Bearer token header", "the Bearer token header"),
+        ("at 12:30:45 bot 7 said", "at 12:30:45 bot 7 said"),
+    ],
+)
+def test_credential_formats_are_masked_in_answers_too(text: str, expected: str) -> None:
+    """Well-known credential formats are masked even in someone's text (shapes=False),
+    where looser shapes are left alone; ordinary words never change."""
+    assert logs.redact(text, shapes=False) == expected
+    assert logs.redact_json({"answer": text}, shapes=False) == {"answer": expected}
+
+
+def test_registered_strong_secret_does_not_touch_the_projects_name() -> None:
+    """A path holding the project's name survives masking (a credential like
+    HUB_TOKEN=codex-hub is refused at start-up instead, see test_settings_secrets)."""
+    logs.register_secret("9f2c4e6a8b0d1f3e5a7c")
+    assert logs.redact("cd /srv/codex-hub", shapes=False) == "cd /srv/codex-hub"
+    assert logs.redact("token 9f2c4e6a8b0d1f3e5a7c!", shapes=False) == "token ***!"
+
+
 def test_token_patterns_in_log_lines() -> None:
     """A Telegram URL logged by a library (httpx at WARNING) reaches the output masked."""
     out = capture("json", level="INFO")
@@ -353,6 +411,14 @@ _NEEDLES = (
     "\nsk-" + "b" * 16,
     "tab\tBearer\tabcdefgh12",
     "task-forces",
+    "ghp_" + "A1b2" * 9,
+    "github_pat_" + "x9" * 12,
+    "glpat-" + "Zz_9" * 5,
+    "AKIA" + "ABCDEFGHIJ234567",
+    'aws_secret_access_key": "' + "wJalrXUtnFEMI/K7MDENG+bPxRfiCY" + "EXAMPLEKEY",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl",
+    "7000000002:" + "A" * 35,
 )
 
 

@@ -18,7 +18,7 @@ from hub.settings import HubSettings
 from tests.monitor.scripted_executor import ScriptedExecutor
 
 API_KEY = "monitor-test-key-0123456789"
-NODE_TOKEN = "monitor-node-token"
+NODE_TOKEN = "monitor-node-token-4b8e1d"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless=new",

@@ -68,7 +68,9 @@ window.attack = (async () => {
 @pytest.fixture
 async def open_hub(tmp_path: Path) -> AsyncIterator[HubServer]:
     """A hub as ``make run`` starts it: no API key, no node token, on 127.0.0.1."""
-    async with HubServer(make_settings(tmp_path, HUB_API_KEYS="", HUB_OPERATOR_KEYS="", HUB_TOKEN="")) as hub:
+    async with HubServer(
+        make_settings(tmp_path, HUB_API_KEYS="", HUB_OPERATOR_KEYS="", HUB_TOKEN="")
+    ) as hub:
         yield hub
 
 
