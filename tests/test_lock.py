@@ -191,9 +191,12 @@ def test_codex_hub_up_starts_with_no_warning_on_stderr(tmp_path: Path, codex_bin
     """`codex-hub up`, as `make run` starts it, prints no Python warning while it starts."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONWARNINGS", "HUB_"))}
+    work = tmp_path / "work"
+    work.mkdir()
     env.update(
         HUB_PORT=str(port),
-        HUB_DB=str(tmp_path / "hub.db"),
+        HUB_DB=str(tmp_path / "data" / "hub.db"),
+        EXEC_WORKDIR=str(work),
         CODEX_BIN=codex_bin,
         CODEX_HOME=str(tmp_path),
         EXEC_DRY_RUN="true",

@@ -269,7 +269,8 @@ async def test_split_deployment_codex_finds_no_credential_but_the_executors_own(
     token_file.chmod(0o600)
 
     workdir = stack.workdir("exec-a")
-    await stack.start_hub(HUB_TOKEN=hub_token, HUB_API_KEYS=api_key)
+    # An operator's key: only operators see the chat bridges' runs.
+    await stack.start_hub(HUB_TOKEN=hub_token, HUB_API_KEYS=api_key, HUB_OPERATOR_KEYS=api_key)
     await stack.start_executor(
         workdir=workdir,
         codex_bin=codex_bin,
