@@ -350,6 +350,8 @@ class SlackBridge:
             on_progress=self._on_progress,
             node_id=node_id,
             request_timeout=HUB_REQUEST_TIMEOUT_S,
+            pending_max=settings.pending_max,
+            pending_max_age_s=settings.pending_max_age_s,
         )
         #: Who the bot is (from ``auth.test`` at start-up).
         self.bot_user_id = ""
@@ -692,6 +694,7 @@ class SlackBridge:
                 optimize=optimize,
                 # A message re-sent after a bridge crash names the run it started.
                 dedupe_key=f"{target.channel}:{target.ts}" if target.ts else None,
+                on_kept=lambda: self._say(target, convert.kept_text()),
             )
         except HubError as exc:
             log.warning("the hub did not take a request from %s: %s", target.channel, exc)

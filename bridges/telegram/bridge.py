@@ -159,6 +159,8 @@ class TelegramBridge:
             on_progress=self._on_progress,
             node_id=node_id,
             request_timeout=HUB_REQUEST_TIMEOUT_S,
+            pending_max=settings.pending_max,
+            pending_max_age_s=settings.pending_max_age_s,
         )
         #: The Bot API's HTTP clients: for calls, and for the one long poll.
         self._http = (AiohttpRequest(), AiohttpRequest(1))
@@ -507,6 +509,7 @@ class TelegramBridge:
                 # Telegram re-sends an update a crashed bridge never confirmed: the same
                 # message then names the run it started instead of starting another.
                 dedupe_key=f"{target.chat_id}:{target.message_id}" if target.message_id else None,
+                on_kept=lambda: self._say(target, convert.kept_text()),
             )
         except HubError as exc:
             log.warning("the hub did not take a message from chat %s: %s", target.chat_id, exc)
