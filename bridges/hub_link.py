@@ -104,6 +104,7 @@ class HubLink:
         #: Submits kept while the hub is away, oldest first (see the module docstring).
         self._pending: deque[_Kept] = deque()
         self._sender: asyncio.Task[None] | None = None
+        self._sending: _Kept | None = None
         self.settings = settings
         self._on_deliver = on_deliver
         self._on_progress = on_progress
@@ -137,18 +138,27 @@ class HubLink:
         """Connect in the background (reconnecting with backoff)."""
         await self.client.start()
 
-    async def close(self) -> None:
-        """Disconnect; kept requests fail with ``bridge_stopping``. Idempotent."""
+    def give_up_kept(self) -> None:
+        """Fail every kept request with ``bridge_stopping`` (the bridge is stopping).
+
+        A bridge calls it before it waits for the requests in hand, so that those
+        waiting for a hub that is away end (and say so) at once.
+        """
         if self._sender is not None:
             self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
-            self._sender = None
         while self._pending:
             kept = self._pending.popleft()
             if not kept.answer.done():
                 kept.answer.set_exception(
                     HubError("bridge_stopping", "the bridge stopped before the hub was back")
                 )
+
+    async def close(self) -> None:
+        """Disconnect; kept requests fail with ``bridge_stopping``. Idempotent."""
+        self.give_up_kept()
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
+            self._sender = None
         await self.client.close()
 
     async def __aenter__(self) -> HubLink:
@@ -243,7 +253,12 @@ class HubLink:
     def _expire(self) -> None:
         """Give up the kept requests older than ``pending_max_age_s`` (the oldest first)."""
         limit = time.monotonic() - self.pending_max_age_s
-        while self._pending and self._pending[0].kept_at <= limit:
+        while (
+            self._pending
+            and self._pending[0].kept_at <= limit
+            # Being sent now: the hub may take it, so only its answer decides.
+            and self._pending[0] is not self._sending
+        ):
             kept = self._pending.popleft()
             log.warning("%s bridge: a kept request waited too long for the hub", self.platform)
             if not kept.answer.done():
@@ -268,6 +283,7 @@ class HubLink:
                     await self.client.connected.wait()
             except TimeoutError:
                 continue  # the head is too old now: expired at the top of the loop
+            self._sending = head
             try:
                 reply = await self._request(head.frame)
             except HubError as exc:
@@ -281,6 +297,8 @@ class HubLink:
             except Exception as exc:  # never leave a caller waiting for ever
                 log.exception("%s bridge: sending a kept request failed", self.platform)
                 reply = {"type": "error", "code": "internal_error", "message": str(exc)}
+            finally:
+                self._sending = None
             backoff = KEPT_RETRY_MIN_S
             if self._pending and self._pending[0] is head:
                 self._pending.popleft()

@@ -310,7 +310,10 @@ class Router:
         if self.store.backlog > STORE_BACKLOG_LIMIT:
             # The writer thread is behind (the loop kept the GIL): new work waits until
             # what is queued is on disk, so the lag, and the memory it holds, stay bounded.
-            await self.store.flush()
+            try:
+                await self.store.flush()
+            except StoreUnavailable as exc:  # the disk filled meanwhile
+                raise StoreUnwritable(exc.reason) from None
         if len(self.queue) >= self.settings.queue_limit:
             raise QueueFull(
                 f"{len(self.queue)} runs are already waiting (HUB_QUEUE_LIMIT="

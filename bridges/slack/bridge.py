@@ -499,6 +499,8 @@ class SlackBridge:
             if socket.message_receiver is not None:
                 leftovers.append(socket.message_receiver)
             await asyncio.gather(*leftovers, return_exceptions=True)
+        # Requests kept for a hub that is away end now, told they were not sent.
+        self.link.give_up_kept()
         if self._requests:
             # No new events come in now; a request being submitted gets its answer.
             await asyncio.wait(set(self._requests), timeout=STOP_GRACE_S)

@@ -277,6 +277,8 @@ class TelegramBridge:
         updater = self.app.updater
         if updater is not None and updater.running:
             await self._quietly("stopping the poller", updater.stop())
+        # Messages kept for a hub that is away end now, told they were not sent.
+        self.link.give_up_kept()
         if self.app.running:
             # Waits for the updates in hand: a message being submitted gets its answer.
             await self._quietly("stopping the application", self.app.stop())
