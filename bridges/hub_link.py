@@ -212,9 +212,13 @@ class HubLink:
                 # key makes a repeat of one the hub did take name the same run).
                 if exc.code not in _HUB_AWAY or not self.pending_max:
                     raise
+            away = True
         elif not self.pending_max:
             return _submitted(await self._request(frame))
-        return _submitted(await self._keep(frame, on_kept))
+        else:
+            # Connected with requests kept: this one only waits behind them, briefly.
+            away = not self.client.is_connected
+        return _submitted(await self._keep(frame, on_kept if away else None))
 
     @property
     def pending(self) -> int:
@@ -242,8 +246,7 @@ class HubLink:
             self.platform,
             len(self._pending),
         )
-        if on_kept is not None and not self.client.is_connected:
-            # (Connected: it only waits behind kept ones being sent now; nothing to say.)
+        if on_kept is not None:
             try:
                 await on_kept()
             except Exception:  # telling the user is best effort; the request stays kept

@@ -11,7 +11,10 @@ function in :mod:`bridges.slack.convert`.
   event whose ack it missed: the ``event_id`` and the message are remembered), from an
   allowed user and channel, becomes :meth:`HubLink.submit`. The Slack thread is the
   session, and the run's ``origin`` names the channel, the thread and the request, all
-  a reply needs. ``cancel`` / ``stop`` in a thread cancels its active run.
+  a reply needs. ``cancel`` / ``stop`` in a thread cancels its active run. A request
+  made while the hub cannot be reached is kept by :class:`HubLink` (within
+  ``BRIDGE_PENDING_MAX`` / ``BRIDGE_PENDING_MAX_AGE_S``), the thread told so, and
+  submitted once the hub is back.
 - **While it runs.** Once the hub took the run (the Slack calls do not delay its
   start), the request gets :eyes:. A run still working after one
   ``SLACK_STATUS_EDIT_INTERVAL_S`` (or waiting behind another run of its thread, at

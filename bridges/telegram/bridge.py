@@ -11,6 +11,9 @@ A translator and nothing more; every Telegram quirk is a pure function in
   forum topic) as the session and everything a reply needs in the run's ``origin``.
   ``/new`` resets the session in the hub, ``/cancel`` cancels its active run,
   ``/status`` shows it, ``/start`` and ``/help`` explain the bot and show the ids.
+  A message sent while the hub cannot be reached is kept by :class:`HubLink` (within
+  ``BRIDGE_PENDING_MAX`` / ``BRIDGE_PENDING_MAX_AGE_S``), answered with a note that it
+  is queued, and submitted once the hub is back.
 - **hub -> Telegram.** ``progress`` frames feed one watcher task per run: the typing
   action, renewed while the run works, and, only once the run has lasted
   ``TELEGRAM_STATUS_DELAY_S``, one status message edited with the state and the command
