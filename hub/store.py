@@ -445,9 +445,10 @@ class Store:
         held = self._held
         try:
             _apply_all(conn, held)
-        except (_Unwritable, _Busy) as exc:
+        except Exception as exc:
             _rollback(conn)
-            self.unwritable = _reason(exc.error)
+            error = exc.error if isinstance(exc, (_Unwritable, _Busy)) else exc
+            self.unwritable = _reason(error)
             self._retry_wait = min(RETRY_UNWRITABLE_MAX_S, self._retry_wait * 2)
             self._next_retry = time.monotonic() + self._retry_wait
             return
@@ -507,6 +508,12 @@ class Store:
                     return [(fut, False, busy.error) for fut, _, _ in items if fut is not None]
                 log.warning("store: the database was locked (%s); trying again", busy.error)
                 _backoff(min(1.0, 0.05 * 2**attempt))
+            except Exception as exc:
+                # The transaction itself broke (not one operation): hold its writes
+                # rather than lose them or let this thread die with them.
+                log.exception("store: a transaction failed; its writes are held")
+                self._became_unwritable(conn, exc)
+                return self._while_held(conn, items)
         raise AssertionError("unreachable")
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -741,7 +748,8 @@ def _run_one(
     except Exception as exc:
         if _busy(exc):
             raise _Busy(exc) from exc
-        if fn not in _READS and _unwritable(exc):
+        if (fn not in _READS and _unwritable(exc)) or not conn.in_transaction:
+            # A full disk, or SQLite rolled the whole transaction back on this error.
             raise _Unwritable(exc) from exc
         if fut is None:
             log.error("store write %s failed", getattr(fn, "__name__", fn), exc_info=exc)
@@ -1063,7 +1071,7 @@ class _Merge:
         except Exception as exc:
             if _busy(exc):
                 raise _Busy(exc) from exc  # the whole transaction goes again
-            if _unwritable(exc):
+            if _unwritable(exc) or not conn.in_transaction:
                 raise _Unwritable(exc) from exc  # the whole transaction is held
             conn.execute("ROLLBACK TO folded")
             conn.execute("RELEASE folded")

@@ -375,3 +375,36 @@ async def test_writes_held_for_a_full_disk_survive_a_restart_once_written(
         run = await store.get_run("run_0007")
         assert run is not None and run.state == "succeeded" and run.answer == "answer 7"
         assert len(await store.get_events("run_0007")) == 5
+
+
+async def test_a_transaction_that_breaks_as_a_whole_holds_its_writes_and_the_writer_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not one operation but the transaction fails (SQLite rolled it back under a full
+    disk, say): its writes are held and written on the next try, and the store goes on."""
+    from hub import store as store_module
+
+    apply_all = store_module._apply_all
+    breaks = iter([True])
+
+    def breaks_once(conn: sqlite3.Connection, items: list[Any]) -> Any:
+        if next(breaks, False):
+            conn.execute("BEGIN")
+            conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("no such savepoint: folded")
+        return apply_all(conn, items)
+
+    monkeypatch.setattr(store_module, "_apply_all", breaks_once)
+    async with Store(tmp_path / "a.db") as store:
+        for fn, args in _life(1):
+            store.post(fn, *args)
+        with pytest.raises(store_module.StoreUnavailable, match="savepoint"):
+            await store.flush()
+        assert await store.get_run("run_0001") is None
+        async with asyncio.timeout(10):
+            await store.wait_writable()
+        await store.flush()
+        run = await store.get_run("run_0001")
+        assert run is not None and run.state == "succeeded"
+        await store.insert_run(make_run(2))
+        assert await store.get_run("run_0002") is not None
