@@ -757,8 +757,7 @@ class Router:
                 await self.store.flush()  # the bridge hears "submitted" only once on disk
             except Exception as exc:
                 # Not on disk: refuse it, rather than run what the bridge hears failed.
-                full = isinstance(exc, StoreUnavailable)
-                (log.warning if full else log.exception)(
+                (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
                     "run %s: the store failed%s; refusing it",
                     ticket.run.id,
                     f" ({exc.reason})" if isinstance(exc, StoreUnavailable) else "",
@@ -978,7 +977,11 @@ class Router:
 
         An executor still connected hears ``result_ack`` for each end now recorded.
         """
-        for run, delivery, session, event in list(self._unstored.values()):
+        for run_id in list(self._unstored):
+            entry = self._unstored.get(run_id)
+            if entry is None:  # recorded meanwhile (a result sent again, another retry)
+                continue
+            run, delivery, session, event = entry
             if delivery is not None and delivery.id not in self.pending:
                 delivery = None  # acknowledged meanwhile: no reply to keep
             if await self._store_end(run, delivery, session, event):

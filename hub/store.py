@@ -730,10 +730,9 @@ def _apply_all(
     except Exception as exc:
         if _busy(exc):
             raise _Busy(exc) from exc
-        if _unwritable(exc):  # a full disk fails the WAL append at commit
-            raise _Unwritable(exc) from exc
-        log.exception("store commit failed")
-        results = [(fut, False, exc) for fut, _, _ in results]
+        # A full disk fails the WAL append here; whatever the cause, nothing of this
+        # transaction is on disk, so all of it is held.
+        raise _Unwritable(exc) from exc
     return results
 
 
