@@ -20,6 +20,7 @@ live in this process: a bridge stopped meanwhile sends none of them (``bridge_st
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import time
@@ -64,6 +65,8 @@ class _Kept:
     frame: Frame
     kept_at: float
     answer: asyncio.Future[Frame] = field(repr=False)
+    #: When the request was made, among all submits of this link: the queue's order.
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class Submitted:
     run_id: str
     position: int
     duplicate: bool = False
+
+
+def _retrieve(answer: asyncio.Future[Frame]) -> None:
+    if not answer.cancelled():
+        answer.exception()
 
 
 def _submitted(reply: Frame) -> Submitted:
@@ -105,6 +113,7 @@ class HubLink:
         self._pending: deque[_Kept] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._sending: _Kept | None = None
+        self._submits = itertools.count()
         self.settings = settings
         self._on_deliver = on_deliver
         self._on_progress = on_progress
@@ -204,6 +213,7 @@ class HubLink:
             "optimize": optimize,
             "dedupe_key": dedupe_key,
         }
+        seq = next(self._submits)
         if not self._pending and self.client.is_connected:
             try:
                 return _submitted(await self._request(frame))
@@ -218,14 +228,16 @@ class HubLink:
         else:
             # Connected with requests kept: this one only waits behind them, briefly.
             away = not self.client.is_connected
-        return _submitted(await self._keep(frame, on_kept if away else None))
+        return _submitted(await self._keep(frame, seq, on_kept if away else None))
 
     @property
     def pending(self) -> int:
         """Requests kept while the hub is away."""
         return len(self._pending)
 
-    async def _keep(self, frame: Frame, on_kept: Callable[[], Awaitable[None]] | None) -> Frame:
+    async def _keep(
+        self, frame: Frame, seq: int, on_kept: Callable[[], Awaitable[None]] | None
+    ) -> Frame:
         self._expire()
         if len(self._pending) >= self.pending_max:
             log.warning(
@@ -237,8 +249,17 @@ class HubLink:
                 "pending_full",
                 f"the hub is not reachable and {len(self._pending)} requests already wait for it",
             )
-        kept = _Kept(frame, time.monotonic(), asyncio.get_running_loop().create_future())
-        self._pending.append(kept)
+        kept = _Kept(frame, time.monotonic(), asyncio.get_running_loop().create_future(), seq)
+        # Nobody may wait for it any more (a caller cancelled): its outcome is not an error.
+        kept.answer.add_done_callback(_retrieve)
+        # In the order the requests were made: one whose direct submit failed with the
+        # connection goes before those made while it failed.
+        index = len(self._pending)
+        while index > 0 and self._pending[index - 1].seq > seq:
+            index -= 1
+        if index == 0 and self._pending and self._pending[0] is self._sending:
+            index = 1  # already on its way to the hub
+        self._pending.insert(index, kept)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_kept(), name="HubLink:pending")
         log.info(

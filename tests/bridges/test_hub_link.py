@@ -94,3 +94,32 @@ async def test_with_no_room_to_keep_a_request_made_while_the_hub_is_away_is_refu
         else:
             raise AssertionError("the submit was not refused")
     assert told == [] and link.pending == 0
+
+
+async def test_a_request_kept_late_goes_before_those_made_after_it(hub_settings: Any) -> None:
+    """A submit whose send failed with the connection is kept after requests made while
+    it was failing, yet reaches the hub before them: the order they were made in holds."""
+    settings, url = on_a_fixed_port(hub_settings)
+
+    async def on_deliver(frame: Frame) -> None:
+        pass
+
+    def submit(prompt: str) -> Frame:
+        return {"type": "submit", "prompt": prompt, "session_key": "42", "origin": {}}
+
+    link = HubLink(
+        NodeSettings(HUB_URL=url, HUB_TOKEN=NODE_TOKEN), "telegram", on_deliver=on_deliver
+    )
+    async with link:
+        later = asyncio.ensure_future(link._keep(submit("made second"), 2, None))
+        earlier = asyncio.ensure_future(link._keep(submit("made first"), 1, None))
+        await asyncio.sleep(0)  # both kept (no hub yet), in the order of the calls above
+        assert link.pending == 2
+        hub = HubServer(settings)
+        await hub.start()
+        try:
+            async with asyncio.timeout(15):
+                first, second = await earlier, await later
+        finally:
+            await hub.close()
+    assert (first["position"], second["position"]) == (0, 1)
