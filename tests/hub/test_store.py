@@ -333,18 +333,16 @@ async def test_a_full_disk_holds_every_write_and_writes_them_in_order_once_there
     async with Store(tmp_path / "full.db") as store:
         await store.insert_run(make_run(0))
         await _fill(store)
-        for fn, args in lives[:9]:  # run 1 fits in the page it has; run 2 does not
-            store.post(fn, *args)
-        await store.flush()
-        for fn, args in lives[9:]:
+        for fn, args in lives:  # run 2's prompt needs pages the "disk" does not have
             store.post(fn, *args)
         with pytest.raises(StoreUnavailable, match="disk is full"):
             await store.flush()
         assert store.unwritable is not None and "full" in store.unwritable
         with pytest.raises(StoreUnavailable):  # held all the same, and written later
             await store.update_run("run_0000", state="cancelled")
-        assert (await store.get_run("run_0001")).state == "succeeded"  # type: ignore[union-attr]
+        assert (await store.get_run("run_0000")).state == "queued"  # type: ignore[union-attr]
         assert await store.get_run("run_0002") is None
+        assert await store.get_run("run_0003") is None  # it would fit, but comes after
         assert not store._writable.is_set()
 
         await store.set_max_pages(1 << 30)  # the disk has room again
