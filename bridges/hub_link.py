@@ -5,16 +5,28 @@ acknowledged only after the platform accepted it (``on_deliver`` returned withou
 raising), so a crash or an outage of the platform loses no reply: the hub re-sends it.
 A reply that arrives again while it is being posted, or after it was posted, is not
 posted twice.
+
+A request made while the hub cannot be reached (down, restarting, the connection just
+dropped) is *kept*: :meth:`HubLink.submit` calls the bridge's ``on_kept`` (which tells
+the user it is queued) and returns once the hub, back, took it. Kept requests go to the
+hub one by one in the order they came, and a request made while some are kept waits
+behind them, so the order within a conversation holds. They are bounded
+(``BRIDGE_PENDING_MAX`` requests, each for ``BRIDGE_PENDING_MAX_AGE_S``): past the
+count a new one is refused at once (:class:`HubError` ``pending_full``), past the age a
+kept one is given up (``pending_expired``); the bridge says so in its own words. They
+live in this process: a bridge stopped meanwhile sends none of them (``bridge_stopping``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hub.node_client import NodeClient, NotConnected
@@ -28,6 +40,14 @@ Frame = dict[str, Any]
 STATUS_REF_MEMORY = 1000
 #: ``req_id`` prefix of a ``status_ref`` frame: the hub's error about one names it.
 _STATUS_REF_REQ = "status_ref:"
+#: Requests kept while the hub is away, and for how long (BRIDGE_PENDING_MAX, _AGE_S).
+PENDING_MAX = 100
+PENDING_MAX_AGE_S = 600.0
+#: Refusals that mean "the hub is away for now": the request is kept and sent later.
+_HUB_AWAY = frozenset({"hub_unreachable", "hub_closing"})
+#: A kept request the hub turned away again is sent again after this, then ever later.
+KEPT_RETRY_MIN_S = 0.2
+KEPT_RETRY_MAX_S = 5.0
 
 
 class HubError(Exception):
@@ -38,6 +58,17 @@ class HubError(Exception):
         self.code = code
 
 
+@dataclass
+class _Kept:
+    """A submit kept while the hub is away, and the caller waiting for its answer."""
+
+    frame: Frame
+    kept_at: float
+    answer: asyncio.Future[Frame] = field(repr=False)
+    #: When the request was made, among all submits of this link: the queue's order.
+    seq: int = 0
+
+
 @dataclass(frozen=True)
 class Submitted:
     """A run the hub accepted, and how many runs are ahead of it in its session."""
@@ -45,6 +76,19 @@ class Submitted:
     run_id: str
     position: int
     duplicate: bool = False
+
+
+def _retrieve(answer: asyncio.Future[Frame]) -> None:
+    if not answer.cancelled():
+        answer.exception()
+
+
+def _submitted(reply: Frame) -> Submitted:
+    return Submitted(
+        run_id=str(reply["run_id"]),
+        position=int(reply.get("position") or 0),
+        duplicate=bool(reply.get("duplicate")),
+    )
 
 
 class HubLink:
@@ -59,8 +103,17 @@ class HubLink:
         on_progress: Callable[[Frame], Awaitable[None]] | None = None,
         node_id: str | None = None,
         request_timeout: float = 30.0,
+        pending_max: int = PENDING_MAX,
+        pending_max_age_s: float = PENDING_MAX_AGE_S,
     ) -> None:
         self.platform = platform
+        self.pending_max = pending_max
+        self.pending_max_age_s = pending_max_age_s
+        #: Submits kept while the hub is away, oldest first (see the module docstring).
+        self._pending: deque[_Kept] = deque()
+        self._sender: asyncio.Task[None] | None = None
+        self._sending: _Kept | None = None
+        self._submits = itertools.count()
         self.settings = settings
         self._on_deliver = on_deliver
         self._on_progress = on_progress
@@ -94,8 +147,27 @@ class HubLink:
         """Connect in the background (reconnecting with backoff)."""
         await self.client.start()
 
+    def give_up_kept(self) -> None:
+        """Fail every kept request with ``bridge_stopping`` (the bridge is stopping).
+
+        A bridge calls it before it waits for the requests in hand, so that those
+        waiting for a hub that is away end (and say so) at once.
+        """
+        if self._sender is not None:
+            self._sender.cancel()
+        while self._pending:
+            kept = self._pending.popleft()
+            if not kept.answer.done():
+                kept.answer.set_exception(
+                    HubError("bridge_stopping", "the bridge stopped before the hub was back")
+                )
+
     async def close(self) -> None:
-        """Disconnect. Idempotent."""
+        """Disconnect; kept requests fail with ``bridge_stopping``. Idempotent."""
+        self.give_up_kept()
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)
+            self._sender = None
         await self.client.close()
 
     async def __aenter__(self) -> HubLink:
@@ -124,27 +196,143 @@ class HubLink:
         origin: dict[str, Any],
         optimize: bool | None = None,
         dedupe_key: str | None = None,
+        on_kept: Callable[[], Awaitable[None]] | None = None,
     ) -> Submitted:
         """Ask the hub for a run; raises :class:`HubError` when it refuses.
 
         ``dedupe_key`` (the platform's id of the message) makes a re-sent message name
-        the run it already started instead of starting another.
+        the run it already started instead of starting another. While the hub is away
+        the request is kept (``on_kept`` is awaited then, once) and this returns when
+        the hub took it; see the module docstring for the bounds.
         """
-        reply = await self._request(
-            {
-                "type": "submit",
-                "prompt": prompt,
-                "session_key": session_key,
-                "origin": origin,
-                "optimize": optimize,
-                "dedupe_key": dedupe_key,
-            }
+        frame = {
+            "type": "submit",
+            "prompt": prompt,
+            "session_key": session_key,
+            "origin": origin,
+            "optimize": optimize,
+            "dedupe_key": dedupe_key,
+        }
+        seq = next(self._submits)
+        if not self._pending and self.client.is_connected:
+            try:
+                return _submitted(await self._request(frame))
+            except HubError as exc:
+                # Lost with the connection, or the hub is going: keep it (the dedupe
+                # key makes a repeat of one the hub did take name the same run).
+                if exc.code not in _HUB_AWAY or not self.pending_max:
+                    raise
+            away = True
+        elif not self.pending_max:
+            return _submitted(await self._request(frame))
+        else:
+            # Connected with requests kept: this one only waits behind them, briefly.
+            away = not self.client.is_connected
+        return _submitted(await self._keep(frame, seq, on_kept if away else None))
+
+    @property
+    def pending(self) -> int:
+        """Requests kept while the hub is away."""
+        return len(self._pending)
+
+    async def _keep(
+        self, frame: Frame, seq: int, on_kept: Callable[[], Awaitable[None]] | None
+    ) -> Frame:
+        self._expire()
+        if len(self._pending) >= self.pending_max:
+            log.warning(
+                "%s bridge: the hub is away and %d requests wait for it; refused one more",
+                self.platform,
+                len(self._pending),
+            )
+            raise HubError(
+                "pending_full",
+                f"the hub is not reachable and {len(self._pending)} requests already wait for it",
+            )
+        kept = _Kept(frame, time.monotonic(), asyncio.get_running_loop().create_future(), seq)
+        # Nobody may wait for it any more (a caller cancelled): its outcome is not an error.
+        kept.answer.add_done_callback(_retrieve)
+        # In the order the requests were made: one whose direct submit failed with the
+        # connection goes before those made while it failed.
+        index = len(self._pending)
+        while index > 0 and self._pending[index - 1].seq > seq:
+            index -= 1
+        if index == 0 and self._pending and self._pending[0] is self._sending:
+            index = 1  # already on its way to the hub
+        self._pending.insert(index, kept)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_kept(), name="HubLink:pending")
+        log.info(
+            "%s bridge: the hub is not reachable; a request is kept (%d waiting)",
+            self.platform,
+            len(self._pending),
         )
-        return Submitted(
-            run_id=str(reply["run_id"]),
-            position=int(reply.get("position") or 0),
-            duplicate=bool(reply.get("duplicate")),
-        )
+        if on_kept is not None:
+            try:
+                await on_kept()
+            except Exception:  # telling the user is best effort; the request stays kept
+                log.warning("%s bridge: could not say a request is kept", self.platform)
+        return await asyncio.shield(kept.answer)
+
+    def _expire(self) -> None:
+        """Give up the kept requests older than ``pending_max_age_s`` (the oldest first)."""
+        limit = time.monotonic() - self.pending_max_age_s
+        while (
+            self._pending
+            and self._pending[0].kept_at <= limit
+            # Being sent now: the hub may take it, so only its answer decides.
+            and self._pending[0] is not self._sending
+        ):
+            kept = self._pending.popleft()
+            log.warning("%s bridge: a kept request waited too long for the hub", self.platform)
+            if not kept.answer.done():
+                kept.answer.set_exception(
+                    HubError(
+                        "pending_expired",
+                        f"the hub was not back within {self.pending_max_age_s:g} s",
+                    )
+                )
+
+    async def _send_kept(self) -> None:
+        """Send the kept requests, in order, whenever the hub is there; expire the old."""
+        backoff = KEPT_RETRY_MIN_S
+        while True:
+            self._expire()
+            if not self._pending:
+                return
+            head = self._pending[0]
+            wait = head.kept_at + self.pending_max_age_s - time.monotonic()
+            try:
+                async with asyncio.timeout(max(0.0, wait)):
+                    await self.client.connected.wait()
+            except TimeoutError:
+                continue  # the head is too old now: expired at the top of the loop
+            self._sending = head
+            try:
+                reply = await self._request(head.frame)
+            except HubError as exc:
+                if exc.code in _HUB_AWAY:
+                    # Away again (a hub that is going answers hub_closing until its
+                    # socket closes): try again a little later, then ever later.
+                    await asyncio.sleep(backoff)
+                    backoff = min(KEPT_RETRY_MAX_S, backoff * 2)
+                    continue
+                reply = {"type": "error", "code": exc.code, "message": str(exc)}
+            except Exception as exc:  # never leave a caller waiting for ever
+                log.exception("%s bridge: sending a kept request failed", self.platform)
+                reply = {"type": "error", "code": "internal_error", "message": str(exc)}
+            finally:
+                self._sending = None
+            backoff = KEPT_RETRY_MIN_S
+            if self._pending and self._pending[0] is head:
+                self._pending.popleft()
+            if not head.answer.done():
+                if reply.get("type") == "error":
+                    head.answer.set_exception(
+                        HubError(str(reply.get("code")), str(reply.get("message")))
+                    )
+                else:
+                    head.answer.set_result(reply)
 
     async def cancel(
         self, *, session_key: str | None = None, run_id: str | None = None

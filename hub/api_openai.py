@@ -101,6 +101,7 @@ FAILURES: dict[str, tuple[int, str, str]] = {
     "codex_not_logged_in": (503, "server_error", "codex_not_logged_in"),
     "executor_lost": (502, "server_error", "executor_lost"),
     "timeout": (504, "server_error", "timeout"),
+    "store_unavailable": (503, "server_error", "store_unavailable"),
 }
 
 

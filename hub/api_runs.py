@@ -5,8 +5,8 @@
   ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
 - ``GET /api/nodes``.
 - ``GET /api/feed``: websocket, see below.
-- ``GET /healthz`` (alive), ``GET /readyz`` (an executor is connected and codex is
-  logged in), ``GET /metrics`` (Prometheus).
+- ``GET /healthz`` (alive), ``GET /readyz`` (an executor is connected, codex is
+  logged in and the store can write), ``GET /metrics`` (Prometheus).
 - ``GET /`` and ``GET /static/...``: the monitor page (``monitor/``), served with a
   strict Content-Security-Policy; it shows nothing until the browser presents a key.
 
@@ -350,20 +350,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when an executor is connected and codex is logged in there."""
+    """Ready when an executor is connected, codex is logged in there and the store writes."""
     router = request.app[ROUTER]
+    unwritable = request.app[STORE].unwritable
     executors = list(router.executors.values())
     ready = [n for n in executors if (n.login or {}).get("logged_in")]
     body: dict[str, Any] = {
-        "ready": bool(ready),
+        "ready": bool(ready) and unwritable is None,
         "executors": len(executors),
         "logged_in": len(ready),
+        "store": "writable" if unwritable is None else "unwritable",
     }
-    if not executors:
+    if unwritable is not None:
+        # First: no run can start until this is fixed, whatever the executors say.
+        body["reason"] = (
+            f"the store cannot write ({unwritable}): new runs are refused until it can; "
+            "free space where HUB_DB is"
+        )
+    elif not executors:
         body["reason"] = "no executor is connected"
     elif not ready:
         body["reason"] = "codex is not logged in on any executor: run `codex login` there"
-    return json_response(body, status=200 if ready else 503)
+    return json_response(body, status=200 if body["ready"] else 503)
 
 
 @routes.get("/metrics")

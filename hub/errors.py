@@ -5,7 +5,10 @@ ApiError                 status, type, code, param
  |- Unauthorized         401 invalid_api_key
  |- NotFound             404 not_found
  |- RateLimited          429 rate_limit_exceeded / queue_full (+ Retry-After)
- '- Unavailable          503 service_unavailable
+ '- Unavailable          503 service_unavailable / store_unavailable (+ Retry-After)
+
+The router's :class:`~hub.router.StoreUnwritable` (the store cannot write: no new run)
+is rendered here for every route that starts runs, as 503 ``store_unavailable``.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from hub.router import new_run_id
+from hub.router import StoreUnwritable, new_run_id
 
 log = logging.getLogger(__name__)
+
+#: Seconds a caller refused for a store that cannot write is asked to wait.
+STORE_RETRY_AFTER_S = 30
 
 #: The run id of a request, set as soon as it is known, so errors can carry X-Run-ID.
 RUN_ID: web.RequestKey[str] = web.RequestKey("run_id", str)
@@ -138,6 +144,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return await handler(request)
     except ApiError as err:
         return error_response(err, _run_id(request))
+    except StoreUnwritable as exc:
+        full = Unavailable(
+            str(exc), code=exc.code, headers={"Retry-After": str(STORE_RETRY_AFTER_S)}
+        )
+        return error_response(full, _run_id(request))
     except RequestPayloadError as exc:
         # The body could not be decoded (a Content-Encoding that is not what it says,
         # broken chunks, a body cut short): the client's mistake, not ours.

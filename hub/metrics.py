@@ -53,6 +53,12 @@ class _RouterGauges(Collector):
         )
         backlog.add_metric([], router.store.backlog if router else 0)
         yield backlog
+        held = GaugeMetricFamily(
+            "codex_hub_store_held",
+            "Store writes the disk refused (full), held in memory until it takes them",
+        )
+        held.add_metric([], router.store.held if router else 0)
+        yield held
 
 
 class Metrics:

@@ -278,7 +278,8 @@ ERRORS = {
         "address sent too many wrong keys (HUB_AUTH_FAILURE_LIMIT); see Retry-After."
     ),
     "502": "codex or the executor failed.",
-    "503": "codex is not logged in, no executor can take runs, or the hub is shutting down.",
+    "503": "codex is not logged in, no executor can take runs, the hub is shutting down, "
+    "or its store cannot write (`store_unavailable`).",
     "504": "The run timed out.",
 }
 RUN_ID_HEADER = {"X-Run-ID": {"description": "The run this answer belongs to.", "schema": STRING}}
@@ -545,7 +546,8 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "operationId": "readyz",
-                "summary": "Ready when an executor is connected and codex is logged in there.",
+                "summary": "Ready when an executor is connected, codex is logged in there "
+                "and the store can write.",
                 "responses": {
                     "200": _json("Ready.", _ref("Readiness")),
                     "503": _json("Not ready; `reason` says why.", _ref("Readiness")),
@@ -591,7 +593,13 @@ def document(settings: HubSettings) -> dict[str, Any]:
     keyed = bool(settings.all_api_keys)
     schemas = _schemas(settings.model_name)
     schemas["Readiness"] = _object(
-        {"ready": BOOLEAN, "executors": INTEGER, "logged_in": INTEGER, "reason": STRING},
+        {
+            "ready": BOOLEAN,
+            "executors": INTEGER,
+            "logged_in": INTEGER,
+            "store": {"type": "string", "enum": ["writable", "unwritable"]},
+            "reason": STRING,
+        },
         optional=("reason",),
     )
     others = "\n".join(f"- `{path}`: {what}" for path, what in NOT_OPERATIONS.items())

@@ -15,6 +15,12 @@ Rules:
   to a bridge of that platform until it acknowledges them.
 - A bridge may name the status message it posted for a run (``status_ref``): kept in
   the run's origin, it goes with the run's later progress and its reply.
+- While the store cannot write (disk full), new runs are refused
+  (:class:`StoreUnwritable`, ``store_unavailable``), and so is a run whose own insert
+  the store had to hold: it is not on disk, so it must not be answered as if it were.
+  A run that was already going finishes and is answered from memory; its end is held
+  and written once there is room, and its executor's result is acknowledged only then
+  (the executor keeps it until then and re-sends it to a restarted hub).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from hub.store import (
     Delivery,
     Run,
     Store,
+    StoreUnavailable,
     op_insert_run,
     op_record,
     op_set_delivery_payload,
@@ -76,6 +83,19 @@ class HubClosing(RouterError):
     """The hub is shutting down and takes no new runs."""
 
     code = "hub_closing"
+
+
+class StoreUnwritable(RouterError):
+    """The store cannot write (disk full): no new run until it can."""
+
+    code = "store_unavailable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"the hub cannot write to its store ({reason}), so it takes no new run until "
+            "it can; try again later"
+        )
+        self.reason = reason
 
 
 class Link(Protocol):
@@ -196,6 +216,8 @@ class Router:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Ends the store failed to write, by run id: written when the result comes again.
         self._unstored: dict[str, tuple[Run, Delivery | None, Any, Any]] = {}
+        #: Of those, the ends the store holds (disk full): a flush tells when they are on disk.
+        self._held_ends: set[str] = set()
         self._redeliver_task: asyncio.Task[None] | None = None
         self.metrics = metrics
         self.closing = False
@@ -204,6 +226,8 @@ class Router:
 
     async def start(self) -> None:
         """Reload unfinished runs and pending replies from the store."""
+        self.store.on_insert_held = self._insert_held
+        self.store.on_writable_change = self._writable_change
         for run in await self.store.unfinished_runs():
             live = Live(run, asyncio.get_running_loop().create_future())
             live.seq, live.exec_seq = await self.store.event_positions(run.id)
@@ -286,10 +310,15 @@ class Router:
                 existing = await self._by_dedupe_key(dedupe_key, watch)
             if existing is not None:
                 return existing
+        if self.store.unwritable is not None:
+            raise StoreUnwritable(self.store.unwritable)
         if self.store.backlog > STORE_BACKLOG_LIMIT:
             # The writer thread is behind (the loop kept the GIL): new work waits until
             # what is queued is on disk, so the lag, and the memory it holds, stay bounded.
-            await self.store.flush()
+            try:
+                await self.store.flush()
+            except StoreUnavailable as exc:  # the disk filled meanwhile
+                raise StoreUnwritable(exc.reason) from None
         if len(self.queue) >= self.settings.queue_limit:
             raise QueueFull(
                 f"{len(self.queue)} runs are already waiting (HUB_QUEUE_LIMIT="
@@ -414,7 +443,10 @@ class Router:
         """
         self.session_gen[session_key] = self.session_gen.get(session_key, 0) + 1
         self.sessions[session_key] = (None, None)
-        await self.store.set_session(session_key, None, None)
+        try:
+            await self.store.set_session(session_key, None, None)
+        except StoreUnavailable:
+            pass  # held by the store (disk full): written once it has room
 
     # dispatching
 
@@ -706,7 +738,10 @@ class Router:
         if isinstance(frame, AckFrame):
             self.pending.pop(frame.delivery_id, None)
             self._next_send.pop(frame.delivery_id, None)
-            await self.store.ack_delivery(frame.delivery_id)
+            try:
+                await self.store.ack_delivery(frame.delivery_id)
+            except StoreUnavailable:
+                pass  # held by the store (disk full): written once it has room
             return None
         if isinstance(frame, StatusRefFrame):
             return await self._on_status_ref(platform, frame)
@@ -728,15 +763,20 @@ class Router:
                 return error_frame(exc.code, str(exc), frame.req_id)
             try:
                 await self.store.flush()  # the bridge hears "submitted" only once on disk
-            except Exception:
+            except Exception as exc:
                 # Not on disk: refuse it, rather than run what the bridge hears failed.
-                log.exception(
-                    "run %s: the store failed; refusing it",
+                (log.warning if isinstance(exc, StoreUnavailable) else log.exception)(
+                    "run %s: the store failed%s; refusing it",
                     ticket.run.id,
+                    f" ({exc.reason})" if isinstance(exc, StoreUnavailable) else "",
                     extra={"run_id": ticket.run.id},
                 )
                 if not ticket.duplicate:
                     await self.cancel(ticket.run.id, "the hub could not store this request")
+                if isinstance(exc, StoreUnavailable):
+                    return error_frame(
+                        "store_unavailable", str(StoreUnwritable(exc.reason)), frame.req_id
+                    )
                 return error_frame(
                     "store_error",
                     "the hub could not store this request, so it will not run; try again",
@@ -909,33 +949,90 @@ class Router:
         (after a reconnect, or to a restarted hub), and that retries the write; so does
         the background loop (:meth:`retry_unstored`), which also covers a run that never
         reached an executor (cancelled while queued): otherwise the store would still
-        say ``queued`` and a restarted hub would run it.
+        say ``queued`` and a restarted hub would run it. An end the store *holds* (the
+        disk was full) is not written again: a flush says when it is on disk.
         """
         again = run.id in self._unstored
         try:
-            await self.store.finish_run(run, delivery, session, event)
-        except Exception:
+            if run.id in self._held_ends:
+                await self.store.flush()
+            else:
+                await self.store.finish_run(run, delivery, session, event)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable):
+                self._held_ends.add(run.id)
             if not again:
-                log.exception(
-                    "run %s ended %s but the store could not record it (its caller and "
+                log.error(
+                    "run %s ended %s but the store could not record it%s (its caller and "
                     "bridge are answered from memory; the hub tries again)",
                     run.id,
                     run.state,
+                    f" ({exc.reason})" if isinstance(exc, StoreUnavailable) else "",
                     extra={"run_id": run.id},
+                    # A full disk is said in words; anything else with its traceback.
+                    exc_info=None if isinstance(exc, StoreUnavailable) else exc,
                 )
             self._unstored[run.id] = (run, delivery, session, event)
             return False
         if again:
             log.info("run %s: its end is recorded now", run.id, extra={"run_id": run.id})
         self._unstored.pop(run.id, None)
+        self._held_ends.discard(run.id)
         return True
 
     async def retry_unstored(self) -> None:
-        """Try again to write every run end the store failed to record."""
-        for run, delivery, session, event in list(self._unstored.values()):
+        """Try again to write every run end the store failed to record.
+
+        An executor still connected hears ``result_ack`` for each end now recorded.
+        """
+        for run_id in list(self._unstored):
+            entry = self._unstored.get(run_id)
+            if entry is None:  # recorded meanwhile (a result sent again, another retry)
+                continue
+            run, delivery, session, event = entry
             if delivery is not None and delivery.id not in self.pending:
                 delivery = None  # acknowledged meanwhile: no reply to keep
-            await self._store_end(run, delivery, session, event)
+            if await self._store_end(run, delivery, session, event):
+                node = self.executors.get(run.executor) if run.executor else None
+                if node is not None:
+                    node.link.send({"type": "result_ack", "run_id": run.id})
+
+    def _writable_change(self, reason: str | None) -> None:
+        """The store can write again: record the ends it could not, now."""
+        if reason is None and self._unstored and not self.closing:
+            self._spawn(self.retry_unstored(), "Router:retry_unstored")
+
+    def _insert_held(self, run_id: str) -> None:
+        """The store could not write a new run: refuse it rather than run it unrecorded."""
+        live = self.live.get(run_id)
+        if live is None:
+            log.warning(
+                "run %s ended before the store could record its start (the disk is full); "
+                "it is held in memory and written once there is room",
+                run_id,
+                extra={"run_id": run_id},
+            )
+            return
+        if live.finishing or self.closing:
+            return
+        self._spawn(self._refuse_unstored(live), f"Router:store_unavailable:{run_id}")
+
+    async def _refuse_unstored(self, live: Live) -> None:
+        run = live.run
+        if live.finishing:
+            return
+        node = self.executors.get(run.executor) if run.executor else None
+        if node is not None:
+            node.link.send({"type": "cancel", "run_id": run.id})
+        await self._finish(
+            live,
+            "failed",
+            error={
+                "code": "store_unavailable",
+                "message": "the hub could not store this request (its disk is full), so it "
+                "was stopped; try again later",
+            },
+        )
 
     # deliveries
 

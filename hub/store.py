@@ -8,6 +8,19 @@ the commit: when ``await store.x(...)`` returns, the write survives a crash of t
 Checkpoints (copying the WAL back into the database, with an fsync) run on a second
 thread with its own connection, never inside a commit: SQLite's automatic checkpoint
 made every ~500th commit wait ~9 ms here, and a reply waits for its commit.
+
+A store that cannot write (disk full: ``SQLITE_FULL``; or an I/O error, a read-only
+file) loses nothing it was given. The transaction that failed is rolled back and its
+writes are *held*: kept in memory, in order, with every write that comes after them
+(reads still run, against what is on disk). Posted writes are simply held; a caller
+awaiting a write (:meth:`Store.call`) hears :class:`StoreUnavailable` at once, and its
+write is held too. The writer thread tries the held writes again, in one transaction,
+with a backoff (``RETRY_UNWRITABLE_S`` doubling up to ``RETRY_UNWRITABLE_MAX_S``); once
+they commit the store is writable again. Meanwhile :attr:`Store.unwritable` says why,
+which the hub's ``/readyz`` shows and its router uses to refuse new runs. Held writes
+live in memory only: a hub stopped before the disk has room loses them, which is why
+the router acknowledges a result to its executor only once its end is committed (the
+executor keeps it and sends it again to the next hub).
 """
 
 from __future__ import annotations
@@ -35,6 +48,9 @@ CHECKPOINT_EVERY_S = 1.0
 CHECKPOINT_EVERY_COMMITS = 500
 #: A WAL larger than this is truncated by the next checkpoint.
 CHECKPOINT_TRUNCATE_BYTES = 64 << 20
+#: A store that cannot write tries its held writes again after this, then ever later.
+RETRY_UNWRITABLE_S = 0.5
+RETRY_UNWRITABLE_MAX_S = 10.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -200,6 +216,18 @@ class StoreClosed(RuntimeError):
     """The store was closed; nothing more can be written."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot write now (disk full, I/O error): a write is held, not lost.
+
+    ``reason`` is SQLite's own words (``database or disk is full``). The write that
+    raised this is kept in memory and committed, in order, once the store can write.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the store cannot write ({reason}); the write is held until it can")
+        self.reason = reason
+
+
 class Store:
     """SQLite-backed store with a single writer thread and group commit."""
 
@@ -214,6 +242,21 @@ class Store:
         self._commits = 0
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._checkpoint_failing = False
+        #: Writes the disk refused, in order, with those queued after them (writer thread).
+        self._held: list[tuple[None, Callable[..., Any], tuple[Any, ...]]] = []
+        self._retry_wait = RETRY_UNWRITABLE_S
+        self._next_retry = 0.0
+        #: Why the store cannot write (SQLite's words), or None while it can.
+        self.unwritable: str | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        #: Called on the event loop when the store stops (a reason) or starts (None)
+        #: being able to write.
+        self.on_writable_change: Callable[[str | None], None] | None = None
+        #: Called on the event loop with the id of a new run whose insert was held: the
+        #: run is not on disk, so it must not be answered as if it were.
+        self.on_insert_held: Callable[[str], None] | None = None
 
     # lifecycle
 
@@ -278,7 +321,12 @@ class Store:
             try:
                 self.checkpoint_now()
             except sqlite3.Error:
-                log.exception("store checkpoint failed; the next one tries again")
+                # Once per failing stretch: a full disk fails every second.
+                if not self._checkpoint_failing:
+                    log.exception("store checkpoint failed; the next ones try again")
+                self._checkpoint_failing = True
+            else:
+                self._checkpoint_failing = False
 
     def _close_checkpointer(self) -> None:
         # After the writer closed: this is then the last connection, and checkpoints.
@@ -320,23 +368,133 @@ class Store:
         loop.call_soon_threadsafe(ready.set_result, None)
         stop = False
         while not stop:
-            batch: list[Any] = [self._queue.get()]
-            while len(batch) < 1000:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._next_batch()
             stop = None in batch
-            results = self._transaction(conn, [item for item in batch if item is not None])
+            items = [item for item in batch if item is not None]
+            if self._held and (stop or time.monotonic() >= self._next_retry):
+                self._replay(conn)
+            if self._held:
+                results = self._while_held(conn, items)
+            else:
+                results = self._transaction(conn, items)
             self._commits += 1
             if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
                 self._checkpoint_wake.set()
             if results:
-                try:
-                    loop.call_soon_threadsafe(_resolve_all, results)
-                except RuntimeError:  # loop closed during shutdown
-                    pass
+                self._to_loop(_resolve_all, results)
+        if self._held:
+            log.error(
+                "store closed with %d writes it could not write (%s): they are lost",
+                len(self._held),
+                self.unwritable,
+            )
         conn.close()
+
+    def _next_batch(self) -> list[Any]:
+        """What is queued (up to 1000), waiting for the first; [] when a retry is due."""
+        try:
+            if self._held:
+                wait = max(0.0, self._next_retry - time.monotonic())
+                batch: list[Any] = [self._queue.get(timeout=wait)]
+            else:
+                batch = [self._queue.get()]
+        except queue.Empty:
+            return []
+        while len(batch) < 1000:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    # --- when the disk refuses writes (see the module's doc) ---------------------------
+
+    def _while_held(
+        self, conn: sqlite3.Connection, items: list[Any]
+    ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        """Reads run against the disk; writes join the held ones, their callers told."""
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        reason = self.unwritable or "unknown"
+        for item in items:
+            fut, fn, args = item
+            if fn in _READS:
+                try:
+                    _run_one(conn, item, results)
+                except (_Busy, _Unwritable) as exc:
+                    if fut is not None:
+                        results.append((fut, False, exc.error))
+                continue
+            if fn is not _noop:  # a flush has nothing to hold: it only fails
+                self._hold(fn, args)
+            if fut is not None:
+                results.append((fut, False, StoreUnavailable(reason)))
+        return results
+
+    def _hold(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._held.append((None, fn, args))
+        if fn is op_insert_run:
+            self._to_loop(self._insert_was_held, args[0].id)
+
+    def _insert_was_held(self, run_id: str) -> None:
+        if self.on_insert_held is not None:
+            self.on_insert_held(run_id)
+
+    def _became_unwritable(self, conn: sqlite3.Connection, error: BaseException) -> None:
+        _rollback(conn)
+        reason = _reason(error)
+        if self.unwritable is None:
+            log.error(
+                "store: cannot write to %s (%s); writes are held in memory and written "
+                "once it can, and new runs are refused until then",
+                self.path,
+                reason,
+            )
+        self.unwritable = reason
+        self._retry_wait = RETRY_UNWRITABLE_S
+        self._next_retry = time.monotonic() + self._retry_wait
+        self._to_loop(self._writable_changed, reason)
+
+    def _replay(self, conn: sqlite3.Connection) -> None:
+        """Try the held writes again, in one transaction; writable again once they commit."""
+        held = self._held
+        try:
+            _apply_all(conn, held)
+        except Exception as exc:
+            _rollback(conn)
+            error = exc.error if isinstance(exc, (_Unwritable, _Busy)) else exc
+            self.unwritable = _reason(error)
+            self._retry_wait = min(RETRY_UNWRITABLE_MAX_S, self._retry_wait * 2)
+            self._next_retry = time.monotonic() + self._retry_wait
+            return
+        self._held = []
+        log.warning("store: writing again; the %d held writes are on disk", len(held))
+        self.unwritable = None
+        self._to_loop(self._writable_changed, None)
+
+    def _writable_changed(self, reason: str | None) -> None:
+        # Read again: the writer thread may have moved on since it scheduled this.
+        if self.unwritable is None:
+            self._writable.set()
+        else:
+            self._writable.clear()
+        if self.on_writable_change is not None:
+            self.on_writable_change(self.unwritable)
+
+    async def wait_writable(self) -> None:
+        """Return once the store can write (at once when it can)."""
+        await self._writable.wait()
+
+    @property
+    def held(self) -> int:
+        """Writes the disk refused, kept in memory until it takes them."""
+        return len(self._held)
 
     @property
     def backlog(self) -> int:
@@ -355,6 +513,9 @@ class Store:
         for attempt in range(BUSY_RETRIES + 1):
             try:
                 return _apply_all(conn, items)
+            except _Unwritable as full:
+                self._became_unwritable(conn, full.error)
+                return self._while_held(conn, items)
             except _Busy as busy:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -368,6 +529,12 @@ class Store:
                     return [(fut, False, busy.error) for fut, _, _ in items if fut is not None]
                 log.warning("store: the database was locked (%s); trying again", busy.error)
                 _backoff(min(1.0, 0.05 * 2**attempt))
+            except Exception as exc:
+                # The transaction itself broke (not one operation): hold its writes
+                # rather than lose them or let this thread die with them.
+                log.exception("store: a transaction failed; its writes are held")
+                self._became_unwritable(conn, exc)
+                return self._while_held(conn, items)
         raise AssertionError("unreachable")
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -393,8 +560,20 @@ class Store:
         await self.call(_insert_run, run)
 
     async def flush(self) -> None:
-        """Return once every write queued before this call is committed."""
+        """Return once every write queued before this call is committed.
+
+        Raises :class:`StoreUnavailable` while writes are held (the disk is full).
+        """
         await self.call(_noop)
+
+    async def set_max_pages(self, pages: int) -> int:
+        """Cap the database at ``pages`` pages (SQLite's ``max_page_count``); the cap.
+
+        Past it, writes fail with ``SQLITE_FULL`` as on a full disk: drills and tests
+        fill the "disk" this way, and lift the cap to give the space back. Runs even
+        while writes are held.
+        """
+        return await self.call(_set_max_pages, pages)
 
     async def update_run(self, run_id: str, **fields: Any) -> None:
         """Change some fields of a run; ``updated_at`` follows."""
@@ -503,6 +682,45 @@ class _Busy(Exception):
         self.error = error
 
 
+class _Unwritable(Exception):
+    """The disk refused a write (full, I/O error, read-only): the writes are held."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+#: SQLite's primary result codes that mean "the disk will not take this write".
+_WRITE_FAILURES = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
+)
+
+
+def _unwritable(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _WRITE_FAILURES
+    return "disk is full" in str(exc) or "disk I/O error" in str(exc)
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite may have rolled the transaction back itself (SQLITE_FULL, SQLITE_IOERR):
+    # then ROLLBACK fails, harmlessly.
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 def _busy(exc: BaseException) -> TypeGuard[sqlite3.OperationalError]:
     if not isinstance(exc, sqlite3.OperationalError):
         return False
@@ -534,11 +752,12 @@ def _apply_all(
         merge.write(conn, results)
     try:
         conn.execute("COMMIT")
-    except Exception as exc:  # pragma: no cover - disk full and the like
+    except Exception as exc:
         if _busy(exc):
             raise _Busy(exc) from exc
-        log.exception("store commit failed")
-        results = [(fut, False, exc) for fut, _, _ in results]
+        # A full disk fails the WAL append here; whatever the cause, nothing of this
+        # transaction is on disk, so all of it is held.
+        raise _Unwritable(exc) from exc
     return results
 
 
@@ -553,6 +772,9 @@ def _run_one(
     except Exception as exc:
         if _busy(exc):
             raise _Busy(exc) from exc
+        if (fn not in _READS and _unwritable(exc)) or not conn.in_transaction:
+            # A full disk, or SQLite rolled the whole transaction back on this error.
+            raise _Unwritable(exc) from exc
         if fut is None:
             log.error("store write %s failed", getattr(fn, "__name__", fn), exc_info=exc)
         else:
@@ -819,6 +1041,10 @@ def _noop(conn: sqlite3.Connection) -> None:
     pass
 
 
+def _set_max_pages(conn: sqlite3.Connection, pages: int) -> int:
+    return int(conn.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()[0])
+
+
 def op_insert_run(conn: sqlite3.Connection, run: Run) -> None:
     """Store a new run."""
     _insert_run(conn, run)
@@ -900,6 +1126,8 @@ class _Merge:
         except Exception as exc:
             if _busy(exc):
                 raise _Busy(exc) from exc  # the whole transaction goes again
+            if _unwritable(exc) or not conn.in_transaction:
+                raise _Unwritable(exc) from exc  # the whole transaction is held
             conn.execute("ROLLBACK TO folded")
             conn.execute("RELEASE folded")
             self._one_by_one(conn, results)
@@ -1003,3 +1231,22 @@ _MERGEABLE: dict[Callable[..., Any], Callable[..., None]] = {
 
 def _count_pending(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0])
+
+
+#: Operations that only read (or set a connection's limits): they run while writes are
+#: held, against what is on disk; every other operation is a write.
+_READS: frozenset[Callable[..., Any]] = frozenset(
+    {
+        _get_run,
+        _run_by_dedupe_key,
+        _list_runs,
+        _unfinished_runs,
+        _count_runs,
+        _event_positions,
+        _get_events,
+        _get_session,
+        _pending_deliveries,
+        _count_pending,
+        _set_max_pages,
+    }
+)

@@ -46,6 +46,7 @@ _SETTING_PREFIXES = (
     "NODE_NAME",
     "MODEL",
     "AVAILABLE_CLIS",
+    "BRIDGE_",
 )
 for _var in list(os.environ):
     if _var.startswith(_SETTING_PREFIXES) or (_var.startswith("CODEX_") and _var != "CODEX_BIN"):

@@ -11,7 +11,10 @@ function in :mod:`bridges.slack.convert`.
   event whose ack it missed: the ``event_id`` and the message are remembered), from an
   allowed user and channel, becomes :meth:`HubLink.submit`. The Slack thread is the
   session, and the run's ``origin`` names the channel, the thread and the request, all
-  a reply needs. ``cancel`` / ``stop`` in a thread cancels its active run.
+  a reply needs. ``cancel`` / ``stop`` in a thread cancels its active run. A request
+  made while the hub cannot be reached is kept by :class:`HubLink` (within
+  ``BRIDGE_PENDING_MAX`` / ``BRIDGE_PENDING_MAX_AGE_S``), the thread told so, and
+  submitted once the hub is back.
 - **While it runs.** Once the hub took the run (the Slack calls do not delay its
   start), the request gets :eyes:. A run still working after one
   ``SLACK_STATUS_EDIT_INTERVAL_S`` (or waiting behind another run of its thread, at
@@ -350,6 +353,8 @@ class SlackBridge:
             on_progress=self._on_progress,
             node_id=node_id,
             request_timeout=HUB_REQUEST_TIMEOUT_S,
+            pending_max=settings.pending_max,
+            pending_max_age_s=settings.pending_max_age_s,
         )
         #: Who the bot is (from ``auth.test`` at start-up).
         self.bot_user_id = ""
@@ -497,6 +502,8 @@ class SlackBridge:
             if socket.message_receiver is not None:
                 leftovers.append(socket.message_receiver)
             await asyncio.gather(*leftovers, return_exceptions=True)
+        # Requests kept for a hub that is away end now, told they were not sent.
+        self.link.give_up_kept()
         if self._requests:
             # No new events come in now; a request being submitted gets its answer.
             await asyncio.wait(set(self._requests), timeout=STOP_GRACE_S)
@@ -692,6 +699,7 @@ class SlackBridge:
                 optimize=optimize,
                 # A message re-sent after a bridge crash names the run it started.
                 dedupe_key=f"{target.channel}:{target.ts}" if target.ts else None,
+                on_kept=lambda: self._say(target, convert.kept_text()),
             )
         except HubError as exc:
             log.warning("the hub did not take a request from %s: %s", target.channel, exc)

@@ -642,6 +642,14 @@ def cancel_text(run_ids: Collection[str]) -> str:
     return f":octagonal_sign: Cancelling run {names}."
 
 
+def kept_text() -> str:
+    """Said when a request is kept because the hub cannot be reached right now."""
+    return (
+        ":hourglass_flowing_sand: I cannot reach the codex hub right now; your request is "
+        "kept and will be sent as soon as the hub is back."
+    )
+
+
 def hub_error_text(code: str, message: str) -> str:
     """Why a request could not start, from the hub's error code and message."""
     if code == "queue_full":
@@ -650,5 +658,22 @@ def hub_error_text(code: str, message: str) -> str:
         return ":warning: I cannot reach the codex hub right now; try again in a minute."
     if code == "hub_closing":
         return ":warning: The codex hub is restarting; try again in a minute."
+    if code == "pending_full":
+        return (
+            ":warning: I cannot reach the codex hub, and too many requests are already "
+            "waiting for it: this one was not kept. Send it again once the hub is back."
+        )
+    if code == "pending_expired":
+        return (
+            ":warning: The codex hub did not come back in time: this request was never sent. "
+            "Send it again once the hub is back."
+        )
+    if code == "bridge_stopping":
+        return ":warning: The bot stopped before the codex hub was back: this request was not sent."
+    if code == "store_unavailable":
+        return (
+            ":warning: The codex hub cannot save new work right now (its disk is full); "
+            "try again later."
+        )
     reason = escape_mrkdwn(_one_line(message or code, 300))
     return f":warning: The codex hub did not take the request: {reason}"

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from hub.settings import BASE_CONFIG, CsvList, NodeSettings, split_csv
+from bridges.settings import BridgeSettings
+from hub.settings import BASE_CONFIG, CsvList, split_csv
 
 
-class SlackSettings(NodeSettings):
+class SlackSettings(BridgeSettings):
     """Tokens, access lists and posting behaviour of the Slack bridge."""
 
     # A validation error would otherwise print every input, tokens included.

@@ -11,6 +11,9 @@ A translator and nothing more; every Telegram quirk is a pure function in
   forum topic) as the session and everything a reply needs in the run's ``origin``.
   ``/new`` resets the session in the hub, ``/cancel`` cancels its active run,
   ``/status`` shows it, ``/start`` and ``/help`` explain the bot and show the ids.
+  A message sent while the hub cannot be reached is kept by :class:`HubLink` (within
+  ``BRIDGE_PENDING_MAX`` / ``BRIDGE_PENDING_MAX_AGE_S``), answered with a note that it
+  is queued, and submitted once the hub is back.
 - **hub -> Telegram.** ``progress`` frames feed one watcher task per run: the typing
   action, renewed while the run works, and, only once the run has lasted
   ``TELEGRAM_STATUS_DELAY_S``, one status message edited with the state and the command
@@ -159,6 +162,8 @@ class TelegramBridge:
             on_progress=self._on_progress,
             node_id=node_id,
             request_timeout=HUB_REQUEST_TIMEOUT_S,
+            pending_max=settings.pending_max,
+            pending_max_age_s=settings.pending_max_age_s,
         )
         #: The Bot API's HTTP clients: for calls, and for the one long poll.
         self._http = (AiohttpRequest(), AiohttpRequest(1))
@@ -275,6 +280,8 @@ class TelegramBridge:
         updater = self.app.updater
         if updater is not None and updater.running:
             await self._quietly("stopping the poller", updater.stop())
+        # Messages kept for a hub that is away end now, told they were not sent.
+        self.link.give_up_kept()
         if self.app.running:
             # Waits for the updates in hand: a message being submitted gets its answer.
             await self._quietly("stopping the application", self.app.stop())
@@ -507,6 +514,7 @@ class TelegramBridge:
                 # Telegram re-sends an update a crashed bridge never confirmed: the same
                 # message then names the run it started instead of starting another.
                 dedupe_key=f"{target.chat_id}:{target.message_id}" if target.message_id else None,
+                on_kept=lambda: self._say(target, convert.kept_text()),
             )
         except HubError as exc:
             log.warning("the hub did not take a message from chat %s: %s", target.chat_id, exc)

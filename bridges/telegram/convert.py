@@ -763,6 +763,14 @@ def queued_text(position: int) -> str:
     )
 
 
+def kept_text() -> str:
+    """Said when a message is kept because the hub cannot be reached right now."""
+    return (
+        "⏳ Codex is not reachable right now (the hub is restarting or down). "
+        "I kept your message and will send it as soon as Codex is back."
+    )
+
+
 def hub_error_text(code: str, message: str) -> str:
     """What the user reads when the hub did not take a request."""
     if code == "hub_unreachable":
@@ -771,6 +779,20 @@ def hub_error_text(code: str, message: str) -> str:
         return "⚠️ Too much work is waiting already; please try again later."
     if code == "hub_closing":
         return "⚠️ Codex is restarting; please try again in a minute."
+    if code == "pending_full":
+        return (
+            "⚠️ Codex is not reachable right now and too many messages are already waiting "
+            "for it, so this one was not kept. Please send it again once Codex is back."
+        )
+    if code == "pending_expired":
+        return (
+            "⚠️ Codex did not come back in time, so this message was never sent. "
+            "Please send it again once Codex is back."
+        )
+    if code == "bridge_stopping":
+        return "⚠️ The bot stopped before Codex was back, so this message was not sent."
+    if code == "store_unavailable":
+        return "⚠️ Codex cannot save new work right now (its disk is full); please try again later."
     return f"⚠️ The request was not accepted: {preview(message, 300) or code}"
 
 

@@ -20,7 +20,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from hub.settings import BASE_CONFIG, CsvList, NodeSettings, split_csv
+from bridges.settings import BridgeSettings
+from hub.settings import BASE_CONFIG, CsvList, split_csv
 
 #: Where the Bot API lives unless ``TELEGRAM_API_BASE_URL`` says otherwise.
 DEFAULT_API_BASE_URL = "https://api.telegram.org/bot"
@@ -40,7 +41,7 @@ def _check_ids(values: list[str]) -> list[str]:
     return values
 
 
-class TelegramSettings(NodeSettings):
+class TelegramSettings(BridgeSettings):
     """Everything the Telegram bridge needs: the bot token, who may use it, pacing."""
 
     # A malformed token is still a secret: keep raw input out of validation errors.

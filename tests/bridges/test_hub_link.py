@@ -58,3 +58,68 @@ async def test_a_status_ref_sent_while_the_hub_is_down_reaches_it_after_the_reco
                 assert link._status_refs == {}
     finally:
         await hub.close()
+
+
+async def test_with_no_room_to_keep_a_request_made_while_the_hub_is_away_is_refused(
+    hub_settings: Any,
+) -> None:
+    """BRIDGE_PENDING_MAX=0 keeps nothing: the request fails with hub_unreachable, and
+    nobody is told it was kept."""
+    from bridges.hub_link import HubError
+    from bridges.settings import BridgeSettings
+
+    _, url = on_a_fixed_port(hub_settings)  # nobody listens there
+    settings = BridgeSettings(HUB_URL=url, HUB_TOKEN=NODE_TOKEN, BRIDGE_PENDING_MAX=0)
+    told: list[str] = []
+
+    async def on_kept() -> None:
+        told.append("kept")
+
+    async def on_deliver(frame: Frame) -> None:
+        raise AssertionError("nothing to deliver")
+
+    link = HubLink(
+        settings,
+        "telegram",
+        on_deliver=on_deliver,
+        request_timeout=0.2,
+        pending_max=settings.pending_max,
+        pending_max_age_s=settings.pending_max_age_s,
+    )
+    async with link:
+        try:
+            await link.submit("hello", session_key="42", origin={}, on_kept=on_kept)
+        except HubError as exc:
+            assert exc.code == "hub_unreachable"
+        else:
+            raise AssertionError("the submit was not refused")
+    assert told == [] and link.pending == 0
+
+
+async def test_a_request_kept_late_goes_before_those_made_after_it(hub_settings: Any) -> None:
+    """A submit whose send failed with the connection is kept after requests made while
+    it was failing, yet reaches the hub before them: the order they were made in holds."""
+    settings, url = on_a_fixed_port(hub_settings)
+
+    async def on_deliver(frame: Frame) -> None:
+        pass
+
+    def submit(prompt: str) -> Frame:
+        return {"type": "submit", "prompt": prompt, "session_key": "42", "origin": {}}
+
+    link = HubLink(
+        NodeSettings(HUB_URL=url, HUB_TOKEN=NODE_TOKEN), "telegram", on_deliver=on_deliver
+    )
+    async with link:
+        later = asyncio.ensure_future(link._keep(submit("made second"), 2, None))
+        earlier = asyncio.ensure_future(link._keep(submit("made first"), 1, None))
+        await asyncio.sleep(0)  # both kept (no hub yet), in the order of the calls above
+        assert link.pending == 2
+        hub = HubServer(settings)
+        await hub.start()
+        try:
+            async with asyncio.timeout(15):
+                first, second = await earlier, await later
+        finally:
+            await hub.close()
+    assert (first["position"], second["position"]) == (0, 1)

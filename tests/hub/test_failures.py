@@ -307,3 +307,190 @@ async def test_a_new_run_is_stored_as_submitted_whatever_changes_before_the_writ
     outage.end()
     await router.retry_unstored()
     assert (await store.get_run(ticket.run.id)).state == "cancelled"  # type: ignore[union-attr]
+
+
+# --- 3. the disk is full ----------------------------------------------------------------
+#
+# A real SQLITE_FULL: the store's connection is capped at the pages the database has
+# (PRAGMA max_page_count), so a write that needs one more page fails as on a full disk;
+# lifting the cap is the space coming back.
+
+#: Text that needs new pages wherever it is written.
+BIG = "x" * 20_000
+
+
+async def fill(store: Any) -> None:
+    """Cap the store at the pages it has now."""
+    pages = await store.call(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    await store.set_max_pages(pages)
+
+
+async def make_room(store: Any) -> None:
+    """Lift the cap and wait until the store has written what it held."""
+    await store.set_max_pages(1 << 30)
+    async with asyncio.timeout(10):
+        await store.wait_writable()
+
+
+async def readyz(session: aiohttp.ClientSession, hub: Any) -> tuple[int, dict[str, Any]]:
+    async with session.get(f"{hub.url}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_full_disk_refuses_new_runs_everywhere_and_readyz_says_why(
+    hub: Any, fake_executor: Any, fake_bridge: Any, errors: Any
+) -> None:
+    """A run whose start cannot be stored is refused, not answered; then /readyz is 503
+    with the reason, and /v1, /api/runs and bridges hear 503 store_unavailable until
+    there is room again."""
+    store, router = hub.app[STORE], hub.app[ROUTER]
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        fake_bridge(ws_url(hub), token=NODE_TOKEN) as br,
+        aiohttp.ClientSession() as s,
+    ):
+        assert (await readyz(s, hub))[0] == 200
+        await fill(store)
+        status, data, headers = await post_chat(s, hub, BIG)
+        assert status == 503 and data["error"]["code"] == "store_unavailable", data
+        refused = headers["X-Run-ID"]
+        await ex.wait_type("cancel", run_id=refused)  # it had been assigned: stopped
+
+        status, body = await readyz(s, hub)
+        assert status == 503 and body["ready"] is False and body["store"] == "unwritable"
+        assert "store cannot write" in body["reason"] and "full" in body["reason"]
+        assigned = len(ex.of_type("assign"))
+        status, data, headers = await post_chat(s, hub, "small")
+        assert status == 503 and headers["Retry-After"] == "30"
+        assert data["error"]["code"] == "store_unavailable"
+        assert data["error"]["type"] == "server_error"
+        async with s.post(f"{hub.url}/api/runs", json={"prompt": "from the page"}) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["error"]["code"] == "store_unavailable"
+        await br.send({**SUBMIT, "req_id": "full"})
+        assert (await br.wait_type("error", req_id="full"))["code"] == "store_unavailable"
+        await sync(ex)
+        assert len(ex.of_type("assign")) == assigned and not router.queue
+
+        await make_room(store)
+        await ex.wait_type("result_ack", run_id=refused)  # its end is on disk now
+        assert (await readyz(s, hub))[0] == 200
+        call = asyncio.create_task(post_chat(s, hub, "after"))
+        await ex.finish((await ex.wait_type("assign", prompt="after"))["run_id"], "fine")
+        assert (await call)[0] == 200
+    run = await store.get_run(refused)
+    assert run is not None and run.prompt == BIG and run.state == "failed"
+    assert run.error["code"] == "store_unavailable"  # type: ignore[index]
+
+
+async def test_runs_going_when_the_disk_fills_are_answered_and_all_stored_once_there_is_room(
+    hub: Any, hub_settings: Any, fake_executor: Any, fake_bridge: Any, errors: Any
+) -> None:
+    """Their callers and the bridge get the answers at once; each result is acknowledged
+    only once its end is on disk; afterwards, and after a restart, the store holds every
+    run with its answer and events."""
+    from hub.store import Store, StoreUnavailable
+
+    store, router = hub.app[STORE], hub.app[ROUTER]
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN, capacity=3) as ex,
+        fake_bridge(ws_url(hub), token=NODE_TOKEN) as br,
+        aiohttp.ClientSession() as s,
+    ):
+        calls = [asyncio.create_task(post_chat(s, hub, f"job {i}")) for i in range(2)]
+        run_ids = [(await ex.wait_type("assign", prompt=f"job {i}"))["run_id"] for i in range(2)]
+        await br.send({**SUBMIT, "req_id": "b"})
+        run_ids.append((await br.wait_type("submitted", req_id="b"))["run_id"])
+        for run_id in run_ids:
+            await ex.wait_type("assign", run_id=run_id)
+            await ex.start_run(run_id)
+        await sync(ex)
+        await store.flush()
+        await fill(store)
+        for run_id in run_ids:
+            await ex.event(run_id, 1, kind="codex", data={"output": BIG})
+        await sync(ex)
+        with pytest.raises(StoreUnavailable):
+            await store.flush()
+        for run_id in run_ids:
+            await ex.finish(run_id, f"answer of {run_id}")
+        for i, call in enumerate(calls):
+            status, data, _ = await call
+            assert status == 200
+            assert data["choices"][0]["message"]["content"] == f"answer of {run_ids[i]}"
+        deliver = await br.wait_type("deliver", run_id=run_ids[2])
+        assert deliver["answer"] == f"answer of {run_ids[2]}"
+        await br.send({"type": "ack", "delivery_id": deliver["delivery_id"]})
+        await sync(br)
+        await sync(ex)
+        assert not ex.of_type("result_ack"), "acknowledged a result that is not on disk"
+        assert set(router._unstored) == set(run_ids)
+        assert (await readyz(s, hub))[0] == 503
+        async with s.get(f"{hub.url}/metrics") as resp:
+            held = [
+                line
+                for line in (await resp.text()).splitlines()
+                if line.startswith("codex_hub_store_held ")
+            ]
+        assert held and float(held[0].split()[1]) >= len(run_ids)
+
+        await make_room(store)
+        for run_id in run_ids:
+            await ex.wait_type("result_ack", run_id=run_id)
+        assert not router._unstored and store.held == 0
+
+    async def check(store: Store) -> None:
+        for run_id in run_ids:
+            run = await store.get_run(run_id)
+            assert run is not None and run.state == "succeeded"
+            assert run.answer == f"answer of {run_id}"
+            events = await store.get_events(run_id)
+            assert [e["kind"] for e in events][-2:] == ["codex", "state"]
+            assert events[-2]["data"] == {"output": BIG}
+        assert await store.pending_deliveries() == []  # the held ack was written too
+
+    await check(store)
+    await hub.close()
+    async with Store(hub_settings.db) as reopened:
+        await check(reopened)
+
+
+async def test_an_end_held_when_the_hub_stops_is_recorded_from_the_executors_resend(
+    hub_settings: Any, fake_executor: Any, errors: Any
+) -> None:
+    """The held end dies with the hub, but the executor still has the result it was
+    never acknowledged: it sends it to the next hub, which records it."""
+    from hub.app import HubServer
+    from hub.store import StoreUnavailable
+    from tests.conftest import on_a_fixed_port
+
+    settings, url = on_a_fixed_port(hub_settings)
+    hub = HubServer(settings)
+    await hub.start()
+    try:
+        store = hub.app[STORE]
+        async with fake_executor(url, token=NODE_TOKEN) as ex, aiohttp.ClientSession() as s:
+            call = asyncio.create_task(post_chat(s, hub, "job"))
+            run_id = (await ex.wait_type("assign"))["run_id"]
+            await ex.start_run(run_id)
+            await sync(ex)
+            await store.flush()
+            await fill(store)
+            await ex.finish(run_id, BIG)
+            status, data, _ = await call
+            assert status == 200 and data["choices"][0]["message"]["content"] == BIG
+            await sync(ex)
+            with pytest.raises(StoreUnavailable):
+                await store.flush()
+            assert not ex.of_type("result_ack")
+            await hub.close()  # still full: what it held is lost with it
+
+        hub = HubServer(settings)
+        await hub.start()
+        async with fake_executor(url, token=NODE_TOKEN, active_runs=[run_id]) as ex:
+            await ex.finish(run_id, BIG)  # what an executor does after each reconnect
+            await ex.wait_type("result_ack", run_id=run_id)
+        run = await hub.app[STORE].get_run(run_id)
+        assert run is not None and run.state == "succeeded" and run.answer == BIG
+    finally:
+        await hub.close()

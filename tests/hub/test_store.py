@@ -342,3 +342,111 @@ async def test_a_database_locked_for_good_fails_the_callers_instead_of_hanging(
             await store.call(always_locked)
         await store.insert_run(make_run(1))  # the store goes on
         assert await store.get_run("run_0001") is not None
+
+
+# --- a full disk ----------------------------------------------------------------------
+
+
+async def _fill(store: Store) -> None:
+    """Cap the database at the pages it has: a write that needs one more fails with
+    SQLITE_FULL, as on a full disk."""
+    pages = await store.call(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    assert await store.set_max_pages(pages) == pages
+
+
+def _big_life(i: int) -> list[tuple[Any, tuple[Any, ...]]]:
+    """A run's life whose insert needs new pages (a 20 kB prompt)."""
+    life = _life(i)
+    run = life[0][1][0]
+    run.prompt = "p" * 20_000
+    life[-1][1][0].prompt = run.prompt
+    return life
+
+
+async def test_a_full_disk_holds_every_write_and_writes_them_in_order_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """Nothing is lost to SQLITE_FULL: reads go on, a caller hears StoreUnavailable, and
+    once there is room the database holds what the writes one by one would have left."""
+    from hub.store import StoreUnavailable
+
+    lives = [*_life(1), *_big_life(2), *_life(3)]
+    async with Store(tmp_path / "plain.db") as plain:
+        for fn, args in lives:
+            await plain.call(fn, *args)
+    async with Store(tmp_path / "full.db") as store:
+        await store.insert_run(make_run(0))
+        await _fill(store)
+        for fn, args in lives:  # run 2's prompt needs pages the "disk" does not have
+            store.post(fn, *args)
+        with pytest.raises(StoreUnavailable, match="disk is full"):
+            await store.flush()
+        assert store.unwritable is not None and "full" in store.unwritable
+        with pytest.raises(StoreUnavailable):  # held all the same, and written later
+            await store.update_run("run_0000", state="cancelled")
+        assert (await store.get_run("run_0000")).state == "queued"  # type: ignore[union-attr]
+        assert await store.get_run("run_0002") is None
+        assert await store.get_run("run_0003") is None  # it would fit, but comes after
+        assert not store._writable.is_set()
+
+        await store.set_max_pages(1 << 30)  # the disk has room again
+        async with asyncio.timeout(10):
+            await store.wait_writable()
+        await store.flush()
+        assert store.unwritable is None and store.held == 0
+        assert (await store.get_run("run_0000")).state == "cancelled"  # type: ignore[union-attr]
+    full = _dump(tmp_path / "full.db")
+    full["runs"] = [r for r in full["runs"] if r[0] != "run_0000"]
+    assert full == _dump(tmp_path / "plain.db")
+
+
+async def test_writes_held_for_a_full_disk_survive_a_restart_once_written(
+    tmp_path: Path,
+) -> None:
+    """Writes held while the disk was full are on disk after the store is reopened."""
+    async with Store(tmp_path / "a.db") as store:
+        await _fill(store)
+        for fn, args in _big_life(7):
+            store.post(fn, *args)
+        with pytest.raises(Exception, match="disk is full"):
+            await store.flush()
+        await store.set_max_pages(1 << 30)
+        async with asyncio.timeout(10):
+            await store.wait_writable()
+    async with Store(tmp_path / "a.db") as store:
+        run = await store.get_run("run_0007")
+        assert run is not None and run.state == "succeeded" and run.answer == "answer 7"
+        assert len(await store.get_events("run_0007")) == 5
+
+
+async def test_a_transaction_that_breaks_as_a_whole_holds_its_writes_and_the_writer_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not one operation but the transaction fails (SQLite rolled it back under a full
+    disk, say): its writes are held and written on the next try, and the store goes on."""
+    from hub import store as store_module
+
+    apply_all = store_module._apply_all
+    breaks = iter([True])
+
+    def breaks_once(conn: sqlite3.Connection, items: list[Any]) -> Any:
+        if next(breaks, False):
+            conn.execute("BEGIN")
+            conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("no such savepoint: folded")
+        return apply_all(conn, items)
+
+    monkeypatch.setattr(store_module, "_apply_all", breaks_once)
+    async with Store(tmp_path / "a.db") as store:
+        for fn, args in _life(1):
+            store.post(fn, *args)
+        with pytest.raises(store_module.StoreUnavailable, match="savepoint"):
+            await store.flush()
+        assert await store.get_run("run_0001") is None
+        async with asyncio.timeout(10):
+            await store.wait_writable()
+        await store.flush()
+        run = await store.get_run("run_0001")
+        assert run is not None and run.state == "succeeded"
+        await store.insert_run(make_run(2))
+        assert await store.get_run("run_0002") is not None

@@ -244,6 +244,10 @@ def test_cancel_says_what_it_cancelled_or_that_nothing_runs() -> None:
         ("queue_full", "Too much work"),
         ("hub_unreachable", "cannot reach"),
         ("hub_closing", "restarting"),
+        ("pending_full", "was not kept"),
+        ("pending_expired", "never sent"),
+        ("bridge_stopping", "was not sent"),
+        ("store_unavailable", "disk is full"),
         ("bad_request", "did not take the request: prompt &lt;empty&gt;"),
     ],
 )

@@ -215,6 +215,11 @@ def test_hub_error_texts_never_show_a_traceback() -> None:
     assert "not reachable" in convert.hub_error_text("hub_unreachable", "TimeoutError()")
     assert "try again later" in convert.hub_error_text("queue_full", "100 runs are waiting")
     assert "bad prompt" in convert.hub_error_text("invalid", "bad prompt")
+    assert "was not kept" in convert.hub_error_text("pending_full", "3 requests wait")
+    assert "never sent" in convert.hub_error_text("pending_expired", "not back within 600 s")
+    assert "was not sent" in convert.hub_error_text("bridge_stopping", "stopped")
+    assert "disk is full" in convert.hub_error_text("store_unavailable", "database or disk")
+    assert "kept your message" in convert.kept_text()
 
 
 def test_session_text() -> None:

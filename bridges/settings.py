@@ -1,0 +1,20 @@
+"""What every chat bridge's settings share: the hub link's and the kept requests' bounds."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from bridges.hub_link import PENDING_MAX, PENDING_MAX_AGE_S
+from hub.settings import NodeSettings
+
+
+class BridgeSettings(NodeSettings):
+    """The base of every bridge's settings (``SlackSettings``, ``TelegramSettings``).
+
+    ``BRIDGE_PENDING_MAX`` requests at most are kept while the hub cannot be reached,
+    each for ``BRIDGE_PENDING_MAX_AGE_S`` at most (see :mod:`bridges.hub_link`); 0 keeps
+    none: such a request is refused at once, as "the hub is not reachable".
+    """
+
+    pending_max: int = Field(PENDING_MAX, alias="BRIDGE_PENDING_MAX", ge=0)
+    pending_max_age_s: float = Field(PENDING_MAX_AGE_S, alias="BRIDGE_PENDING_MAX_AGE_S", gt=0)
