@@ -60,6 +60,7 @@ CLIENT_METHODS = (
     "turn/start",
     "turn/steer",
     "turn/interrupt",
+    "thread/fork",
 )
 #: Notifications the engine reads.
 NOTIFICATIONS = (

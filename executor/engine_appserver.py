@@ -89,6 +89,8 @@ REQUEST_TIMEOUT_S = 30.0
 #: Generating the schema for the protocol check.
 SCHEMA_TIMEOUT_S = 30.0
 _NO_ROLLOUT = "no rollout found"
+#: codex lets one process at a time write a thread, and keeps it while it lives.
+_OTHER_WRITER = "active writer"
 
 ApprovalCallback = Callable[[ApprovalRequest], Awaitable[ApprovalDecision]]
 
@@ -522,15 +524,18 @@ class AppServerEngine(CodexEngine):
             try:
                 await server.call("thread/resume", self._thread_params(thread_id))
             except RpcError as exc:
-                if _NO_ROLLOUT not in exc.message:
+                if _OTHER_WRITER in exc.message:
+                    thread_id = await self._fork(server, request, thread_id, emit)
+                elif _NO_ROLLOUT in exc.message:
+                    note = (
+                        f"The earlier conversation (thread {thread_id}) could not be "
+                        "resumed, so this runs as a new conversation."
+                    )
+                    log.info("run %s: %s", request.run_id, note)
+                    emit({"kind": "note", "message": note, "summary": note})
+                    thread_id = None
+                else:
                     raise
-                note = (
-                    f"The earlier conversation (thread {thread_id}) could not be "
-                    "resumed, so this runs as a new conversation."
-                )
-                log.info("run %s: %s", request.run_id, note)
-                emit({"kind": "note", "message": note, "summary": note})
-                thread_id = None
             else:
                 server.loaded.add(thread_id)
         if not thread_id:
@@ -543,6 +548,25 @@ class AppServerEngine(CodexEngine):
         log.info("run %s: turn on thread %s", request.run_id, thread_id)
         emit(codex_event({"type": "thread.started", "thread_id": thread_id}))
         return thread_id
+
+    async def _fork(
+        self, server: _AppServer, request: RunRequest, thread_id: str, emit: Emit
+    ) -> str:
+        """A copy of `thread_id`, which another app-server process holds (another executor
+        with the same CODEX_HOME): the conversation goes on, under a new thread id."""
+        answer = await server.call("thread/fork", self._thread_params(thread_id))
+        thread = answer.get("thread")
+        if not isinstance(thread, dict) or not thread.get("id"):
+            raise AppServerError("thread/fork answered without a thread id")
+        forked = str(thread["id"])
+        note = (
+            f"The conversation's thread {thread_id} is held by another codex process, so "
+            f"this run continues it as a copy (thread {forked})."
+        )
+        log.info("run %s: %s", request.run_id, note)
+        emit({"kind": "note", "message": note, "summary": note})
+        server.loaded.add(forked)
+        return forked
 
     async def _interrupt(
         self,
