@@ -30,8 +30,10 @@ from executor.engine_appserver import AppServerEngine, SteerError
 from executor.factory import build_pipeline
 from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
-from tests.executor.test_engine_local import Recorder
+from executor.transport_ssh import SshTransport
+from tests.executor.test_engine_local import Recorder, processes_under
 from tests.fakes.model_server import STUB_USAGE, StubModelServer
+from tests.fakes.ssh_server import FakeSshServer
 
 Settings = Callable[..., ExecutorSettings]
 MakeEngine = Callable[..., AppServerEngine]
@@ -80,7 +82,7 @@ async def start_run(
 
 @pytest.mark.codex
 async def test_a_run_answers_with_the_models_text_and_usage(
-    make_engine: MakeEngine, model_server: StubModelServer
+    make_engine: MakeEngine, model_server: StubModelServer, codex_home: Path
 ) -> None:
     """A run succeeds with the model's answer, its usage, and events in exec's shapes."""
     model_server.reply_text("hello from the app-server")
@@ -105,6 +107,8 @@ async def test_a_run_answers_with_the_models_text_and_usage(
     request = (await model_server.wait_for_requests(1))[0]
     assert "say hello" in request.text
     assert request.headers.get("originator") == "codex_hub"
+    await engine.aclose()
+    assert processes_under(codex_home) == []
 
 
 @pytest.mark.codex
@@ -452,3 +456,63 @@ async def test_a_dry_run_echoes_the_prompt_without_codex(executor_settings: Sett
     outcome = await engine.run(RunRequest("r1", "echo me"), Recorder())
     assert outcome.status == "succeeded" and outcome.answer == "echo me"
     assert engine.processes_started == 0
+
+
+# --- over SSH ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def ssh_appserver(
+    executor_settings: Settings,
+    ssh_settings: dict[str, Any],
+    codex_home: Path,
+    codex_bin: str,
+) -> AsyncIterator[AppServerEngine]:
+    """An app-server engine whose codex runs over SSH (the test's server, this machine)."""
+    settings = executor_settings(
+        **ssh_settings, codex_bin=codex_bin, codex_home=codex_home, exec_engine="app-server"
+    )
+    async with SshTransport.from_settings(settings) as transport:
+        engine = AppServerEngine(settings, transport, codex_bin=codex_bin)
+        try:
+            yield engine
+        finally:
+            await engine.aclose()
+
+
+@pytest.mark.codex
+async def test_the_app_server_runs_over_ssh(
+    ssh_appserver: AppServerEngine, model_server: StubModelServer, ssh_server: FakeSshServer
+) -> None:
+    """Over SSH the app-server answers runs like a local one, on one channel."""
+    model_server.reply_text("hello over ssh")
+    model_server.reply_text("and again")
+
+    first = await ssh_appserver.run(RunRequest("r1", "hi"), Recorder())
+    second = await ssh_appserver.run(RunRequest("r2", "more", first.thread_id), Recorder())
+
+    assert first.status == "succeeded" and first.answer == "hello over ssh"
+    assert first.usage == STUB_USAGE
+    assert second.status == "succeeded" and second.answer == "and again"
+    assert ssh_appserver.processes_started == 1
+    assert any(" serve " in command for command in ssh_server.commands)
+
+
+@pytest.mark.codex
+async def test_a_dropped_ssh_connection_fails_the_run_and_the_next_one_reconnects(
+    ssh_appserver: AppServerEngine, model_server: StubModelServer, ssh_server: FakeSshServer
+) -> None:
+    """A connection lost mid-run fails the run with the reason; the next run starts anew."""
+    model_server.reply_hang()
+    model_server.reply_text("reconnected")
+    task = asyncio.create_task(ssh_appserver.run(RunRequest("r1", "doomed"), Recorder()))
+    await model_server.wait_for_requests(1)
+
+    assert await ssh_server.drop_connections() >= 1
+    outcome = await task
+
+    assert outcome.status == "failed" and outcome.error is not None
+    assert "app-server stopped during the run" in outcome.error["message"]
+    after = await ssh_appserver.run(RunRequest("r2", "hello?"), Recorder())
+    assert after.status == "succeeded" and after.answer == "reconnected"
+    assert ssh_appserver.processes_started == 2
