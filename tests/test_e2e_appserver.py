@@ -1,0 +1,81 @@
+"""End to end with EXEC_ENGINE=app-server: HTTP -> hub -> executor -> codex app-server.
+
+Seen from the hub a run of the app-server engine behaves as one of the exec engine:
+the same answers, usage, stored events, session threads and cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from hub.appkeys import STORE
+from tests.executor.test_engine_local import processes_under
+from tests.fakes.model_server import STUB_USAGE, StubModelServer
+from tests.test_e2e_codex import post, real_executor, workdir
+
+pytestmark = pytest.mark.codex
+
+__all__ = ["real_executor", "workdir"]  # fixtures used by name
+APP_SERVER = {"EXEC_ENGINE": "app-server"}
+
+
+async def test_the_official_client_gets_the_answer_through_the_app_server(
+    hub: Any, real_executor: Any, codex_home: Path, model_server: StubModelServer
+) -> None:
+    """Plain and streaming requests come back with the model's answer, usage and events."""
+    model_server.reply_text("plain answer")
+    model_server.reply_text("streamed answer")
+    client = openai.AsyncOpenAI(base_url=hub.url + "/v1", api_key="x", max_retries=0)
+    async with real_executor(codex_home, **APP_SERVER) as node:
+        reply = await client.chat.completions.create(
+            model="codex", messages=[{"role": "user", "content": "say something"}]
+        )
+        stream = await client.chat.completions.create(
+            model="codex", messages=[{"role": "user", "content": "stream it"}], stream=True
+        )
+        chunks = [c async for c in stream]
+        assert node.pipeline.engine.processes_started == 1
+    await client.close()
+    assert reply.choices[0].message.content == "plain answer"
+    assert reply.usage is not None and reply.usage.prompt_tokens == STUB_USAGE["input_tokens"]
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "streamed answer"
+    runs, _ = await hub.app[STORE].list_runs()
+    events = await hub.app[STORE].get_events(runs[0].id)
+    kinds = {e["data"]["type"] for e in events if e["kind"] == "codex"}
+    assert {"thread.started", "turn.started", "item.completed", "turn.completed"} <= kinds
+    assert any(e["kind"] == "answer_delta" for e in events)
+
+
+async def test_a_cancelled_run_leaves_its_conversation_usable(
+    hub: Any, real_executor: Any, codex_home: Path, model_server: StubModelServer, tmp_path: Path
+) -> None:
+    """Cancel interrupts the turn: the run ends cancelled, the conversation goes on with it."""
+    model_server.reply_text("first answer")
+    model_server.reply_hang()
+    model_server.reply_text("after the cancel")
+    session = {"X-Session-Id": "s1"}
+    async with real_executor(codex_home, **APP_SERVER) as node, aiohttp.ClientSession() as s:
+        first = await post(hub, "remember the word kiwi", **session)
+        call = asyncio.create_task(post(hub, "wait for me", **session))
+        await model_server.wait_for_requests(2)
+        runs, _ = await hub.app[STORE].list_runs()
+        [cancelled] = [run for run in runs if run.id != first[2]]
+        async with s.post(f"{hub.url}/api/runs/{cancelled.id}/cancel") as resp:
+            assert resp.status == 200
+        status, data, _ = await call
+        again = await post(hub, "go on", **session)
+        assert node.pipeline.engine.processes_started == 1
+    assert first[0] == 200
+    assert status == 409 and data["error"]["code"] == "cancelled"
+    assert again[0] == 200 and again[1]["choices"][0]["message"]["content"] == "after the cancel"
+    follow_up = model_server.requests[2].text
+    assert "kiwi" in follow_up and "first answer" in follow_up
+    assert "wait for me" in follow_up and "turn_aborted" in follow_up
+    assert processes_under(tmp_path) == []
