@@ -200,11 +200,11 @@ class _AppServer:
         reason = f"exit code {result.exit_code}" + (f": {stderr}" if stderr else "")
         self.lost(reason)
 
-    def lost(self, reason: str) -> None:
+    def lost(self, reason: str, *, expected: bool = False) -> None:
         if self.dead is not None:
             return
         self.dead = reason
-        log.warning("the codex app-server is gone: %s", reason)
+        (log.info if expected else log.warning)("the codex app-server is gone: %s", reason)
         pending, self._pending = self._pending, {}
         for _, future in pending.values():
             if not future.done():
@@ -250,9 +250,9 @@ class _AppServer:
                 f"the codex app-server did not answer {method} within {timeout_s:g} s"
             ) from None
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "stopped by codex-hub") -> None:
         """Stop the process (EOF, then kill) and every task of it. Idempotent."""
-        self.lost("stopped by codex-hub")
+        self.lost(reason, expected=True)
         if self.session is not None:
             await self.session.close()
         tasks = [*self._tasks, *([self._watcher] if self._watcher else [])]
@@ -427,6 +427,14 @@ class AppServerEngine(CodexEngine):
         try:
             async with asyncio.timeout(limit):
                 thread_id = await self._open_thread(server, request, emit)
+                busy = server.listeners.get(thread_id)
+                if busy is not None:
+                    return _failed(
+                        "codex_failed",
+                        f"the conversation's codex thread {thread_id} is busy with run "
+                        f"{busy.run_id}; try again when it has ended",
+                        thread_id,
+                    )
                 active = _ActiveRun(request.run_id, TurnFold(thread_id), emit)
                 server.listeners[thread_id] = active
                 self._runs[request.run_id] = active
@@ -599,7 +607,7 @@ class AppServerEngine(CodexEngine):
             )
             if self._server is server:
                 self._server = None
-            await server.close()
+            await server.close(f"killed: run {active.run_id} did not stop on turn/interrupt")
 
     # --- steering ---------------------------------------------------------------------
 
@@ -630,9 +638,16 @@ class AppServerEngine(CodexEngine):
         active = server.listeners.get(_thread_of(message.params))
         req = approval_request(active.run_id if active else "", message.method, message.params)
         if req is None or active is None:
-            log.warning("codex asked %s, which codex-hub does not answer", message.method)
+            # Not ours to grant: an approval of no run here is declined, anything else
+            # (user input, elicitation, ...) refused, so that the turn does not wait.
+            log.warning("codex asked %s, which no run here answers", message.method)
+            answer = (
+                response(message.id, approval_result("deny"))
+                if req is not None
+                else error_response(message.id, -32601, "not supported by codex-hub")
+            )
             with contextlib.suppress(AppServerError):
-                await server.send(error_response(message.id, -32601, "not supported by codex-hub"))
+                await server.send(answer)
             return
         task = asyncio.current_task()
         if task is not None:

@@ -236,6 +236,28 @@ async def test_cancel_interrupts_the_turn_and_the_thread_stays_usable(
 
 
 @pytest.mark.codex
+async def test_a_turn_not_ended_within_the_grace_period_gets_the_process_killed(
+    make_engine: MakeEngine, model_server: StubModelServer
+) -> None:
+    """When codex has not ended the turn within the grace period, the process is killed."""
+    model_server.reply_hang()
+    model_server.reply_text("on a new process")
+    engine = make_engine(engine={"interrupt_grace_s": 0.001})
+    task, _ = await start_run(engine, "r1", "take your time")
+    await model_server.wait_for_requests(1)
+    server = engine._server
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert server is not None and server.dead is not None and "did not stop" in server.dead
+    after = await engine.run(RunRequest("r2", "hello?"), Recorder())
+    assert after.status == "succeeded" and after.answer == "on a new process"
+    assert engine.processes_started == 2
+
+
+@pytest.mark.codex
 async def test_a_timeout_interrupts_the_turn_and_reports_timed_out(
     make_engine: MakeEngine, model_server: StubModelServer
 ) -> None:
