@@ -24,6 +24,12 @@ timeout, dry run and the login check. What it adds:
   against the committed one) and refuses to run otherwise (error code
   `codex_incompatible`, naming the tested codex version).
 
+codex keeps every thread a process ran loaded, and writable by that process alone, for
+as long as it lives (`thread/unsubscribe` does not let go of it). So an idle process
+that has loaded `recycle_after_threads` threads is replaced by a fresh one, and a
+conversation whose thread another live process holds (a second executor on the same
+CODEX_HOME) goes on as a fork of it (`thread/fork`), with a note saying so.
+
 Errors::
 
     AppServerError              the app-server could not do what was asked
@@ -86,6 +92,8 @@ INTERRUPT_GRACE_S = 5.0
 #: Starting the process and its `initialize` answer; one request's answer.
 START_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 30.0
+#: An idle app-server that has loaded this many threads is replaced by a new one.
+RECYCLE_AFTER_THREADS = 200
 #: Generating the schema for the protocol check.
 SCHEMA_TIMEOUT_S = 30.0
 _NO_ROLLOUT = "no rollout found"
@@ -156,6 +164,8 @@ class _AppServer:
         self.session: Session | None = None
         self.loaded: set[str] = set()
         self.listeners: dict[str, _ActiveRun] = {}
+        #: Runs handed this process that have not ended yet.
+        self.runs = 0
         self.dead: str | None = None
         self.user_agent = ""
         self._on_request = on_request
@@ -282,12 +292,14 @@ class AppServerEngine(CodexEngine):
         approval_policy: str = "on-request",
         interrupt_grace_s: float = INTERRUPT_GRACE_S,
         expected_schema: dict[str, Any] | None = None,
+        recycle_after_threads: int = RECYCLE_AFTER_THREADS,
     ) -> None:
         super().__init__(settings, transport, codex_bin=codex_bin, clock=clock)
         self._sessions = transport
         self.approve = approve
         self.approval_policy = approval_policy
         self.interrupt_grace_s = interrupt_grace_s
+        self.recycle_after_threads = recycle_after_threads
         self._expected = expected_schema
         self._server: _AppServer | None = None
         self._start_lock = asyncio.Lock()
@@ -352,9 +364,14 @@ class AppServerEngine(CodexEngine):
         async with self._start_lock:
             server = self._server
             if server is not None and server.dead is None:
-                return server
+                if server.runs or len(server.loaded) < self.recycle_after_threads:
+                    server.runs += 1
+                    return server
+                # codex keeps every thread it ran loaded (and writable by it alone) while
+                # it lives: an idle process that holds many is replaced by a fresh one.
+                log.info("restarting the codex app-server: %d threads loaded", len(server.loaded))
             if server is not None:
-                await server.close()
+                await server.close(f"recycled after {len(server.loaded)} threads")
                 self._server = None
             if not self._protocol_checked:
                 await self.check_protocol()
@@ -387,6 +404,7 @@ class AppServerEngine(CodexEngine):
                 )
             log.info("codex app-server started (%s)", server.user_agent or "no user agent")
             self._server = server
+            server.runs += 1
             return server
 
     async def aclose(self) -> None:
@@ -419,7 +437,10 @@ class AppServerEngine(CodexEngine):
             return _failed("transport_error", str(exc))
         except AppServerError as exc:
             return _failed("codex_failed", f"the codex app-server did not start: {exc}")
-        return await self._turn(server, request, emit)
+        try:
+            return await self._turn(server, request, emit)
+        finally:
+            server.runs -= 1
 
     async def _turn(self, server: _AppServer, request: RunRequest, emit: Emit) -> RunOutcome:
         limit = self._settings.exec_timeout_s

@@ -193,6 +193,24 @@ async def test_a_thread_another_process_holds_continues_as_a_copy(
 
 
 @pytest.mark.codex
+async def test_an_idle_process_with_many_threads_is_replaced_and_threads_resume(
+    make_engine: MakeEngine, model_server: StubModelServer
+) -> None:
+    """Past recycle_after_threads an idle app-server is replaced; its threads resume."""
+    model_server.reply_text("first answer")
+    model_server.reply_text("second answer")
+    engine = make_engine(engine={"recycle_after_threads": 1})
+    first = await engine.run(RunRequest("r1", "remember the word kumquat"), Recorder())
+    second = await engine.run(RunRequest("r2", "what word?", first.thread_id), Recorder())
+
+    assert second.status == "succeeded", second.error
+    assert second.thread_id == first.thread_id
+    assert engine.processes_started == 2
+    requests = await model_server.wait_for_requests(2)
+    assert "kumquat" in requests[1].text
+
+
+@pytest.mark.codex
 async def test_an_unknown_thread_runs_as_a_new_conversation_with_a_note(
     make_engine: MakeEngine, model_server: StubModelServer
 ) -> None:
