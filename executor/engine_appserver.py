@@ -83,7 +83,13 @@ from executor.appserver_protocol import (
 from executor.codex import TESTED_CODEX_VERSION
 from executor.engine import CodexEngine, Emit, RunOutcome, RunRequest, _clean_stderr, _failed
 from executor.settings import ExecutorSettings
-from executor.transport import Session, SessionTransport, SpawnError, TransportError
+from executor.transport import (
+    LoginStatus,
+    Session,
+    SessionTransport,
+    SpawnError,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +310,7 @@ class AppServerEngine(CodexEngine):
         self._server: _AppServer | None = None
         self._start_lock = asyncio.Lock()
         self._protocol_checked = False
+        self._check_lock = asyncio.Lock()
         self._runs: dict[str, _ActiveRun] = {}
         #: How many app-server processes this engine started (a restart adds one).
         self.processes_started = 0
@@ -350,6 +357,23 @@ class AppServerEngine(CodexEngine):
         version = expected.get("codex_version", TESTED_CODEX_VERSION)
         return f"app-server protocol matches codex {version}"
 
+    async def _check_protocol_once(self) -> None:
+        """`check_protocol` until it passes once (a failing binary may be replaced)."""
+        async with self._check_lock:
+            if not self._protocol_checked:
+                detail = await self.check_protocol()
+                log.info("EXEC_ENGINE=app-server: %s", detail)
+                self._protocol_checked = True
+
+    async def login_status(self, force: bool = False) -> LoginStatus:
+        """Whether codex is logged in, once the binary's protocol passed the check.
+
+        The executor asks this at start: a binary that does not speak the tested
+        protocol raises IncompatibleAppServer there, and the executor reports it.
+        """
+        await self._check_protocol_once()
+        return await super().login_status(force)
+
     def _refusal(self, why: str) -> str:
         return (
             f"EXEC_ENGINE=app-server refused: the codex at {self.codex_bin} does not speak the "
@@ -373,9 +397,7 @@ class AppServerEngine(CodexEngine):
             if server is not None:
                 await server.close(f"recycled after {len(server.loaded)} threads")
                 self._server = None
-            if not self._protocol_checked:
-                await self.check_protocol()
-                self._protocol_checked = True
+            await self._check_protocol_once()
             server = _AppServer(self._on_server_request)
             argv = [self.codex_bin, "app-server", *self._settings.extra_args]
             session = await self._sessions.start(
@@ -421,6 +443,8 @@ class AppServerEngine(CodexEngine):
             return self._dry_run(request, emit)
         try:
             status = await self.login_status()
+        except IncompatibleAppServer as exc:
+            return _failed("codex_incompatible", str(exc))
         except (FileNotFoundError, SpawnError) as exc:
             return _failed("codex_not_found", f"{exc}; set CODEX_BIN or run `make install`")
         except TransportError as exc:

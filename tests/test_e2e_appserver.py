@@ -14,6 +14,7 @@ import aiohttp
 import openai
 import pytest
 
+from executor.codex import TESTED_CODEX_VERSION
 from hub.appkeys import STORE
 from tests.executor.test_engine_local import processes_under
 from tests.fakes.model_server import STUB_USAGE, StubModelServer
@@ -79,3 +80,24 @@ async def test_a_cancelled_run_leaves_its_conversation_usable(
     assert "kiwi" in follow_up and "first answer" in follow_up
     assert "wait for me" in follow_up and "turn_aborted" in follow_up
     assert processes_under(tmp_path) == []
+
+
+async def test_an_executor_with_another_protocol_says_so_at_start(
+    hub: Any, real_executor: Any, codex_home: Path, tmp_path: Path
+) -> None:
+    """A codex whose app-server protocol is not the tested one: the executor says so at start."""
+    fake = tmp_path / "codex"
+    fake.write_text("#!/bin/sh\necho 'no app-server here' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    async with (
+        real_executor(codex_home, CODEX_BIN=str(fake), **APP_SERVER),
+        aiohttp.ClientSession() as s,
+    ):
+        async with s.get(hub.url + "/readyz") as resp:
+            ready = resp.status
+        async with s.get(hub.url + "/api/nodes") as resp:
+            nodes = (await resp.json())["nodes"]
+    [executor] = [node for node in nodes if node.get("login")]
+    assert ready == 503 and executor["login"]["logged_in"] is False
+    assert "EXEC_ENGINE=app-server refused" in executor["login"]["detail"]
+    assert f"codex {TESTED_CODEX_VERSION}" in executor["login"]["detail"]

@@ -26,7 +26,7 @@ from executor.appserver_protocol import (
 )
 from executor.codex import TESTED_CODEX_VERSION, CodexProgress
 from executor.engine import RunOutcome, RunRequest
-from executor.engine_appserver import AppServerEngine, SteerError
+from executor.engine_appserver import AppServerEngine, IncompatibleAppServer, SteerError
 from executor.factory import build_pipeline
 from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
@@ -469,6 +469,8 @@ async def test_a_binary_with_another_protocol_is_refused_naming_the_tested_versi
     assert "turn/steer" in outcome.error["message"]
     assert engine.processes_started == 0
     assert model_server.requests == []
+    with pytest.raises(IncompatibleAppServer, match=f"codex {TESTED_CODEX_VERSION}"):
+        await engine.login_status(force=True)  # what the executor asks at start
 
 
 # --- wiring ------------------------------------------------------------------------------
