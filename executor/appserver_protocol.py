@@ -299,8 +299,17 @@ class ApprovalRequest:
         return data
 
 
-def approval_request(run_id: str, method: str, params: Mapping[str, Any]) -> ApprovalRequest | None:
-    """An `ApprovalRequest` of a server request; None when `method` is not an approval."""
+def approval_request(
+    run_id: str,
+    method: str,
+    params: Mapping[str, Any],
+    item: Mapping[str, Any] | None = None,
+) -> ApprovalRequest | None:
+    """An `ApprovalRequest` of a server request; None when `method` is not an approval.
+
+    `item` is the thread item the request is about, as ``item/started`` announced it:
+    a file change request does not repeat the changes (paths, diffs), its item has them.
+    """
     kind: Literal["command", "file_change"]
     if method == "item/commandExecution/requestApproval":
         kind = "command"
@@ -309,6 +318,16 @@ def approval_request(run_id: str, method: str, params: Mapping[str, Any]) -> App
     else:
         return None
     changes = params.get("changes")
+    if not changes and item is not None:
+        changes = [
+            {
+                "path": c.get("path", ""),
+                "kind": _change_kind(c.get("kind")),
+                "diff": c.get("diff", ""),
+            }
+            for c in item.get("changes") or []
+            if isinstance(c, dict)
+        ]
     decisions = params.get("availableDecisions")
     return ApprovalRequest(
         run_id=run_id,

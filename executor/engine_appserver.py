@@ -147,8 +147,13 @@ class _ActiveRun:
     turn_known: asyncio.Event = field(default_factory=asyncio.Event)
     died: str | None = None
     approvals: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Items announced by item/started, by id: what an approval request is about.
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def feed(self, method: str, params: dict[str, Any]) -> None:
+        item = params.get("item")
+        if method == "item/started" and isinstance(item, dict) and item.get("id"):
+            self.items[str(item["id"])] = item
         for event in self.fold.feed(method, params):
             self.emit(event)
         if self.fold.turn_id is not None:
@@ -681,7 +686,10 @@ class AppServerEngine(CodexEngine):
 
     async def _on_server_request(self, server: _AppServer, message: ServerRequest) -> None:
         active = server.listeners.get(_thread_of(message.params))
-        req = approval_request(active.run_id if active else "", message.method, message.params)
+        item = active.items.get(str(message.params.get("itemId"))) if active else None
+        req = approval_request(
+            active.run_id if active else "", message.method, message.params, item
+        )
         if req is None or active is None:
             # Not ours to grant: an approval of no run here is declined, anything else
             # (user input, elicitation, ...) refused, so that the turn does not wait.

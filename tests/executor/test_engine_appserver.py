@@ -394,6 +394,40 @@ async def test_without_an_approver_codex_is_declined_and_an_event_says_so(
     assert "no approver" in decided[0]["summary"]
 
 
+#: /tmp and $TMPDIR are writable in codex's workspace-write sandbox unless excluded;
+#: excluded, a file under the test's tmp_path (outside the workdir) needs an approval.
+NO_TMP = (
+    "-c sandbox_workspace_write.exclude_slash_tmp=true "
+    "-c sandbox_workspace_write.exclude_tmpdir_env_var=true"
+)
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+@pytest.mark.codex
+async def test_a_file_change_outside_the_sandbox_asks_with_its_diff(
+    make_engine: MakeEngine,
+    model_server: StubModelServer,
+    tmp_path: Path,
+    decision: ApprovalDecision,
+) -> None:
+    """A change outside the writable roots reaches the callback with path and diff."""
+    target = tmp_path / "outside" / "new.txt"
+    target.parent.mkdir()
+    patch = f"*** Begin Patch\n*** Add File: {target}\n+hello\n*** End Patch\n"
+    model_server.reply_patch(patch, "patched")
+    approver = Approver(decision)
+    engine = make_engine(codex_extra_args=NO_TMP, engine={"approve": approver})
+
+    outcome = await engine.run(RunRequest("r1", "add the file"), Recorder())
+
+    assert outcome.status == "succeeded" and outcome.answer == "patched"
+    [asked] = approver.requests
+    assert asked.kind == "file_change"
+    assert [c["path"] for c in asked.changes] == [str(target)]
+    assert "hello" in asked.changes[0]["diff"]
+    assert target.exists() is (decision == "approve")
+
+
 # --- steering ----------------------------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ class RecordedRequest:
 
 @dataclass
 class _Reply:
-    kind: str  # "text" | "exec" | "status" | "hang" | "stall" | "gated"
+    kind: str  # "text" | "exec" | "patch" | "status" | "hang" | "stall" | "gated"
     text: str = ""
     status: int = 200
     justification: str = ""  # an exec that asks for escalated permissions, and why
@@ -121,6 +121,24 @@ def exec_frames(cmd: str, justification: str = "") -> list[bytes]:
     ]
 
 
+def patch_frames(patch: str) -> list[bytes]:
+    """The frames of a turn that asks codex to apply `patch` with its `apply_patch` tool."""
+    resp_id = f"resp_{uuid.uuid4().hex}"
+    item = {
+        "type": "custom_tool_call",
+        "id": f"ctc_{uuid.uuid4().hex}",
+        "call_id": f"call_{uuid.uuid4().hex}",
+        "name": "apply_patch",
+        "input": patch,
+        "status": "completed",
+    }
+    return [
+        _sse("response.created", {"response": {"id": resp_id}}),
+        _sse("response.output_item.done", {"output_index": 0, "item": item}),
+        _sse("response.completed", {"response": {"id": resp_id, "usage": _usage()}}),
+    ]
+
+
 @dataclass
 class StubModelServer:
     """A scriptable `POST /v1/responses` server on 127.0.0.1 with an ephemeral port."""
@@ -156,6 +174,11 @@ class StubModelServer:
         """Ask codex to run `cmd` outside the sandbox (an approval request under the
         app-server), then answer its follow-up request with `then`."""
         self._script.append(_Reply("exec", cmd, justification=justification))
+        self._script.append(_Reply("text", then))
+
+    def reply_patch(self, patch: str, then: str) -> None:
+        """Ask codex to apply `patch` (apply_patch's format), then answer with `then`."""
+        self._script.append(_Reply("patch", patch))
         self._script.append(_Reply("text", then))
 
     def reply_stall(self) -> None:
@@ -234,6 +257,8 @@ class StubModelServer:
                     wait.cancel()
         if reply.kind == "exec":
             frames = exec_frames(reply.text, reply.justification)
+        elif reply.kind == "patch":
+            frames = patch_frames(reply.text)
         else:
             frames = text_frames(reply.text)
         return await stream(request, frames)
