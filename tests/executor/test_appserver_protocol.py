@@ -184,6 +184,12 @@ def test_approval_requests_read_commands_and_file_changes() -> None:
     assert change is not None and change.kind == "file_change"
     assert change.public()["changes"] == [{"path": "/etc/x", "diff": "+"}]
     assert describe_approval(change) == "codex asks to change /etc/x"
+    item = {"id": "i", "changes": [{"path": "/etc/y", "kind": {"type": "add"}, "diff": "+y"}]}
+    from_item = approval_request(
+        "r1", "item/fileChange/requestApproval", {"threadId": "t", "itemId": "i"}, item
+    )
+    assert from_item is not None
+    assert from_item.changes == [{"path": "/etc/y", "kind": "add", "diff": "+y"}]
     assert approval_request("r1", "item/tool/requestUserInput", {}) is None
     assert approval_result("approve") == {"decision": "accept"}
     assert approval_result("approve_session") == {"decision": "acceptForSession"}
