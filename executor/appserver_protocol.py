@@ -13,7 +13,8 @@ Events the app-server engine adds to the ``codex`` ones (additive; the hub store
 forwards any event kind, the monitor shows unknown kinds raw):
 
 - ``{"kind": "answer_delta", "item_id", "delta"}``: a piece of the answer as the model
-  writes it (``item/agentMessage/delta``); no ``summary``, so no progress line.
+  writes it (``item/agentMessage/delta``, joined over at most `DELTA_FLUSH_S` by
+  `DeltaBuffer`); no ``summary``, so no progress line.
 - ``{"kind": "turn_diff", "turn_id", "diff"}``: the turn's whole unified diff so far
   (``turn/diff/updated``), replacing the previous one.
 - ``{"kind": "approval", "status": "requested" | "decided", "request": {...},
@@ -68,6 +69,7 @@ NOTIFICATIONS = (
     "turn/started",
     "turn/completed",
     "turn/diff/updated",
+    "turn/plan/updated",
     "item/started",
     "item/completed",
     "item/agentMessage/delta",
@@ -507,6 +509,16 @@ class TurnFold:
                     "delta": str(params.get("delta", "")),
                 }
             ]
+        if method == "turn/plan/updated":
+            steps = [
+                {"text": str(step.get("step", "")), "completed": step.get("status") == "completed"}
+                for step in params.get("plan") or []
+                if isinstance(step, dict)
+            ]
+            item = {"id": f"plan-{self.turn_id}", "type": "todo_list", "items": steps}
+            data = {"type": "item.updated", "item": item}
+            done = sum(1 for step in steps if step["completed"])
+            return [codex_event(data, f"plan: {done}/{len(steps)} steps done")]
         if method == "turn/diff/updated":
             self.diff = str(params.get("diff", ""))
             return [
@@ -540,6 +552,43 @@ class TurnFold:
             return [codex_event({"type": "turn.interrupted"}, "turn interrupted")]
         message = self.error_message or f"turn ended {self.status}"
         return [codex_event({"type": "turn.failed", "error": {"message": message}})]
+
+
+class DeltaBuffer:
+    """Joins a run's ``answer_delta`` events, so that a token stream is not one event each.
+
+    `add` takes an event about to be emitted and returns the events to emit now: a delta
+    is held (and joined with the next ones of the same item); anything else first
+    releases what is held, so the order is kept. The engine calls `flush` on a timer
+    (every `DELTA_FLUSH_S`) and at the end of the turn.
+    """
+
+    def __init__(self) -> None:
+        self._item: str | None = None
+        self._parts: list[str] = []
+
+    @property
+    def holding(self) -> bool:
+        """True while some delta waits to be emitted."""
+        return bool(self._parts)
+
+    def add(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        if event.get("kind") != "answer_delta":
+            return [*self.flush(), event]
+        out = self.flush() if event.get("item_id") != self._item else []
+        self._item = event.get("item_id")
+        self._parts.append(str(event.get("delta", "")))
+        return out
+
+    def flush(self) -> list[dict[str, Any]]:
+        if not self._parts:
+            return []
+        delta, self._parts = "".join(self._parts), []
+        return [{"kind": "answer_delta", "item_id": self._item, "delta": delta}]
+
+
+#: How long answer deltas are held to be joined into one event.
+DELTA_FLUSH_S = 0.1
 
 
 # --- the schema fingerprint ---------------------------------------------------------------

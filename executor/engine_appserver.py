@@ -53,9 +53,11 @@ from importlib import metadata
 from typing import Any
 
 from executor.appserver_protocol import (
+    DELTA_FLUSH_S,
     SCHEMA_FILES,
     ApprovalDecision,
     ApprovalRequest,
+    DeltaBuffer,
     Notification,
     Response,
     RpcError,
@@ -150,18 +152,38 @@ class _ActiveRun:
     #: Items announced by item/started, by id: what an approval request is about.
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    deltas: DeltaBuffer = field(default_factory=DeltaBuffer)
+    flusher: asyncio.TimerHandle | None = None
+
     def feed(self, method: str, params: dict[str, Any]) -> None:
         item = params.get("item")
         if method == "item/started" and isinstance(item, dict) and item.get("id"):
             self.items[str(item["id"])] = item
         for event in self.fold.feed(method, params):
-            self.emit(event)
+            self.send(event)
         if self.fold.turn_id is not None:
             self.turn_known.set()
         if self.fold.ended:
+            self.flush()
             self.ended.set()
 
+    def send(self, event: dict[str, Any]) -> None:
+        """Emit `event`, answer deltas joined over DELTA_FLUSH_S."""
+        for out in self.deltas.add(event):
+            self.emit(out)
+        if self.deltas.holding and self.flusher is None:
+            loop = asyncio.get_running_loop()
+            self.flusher = loop.call_later(DELTA_FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        if self.flusher is not None:
+            self.flusher.cancel()
+            self.flusher = None
+        for out in self.deltas.flush():
+            self.emit(out)
+
     def lost(self, reason: str) -> None:
+        self.flush()
         self.died = reason
         self.ended.set()
 
@@ -532,6 +554,7 @@ class AppServerEngine(CodexEngine):
         return self._turn_outcome(active.fold)
 
     def _forget(self, server: _AppServer, active: _ActiveRun) -> None:
+        active.flush()  # nothing may be emitted once the run has ended
         if server.listeners.get(active.fold.thread_id) is active:
             del server.listeners[active.fold.thread_id]
         if self._runs.get(active.run_id) is active:
@@ -679,7 +702,7 @@ class AppServerEngine(CodexEngine):
         )
         short = " ".join(text.split())
         short = short if len(short) <= 120 else short[:119] + "…"
-        active.emit({"kind": "steer", "message": text, "summary": f"steered: {short}"})
+        active.send({"kind": "steer", "message": text, "summary": f"steered: {short}"})
         return str(answer.get("turnId") or active.fold.turn_id)
 
     # --- approvals --------------------------------------------------------------------
@@ -716,7 +739,7 @@ class AppServerEngine(CodexEngine):
     async def _decide(self, req: ApprovalRequest, active: _ActiveRun) -> ApprovalDecision:
         """Ask the callback; decline when there is none or it fails (fail closed)."""
         asked = describe_approval(req)
-        active.emit(
+        active.send(
             {"kind": "approval", "status": "requested", "request": req.public(), "summary": asked}
         )
         decision: ApprovalDecision = "deny"
@@ -740,7 +763,7 @@ class AppServerEngine(CodexEngine):
             except Exception as exc:
                 log.exception("run %s: the approval callback failed", req.run_id)
                 decision, by, note = "deny", "default", f"declined: the approval failed ({exc})"
-        active.emit(
+        active.send(
             {
                 "kind": "approval",
                 "status": "decided",

@@ -6,6 +6,7 @@ import copy
 import json
 
 from executor.appserver_protocol import (
+    DeltaBuffer,
     Notification,
     Response,
     ServerRequest,
@@ -212,3 +213,33 @@ def test_the_user_agent_names_codexs_version() -> None:
     """initialize's userAgent yields codex's version."""
     assert user_agent_version("codex_hub/0.169.0 (Ubuntu 24.4.0; x86_64) xterm") == "0.169.0"
     assert user_agent_version("weird") is None
+
+
+def test_answer_deltas_are_joined_until_another_event_or_a_flush() -> None:
+    """Deltas of one item are held and joined; any other event releases them first."""
+    buffer = DeltaBuffer()
+    delta = {"kind": "answer_delta", "item_id": "m1"}
+    assert buffer.add({**delta, "delta": "Hel"}) == []
+    assert buffer.add({**delta, "delta": "lo"}) == []
+    other = {"kind": "codex", "data": {"type": "item.completed"}}
+    assert buffer.add(other) == [{**delta, "delta": "Hello"}, other]
+    assert buffer.add({**delta, "delta": "a"}) == []
+    assert buffer.add({"kind": "answer_delta", "item_id": "m2", "delta": "b"}) == [
+        {**delta, "delta": "a"}
+    ]
+    assert buffer.holding
+    assert buffer.flush() == [{"kind": "answer_delta", "item_id": "m2", "delta": "b"}]
+    assert buffer.flush() == [] and not buffer.holding
+
+
+def test_a_plan_update_becomes_a_todo_list_item() -> None:
+    """turn/plan/updated maps onto exec's todo_list item, which the monitor draws."""
+    fold = TurnFold("t1", turn_id="u1")
+    plan = [{"step": "read", "status": "completed"}, {"step": "write", "status": "inProgress"}]
+    [event] = fold.feed("turn/plan/updated", {"threadId": "t1", "turnId": "u1", "plan": plan})
+    assert event["data"]["item"] == {
+        "id": "plan-u1",
+        "type": "todo_list",
+        "items": [{"text": "read", "completed": True}, {"text": "write", "completed": False}],
+    }
+    assert event["summary"] == "plan: 1/2 steps done"
