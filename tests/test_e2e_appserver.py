@@ -7,6 +7,8 @@ the same answers, usage, stored events, session threads and cancel.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +103,36 @@ async def test_an_executor_with_another_protocol_says_so_at_start(
     assert ready == 503 and executor["login"]["logged_in"] is False
     assert "EXEC_ENGINE=app-server refused" in executor["login"]["detail"]
     assert f"codex {TESTED_CODEX_VERSION}" in executor["login"]["detail"]
+
+
+async def test_codex_hub_exec_answers_through_the_app_server(
+    codex_bin: str, codex_home: Path, model_server: StubModelServer, tmp_path: Path
+) -> None:
+    """`codex-hub exec` with EXEC_ENGINE=app-server prints the answer and leaves no process."""
+    model_server.reply_text("answer from the app-server")
+    work = tmp_path / "cli-work"
+    work.mkdir()
+    env = {
+        **os.environ,
+        "EXEC_ENGINE": "app-server",
+        "CODEX_BIN": codex_bin,
+        "CODEX_HOME": str(codex_home),
+        "EXEC_WORKDIR": str(work),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "codex_hub",
+        "exec",
+        "say it",
+        cwd=work,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    assert stdout.decode() == "answer from the app-server\n"
+    assert processes_under(codex_home) == []
