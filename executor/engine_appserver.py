@@ -170,7 +170,7 @@ class _ActiveRun:
     def send(self, event: dict[str, Any]) -> None:
         """Emit `event`, answer deltas joined over DELTA_FLUSH_S."""
         for out in self.deltas.add(event):
-            self.emit(out)
+            self._out(out)
         if self.deltas.holding and self.flusher is None:
             loop = asyncio.get_running_loop()
             self.flusher = loop.call_later(DELTA_FLUSH_S, self.flush)
@@ -180,7 +180,14 @@ class _ActiveRun:
             self.flusher.cancel()
             self.flusher = None
         for out in self.deltas.flush():
-            self.emit(out)
+            self._out(out)
+
+    def _out(self, event: dict[str, Any]) -> None:
+        # An event the caller could not take is lost, never the run: its end must land.
+        try:
+            self.emit(event)
+        except Exception:
+            log.exception("run %s: could not emit an event", self.run_id)
 
     def lost(self, reason: str) -> None:
         self.flush()
@@ -211,6 +218,13 @@ class _AppServer:
     # the reader side (called by the session's stdout task, one line at a time)
 
     def on_line(self, line: str) -> None:
+        try:
+            self._dispatch(line)
+        except Exception:
+            # The reader must go on whatever a run's emit does, or every run would hang.
+            log.exception("could not handle a line of the codex app-server")
+
+    def _dispatch(self, line: str) -> None:
         message = parse_line(line)
         if isinstance(message, Response):
             method, future = self._pending.pop(message.id, ("", None))

@@ -112,6 +112,26 @@ async def test_a_run_answers_with_the_models_text_and_usage(
 
 
 @pytest.mark.codex
+async def test_a_failing_event_sink_loses_events_but_not_the_run(
+    make_engine: MakeEngine, model_server: StubModelServer
+) -> None:
+    """An emit that raises costs that event only: the run still ends with its answer."""
+    model_server.reply_text("still answered")
+    engine = make_engine()
+    kept: list[dict[str, Any]] = []
+
+    def emit(event: dict[str, Any]) -> None:
+        if event.get("data", {}).get("type") == "turn.completed":
+            raise RuntimeError("the sink broke")
+        kept.append(event)
+
+    outcome = await engine.run(RunRequest("r1", "hi"), emit)
+
+    assert outcome.status == "succeeded" and outcome.answer == "still answered"
+    assert "turn.completed" not in [e.get("data", {}).get("type") for e in kept]
+
+
+@pytest.mark.codex
 async def test_two_runs_at_once_share_one_process(
     make_engine: MakeEngine, model_server: StubModelServer
 ) -> None:
