@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import feed_fanout, hub_latency, slack_latency, ssh_overhead, telegram_latency
+from bench import (
+    engines,
+    feed_fanout,
+    hub_latency,
+    slack_latency,
+    ssh_overhead,
+    telegram_latency,
+)
 from bench.common import DOC_PATH, BenchError, write_section
 from hub.process import loop_factory
 
@@ -59,6 +66,7 @@ SUITES: dict[str, Suite] = {
         Suite(slack_latency.NAME, slack_latency.TITLE, slack_latency.main),
         Suite(telegram_latency.NAME, telegram_latency.TITLE, telegram_latency.main),
         Suite(ssh_overhead.NAME, ssh_overhead.TITLE, ssh_overhead.main),
+        Suite(engines.NAME, engines.TITLE, engines.main),
     ]
 }
 

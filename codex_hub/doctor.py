@@ -4,7 +4,8 @@ Checks, in the order they are printed:
 
 - **codex**: the binary (``CODEX_BIN``, ``tools/``, PATH) answers ``codex --version``,
   ``CODEX_HOME`` exists, and ``codex login status`` (with that ``CODEX_HOME``) says it is
-  logged in;
+  logged in; with ``EXEC_ENGINE=app-server``, **codex app-server**: the binary's
+  app-server protocol (the schema it generates) is the one the engine was tested with;
 - **cli**: git, gh, kubectl and aws (and anything ``AVAILABLE_CLIS`` adds) on PATH. A
   CLI the optimizer will tell the model about (`executor.clis.available_clis`) but that
   is missing is a failure; any other missing CLI is a ``skip`` saying what it is for;
@@ -52,6 +53,7 @@ from websockets.exceptions import (
 
 from executor.clis import CLI_PURPOSES, CONDITIONAL, available_clis
 from executor.codex import TESTED_CODEX_VERSION, resolve_codex_bin
+from executor.engine_appserver import AppServerEngine, IncompatibleAppServer
 from executor.settings import ExecutorSettings
 from executor.transport import SpawnError
 from executor.transport_local import LocalTransport
@@ -154,7 +156,10 @@ async def check_codex(
     if settings.exec_transport == "ssh":
         host = settings.ssh_host or "SSH_HOST"
         note = f"EXEC_TRANSPORT=ssh: codex runs on {host}; run `codex-hub doctor` there"
-        return [Check("codex", "skip", note), Check("codex login", "skip", note)]
+        checks = [Check("codex", "skip", note), Check("codex login", "skip", note)]
+        if settings.exec_engine == "app-server":
+            checks.append(Check("codex app-server", "skip", note))
+        return checks
     try:
         codex_bin = resolve_codex_bin(settings.codex_bin)
     except FileNotFoundError:
@@ -183,9 +188,35 @@ async def check_codex(
             )
             return checks
         checks.append(await _codex_login(transport, codex_bin, settings, timeout_s))
+        if settings.exec_engine == "app-server":
+            checks.append(await _app_server_protocol(transport, codex_bin, settings, timeout_s))
         return checks
     finally:
         await transport.close()
+
+
+async def _app_server_protocol(
+    transport: LocalTransport, codex_bin: str, settings: ExecutorSettings, timeout_s: float
+) -> Check:
+    """EXEC_ENGINE=app-server: the binary speaks the app-server protocol it was tested with."""
+    engine = AppServerEngine(settings, transport, codex_bin=codex_bin)
+    try:
+        async with asyncio.timeout(timeout_s):
+            detail = await engine.check_protocol()
+    except TimeoutError:
+        return _fail(
+            "codex app-server",
+            f"`codex app-server generate-json-schema` gave no answer within {timeout_s:g} s",
+            "reinstall codex (`make install`), or set EXEC_ENGINE=exec",
+        )
+    except IncompatibleAppServer as exc:
+        return _fail(
+            "codex app-server",
+            str(exc),
+            f"install codex {TESTED_CODEX_VERSION} (`make codex`) and point CODEX_BIN at it, "
+            "or set EXEC_ENGINE=exec",
+        )
+    return Check("codex app-server", "ok", detail)
 
 
 async def _codex_version(

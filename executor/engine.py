@@ -134,6 +134,9 @@ class CodexEngine:
             self._login = (self._clock(), status) if status.logged_in else None
             return status
 
+    async def aclose(self) -> None:
+        """Release what the engine holds (nothing: each run's codex ends with it)."""
+
     async def run(self, request: RunRequest, emit: Emit) -> RunOutcome:
         """Run `request` to its end, calling `emit` for each event on the way."""
         if self._settings.exec_dry_run:

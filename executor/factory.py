@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from executor.engine import CodexEngine
+from executor.engine_appserver import AppServerEngine
 from executor.optimizer import PromptOptimizer
 from executor.pipeline import Optimizer, Pipeline
 from executor.settings import ConfigError, ExecutorSettings
@@ -10,10 +11,10 @@ from executor.transport import Transport
 from executor.transport_local import LocalTransport
 from executor.transport_ssh import SshTransport
 
-__all__ = ["ConfigError", "build_pipeline", "make_optimizer", "make_transport"]
+__all__ = ["ConfigError", "build_pipeline", "make_engine", "make_optimizer", "make_transport"]
 
 
-def make_transport(settings: ExecutorSettings) -> Transport:
+def make_transport(settings: ExecutorSettings) -> LocalTransport | SshTransport:
     """The transport ``EXEC_TRANSPORT`` asks for."""
     if settings.exec_transport == "local":
         return LocalTransport()
@@ -28,5 +29,14 @@ def make_optimizer(settings: ExecutorSettings) -> Optimizer:
 def build_pipeline(settings: ExecutorSettings) -> tuple[Pipeline, Transport]:
     """A pipeline and the transport it owns (close the transport when done)."""
     transport = make_transport(settings)
-    engine = CodexEngine(settings, transport, codex_bin=getattr(transport, "codex_bin", None))
-    return Pipeline(settings, engine, make_optimizer(settings)), transport
+    return Pipeline(settings, make_engine(settings, transport), make_optimizer(settings)), transport
+
+
+def make_engine(
+    settings: ExecutorSettings, transport: LocalTransport | SshTransport
+) -> CodexEngine:
+    """The engine ``EXEC_ENGINE`` asks for, on `transport`."""
+    codex_bin = getattr(transport, "codex_bin", None)
+    if settings.exec_engine == "app-server":
+        return AppServerEngine(settings, transport, codex_bin=codex_bin)
+    return CodexEngine(settings, transport, codex_bin=codex_bin)

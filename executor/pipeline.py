@@ -87,9 +87,11 @@ class Pipeline:
         self.optimizer = optimizer
 
     async def aclose(self) -> None:
-        """Close what the pipeline owns (the optimizer's HTTP client). Idempotent."""
+        """Close what the pipeline owns (the optimizer's HTTP client, the engine's
+        long-lived codex, if any). Idempotent."""
         if self.optimizer is not None:
             await self.optimizer.aclose()
+        await self.engine.aclose()
 
     async def run(self, job: Job, emit: Emit, set_state: SetState) -> Result:
         """Run one job to its end; cancellation propagates (codex is killed)."""

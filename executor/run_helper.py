@@ -24,6 +24,12 @@ the transports start the processes, and follow them the same way (`executor.run_
   reaped by two rounds of SIGTERM at once (a second SIGTERM would cut a shell's EXIT
   trap short).
 
+``serve TAG GRACE_MS DIR N NAME=VALUE... ARGV...`` is ``run`` for a long-lived program
+that reads its stdin (codex's app-server): ARGV gets the helper's stdin, the pipe,
+and the helper keeps no copy of it and has no watchdog. EOF there (the transport
+closed the pipe, or the executor died and the kernel closed it) ends the app-server,
+which exits on it; the helper then reaps as in ``run``.
+
 ``kill TAG PGID GRACE_MS`` reaps from outside (the SSH transport, which cannot signal).
 
 The helper writes nothing but the marker line, so a closed stdout cannot kill it with
@@ -120,6 +126,30 @@ run)
   { kill "$dog"; wait "$dog"; } 2>/dev/null
   reap "$tag" "$pid" "$grace" >/dev/null 2>&1
   exit "$status" ;;
+serve)
+  tag=$2 grace=$3 dir=$4 n=$5; shift 5
+  if [ -n "$dir" ] && ! cd -- "$dir" 2>/dev/null; then
+    echo "codex-hub-error no such directory: $dir"; exit 127
+  fi
+  exec 3<&0
+  (
+    exec 3<&-
+    export @TAG_VAR@="$tag"
+    while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
+    case $1 in
+      */*) [ -f "$1" ] && [ -x "$1" ] ;;
+      *) command -v "$1" >/dev/null ;;
+    esac || { echo "codex-hub-error no such executable: $1"; exit 127; }
+    command -v setsid >/dev/null || { echo "codex-hub-error setsid is missing"; exit 127; }
+    read -r s < /proc/self/stat
+    echo "codex-hub-pid ${s%% *}"
+    exec setsid -- "$@"
+  ) <&3 &
+  pid=$!
+  exec 3<&- </dev/null
+  wait "$pid"; status=$?
+  reap "$tag" "$pid" "$grace" >/dev/null 2>&1
+  exit "$status" ;;
 kill)
   reap "$2" "$3" "$4" >/dev/null 2>&1 ;;
 esac
@@ -163,6 +193,20 @@ def run_words(
         *(f"{name}={value}" for name, value in env_overrides.items()),
         *argv,
     ]
+
+
+def serve_words(
+    argv: Sequence[str],
+    env_overrides: Mapping[str, str],
+    cwd: str | None,
+    *,
+    tag: str,
+    grace_s: float,
+) -> list[str]:
+    """The helper's words in ``serve`` mode (ARGV reads the helper's stdin)."""
+    words = run_words(argv, env_overrides, cwd, tag=tag, grace_s=grace_s)
+    words[4] = "serve"
+    return words
 
 
 def kill_words(tag: str, pgid: int | None, *, grace_s: float) -> list[str]:

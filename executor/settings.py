@@ -40,6 +40,8 @@ class ExecutorSettings(NodeSettings):
     exec_concurrency: int = Field(4, alias="EXEC_CONCURRENCY", ge=1, le=256)
     exec_transport: Literal["local", "ssh"] = Field("local", alias="EXEC_TRANSPORT")
     exec_dry_run: bool = Field(False, alias="EXEC_DRY_RUN")
+    #: `exec`: one `codex exec` per run; `app-server`: one long-lived `codex app-server`.
+    exec_engine: Literal["exec", "app-server"] = Field("exec", alias="EXEC_ENGINE")
 
     # SSH transport
     ssh_host: str = Field("", alias="SSH_HOST")

@@ -77,3 +77,43 @@ class Transport(Protocol):
     async def close(self) -> None:
         """Release what the transport holds; idempotent."""
         ...
+
+
+class Session(Protocol):
+    """A long-lived process whose stdin this side writes (codex's app-server)."""
+
+    @property
+    def pid(self) -> int | None:
+        """The program's pid where it runs (None when unknown)."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Write `data` to its stdin; raises TransportError once it is gone."""
+        ...
+
+    async def wait(self) -> ProcessResult:
+        """Wait until it has exited and its stdout is read; how it ended."""
+        ...
+
+    async def close(self) -> None:
+        """Close its stdin (it should exit), then end whatever is left; idempotent."""
+        ...
+
+
+class SessionTransport(Transport, Protocol):
+    """A transport that can also start long-lived processes with a stdin pipe."""
+
+    async def start(
+        self,
+        argv: Sequence[str],
+        *,
+        env_overrides: Mapping[str, str],
+        cwd: str | None,
+        on_stdout_line: Callable[[str], None],
+    ) -> Session:
+        """Start `argv` (own process group) with stdin a pipe this side holds.
+
+        `on_stdout_line` is called for each stdout line until it ends; raises
+        SpawnError when `argv[0]` or `cwd` is unusable.
+        """
+        ...

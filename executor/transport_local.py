@@ -36,8 +36,16 @@ from types import TracebackType
 from typing import Self
 
 from executor.codex import codex_environment
-from executor.run_helper import TAG_VAR, Launch, reap_bound_s, run_words
-from executor.run_io import KILL_GRACE_S, check_started, codex_login_status, follow
+from executor.run_helper import TAG_VAR, Launch, reap_bound_s, run_words, serve_words
+from executor.run_io import (
+    DRAIN_S,
+    KILL_GRACE_S,
+    check_started,
+    codex_login_status,
+    follow,
+    keep_tail,
+    pump_lines,
+)
 from executor.transport import LoginStatus, ProcessResult, SpawnError, TransportError
 
 log = logging.getLogger(__name__)
@@ -181,6 +189,39 @@ class LocalTransport:
             )
         return ProcessResult(exit_code=proc.returncode, stderr_tail=tail, timed_out=timed_out)
 
+    async def start(
+        self,
+        argv: Sequence[str],
+        *,
+        env_overrides: Mapping[str, str],
+        cwd: str | None,
+        on_stdout_line: Callable[[str], None],
+    ) -> LocalSession:
+        """Start a long-lived `argv` whose stdin is a pipe this side holds (the app-server).
+
+        Through the run helper's ``serve`` mode where it can work: the program gets the
+        pipe, exits on its EOF (`LocalSession.close`, or the executor's death), and the
+        helper then reaps what it left. Raises SpawnError when `argv[0]` or `cwd` is
+        unusable.
+        """
+        if self._closed:
+            raise TransportError("transport is closed")
+        env = codex_environment(os.environ, {**env_overrides})
+        tag = uuid.uuid4().hex
+        if self.use_helper:
+            words = serve_words(argv, {}, cwd, tag=tag, grace_s=self._kill_grace_s)
+            child = await _spawn(words, env, None, tag, helper=True)
+        else:
+            child = await _spawn(argv, {**env, TAG_VAR: tag}, cwd, tag, helper=False, pipe=True)
+        self._live.add(child)
+        session = LocalSession(child, argv[0], on_stdout_line, self._kill_grace_s, self._live)
+        try:
+            await session.started()
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
     async def read_text(self, path: str) -> str:
         """The file's text, decoded as UTF-8 with invalid bytes replaced."""
         return await asyncio.to_thread(Path(path).read_text, encoding="utf-8", errors="replace")
@@ -205,19 +246,25 @@ class LocalTransport:
 
 
 async def _spawn(
-    argv: Sequence[str], env: dict[str, str], cwd: str | None, tag: str, *, helper: bool
+    argv: Sequence[str],
+    env: dict[str, str],
+    cwd: str | None,
+    tag: str,
+    *,
+    helper: bool,
+    pipe: bool = False,
 ) -> _Child:
     """Start `argv` in a new session with piped stdout/stderr.
 
     The helper's stdin is the watchdog's pipe (it gives codex /dev/null); codex started
-    directly gets /dev/null, or it would read stdin to EOF.
+    directly gets /dev/null, or it would read stdin to EOF, unless `pipe` asks for one.
     """
     loop = asyncio.get_running_loop()
     try:
         transport, protocol = await loop.subprocess_exec(
             lambda: _ExitAwareProtocol(loop),
             *argv,
-            stdin=asyncio.subprocess.PIPE if helper else asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if helper or pipe else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=cwd,
@@ -369,3 +416,116 @@ async def _stop(child: _Child, grace_s: float) -> None:
             return
         log.warning("the run helper (pid %d) left processes behind; killing them", child.pid)
     await _terminate(child, grace_s)
+
+
+class LocalSession:
+    """A long-lived local process started by `LocalTransport.start`.
+
+    A task reads its stdout line by line (the helper's marker line first) and another
+    keeps the tail of its stderr, until both end.
+    """
+
+    def __init__(
+        self,
+        child: _Child,
+        program: str,
+        on_line: Callable[[str], None],
+        grace_s: float,
+        live: set[_Child],
+    ) -> None:
+        self._child = child
+        self._program = program
+        self._grace_s = grace_s
+        self._live = live
+        self._tail = bytearray()
+        self._marked = asyncio.Event()
+        self._launch: Launch | None = None
+        feed = on_line
+        if child.helper:
+            launch = self._launch = Launch(on_line)
+
+            def feed(line: str) -> None:
+                launch.feed(line)
+                if launch.pid is not None or launch.error is not None:
+                    self._marked.set()
+
+        else:
+            self._marked.set()
+        proc = child.proc
+        assert proc.stdout is not None and proc.stderr is not None
+        name = f"LocalSession:{child.pid}"
+        self._stdout = asyncio.create_task(pump_lines(proc.stdout, feed), name=f"{name}:stdout")
+        self._stderr = asyncio.create_task(
+            keep_tail(proc.stderr, self._tail), name=f"{name}:stderr"
+        )
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        """The program's pid (the helper's child when started through it)."""
+        if self._launch is not None:
+            return self._launch.pid
+        return self._child.pid
+
+    async def started(self) -> None:
+        """Return once the program runs; SpawnError when the helper could not start it."""
+        marked = asyncio.ensure_future(self._marked.wait())
+        exited = asyncio.ensure_future(self._child.exited.wait())
+        try:
+            await asyncio.wait((marked, exited), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            marked.cancel()
+            exited.cancel()
+        if self._launch is not None and (self._launch.pid is None or self._launch.error):
+            result = await self.wait()
+            check_started(
+                self._launch,
+                self._program,
+                timed_out=False,
+                exit_code=result.exit_code,
+                stderr_tail=result.stderr_tail,
+                starter="the run helper",
+            )
+
+    async def send(self, data: bytes) -> None:
+        """Write to its stdin; TransportError once the pipe is closed or broken."""
+        stdin = self._child.proc.stdin
+        if stdin is None or stdin.is_closing():
+            raise TransportError(f"{self._program} is not running")
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise TransportError(f"{self._program} is not running: {exc}") from None
+
+    async def wait(self) -> ProcessResult:
+        """Wait for the exit and (bounded) the rest of its output."""
+        await self._child.exited.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                await asyncio.gather(
+                    asyncio.shield(self._stdout),
+                    asyncio.shield(self._stderr),
+                    return_exceptions=True,
+                )
+        tail = self._tail.decode("utf-8", errors="replace")
+        return ProcessResult(exit_code=self._child.proc.returncode, stderr_tail=tail)
+
+    async def close(self) -> None:
+        """Close its stdin; end every process of it that is left. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._child.close_stdin()
+            if not self._child.helper:
+                # It exits on EOF; the group is signalled only if it does not.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._grace_s):
+                        await self._child.exited.wait()
+            await _stop(self._child, self._grace_s)
+        finally:
+            self._live.discard(self._child)
+            for task in (self._stdout, self._stderr):
+                task.cancel()
+            await asyncio.gather(self._stdout, self._stderr, return_exceptions=True)

@@ -69,7 +69,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from executor.run_helper import HELPER, Launch, kill_words, run_words
+from executor.run_helper import HELPER, Launch, kill_words, run_words, serve_words
 from executor.run_io import (
     CHUNK_BYTES,
     DRAIN_S,
@@ -78,6 +78,8 @@ from executor.run_io import (
     check_started,
     codex_login_status,
     follow,
+    keep_tail,
+    pump_lines,
 )
 from executor.settings import ConfigError, ExecutorSettings
 from executor.ssh_compat import asyncssh
@@ -659,6 +661,37 @@ class SshTransport:
         )
         return ProcessResult(exit_code=process.returncode, stderr_tail=tail, timed_out=timed_out)
 
+    async def start(
+        self,
+        argv: Sequence[str],
+        *,
+        env_overrides: Mapping[str, str],
+        cwd: str | None,
+        on_stdout_line: Callable[[str], None],
+    ) -> SshSession:
+        """Start a long-lived `argv` on the host whose stdin is the channel (the app-server).
+
+        Through the helper's ``serve`` mode: the program reads the channel, exits on its
+        EOF (`SshSession.close`, or a dropped connection), and the helper reaps what it
+        left. Raises SpawnError when the executable or `cwd` does not exist remotely.
+        """
+        if self._state is not _State.OPEN:
+            raise TransportError("transport is closed")
+        tag = uuid.uuid4().hex
+        try:
+            words = serve_words(argv, env_overrides, cwd, tag=tag, grace_s=self._kill_grace_s)
+        except ValueError as exc:
+            raise SpawnError(argv[0] if argv else "(nothing)", str(exc)) from None
+        conn, process = await self._open("exec " + quote_command(words))
+        session = SshSession(self, _Run(conn, process, tag, Launch(on_stdout_line)), argv[0])
+        self._live.add(session.run)
+        try:
+            await session.started()
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
     async def _stop(self, run: _Run) -> None:
         """End every remote process of `run`: the helper's kill mode, then EOF, bounded.
 
@@ -762,3 +795,106 @@ class SshTransport:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_S):
                     await conn.wait_closed()
+
+
+class SshSession:
+    """A long-lived remote process started by `SshTransport.start`."""
+
+    def __init__(self, transport: SshTransport, run: _Run, program: str) -> None:
+        self.run = run
+        self._transport = transport
+        self._program = program
+        self._tail = bytearray()
+        self._marked = asyncio.Event()
+        self._closed = False
+        launch = run.launch
+
+        def feed(line: str) -> None:
+            launch.feed(line)
+            if launch.pid is not None or launch.error is not None:
+                self._marked.set()
+
+        lost = transport._lost
+        process = run.process
+        name = f"SshSession:{run.tag[:8]}"
+        self._stdout = asyncio.create_task(
+            pump_lines(_ChannelReader(process.stdout, lost), feed), name=f"{name}:stdout"
+        )
+        self._stderr = asyncio.create_task(
+            keep_tail(_ChannelReader(process.stderr, lost), self._tail), name=f"{name}:stderr"
+        )
+        for task in (self._stdout, self._stderr):
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    @property
+    def pid(self) -> int | None:
+        """The program's pid on the host, once the helper said it."""
+        return self.run.launch.pid
+
+    async def started(self) -> None:
+        """Return once the program runs; SpawnError when the helper could not start it."""
+        marked = asyncio.ensure_future(self._marked.wait())
+        try:
+            await asyncio.wait((marked, self._stdout), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            marked.cancel()
+        launch = self.run.launch
+        if launch.pid is None or launch.error is not None:
+            result = await self.wait()
+            check_started(
+                launch,
+                self._program,
+                timed_out=False,
+                exit_code=result.exit_code,
+                stderr_tail=result.stderr_tail,
+                starter=f"the remote shell on {self._transport.target.where}",
+            )
+
+    async def send(self, data: bytes) -> None:
+        """Write to the channel; TransportError once it is closed or the connection lost."""
+        stdin = self.run.process.stdin
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (*_CONNECTION_ERRORS, BrokenPipeError, RuntimeError) as exc:
+            raise TransportError(
+                f"{self._program} on {self._transport.target.where}: {exc}"
+            ) from None
+
+    async def wait(self) -> ProcessResult:
+        """Wait until the channel closes and its output is read (bounded)."""
+        process = self.run.process
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            await process.wait_closed()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                await asyncio.gather(
+                    asyncio.shield(self._stdout),
+                    asyncio.shield(self._stderr),
+                    return_exceptions=True,
+                )
+        tail = self._tail.decode("utf-8", errors="replace")
+        if process.exit_status is None and process.exit_signal is None:
+            tail = f"{tail}\nSSH connection to {self._transport.target.where} lost".strip()
+        return ProcessResult(exit_code=process.returncode, stderr_tail=tail)
+
+    async def close(self) -> None:
+        """EOF on its stdin (it exits), then the helper's kill mode for what is left."""
+        if self._closed:
+            return
+        self._closed = True
+        process = self.run.process
+        try:
+            with contextlib.suppress(*_CONNECTION_ERRORS, RuntimeError, OSError):
+                process.stdin.write_eof()
+            with contextlib.suppress(TimeoutError, *_CONNECTION_ERRORS):
+                async with asyncio.timeout(self._transport._kill_grace_s):
+                    await process.wait_closed()
+            if process.exit_status is None and process.exit_signal is None:
+                await self._transport._stop(self.run)
+        finally:
+            self._transport._live.discard(self.run)
+            process.close()
+            for task in (self._stdout, self._stderr):
+                task.cancel()
+            await asyncio.gather(self._stdout, self._stderr, return_exceptions=True)

@@ -410,6 +410,39 @@ async def test_the_pinned_codex_is_the_tested_one(codex_bin: str, tmp_path: Path
     assert version.detail.startswith(f"codex-cli {TESTED_CODEX_VERSION} at ")
 
 
+@pytest.mark.codex
+async def test_the_app_server_engine_reports_its_protocol_check(
+    codex_bin: str, codex_home: Path
+) -> None:
+    """With EXEC_ENGINE=app-server doctor checks the binary's protocol: ok for the pinned one."""
+    checks = await check_codex(
+        executor(CODEX_BIN=codex_bin, CODEX_HOME=codex_home, EXEC_ENGINE="app-server")
+    )
+    assert [c.name for c in checks] == ["codex", "codex login", "codex app-server"]
+    assert checks[2].status == "ok", checks[2]
+    assert checks[2].detail == f"app-server protocol matches codex {TESTED_CODEX_VERSION}"
+
+
+async def test_an_app_server_that_cannot_describe_its_protocol_fails(tmp_path: Path) -> None:
+    """A codex whose app-server gives no schema: FAIL naming the tested version and the fix."""
+    fake = tmp_path / "codex"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in --version) echo "codex-cli {TESTED_CODEX_VERSION}";; '
+        'login) echo "Logged in using an API key" >&2;; '
+        "*) echo 'unknown command' >&2; exit 2;; esac\n"
+    )
+    fake.chmod(0o755)
+    checks = await check_codex(
+        executor(CODEX_BIN=str(fake), CODEX_HOME=tmp_path, EXEC_ENGINE="app-server")
+    )
+    protocol = checks[-1]
+    assert protocol.name == "codex app-server" and protocol.failed
+    assert f"codex {TESTED_CODEX_VERSION}" in protocol.detail
+    assert "unknown command" in protocol.detail
+    assert "EXEC_ENGINE=exec" in protocol.fix
+
+
 async def test_codex_over_ssh_is_skipped() -> None:
     """With EXEC_TRANSPORT=ssh codex is not here: skip, and say where to run the doctor."""
     checks = await check_codex(

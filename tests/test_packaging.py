@@ -103,3 +103,8 @@ def test_a_regular_install_serves_the_monitor(wheel: Path, tmp_path: Path) -> No
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_the_wheel_carries_the_app_server_protocol_fingerprint(wheel: Path) -> None:
+    """The app-server protocol fingerprint the engine reads at start is in the wheel."""
+    assert "executor/appserver_schema.json" in zipfile.ZipFile(wheel).namelist()

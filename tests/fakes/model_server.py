@@ -53,9 +53,11 @@ class RecordedRequest:
 
 @dataclass
 class _Reply:
-    kind: str  # "text" | "exec" | "status" | "hang"
+    kind: str  # "text" | "exec" | "patch" | "status" | "hang" | "stall" | "gated"
     text: str = ""
     status: int = 200
+    justification: str = ""  # an exec that asks for escalated permissions, and why
+    gate: asyncio.Event | None = None
 
 
 def _sse(event_type: str, payload: dict[str, Any]) -> bytes:
@@ -91,15 +93,43 @@ def text_frames(text: str) -> list[bytes]:
     ]
 
 
-def exec_frames(cmd: str) -> list[bytes]:
-    """The frames of a turn that asks codex to run `cmd` with its `exec_command` tool."""
+def exec_frames(cmd: str, justification: str = "") -> list[bytes]:
+    """The frames of a turn that asks codex to run `cmd` with its `exec_command` tool.
+
+    With a `justification` the call asks to run outside the sandbox
+    (``sandbox_permissions: require_escalated``), which codex's app-server turns into an
+    approval request; ``login: false`` keeps the approved command out of a login shell.
+    """
     resp_id = f"resp_{uuid.uuid4().hex}"
+    arguments: dict[str, Any] = {"cmd": cmd}
+    if justification:
+        arguments.update(
+            sandbox_permissions="require_escalated", justification=justification, login=False
+        )
     item = {
         "type": "function_call",
         "id": f"fc_{uuid.uuid4().hex}",
         "call_id": f"call_{uuid.uuid4().hex}",
         "name": "exec_command",
-        "arguments": json.dumps({"cmd": cmd}),
+        "arguments": json.dumps(arguments),
+        "status": "completed",
+    }
+    return [
+        _sse("response.created", {"response": {"id": resp_id}}),
+        _sse("response.output_item.done", {"output_index": 0, "item": item}),
+        _sse("response.completed", {"response": {"id": resp_id, "usage": _usage()}}),
+    ]
+
+
+def patch_frames(patch: str) -> list[bytes]:
+    """The frames of a turn that asks codex to apply `patch` with its `apply_patch` tool."""
+    resp_id = f"resp_{uuid.uuid4().hex}"
+    item = {
+        "type": "custom_tool_call",
+        "id": f"ctc_{uuid.uuid4().hex}",
+        "call_id": f"call_{uuid.uuid4().hex}",
+        "name": "apply_patch",
+        "input": patch,
         "status": "completed",
     }
     return [
@@ -139,6 +169,28 @@ class StubModelServer:
         """Ask codex to run `cmd`, then answer its follow-up request with `then`."""
         self._script.append(_Reply("exec", cmd))
         self._script.append(_Reply("text", then))
+
+    def reply_escalated_exec(self, cmd: str, justification: str, then: str) -> None:
+        """Ask codex to run `cmd` outside the sandbox (an approval request under the
+        app-server), then answer its follow-up request with `then`."""
+        self._script.append(_Reply("exec", cmd, justification=justification))
+        self._script.append(_Reply("text", then))
+
+    def reply_patch(self, patch: str, then: str) -> None:
+        """Ask codex to apply `patch` (apply_patch's format), then answer with `then`."""
+        self._script.append(_Reply("patch", patch))
+        self._script.append(_Reply("text", then))
+
+    def reply_stall(self) -> None:
+        """Start streaming the next answer (headers, ``response.created``), then stall
+        until the server closes; codex drops such a stream on `turn/steer`."""
+        self._script.append(_Reply("stall"))
+
+    def reply_gated(self, text: str) -> asyncio.Event:
+        """Answer the next request with `text` once the returned Event is set."""
+        gate = asyncio.Event()
+        self._script.append(_Reply("gated", text, gate=gate))
+        return gate
 
     def reply_status(self, status: int = 500, text: str = "stub says no") -> None:
         """Answer the next request with a plain HTTP error."""
@@ -187,7 +239,28 @@ class StubModelServer:
             return web.Response(status=503)
         if reply.kind == "status":
             return error_response(reply.text, reply.status)
-        frames = exec_frames(reply.text) if reply.kind == "exec" else text_frames(reply.text)
+        if reply.kind == "stall":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(_sse("response.created", {"response": {"id": "resp_stall"}}))
+            await self._release.wait()
+            return response
+        if reply.gate is not None:
+            waits = (
+                asyncio.ensure_future(reply.gate.wait()),
+                asyncio.ensure_future(self._release.wait()),
+            )
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if reply.kind == "exec":
+            frames = exec_frames(reply.text, reply.justification)
+        elif reply.kind == "patch":
+            frames = patch_frames(reply.text)
+        else:
+            frames = text_frames(reply.text)
         return await stream(request, frames)
 
 
