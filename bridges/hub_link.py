@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hub.credentials import node_token
 from hub.node_client import NodeClient, NotConnected
 from hub.settings import NodeSettings
 
@@ -84,7 +85,9 @@ class HubLink:
         return {
             "type": "hello",
             "role": "bridge",
-            "token": self.settings.hub_token.get_secret_value(),
+            "token": node_token(
+                self.settings.hub_token.get_secret_value(), self.settings.hub_db, self.platform
+            ),
             "node_id": self.node_id,
             "name": self.node_id,
             "platform": self.platform,

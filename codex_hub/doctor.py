@@ -50,8 +50,9 @@ from executor.codex import TESTED_CODEX_VERSION, resolve_codex_bin
 from executor.settings import ExecutorSettings
 from executor.transport import SpawnError
 from executor.transport_local import LocalTransport
+from hub.credentials import credentials_path, node_token
 from hub.logs import redact, register_secret, register_settings_secrets
-from hub.protocol import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED
+from hub.protocol import CLOSE_BAD_HELLO, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 
 if TYPE_CHECKING:  # imported lazily at run time: a build may ship without the bridges
     from bridges.slack.settings import SlackSettings
@@ -304,7 +305,14 @@ def check_clis(settings: ExecutorSettings, environ: Mapping[str, str]) -> list[C
 async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TIMEOUT_S) -> Check:
     """Open ``HUB_URL``, say hello as a capacity-0 executor, expect ``welcome``, close."""
     url = settings.hub_url
-    token = settings.hub_token.get_secret_value()
+    configured = settings.hub_token.get_secret_value()
+    token = node_token(configured, settings.hub_db, "executor")
+    if configured:
+        shown_token = f"HUB_TOKEN {mask(token)}"
+    elif token:
+        shown_token = f"the executor credential in {credentials_path(settings.hub_db)}"
+    else:
+        shown_token = "no HUB_TOKEN"
     hello = {
         "type": "hello",
         "role": "executor",
@@ -336,7 +344,7 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
             "set HUB_URL to the hub's node endpoint, ending in /ws (ws://HOST:PORT/ws)",
         )
     except ConnectionClosed as exc:
-        return _closed(url, exc, token)
+        return _closed(url, exc, shown_token)
     except (InvalidHandshake, ValueError) as exc:
         return _fail("hub", f"{url}: not a codex-hub hub ({type(exc).__name__})", start_fix)
     except OSError as exc:
@@ -346,20 +354,19 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
     if not isinstance(frame, dict) or frame.get("type") != "welcome":
         kind = frame.get("type") if isinstance(frame, dict) else type(frame).__name__
         return _fail("hub", f"{url} answered {kind!r} instead of welcome", start_fix)
-    shown = f"HUB_TOKEN {mask(token)}" if token else "no HUB_TOKEN"
-    return Check("hub", "ok", f"{url} welcomed this node ({shown})")
+    return Check("hub", "ok", f"{url} welcomed this node ({shown_token})")
 
 
-def _closed(url: str, exc: ConnectionClosed, token: str) -> Check:
+def _closed(url: str, exc: ConnectionClosed, shown: str) -> Check:
     code = exc.rcvd.code if exc.rcvd is not None else None
     reason = exc.rcvd.reason if exc.rcvd is not None else ""
     said = f"closed with {code}" + (f" ({reason})" if reason else "")
-    if code == CLOSE_UNAUTHORIZED:
-        shown = f"HUB_TOKEN {mask(token)}" if token else "an empty HUB_TOKEN"
+    if code in (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN):
         return _fail(
             "hub",
             f"{url} refused {shown}: {said}",
-            "set HUB_TOKEN to the hub's value (the HUB_TOKEN the hub was started with)",
+            "set HUB_TOKEN to this executor's credential: the output of "
+            "`codex-hub token executor` where the hub runs",
         )
     if code == CLOSE_BAD_HELLO:
         return _fail(

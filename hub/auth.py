@@ -124,9 +124,11 @@ def _client_of(remote: str) -> str:
 class AuthFailures:
     """Failed authentications per client address, in a sliding window.
 
-    An address with ``limit`` failures in the last ``window_s`` seconds is refused
-    without its credentials being checked, until the oldest of them leaves the window.
-    Refused attempts do not count; successful ones are not slowed. ``limit`` 0 turns
+    Only wrong credentials count, never a missing one. An address with ``limit``
+    failures in the last ``window_s`` seconds has its further wrong ones refused (429,
+    close 4029) until the oldest leaves the window; a right credential from it is still
+    let in (a neighbour's wrong guesses must not lock the owner out), and refused
+    attempts do not count. ``limit`` 0 turns
     it off. ``clock`` is injectable for tests; at most ``max_clients`` addresses are
     remembered (the stalest are forgotten first).
     """
@@ -190,9 +192,12 @@ class AuthFailures:
 
 
 def make_auth_middleware(keys: list[str], limiter: RateLimiter, failures: AuthFailures) -> Any:
-    """Refuse API calls without a valid Bearer key when ``HUB_API_KEYS`` is set.
+    """Refuse API calls without a valid Bearer key (``keys``: the effective API keys).
 
-    An address with too many failures is refused (429) before its key is checked.
+    A valid key is always let in, whatever the limit on failures says; a wrong one is
+    counted against its address, and refused with 429 once the address has too many.
+    A request with no key at all is refused (401) without being counted: any web page
+    can send those, and they must not lock the right key out.
     """
 
     @web.middleware
@@ -201,22 +206,14 @@ def make_auth_middleware(keys: list[str], limiter: RateLimiter, failures: AuthFa
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in SELF_AUTH_PATHS:
             return await handler(request)
         key = bearer(request)
-        if keys:
-            client = failures.client(request)
-            refused = failures.refusal(client)
-            if refused is not None:
-                reason, seconds = refused
-                raise RateLimited(
-                    f"{reason}; the key was not checked",
-                    code="too_many_auth_failures",
-                    headers={"Retry-After": str(seconds)},
-                )
-            if not key_matches(key, keys):
-                failures.failed(client)
-                raise Unauthorized(
-                    "missing or invalid API key: send 'Authorization: Bearer <key>' "
-                    "with one of the keys in HUB_API_KEYS"
-                )
+        if keys and not key_matches(key, keys):
+            if key:
+                check_wrong_credential(failures, failures.client(request))
+            raise Unauthorized(
+                "missing or invalid API key: send 'Authorization: Bearer <key>' with one "
+                "of the hub's API keys (HUB_API_KEYS, or the api_key in the hub's "
+                "credentials file)"
+            )
         wait = limiter.check(key or request.remote or "")
         if wait > 0:
             raise RateLimited(
@@ -226,3 +223,14 @@ def make_auth_middleware(keys: list[str], limiter: RateLimiter, failures: AuthFa
         return await handler(request)
 
     return auth_middleware
+
+
+def check_wrong_credential(failures: AuthFailures, client: str) -> None:
+    """Count a wrong API key from ``client``; raise 429 instead when it has too many."""
+    refused = failures.refusal(client)
+    if refused is not None:
+        reason, seconds = refused
+        raise RateLimited(
+            reason, code="too_many_auth_failures", headers={"Retry-After": str(seconds)}
+        )
+    failures.failed(client)

@@ -219,7 +219,8 @@ async def test_broken_setup_names_each_fix(
     assert f"CODEX_HOME={codex_home_logged_out}" in login[1]
     assert checks["hub"][0].startswith("FAIL") and "4001" in checks["hub"][0]
     assert checks["hub"][1] == (
-        "fix: set HUB_TOKEN to the hub's value (the HUB_TOKEN the hub was started with)"
+        "fix: set HUB_TOKEN to this executor's credential: the output of "
+        "`codex-hub token executor` where the hub runs"
     )
     assert "invalid_auth" in checks["slack bot token"][0]
     assert "set SLACK_BOT_TOKEN to the Bot User OAuth Token" in checks["slack bot token"][1]
@@ -331,16 +332,20 @@ async def test_hub_that_never_welcomes_is_timed_out() -> None:
 
 
 async def test_hub_without_token_says_so(hub_settings: Any) -> None:
-    """A hub and node without HUB_TOKEN pass, and the line says there is no token."""
+    """A hub and node without HUB_TOKEN pass with the credential the hub wrote beside its
+    store, and the line names that file."""
     from hub.app import HubServer
 
     server = HubServer(hub_settings.model_copy(update={"token": SecretStr("")}))
     await server.start()
     try:
-        check = await check_hub(executor(HUB_URL=ws_url(server)))
+        check = await check_hub(executor(HUB_URL=ws_url(server), HUB_DB=hub_settings.db))
     finally:
         await server.close()
-    assert check.status == "ok" and "no HUB_TOKEN" in check.detail
+    assert check.status == "ok", check.detail
+    assert f"the executor credential in {hub_settings.db.with_suffix('.credentials')}" in (
+        check.detail
+    )
 
 
 # --- codex ----------------------------------------------------------------------------
