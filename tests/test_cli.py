@@ -26,10 +26,10 @@ def run_cli(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedP
 
 
 def test_every_documented_subcommand_exists() -> None:
-    """The parser offers exactly the commands DESIGN.md promises."""
+    """The parser offers exactly the commands DESIGN.md promises, and `token`."""
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"up", "serve", "executor", "bridge", "exec", "doctor"}
+    assert set(sub.choices) == {"up", "serve", "executor", "bridge", "exec", "doctor", "token"}
 
 
 def test_exec_prints_only_the_answer(tmp_path: Path) -> None:
