@@ -50,6 +50,9 @@ NON_SETTINGS: dict[str, str] = {
     "KUBECONFIG": ".env.sample (commented): read by kubectl, which codex may run",
     "AWS_PROFILE": ".env.sample (commented): read by aws, which codex may run",
     "COMPOSE_PROFILES": ".env.sample (commented): read by docker compose to pick the bridges",
+    "HUB_EXECUTOR_TOKEN": "compose.yaml: the executor's credential, given to it as HUB_TOKEN",
+    "HUB_SLACK_TOKEN": "compose.yaml: the Slack bridge's credential, given to it as HUB_TOKEN",
+    "HUB_TELEGRAM_TOKEN": "compose.yaml: the Telegram bridge's credential, as its HUB_TOKEN",
 }
 
 #: The commands of DESIGN.md, used only while codex_hub/cli.py does not exist.

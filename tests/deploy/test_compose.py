@@ -108,3 +108,14 @@ def test_state_lives_on_named_volumes(compose: dict) -> None:
             path = env[setting]
             directory = posixpath.dirname(path) if setting == "HUB_DB" else path
             assert directory in mounts, f"{name}: {setting}={path} is not on a volume"
+
+
+@pytest.mark.parametrize("name", NODES)
+def test_each_node_presents_its_own_credential(compose: dict, name: str) -> None:
+    """A node's HUB_TOKEN is its own credential (`codex-hub token ROLE`, in .env as
+    HUB_<ROLE>_TOKEN), falling back to the hub's secret only while that is unset."""
+    env = c.service_environment(compose["services"][name])
+    assert env["HUB_TOKEN"] == f"${{HUB_{name.upper()}_TOKEN:-${{HUB_TOKEN:-}}}}"
+    assert "HUB_TOKEN" not in c.service_environment(compose["services"]["hub"])
+    text = c.COMPOSE.read_text()
+    assert "hub codex-hub token executor" in text and f"HUB_{name.upper()}_TOKEN=" in text

@@ -63,11 +63,29 @@ def test_env_names_are_settings(docs: list[dict]) -> None:
 
 
 def test_example_secret_holds_no_real_secret(docs: list[dict]) -> None:
-    """The example Secret only has placeholders or empty values for credentials."""
-    secret = by_kind(docs, "Secret")["codex-hub"]
-    for key, value in secret["stringData"].items():
-        if "TOKEN" in key or "KEY" in key:
-            assert value in ("", "REPLACE_ME"), key
+    """The example Secrets only have placeholders or empty values for credentials."""
+    secrets = by_kind(docs, "Secret")
+    assert "codex-hub" in secrets
+    for secret in secrets.values():
+        for key, value in secret["stringData"].items():
+            if "TOKEN" in key or "KEY" in key:
+                assert value in ("", "REPLACE_ME"), key
+
+
+@pytest.mark.parametrize("role", ["executor", "slack", "telegram"])
+def test_each_node_presents_its_own_credential(docs: list[dict], role: str) -> None:
+    """A node's HUB_TOKEN comes from its own Secret (`codex-hub token ROLE`), which the
+    example shows and the README makes; the hub keeps the secret it derives from."""
+    name = f"codex-hub-{role}"
+    container = by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+    token = next(e for e in container["env"] if e["name"] == "HUB_TOKEN")
+    ref = token["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (name, "HUB_TOKEN")
+    assert set(by_kind(docs, "Secret")[name]["stringData"]) == {"HUB_TOKEN"}
+    readme = (c.K8S / "README.md").read_text()
+    assert 'codex-hub token "$role"' in readme and "codex-hub-$role" in readme
+    hub = by_kind(docs, "Deployment")["codex-hub"]["spec"]["template"]["spec"]["containers"][0]
+    assert all(e["name"] != "HUB_TOKEN" for e in hub["env"])
 
 
 def test_pods_read_the_secret() -> None:
