@@ -257,7 +257,7 @@ def _schemas(model_name: str) -> dict[str, Schema]:
 #: Why each error status is answered, for the document's reader.
 ERRORS = {
     "400": "The request is malformed: body, parameter or header (OpenAI's envelope).",
-    "401": "Missing or wrong API key (HUB_API_KEYS).",
+    "401": "Missing or wrong API key (HUB_API_KEYS, or the one the hub generated).",
     "404": "No such model or run.",
     "408": "The body did not arrive in time.",
     "409": "The run was cancelled, or had already ended.",
@@ -586,7 +586,11 @@ def document(settings: HubSettings) -> dict[str, Any]:
     }
     if keyed:
         doc["components"]["securitySchemes"] = {
-            "apiKey": {"type": "http", "scheme": "bearer", "description": "A key of HUB_API_KEYS."}
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A key of HUB_API_KEYS, or the api_key the hub generated.",
+            }
         }
         doc["security"] = [{"apiKey": []}]
     return doc

@@ -133,6 +133,5 @@ def test_running_without_a_key_is_explicit_loud_and_loopback_only(
         hub = HubServer(bare_settings(tmp_path, HUB_AUTH="none"))
     assert hub.settings.api_keys == [] and hub.signin_url is None
     assert any(
-        r.levelno == logging.WARNING and "WITHOUT ANY KEY" in r.getMessage()
-        for r in caplog.records
+        r.levelno == logging.WARNING and "WITHOUT ANY KEY" in r.getMessage() for r in caplog.records
     )

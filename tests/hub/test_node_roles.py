@@ -120,9 +120,7 @@ async def test_a_bridge_cannot_read_cancel_or_reset_another_platforms_or_an_http
         aiohttp.ClientSession() as s,
     ):
         tg_run = (await submit(tg, "telegram work", "telegram:7:0:0"))["run_id"]
-        call = asyncio.create_task(
-            post_chat(s, hub, "http work", headers={"X-Session-Id": "s1"})
-        )
+        call = asyncio.create_task(post_chat(s, hub, "http work", headers={"X-Session-Id": "s1"}))
         own_run = (await submit(slack, "slack work", "T1:C1:1.0"))["run_id"]
         await until(hub, lambda: len(router.session_active) == 3)
         http_key = next(k for k in router.session_active if k.startswith("http:"))
@@ -249,8 +247,10 @@ async def test_a_run_past_its_event_caps_fails_clearly(
             await ex.finish(run_id, "forged late answer")
             await ex.wait_type("result_ack", run_id=run_id)
             stored = await store.get_run(run_id)
-            assert stored is not None and stored.state == "failed" and stored.answer != (
-                "forged late answer"
+            assert (
+                stored is not None
+                and stored.state == "failed"
+                and stored.answer != "forged late answer"
             )
             codex_events = [e for e in await store.get_events(run_id) if e["kind"] == "codex"]
             assert len(codex_events) == len(events) - 1
