@@ -23,6 +23,9 @@ from hub.appkeys import ROUTER
 from hub.credentials import CredentialsError, credentials_path, derive, node_token
 from hub.settings import HubSettings
 
+#: A key set in HUB_API_KEYS (long: the hub masks every key it knows in what it logs).
+CONFIGURED_KEY = "configured-api-key-0123456789"
+
 
 def bare_settings(tmp_path: Path, **values: Any) -> HubSettings:
     """Hub settings with neither HUB_TOKEN nor HUB_API_KEYS: what `make run` starts with."""
@@ -63,10 +66,12 @@ async def test_a_first_start_writes_a_private_credentials_file_and_a_second_reus
 async def test_configured_credentials_are_used_and_no_file_is_written(tmp_path: Path) -> None:
     """HUB_TOKEN and HUB_API_KEYS set: they are the credentials, nothing is generated and
     no sign-in link is offered (the key is the operator's to hand out)."""
-    settings = bare_settings(tmp_path, HUB_TOKEN="a-configured-secret-123", HUB_API_KEYS="k-1")
+    settings = bare_settings(
+        tmp_path, HUB_TOKEN="a-configured-secret-123", HUB_API_KEYS=CONFIGURED_KEY
+    )
     async with HubServer(settings) as hub:
         assert hub.credentials is None and hub.signin_url is None
-        assert hub.settings.api_keys == ["k-1"]
+        assert hub.settings.api_keys == [CONFIGURED_KEY]
     assert not credentials_path(settings.db).exists()
 
 
@@ -128,7 +133,7 @@ def test_running_without_a_key_is_explicit_loud_and_loopback_only(
         with pytest.raises(ValidationError, match="HUB_AUTH=none"):
             bare_settings(tmp_path, HUB_HOST=host, HUB_AUTH="none", HUB_TOKEN="t" * 20)
     with pytest.raises(ValidationError, match="HUB_AUTH=none and HUB_API_KEYS"):
-        bare_settings(tmp_path, HUB_AUTH="none", HUB_API_KEYS="k-1")
+        bare_settings(tmp_path, HUB_AUTH="none", HUB_API_KEYS=CONFIGURED_KEY)
     with caplog.at_level(logging.WARNING, logger="hub.credentials"):
         hub = HubServer(bare_settings(tmp_path, HUB_AUTH="none"))
     assert hub.settings.api_keys == [] and hub.signin_url is None
