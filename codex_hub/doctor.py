@@ -50,7 +50,7 @@ from executor.codex import TESTED_CODEX_VERSION, resolve_codex_bin
 from executor.settings import ExecutorSettings
 from executor.transport import SpawnError
 from executor.transport_local import LocalTransport
-from hub.credentials import credentials_path, node_token
+from hub.credentials import BRIDGE_PLATFORMS, credentials_path, looks_derived, node_token
 from hub.logs import redact, register_secret, register_settings_secrets
 from hub.protocol import CLOSE_BAD_HELLO, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 
@@ -344,7 +344,7 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
             "set HUB_URL to the hub's node endpoint, ending in /ws (ws://HOST:PORT/ws)",
         )
     except ConnectionClosed as exc:
-        return _closed(url, exc, shown_token)
+        return _closed(url, exc, shown_token, token)
     except (InvalidHandshake, ValueError) as exc:
         return _fail("hub", f"{url}: not a codex-hub hub ({type(exc).__name__})", start_fix)
     except OSError as exc:
@@ -357,10 +357,15 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
     return Check("hub", "ok", f"{url} welcomed this node ({shown_token})")
 
 
-def _closed(url: str, exc: ConnectionClosed, shown: str) -> Check:
+def _closed(url: str, exc: ConnectionClosed, shown: str, token: str) -> Check:
     code = exc.rcvd.code if exc.rcvd is not None else None
     reason = exc.rcvd.reason if exc.rcvd is not None else ""
     said = f"closed with {code}" + (f" ({reason})" if reason else "")
+    role = token.partition(".")[0] if looks_derived(token) else ""
+    if code == CLOSE_FORBIDDEN and role in BRIDGE_PLATFORMS:
+        # The doctor says hello as an executor; a bridge's credential is right, just not
+        # for runs (and the doctor must not pose as a bridge: it would take its replies).
+        return Check("hub", "ok", f"{url} knows {shown}, the {role} bridge's credential")
     if code in (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN):
         return _fail(
             "hub",

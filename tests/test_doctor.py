@@ -35,7 +35,7 @@ from codex_hub.doctor import (
 )
 from executor.codex import TESTED_CODEX_VERSION
 from executor.settings import ExecutorSettings
-from tests.conftest import NODE_TOKEN, ws_url
+from tests.conftest import NODE_TOKEN, node_token, ws_url
 from tests.fakes.chat_model import CHAT_API_KEY, CHAT_MODEL, StubChatModel
 from tests.fakes.model_server import STUB_API_KEY
 from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, FakeSlack
@@ -572,3 +572,22 @@ def test_render_puts_fix_under_failures_and_counts() -> None:
         "skip  c: off\n"
         "doctor: 1 ok, 1 FAIL, 1 skip: fix the FAIL lines above\n"
     )
+
+
+@pytest.mark.parametrize("role", ["executor", "slack"])
+async def test_a_role_credential_is_recognised(hub: Any, role: str) -> None:
+    """An executor's credential is welcomed; a bridge's is known to the hub, and said so,
+    though the doctor's executor hello gets no runs with it."""
+    check = await check_hub(executor(HUB_URL=ws_url(hub), HUB_TOKEN=node_token(role)))
+    assert check.status == "ok", check.detail
+    if role == "slack":
+        assert "the slack bridge's credential" in check.detail
+
+
+async def test_a_credential_of_another_hub_is_refused(hub: Any) -> None:
+    """A credential derived from another hub's secret is refused with its fix."""
+    from hub.credentials import derive
+
+    token = derive("another-hubs-secret-0123456789", "slack")
+    check = await check_hub(executor(HUB_URL=ws_url(hub), HUB_TOKEN=token))
+    assert check.failed and "4001" in check.detail and "codex-hub token executor" in check.fix
