@@ -34,7 +34,8 @@ Connection
 
 The hub gives every run a deadline: the executor's ``timeout_s`` (else
 ``HUB_RUN_TIMEOUT_S``) plus ``HUB_RUN_GRACE_S`` from its assignment. Past it, or past
-``HUB_RUN_MAX_EVENTS`` events or ``HUB_RUN_MAX_EVENT_BYTES`` bytes of events, the hub
+``HUB_RUN_MAX_EVENTS`` events (``state`` frames included) or
+``HUB_RUN_MAX_EVENT_BYTES`` bytes of them, the hub
 sends ``cancel`` and ends the run itself (``timed_out`` with code ``hub_deadline``;
 ``failed`` with ``too_many_events`` or ``too_many_event_bytes``).
 

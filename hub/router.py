@@ -775,7 +775,12 @@ class Router:
 
     def _on_state(self, link: Link, frame: StateFrame) -> None:
         live = self._owned(link, frame.run_id)
-        if live is None:
+        if live is None or live.over_limit:
+            return
+        # Each state is stored as an event too: it counts against the same caps.
+        live.events += 1
+        live.event_bytes += len(frame.state) + len(frame.effective_prompt or "")
+        if self._over_limit(live):
             return
         run = live.run
         run.state = frame.state

@@ -214,20 +214,27 @@ async def test_an_executor_that_tells_no_timeout_gets_the_hubs(
             assert run.state == "timed_out" and run.error["code"] == "hub_deadline"
 
 
+#: What each case sends after its first state; what is stored of it all (that state
+#: included) is the cap of 5 events, or what came before the 4096 bytes were passed.
 @pytest.mark.parametrize(
-    ("events", "code"),
+    ("events", "code", "kept"),
     [
-        ([{"kind": "codex", "n": n} for n in range(6)], "too_many_events"),
-        ([{"kind": "codex", "data": "x" * 1500} for _ in range(3)], "too_many_event_bytes"),
+        ([{"kind": "codex", "n": n} for n in range(6)], "too_many_events", 5),
+        ([{"kind": "codex", "data": "x" * 1500} for _ in range(3)], "too_many_event_bytes", 3),
+        ([{"state": "running"} for _ in range(5)], "too_many_events", 5),
     ],
-    ids=["count", "bytes"],
+    ids=["count", "bytes", "states"],
 )
 async def test_a_run_past_its_event_caps_fails_clearly(
-    limited_hub_settings: Any, fake_executor: Any, events: list[dict[str, Any]], code: str
+    limited_hub_settings: Any,
+    fake_executor: Any,
+    events: list[dict[str, Any]],
+    code: str,
+    kept: int,
 ) -> None:
-    """Past HUB_RUN_MAX_EVENTS events or HUB_RUN_MAX_EVENT_BYTES bytes, the run is
-    cancelled on its executor and fails with a code naming the cap; nothing past the cap
-    is stored, and the executor's late result changes nothing."""
+    """Past HUB_RUN_MAX_EVENTS events (states included) or HUB_RUN_MAX_EVENT_BYTES bytes,
+    the run is cancelled on its executor and fails with a code naming the cap; nothing
+    past the cap is stored, and the executor's late result changes nothing."""
     async with HubServer(limited_hub_settings) as hub:
         router, store = hub.app[ROUTER], hub.app[STORE]
         async with fake_executor(ws_url(hub), token=node_token("executor")) as ex:
@@ -236,7 +243,10 @@ async def test_a_run_past_its_event_caps_fails_clearly(
             await ex.wait_type("assign", run_id=run_id)
             await ex.start_run(run_id)
             for seq, event in enumerate(events, 1):
-                await ex.event(run_id, seq, **event)
+                if "state" in event:
+                    await ex.start_run(run_id, effective_prompt="p")
+                else:
+                    await ex.event(run_id, seq, **event)
             await ex.event(run_id, len(events) + 1, kind="codex", n="after the cap")
             run = await asyncio.wait_for(ticket.done, 10)
             assert run.state == "failed" and run.error is not None
@@ -252,5 +262,7 @@ async def test_a_run_past_its_event_caps_fails_clearly(
                 and stored.state == "failed"
                 and stored.answer != "forged late answer"
             )
-            codex_events = [e for e in await store.get_events(run_id) if e["kind"] == "codex"]
-            assert len(codex_events) == len(events) - 1
+            stored_events = await store.get_events(run_id)
+            codex_events = [e for e in stored_events if e["kind"] == "codex"]
+            states = [e for e in stored_events if e.get("state") == "running"]
+            assert len(codex_events) + len(states) == kept
