@@ -128,9 +128,8 @@ class AuthFailures:
     failures in the last ``window_s`` seconds has its further wrong ones refused (429,
     close 4029) until the oldest leaves the window; a right credential from it is still
     let in (a neighbour's wrong guesses must not lock the owner out), and refused
-    attempts do not count. ``limit`` 0 turns
-    it off. ``clock`` is injectable for tests; at most ``max_clients`` addresses are
-    remembered (the stalest are forgotten first).
+    attempts do not count. ``limit`` 0 turns it off. ``clock`` is injectable for tests;
+    at most ``max_clients`` addresses are remembered (the stalest are forgotten first).
     """
 
     def __init__(
