@@ -51,6 +51,7 @@ from bench.common import (
     wait_quiet,
     wait_ready,
 )
+from hub.credentials import derive
 
 NAME = "hub"
 TITLE = "Hub: added latency and sustained throughput"
@@ -530,7 +531,7 @@ async def running_hub(
         [*argv, "executor"],
         env=clean_env(
             HUB_URL=f"ws://127.0.0.1:{port}/ws",
-            HUB_TOKEN=token,
+            HUB_TOKEN=derive(token, "executor"),
             EXEC_DRY_RUN="true",
             EXEC_CONCURRENCY="128",
             EXEC_WORKDIR=str(tmp),

@@ -66,6 +66,7 @@ from bench.common import (
     wait_quiet,
     wait_ready,
 )
+from hub.credentials import derive
 
 if TYPE_CHECKING:
     from tests.fakes.slack import FakeSlack, SlackCall
@@ -191,10 +192,22 @@ async def running_system(tmp: Path, fake: FakeSlack, *, embedded: bool) -> Async
         up = proc("up", [codex_hub, "up"], **hub_env, **executor_env, **_slack_env(fake))
         system = System([up], up, f"http://127.0.0.1:{port}", db, embedded=True)
     else:
-        node = {"HUB_URL": hub_url, "HUB_TOKEN": token}
+        node = {"HUB_URL": hub_url}
         hub = proc("hub", [codex_hub, "serve"], **hub_env)
-        executor = proc("executor", [codex_hub, "executor"], **node, **executor_env)
-        bridge = proc("bridge", [codex_hub, "bridge", "slack"], **node, **_slack_env(fake))
+        executor = proc(
+            "executor",
+            [codex_hub, "executor"],
+            **node,
+            HUB_TOKEN=derive(token, "executor"),
+            **executor_env,
+        )
+        bridge = proc(
+            "bridge",
+            [codex_hub, "bridge", "slack"],
+            **node,
+            HUB_TOKEN=derive(token, "slack"),
+            **_slack_env(fake),
+        )
         system = System([hub, executor, bridge], bridge, f"http://127.0.0.1:{port}", db, False)
     with contextlib.ExitStack() as stack:
         for part in system.procs:

@@ -59,6 +59,7 @@ from bench.common import (
     wait_quiet,
     wait_ready,
 )
+from hub.credentials import derive
 
 if TYPE_CHECKING:
     from tests.fakes.telegram import FakeTelegram
@@ -145,7 +146,7 @@ async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]
         "executor",
         [codex_hub, "executor"],
         HUB_URL=hub_url,
-        HUB_TOKEN=token,
+        HUB_TOKEN=derive(token, "executor"),
         EXEC_DRY_RUN="true",
         EXEC_CONCURRENCY="64",
         EXEC_WORKDIR=str(tmp),
@@ -155,7 +156,7 @@ async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]
         "bridge",
         [codex_hub, "bridge", "telegram"],
         HUB_URL=hub_url,
-        HUB_TOKEN=token,
+        HUB_TOKEN=derive(token, "telegram"),
         TELEGRAM_BOT_TOKEN=fake.token,
         TELEGRAM_API_BASE_URL=fake.base_url,
         TELEGRAM_ALLOWED_USERS="*",

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.credentials import node_token
 from hub.node_client import NodeClient, NotConnected
 from hub.settings import NodeSettings
 
@@ -137,7 +138,9 @@ class HubLink:
         return {
             "type": "hello",
             "role": "bridge",
-            "token": self.settings.hub_token.get_secret_value(),
+            "token": node_token(
+                self.settings.hub_token.get_secret_value(), self.settings.hub_db, self.platform
+            ),
             "node_id": self.node_id,
             "name": self.node_id,
             "platform": self.platform,

@@ -19,11 +19,21 @@ from typing import Any
 from pydantic import ValidationError
 
 from bridges.common import BridgeError
+from hub.credentials import (
+    ROLES,
+    CredentialsError,
+    credentials_path,
+    derive,
+    load_or_create,
+    looks_derived,
+    node_token,
+)
 from hub.logs import configure_logging, register_settings_secrets
 from hub.process import freeze_startup_heap, loop_factory, make_undumpable
 from hub.settings import (
     HubSettings,
     LogSettings,
+    NodeSettings,
     SecretFileError,
     seal_secret_environment,
     sealed_secret_environment,
@@ -95,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("prompt", help="what codex should do (one argument; quote it)")
     sub.add_parser("doctor", parents=[env], help="check codex, CLIs, the hub and tokens")
+    token = sub.add_parser(
+        "token",
+        parents=[env],
+        help="print a node's credential (its HUB_TOKEN), derived from the hub's secret",
+        description="Print the credential a node of ROLE presents as its HUB_TOKEN. Run it "
+        "where the hub runs: the hub's secret is its HUB_TOKEN, or the one it generated "
+        "beside HUB_DB (generated now if the hub has not started yet).",
+    )
+    token.add_argument("role", choices=ROLES, help="executor, or the bridge's platform")
     return parser
 
 
@@ -200,6 +219,7 @@ def _main(args: argparse.Namespace) -> int:
             "bridge": cmd_bridge,
             "exec": cmd_exec,
             "doctor": cmd_doctor,
+            "token": cmd_token,
         }
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(commands[args.command](args))
@@ -245,11 +265,41 @@ def _hub(args: argparse.Namespace) -> Any:
 
     settings = load(HubSettings, args.env_file)
     register_settings_secrets(settings)
-    return HubServer(settings)
+    try:
+        return HubServer(settings)
+    except CredentialsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_credential(settings: NodeSettings, role: str) -> None:
+    """Say at start when a node has no credential to present: the hub will refuse it."""
+    if not node_token(settings.hub_token.get_secret_value(), settings.hub_db, role):
+        log.warning(
+            "no HUB_TOKEN set and no hub credentials file at %s: the hub will refuse this "
+            "node; set HUB_TOKEN to the output of `codex-hub token %s` (run where the hub "
+            "runs), or HUB_DB to the hub's",
+            credentials_path(settings.hub_db),
+            role,
+        )
+
+
+def _print_signin(hub: Any) -> None:
+    """Where to sign in and where the API key is, when the hub generated the key."""
+    link = hub.signin_url
+    if link is None:
+        return
+    path = hub.credentials.path.resolve()
+    print(
+        f"  sign in to the monitor: {link}\n"
+        f'  API key for clients (Authorization: Bearer ...): "api_key" in {path}',
+        file=sys.stderr,
+    )
 
 
 @contextlib.asynccontextmanager
-async def _executor(args: argparse.Namespace, hub_url: str | None = None) -> AsyncIterator[Any]:
+async def _executor(
+    args: argparse.Namespace, hub_url: str | None = None, token: str | None = None
+) -> AsyncIterator[Any]:
     from executor.factory import ConfigError, build_pipeline
     from executor.node import ExecutorNode
     from executor.settings import ExecutorSettings
@@ -257,8 +307,11 @@ async def _executor(args: argparse.Namespace, hub_url: str | None = None) -> Asy
     overrides = _runner_overrides(args)
     if hub_url:
         overrides["HUB_URL"] = hub_url
+    if token:
+        overrides["HUB_TOKEN"] = token
     settings = load(ExecutorSettings, args.env_file, **overrides)
     register_settings_secrets(settings)
+    _check_credential(settings, "executor")
     try:
         pipeline, transport = build_pipeline(settings)
     except ConfigError as exc:
@@ -271,8 +324,10 @@ async def _executor(args: argparse.Namespace, hub_url: str | None = None) -> Asy
         await transport.close()
 
 
-def _bridge(platform: str, env_file: Path | None, hub_url: str | None = None) -> Any:
-    overrides = {"HUB_URL": hub_url}
+def _bridge(
+    platform: str, env_file: Path | None, hub_url: str | None = None, token: str | None = None
+) -> Any:
+    overrides = {"HUB_URL": hub_url, "HUB_TOKEN": token}
     if platform == "slack":
         from bridges.slack.bridge import SlackBridge
         from bridges.slack.settings import SlackSettings
@@ -281,6 +336,7 @@ def _bridge(platform: str, env_file: Path | None, hub_url: str | None = None) ->
         if not slack.configured:
             raise UsageError("set SLACK_BOT_TOKEN and SLACK_APP_TOKEN to run the Slack bridge")
         register_settings_secrets(slack)
+        _check_credential(slack, platform)
         return SlackBridge(slack)
     from bridges.telegram.bridge import TelegramBridge
     from bridges.telegram.settings import TelegramSettings
@@ -289,12 +345,19 @@ def _bridge(platform: str, env_file: Path | None, hub_url: str | None = None) ->
     if not telegram.configured:
         raise UsageError("set TELEGRAM_BOT_TOKEN to run the Telegram bridge")
     register_settings_secrets(telegram)
+    _check_credential(telegram, platform)
     return TelegramBridge(telegram)
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
     """``codex-hub serve``: the hub alone."""
-    return await _run_until_stopped([_hub(args)])
+    hub = _hub(args)
+    await hub.start()
+    try:
+        _print_signin(hub)
+        return await _run_until_stopped([])
+    finally:
+        await hub.close()
 
 
 async def cmd_executor(args: argparse.Namespace) -> int:
@@ -320,10 +383,12 @@ async def cmd_up(args: argparse.Namespace) -> int:
     await hub.start()
     try:
         hub_url = f"ws://127.0.0.1:{hub.port}/ws"
-        parts: list[Any] = [_executor(args, hub_url)]
+        # Each node in this process gets its own role's credential, never the secret.
+        secret = hub.settings.token.get_secret_value()
+        parts: list[Any] = [_executor(args, hub_url, derive(secret, "executor"))]
         for platform in ("slack", "telegram"):
             try:
-                parts.append(_bridge(platform, args.env_file, hub_url))
+                parts.append(_bridge(platform, args.env_file, hub_url, derive(secret, platform)))
             except CredentialError:
                 raise
             except UsageError as exc:
@@ -335,6 +400,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
             f"(OpenAI base URL http://{hub.settings.host}:{hub.port}/v1)",
             file=sys.stderr,
         )
+        _print_signin(hub)
         return await _run_until_stopped(parts)
     finally:
         await hub.close()
@@ -393,6 +459,28 @@ async def cmd_exec(args: argparse.Namespace) -> int:
     return {"timed_out": EXIT_TIMEOUT, "rejected": EXIT_REJECTED, "cancelled": EXIT_CANCELLED}.get(
         result.status, EXIT_FAILED
     )
+
+
+async def cmd_token(args: argparse.Namespace) -> int:
+    """``codex-hub token ROLE``: the credential a node of ROLE presents, on stdout."""
+    settings = load(NodeSettings, args.env_file)
+    secret = settings.hub_token.get_secret_value()
+    if secret and looks_derived(secret):
+        raise UsageError(
+            "HUB_TOKEN here is a node's credential, not the hub's secret: run "
+            "`codex-hub token` where the hub runs (with its HUB_TOKEN, or its HUB_DB)"
+        )
+    if not secret:
+        path = credentials_path(settings.hub_db)
+        try:
+            creds, created = load_or_create(path)
+        except CredentialsError as exc:
+            raise UsageError(str(exc)) from None
+        if created:
+            print(f"codex-hub: generated the hub's credentials in {path}", file=sys.stderr)
+        secret = creds.secret
+    print(derive(secret, args.role))
+    return 0
 
 
 async def cmd_doctor(args: argparse.Namespace) -> int:

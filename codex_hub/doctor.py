@@ -57,8 +57,9 @@ from executor.engine_appserver import AppServerEngine, IncompatibleAppServer
 from executor.settings import ExecutorSettings
 from executor.transport import SpawnError
 from executor.transport_local import LocalTransport
+from hub.credentials import BRIDGE_PLATFORMS, credentials_path, looks_derived, node_token
 from hub.logs import redact, register_secret, register_settings_secrets
-from hub.protocol import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED
+from hub.protocol import CLOSE_BAD_HELLO, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 
 if TYPE_CHECKING:  # imported lazily at run time: a build may ship without the bridges
     from bridges.slack.settings import SlackSettings
@@ -340,7 +341,14 @@ def check_clis(settings: ExecutorSettings, environ: Mapping[str, str]) -> list[C
 async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TIMEOUT_S) -> Check:
     """Open ``HUB_URL``, say hello as a capacity-0 executor, expect ``welcome``, close."""
     url = settings.hub_url
-    token = settings.hub_token.get_secret_value()
+    configured = settings.hub_token.get_secret_value()
+    token = node_token(configured, settings.hub_db, "executor")
+    if configured:
+        shown_token = f"HUB_TOKEN {mask(token)}"
+    elif token:
+        shown_token = f"the executor credential in {credentials_path(settings.hub_db)}"
+    else:
+        shown_token = "no HUB_TOKEN"
     hello = {
         "type": "hello",
         "role": "executor",
@@ -378,7 +386,7 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
             "set HUB_URL to the hub's node endpoint, ending in /ws (ws://HOST:PORT/ws)",
         )
     except ConnectionClosed as exc:
-        return _closed(url, exc, token)
+        return _closed(url, exc, shown_token, token)
     except (InvalidHandshake, ValueError) as exc:
         return _fail("hub", f"{url}: not a codex-hub hub ({type(exc).__name__})", start_fix)
     except OSError as exc:
@@ -388,20 +396,24 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
     if not isinstance(frame, dict) or frame.get("type") != "welcome":
         kind = frame.get("type") if isinstance(frame, dict) else type(frame).__name__
         return _fail("hub", f"{url} answered {kind!r} instead of welcome", start_fix)
-    shown = f"HUB_TOKEN {mask(token)}" if token else "no HUB_TOKEN"
-    return Check("hub", "ok", f"{url} welcomed this node ({shown})")
+    return Check("hub", "ok", f"{url} welcomed this node ({shown_token})")
 
 
-def _closed(url: str, exc: ConnectionClosed, token: str) -> Check:
+def _closed(url: str, exc: ConnectionClosed, shown: str, token: str) -> Check:
     code = exc.rcvd.code if exc.rcvd is not None else None
     reason = exc.rcvd.reason if exc.rcvd is not None else ""
     said = f"closed with {code}" + (f" ({reason})" if reason else "")
-    if code == CLOSE_UNAUTHORIZED:
-        shown = f"HUB_TOKEN {mask(token)}" if token else "an empty HUB_TOKEN"
+    role = token.partition(".")[0] if looks_derived(token) else ""
+    if code == CLOSE_FORBIDDEN and role in BRIDGE_PLATFORMS:
+        # The doctor says hello as an executor; a bridge's credential is right, just not
+        # for runs (and the doctor must not pose as a bridge: it would take its replies).
+        return Check("hub", "ok", f"{url} knows {shown}, the {role} bridge's credential")
+    if code in (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN):
         return _fail(
             "hub",
             f"{url} refused {shown}: {said}",
-            "set HUB_TOKEN to the hub's value (the HUB_TOKEN the hub was started with)",
+            "set HUB_TOKEN to this executor's credential: the output of "
+            "`codex-hub token executor` where the hub runs",
         )
     if code == CLOSE_BAD_HELLO:
         return _fail(

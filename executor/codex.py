@@ -361,6 +361,10 @@ HIDDEN_ENV: frozenset[str] = frozenset(
         "HUB_TOKEN",
         "HUB_API_KEYS",
         "HUB_OPERATOR_KEYS",
+        # compose.yaml's per-node credentials, which its shared .env hands every container
+        "HUB_EXECUTOR_TOKEN",
+        "HUB_SLACK_TOKEN",
+        "HUB_TELEGRAM_TOKEN",
         "SLACK_BOT_TOKEN",
         "SLACK_APP_TOKEN",
         "TELEGRAM_BOT_TOKEN",

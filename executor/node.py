@@ -17,6 +17,7 @@ from typing import Any
 
 from executor.pipeline import Job, Pipeline, Result
 from executor.settings import ExecutorSettings
+from hub.credentials import node_token
 from hub.logs import bind, redact_json
 from hub.node_client import NodeClient
 
@@ -85,10 +86,15 @@ class ExecutorNode:
         return {
             "type": "hello",
             "role": "executor",
-            "token": self.settings.hub_token.get_secret_value(),
+            "token": node_token(
+                self.settings.hub_token.get_secret_value(), self.settings.hub_db, "executor"
+            ),
             "node_id": self.node_id,
             "name": self.settings.node_name or socket.gethostname(),
             "capacity": self.settings.exec_concurrency,
+            # The hub ends a run itself past this (plus its grace): codex's timeout, and
+            # the optimizer's, which may come first.
+            "timeout_s": self.settings.exec_timeout_s + self.settings.optimizer_timeout_s,
             "login": self.login,
             "active_runs": list(self.runs),
         }

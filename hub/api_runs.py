@@ -20,8 +20,8 @@ chat platform's conversation, and the run records it (``origin.operator`` and a 
 The live feed
 -------------
 The browser's first frame is ``{"type": "auth", "key": "<API key or empty>"}``; a wrong
-or missing key (when ``HUB_API_KEYS`` is set) closes the socket with code 4001 (4029,
-unchecked, from an address with too many wrong keys lately). Then the hub sends, as JSON
+or missing key closes the socket with code 4001 (a wrong one, from an address with
+too many wrong keys lately: 4029; a right key is always let in). Then the hub sends, as JSON
 text frames:
 
 - ``{"type": "ready", "nodes": [...], "now": <hub clock, epoch s>}`` once, first;
@@ -261,14 +261,16 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     # Whose runs this browser sees: None is every run (an operator, or a hub without keys).
     viewer: str | None = None
     if settings.all_api_keys:
-        failures = request.app[AUTH_FAILURES]
-        client = failures.client(request)
-        refused = failures.refusal(client)
-        if refused is not None:  # the key is not even checked
-            await ws.close(code=CLOSE_RATE_LIMITED, message=refused[0].encode())
-            return ws
         if not key_matches(key, settings.all_api_keys):
-            failures.failed(client)
+            # A right key always gets in; only a wrong one counts (not a missing one).
+            if key:
+                failures = request.app[AUTH_FAILURES]
+                client = failures.client(request)
+                refused = failures.refusal(client)
+                if refused is not None:
+                    await ws.close(code=CLOSE_RATE_LIMITED, message=refused[0].encode())
+                    return ws
+                failures.failed(client)
             await ws.close(code=CLOSE_FEED_UNAUTHORIZED, message=b"missing or invalid API key")
             return ws
         if not key_matches(key, settings.operator_keys):

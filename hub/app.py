@@ -9,14 +9,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from aiohttp import WSCloseCode, web
 
 from hub import api_openai, api_runs, openapi, web_guard
-from hub.appkeys import AUTH_FAILURES, BUS, LIMITER, METRICS, ROUTER, SETTINGS, SOCKETS, STORE
+from hub.appkeys import (
+    AUTH_FAILURES,
+    BUS,
+    CREDENTIALS,
+    LIMITER,
+    METRICS,
+    ROUTER,
+    SETTINGS,
+    SOCKETS,
+    STORE,
+)
 from hub.auth import AuthFailures, RateLimiter, make_auth_middleware
 from hub.bus import Bus
 from hub.connections import ConnectionLimits, LimitedSite
+from hub.credentials import resolve
 from hub.errors import error_middleware
 from hub.metrics import Metrics
 from hub.router import Router
@@ -54,7 +66,12 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 def create_app(settings: HubSettings) -> web.Application:
-    """The hub as an aiohttp application; run it with :func:`serve` or a test client."""
+    """The hub as an aiohttp application; run it with :func:`serve` or a test client.
+
+    An empty ``HUB_TOKEN`` or ``HUB_API_KEYS`` is filled from the credentials file
+    (:func:`hub.credentials.resolve`): ``app[SETTINGS]`` holds the effective ones.
+    """
+    settings, credentials = resolve(settings)
     limiter = RateLimiter(settings.rate_limit_per_min)
     failures = AuthFailures(
         settings.auth_failure_limit,
@@ -74,6 +91,7 @@ def create_app(settings: HubSettings) -> web.Application:
     )
     web_guard.setup(app)
     app[SETTINGS] = settings
+    app[CREDENTIALS] = credentials
     app[BUS] = Bus()
     app[METRICS] = Metrics()
     app[LIMITER] = limiter
@@ -93,8 +111,11 @@ class HubServer:
     """The hub listening on ``HUB_HOST:HUB_PORT``, as an async context manager."""
 
     def __init__(self, settings: HubSettings) -> None:
-        self.settings = settings
         self.app = create_app(settings)
+        #: The effective settings: an empty HUB_TOKEN or HUB_API_KEYS filled in.
+        self.settings = self.app[SETTINGS]
+        #: What the hub generated (or found in its credentials file), else None.
+        self.credentials = self.app[CREDENTIALS]
         self.runner = web.AppRunner(
             self.app,
             handler_cancellation=True,
@@ -119,6 +140,17 @@ class HubServer:
     @property
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.port}"
+
+    @property
+    def signin_url(self) -> str | None:
+        """The monitor's address with the generated API key in its fragment (the browser
+        never sends a fragment to the server), or None when the key was not generated."""
+        creds = self.credentials
+        if creds is None or creds.api_key not in self.settings.operator_keys:
+            return None
+        host = self.settings.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/#key={quote(creds.api_key, safe='')}"
 
     async def close(self) -> None:
         """Stop listening and shut every component down. Idempotent."""

@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from hub.auth import AuthFailures, RateLimiter
     from hub.bus import Bus
+    from hub.credentials import Credentials
     from hub.metrics import Metrics
     from hub.router import Router
     from hub.settings import HubSettings
@@ -21,4 +22,6 @@ ROUTER: web.AppKey[Router] = web.AppKey("router")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 AUTH_FAILURES: web.AppKey[AuthFailures] = web.AppKey("auth_failures")
+#: What the hub generated because HUB_TOKEN or HUB_API_KEYS was empty, else None.
+CREDENTIALS: web.AppKey[Credentials | None] = web.AppKey("credentials")
 SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")

@@ -193,11 +193,12 @@ def _client_of(remote: str) -> str:
 class AuthFailures:
     """Failed authentications per client address, in a sliding window.
 
-    An address with ``limit`` failures in the last ``window_s`` seconds is refused
-    without its credentials being checked, until the oldest of them leaves the window.
-    Refused attempts do not count; successful ones are not slowed. ``limit`` 0 turns
-    it off. ``clock`` is injectable for tests; at most ``max_clients`` addresses are
-    remembered (the stalest are forgotten first).
+    Only wrong credentials count, never a missing one. An address with ``limit``
+    failures in the last ``window_s`` seconds has its further wrong ones refused (429,
+    close 4029) until the oldest leaves the window; a right credential from it is still
+    let in (a neighbour's wrong guesses must not lock the owner out), and refused
+    attempts do not count. ``limit`` 0 turns it off. ``clock`` is injectable for tests;
+    at most ``max_clients`` addresses are remembered (the stalest are forgotten first).
     """
 
     def __init__(
@@ -266,9 +267,13 @@ def make_auth_middleware(
 ) -> Any:
     """Refuse API calls without a valid Bearer key when any key is configured.
 
-    ``keys`` are the plain API keys, ``operator_keys`` the operators' (valid API keys
-    too). An address with too many failures is refused (429) before its key is checked.
-    A request let through carries ``request[PRINCIPAL]`` and ``request[OPERATOR]``.
+    ``keys`` are the plain API keys (the effective ones: the generated key included),
+    ``operator_keys`` the operators' (valid API keys too). A valid key is always let in,
+    whatever the limit on failures says; a wrong one is counted against its address,
+    and refused with 429 once the address has too many. A request with no key at all is
+    refused (401) without being counted: any web page can send those, and they must not
+    lock the right key out. A request let through carries ``request[PRINCIPAL]`` and
+    ``request[OPERATOR]``.
     """
     operator_keys = list(operator_keys or ())
     every_key = [*keys, *operator_keys]
@@ -280,20 +285,13 @@ def make_auth_middleware(
             return await handler(request)
         key = bearer(request)
         if every_key:
-            client = failures.client(request)
-            refused = failures.refusal(client)
-            if refused is not None:
-                reason, seconds = refused
-                raise RateLimited(
-                    f"{reason}; the key was not checked",
-                    code="too_many_auth_failures",
-                    headers={"Retry-After": str(seconds)},
-                )
             if not key_matches(key, every_key):
-                failures.failed(client)
+                if key:
+                    check_wrong_credential(failures, failures.client(request))
                 raise Unauthorized(
-                    "missing or invalid API key: send 'Authorization: Bearer <key>' "
-                    "with one of the keys in HUB_API_KEYS"
+                    "missing or invalid API key: send 'Authorization: Bearer <key>' with "
+                    "one of the hub's API keys (HUB_API_KEYS, or the api_key in the hub's "
+                    "credentials file)"
                 )
             request[PRINCIPAL] = principal_for_key(key)
             request[OPERATOR] = key_matches(key, operator_keys)
@@ -309,3 +307,14 @@ def make_auth_middleware(
         return await handler(request)
 
     return auth_middleware
+
+
+def check_wrong_credential(failures: AuthFailures, client: str) -> None:
+    """Count a wrong API key from ``client``; raise 429 instead when it has too many."""
+    refused = failures.refusal(client)
+    if refused is not None:
+        reason, seconds = refused
+        raise RateLimited(
+            reason, code="too_many_auth_failures", headers={"Retry-After": str(seconds)}
+        )
+    failures.failed(client)

@@ -23,6 +23,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from hub.protocol import (
     BATCH_SINCE,
     CLOSE_BAD_HELLO,
+    CLOSE_FORBIDDEN,
+    CLOSE_NODE_ID_TAKEN,
     CLOSE_UNAUTHORIZED,
     PROTOCOL_VERSION,
     batch_messages,
@@ -204,7 +206,12 @@ class NodeClient:
                 code = ws.close_code
                 reason = ws.close_reason or ""
                 self.last_close = (code, reason)
-                if code in (CLOSE_UNAUTHORIZED, CLOSE_BAD_HELLO):
+                if code in (
+                    CLOSE_UNAUTHORIZED,
+                    CLOSE_BAD_HELLO,
+                    CLOSE_FORBIDDEN,
+                    CLOSE_NODE_ID_TAKEN,
+                ):
                     log.error("%s: the hub refused this node (%s): %s", self.name, code, reason)
                 elif not closing:
                     log.warning("%s: lost the hub (%s %s); reconnecting", self.name, code, reason)

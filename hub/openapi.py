@@ -262,7 +262,7 @@ def _schemas(model_name: str) -> dict[str, Schema]:
 #: Why each error status is answered, for the document's reader.
 ERRORS = {
     "400": "The request is malformed: body, parameter or header (OpenAI's envelope).",
-    "401": "Missing or wrong API key (HUB_API_KEYS).",
+    "401": "Missing or wrong API key (HUB_API_KEYS, HUB_OPERATOR_KEYS, or the generated one).",
     "403": (
         "A Host that is not the hub's (HUB_ALLOWED_HOSTS), or an Origin that is not its "
         "own (HUB_ALLOWED_ORIGINS): the request comes from a page of another site."
@@ -622,7 +622,10 @@ def document(settings: HubSettings) -> dict[str, Any]:
             "apiKey": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "A key of HUB_API_KEYS or HUB_OPERATOR_KEYS.",
+                "description": (
+                    "A key of HUB_API_KEYS or HUB_OPERATOR_KEYS, or the api_key the hub "
+                    "generated (an operator's)."
+                ),
             }
         }
         doc["security"] = [{"apiKey": []}]

@@ -14,17 +14,30 @@ Connection
 ----------
 1. The node opens ``/ws`` and sends ``hello`` first (within 10 s)::
 
-       {"type": "hello", "role": "executor" | "bridge", "token": HUB_TOKEN,
+       {"type": "hello", "role": "executor" | "bridge", "token": "<its credential>",
         "protocol": 2,                     # optional; 1 when absent (no batches)
         "node_id": "stable id chosen by the node", "name": "host-1",
         "capacity": 4,                     # executors: parallel runs
+        "timeout_s": 1830,                 # executors: longest a run takes there
         "platform": "slack",               # bridges: whose replies it delivers
         "login": {"logged_in": true, "detail": "..."},   # executors
         "active_runs": ["run-id", ...]}    # executors: runs still going after a reconnect
 
+   ``token`` is the node's own credential (see :mod:`hub.credentials`): an
+   executor's gets runs; a bridge's (one per platform) only speaks for that platform.
+
 2. The hub answers ``welcome`` ({"type": "welcome", "node_id", "protocol": 2}) or closes
-   with one of the ``CLOSE_*`` codes below and a reason (wrong or missing token,
-   malformed hello, unknown role, too many failed tokens from the node's address).
+   with one of the ``CLOSE_*`` codes below and a reason (wrong or missing credential,
+   a credential of another role or platform, a node id that a live connection with
+   another credential holds, malformed hello, too many wrong credentials from the
+   node's address).
+
+The hub gives every run a deadline: the executor's ``timeout_s`` (else
+``HUB_RUN_TIMEOUT_S``) plus ``HUB_RUN_GRACE_S`` from its assignment. Past it, or past
+``HUB_RUN_MAX_EVENTS`` events (``state`` frames included) or
+``HUB_RUN_MAX_EVENT_BYTES`` bytes of them, the hub
+sends ``cancel`` and ends the run itself (``timed_out`` with code ``hub_deadline``;
+``failed`` with ``too_many_events`` or ``too_many_event_bytes``).
 
 Executor <-> hub
 ----------------
@@ -66,6 +79,10 @@ Bridge <-> hub
   ``progress`` and ``deliver`` of the run carries it, to whichever process of the
   bridge (a restarted one included). Any other run is answered with ``error``
   {"code": "unknown_run", "req_id"}. Sending it again is harmless; the latest wins.
+- A bridge speaks only for its own platform: session keys are its platform's (one
+  not starting with ``<platform>:`` gets that prefix), it cancels only its platform's
+  runs, and it acknowledges only its platform's replies (another's: ``error``
+  ``unknown_delivery``).
 - hub -> bridge ``progress``: {"run_id", "origin", "state", "detail", "position"}:
   best effort, never stored, for status messages.
 - hub -> bridge ``deliver``: {"delivery_id", "run_id", "origin", "status", "answer",
@@ -99,8 +116,12 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_BAD_HELLO = 4002
 CLOSE_REPLACED = 4003
 CLOSE_HELLO_TIMEOUT = 4008
-#: Too many failed HUB_TOKEN (or API key) checks from the node's address: try later.
+#: Too many wrong credentials (or API keys) from the node's address: try later.
 CLOSE_RATE_LIMITED = 4029
+#: A right credential, but for another role or platform than the hello names.
+CLOSE_FORBIDDEN = 4403
+#: The node id is held by a live connection that presented another credential.
+CLOSE_NODE_ID_TAKEN = 4409
 
 RunState = Literal[
     "queued",
@@ -137,6 +158,8 @@ class Hello(_Frame):
     node_id: str = Field(min_length=1, max_length=200)
     name: str = Field("", max_length=200)
     capacity: int = Field(0, ge=0, le=10_000)
+    #: Executors: the longest a run may take there (the hub adds HUB_RUN_GRACE_S).
+    timeout_s: float | None = Field(None, gt=0, le=30 * 86_400)
     platform: str = Field("", max_length=50)
     login: LoginState | None = None
     active_runs: list[str] = Field(default_factory=list)

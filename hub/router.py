@@ -21,11 +21,19 @@ Rules:
   A run that was already going finishes and is answered from memory; its end is held
   and written once there is room, and its executor's result is acknowledged only then
   (the executor keeps it until then and re-sends it to a restarted hub).
+- A bridge speaks only for its platform: its session keys are prefixed with it, and it
+  cancels, resets, reads and acknowledges only that platform's sessions, runs and
+  replies.
+- A node id held by a live connection is not taken by a node with another credential.
+- Every assigned run has a deadline (the executor's timeout plus ``HUB_RUN_GRACE_S``)
+  and a budget of events (``HUB_RUN_MAX_EVENTS``, ``HUB_RUN_MAX_EVENT_BYTES``); past
+  either, the hub cancels it on the executor and ends it itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import secrets
@@ -33,6 +41,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from hub.bus import Bus, Subscription
 from hub.metrics import Metrics
@@ -98,6 +108,12 @@ class StoreUnwritable(RouterError):
         self.reason = reason
 
 
+class NodeIdTaken(RouterError):
+    """A live connection with another credential holds the node id a node asked for."""
+
+    code = "node_id_taken"
+
+
 class Link(Protocol):
     """A connected node as the router sees it: an id and a way to send it a frame."""
 
@@ -122,6 +138,10 @@ class NodeInfo:
     connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
     assigned_total: int = 0
+    #: The credential it presented: its role (executor, slack, ...), or the hub's secret.
+    credential: str = ""
+    #: Executors: the longest a run takes there, as its hello said (None: not said).
+    timeout_s: float | None = None
 
     @property
     def free(self) -> int:
@@ -158,6 +178,10 @@ class Live:
     last_detail: str | None = None
     #: Once finishing: True when its end is on disk, False when the store failed.
     stored: asyncio.Future[bool] | None = None
+    #: Events (and their bytes) its executor sent; past the limits the run is ended.
+    events: int = 0
+    event_bytes: int = 0
+    over_limit: bool = False
 
 
 @dataclass
@@ -181,6 +205,20 @@ _ids = random.Random(secrets.randbits(64))
 REDELIVER_MAX_S = 300.0
 #: Longest reconnect backoff of a node (hub.node_client's default backoff_max).
 RECONNECT_MAX_S = 10.0
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON (a lone surrogate, which orjson refuses, included)."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return len(json.dumps(value, separators=(",", ":")))
+
+
+def own_session(platform: str, key: str) -> str:
+    """A bridge's session key within its platform: ``key`` if it starts with
+    ``<platform>:``, else ``key`` with that prefix (so it never names another's)."""
+    return key if key.startswith(f"{platform}:") else f"{platform}:{key}"
 
 
 def new_run_id() -> str:
@@ -213,6 +251,8 @@ class Router:
         self.pending: dict[str, Delivery] = {}
         self._next_send: dict[str, float] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
+        #: The hub's own deadline of each assigned run.
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Ends the store failed to write, by run id: written when the result comes again.
         self._unstored: dict[str, tuple[Run, Delivery | None, Any, Any]] = {}
@@ -265,6 +305,9 @@ class Router:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._timers.clear()
         self._tasks.clear()
+        for handle in self._deadlines.values():
+            handle.cancel()
+        self._deadlines.clear()
         for live in self.live.values():
             if not live.done.done():
                 live.done.cancel()
@@ -499,6 +542,7 @@ class Router:
         live.session_gen = self.session_gen.get(run.session_key or "", 0)
         node.busy.add(run.id)
         node.assigned_total += 1
+        self._arm_deadline(live, node)
         if self.metrics is not None:
             self.metrics.run_assigned(run, live.assigned_at)
         if run.session_key:
@@ -523,7 +567,19 @@ class Router:
 
     # nodes
 
-    def executor_connected(self, link: Link, hello: Hello) -> None:
+    def check_node_id(self, node_id: str, credential: str) -> None:
+        """Raise :class:`NodeIdTaken` when a live connection that presented another
+        credential holds ``node_id`` (the same credential may replace its own: a node
+        that reconnects before its old connection is seen to be gone)."""
+        for nodes in (self.executors, self.bridges):
+            holder = nodes.get(node_id)
+            if holder is not None and holder.credential != credential:
+                raise NodeIdTaken(
+                    f"node id {node_id[:40]!r} is held by a live {holder.role} with another "
+                    "credential; pick another NODE_NAME"
+                )
+
+    def executor_connected(self, link: Link, hello: Hello, *, credential: str = "") -> None:
         """Register an executor; it claims the runs it still has going."""
         old = self.executors.get(link.node_id)
         if old is not None and old.link is not link:
@@ -534,6 +590,8 @@ class Router:
             name=hello.name or link.node_id,
             capacity=hello.capacity,
             login=hello.login.model_dump() if hello.login else None,
+            credential=credential,
+            timeout_s=hello.timeout_s,
         )
         self.executors[link.node_id] = node
         claimed = set(hello.active_runs)
@@ -543,6 +601,8 @@ class Router:
             if run_id in claimed:
                 node.busy.add(run_id)
                 self._cancel_timer(run_id)
+                if run_id not in self._deadlines:  # recovered by a restarted hub
+                    self._arm_deadline(live, node)
             elif live.run.state == "queued":
                 # It never reached the executor: give it to whoever is free.
                 self._cancel_timer(run_id)
@@ -567,6 +627,7 @@ class Router:
     def _unassign(self, live: Live) -> None:
         run = live.run
         run.executor = None
+        self._disarm_deadline(run.id)
         if run.session_key and self.session_active.get(run.session_key) == run.id:
             del self.session_active[run.session_key]
         self.queue.appendleft(run.id)
@@ -596,6 +657,70 @@ class Router:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
+    # the hub's own limits on a run
+
+    def _arm_deadline(self, live: Live, node: NodeInfo) -> None:
+        """Start the run's deadline: the executor's timeout (else HUB_RUN_TIMEOUT_S)
+        plus HUB_RUN_GRACE_S."""
+        timeout = node.timeout_s or self.settings.run_timeout_s
+        limit = timeout + self.settings.run_grace_s
+        self._disarm_deadline(live.run.id)
+        self._deadlines[live.run.id] = asyncio.get_running_loop().call_later(
+            limit, self._deadline_passed, live.run.id, timeout
+        )
+
+    def _disarm_deadline(self, run_id: str) -> None:
+        handle = self._deadlines.pop(run_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _deadline_passed(self, run_id: str, timeout: float) -> None:
+        self._deadlines.pop(run_id, None)
+        live = self.live.get(run_id)
+        if live is None or live.finishing:
+            return
+        grace = self.settings.run_grace_s
+        self._end_early(
+            live,
+            "timed_out",
+            "hub_deadline",
+            f"the executor did not finish this run within {timeout:g} s (its timeout) "
+            f"plus {grace:g} s (HUB_RUN_GRACE_S); the hub ended it",
+        )
+
+    def _over_limit(self, live: Live) -> bool:
+        """End the run if its events went past HUB_RUN_MAX_EVENTS or _BYTES; True if so."""
+        settings = self.settings
+        if live.events > settings.run_max_events:
+            code = "too_many_events"
+            message = (
+                f"the run sent more than {settings.run_max_events} events "
+                "(HUB_RUN_MAX_EVENTS); the hub ended it"
+            )
+        elif live.event_bytes > settings.run_max_event_bytes:
+            code = "too_many_event_bytes"
+            message = (
+                f"the run's events passed {settings.run_max_event_bytes} bytes "
+                "(HUB_RUN_MAX_EVENT_BYTES); the hub ended it"
+            )
+        else:
+            return False
+        live.over_limit = True
+        self._end_early(live, "failed", code, message)
+        return True
+
+    def _end_early(self, live: Live, status: str, code: str, message: str) -> None:
+        """Stop a run on its executor and end it now, without waiting for its result."""
+        run = live.run
+        node = self.executors.get(run.executor) if run.executor else None
+        if node is not None:
+            node.link.send({"type": "cancel", "run_id": run.id})
+        log.warning("run %s: %s", run.id, message, extra={"run_id": run.id})
+        self._spawn(
+            self._finish(live, status, error={"code": code, "message": message}),
+            f"Router:limit:{run.id}",
+        )
+
     async def _lose(self, run_id: str, node_id: str, grace: float) -> None:
         await asyncio.sleep(grace)
         self._timers.pop(run_id, None)
@@ -614,13 +739,17 @@ class Router:
             },
         )
 
-    def bridge_connected(self, link: Link, hello: Hello) -> None:
+    def bridge_connected(self, link: Link, hello: Hello, *, credential: str = "") -> None:
         """Register a bridge and send it every reply still waiting for its platform."""
         old = self.bridges.get(link.node_id)
         if old is not None and old.link is not link:
             old.link.close(CLOSE_REPLACED, "replaced by a newer connection of this node")
         self.bridges[link.node_id] = NodeInfo(
-            link=link, role="bridge", name=hello.name or link.node_id, platform=hello.platform
+            link=link,
+            role="bridge",
+            name=hello.name or link.node_id,
+            platform=hello.platform,
+            credential=credential,
         )
         for delivery in list(self.pending.values()):
             if delivery.platform == hello.platform:
@@ -669,9 +798,13 @@ class Router:
 
     def _on_event(self, link: Link, frame: EventFrame) -> None:
         live = self._owned(link, frame.run_id)
-        if live is None or frame.seq <= live.exec_seq:
+        if live is None or frame.seq <= live.exec_seq or live.over_limit:
             return
         live.exec_seq = frame.seq
+        live.events += 1
+        live.event_bytes += _json_size(frame.event)
+        if self._over_limit(live):
+            return
         event = dict(frame.event)
         kind = str(event.pop("kind", "codex"))
         self._record(live, kind, event, exec_seq=frame.seq)
@@ -682,7 +815,12 @@ class Router:
 
     def _on_state(self, link: Link, frame: StateFrame) -> None:
         live = self._owned(link, frame.run_id)
-        if live is None:
+        if live is None or live.over_limit:
+            return
+        # Each state is stored as an event too: it counts against the same caps.
+        live.events += 1
+        live.event_bytes += len(frame.state) + len(frame.effective_prompt or "")
+        if self._over_limit(live):
             return
         run = live.run
         run.state = frame.state
@@ -736,6 +874,19 @@ class Router:
         if node is not None:
             node.last_seen = time.time()
         if isinstance(frame, AckFrame):
+            delivery = self.pending.get(frame.delivery_id)
+            if delivery is None:
+                return None  # acknowledged already
+            if delivery.platform != platform:
+                log.warning(
+                    "bridge %s (%s) acknowledged a %s reply; ignored",
+                    link.node_id,
+                    platform,
+                    delivery.platform,
+                )
+                return error_frame(
+                    "unknown_delivery", f"no {platform} reply {frame.delivery_id} is waiting"
+                )
             self.pending.pop(frame.delivery_id, None)
             self._next_send.pop(frame.delivery_id, None)
             try:
@@ -747,9 +898,7 @@ class Router:
             return await self._on_status_ref(platform, frame)
         if isinstance(frame, SubmitFrame):
             origin = {**frame.origin, "source": platform, "platform": platform}
-            key = frame.session_key
-            if key and not key.startswith(f"{platform}:"):
-                key = f"{platform}:{key}"
+            key = own_session(platform, frame.session_key) if frame.session_key else None
             dedupe = f"{platform}:{frame.dedupe_key}" if frame.dedupe_key else None
             try:
                 ticket = await self.submit(
@@ -795,20 +944,23 @@ class Router:
                 live = self.live.get(frame.run_id)
                 if live is not None and live.run.origin.get("platform") == platform:
                     targets.append(frame.run_id)
-            elif frame.session_key and frame.session_key in self.session_active:
-                targets.append(self.session_active[frame.session_key])
+            elif frame.session_key:
+                key = own_session(platform, frame.session_key)
+                if key in self.session_active:
+                    targets.append(self.session_active[key])
             cancelled = [rid for rid in targets if await self.cancel(rid, "cancelled from chat")]
             return {"type": "cancelled", "req_id": frame.req_id, "run_ids": cancelled}
         if isinstance(frame, ResetSessionFrame):
-            await self.reset_session(frame.session_key)
+            await self.reset_session(own_session(platform, frame.session_key))
             return {"type": "ok", "req_id": frame.req_id}
         if isinstance(frame, SessionStatusFrame):
-            active_id = self.session_active.get(frame.session_key)
+            key = own_session(platform, frame.session_key)
+            active_id = self.session_active.get(key)
             active = self.live.get(active_id) if active_id else None
             queued = [
                 self.live[rid].run.summary()
                 for rid in self.queue
-                if rid in self.live and self.live[rid].run.session_key == frame.session_key
+                if rid in self.live and self.live[rid].run.session_key == key
             ]
             return {
                 "type": "session",
@@ -875,6 +1027,7 @@ class Router:
         run.state = status
         run.finished_at = now
         self._cancel_timer(run.id)
+        self._disarm_deadline(run.id)
         self._remove_from_queue(run.id)
         node = self.executors.get(run.executor) if run.executor else None
         if node is not None:

@@ -396,6 +396,16 @@ class HubSettings(LogSettings):
     idle_timeout_s: float = Field(30.0, alias="HUB_IDLE_TIMEOUT_S", gt=0)
     max_connections: int = Field(1000, alias="HUB_MAX_CONNECTIONS", ge=1)
     max_connections_per_client: int = Field(100, alias="HUB_MAX_CONNECTIONS_PER_CLIENT", ge=0)
+    #: ``keys`` (default): the API and the monitor need a key (one is generated when
+    #: HUB_API_KEYS is empty); ``none``: they need none, on loopback only, loudly.
+    auth: Literal["keys", "none"] = Field("keys", alias="HUB_AUTH")
+    #: A run's deadline on an executor that does not say its own timeout in its hello.
+    run_timeout_s: float = Field(3600.0, alias="HUB_RUN_TIMEOUT_S", gt=0)
+    #: Added to the executor's timeout before the hub ends a run itself (timed_out).
+    run_grace_s: float = Field(60.0, alias="HUB_RUN_GRACE_S", gt=0)
+    #: Most events, and most bytes of events, one run may send; past either it fails.
+    run_max_events: int = Field(10_000, alias="HUB_RUN_MAX_EVENTS", ge=1)
+    run_max_event_bytes: int = Field(32 * 1024 * 1024, alias="HUB_RUN_MAX_EVENT_BYTES", ge=1024)
 
     _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
     _split_operator_keys = field_validator("operator_keys", mode="before")(split_csv)
@@ -436,7 +446,19 @@ class HubSettings(LogSettings):
 
     @model_validator(mode="after")
     def _fail_closed(self) -> HubSettings:
-        if not is_loopback(self.host) and (not self.token.get_secret_value() or not self.api_keys):
+        if self.auth == "none" and not is_loopback(self.host):
+            raise ValueError(
+                f"HUB_AUTH=none lets anyone drive the hub without a key: refused on "
+                f"HUB_HOST={self.host}; it is only allowed on 127.0.0.1 (or ::1, localhost)"
+            )
+        if self.auth == "none" and self.all_api_keys:
+            raise ValueError(
+                "HUB_AUTH=none and HUB_API_KEYS are both set: remove HUB_AUTH=none to "
+                "require the keys, or empty HUB_API_KEYS to run without any"
+            )
+        if not is_loopback(self.host) and (
+            not self.token.get_secret_value() or not self.all_api_keys
+        ):
             raise ValueError(
                 f"HUB_HOST={self.host} is reachable from other machines: set both HUB_TOKEN "
                 "and HUB_API_KEYS before binding anywhere but 127.0.0.1"
@@ -451,4 +473,7 @@ class NodeSettings(LogSettings):
 
     hub_url: str = Field("ws://127.0.0.1:8080/ws", alias="HUB_URL")
     hub_token: SecretStr = Field(SecretStr(""), alias="HUB_TOKEN")
+    #: Where a hub on this machine keeps its store: with HUB_TOKEN empty, the node reads
+    #: its own credential from the credentials file the hub wrote beside it.
+    hub_db: Path = Field(Path("codex-hub.db"), alias="HUB_DB")
     node_name: str = Field("", alias="NODE_NAME")

@@ -1,7 +1,8 @@
 """The websocket endpoint ``/ws`` where executors and bridges connect.
 
-Speaks the protocol of :mod:`hub.protocol`: checks the hello (role, ``HUB_TOKEN``),
-then feeds every frame to the router. Frames to the node leave through one writer
+Speaks the protocol of :mod:`hub.protocol`: checks the hello (the node's credential,
+:mod:`hub.credentials`, against its role and platform, and its node id), then feeds
+every frame to the router. Frames to the node leave through one writer
 task per connection, so the router never waits on a slow socket. What an executor
 sends is masked (:func:`hub.logs.redact`) before the router stores or shows any of it.
 """
@@ -9,7 +10,6 @@ sends is masked (:func:`hub.logs.redact`) before the router stores or shows any 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -22,13 +22,16 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json
 
 from hub.appkeys import AUTH_FAILURES, ROUTER, SETTINGS, SOCKETS
+from hub.credentials import MASTER, credential_role
 from hub.logs import redact, redact_json
 from hub.protocol import (
     BATCH_SINCE,
     BRIDGE_BATCH,
     BRIDGE_FRAME,
     CLOSE_BAD_HELLO,
+    CLOSE_FORBIDDEN,
     CLOSE_HELLO_TIMEOUT,
+    CLOSE_NODE_ID_TAKEN,
     CLOSE_RATE_LIMITED,
     CLOSE_UNAUTHORIZED,
     EXECUTOR_BATCH,
@@ -37,13 +40,14 @@ from hub.protocol import (
     PROTOCOL_VERSION,
     AckFrame,
     EventFrame,
+    Hello,
     ResultFrame,
     StateFrame,
     StatusFrame,
     batch_messages,
     error_frame,
 )
-from hub.router import Router
+from hub.router import NodeIdTaken, Router
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +111,56 @@ class WsLink:
             await asyncio.gather(self._close_task, return_exceptions=True)
 
 
+#: A close frame's reason holds at most 123 bytes.
+CLOSE_REASON_BYTES = 123
+
+
 async def _refuse(ws: web.WebSocketResponse, code: int, reason: str) -> web.WebSocketResponse:
     log.warning("node refused: %s", reason)
-    await ws.close(code=code, message=reason.encode())
+    data = reason.encode()
+    if len(data) > CLOSE_REASON_BYTES:
+        data = data[: CLOSE_REASON_BYTES - 3].decode(errors="ignore").encode() + b"..."
+    await ws.close(code=code, message=data)
     return ws
 
 
-def token_ok(presented: str, expected: str) -> bool:
-    """Constant-time token check; an empty ``HUB_TOKEN`` accepts every node."""
-    if not expected:
-        return True
-    return hmac.compare_digest(presented.encode(), expected.encode())
+#: Platforms a bridge may not name: the hub's own surfaces, whose sessions it keys so.
+RESERVED_PLATFORMS = frozenset({"http", "monitor", "api", "executor", MASTER})
+
+
+def role_problem(credential: str, hello: Hello) -> str | None:
+    """None when a node with ``credential`` (a role, or MASTER) may say ``hello``; else
+    why not."""
+    if hello.role == "bridge":
+        if not hello.platform or hello.platform in RESERVED_PLATFORMS:
+            return f"a bridge must name its chat platform (not {hello.platform!r})"
+        if credential in (MASTER, hello.platform):
+            return None
+        whose = "an executor's" if credential == "executor" else f"the {credential} bridge's"
+        return f"HUB_TOKEN is {whose}, not a {hello.platform} bridge's"
+    if credential in (MASTER, "executor"):
+        return None
+    return f"HUB_TOKEN is the {credential} bridge's: only `codex-hub token executor` gets runs"
+
+
+_warned_master: set[tuple[str, str]] = set()
+
+
+def _warn_master(hello: Hello) -> None:
+    role = "executor" if hello.role == "executor" else hello.platform
+    key = (role, hello.node_id)
+    if key in _warned_master:
+        return
+    if len(_warned_master) < 10_000:
+        _warned_master.add(key)
+    log.warning(
+        "node %s (%s) presented the hub's own secret (HUB_TOKEN) instead of its role "
+        "credential: accepted for this release only (DEPRECATED, it will be refused); "
+        "set its HUB_TOKEN to the output of `codex-hub token %s`",
+        hello.node_id,
+        role,
+        role,
+    )
 
 
 async def node_socket(request: web.Request) -> web.WebSocketResponse:
@@ -140,21 +183,39 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
             hello = HELLO.validate_json(first.data)
         except ValidationError as exc:
             return await _refuse(ws, CLOSE_BAD_HELLO, f"bad hello: {_first_error(exc)}")
-        client = request.app[AUTH_FAILURES].client(request)
-        refused = request.app[AUTH_FAILURES].refusal(client)
-        if refused is not None:  # the token is not even checked
-            return await _refuse(ws, CLOSE_RATE_LIMITED, refused[0])
-        if not token_ok(hello.token, settings.token.get_secret_value()):
-            request.app[AUTH_FAILURES].failed(client)
-            return await _refuse(ws, CLOSE_UNAUTHORIZED, "wrong or missing HUB_TOKEN")
+        credential = credential_role(hello.token, settings.token.get_secret_value())
+        if credential is None:
+            # A right credential always gets in; only a wrong one counts (not a missing one).
+            if hello.token:
+                failures = request.app[AUTH_FAILURES]
+                client = failures.client(request)
+                refused = failures.refusal(client)
+                if refused is not None:
+                    return await _refuse(ws, CLOSE_RATE_LIMITED, refused[0])
+                failures.failed(client)
+            return await _refuse(
+                ws,
+                CLOSE_UNAUTHORIZED,
+                "wrong or missing HUB_TOKEN: give this node `codex-hub token "
+                "executor|slack|telegram`",
+            )
+        problem = role_problem(credential, hello)
+        if problem is not None:
+            return await _refuse(ws, CLOSE_FORBIDDEN, problem)
+        try:
+            router.check_node_id(hello.node_id, credential)
+        except NodeIdTaken as exc:
+            return await _refuse(ws, CLOSE_NODE_ID_TAKEN, str(exc))
+        if credential == MASTER:
+            _warn_master(hello)
         link = WsLink(ws, hello.node_id, batches=hello.protocol >= BATCH_SINCE)
         link.send({"type": "welcome", "node_id": hello.node_id, "protocol": PROTOCOL_VERSION})
         try:
             if hello.role == "executor":
-                router.executor_connected(link, hello)
+                router.executor_connected(link, hello, credential=credential)
                 await _serve_executor(ws, link, router)
             else:
-                router.bridge_connected(link, hello)
+                router.bridge_connected(link, hello, credential=credential)
                 await _serve_bridge(ws, link, router)
         finally:
             if hello.role == "executor":

@@ -82,18 +82,29 @@ def pytest_configure(config: pytest.Config) -> None:
     _no_env_file()
 
 
+#: The test hubs' secret (HUB_TOKEN); a node presenting it itself is let in as any role
+#: (deprecated). :func:`node_token` gives each role its own credential.
 NODE_TOKEN = "node-token-for-tests-7f3a9c2e51"
+
+
+def node_token(role: str) -> str:
+    """The credential of ``role`` (executor, slack, telegram) on the test hubs."""
+    from hub.credentials import derive
+
+    return derive(NODE_TOKEN, role)
 
 
 @pytest.fixture
 def hub_settings(tmp_path: Path) -> Any:
-    """Hub settings for a test: port 0, a fresh store, short grace periods."""
+    """Hub settings for a test: port 0, a fresh store, short grace periods, and no API key
+    (HUB_AUTH=none: the API tests here are not about keys; tests/abuse sets them)."""
     from hub.settings import HubSettings
 
     return HubSettings(
         HUB_PORT=0,
         HUB_DB=tmp_path / "hub.db",
         HUB_TOKEN=NODE_TOKEN,
+        HUB_AUTH="none",
         HUB_EXECUTOR_GRACE_S=2.0,
         HUB_REDELIVER_S=1.0,
         HUB_KEEPALIVE_S=0.5,
@@ -158,7 +169,7 @@ def start_executor(hub: Any, tmp_path: Path) -> Callable[..., AbstractAsyncConte
     async def start(**overrides: Any) -> AsyncIterator[ExecutorNode]:
         values: dict[str, Any] = {
             "HUB_URL": ws_url(hub),
-            "HUB_TOKEN": NODE_TOKEN,
+            "HUB_TOKEN": node_token("executor"),
             "EXEC_DRY_RUN": True,
             "EXEC_WORKDIR": tmp_path,
         }

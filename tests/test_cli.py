@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import stat
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from codex_hub.cli import build_parser
+from tests.conftest import free_port
 
 CLI = [sys.executable, "-m", "codex_hub"]
 
@@ -26,10 +33,10 @@ def run_cli(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedP
 
 
 def test_every_documented_subcommand_exists() -> None:
-    """The parser offers exactly the commands DESIGN.md promises."""
+    """The parser offers exactly the commands DESIGN.md promises, and `token`."""
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"up", "serve", "executor", "bridge", "exec", "doctor"}
+    assert set(sub.choices) == {"up", "serve", "executor", "bridge", "exec", "doctor", "token"}
 
 
 def test_exec_prints_only_the_answer(tmp_path: Path) -> None:
@@ -121,3 +128,94 @@ def test_up_refuses_a_workdir_holding_the_env_file_or_the_store(
     assert done.returncode == 2, done.stderr
     assert "EXEC_WORKDIR=" in done.stderr and named in done.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "work" / ".hub").exists()
+
+
+def _hub_env(tmp_path: Path, codex_bin: str, port: int) -> dict[str, str]:
+    """The environment of `make run` in a fresh directory: no HUB_ setting at all."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONWARNINGS", "HUB_"))}
+    env.update(
+        HUB_PORT=str(port),
+        CODEX_BIN=codex_bin,
+        CODEX_HOME=str(tmp_path),
+        EXEC_DRY_RUN="true",
+    )
+    return env
+
+
+def _up_until_linked(tmp_path: Path, env: dict[str, str]) -> tuple[str, str]:
+    """Start `codex-hub up`, read stderr up to the sign-in lines, check the executor is
+    connected, stop it: (link, stderr)."""
+    proc = subprocess.Popen(
+        [*CLI, "up"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the test's timeout bounds a hub that never says it
+            seen.append(line)
+            if "API key for clients" in line:
+                break
+        assert proc.poll() is None, "".join(seen)
+        port = env["HUB_PORT"]
+        link = seen[-2].split("sign in to the monitor:", 1)[1].strip()
+        key = link.split("#key=", 1)[1]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/nodes", headers={"Authorization": f"Bearer {key}"}
+        )
+        deadline = time.monotonic() + 20
+        while True:  # the local executor connects with the credential `up` gave it
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                nodes = json.load(resp)["nodes"]
+            if any(n["role"] == "executor" for n in nodes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [n["role"] for n in nodes] == ["executor"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    return link, "".join(seen) + err
+
+
+def test_up_with_nothing_configured_prints_a_sign_in_link_and_keeps_its_key(
+    tmp_path: Path, codex_bin: str
+) -> None:
+    """`codex-hub up` in a fresh directory writes codex-hub.credentials (0600), prints the
+    monitor's link with the key in the fragment and where the key is, and its executor
+    connects; a second start prints the same key; `codex-hub token` prints the executor's
+    credential from the same file."""
+    port = free_port()
+    env = _hub_env(tmp_path, codex_bin, port)
+    link, err = _up_until_linked(tmp_path, env)
+    path = tmp_path / "codex-hub.credentials"
+    data = json.loads(path.read_text())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert link == f"http://127.0.0.1:{port}/#key={data['api_key']}"
+    assert f'"api_key" in {path}' in err
+    assert data["secret"] not in err and data["executor"] not in err
+    again, _ = _up_until_linked(tmp_path, env)
+    assert again == link
+    token = subprocess.run(
+        [*CLI, "token", "executor"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert token.stdout == data["executor"] + "\n"
+
+
+def test_token_refuses_a_node_credential_as_the_secret(tmp_path: Path) -> None:
+    """Run where HUB_TOKEN is already a node's credential, `codex-hub token` says to run it
+    where the hub runs instead of printing a credential no hub accepts."""
+    (tmp_path / ".env").write_text(f"HUB_TOKEN=executor.{'a' * 64}\n")
+    done = run_cli("token", "slack", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "where the hub runs" in done.stderr

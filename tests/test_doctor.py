@@ -36,7 +36,7 @@ from codex_hub.doctor import (
 )
 from executor.codex import TESTED_CODEX_VERSION
 from executor.settings import ExecutorSettings
-from tests.conftest import NODE_TOKEN, ws_url
+from tests.conftest import NODE_TOKEN, node_token, ws_url
 from tests.fakes.chat_model import CHAT_API_KEY, CHAT_MODEL, StubChatModel
 from tests.fakes.model_server import STUB_API_KEY
 from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, FakeSlack
@@ -220,7 +220,8 @@ async def test_broken_setup_names_each_fix(
     assert f"CODEX_HOME={codex_home_logged_out}" in login[1]
     assert checks["hub"][0].startswith("FAIL") and "4001" in checks["hub"][0]
     assert checks["hub"][1] == (
-        "fix: set HUB_TOKEN to the hub's value (the HUB_TOKEN the hub was started with)"
+        "fix: set HUB_TOKEN to this executor's credential: the output of "
+        "`codex-hub token executor` where the hub runs"
     )
     assert "invalid_auth" in checks["slack bot token"][0]
     assert "set SLACK_BOT_TOKEN to the Bot User OAuth Token" in checks["slack bot token"][1]
@@ -353,16 +354,20 @@ async def test_hub_that_refuses_the_host_name_says_which_setting() -> None:
 
 
 async def test_hub_without_token_says_so(hub_settings: Any) -> None:
-    """A hub and node without HUB_TOKEN pass, and the line says there is no token."""
+    """A hub and node without HUB_TOKEN pass with the credential the hub wrote beside its
+    store, and the line names that file."""
     from hub.app import HubServer
 
     server = HubServer(hub_settings.model_copy(update={"token": SecretStr("")}))
     await server.start()
     try:
-        check = await check_hub(executor(HUB_URL=ws_url(server)))
+        check = await check_hub(executor(HUB_URL=ws_url(server), HUB_DB=hub_settings.db))
     finally:
         await server.close()
-    assert check.status == "ok" and "no HUB_TOKEN" in check.detail
+    assert check.status == "ok", check.detail
+    assert f"the executor credential in {hub_settings.db.with_suffix('.credentials')}" in (
+        check.detail
+    )
 
 
 # --- codex ----------------------------------------------------------------------------
@@ -663,3 +668,22 @@ def test_a_separated_executor_has_nothing_to_say_about_secrets(tmp_path: Path) -
         check_secrets(settings, env_file=None, db=None, configured={"SLACK_BOT_TOKEN"}, euid=0)
         == []
     )
+
+
+@pytest.mark.parametrize("role", ["executor", "slack"])
+async def test_a_role_credential_is_recognised(hub: Any, role: str) -> None:
+    """An executor's credential is welcomed; a bridge's is known to the hub, and said so,
+    though the doctor's executor hello gets no runs with it."""
+    check = await check_hub(executor(HUB_URL=ws_url(hub), HUB_TOKEN=node_token(role)))
+    assert check.status == "ok", check.detail
+    if role == "slack":
+        assert "the slack bridge's credential" in check.detail
+
+
+async def test_a_credential_of_another_hub_is_refused(hub: Any) -> None:
+    """A credential derived from another hub's secret is refused with its fix."""
+    from hub.credentials import derive
+
+    token = derive("another-hubs-secret-0123456789", "slack")
+    check = await check_hub(executor(HUB_URL=ws_url(hub), HUB_TOKEN=token))
+    assert check.failed and "4001" in check.detail and "codex-hub token executor" in check.fix

@@ -20,6 +20,25 @@ export function saveKey(key) {
   }
 }
 
+/**
+ * A key handed over in the address, `#key=...` (the link `codex-hub up` prints; a
+ * fragment never reaches a server or its logs): kept like a typed key, and removed from
+ * the address bar and this history entry at once. '' when the address holds none.
+ */
+export function takeKeyFromAddress() {
+  const match = /^#key=([^&]*)/.exec(window.location.hash);
+  if (!match) return '';
+  window.history.replaceState(null, '', window.location.pathname + window.location.search);
+  let key = '';
+  try {
+    key = decodeURIComponent(match[1]).trim();
+  } catch {
+    return ''; // malformed: as if there were none
+  }
+  if (key) saveKey(key);
+  return key;
+}
+
 export function forgetKey() {
   try {
     localStorage.removeItem(STORAGE_KEY);

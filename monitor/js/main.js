@@ -5,7 +5,7 @@
 // happens in between arrives twice and is deduped (runs by id, events by seq).
 
 import { createApi, feedUrl, Unauthorized, Unreachable } from './api.js';
-import { forgetKey, loadKey, saveKey, SignIn } from './auth.js';
+import { forgetKey, loadKey, saveKey, SignIn, takeKeyFromAddress } from './auth.js';
 import { syncClock } from './clock.js';
 import { Composer } from './composer.js';
 import { RunDetail } from './detail.js';
@@ -27,7 +27,7 @@ const CONN_TEXT = {
   'signed-out': 'Signed out',
 };
 
-let key = loadKey();
+let key = takeKeyFromAddress() || loadKey();
 let signedIn = false;
 let ticker = null;
 let ticks = 0;

@@ -32,7 +32,7 @@ from hub.protocol import CLOSE_RATE_LIMITED, CLOSE_UNAUTHORIZED
 from hub.settings import HubSettings
 from tests.abuse.conftest import API_KEY, AUTH, CHAT, assert_serving
 from tests.abuse.procs import feed_messages
-from tests.conftest import NODE_TOKEN
+from tests.conftest import NODE_TOKEN, node_token
 from tests.fakes.nodes import FakeNode, bridge_hello, executor_hello
 
 #: Open to anyone: liveness.
@@ -308,12 +308,12 @@ async def hello_close(url: str, token: str, local: str = "127.0.0.1") -> tuple[i
             return exc.rcvd.code, exc.rcvd.reason
 
 
-async def test_wrong_keys_from_one_address_are_refused_unchecked_until_the_window_passes(
+async def test_wrong_keys_from_one_address_are_refused_until_the_window_passes(
     guarded_settings: HubSettings,
 ) -> None:
-    """Past HUB_AUTH_FAILURE_LIMIT wrong keys, the address gets 429 with Retry-After even
-    with the right key, on every way in; another address is not affected; once the
-    window has passed, its keys are checked again."""
+    """Past HUB_AUTH_FAILURE_LIMIT wrong keys, the address's wrong keys get 429 with
+    Retry-After on every way in, while the right key still gets in everywhere; another
+    address is not affected; once the window has passed, wrong keys get 401 again."""
     limit = guarded_settings.auth_failure_limit
     window = guarded_settings.auth_failure_window_s
     assert limit > 0 and window > 0
@@ -332,44 +332,48 @@ async def test_wrong_keys_from_one_address_are_refused_unchecked_until_the_windo
                 assert resp.status == 200
             async with http.get("/api/nodes", headers=wrong) as resp:
                 assert resp.status == 401
-        for headers in (wrong, AUTH):
-            async with http.get("/api/nodes", headers=headers) as resp:
-                assert resp.status == 429
-                assert resp.headers["Retry-After"] == str(round(window))
-                body = await resp.json()
-            assert body["error"]["code"] == "too_many_auth_failures"
-            assert "retry in" in body["error"]["message"] and API_KEY not in json.dumps(body)
+        async with http.get("/api/nodes", headers=wrong) as resp:
+            assert resp.status == 429
+            assert resp.headers["Retry-After"] == str(round(window))
+            body = await resp.json()
+        assert body["error"]["code"] == "too_many_auth_failures"
+        assert "retry in" in body["error"]["message"] and API_KEY not in json.dumps(body)
+        async with http.get("/api/nodes", headers=AUTH) as resp:
+            assert resp.status == 200
         async with http.get("/healthz") as resp:
             assert resp.status == 200
-        # The node socket and the feed refuse the address too, before any check.
+        # The node socket and the feed refuse the address's wrong credentials too...
         ws_url = f"ws://127.0.0.1:{server.port}/ws"
-        code, reason = await hello_close(ws_url, NODE_TOKEN)
+        code, reason = await hello_close(ws_url, "guess")
         assert code == CLOSE_RATE_LIMITED and "retry in" in reason
         async with connect(f"ws://127.0.0.1:{server.port}/api/feed") as feed:
-            await feed.send(json.dumps({"type": "auth", "key": API_KEY}))
+            await feed.send(json.dumps({"type": "auth", "key": "guess"}))
             with pytest.raises(ConnectionClosed) as closed:
                 await feed.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_RATE_LIMITED
+        # ...and let its right ones in.
+        assert await hello_close(ws_url, NODE_TOKEN) == (None, "welcome")
+        async with connect(f"ws://127.0.0.1:{server.port}/api/feed") as feed:
+            await feed.send(json.dumps({"type": "auth", "key": API_KEY}))
+            assert json.loads(await feed.recv())["type"] == "ready"
         # Another address is not held back.
-        async with other.get("/api/nodes", headers=AUTH) as resp:
-            assert resp.status == 200
-        assert await hello_close(ws_url, NODE_TOKEN, OTHER_ADDRESS) == (None, "welcome")
+        async with other.get("/api/nodes", headers=wrong) as resp:
+            assert resp.status == 401
         # Just before the window ends, still refused; at its end, checked again.
         clock.now += window - 1
-        async with http.get("/api/nodes", headers=AUTH) as resp:
+        async with http.get("/api/nodes", headers=wrong) as resp:
             assert resp.status == 429 and resp.headers["Retry-After"] == "1"
         clock.now += 1
-        async with http.get("/api/nodes", headers=AUTH) as resp:
-            assert resp.status == 200
         async with http.get("/api/nodes", headers=wrong) as resp:
             assert resp.status == 401
 
 
-async def test_wrong_node_tokens_count_against_the_address_too(
+async def test_wrong_node_tokens_count_against_the_address_but_never_refuse_the_right_one(
     guarded_settings: HubSettings,
 ) -> None:
-    """Wrong HUB_TOKENs in hellos trip the same limit: then the right token is refused
-    with 4029 and a reason, and so is the API key over HTTP from that address."""
+    """Wrong node credentials in hellos trip the same limit: then wrong ones get 4029 with
+    a reason and wrong API keys 429, while a second executor with the right credential
+    connects and the right API key is served during the lockout."""
     limit = guarded_settings.auth_failure_limit
     async with (
         HubServer(guarded_settings) as server,
@@ -377,18 +381,53 @@ async def test_wrong_node_tokens_count_against_the_address_too(
     ):
         server.app[AUTH_FAILURES].clock = Clock()
         url = f"ws://127.0.0.1:{server.port}/ws"
+        assert await hello_close(url, node_token("executor")) == (None, "welcome")
         for _ in range(limit):
             assert (await hello_close(url, "guess"))[0] == CLOSE_UNAUTHORIZED
-        code, reason = await hello_close(url, NODE_TOKEN)
+        code, reason = await hello_close(url, "guess")
         assert code == CLOSE_RATE_LIMITED
         assert reason.startswith("too many failed authentications from 127.0.0.1")
-        assert NODE_TOKEN not in reason
-        async with http.get("/api/nodes", headers=AUTH) as resp:
+        async with http.get("/api/nodes", headers={"Authorization": "Bearer guess"}) as resp:
             assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
-        assert await hello_close(url, NODE_TOKEN, OTHER_ADDRESS) == (None, "welcome")
-        assert not server.app[ROUTER].executors or list(server.app[ROUTER].executors) == [
-            f"n-{OTHER_ADDRESS}"
-        ]
+        async with connect(url) as ws:
+            hello = executor_hello(node_id="second-exec", token=node_token("executor"))
+            await ws.send(json.dumps(hello))
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            assert "second-exec" in server.app[ROUTER].executors
+        async with http.get("/api/nodes", headers=AUTH) as resp:
+            assert resp.status == 200
+
+
+async def test_keyless_requests_never_lock_the_right_key_out(
+    guarded_settings: HubSettings,
+) -> None:
+    """Twelve requests with no credential at all (what any web page can send), on the API,
+    the feed and the node socket, are refused without counting: the right key and the
+    right node credential still get in, and a wrong key still gets 401, not 429."""
+    async with (
+        HubServer(guarded_settings) as server,
+        aiohttp.ClientSession(server.url) as http,
+    ):
+        assert guarded_settings.auth_failure_limit < 12
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        for _ in range(12):
+            async with http.get("/api/nodes") as resp:
+                assert resp.status == 401
+            async with http.post(CHAT, json={"messages": []}) as resp:
+                assert resp.status == 401
+            assert (await hello_close(url, ""))[0] == CLOSE_UNAUTHORIZED
+            async with connect(f"ws://127.0.0.1:{server.port}/api/feed") as feed:
+                await feed.send(json.dumps({"type": "auth", "key": ""}))
+                with pytest.raises(ConnectionClosed) as closed:
+                    await feed.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == CLOSE_FEED_UNAUTHORIZED
+        assert server.app[AUTH_FAILURES].retry_after("127.0.0.1") == 0.0
+        async with http.get("/api/nodes", headers=AUTH) as resp:
+            assert resp.status == 200
+        async with http.get("/api/nodes", headers={"Authorization": "Bearer guess"}) as resp:
+            assert resp.status == 401
+        assert await hello_close(url, node_token("executor")) == (None, "welcome")
 
 
 def test_addresses_are_counted_by_host_and_bounded() -> None:
@@ -478,7 +517,7 @@ async def test_behind_a_trusted_proxy_one_clients_wrong_keys_hold_back_only_that
     guarded_settings: HubSettings, trusted: str
 ) -> None:
     """With the proxy trusted, the limit counts the forwarded client, so the others
-    behind the same proxy get in; without it, forged headers change nothing."""
+    behind the same proxy are not held back; without it, forged headers change nothing."""
     settings = guarded_settings.model_copy(update={"trusted_proxies": [trusted] if trusted else []})
     wrong = {"Authorization": f"Bearer {API_KEY}x"}
     async with HubServer(settings) as server, aiohttp.ClientSession(server.url) as http:
@@ -489,9 +528,10 @@ async def test_behind_a_trusted_proxy_one_clients_wrong_keys_hold_back_only_that
             forged = "198.51.100.7" if trusted else f"198.51.100.{n + 10}"
             async with http.get("/api/nodes", headers={**wrong, "X-Forwarded-For": forged}) as resp:
                 assert resp.status == 401
-        guesser = {**AUTH, "X-Forwarded-For": "198.51.100.7"}
+        guesser = {**wrong, "X-Forwarded-For": "198.51.100.7"}
         async with http.get("/api/nodes", headers=guesser) as resp:
             assert resp.status == 429
-        someone_else = {**AUTH, "X-Forwarded-For": "198.51.100.8"}
+        # Wrong keys tell whose count they go to (a right key gets in whoever sends it).
+        someone_else = {**wrong, "X-Forwarded-For": "198.51.100.8"}
         async with http.get("/api/nodes", headers=someone_else) as resp:
-            assert resp.status == (200 if trusted else 429)
+            assert resp.status == (401 if trusted else 429)

@@ -30,7 +30,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hub.appkeys import ROUTER
-from hub.protocol import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION
+from hub.protocol import CLOSE_BAD_HELLO, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION
 from tests.abuse.conftest import API_KEY, FULL, QUICK, Batches
 from tests.abuse.strategies import encode, json_values, obj, text
 from tests.conftest import NODE_TOKEN
@@ -304,9 +304,12 @@ async def hello_once(hub: Any, frame: str | bytes, batches: Batches) -> None:
         assert isinstance(sent, dict) and sent.get("token") == NODE_TOKEN, (frame, answer)
     else:
         event(f"closed {answer}")
-        assert answer in (CLOSE_UNAUTHORIZED, CLOSE_BAD_HELLO), (frame, answer)
+        assert answer in (CLOSE_UNAUTHORIZED, CLOSE_BAD_HELLO, CLOSE_FORBIDDEN), (frame, answer)
         if answer == CLOSE_UNAUTHORIZED:
             assert isinstance(sent, dict) and sent.get("token") != NODE_TOKEN, frame
+        if answer == CLOSE_FORBIDDEN:  # a right credential, but no platform for a bridge
+            assert isinstance(sent, dict) and sent.get("token") == NODE_TOKEN, frame
+            assert sent.get("role") == "bridge", frame
     await batches.example_done()
 
 
@@ -315,7 +318,8 @@ async def hello_once(hub: Any, frame: str | bytes, batches: Batches) -> None:
 async def test_a_bad_hello_is_closed_and_only_the_token_is_welcomed(
     hub: Any, batches: Batches, frame: str | bytes
 ) -> None:
-    """Any first frame: welcome only with HUB_TOKEN, otherwise 4001 or 4002."""
+    """Any first frame: welcome only with HUB_TOKEN (and a platform for a bridge),
+    otherwise 4001, 4002 or 4403."""
     await hello_once(hub, frame, batches)
 
 

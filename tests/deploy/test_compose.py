@@ -144,7 +144,20 @@ def test_each_service_holds_only_its_own_credentials(compose: dict, name: str) -
 
 
 def test_executor_mounts_no_store_and_no_other_roles_secret(compose: dict) -> None:
-    """The executor's container holds no store and only the hub_token secret."""
+    """The executor's container holds no store and only its own node credential."""
     executor = compose["services"]["executor"]
-    assert executor["secrets"] == ["hub_token"]
+    assert executor["secrets"] == ["executor_token"]
     assert not any(v.startswith("hub-store:") for v in executor["volumes"])
+
+
+@pytest.mark.parametrize("name", NODES)
+def test_each_node_presents_its_own_credential(compose: dict, name: str) -> None:
+    """A node's HUB_TOKEN is its own role's credential (`codex-hub token ROLE`, in
+    secrets/ROLE_token), never the hub's secret, which only the hub mounts."""
+    env = c.service_environment(compose["services"][name])
+    assert env["HUB_TOKEN_FILE"] == f"/run/secrets/{name}_token"
+    assert "hub_token" not in compose["services"][name]["secrets"]
+    assert "hub_token" in compose["services"]["hub"]["secrets"]
+    assert compose["secrets"][f"{name}_token"]["file"] == f"./secrets/{name}_token"
+    text = c.COMPOSE.read_text()
+    assert "codex-hub token $role > secrets/${role}_token" in text

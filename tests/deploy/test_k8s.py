@@ -64,11 +64,31 @@ def test_env_names_are_settings(docs: list[dict]) -> None:
 
 
 def test_example_secret_holds_no_real_secret(docs: list[dict]) -> None:
-    """The example Secret only has placeholders or empty values for credentials."""
-    secret = by_kind(docs, "Secret")["codex-hub"]
-    for key, value in secret["stringData"].items():
-        if "TOKEN" in key or "KEY" in key:
-            assert value in ("", "REPLACE_ME"), key
+    """The example Secrets only have placeholders or empty values for credentials."""
+    secrets = by_kind(docs, "Secret")
+    assert "codex-hub" in secrets
+    for secret in secrets.values():
+        for key, value in secret["stringData"].items():
+            if "TOKEN" in key or "KEY" in key:
+                assert value in ("", "REPLACE_ME"), key
+
+
+@pytest.mark.parametrize("role", ["executor", "slack", "telegram"])
+def test_each_node_presents_its_own_credential(docs: list[dict], role: str) -> None:
+    """A node's HUB_TOKEN is the `node-token` file of its own Secret (`codex-hub token
+    ROLE`), which the example shows and the README makes; only the hub mounts the
+    secret that credential derives from."""
+    name = f"codex-hub-{role}"
+    pod = by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["HUB_TOKEN"] == "" and env["HUB_TOKEN_FILE"] == f"/run/secrets/{name}/node-token"
+    mounted = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert name in mounted and "codex-hub-token" not in mounted
+    assert "node-token" in by_kind(docs, "Secret")[name]["stringData"]
+    readme = (c.K8S / "README.md").read_text()
+    assert 'codex-hub token "$role"' in readme and "--from-file=node-token=" in readme
+    hub = by_kind(docs, "Deployment")["codex-hub"]["spec"]["template"]["spec"]
+    assert "codex-hub-token" in {v["secret"]["secretName"] for v in hub["volumes"] if "secret" in v}
 
 
 def test_example_settings_secret_holds_no_credential(docs: list[dict]) -> None:
@@ -114,7 +134,7 @@ def test_each_pod_holds_only_its_own_credentials(docs: list[dict]) -> None:
                 assert file is None, f"{path.name} must not hold {secret}"
         assert all(name.startswith("codex-hub-") for name in secret_dirs.values())
         if role == "executor":
-            assert set(secret_dirs.values()) == {"codex-hub-token"}
+            assert set(secret_dirs.values()) == {"codex-hub-executor"}
     assert seen == set(c.ROLE_CREDENTIALS)
 
 

@@ -18,14 +18,15 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import free_port
+from tests.conftest import free_port, node_token
 from tests.fakes.slack import FakeSlack, SlackMessage
 from tests.fakes.telegram import Call, FakeTelegram
 from tests.faults.procs import WAIT_S, Proc, Procs
 
 #: Settings of every hub here: replies re-sent every half second; executors that
-#: vanish keep their runs for 15 s (tests of a lost executor shorten it).
-HUB_DEFAULTS = {"HUB_EXECUTOR_GRACE_S": "15", "HUB_REDELIVER_S": "0.5"}
+#: vanish keep their runs for 15 s (tests of a lost executor shorten it); the API needs
+#: no key (these tests are about faults, tests/abuse about keys).
+HUB_DEFAULTS = {"HUB_EXECUTOR_GRACE_S": "15", "HUB_REDELIVER_S": "0.5", "HUB_AUTH": "none"}
 
 
 class HubApi:
@@ -140,6 +141,7 @@ class Stack:
         """
         settings = {
             "HUB_URL": self.hub_url,
+            "HUB_TOKEN": node_token("executor"),
             "NODE_NAME": name,
             "EXEC_WORKDIR": str(workdir),
             "EXEC_TIMEOUT_S": "120",
@@ -160,6 +162,7 @@ class Stack:
         if proc is None:
             settings = {
                 "HUB_URL": self.hub_url,
+                "HUB_TOKEN": node_token("telegram"),
                 "NODE_NAME": name,
                 "TELEGRAM_BOT_TOKEN": self.telegram.token,
                 "TELEGRAM_API_BASE_URL": self.telegram.base_url,
@@ -182,6 +185,7 @@ class Stack:
         if proc is None:
             settings = {
                 "HUB_URL": self.hub_url,
+                "HUB_TOKEN": node_token("slack"),
                 "NODE_NAME": name,
                 "SLACK_BOT_TOKEN": self.slack.bot_token,
                 "SLACK_APP_TOKEN": self.slack.app_token,

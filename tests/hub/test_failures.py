@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from hub.appkeys import ROUTER, STORE
+from hub.store import Delivery
 from tests.conftest import NODE_TOKEN, ws_url
 from tests.hub.test_router import post_chat, until
 
@@ -228,6 +229,7 @@ async def test_a_bridge_frame_that_raises_costs_only_that_frame(
         assert error["code"] == "internal_error" and "submit" in error["message"]
         assert "disk on fire" not in error["message"]  # the details stay in the hub's log
         # An ack has no req_id: the error comes without one.
+        router.pending["run_x"] = Delivery("run_x", "run_x", "slack", {}, 0.0)
         await br.send({"type": "ack", "delivery_id": "run_x"})
         await br.wait_for(lambda f: f.get("code") == "internal_error" and "req_id" not in f)
         await br.send({**SUBMIT, "req_id": "b"})

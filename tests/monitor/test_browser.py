@@ -49,14 +49,19 @@ async def open_page(chromium: Browser) -> AsyncIterator[OpenPage]:
             errors.append(message.text)
 
     async def make(
-        url: str, *, viewport: dict[str, int] = LAPTOP, scheme: str = "light", sign_in: bool = True
+        url: str,
+        *,
+        viewport: dict[str, int] = LAPTOP,
+        scheme: str = "light",
+        sign_in: bool = True,
+        path: str = "/",
     ) -> Page:
         context = await chromium.new_context(viewport=viewport, color_scheme=scheme)
         contexts.append(context)
         page = await context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", on_console)
-        await page.goto(f"{url}/")
+        await page.goto(f"{url}{path}")
         if sign_in:
             await sign_in_with(page, API_KEY)
         return page
@@ -130,9 +135,24 @@ async def test_sign_in_asks_for_a_key_keeps_it_and_never_shows_it(
     await page.screenshot(path=SCREENSHOTS / "signin-laptop-light.png")
 
 
+async def test_a_key_in_the_links_fragment_signs_in_and_leaves_the_address(
+    monitor_hub: HubServer, open_page: OpenPage
+) -> None:
+    """The link `codex-hub up` prints (`/#key=...`) signs the page in, keeps the key like a
+    typed one, and leaves no trace of it in the address bar or the history."""
+    page = await open_page(f"{monitor_hub.url}/#key={API_KEY}", sign_in=False, path="")
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    await expect(page.locator("#signin")).to_be_hidden()
+    assert page.url == f"{monitor_hub.url}/"
+    assert await page.evaluate("localStorage.getItem('codex-hub.api-key')") == API_KEY
+    await page.reload()
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+
+
 async def test_without_api_keys_the_page_opens_at_once(tmp_path: Path, open_page: OpenPage) -> None:
-    """A hub without HUB_API_KEYS (loopback only) needs no sign-in; there is no sign-out."""
-    async with HubServer(make_settings(tmp_path, HUB_OPERATOR_KEYS="")) as hub:
+    """A hub with HUB_AUTH=none (loopback only) needs no sign-in; there is no sign-out."""
+    settings = make_settings(tmp_path, HUB_API_KEYS="", HUB_OPERATOR_KEYS="", HUB_AUTH="none")
+    async with HubServer(settings) as hub:
         page = await open_page(hub.url, sign_in=False)
         await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
         await expect(page.locator("#signin")).to_be_hidden()
