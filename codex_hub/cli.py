@@ -260,10 +260,11 @@ async def _run_until_stopped(parts: list[Any]) -> int:
     return 0
 
 
-def _hub(args: argparse.Namespace) -> Any:
+def _hub(args: argparse.Namespace, settings: HubSettings | None = None) -> Any:
     from hub.app import HubServer
 
-    settings = load(HubSettings, args.env_file)
+    if settings is None:
+        settings = load(HubSettings, args.env_file)
     register_settings_secrets(settings)
     try:
         return HubServer(settings)
@@ -374,12 +375,14 @@ async def cmd_up(args: argparse.Namespace) -> int:
     """``codex-hub up``: hub, a local executor and every configured bridge."""
     from executor.settings import ExecutorSettings
 
-    hub = _hub(args)
+    hub_settings = load(HubSettings, args.env_file)
     executor = load(ExecutorSettings, args.env_file, **_runner_overrides(args))
     if executor.exec_transport == "local":
+        # Before the hub is made: it would create its data directory and credentials.
         refuse_secrets_in_workdir(
-            executor.exec_workdir, env_file=loaded_env_file(args.env_file), db=hub.settings.db
+            executor.exec_workdir, env_file=loaded_env_file(args.env_file), db=hub_settings.db
         )
+    hub = _hub(args, hub_settings)
     await hub.start()
     try:
         hub_url = f"ws://127.0.0.1:{hub.port}/ws"

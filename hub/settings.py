@@ -475,5 +475,12 @@ class NodeSettings(LogSettings):
     hub_token: SecretStr = Field(SecretStr(""), alias="HUB_TOKEN")
     #: Where a hub on this machine keeps its store: with HUB_TOKEN empty, the node reads
     #: its own credential from the credentials file the hub wrote beside it.
-    hub_db: Path = Field(Path("codex-hub.db"), alias="HUB_DB")
+    hub_db: Path = Field(
+        default_factory=lambda: default_data_dir() / "codex-hub.db", alias="HUB_DB"
+    )
     node_name: str = Field("", alias="NODE_NAME")
+
+    @field_validator("hub_db")
+    @classmethod
+    def _expand_hub_db(cls, value: Path) -> Path:
+        return value.expanduser()

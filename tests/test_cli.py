@@ -131,9 +131,16 @@ def test_up_refuses_a_workdir_holding_the_env_file_or_the_store(
 
 
 def _hub_env(tmp_path: Path, codex_bin: str, port: int) -> dict[str, str]:
-    """The environment of `make run` in a fresh directory: no HUB_ setting at all."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONWARNINGS", "HUB_"))}
+    """The environment of `make run` in a fresh directory: no HUB_ setting at all (HOME
+    is the test's, so the default HUB_DB, and the credentials beside it, are too; codex
+    works in a directory of its own, as `up` insists)."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PYTHONWARNINGS", "HUB_", "XDG_"))
+    }
+    (tmp_path / "work").mkdir(exist_ok=True)
     env.update(
+        HOME=str(tmp_path / "home"),
+        EXEC_WORKDIR=str(tmp_path / "work"),
         HUB_PORT=str(port),
         CODEX_BIN=codex_bin,
         CODEX_HOME=str(tmp_path),
@@ -192,7 +199,7 @@ def test_up_with_nothing_configured_prints_a_sign_in_link_and_keeps_its_key(
     port = free_port()
     env = _hub_env(tmp_path, codex_bin, port)
     link, err = _up_until_linked(tmp_path, env)
-    path = tmp_path / "codex-hub.credentials"
+    path = tmp_path / "home" / ".local" / "share" / "codex-hub" / "codex-hub.credentials"
     data = json.loads(path.read_text())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert link == f"http://127.0.0.1:{port}/#key={data['api_key']}"
@@ -215,7 +222,7 @@ def test_up_with_nothing_configured_prints_a_sign_in_link_and_keeps_its_key(
 def test_token_refuses_a_node_credential_as_the_secret(tmp_path: Path) -> None:
     """Run where HUB_TOKEN is already a node's credential, `codex-hub token` says to run it
     where the hub runs instead of printing a credential no hub accepts."""
-    (tmp_path / ".env").write_text(f"HUB_TOKEN=executor.{'a' * 64}\n")
+    (tmp_path / ".env").write_text(f"HUB_TOKEN=executor.{'3f9a0c7e' * 8}\n")
     done = run_cli("token", "slack", cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     assert "where the hub runs" in done.stderr

@@ -160,4 +160,4 @@ def test_each_node_presents_its_own_credential(compose: dict, name: str) -> None
     assert "hub_token" in compose["services"]["hub"]["secrets"]
     assert compose["secrets"][f"{name}_token"]["file"] == f"./secrets/{name}_token"
     text = c.COMPOSE.read_text()
-    assert "codex-hub token $role > secrets/${role}_token" in text
+    assert f"hub codex-hub token {name} > secrets/{name}_token" in text

@@ -48,7 +48,8 @@ async def test_a_first_start_writes_a_private_credentials_file_and_a_second_reus
         key, secret = data["api_key"], data["secret"]
         assert len(key) >= 40 and len(secret) >= 40
         assert data["executor"] == derive(secret, "executor")
-        assert hub.settings.api_keys == [key]
+        # The generated key is the operator's: whoever started the hub sees every run.
+        assert hub.settings.operator_keys == [key] and hub.settings.api_keys == []
         assert hub.settings.token.get_secret_value() == secret
         assert hub.signin_url == f"http://127.0.0.1:{hub.port}/#key={key}"
         async with http.get(f"{hub.url}/api/nodes") as resp:
@@ -58,7 +59,7 @@ async def test_a_first_start_writes_a_private_credentials_file_and_a_second_reus
         ) as resp:
             assert resp.status == 200
     async with HubServer(bare_settings(tmp_path)) as again:
-        assert again.settings.api_keys == [key]
+        assert again.settings.operator_keys == [key]
         assert again.settings.token.get_secret_value() == secret
     assert json.loads(path.read_text()) == data
 

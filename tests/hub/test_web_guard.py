@@ -21,12 +21,13 @@ RUNS = "/api/runs"
 
 
 def settings_for(tmp_path: Path, **values: Any) -> HubSettings:
+    """A hub without keys (HUB_AUTH=none): these tests are about pages, not keys."""
     return HubSettings(
         _env_file=None,  # type: ignore[call-arg]
         HUB_PORT=0,
         HUB_DB=tmp_path / "hub.db",
         HUB_TOKEN=NODE_TOKEN,
-        **values,
+        **{"HUB_AUTH": "none", **values},
     )
 
 
