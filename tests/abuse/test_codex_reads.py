@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from hub.credentials import derive
 from tests.abuse.procs import clean_env
 from tests.conftest import free_port
 from tests.fakes.model_server import StubModelServer
@@ -264,31 +265,36 @@ async def test_split_deployment_codex_finds_no_credential_but_the_executors_own(
 
     home = tmp_path / "executor-home"
     home.mkdir()
+    # The executor holds only its own credential (`codex-hub token executor`), as a file.
+    executor_token = derive(hub_token, "executor")
     token_file = home / "hub-token"
-    token_file.write_text(hub_token + "\n")
+    token_file.write_text(executor_token + "\n")
     token_file.chmod(0o600)
 
     workdir = stack.workdir("exec-a")
     # An operator's key: only operators see the chat bridges' runs.
-    await stack.start_hub(HUB_TOKEN=hub_token, HUB_API_KEYS=api_key, HUB_OPERATOR_KEYS=api_key)
+    await stack.start_hub(
+        HUB_TOKEN=hub_token, HUB_API_KEYS=api_key, HUB_OPERATOR_KEYS=api_key, HUB_AUTH="keys"
+    )
     await stack.start_executor(
         workdir=workdir,
         codex_bin=codex_bin,
         codex_home=codex_home,
         HOME=str(home),
+        HUB_TOKEN="",
         HUB_TOKEN_FILE=str(token_file),
         CODEX_SANDBOX="danger-full-access",
         GHP_PRINTED=ghp,
     )
-    bridge = await stack.start_telegram(HUB_TOKEN=hub_token)
+    bridge = await stack.start_telegram(HUB_TOKEN=derive(hub_token, "telegram"))
 
     model_server.reply_exec(HUNT, then=f"the hunt found {ghp}")
     run_id = await stack.ask(bridge, 4242, "hunt for credentials")
     reply = await stack.wait_reply(4242, "the hunt found", timeout=60)
 
     output = hunt_output(workdir, model_server)
-    assert found(others, output) == [], output[-4000:]
-    assert hub_token in output, "the executor's own token file was not reached"
+    assert found({**others, "HUB_TOKEN": hub_token}, output) == [], output[-4000:]
+    assert executor_token in output, "the executor's own token file was not reached"
     assert denied_ancestors(output), f"the hunt never reached codex-hub:\n{output[:3000]}"
 
     assert ghp not in (reply.text or "") and "ghp_***" in (reply.text or "")

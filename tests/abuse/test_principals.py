@@ -322,9 +322,16 @@ async def test_the_feed_shows_a_key_only_its_own_runs(
 async def test_without_keys_everyone_is_one_principal_and_sees_every_run(
     tmp_path: Path,
 ) -> None:
-    """A hub with no API key (loopback) treats every caller as one operator: its runs and
-    the chats' are listed, and a chat's conversation can be continued."""
-    settings = make(HubSettings, HUB_PORT=0, HUB_DB=tmp_path / "hub.db", HUB_TOKEN=NODE_TOKEN)
+    """A hub with no API key (HUB_AUTH=none, loopback) treats every caller as one
+    operator: its runs and the chats' are listed, and a chat's conversation can be
+    continued."""
+    settings = make(
+        HubSettings,
+        HUB_PORT=0,
+        HUB_DB=tmp_path / "hub.db",
+        HUB_TOKEN=NODE_TOKEN,
+        HUB_AUTH="none",
+    )
     async with HubServer(settings) as server, aiohttp.ClientSession(server.url) as http:
         async with telegram_bridge(server) as bridge:
             telegram_run = await telegram_turn(bridge, "telegram user's question", "t1")

@@ -16,7 +16,7 @@ from playwright.async_api import Browser
 
 from hub.app import HubServer
 from hub.appkeys import STORE
-from tests.monitor.conftest import make_settings
+from tests.monitor.conftest import NODE_TOKEN, make_settings
 
 pytestmark = pytest.mark.browser
 
@@ -67,9 +67,9 @@ window.attack = (async () => {
 
 @pytest.fixture
 async def open_hub(tmp_path: Path) -> AsyncIterator[HubServer]:
-    """A hub as ``make run`` starts it: no API key, no node token, on 127.0.0.1."""
+    """The most open hub there is: no API key at all (HUB_AUTH=none), on 127.0.0.1."""
     async with HubServer(
-        make_settings(tmp_path, HUB_API_KEYS="", HUB_OPERATOR_KEYS="", HUB_TOKEN="")
+        make_settings(tmp_path, HUB_API_KEYS="", HUB_OPERATOR_KEYS="", HUB_AUTH="none")
     ) as hub:
         yield hub
 
@@ -105,7 +105,7 @@ async def test_a_page_of_another_origin_starts_and_reads_nothing(
     """The no-cors POST, the form POST and both websockets of a foreign page are refused:
     no run is stored, the connected executor is sent nothing, the page reads nothing."""
     node_url = f"ws://127.0.0.1:{open_hub.port}/ws"
-    async with fake_executor(node_url, capacity=4) as executor:
+    async with fake_executor(node_url, capacity=4, token=NODE_TOKEN) as executor:
         context = await chromium.new_context()
         try:
             page = await context.new_page()
