@@ -90,8 +90,21 @@ class HubSettings(LogSettings):
     auth_failure_limit: int = Field(10, alias="HUB_AUTH_FAILURE_LIMIT", ge=0)
     auth_failure_window_s: float = Field(60.0, alias="HUB_AUTH_FAILURE_WINDOW_S", gt=0)
     trusted_proxies: CsvList = Field(default_factory=list, alias="HUB_TRUSTED_PROXIES")
+    reattach_grace_s: float = Field(30.0, alias="HUB_REATTACH_GRACE_S", ge=0)
+    image_max_bytes: int = Field(10_000_000, alias="HUB_IMAGE_MAX_BYTES", ge=1)
+    image_fetch_timeout_s: float = Field(10.0, alias="HUB_IMAGE_FETCH_TIMEOUT_S", gt=0)
+    image_allowed_networks: CsvList = Field(
+        default_factory=list, alias="HUB_IMAGE_ALLOWED_NETWORKS"
+    )
 
     _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
+    _split_image_networks = field_validator("image_allowed_networks", mode="before")(split_csv)
+
+    @field_validator("image_allowed_networks")
+    @classmethod
+    def _image_networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # refuses what is not an address or a network
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod
