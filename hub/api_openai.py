@@ -96,6 +96,8 @@ class Calls:
             allowed=parse_networks(settings.image_allowed_networks),
         )
         self._requests: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        #: Retries that joined the run of an earlier request, since the start.
+        self.rejoined = 0
         self._waiters: dict[str, int] = {}
         self._orphans: dict[str, asyncio.Task[None]] = {}
 
@@ -448,6 +450,7 @@ async def start(
         earlier = calls.earlier(fingerprint)
         ticket = await router.join(earlier, watch) if earlier else None
         if ticket is not None:
+            calls.rejoined += 1
             log.info("run %s: a retry of its request joins it", ticket.run.id)
             return ticket
     idempotency = _text_header(request, "Idempotency-Key")

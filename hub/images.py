@@ -71,6 +71,14 @@ def refused(address: str, allowed: tuple[Network, ...]) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+def _refusal(host: str) -> ImageError:
+    return ImageError(
+        f"the image URL's host {host} is a loopback, private or link-local address, which "
+        "the hub does not fetch from (HUB_IMAGE_ALLOWED_NETWORKS can allow a network)",
+        param="image_url",
+    )
+
+
 class _CheckedResolver(AbstractResolver):
     """Resolves like the system, then drops every address the hub must not reach."""
 
@@ -84,11 +92,7 @@ class _CheckedResolver(AbstractResolver):
         found = await self._inner.resolve(host, port, family)
         kept = [r for r in found if not refused(r["host"], self._allowed)]
         if not kept:
-            raise ImageError(
-                f"the image URL's host {host} is a loopback, private or link-local address, "
-                "which the hub does not fetch from",
-                param="image_url",
-            )
+            raise _refusal(host)
         return kept
 
     async def close(self) -> None:
@@ -145,8 +149,19 @@ class ImageFetcher:
                 f"the image at {_short(url)} could not be fetched: {reason}", param="image_url"
             ) from None
 
+    def _check_literal(self, url: str) -> None:
+        """A host written as an address skips DNS, so the resolver's check: check it here."""
+        host = (urlsplit(url).hostname or "").strip("[]")
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return  # a name: the resolver checks every address it resolves to
+        if refused(host, self.allowed):
+            raise _refusal(host)
+
     async def _fetch(self, url: str) -> Image:
         for _ in range(MAX_REDIRECTS + 1):
+            self._check_literal(url)
             async with self._http().get(url, allow_redirects=False) as resp:
                 if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                     url = str(resp.url.join(aiohttp.client.URL(resp.headers["Location"])))
