@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,32 @@ import pytest
 from pydantic import BaseModel
 
 from tests.fakes.model_server import StubModelServer
-from tests.test_e2e_codex import real_executor, workdir  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.codex
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
+
+
+@pytest.fixture
+def real_executor(
+    start_executor: Callable[..., AbstractAsyncContextManager[Any]], codex_bin: str, tmp_path: Path
+) -> Callable[..., AbstractAsyncContextManager[Any]]:
+    """An executor node running the real codex with ``CODEX_HOME=home``."""
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+
+    def start(home: Path) -> AbstractAsyncContextManager[Any]:
+        return start_executor(
+            EXEC_DRY_RUN=False,
+            CODEX_BIN=codex_bin,
+            CODEX_HOME=home,
+            EXEC_WORKDIR=workdir,
+            EXEC_TIMEOUT_S=30,
+        )
+
+    return start
 
 
 class Verdict(BaseModel):
