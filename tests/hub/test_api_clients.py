@@ -63,30 +63,31 @@ async def test_langchain_with_structured_output_parses_codexs_json(
     assert set(assign["options"]["output_schema"]["properties"]) == {"ok", "reason"}
 
 
-async def test_litellm_as_a_library_gets_the_answer_plain_and_streamed(
+async def test_litellm_as_a_library_keeps_the_conversation_plain_and_streamed(
     hub: Any, start_executor: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """litellm.acompletion with an openai/ model on the hub's base URL works both ways."""
+    """litellm.acompletion with an openai/ model on the hub's base URL works both ways, and
+    the earlier turns reach codex (the dry run echoes its prompt)."""
     # litellm fetches its price list from the internet at import unless told not to.
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    history = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "my name is Ada"},
+        {"role": "assistant", "content": "hello Ada"},
+        {"role": "user", "content": "what is my name?"},
+    ]
+    where = {"model": "openai/codex", "api_base": hub.url + "/v1", "api_key": "unused"}
     async with start_executor():
-        reply = await litellm.acompletion(
-            model="openai/codex",
-            api_base=hub.url + "/v1",
-            api_key="unused",
-            messages=[{"role": "user", "content": "from litellm"}],
-        )
+        reply = await litellm.acompletion(messages=history, **where)
         stream = await litellm.acompletion(
-            model="openai/codex",
-            api_base=hub.url + "/v1",
-            api_key="unused",
-            messages=[{"role": "user", "content": "streamed litellm"}],
-            stream=True,
+            messages=[{"role": "user", "content": "streamed litellm"}], stream=True, **where
         )
         text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
-    assert reply.choices[0].message.content == "from litellm"
+    answer = reply.choices[0].message.content
+    assert "<user>\nmy name is Ada\n</user>\n<assistant>\nhello Ada\n</assistant>" in answer
+    assert answer.endswith("what is my name?")
     assert text == "streamed litellm"
 
 

@@ -185,33 +185,24 @@ async def test_what_codex_cannot_do_gets_a_400_that_says_why(
     assert runs == []
 
 
-async def test_tools_with_auto_and_sampling_parameters_are_accepted(
+async def test_stop_cuts_the_answer_and_tools_and_sampling_are_accepted(
     hub: Any, start_executor: Any
 ) -> None:
-    """tools with tool_choice auto, temperature, top_p, seed and max_tokens do not refuse."""
+    """The answer ends before the first stop sequence, plain and streamed; tools with
+    tool_choice auto, temperature, top_p, seed and max_tokens are accepted alongside."""
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    payload = body(
-        user("hi"),
-        tools=[tool],
-        tool_choice="auto",
-        temperature=0.2,
-        top_p=0.5,
-        seed=1,
-        max_tokens=10,
-        n=1,
-    )
-    async with start_executor(), aiohttp.ClientSession() as s:
-        async with s.post(hub.url + CHAT, json=payload) as resp:
-            data = await resp.json()
-    assert resp.status == 200
-    assert data["choices"][0]["message"]["content"] == "hi"
-
-
-async def test_stop_cuts_the_answer(hub: Any, start_executor: Any) -> None:
-    """The answer ends before the first stop sequence, plain and streamed."""
+    accepted = {
+        "tools": [tool],
+        "tool_choice": "auto",
+        "temperature": 0.2,
+        "top_p": 0.5,
+        "seed": 1,
+        "max_tokens": 10,
+        "n": 1,
+    }
     async with start_executor(), aiohttp.ClientSession() as s:
         async with s.post(
-            hub.url + CHAT, json=body(user("one. two. END three"), stop=["END", "x"])
+            hub.url + CHAT, json=body(user("one. two. END three"), stop=["END", "x"], **accepted)
         ) as resp:
             plain = (await resp.json())["choices"][0]["message"]["content"]
         async with s.post(

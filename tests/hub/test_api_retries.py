@@ -164,22 +164,11 @@ async def test_a_retry_with_the_same_body_rejoins_a_dropped_request(
     assert len(ex.of_type("assign")) == 1
 
 
-async def test_the_same_body_without_a_retry_header_is_a_new_run(
-    hub: Any, start_executor: Any
-) -> None:
-    """Asking the same question twice on purpose runs codex twice."""
-    async with start_executor(), aiohttp.ClientSession() as s:
-        ids = []
-        for _ in range(2):
-            async with s.post(hub.url + CHAT, json=chat("again")) as resp:
-                ids.append(resp.headers["X-Run-ID"])
-    assert ids[0] != ids[1]
-
-
 async def test_a_retry_of_a_finished_run_gets_its_recorded_outcome(
     hub: Any, start_executor: Any
 ) -> None:
-    """A retry that comes after the run ended gets that answer, from the store."""
+    """A retry that comes after the run ended gets that answer, from the store; the same
+    body sent again without a retry header is a new run."""
     body = chat("done before")
     async with start_executor(), aiohttp.ClientSession() as s:
         async with s.post(hub.url + CHAT, json=body) as resp:
@@ -189,7 +178,10 @@ async def test_a_retry_of_a_finished_run_gets_its_recorded_outcome(
         ) as resp:
             second = resp.headers["X-Run-ID"]
             data = await resp.json()
+        async with s.post(hub.url + CHAT, json=body) as resp:
+            third = resp.headers["X-Run-ID"]
     assert first == second
     assert data["choices"][0]["message"]["content"] == "done before"
+    assert third != first
     runs, _ = await hub.app[STORE].list_runs()
-    assert len(runs) == 1
+    assert len(runs) == 2
