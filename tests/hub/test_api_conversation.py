@@ -356,3 +356,46 @@ async def test_an_http_image_is_fetched_when_its_network_is_allowed(
                 refused = (resp.status, (await resp.json())["error"]["code"])
     assert base64.b64decode(assign["options"]["images"][0]["data"]) == PNG
     assert refused == (400, "invalid_image")
+
+
+async def test_idempotency_keys_and_response_ids_belong_to_their_principal(
+    hub_settings: Any, start_executor: Any, tmp_path: Any
+) -> None:
+    """Another caller's Idempotency-Key names a new run, and another's response id is 404."""
+
+    @web.middleware
+    async def principal(request: web.Request, handler: Any) -> web.StreamResponse:
+        with warnings.catch_warnings():  # the auth middleware's contract is this str key
+            warnings.simplefilter("ignore", web.NotAppKeyWarning)
+            request["principal"] = request.headers.get("X-Test-Principal", "")
+        return await handler(request)
+
+    # start_executor brings the fixture's hub too: this one gets a store of its own.
+    server = HubServer(hub_settings.model_copy(update={"db": tmp_path / "principals.db"}))
+    server.app.middlewares.append(principal)
+    async with (
+        server as hub,
+        start_executor(HUB_URL=ws_url(hub)),
+        aiohttp.ClientSession() as s,
+    ):
+        ids = {}
+        for who in ("alice", "bob"):
+            headers = {"X-Test-Principal": who, "Idempotency-Key": "same-key"}
+            async with s.post(hub.url + CHAT, json=body(user(who)), headers=headers) as resp:
+                ids[who] = (resp.headers["X-Run-ID"], await resp.json())
+        alice = {"X-Test-Principal": "alice"}
+        async with s.post(
+            hub.url + "/v1/responses", json={"model": "codex", "input": "mine"}, headers=alice
+        ) as resp:
+            response_id = (await resp.json())["id"]
+        async with s.get(hub.url + f"/v1/responses/{response_id}", headers=alice) as resp:
+            own = resp.status
+        bob = {"X-Test-Principal": "bob"}
+        async with s.get(hub.url + f"/v1/responses/{response_id}", headers=bob) as resp:
+            other = resp.status
+        follow = {"model": "codex", "input": "more", "previous_response_id": response_id}
+        async with s.post(hub.url + "/v1/responses", json=follow, headers=bob) as resp:
+            continued = resp.status
+    assert ids["alice"][0] != ids["bob"][0]
+    assert ids["bob"][1]["choices"][0]["message"]["content"] == "bob"
+    assert (own, other, continued) == (200, 404, 404)
