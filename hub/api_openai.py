@@ -173,7 +173,9 @@ def setup(app: web.Application, *more: web.RouteTableDef) -> None:
     app.router.add_routes(routes)
     for table in more:
         app.router.add_routes(table)
-    app.router.add_route("*", "/v1/{tail:.*}", unknown_endpoint)
+    # Each method by name, not "*": a route table read by tools names real methods.
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        app.router.add_route(method, "/v1/{tail:.*}", unknown_endpoint)
 
 
 async def unknown_endpoint(request: web.Request) -> web.Response:
