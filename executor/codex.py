@@ -131,16 +131,23 @@ def build_exec_argv(
     workdir: str,
     output_file: str,
     resume_thread_id: str | None = None,
+    instructions: str = "",
+    output_schema_file: str | None = None,
+    image_files: Iterable[str] = (),
 ) -> list[str]:
     """The argv of one `codex exec` run (or `codex exec resume ID`); never a shell string.
 
     Every option sits before the `resume` subcommand, where `codex exec` accepts all of
     them, and the prompt follows `--` so that a prompt starting with '-' or spelling a
     subcommand ("resume", "help") still arrives as the prompt, as one argv element.
+    `-i` takes several values, so each image comes right after `exec`, where the next
+    option ends it. `instructions` become codex's `developer_instructions` (a `-c`
+    value is TOML: a JSON string is a TOML basic string).
     """
-    argv = [
-        codex_bin,
-        "exec",
+    argv = [codex_bin, "exec"]
+    for image in image_files:
+        argv += ["-i", image]
+    argv += [
         "--json",
         "-o",
         output_file,
@@ -156,11 +163,20 @@ def build_exec_argv(
         # workspace-write blocks the network of the commands codex runs (gh, aws, ...).
         argv += ["-c", "sandbox_workspace_write.network_access=true"]
     argv += settings.extra_args
+    if output_schema_file:
+        argv += ["--output-schema", output_schema_file]
+    if instructions:
+        argv += ["-c", "developer_instructions=" + toml_string(instructions)]
     if resume_thread_id:
         argv += ["resume", resume_thread_id]
     # A lone "-" means "read the prompt from stdin" even after "--"; a space keeps it text.
     argv += ["--", "- " if prompt == "-" else prompt]
     return argv
+
+
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string (JSON's escapes, minus surrogate pairs TOML refuses)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 # --- login -----------------------------------------------------------------------------

@@ -9,6 +9,9 @@ in `RunOutcome.error["code"]`: `codex_not_found`, `codex_not_logged_in`, `codex_
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 import logging
 import os
 import posixpath
@@ -16,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import jsonschema
 
 from executor.codex import (
     CodexProgress,
@@ -48,13 +53,54 @@ _STDERR_NOISE = ("Reading additional input from stdin...",)
 _NO_ROLLOUT = "no rollout found"
 
 
+#: Image types codex takes, and the file name suffix each is written with.
+IMAGE_SUFFIXES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+}
+
+
 @dataclass(frozen=True)
 class RunRequest:
-    """One prompt to run; `thread_id` continues an earlier codex thread."""
+    """One prompt to run; `thread_id` continues an earlier codex thread.
+
+    `instructions` reach codex as its developer instructions; `output_schema` is the
+    JSON Schema its final answer must fit (`--output-schema`); `json_object` asks for a
+    JSON object without a schema; `images` (MIME type, bytes) are attached (`-i`).
+    """
 
     run_id: str
     prompt: str
     thread_id: str | None = None
+    instructions: str = ""
+    output_schema: dict[str, Any] | None = None
+    json_object: bool = False
+    images: tuple[tuple[str, bytes], ...] = ()
+
+    @classmethod
+    def with_options(
+        cls, run_id: str, prompt: str, thread_id: str | None, options: dict[str, Any]
+    ) -> RunRequest:
+        """A request from the ``options`` of an assign frame (see hub.protocol)."""
+        images = []
+        attached = options.get("images")
+        for image in attached if isinstance(attached, list) else []:
+            try:
+                images.append((str(image["mime"]), base64.b64decode(image["data"], validate=True)))
+            except (KeyError, TypeError, binascii.Error):
+                log.warning("run %s: an attached image could not be decoded; left out", run_id)
+        schema = options.get("output_schema")
+        return cls(
+            run_id=run_id,
+            prompt=prompt,
+            thread_id=thread_id,
+            instructions=str(options.get("instructions") or ""),
+            output_schema=schema if isinstance(schema, dict) else None,
+            json_object=bool(options.get("json_object")),
+            images=tuple(images),
+        )
 
 
 @dataclass
@@ -169,7 +215,7 @@ class CodexEngine:
         except TransportError as exc:
             # E.g. an SSH connection that broke: the run fails, the executor lives on.
             return _failed("transport_error", str(exc))
-        return self._outcome(attempt)
+        return structured(request, self._outcome(attempt))
 
     def _login_hint(self, status: LoginStatus) -> str:
         home = self._settings.codex_home
@@ -195,6 +241,17 @@ class CodexEngine:
         tempdir = await self._transport.make_tempdir()
         try:
             output_file = posixpath.join(tempdir, "last-message.txt")
+            schema_file = None
+            if request.output_schema is not None:
+                schema_file = posixpath.join(tempdir, "output-schema.json")
+                await self._transport.write_bytes(
+                    schema_file, json.dumps(request.output_schema).encode()
+                )
+            image_files = []
+            for index, (mime, data) in enumerate(request.images):
+                path = posixpath.join(tempdir, f"image-{index}{IMAGE_SUFFIXES.get(mime, '.png')}")
+                await self._transport.write_bytes(path, data)
+                image_files.append(path)
             argv = build_exec_argv(
                 self._settings,
                 request.prompt,
@@ -202,6 +259,9 @@ class CodexEngine:
                 workdir=os.fspath(self._settings.exec_workdir),
                 output_file=output_file,
                 resume_thread_id=thread_id,
+                instructions=request.instructions,
+                output_schema_file=schema_file,
+                image_files=image_files,
             )
             log.info("run %s: codex exec%s", request.run_id, " resume" if thread_id else "")
             result = await self._transport.run(
@@ -258,4 +318,38 @@ class CodexEngine:
         event = truncate_event({"type": "item.completed", "item": item})
         emit({"kind": "codex", "data": event, "summary": "answered (dry run)"})
         usage = {"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0}
-        return RunOutcome("succeeded", request.prompt, request.thread_id, usage)
+        return structured(
+            request, RunOutcome("succeeded", request.prompt, request.thread_id, usage)
+        )
+
+
+def structured(request: RunRequest, outcome: RunOutcome) -> RunOutcome:
+    """A success whose answer must be JSON (fitting a schema) that is not: a failure."""
+    if outcome.status != "succeeded" or not (request.output_schema or request.json_object):
+        return outcome
+    try:
+        value = json.loads(outcome.answer)
+    except ValueError as exc:
+        problem = f"is not JSON ({exc})"
+    else:
+        problem = ""
+        if request.output_schema is not None:
+            try:
+                jsonschema.validate(value, request.output_schema)
+            except jsonschema.ValidationError as exc:
+                where = "/".join(str(p) for p in exc.absolute_path) or "the top level"
+                problem = f"does not fit the schema at {where}: {exc.message}"
+            except jsonschema.SchemaError as exc:
+                problem = f"cannot be checked: the schema is invalid ({exc.message})"
+        elif not isinstance(value, dict):
+            problem = "is not a JSON object"
+    if not problem:
+        return outcome
+    message = f"codex's answer {problem}"[:500]
+    return RunOutcome(
+        "failed",
+        "",
+        outcome.thread_id,
+        outcome.usage,
+        {"code": "invalid_structured_output", "message": message},
+    )

@@ -129,6 +129,7 @@ class ExecutorNode:
             thread_id=frame.get("thread_id"),
             optimize=frame.get("optimize"),
             origin=frame.get("origin") or {},
+            options=frame.get("options") or {},
         )
         state = _RunState(job)
         self.runs[run_id] = state

@@ -47,6 +47,8 @@ class Job:
     thread_id: str | None = None
     optimize: bool | None = None
     origin: dict[str, Any] = field(default_factory=dict)
+    #: The assign frame's ``options`` (hub.protocol): instructions, output schema, images.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,7 +125,7 @@ class Pipeline:
                 )
         set_state("running", prompt)
         outcome = await self.engine.run(
-            RunRequest(run_id=job.run_id, prompt=prompt, thread_id=job.thread_id), emit
+            RunRequest.with_options(job.run_id, prompt, job.thread_id, job.options), emit
         )
         answer = outcome.answer
         if note and outcome.status == "succeeded":

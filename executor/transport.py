@@ -62,6 +62,10 @@ class Transport(Protocol):
         """The text of the file at `path` (UTF-8, invalid bytes replaced)."""
         ...
 
+    async def write_bytes(self, path: str, data: bytes) -> None:
+        """Write `data` to a new file at `path` (in a directory from `make_tempdir`)."""
+        ...
+
     async def make_tempdir(self) -> str:
         """A fresh private directory; the caller removes it with `remove_tree`."""
         ...

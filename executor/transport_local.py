@@ -226,6 +226,10 @@ class LocalTransport:
         """The file's text, decoded as UTF-8 with invalid bytes replaced."""
         return await asyncio.to_thread(Path(path).read_text, encoding="utf-8", errors="replace")
 
+    async def write_bytes(self, path: str, data: bytes) -> None:
+        """Write the file (mode 0600: it sits in a private temp dir)."""
+        await asyncio.to_thread(Path(path).write_bytes, data)
+
     async def make_tempdir(self) -> str:
         """A fresh directory (mode 0700) under the system temp dir."""
         return await asyncio.to_thread(tempfile.mkdtemp, prefix="codex-hub-")

@@ -726,6 +726,29 @@ class SshTransport:
             raise OSError(f"cannot read {path} on {self._target.host}: {stderr or code}")
         return stdout.decode("utf-8", errors="replace")
 
+    async def write_bytes(self, path: str, data: bytes) -> None:
+        """Write the remote file through `cat` on stdin (the path as its own word)."""
+        words = ["sh", "-c", 'umask 077 && cat > "$1"', "sh", path]
+        _conn, process = await self._open("exec " + quote_command(words))
+        try:
+            async with asyncio.timeout(self._command_timeout_s):
+                process.stdin.write(data)
+                process.stdin.write_eof()
+                stderr = await _read_all(process.stderr)
+                await process.wait_closed()
+        except TimeoutError:
+            raise SshConnectionError(
+                f"writing {path} on {self._target.where} did not finish within "
+                f"{self._command_timeout_s:g} s"
+            ) from None
+        except _CONNECTION_ERRORS as exc:
+            raise self._lost(exc) from None
+        finally:
+            process.close()
+        if process.returncode != 0:
+            detail = stderr.decode("utf-8", errors="replace").strip() or process.returncode
+            raise OSError(f"cannot write {path} on {self._target.host}: {detail}")
+
     async def make_tempdir(self) -> str:
         """A fresh directory (mode 0700) under the remote ``$TMPDIR`` or /tmp.
 

@@ -1,8 +1,23 @@
-"""OpenAI-compatible API: ``GET /v1/models`` and ``POST /v1/chat/completions``.
+"""OpenAI-compatible API: models, chat completions, and what every endpoint shares.
 
-Shaped exactly like OpenAI's so the official client works unchanged. The instruction is
-the last non-empty ``user`` message; the answer is codex's raw final message. Streaming
-is SSE with ``: keepalive`` comments while codex works and progress as
+Shaped exactly like OpenAI's so the official clients work unchanged (the Responses
+API is in :mod:`hub.api_responses`). How a request becomes a run:
+
+- The conversation (:mod:`hub.conversation`): system and developer messages reach codex
+  as its instructions; the new user message is the prompt; earlier turns either resume
+  the codex thread that gave the history's last answer, or travel as delimited context.
+- A retry never runs codex twice. A request with the ``Idempotency-Key`` of an earlier
+  one, or one the SDKs mark as a retry (``x-stainless-retry-count`` above 0) with the
+  same body, joins the earlier run or gets its recorded outcome. Answers for runs that
+  failed, were cancelled or timed out carry ``x-should-retry: false``. A client that
+  drops a non-streamed request leaves the run ``HUB_REATTACH_GRACE_S`` for a retry to
+  re-attach before it is cancelled; a dropped stream cancels its run at once.
+- Everything is scoped by the caller's principal (:func:`hub.auth.principal_of`, set by the
+  auth middleware): one caller never joins, reads or continues another's run.
+- Errors carry one or two lines (the codex error line, never a server path); the full
+  detail stays in the run's events for the monitor.
+
+Streaming chat is SSE with ``: keepalive`` comments while codex works and progress as
 ``reasoning_content`` deltas, never mixed into ``content``.
 
 ``X-Session-Id`` and ``Idempotency-Key`` are the caller's own: they are namespaced by
@@ -13,8 +28,14 @@ conversation and runs of its own.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +44,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hub.appkeys import ROUTER, SETTINGS
 from hub.auth import principal_of, session_key
 from hub.bus import Dropped
+from hub.conversation import (
+    Ask,
+    ConversationError,
+    Threads,
+    answer_key,
+    apply_stop,
+    ask,
+    chat_turns,
+    prompt_with_context,
+)
 from hub.errors import (
     RUN_ID,
     ApiError,
@@ -33,14 +64,142 @@ from hub.errors import (
     json_response,
     read_json,
 )
+from hub.images import ImageFetcher, describe
 from hub.logs import bind
 from hub.protocol import NUL_IN_PROMPT
-from hub.router import HubClosing, QueueFull, Router, new_run_id
+from hub.router import HubClosing, QueueFull, Router, Ticket, new_run_id
+from hub.settings import HubSettings, parse_networks
 from hub.store import Run
 
 log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
+
+#: The endpoints this hub serves under /v1, named by the answer to any other path.
+ENDPOINTS = (
+    "GET /v1/models",
+    "GET /v1/models/{model}",
+    "POST /v1/chat/completions",
+    "POST /v1/responses",
+    "GET /v1/responses/{id}",
+)
+#: Requests remembered for recognising a retry (by body), and for how long.
+RETRY_MEMORY = 10_000
+RETRY_MEMORY_S = 3600.0
+
+
+class Calls:
+    """The API's memory between requests: retries, codex threads, runs left by clients."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        #: When this hub started serving its model: the ``created`` of /v1/models.
+        self.created = int(time.time())
+        self.threads = Threads()
+        self.images = ImageFetcher(
+            max_bytes=settings.image_max_bytes,
+            timeout_s=settings.image_fetch_timeout_s,
+            allowed=parse_networks(settings.image_allowed_networks),
+        )
+        self._requests: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        #: Retries that joined the run of an earlier request, since the start.
+        self.rejoined = 0
+        self._waiters: dict[str, int] = {}
+        self._orphans: dict[str, asyncio.Task[None]] = {}
+
+    async def close(self) -> None:
+        tasks = list(self._orphans.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._orphans.clear()
+        await self.images.close()
+
+    def remember(self, fingerprint: str, run_id: str) -> None:
+        """A request's body (fingerprint) started ``run_id``."""
+        self._requests[fingerprint] = (run_id, time.monotonic())
+        self._requests.move_to_end(fingerprint)
+        while len(self._requests) > RETRY_MEMORY:
+            self._requests.popitem(last=False)
+
+    def earlier(self, fingerprint: str) -> str | None:
+        """The run an earlier request with the same body started, lately."""
+        found = self._requests.get(fingerprint)
+        if found is None or time.monotonic() - found[1] > RETRY_MEMORY_S:
+            return None
+        return found[0]
+
+    def attach(self, run_id: str) -> None:
+        """A client waits for the run: a pending cancel for a dropped one is called off."""
+        self._waiters[run_id] = self._waiters.get(run_id, 0) + 1
+        orphan = self._orphans.pop(run_id, None)
+        if orphan is not None:
+            orphan.cancel()
+
+    def release(self, run_id: str, router: Router, *, dropped: bool) -> None:
+        """A client stops waiting; the last one to drop it leaves the run a grace period."""
+        left = self._waiters.get(run_id, 1) - 1
+        if left > 0:
+            self._waiters[run_id] = left
+            return
+        self._waiters.pop(run_id, None)
+        if dropped and run_id in router.live and run_id not in self._orphans:
+            self._orphans[run_id] = asyncio.create_task(
+                self._cancel_later(run_id, router), name=f"Calls:orphan:{run_id}"
+            )
+
+    async def _cancel_later(self, run_id: str, router: Router) -> None:
+        grace = self.settings.reattach_grace_s
+        try:
+            await asyncio.sleep(grace)
+        finally:
+            if self._orphans.get(run_id) is asyncio.current_task():
+                del self._orphans[run_id]
+        reason = "the HTTP client disconnected"
+        if grace:
+            reason += f" and no retry re-attached within {grace:g} s"
+        try:
+            await router.cancel(run_id, reason)
+        except Exception:
+            log.exception("cancelling run %s after a disconnect failed", run_id)
+
+
+CALLS: web.AppKey[Calls] = web.AppKey("openai_calls", Calls)
+
+
+def setup(app: web.Application, *more: web.RouteTableDef) -> None:
+    """Add the OpenAI API to ``app``: models, chat, ``more`` (the Responses API), and an
+    answer for every other path under /v1."""
+    app[CALLS] = Calls(app[SETTINGS])
+
+    async def close(app: web.Application) -> None:
+        await app[CALLS].close()
+
+    app.on_cleanup.append(close)
+    app.router.add_routes(routes)
+    for table in more:
+        app.router.add_routes(table)
+    # Each method by name, not "*": a route table read by tools names real methods.
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        app.router.add_route(method, "/v1/{tail:.*}", unknown_endpoint)
+
+
+async def unknown_endpoint(request: web.Request) -> web.Response:
+    """Any other path under /v1: OpenAI's envelope, naming what this hub serves."""
+    supported = "; ".join(ENDPOINTS)
+    known = {e.split(" ", 1)[1] for e in ENDPOINTS}
+    if request.path in known:
+        raise ApiError(
+            f"{request.method} is not allowed on {request.path}; this hub serves {supported}",
+            status=405,
+            code="method_not_allowed",
+            type="invalid_request_error",
+        )
+    raise NotFound(
+        f"{request.method} {request.path} is not an endpoint of this hub (an OpenAI-compatible "
+        f"gateway to codex); it serves {supported}",
+        code="unknown_url",
+    )
 
 
 class _Model(BaseModel):
@@ -103,25 +262,46 @@ FAILURES: dict[str, tuple[int, str, str]] = {
     "timeout": (504, "server_error", "timeout"),
     "store_unavailable": (503, "server_error", "store_unavailable"),
 }
+#: A run's outcome is final: a client retrying it would only run codex again.
+NO_RETRY = {"x-should-retry": "false"}
+
+# An absolute path (two or more parts), not the path of a URL.
+_PATH_RE = re.compile(r"(?<![\w:/.~-])(?:~|/)(?:[\w.@+-]+/)+[\w.@+-]*")
+CLIENT_MESSAGE_CHARS = 300
+
+
+def client_message(message: str) -> str:
+    """The first line of an error, without server paths, at most a few hundred chars."""
+    first = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    first = _PATH_RE.sub("<path>", first)
+    if len(first) > CLIENT_MESSAGE_CHARS:
+        first = first[: CLIENT_MESSAGE_CHARS - 1] + "…"
+    return first
 
 
 def run_error(run: Run) -> ApiError:
     """The API error for a run that ended in anything but ``succeeded``."""
     error = run.error or {}
     code = error.get("code") or run.state
-    message = error.get("message") or f"the run ended {run.state}"
-    message = f"{message} (run {run.id})"
+    message = client_message(error.get("message") or "") or f"the run ended {run.state}"
+    message = f"{message} (run {run.id}; details in its events)"
+    headers = dict(NO_RETRY)
     if run.state == "timed_out":
-        return ApiError(message, status=504, type="server_error", code="timeout")
+        return ApiError(message, status=504, type="server_error", code="timeout", headers=headers)
     if run.state == "cancelled":
-        return ApiError(message, status=409, type="invalid_request_error", code="cancelled")
+        return ApiError(
+            message, status=409, type="invalid_request_error", code="cancelled", headers=headers
+        )
     if run.state == "rejected":
-        return ApiError(message, status=422, type="invalid_request_error", code="rejected")
+        return ApiError(
+            message, status=422, type="invalid_request_error", code="rejected", headers=headers
+        )
     status, type_, code = FAILURES.get(code, (502, "server_error", code))
-    return ApiError(message, status=status, type=type_, code=code)
+    return ApiError(message, status=status, type=type_, code=code, headers=headers)
 
 
-async def _parse(request: web.Request) -> ChatRequest:
+async def parse_body(request: web.Request, model: type[BaseModel]) -> tuple[Any, dict[str, Any]]:
+    """The JSON body, validated by ``model``, and as the raw dict."""
     if request.content_type not in ("application/json", "") and not request.content_type.endswith(
         "+json"
     ):
@@ -135,7 +315,7 @@ async def _parse(request: web.Request) -> ChatRequest:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
     try:
-        return ChatRequest.model_validate(body)
+        return model.model_validate(body), body
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = err.get("loc", ())
@@ -150,16 +330,29 @@ async def _parse(request: web.Request) -> ChatRequest:
         raise BadRequest(message, param=param or None, code="invalid_value") from None
 
 
+def check_model(request: web.Request, model: str) -> None:
+    name = request.app[SETTINGS].model_name
+    if model != name:
+        raise NotFound(
+            f"the model '{model}' does not exist; this hub serves '{name}'",
+            code="model_not_found",
+            param="model",
+        )
+
+
+def _model_body(request: web.Request) -> dict[str, Any]:
+    return {
+        "id": request.app[SETTINGS].model_name,
+        "object": "model",
+        "created": request.app[CALLS].created,
+        "owned_by": "codex-hub",
+    }
+
+
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     """The one model this hub serves."""
-    name = request.app[SETTINGS].model_name
-    return json_response(
-        {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "codex-hub"}],
-        }
-    )
+    return json_response({"object": "list", "data": [_model_body(request)]})
 
 
 @routes.get("/v1/models/{model}")
@@ -172,7 +365,263 @@ async def get_model(request: web.Request) -> web.Response:
             code="model_not_found",
             param="model",
         )
-    return json_response({"id": name, "object": "model", "created": 0, "owned_by": "codex-hub"})
+    return json_response(_model_body(request))
+
+
+def unsupported(param: str, why: str) -> BadRequest:
+    return BadRequest(
+        f"'{param}' is not supported: {why}", param=param, code="unsupported_parameter"
+    )
+
+
+CODEX_TOOLS = "codex runs its own tools (shell, file edits) and never calls a client's"
+
+
+def refuse_tool_choice(value: Any, param: str = "tool_choice") -> None:
+    """``tool_choice`` that would make the answer a call of a client's tool: a 400."""
+    if value is None or value in ("auto", "none"):
+        return
+    raise unsupported(param, f"{CODEX_TOOLS}; only 'auto' and 'none' are accepted")
+
+
+def json_instruction(instructions: str) -> str:
+    note = "Answer with one JSON object and nothing else."
+    return f"{instructions}\n\n{note}" if instructions else note
+
+
+def output_format(value: Any, param: str) -> tuple[dict[str, Any] | None, bool]:
+    """(output schema, json object wanted) for ``response_format`` or ``text.format``."""
+    if value is None:
+        return None, False
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{param}' must be an object", param=param, code="invalid_value")
+    kind = value.get("type")
+    if kind in (None, "text"):
+        return None, False
+    if kind == "json_object":
+        return None, True
+    if kind == "json_schema":
+        inner = value.get("json_schema", value)  # chat nests it, responses does not
+        schema = inner.get("schema") if isinstance(inner, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequest(
+                f"'{param}' of type json_schema needs a 'schema' object",
+                param=f"{param}.schema",
+                code="invalid_value",
+            )
+        return schema, False
+    raise BadRequest(
+        f"'{param}.type' must be text, json_object or json_schema, not {kind!r}",
+        param=f"{param}.type",
+        code="invalid_value",
+    )
+
+
+@dataclass
+class Plan:
+    """A request, decided: what codex is asked and how the run is filed."""
+
+    ask: Ask
+    origin: dict[str, Any]
+    session: str = ""
+    optimize: bool | None = None
+    resume: tuple[str, str | None] | None = None
+    output_schema: dict[str, Any] | None = None
+    json_object: bool = False
+    #: How the answer is cut before it reaches the client (``stop``).
+    finish: Callable[[str], str] = field(default=lambda answer: answer)
+
+
+def _is_retry(request: web.Request) -> bool:
+    try:
+        return int(request.headers.get("x-stainless-retry-count", "0")) > 0
+    except ValueError:
+        return False
+
+
+async def start(
+    request: web.Request, plan_of: Callable[[], Awaitable[Plan]], *, watch: bool
+) -> Ticket:
+    """Join the run this request retries, or plan and submit a new one."""
+    calls = request.app[CALLS]
+    router = request.app[ROUTER]
+    principal = principal_of(request)
+    body = await request.read()  # read before, and kept by aiohttp
+    fingerprint = hashlib.sha256(
+        b"\0".join([principal.encode(), request.path.encode(), body])
+    ).hexdigest()
+    if _is_retry(request):
+        earlier = calls.earlier(fingerprint)
+        ticket = await router.join(earlier, watch) if earlier else None
+        if ticket is not None:
+            calls.rejoined += 1
+            log.info("run %s: a retry of its request joins it", ticket.run.id)
+            return ticket
+    idempotency = _text_header(request, "Idempotency-Key")
+    plan = await plan_of()
+    options: dict[str, Any] = {}
+    instructions = plan.ask.instructions
+    if plan.json_object:
+        instructions = json_instruction(instructions)
+        options["json_object"] = True
+    if instructions:
+        options["instructions"] = instructions
+    if plan.output_schema is not None:
+        options["output_schema"] = plan.output_schema
+    if plan.ask.images:
+        images = await calls.images.load_all(plan.ask.images)
+        options["images"] = [image.option() for image in images]
+    if plan.session or plan.resume:
+        prompt = plan.ask.prompt
+    else:
+        prompt = prompt_with_context(plan.ask.history, plan.ask.prompt)
+    if not prompt.strip():
+        prompt = "Look at the attached image(s)."
+    if "\x00" in prompt or "\x00" in (instructions or ""):
+        raise BadRequest(NUL_IN_PROMPT, param="messages", code="invalid_prompt")
+    origin = {**plan.origin, "principal": principal}
+    if options:
+        origin["options"] = describe(options)
+    try:
+        ticket = await router.submit(
+            prompt,
+            origin=origin,
+            # Both ids live in the caller's own namespace: another key sending the same
+            # ones gets a conversation (and runs) of its own, never this caller's.
+            session_key=session_key("http", principal, plan.session) if plan.session else None,
+            optimize=plan.optimize,
+            watch=watch,
+            run_id=request[RUN_ID],
+            dedupe_key=session_key("http", principal, idempotency) if idempotency else None,
+            resume=plan.resume,
+            options=options,
+            principal=principal,
+        )
+    except QueueFull as exc:
+        raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
+    except HubClosing as exc:
+        raise Unavailable(str(exc), code="hub_closing") from None
+    calls.remember(fingerprint, ticket.run.id)
+    if not ticket.duplicate:
+        turns, finish, threads = plan.ask.turns, plan.finish, calls.threads
+
+        def learn(done: asyncio.Future[Run]) -> None:
+            # The next request of this conversation carries this answer: it resumes here.
+            if done.cancelled() or done.exception() is not None:
+                return
+            run = done.result()
+            if run.state == "succeeded" and run.thread_id:
+                key = answer_key(principal, turns, finish(run.answer or ""))
+                threads.remember(key, run.thread_id, run.executor)
+
+        ticket.done.add_done_callback(learn)
+    return ticket
+
+
+def conversation_error(exc: ConversationError) -> BadRequest:
+    return BadRequest(str(exc), param=exc.param, code=exc.code)
+
+
+def _stop_of(value: Any) -> str | list[str] | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(s, str) for s in value) and len(value) <= 4:
+        return value
+    raise BadRequest(
+        "'stop' must be a string or a list of up to 4 strings", param="stop", code="invalid_value"
+    )
+
+
+def refuse_chat_params(extra: dict[str, Any]) -> None:
+    """What a chat request asks that codex cannot do: a 400 that says why."""
+    n = extra.get("n")
+    if n is not None and n != 1:
+        raise unsupported("n", "codex gives one answer per run; send n=1 or leave it out")
+    if extra.get("logprobs") or extra.get("top_logprobs") is not None:
+        param = "logprobs" if extra.get("logprobs") else "top_logprobs"
+        raise unsupported(param, "codex reports no token probabilities")
+    refuse_tool_choice(extra.get("tool_choice"))
+    if isinstance(extra.get("function_call"), dict):
+        raise unsupported("function_call", CODEX_TOOLS)
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """Run codex on the conversation and answer like OpenAI would."""
+    settings = request.app[SETTINGS]
+    router = request.app[ROUTER]
+    run_id = new_run_id()
+    request[RUN_ID] = run_id
+    bind(run_id=run_id)
+    chat, body = await parse_body(request, ChatRequest)
+    check_model(request, chat.model)
+    extra = chat.model_extra or {}
+    refuse_chat_params(extra)
+    stop = _stop_of(extra.get("stop"))
+    schema, json_object = output_format(extra.get("response_format"), "response_format")
+    try:
+        asked = ask(principal_of(request), chat_turns(body["messages"]))
+    except ConversationError as exc:
+        raise conversation_error(exc) from None
+    session = _text_header(request, "X-Session-Id")
+    optimize = _bool_header(request, "X-Optimize-Prompt")
+
+    async def plan() -> Plan:
+        return Plan(
+            ask=asked,
+            origin={
+                "source": "http",
+                "api": "chat",
+                "user": chat.user or None,
+                "client": request.headers.get("User-Agent", "")[:200],
+            },
+            session=session,
+            optimize=optimize,
+            resume=None if session else request.app[CALLS].threads.find(asked.history_key),
+            output_schema=schema,
+            json_object=json_object,
+            finish=lambda answer: apply_stop(answer, stop),
+        )
+
+    ticket = await start(request, plan, watch=bool(chat.stream))
+    request[RUN_ID] = ticket.run.id
+
+    def answer_of(run: Run) -> str:
+        return apply_stop(run.answer or "", stop)
+
+    if chat.stream:
+        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        return await _stream(
+            request,
+            router,
+            ticket.run,
+            ticket.done,
+            # A joined run may be watched by nobody here: no progress then.
+            ticket.events or _NoEvents(),
+            include_usage,
+            settings.keepalive_s,
+            answer_of,
+        )
+    run = await wait(request, ticket)
+    if run.state != "succeeded":
+        raise run_error(run)
+    body = {
+        "id": f"chatcmpl-{run.id}",
+        "object": "chat.completion",
+        "created": int(run.created_at),
+        "model": settings.model_name,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer_of(run), "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": openai_usage(run.usage),
+        "system_fingerprint": None,
+    }
+    return json_response(body, headers={"X-Run-ID": run.id})
 
 
 def _text_header(request: web.Request, name: str, limit: int = 200) -> str:
@@ -199,106 +648,23 @@ def _bool_header(request: web.Request, name: str) -> bool | None:
     raise BadRequest(f"header {name} must be true or false, not {value!r}", param=name)
 
 
-@routes.post("/v1/chat/completions")
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """Run codex on the last user message and answer like OpenAI would."""
-    settings = request.app[SETTINGS]
-    router = request.app[ROUTER]
-    run_id = new_run_id()
-    request[RUN_ID] = run_id
-    bind(run_id=run_id)
-    chat = await _parse(request)
-    if chat.model != settings.model_name:
-        raise NotFound(
-            f"the model '{chat.model}' does not exist; this hub serves '{settings.model_name}'",
-            code="model_not_found",
-            param="model",
-        )
-    prompt = instruction(chat.messages)
-    if not prompt:
-        raise BadRequest(
-            "no instruction: the messages hold no user message with text",
-            param="messages",
-            code="no_user_message",
-        )
-    if "\x00" in prompt:
-        raise BadRequest(NUL_IN_PROMPT, param="messages", code="invalid_prompt")
-    session = _text_header(request, "X-Session-Id")
-    optimize = _bool_header(request, "X-Optimize-Prompt")
-    idempotency = _text_header(request, "Idempotency-Key")
-    origin = {
-        "source": "http",
-        "user": chat.user or None,
-        "client": request.headers.get("User-Agent", "")[:200],
-    }
-    # Both ids live in the caller's own namespace: another key sending the same ones
-    # gets a conversation (and runs) of its own, never this caller's.
-    principal = principal_of(request)
-    try:
-        ticket = await router.submit(
-            prompt,
-            origin=origin,
-            session_key=session_key("http", principal, session) if session else None,
-            optimize=optimize,
-            watch=bool(chat.stream),
-            run_id=run_id,
-            dedupe_key=session_key("http", principal, idempotency) if idempotency else None,
-            principal=principal,
-        )
-    except QueueFull as exc:
-        raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
-    except HubClosing as exc:
-        raise Unavailable(str(exc), code="hub_closing") from None
-    request[RUN_ID] = ticket.run.id
-    if chat.stream:
-        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-        return await _stream(
-            request,
-            router,
-            ticket.run,
-            ticket.done,
-            # A repeated Idempotency-Key names a run watched by nobody: no progress then.
-            ticket.events or _NoEvents(),
-            include_usage,
-            settings.keepalive_s,
-        )
-    run = await _wait(request, router, ticket.run, ticket.done, settings.keepalive_s)
-    if run.state != "succeeded":
-        raise run_error(run)
-    body = {
-        "id": f"chatcmpl-{run.id}",
-        "object": "chat.completion",
-        "created": int(run.created_at),
-        "model": settings.model_name,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": run.answer or ""},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": openai_usage(run.usage),
-        "system_fingerprint": None,
-    }
-    return json_response(body, headers={"X-Run-ID": run.id})
-
-
 def _gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
 
 
-async def _wait(
-    request: web.Request, router: Router, run: Run, done: asyncio.Future[Run], tick: float
-) -> Run:
-    """Wait for the run; a caller that goes away cancels it.
+async def wait(request: web.Request, ticket: Ticket) -> Run:
+    """Wait for the run; a caller that goes away leaves it a grace period (see Calls).
 
     aiohttp cancels this handler when the connection drops; a timer that looks every
-    ``tick`` seconds is the second line (a timer, not ``wait_for``: it is on every run).
+    ``HUB_KEEPALIVE_S`` is the second line (a timer, not ``wait_for``: it is on every run).
     """
+    done = ticket.done
     if done.done():
         return done.result()
+    calls = request.app[CALLS]
+    router = request.app[ROUTER]
+    tick = request.app[SETTINGS].keepalive_s
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     handle: asyncio.TimerHandle | None = None
@@ -311,13 +677,16 @@ async def _wait(
             handle = loop.call_later(tick, look)
 
     handle = loop.call_later(tick, look)
+    calls.attach(ticket.run.id)
+    dropped = False
     try:
         return await asyncio.shield(done)
     except asyncio.CancelledError:
-        await _cancel_for_disconnect(router, run.id)
+        dropped = True
         raise
     finally:
         handle.cancel()
+        calls.release(ticket.run.id, router, dropped=dropped)
 
 
 async def _cancel_for_disconnect(router: Router, run_id: str) -> None:
@@ -361,6 +730,7 @@ async def _stream(
     events: Any,
     include_usage: bool,
     keepalive_s: float,
+    answer_of: Callable[[Run], str],
 ) -> web.StreamResponse:
     model = request.app[SETTINGS].model_name
     response = web.StreamResponse(
@@ -395,7 +765,7 @@ async def _stream(
                 await response.write(b": keepalive\n\n")
         final = done.result()
         if final.state == "succeeded":
-            await response.write(_chunk(run, model, {"content": final.answer or ""}))
+            await response.write(_chunk(run, model, {"content": answer_of(final)}))
             await response.write(_chunk(run, model, {}, finish="stop"))
             if include_usage:
                 usage_chunk = {

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from aiohttp import WSCloseCode, web
 
-from hub import api_openai, api_runs, openapi, web_guard
+from hub import api_openai, api_responses, api_runs, openapi, web_guard
 from hub.appkeys import (
     AUTH_FAILURES,
     BUS,
@@ -101,8 +101,8 @@ def create_app(settings: HubSettings) -> web.Application:
     app.cleanup_ctx.append(_router_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", node_socket)
-    app.router.add_routes(api_openai.routes)
     app.router.add_routes(openapi.routes)
+    api_openai.setup(app, api_responses.routes)
     api_runs.setup(app)
     return app
 

@@ -32,6 +32,7 @@ NOT_OPERATIONS = {
     "/api/feed": "websocket of the monitor's live feed (hub/api_runs.py)",
     "/": "the monitor page (public: it shows nothing without a key)",
     "/static": "the monitor page's files (public)",
+    "/v1/{tail}": "any other path under /v1: 404 (405 for a served path) naming the endpoints",
 }
 
 RUN_STATES = [
@@ -162,6 +163,39 @@ def _schemas(model_name: str) -> dict[str, Schema]:
                 "user": _nullable(STRING),
             },
             optional=("stream", "stream_options", "user"),
+        ),
+        "ResponseRequest": _object(
+            {
+                "model": {"const": model_name},
+                "input": {
+                    "anyOf": [
+                        NON_BLANK,
+                        {"type": "array", "items": {"type": "object"}, "minItems": 1},
+                    ]
+                },
+                "instructions": _nullable(STRING),
+                "previous_response_id": _nullable(STRING),
+                "stream": _nullable(BOOLEAN),
+                "text": {
+                    "type": "object",
+                    "description": "`format`: text, json_object, json_schema",
+                },
+                "user": _nullable(STRING),
+            },
+            optional=("instructions", "previous_response_id", "stream", "text", "user"),
+        ),
+        "Response": _object(
+            {
+                "id": STRING,
+                "object": {"const": "response"},
+                "created_at": INTEGER,
+                "status": {"enum": ["queued", "in_progress", "completed", "failed", "cancelled"]},
+                "model": STRING,
+                "output": {"type": "array", "items": {"type": "object"}},
+                "output_text": STRING,
+                "error": _nullable({"type": "object"}),
+                "usage": _nullable({"type": "object"}),
+            }
         ),
         "Usage": _object(
             {
@@ -421,6 +455,56 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                     **_errors(
                         400, *keyed, 404, 408, 409, 413, 415, 422, 502, 503, 504, run_id=True
                     ),
+                },
+            }
+        },
+        "/v1/responses": {
+            "post": {
+                "operationId": "createResponse",
+                "summary": "Run codex on the input; answer with a Response (the Responses API).",
+                "description": (
+                    "`instructions` and system/developer items reach codex as instructions; "
+                    "`previous_response_id` resumes that response's codex thread; "
+                    "`text.format` json_schema is codex's output schema. With `stream: true` "
+                    "the answer is SSE with the Responses API's events."
+                ),
+                "parameters": [
+                    _header(
+                        "X-Session-Id",
+                        {"type": "string", "maxLength": 200},
+                        "Continue this conversation (codex resumes its thread).",
+                    ),
+                    _header(
+                        "Idempotency-Key",
+                        {"type": "string", "maxLength": 200},
+                        "A key seen before names the run it started instead of a new one.",
+                    ),
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ResponseRequest")}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The response (JSON, or SSE events when streaming).",
+                        "headers": RUN_ID_HEADER,
+                        "content": {
+                            "application/json": {"schema": _ref("Response")},
+                            "text/event-stream": {"schema": SSE_EVENT},
+                        },
+                    },
+                    **_errors(400, *keyed, 404, 408, 409, 413, 415, 422, 502, 503, 504),
+                },
+            }
+        },
+        "/v1/responses/{id}": {
+            "get": {
+                "operationId": "getResponse",
+                "summary": "A response this caller made, finished or not.",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": STRING}],
+                "responses": {
+                    "200": _json("The response.", _ref("Response")),
+                    **_errors(*keyed, 404),
                 },
             }
         },

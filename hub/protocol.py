@@ -42,7 +42,10 @@ sends ``cancel`` and ends the run itself (``timed_out`` with code ``hub_deadline
 Executor <-> hub
 ----------------
 - hub -> executor ``assign``: {"run_id", "prompt", "thread_id" (resume it, or null),
-  "optimize" (true/false/null = executor default), "origin": {...}}
+  "optimize" (true/false/null = executor default), "origin": {...}, "options"?: {
+  "instructions"?: text for codex's developer_instructions, "output_schema"?: a JSON
+  Schema the final answer must fit, "json_object"?: true when the answer must be a JSON
+  object, "images"?: [{"mime", "data" (base64)}] attached to the prompt}}
 - executor -> hub ``event``: {"run_id", "seq", "event": {"kind", ...}}; ``seq`` counts
   from 1 per run, the hub stores each (run_id, seq) once, so re-sending is safe.
 - executor -> hub ``state``: {"run_id", "state": "optimizing" | "running",

@@ -176,6 +176,10 @@ class Live:
     cancel_requested: bool = False
     session_gen: int = 0
     last_detail: str | None = None
+    #: What the executor is told besides the prompt (instructions, output schema, images).
+    options: dict[str, Any] | None = None
+    #: The executor that holds the codex thread this run resumes (without a session).
+    prefer: str | None = None
     #: Once finishing: True when its end is on disk, False when the store failed.
     stored: asyncio.Future[bool] | None = None
     #: Events (and their bytes) its executor sent; past the limits the run is ended.
@@ -270,6 +274,7 @@ class Router:
         self.store.on_writable_change = self._writable_change
         for run in await self.store.unfinished_runs():
             live = Live(run, asyncio.get_running_loop().create_future())
+            live.options = run.origin.get("options") or None
             live.seq, live.exec_seq = await self.store.event_positions(run.id)
             self.live[run.id] = live
             if run.executor is None:
@@ -336,6 +341,8 @@ class Router:
         dedupe_key: str | None = None,
         principal: str | None = None,
         note: str | None = None,
+        resume: tuple[str, str | None] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> Ticket:
         """Store a new run and queue it; ``watch`` subscribes to its events first.
 
@@ -343,6 +350,9 @@ class Router:
         ``principal`` owns the run (hub.auth; None for chat bridges): the live feed shows
         it to that principal and to operators only. ``note`` is recorded as the run's
         first note (an operator continuing someone else's conversation, say).
+        ``resume`` (thread id, executor holding it) continues that codex thread, for a
+        run without a session; ``options`` go to the executor with the prompt (see
+        hub.protocol's ``assign``).
         """
         if self.closing:
             raise HubClosing("the hub is shutting down")
@@ -382,6 +392,7 @@ class Router:
             optimize=optimize,
             dedupe_key=dedupe_key,
             principal=principal,
+            thread_id=resume[0] if resume and not session_key else None,
         )
         if dedupe_key is not None:
             self._dedupe[dedupe_key] = run.id
@@ -392,6 +403,8 @@ class Router:
         # failed would be stored with the insert; a half-made change could be torn).
         self.store.post(op_insert_run, run.snapshot())
         live = Live(run, asyncio.get_running_loop().create_future())
+        live.options = options or None
+        live.prefer = resume[1] if resume else None
         self.live[run.id] = live
         self.queue.append(run.id)
         if self.metrics is not None:
@@ -406,6 +419,19 @@ class Router:
         self._dispatch()
         log.debug("run %s queued from %s", run.id, run.source, extra={"run_id": run.id})
         return Ticket(run, live.done, events, position)
+
+    async def join(self, run_id: str, watch: bool = False) -> Ticket | None:
+        """A ticket for an existing run: its outcome when it ends (or has ended)."""
+        live = self.live.get(run_id)
+        if live is not None:
+            events = self.bus.subscribe(run_id) if watch else None
+            return Ticket(live.run, live.done, events, self.position(live.run), duplicate=True)
+        run = await self.store.get_run(run_id)
+        if run is None:
+            return None
+        done: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        done.set_result(run)
+        return Ticket(run, done, None, 0, duplicate=True)
 
     async def _by_dedupe_key(self, key: str, watch: bool) -> Ticket | None:
         run_id = self._dedupe.get(key)
@@ -507,7 +533,7 @@ class Router:
             if key is not None and key in busy_sessions:
                 waiting.append(run_id)
                 continue
-            node = self._pick_executor(key)
+            node = self._pick_executor(key, live.prefer)
             if node is None:
                 waiting.append(run_id)
                 waiting.extend(self.queue)
@@ -518,9 +544,11 @@ class Router:
                 busy_sessions.add(key)
         self.queue = waiting
 
-    def _pick_executor(self, session_key: str | None) -> NodeInfo | None:
+    def _pick_executor(self, session_key: str | None, prefer: str | None = None) -> NodeInfo | None:
+        holder = prefer
         if session_key:
             holder = self.sessions.get(session_key, (None, None))[1]
+        if holder:
             node = self.executors.get(holder) if holder else None
             if node is not None and node.free > 0:
                 return node
@@ -547,17 +575,21 @@ class Router:
             self.metrics.run_assigned(run, live.assigned_at)
         if run.session_key:
             self.session_active[run.session_key] = run.id
-        thread_id = self.sessions.get(run.session_key, (None, None))[0] if run.session_key else None
-        node.link.send(
-            {
-                "type": "assign",
-                "run_id": run.id,
-                "prompt": run.prompt,
-                "thread_id": thread_id,
-                "optimize": run.optimize,
-                "origin": run.origin,
-            }
-        )
+        if run.session_key:
+            thread_id = self.sessions.get(run.session_key, (None, None))[0]
+        else:
+            thread_id = run.thread_id  # set at submit when the run resumes a thread
+        assign: dict[str, Any] = {
+            "type": "assign",
+            "run_id": run.id,
+            "prompt": run.prompt,
+            "thread_id": thread_id,
+            "optimize": run.optimize,
+            "origin": run.origin,
+        }
+        if live.options:
+            assign["options"] = live.options
+        node.link.send(assign)
         self._record(
             live,
             "assigned",

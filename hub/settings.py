@@ -432,6 +432,21 @@ class HubSettings(LogSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
+    reattach_grace_s: float = Field(30.0, alias="HUB_REATTACH_GRACE_S", ge=0)
+    image_max_bytes: int = Field(10_000_000, alias="HUB_IMAGE_MAX_BYTES", ge=1)
+    image_fetch_timeout_s: float = Field(10.0, alias="HUB_IMAGE_FETCH_TIMEOUT_S", gt=0)
+    image_allowed_networks: CsvList = Field(
+        default_factory=list, alias="HUB_IMAGE_ALLOWED_NETWORKS"
+    )
+
+    _split_image_networks = field_validator("image_allowed_networks", mode="before")(split_csv)
+
+    @field_validator("image_allowed_networks")
+    @classmethod
+    def _image_networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # refuses what is not an address or a network
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:

@@ -108,6 +108,7 @@ def hub_settings(tmp_path: Path) -> Any:
         HUB_EXECUTOR_GRACE_S=2.0,
         HUB_REDELIVER_S=1.0,
         HUB_KEEPALIVE_S=0.5,
+        HUB_REATTACH_GRACE_S=1.0,
     )
 
 

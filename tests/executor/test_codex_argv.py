@@ -96,6 +96,39 @@ def test_argv_shape(executor_settings: Settings) -> None:
     ]
 
 
+def test_images_schema_and_instructions_sit_where_codex_takes_them(
+    executor_settings: Settings,
+) -> None:
+    """Each image follows `exec` (the next option ends `-i`'s list), the schema and the
+    developer instructions come before `resume`, and the prompt stays last."""
+    argv = build_exec_argv(
+        executor_settings(),
+        "describe it",
+        codex_bin="/opt/codex",
+        workdir="/srv/work",
+        output_file="/tmp/x/last.txt",
+        resume_thread_id="thread-1",
+        instructions='be "brief"\x7f',
+        output_schema_file="/tmp/x/schema.json",
+        image_files=["/tmp/x/image-0.png", "/tmp/x/image-1.jpg"],
+    )
+    assert argv[:6] == [
+        "/opt/codex",
+        "exec",
+        "-i",
+        "/tmp/x/image-0.png",
+        "-i",
+        "/tmp/x/image-1.jpg",
+    ]
+    assert argv[6] == "--json"
+    resume = argv.index("resume")
+    assert argv[resume:] == ["resume", "thread-1", "--", "describe it"]
+    schema = argv.index("--output-schema")
+    assert schema < resume and argv[schema + 1] == "/tmp/x/schema.json"
+    config = argv.index('developer_instructions="be \\"brief\\"\\u007f"')
+    assert config < resume and argv[config - 1] == "-c"
+
+
 @pytest.mark.parametrize(
     "prompt",
     ["-h", "--version", "resume", "help", "two words\nand a line", "it's $(rm -rf /) `x`"],

@@ -908,3 +908,16 @@ async def test_cli_exec_over_ssh(
     assert ssh_server.connections_made == 1
     assert any("codex-hub run" in command for command in ssh_server.commands)
     assert_no_process_left(tmp_path)
+
+
+async def test_bytes_are_written_remotely_private_and_whole(ssh: SshTransport) -> None:
+    """write_bytes puts a file (an output schema, an image) in a remote temp dir, mode 0600."""
+    directory = Path(await ssh.make_tempdir())
+    data = bytes(range(256)) * 4000
+    await ssh.write_bytes(str(directory / "image-0.png"), data)
+    written = directory / "image-0.png"
+    assert written.read_bytes() == data
+    assert written.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(OSError, match="cannot write"):
+        await ssh.write_bytes(str(directory / "missing" / "x.json"), b"{}")
+    await ssh.remove_tree(str(directory))

@@ -48,7 +48,11 @@ async def test_the_official_client_gets_the_answer(hub: Any, start_executor: Any
             ],
         )
         completion = reply.parse()
-        assert completion.choices[0].message.content == "echo me"
+        # The dry run echoes the prompt: the earlier turns came as delimited context.
+        content = completion.choices[0].message.content
+        assert content.endswith("\n</conversation>\n\nThe new message, to answer now:\necho me")
+        assert "<user>\nfirst\n</user>\n<assistant>\nok\n</assistant>" in content
+        assert "be brief" not in content  # the system message went as instructions
         assert completion.choices[0].finish_reason == "stop"
         assert reply.headers["x-run-id"].startswith("run_")
 

@@ -1,0 +1,132 @@
+"""The Responses API: create, stream, retrieve, previous_response_id, instructions, format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from tests.conftest import NODE_TOKEN, ws_url
+
+RESPONSES = "/v1/responses"
+
+
+def client(hub: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=hub.url + "/v1", api_key="unused", max_retries=0)
+
+
+async def test_the_sdk_creates_and_retrieves_a_response(hub: Any, start_executor: Any) -> None:
+    """responses.create answers with output_text; responses.retrieve finds it again."""
+    sdk = client(hub)
+    async with start_executor():
+        response = await sdk.responses.create(model="codex", input="say hi")
+        again = await sdk.responses.retrieve(response.id)
+    await sdk.close()
+    assert response.id.startswith("resp_") and response.status == "completed"
+    assert response.output_text == "say hi"
+    assert response.usage is not None and response.usage.total_tokens == 0
+    assert again.id == response.id and again.output_text == "say hi"
+
+
+async def test_streaming_sends_the_responses_event_sequence(hub: Any, start_executor: Any) -> None:
+    """A streamed response sends created, in_progress, the item and text events, completed."""
+    sdk = client(hub)
+    async with start_executor():
+        stream = await sdk.responses.create(model="codex", input="stream it", stream=True)
+        events = [event async for event in stream]
+    await sdk.close()
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[4].delta == "stream it"
+    assert events[-1].response.output_text == "stream it"
+
+
+async def test_previous_response_id_resumes_the_codex_thread(hub: Any, fake_executor: Any) -> None:
+    """A follow-up names the earlier response: codex resumes its thread with the new input only."""
+    sdk = client(hub)
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex:
+        first = asyncio.create_task(sdk.responses.create(model="codex", input="remember 7"))
+        assign = await ex.wait_type("assign")
+        await ex.finish(assign["run_id"], "ok", thread_id="thread-1")
+        earlier = await first
+        second = asyncio.create_task(
+            sdk.responses.create(
+                model="codex",
+                input=[{"role": "user", "content": "which number?"}],
+                previous_response_id=earlier.id,
+                instructions="answer in one word",
+            )
+        )
+        follow = await ex.wait_for(
+            lambda f: f.get("type") == "assign" and f["run_id"] != assign["run_id"]
+        )
+        await ex.finish(follow["run_id"], "seven", thread_id="thread-1")
+        later = await second
+    await sdk.close()
+    assert follow["thread_id"] == "thread-1"
+    assert follow["prompt"] == "which number?"
+    assert follow["options"]["instructions"] == "answer in one word"
+    assert later.previous_response_id == earlier.id and later.output_text == "seven"
+
+
+async def test_text_format_json_schema_reaches_the_executor(hub: Any, fake_executor: Any) -> None:
+    """text.format json_schema is sent to the executor as the run's output schema."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    sdk = client(hub)
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex:
+        call = asyncio.create_task(
+            sdk.responses.create(
+                model="codex",
+                input="a number",
+                text={"format": {"type": "json_schema", "name": "num", "schema": schema}},
+            )
+        )
+        assign = await ex.wait_type("assign")
+        await ex.finish(assign["run_id"], '{"n": 3}')
+        response = await call
+    await sdk.close()
+    assert assign["options"]["output_schema"] == schema
+    assert json.loads(response.output_text) == {"n": 3}
+
+
+async def test_a_response_of_another_id_is_not_found(hub: Any) -> None:
+    """GET /v1/responses/{id} for an unknown id answers 404 in OpenAI's envelope."""
+    async with aiohttp.ClientSession() as s, s.get(hub.url + RESPONSES + "/resp_0123") as resp:
+        body = await resp.json()
+    assert resp.status == 404
+    assert body["error"]["code"] == "response_not_found"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/v1/completions", 404),
+        ("GET", "/v1/assistants", 404),
+        ("POST", "/v1/embeddings", 404),
+        ("GET", "/v1/chat/completions", 405),
+    ],
+)
+async def test_an_unknown_path_under_v1_names_the_supported_endpoints(
+    hub: Any, method: str, path: str, status: int
+) -> None:
+    """Any other /v1 path answers in OpenAI's envelope and lists what the hub serves."""
+    async with aiohttp.ClientSession() as s, s.request(method, hub.url + path, json={}) as resp:
+        body = await resp.json()
+    assert resp.status == status
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert "POST /v1/responses" in body["error"]["message"]
+    assert "POST /v1/chat/completions" in body["error"]["message"]
