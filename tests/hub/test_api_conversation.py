@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -101,20 +100,25 @@ async def test_a_history_the_hub_did_not_answer_goes_to_codex_as_context(
     assert assign["options"]["instructions"] == "use French"
 
 
+KEYS = {"alice": "alice-key-3c9e7f1a2b4d", "bob": "bob-key-8e2d6a0c5f1b"}
+
+
+def two_keys(settings: Any, **update: Any) -> Any:
+    """The fixture's hub with two API keys, alice's and bob's: two principals."""
+    return settings.model_copy(update={"auth": "keys", "api_keys": list(KEYS.values()), **update})
+
+
+def as_(who: str) -> dict[str, str]:
+    """The headers of a request sent with ``who``'s key."""
+    return {"Authorization": f"Bearer {KEYS[who]}"}
+
+
 async def test_a_conversation_is_recognised_only_for_the_same_principal(
     hub_settings: Any, fake_executor: Any
 ) -> None:
     """Another caller sending the same history does not continue the first caller's thread."""
 
-    @web.middleware
-    async def principal(request: web.Request, handler: Any) -> web.StreamResponse:
-        with warnings.catch_warnings():  # the auth middleware's contract is this str key
-            warnings.simplefilter("ignore", web.NotAppKeyWarning)
-            request["principal"] = request.headers.get("X-Test-Principal", "")
-        return await handler(request)
-
-    server = HubServer(hub_settings)
-    server.app.middlewares.append(principal)
+    server = HubServer(two_keys(hub_settings))
     history = [user("q"), {"role": "assistant", "content": "a"}, user("next")]
     async with server as hub, fake_executor(ws_url(hub), token=NODE_TOKEN) as ex:
         seen = []
@@ -125,9 +129,7 @@ async def test_a_conversation_is_recognised_only_for_the_same_principal(
         ):
             mark = len(ex.frames)
             async with aiohttp.ClientSession() as s:
-                call = asyncio.create_task(
-                    s.post(hub.url + CHAT, json=payload, headers={"X-Test-Principal": who})
-                )
+                call = asyncio.create_task(s.post(hub.url + CHAT, json=payload, headers=as_(who)))
                 assign = await ex.wait_for(lambda f: f.get("type") == "assign", after=mark)
                 await ex.finish(assign["run_id"], answer, thread_id=f"thread-{who}")
                 (await call).release()
@@ -363,16 +365,8 @@ async def test_idempotency_keys_and_response_ids_belong_to_their_principal(
 ) -> None:
     """Another caller's Idempotency-Key names a new run, and another's response id is 404."""
 
-    @web.middleware
-    async def principal(request: web.Request, handler: Any) -> web.StreamResponse:
-        with warnings.catch_warnings():  # the auth middleware's contract is this str key
-            warnings.simplefilter("ignore", web.NotAppKeyWarning)
-            request["principal"] = request.headers.get("X-Test-Principal", "")
-        return await handler(request)
-
     # start_executor brings the fixture's hub too: this one gets a store of its own.
-    server = HubServer(hub_settings.model_copy(update={"db": tmp_path / "principals.db"}))
-    server.app.middlewares.append(principal)
+    server = HubServer(two_keys(hub_settings, db=tmp_path / "principals.db"))
     async with (
         server as hub,
         start_executor(HUB_URL=ws_url(hub)),
@@ -380,17 +374,17 @@ async def test_idempotency_keys_and_response_ids_belong_to_their_principal(
     ):
         ids = {}
         for who in ("alice", "bob"):
-            headers = {"X-Test-Principal": who, "Idempotency-Key": "same-key"}
+            headers = {**as_(who), "Idempotency-Key": "same-key"}
             async with s.post(hub.url + CHAT, json=body(user(who)), headers=headers) as resp:
                 ids[who] = (resp.headers["X-Run-ID"], await resp.json())
-        alice = {"X-Test-Principal": "alice"}
+        alice = as_("alice")
         async with s.post(
             hub.url + "/v1/responses", json={"model": "codex", "input": "mine"}, headers=alice
         ) as resp:
             response_id = (await resp.json())["id"]
         async with s.get(hub.url + f"/v1/responses/{response_id}", headers=alice) as resp:
             own = resp.status
-        bob = {"X-Test-Principal": "bob"}
+        bob = as_("bob")
         async with s.get(hub.url + f"/v1/responses/{response_id}", headers=bob) as resp:
             other = resp.status
         follow = {"model": "codex", "input": "more", "previous_response_id": response_id}
