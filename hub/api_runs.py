@@ -17,11 +17,16 @@ or missing key (when ``HUB_API_KEYS`` is set) closes the socket with code 4001 (
 unchecked, from an address with too many wrong keys lately). Then the hub sends, as JSON
 text frames:
 
-- ``{"type": "ready", "nodes": [...], "now": <hub clock, epoch s>}`` once, first;
+- ``{"type": "ready", "nodes": [...], "queue": {...}, "now": <hub clock, epoch s>}``
+  once, first;
 - ``{"type": "run", "run": <Run.summary()>}`` when a run is created or changes state;
 - ``{"type": "event", "run_id", "event": {"seq", "ts", "kind", ...}}`` for each event of
   any run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
-- ``{"type": "nodes", "nodes": [...]}`` whenever a node connects, leaves or changes.
+- ``{"type": "nodes", "nodes": [...]}`` whenever a node connects, leaves, changes, takes
+  or ends a run, or answers a heartbeat;
+- ``{"type": "queue", "total", "executors", "runs": [{"id", "position", "reason"}]}``
+  with the ``nodes`` message (see :meth:`hub.router.Router.queue_info`); ``ready`` has
+  one too, as ``queue``.
 
 After ``ready`` every text frame is a JSON array of messages, in the order they were
 published: the hub gathers what is published during a short tick (``hub.bus.TICK_S``,
@@ -233,7 +238,13 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     # Subscribed and `ready` written in one step, with no await in between: nothing
     # published before `ready` follows it, nothing published after it is missed.
     sub = request.app[BUS].subscribe_frames(sink)
-    ready = {"type": "ready", "nodes": request.app[ROUTER].nodes(), "now": time.time()}
+    router = request.app[ROUTER]
+    ready = {
+        "type": "ready",
+        "nodes": router.nodes(),
+        "queue": router.queue_info(),
+        "now": time.time(),
+    }
     transport.write(websocket_text_frame(json.dumps(ready).encode()))
     request.app[SOCKETS_FEED].add(ws)
     reader = asyncio.create_task(_drain(ws), name="feed:reader")
