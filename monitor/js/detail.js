@@ -36,6 +36,12 @@ export class RunDetail {
     this.ui = null;
   }
 
+  /** While the feed is down, an active run's state is not known: say so. */
+  setFeedDown(down) {
+    this.feedDown = down;
+    if (this.run) this.renderHead();
+  }
+
   current() {
     return this.run;
   }
@@ -168,7 +174,7 @@ export class RunDetail {
   }
 
   tick() {
-    if (this.run && isActive(this.run.state)) {
+    if (this.run && isActive(this.run.state) && !this.feedDown) {
       setText(this.ui.elapsed, duration(elapsed(this.run, now())));
     }
   }
@@ -213,8 +219,9 @@ export class RunDetail {
 
   renderHead() {
     const { run, ui } = this;
-    ui.badge.dataset.state = run.state;
-    setText(ui.badge, stateLabel(run.state));
+    const unknown = this.feedDown && isActive(run.state);
+    ui.badge.dataset.state = unknown ? 'unknown' : run.state;
+    setText(ui.badge, unknown ? `state unknown (last: ${stateLabel(run.state)})` : stateLabel(run.state));
     setText(ui.elapsed, duration(elapsed(run, now())));
     ui.cancel.hidden = !isActive(run.state);
     const items = [

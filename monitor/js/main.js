@@ -36,6 +36,7 @@ const api = createApi(() => key);
 const conn = byId('conn');
 const appView = byId('app');
 const signOutButton = byId('sign-out');
+const retryButton = byId('retry');
 
 const nodes = new NodesPanel(byId('nodes-list'), byId('nodes-count'));
 const runs = new RunsList(
@@ -78,6 +79,11 @@ const signIn = new SignIn(
 function setConn(state) {
   conn.dataset.state = state;
   setText(conn, CONN_TEXT[state] || state);
+  const down = signedIn && (state === 'reconnecting' || state === 'offline');
+  retryButton.hidden = !down;
+  // Without the feed nothing says when a run moves on: never show "running" as a fact.
+  runs.setFeedDown(down);
+  detail.setFeedDown(down);
 }
 
 // ---- signing in and out ----
@@ -157,6 +163,7 @@ function handleError(err) {
 function onReady(frame) {
   syncClock(frame.now);
   nodes.update(frame.nodes || []);
+  runs.setQueue(frame.queue);
   runs.renameExecutors();
   runs.refresh();
   // A load that began before this `ready` may have missed events: catch up after it.
@@ -176,6 +183,9 @@ function onMessage(frame) {
     case 'nodes':
       nodes.update(frame.nodes || []);
       runs.renameExecutors();
+      break;
+    case 'queue':
+      runs.setQueue(frame);
       break;
     default:
       break; // a newer hub may send more; this page ignores what it does not know
@@ -232,6 +242,8 @@ byId('f-q').addEventListener('input', () => {
 });
 byId('f-state').addEventListener('change', (event) => runs.setFilters({ state: event.target.value }));
 byId('f-source').addEventListener('change', (event) => runs.setFilters({ source: event.target.value }));
+
+retryButton.addEventListener('click', () => feed.retryNow());
 
 signOutButton.addEventListener('click', () =>
   signOut('Signed out. The key was removed from this browser.', 'info'),

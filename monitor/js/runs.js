@@ -6,7 +6,7 @@
 
 import { now } from './clock.js';
 import { h, setText } from './dom.js';
-import { duration, elapsed, isActive, originLabel, stateLabel } from './fmt.js';
+import { clock, duration, elapsed, isActive, isoTime, originLabel, stateLabel } from './fmt.js';
 
 const PAGE_SIZE = 100;
 // A run's state only moves forward; a reply that was already stale when it arrived
@@ -56,6 +56,10 @@ export class RunsList {
     this.early = []; // feed runs that arrived while a reload was on its way
     this.unshown = new Map(); // run id -> its latest progress text, while it has no row
     this.selectedId = null;
+    this.queue = new Map(); // queued run id -> { position, reason }
+    this.queueTotal = 0;
+    this.executorCount = 0;
+    this.feedDown = false;
     this.more.addEventListener('click', () => this.loadMore());
   }
 
@@ -250,10 +254,35 @@ export class RunsList {
 
   /** Tick the elapsed time of active runs. */
   tick() {
+    if (this.feedDown) return;
     const at = now();
     for (const id of this.active) {
       const row = this.rows.get(id);
       if (row) setText(row.elapsedEl, duration(elapsed(row.run, at)));
+    }
+  }
+
+  /** The hub's queue head: { total, executors, runs: [{ id, position, reason }] }. */
+  setQueue(queue) {
+    if (!queue) return;
+    const before = this.queue;
+    this.queue = new Map((queue.runs || []).map((q) => [q.id, q]));
+    this.queueTotal = queue.total || 0;
+    this.executorCount = queue.executors || 0;
+    for (const id of new Set([...before.keys(), ...this.queue.keys()])) {
+      const row = this.rows.get(id);
+      if (row) setText(row.execEl, this.execText(row.run));
+    }
+  }
+
+  /** While the feed is down, active rows do not claim a state nobody can see. */
+  setFeedDown(down) {
+    if (down === this.feedDown) return;
+    this.feedDown = down;
+    this.list.dataset.feed = down ? 'down' : 'live';
+    for (const id of this.active) {
+      const row = this.rows.get(id);
+      if (row) this.fill(row);
     }
   }
 
@@ -297,31 +326,41 @@ export class RunsList {
     const badge = h('span', { class: 'badge' });
     const whoEl = h('span', { class: 'row-who' });
     const elapsedEl = h('span', { class: 'row-elapsed' });
+    const madeEl = h('time', { class: 'row-made' });
     const excerptEl = h('span', { class: 'row-excerpt' });
     const execEl = h('span', { class: 'row-exec' });
     const progressEl = h('span', { class: 'row-progress' });
     const link = h(
       'a',
       { class: 'run-link', href: `#/runs/${encodeURIComponent(run.id)}` },
-      h('span', { class: 'row-top' }, badge, whoEl, elapsedEl),
+      h('span', { class: 'row-top' }, badge, whoEl, madeEl, elapsedEl),
       excerptEl,
       h('span', { class: 'row-bottom' }, execEl, progressEl),
     );
     if (run.id === this.selectedId) link.setAttribute('aria-current', 'true');
     const el = h('li', { class: 'run-row', dataset: { id: run.id } }, link);
-    return { run, el, link, badge, whoEl, elapsedEl, excerptEl, execEl, progressEl };
+    return { run, el, link, badge, whoEl, madeEl, elapsedEl, excerptEl, execEl, progressEl };
   }
 
   fill(row) {
     const { run } = row;
+    const unknown = this.feedDown && isActive(run.state);
     row.el.dataset.state = run.state;
-    row.badge.dataset.state = run.state;
-    setText(row.badge, stateLabel(run.state));
+    row.badge.dataset.state = unknown ? 'unknown' : run.state;
+    setText(row.badge, unknown ? 'state unknown' : stateLabel(run.state));
+    if (row.madeAt !== run.created_at) {
+      row.madeAt = run.created_at;
+      row.madeEl.dateTime = isoTime(run.created_at);
+      setText(row.madeEl, madeLabel(run.created_at, now()));
+      row.madeEl.title = clock(run.created_at);
+    }
     setText(row.whoEl, originLabel(run));
     setText(row.excerptEl, oneLine(run.prompt_excerpt));
     setText(row.execEl, this.execText(run));
     setText(row.elapsedEl, duration(elapsed(run, now())));
-    row.link.title = `${run.id} · ${stateLabel(run.state)}`;
+    row.link.title = unknown
+      ? `${run.id} · last known ${stateLabel(run.state)}; the live feed is down`
+      : `${run.id} · ${stateLabel(run.state)}`;
     if (isActive(run.state)) {
       this.active.add(run.id);
     } else {
@@ -332,8 +371,36 @@ export class RunsList {
 
   execText(run) {
     if (run.executor) return `on ${this.nodes.nameOf(run.executor)}`;
-    return isActive(run.state) ? 'waiting for an executor' : 'never ran';
+    if (!isActive(run.state)) return 'never ran';
+    const queued = this.queue.get(run.id);
+    if (!queued) {
+      if (this.queueTotal > this.queue.size) return `queued, behind the first ${this.queue.size}`;
+      return 'waiting for an executor';
+    }
+    return `#${queued.position} in queue · ${waitReason(queued.reason, this.executorCount)}`;
   }
+}
+
+const WAIT_REASONS = {
+  conversation: () => 'after an earlier run of its conversation',
+  no_executor: () => 'no executor connected',
+  all_busy: (n) => (n === 1 ? 'the executor is busy' : `all ${n} executors busy`),
+  dispatching: () => 'starting',
+};
+
+function waitReason(reason, executors) {
+  return (WAIT_REASONS[reason] || (() => String(reason || 'waiting')))(executors);
+}
+
+/** When a run was made: a time today, else a short date. */
+export function madeLabel(ts, at) {
+  if (!ts) return '';
+  const date = new Date(ts * 1000);
+  const today = new Date(at * 1000);
+  if (date.toDateString() === today.toDateString()) {
+    return date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
+  }
+  return date.toLocaleDateString([], { month: 'short', day: 'numeric' });
 }
 
 function oneLine(text) {
