@@ -7,6 +7,7 @@
 import { now } from './clock.js';
 import { copyText, h, setText } from './dom.js';
 import { clock, duration, elapsed, isActive, originLabel, stateLabel, tokens } from './fmt.js';
+import { answerView } from './markdown.js';
 import { Timeline } from './timeline.js';
 
 const STATE_RANK = { queued: 0, optimizing: 1, running: 2 };
@@ -249,10 +250,18 @@ export class RunDetail {
 
   renderOutcome() {
     const { run, ui } = this;
-    if (isActive(run.state)) {
-      ui.outcome.replaceChildren(h('p', { class: 'muted' }, 'The answer appears here when codex finishes.'));
-    } else {
-      ui.outcome.replaceChildren(...this.answerParts());
+    // Rebuilt only when what it shows changes: a reader scrolled into a long answer
+    // stays where they are, and the header (sticky) stays in view when the run ends.
+    const key = isActive(run.state) ? 'active' : `${run.state}\u0000${run.answer ?? ''}\u0000${run.error?.message ?? ''}`;
+    if (ui.outcomeKey !== key) {
+      ui.outcomeKey = key;
+      const top = this.root.scrollTop;
+      if (isActive(run.state)) {
+        ui.outcome.replaceChildren(h('p', { class: 'muted' }, 'The answer appears here when codex finishes.'));
+      } else {
+        ui.outcome.replaceChildren(...this.answerParts());
+      }
+      this.root.scrollTop = top;
     }
     ui.usage.replaceChildren(usageList(run));
   }
@@ -260,10 +269,7 @@ export class RunDetail {
   answerParts() {
     const { run } = this;
     const parts = [];
-    if (run.error?.message) {
-      const code = run.error.code ? `${run.error.code}: ` : '';
-      parts.push(h('p', { class: 'notice notice-error', role: 'alert' }, `${code}${run.error.message}`));
-    }
+    if (run.error?.message) parts.push(errorNotice(run.error));
     if (run.answer) {
       const status = h('span', { class: 'muted', role: 'status' });
       const copy = h('button', { class: 'btn btn-small', type: 'button' }, 'Copy answer');
@@ -276,7 +282,7 @@ export class RunDetail {
         }
       });
       parts.push(h('div', { class: 'answer-bar' }, copy, status));
-      parts.push(h('pre', { class: 'text-block answer' }, run.answer));
+      parts.push(...answerView(run.answer, `answer-${run.id}`));
     } else if (!run.error) {
       parts.push(h('p', { class: 'muted' }, 'codex gave no answer.'));
     }
@@ -299,6 +305,26 @@ export class RunDetail {
       ui.cancel.disabled = false;
     }
   }
+}
+
+/** One clear line (the first of the message), the rest folded below it. */
+export function errorNotice(error) {
+  const message = String(error.message);
+  const first = message.split('\n', 1)[0];
+  const line = first.length > 240 ? `${first.slice(0, 240)}…` : first;
+  const notice = h('div', { class: 'notice notice-error', role: 'alert' }, h('p', { class: 'error-line' }, line));
+  if (line !== message || error.code) {
+    notice.append(
+      h(
+        'details',
+        { class: 'error-detail' },
+        h('summary', {}, 'Details'),
+        error.code ? h('p', {}, `code: ${error.code}`) : null,
+        line !== message ? h('pre', { class: 'text-block', tabindex: '0' }, message) : null,
+      ),
+    );
+  }
+  return notice;
 }
 
 function runPath(id) {

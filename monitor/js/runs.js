@@ -365,7 +365,7 @@ export class RunsList {
       this.active.add(run.id);
     } else {
       this.active.delete(run.id);
-      setText(row.progressEl, run.error?.message ? oneLine(run.error.message) : '');
+      setText(row.progressEl, run.error?.message ? oneLine(String(run.error.message).split('\n', 1)[0]) : '');
     }
   }
 
