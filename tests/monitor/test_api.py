@@ -108,11 +108,15 @@ async def test_the_page_and_its_files_are_served_without_a_key(client: TestClien
 
 
 def test_the_page_never_renders_data_as_html() -> None:
-    """No module of the page parses strings as HTML: all text goes through textContent."""
+    """No module of the page parses strings as HTML: all text goes through textContent.
+
+    (The vendored sanitiser in monitor/vendor/ does, by design: it is pinned, see
+    tests/monitor/test_vendor.py.)"""
     sinks = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(")
     offenders = [
         f"{path.name}:{number}"
         for path in sorted(MONITOR_JS.rglob("*.js"))
+        if "vendor" not in path.relative_to(MONITOR_JS).parts
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if sinks.search(line)
     ]
@@ -356,6 +360,7 @@ async def test_the_feed_announces_nodes_as_they_come_and_go(
         assert (await read_frame(ws))["type"] == "ready"
         async with scripted_executor():
             joined = await read_frame(ws)
+            assert (await read_frame(ws))["type"] == "queue"  # goes with every `nodes`
         left = await read_frame(ws)
     assert joined["type"] == "nodes"
     assert [n["name"] for n in joined["nodes"]] == ["scripted-exec"]
