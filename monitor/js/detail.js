@@ -185,13 +185,13 @@ export class RunDetail {
   render(run) {
     this.run = run;
     const ui = {
-      title: h('h2', { id: 'detail-title' }, run.id),
+      title: h('h2', { id: 'detail-title', tabindex: '-1' }, run.id),
       badge: h('span', { class: 'badge' }),
       elapsed: h('span', { class: 'muted', title: 'time since the run arrived' }),
       cancel: h('button', { class: 'btn btn-danger btn-small', type: 'button' }, 'Cancel run'),
       cancelStatus: h('span', { class: 'muted', role: 'status' }),
       meta: h('dl', { class: 'detail-meta' }),
-      prompt: h('pre', { class: 'text-block prompt' }),
+      prompt: h('pre', { class: 'text-block prompt', tabindex: '0' }),
       effective: h('div', { class: 'effective' }),
       timelineList: h('ol', { class: 'timeline', 'aria-label': 'Timeline' }),
       outcome: h('div', { class: 'outcome' }),
@@ -201,7 +201,11 @@ export class RunDetail {
     ui.cancel.addEventListener('click', () => this.cancel());
     this.ui = ui;
     const back = h('button', { class: 'btn btn-quiet btn-small back-link', type: 'button' }, '← Back to runs');
-    back.addEventListener('click', () => document.getElementById('runs-title')?.focus());
+    // Back where the reader came from: the run's own row (else the list's heading).
+    back.addEventListener('click', () => {
+      const link = document.querySelector(`.run-row[data-id="${CSS.escape(run.id)}"] a`);
+      (link || document.getElementById('runs-title'))?.focus();
+    });
     this.root.replaceChildren(
       back,
       h('header', { class: 'detail-head' }, ui.title, ui.badge, ui.elapsed, ui.cancelStatus, ui.cancel),
@@ -243,7 +247,7 @@ export class RunDetail {
     } else if (run.effective_prompt === run.prompt) {
       content = h('p', { class: 'muted' }, 'The same prompt, unchanged.');
     } else {
-      content = h('pre', { class: 'text-block' }, run.effective_prompt);
+      content = h('pre', { class: 'text-block', tabindex: '0' }, run.effective_prompt);
     }
     ui.effective.replaceChildren(content);
   }

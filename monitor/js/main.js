@@ -215,11 +215,11 @@ function route(userAction) {
   runs.select(id);
   if (id) {
     detail.open(id).then(() => {
-      if (!userAction || !NARROW.matches || detail.id !== id) return;
-      // Stacked layout: bring the loaded run into view, and the reader's focus with it.
-      const panel = byId('detail');
-      panel.scrollIntoView({ block: 'start' });
-      panel.focus({ preventScroll: true });
+      if (!userAction || detail.id !== id) return;
+      // The reader's focus goes to the run they opened (its title), so Tab continues
+      // into it; stacked, the run is also brought into view.
+      if (NARROW.matches) byId('detail').scrollIntoView({ block: 'start' });
+      document.getElementById('detail-title')?.focus({ preventScroll: true });
     });
   } else if (!location.hash || location.hash === '#/') {
     detail.close();

@@ -161,7 +161,7 @@ function commandEntry(item) {
 function outputBlock(output) {
   const lines = lineCount(output);
   if (lines <= FOLD_LINES && output.length <= FOLD_CHARS) {
-    return h('pre', { class: 'text-block output' }, output);
+    return h('pre', { class: 'text-block output', tabindex: '0' }, output);
   }
   return folded(`Output · ${lines} lines`, output, false);
 }
@@ -181,7 +181,7 @@ function folded(label, content, open) {
     'details',
     { class: 'output', open },
     h('summary', {}, label),
-    h('pre', { class: 'text-block' }, content),
+    h('pre', { class: 'text-block', tabindex: '0' }, content),
   );
 }
 
@@ -209,7 +209,7 @@ function raw(value) {
     'details',
     { class: 'raw' },
     h('summary', {}, 'raw event'),
-    h('pre', { class: 'text-block' }, JSON.stringify(value, null, 2)),
+    h('pre', { class: 'text-block', tabindex: '0' }, JSON.stringify(value, null, 2)),
   );
 }
 
