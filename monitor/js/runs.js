@@ -3,12 +3,18 @@
 // Rows are keyed by run id, so a run that arrives twice (feed and reload, or a
 // reconnect's catch-up) is updated in place, never shown twice. Only the rows that
 // change are touched, which keeps the page fast with thousands of runs loaded.
+//
+// The list is bounded: it holds as many rows as the reader asked for (a page, plus a
+// page per "Load more"). Runs the feed adds at the top push the oldest rows out at the
+// bottom, and "Load more" brings them back; so a burst of thousands of runs never
+// grows the page (see tests/monitor/test_browser_scale.py).
 
 import { now } from './clock.js';
 import { h, setText } from './dom.js';
-import { clock, duration, elapsed, isActive, isoTime, originLabel, stateLabel } from './fmt.js';
+import { duration, elapsed, isActive, isoTime, originLabel, stateLabel } from './fmt.js';
 
 const PAGE_SIZE = 100;
+const MAX_PAGE = 500; // the hub's largest page (GET /api/runs?limit=)
 // A run's state only moves forward; a reply that was already stale when it arrived
 // must not take a row back (say, from "succeeded" to "running").
 const STATE_RANK = { queued: 0, optimizing: 1, running: 2 };
@@ -50,10 +56,13 @@ export class RunsList {
     this.rows = new Map();
     this.active = new Set();
     this.nextBefore = null;
+    this.limit = PAGE_SIZE; // rows the reader asked for
+    this.trimmed = false; // rows were pushed out at the bottom: nextBefore is stale
     this.generation = 0;
     this.loaded = false;
     this.reloading = false;
     this.early = []; // feed runs that arrived while a reload was on its way
+    this.fresh = new Map(); // new runs of this feed frame, added together once it is read
     this.unshown = new Map(); // run id -> its latest progress text, while it has no row
     this.selectedId = null;
     this.queue = new Map(); // queued run id -> { position, reason }
@@ -72,6 +81,7 @@ export class RunsList {
     this.loaded = false;
     this.reloading = false;
     this.early = [];
+    this.fresh.clear();
     this.unshown.clear();
     this.more.hidden = true;
     setText(this.status, '');
@@ -108,6 +118,8 @@ export class RunsList {
       this.active.clear();
       this.list.replaceChildren();
       this.loaded = true;
+      this.limit = PAGE_SIZE;
+      this.trimmed = false;
       for (const run of page.runs) this.insert(run, true);
       this.nextBefore = page.next_before;
       this.reloading = false;
@@ -151,16 +163,23 @@ export class RunsList {
   }
 
   async loadMore() {
-    if (this.nextBefore == null) return;
+    if (this.nextBefore == null && !this.trimmed) return;
     const generation = this.generation;
     this.more.disabled = true;
     try {
-      const page = await this.api.get('api/runs', this.params({ before: this.nextBefore }));
+      // After a trim the cursor is stale: fetch from the top, one page more than shown.
+      const extra = this.trimmed
+        ? { limit: Math.min(MAX_PAGE, this.rows.size + PAGE_SIZE) }
+        : { before: this.nextBefore };
+      const page = await this.api.get('api/runs', this.params(extra));
       if (generation !== this.generation) return;
+      const trimmed = this.trimmed;
       for (const run of page.runs) {
         if (this.rows.has(run.id)) this.upsert(run);
-        else this.insert(run, true);
+        else this.insert(run, !trimmed);
       }
+      this.limit = Math.max(this.limit, this.rows.size);
+      this.trimmed = false;
       this.nextBefore = page.next_before;
       this.afterChange();
     } catch (err) {
@@ -176,10 +195,10 @@ export class RunsList {
   }
 
   afterChange() {
-    this.more.hidden = this.nextBefore == null;
+    this.more.hidden = this.nextBefore == null && !this.trimmed;
     const shown = this.rows.size;
     if (!shown) setText(this.status, this.filtered() ? 'No runs match these filters.' : 'No runs yet.');
-    else setText(this.status, `${shown} run${shown === 1 ? '' : 's'}${this.nextBefore == null ? '' : ' (more below)'}`);
+    else setText(this.status, `${shown} run${shown === 1 ? '' : 's'}${this.more.hidden ? '' : ' (more below)'}`);
   }
 
   filtered() {
@@ -217,13 +236,36 @@ export class RunsList {
       return;
     }
     if (!this.matches(run) || this.belowLoadedPages(run)) return;
-    this.insert(run, false);
+    // Gathered, then added newest first and only as many as the list holds: a burst of
+    // thousands builds a page of rows, not thousands pushed out again at once.
+    const seen = this.fresh.get(run.id);
+    if (seen && rank(run.state) < rank(seen.state)) return;
+    this.fresh.set(run.id, seen ? { ...seen, ...run } : run);
+    if (this.fresh.size === 1) queueMicrotask(() => this.addFresh());
+  }
+
+  addFresh() {
+    const runs = [...this.fresh.values()].sort((a, b) => b.created_at - a.created_at);
+    this.fresh.clear();
+    if (!this.loaded || this.reloading) {
+      this.early.push(...runs);
+      return;
+    }
+    let added = 0;
+    for (const run of runs) {
+      if (this.rows.has(run.id)) this.upsert(run);
+      else if (added < this.limit || run.id === this.selectedId) {
+        this.insert(run, false);
+        added += 1;
+      } else this.trimmed = true; // older than a page of newer ones: below, for "Load more"
+    }
+    this.trim();
     this.afterChange();
   }
 
   // With more pages on the server, a run older than the last row belongs to one of them.
   belowLoadedPages(run) {
-    if (this.nextBefore == null) return false;
+    if (this.nextBefore == null && !this.trimmed) return false;
     const last = this.list.lastElementChild;
     const lastRun = last && this.rows.get(last.dataset.id)?.run;
     return Boolean(lastRun && run.created_at < lastRun.created_at);
@@ -291,6 +333,23 @@ export class RunsList {
     for (const row of this.rows.values()) setText(row.execEl, this.execText(row.run));
   }
 
+  /** Keep at most `limit` rows (and the open run's): push the oldest out at the bottom. */
+  trim() {
+    const keep = this.limit + (this.rows.has(this.selectedId) ? 1 : 0);
+    let el = this.list.lastElementChild;
+    while (this.rows.size > keep && el) {
+      const previous = el.previousElementSibling;
+      const id = el.dataset.id;
+      if (id !== this.selectedId) {
+        el.remove();
+        this.rows.delete(id);
+        this.active.delete(id);
+        this.trimmed = true;
+      }
+      el = previous;
+    }
+  }
+
   remove(id) {
     const row = this.rows.get(id);
     if (!row) return;
@@ -352,7 +411,7 @@ export class RunsList {
       row.madeAt = run.created_at;
       row.madeEl.dateTime = isoTime(run.created_at);
       setText(row.madeEl, madeLabel(run.created_at, now()));
-      row.madeEl.title = clock(run.created_at);
+      row.madeEl.title = FULL.format(new Date(run.created_at * 1000));
     }
     setText(row.whoEl, originLabel(run));
     setText(row.excerptEl, oneLine(run.prompt_excerpt));
@@ -393,14 +452,16 @@ function waitReason(reason, executors) {
 }
 
 /** When a run was made: a time today, else a short date. */
+// Made once: a formatter per call costs more than the rest of a row.
+const TIME = new Intl.DateTimeFormat([], { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
+const DAY = new Intl.DateTimeFormat([], { month: 'short', day: 'numeric' });
+const FULL = new Intl.DateTimeFormat([], { dateStyle: 'medium', timeStyle: 'medium' });
+
 export function madeLabel(ts, at) {
   if (!ts) return '';
   const date = new Date(ts * 1000);
   const today = new Date(at * 1000);
-  if (date.toDateString() === today.toDateString()) {
-    return date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
-  }
-  return date.toLocaleDateString([], { month: 'short', day: 'numeric' });
+  return date.toDateString() === today.toDateString() ? TIME.format(date) : DAY.format(date);
 }
 
 function oneLine(text) {
