@@ -13,6 +13,7 @@ import { byId, setText } from './dom.js';
 import { Feed } from './feed.js';
 import { stateLabel } from './fmt.js';
 import { NodesPanel } from './nodes.js';
+import { TabNotice } from './notice.js';
 import { RunsList } from './runs.js';
 
 const BOOT_RETRY_MAX_MS = 15000;
@@ -39,6 +40,7 @@ const signOutButton = byId('sign-out');
 const retryButton = byId('retry');
 
 const nodes = new NodesPanel(byId('nodes-list'), byId('nodes-count'));
+const notice = new TabNotice(byId('favicon'), byId('c-notify'));
 const runs = new RunsList(
   api,
   { list: byId('runs'), more: byId('more'), status: byId('runs-status') },
@@ -56,6 +58,7 @@ const composer = new Composer(
     status: byId('c-status'),
   },
   (run) => {
+    notice.started(run);
     runs.upsert(run);
     location.hash = `#/runs/${encodeURIComponent(run.id)}`;
   },
@@ -143,6 +146,7 @@ function signOut(message, tone = 'error') {
   runs.clear();
   detail.close();
   nodes.clear();
+  notice.clear();
   byId('c-prompt').value = '';
   appView.hidden = true;
   signOutButton.hidden = true;
@@ -164,6 +168,7 @@ function onReady(frame) {
   syncClock(frame.now);
   nodes.update(frame.nodes || []);
   runs.setQueue(frame.queue);
+  notice.load(frame.nodes || [], frame.queue?.total);
   runs.renameExecutors();
   runs.refresh();
   // A load that began before this `ready` may have missed events: catch up after it.
@@ -175,6 +180,7 @@ function onMessage(frame) {
     case 'run':
       runs.upsert(frame.run);
       detail.onRun(frame.run);
+      notice.onRun(frame.run);
       break;
     case 'event':
       detail.onEvent(frame.run_id, frame.event);
@@ -183,9 +189,11 @@ function onMessage(frame) {
     case 'nodes':
       nodes.update(frame.nodes || []);
       runs.renameExecutors();
+      notice.load(frame.nodes || [], null);
       break;
     case 'queue':
       runs.setQueue(frame);
+      notice.load(null, frame.total);
       break;
     default:
       break; // a newer hub may send more; this page ignores what it does not know
