@@ -3,7 +3,8 @@
 - ``GET /api/runs`` (filters ``state``, ``source``, ``q``, ``session_key``; paging with
   ``limit`` and ``before``), ``GET /api/runs/{id}`` (with its events, ``after`` a seq),
   ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
-- ``GET /api/nodes``.
+- ``GET /api/nodes``, ``GET /api/overview`` (running and queued now, failed in the last
+  hour, runs, tokens and median duration since ``since``).
 - ``GET /api/feed``: websocket, see below.
 - ``GET /healthz`` (alive), ``GET /readyz`` (an executor is connected and codex is
   logged in), ``GET /metrics`` (Prometheus).
@@ -198,6 +199,33 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def list_nodes(request: web.Request) -> web.Response:
     """Connected executors and bridges."""
     return json_response({"nodes": request.app[ROUTER].nodes()})
+
+
+@routes.get("/api/overview")
+async def overview(request: web.Request) -> web.Response:
+    """The monitor's overview: now (running, queued, per executor), the last hour, today.
+
+    ``since`` (epoch seconds) is where "today" starts for the reader (their midnight);
+    without it, 24 hours ago.
+    """
+    now = time.time()
+    raw = request.query.get("since")
+    try:
+        since = float(raw) if raw else now - 86400
+    except ValueError:
+        raise BadRequest("'since' must be a number (epoch seconds)", param="since") from None
+    if not now - 8 * 86400 <= since <= now:
+        raise BadRequest("'since' must be within the last 8 days", param="since")
+    router = request.app[ROUTER]
+    body = await request.app[STORE].overview(since, now - 3600)
+    executors = list(router.executors.values())
+    body.update(
+        running=sum(len(n.busy) for n in executors),
+        queued=len(router.queue),
+        capacity=sum(n.capacity for n in executors),
+        now=now,
+    )
+    return json_response(body)
 
 
 @routes.get("/api/feed")

@@ -509,6 +509,41 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                 },
             }
         },
+        "/api/overview": {
+            "get": {
+                "operationId": "overview",
+                "summary": "Running and queued now, failed in the last hour, runs since `since`.",
+                "parameters": [
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Where the day starts for the reader (epoch seconds).",
+                        "schema": NUMBER,
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        "The overview.",
+                        _object(
+                            {
+                                "since": NUMBER,
+                                "now": NUMBER,
+                                "runs": INTEGER,
+                                "input_tokens": INTEGER,
+                                "output_tokens": INTEGER,
+                                "median_duration_s": _nullable(NUMBER),
+                                "failed_last_hour": INTEGER,
+                                "running": INTEGER,
+                                "queued": INTEGER,
+                                "capacity": INTEGER,
+                            }
+                        ),
+                    ),
+                    **_errors(400, *keyed),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "operationId": "healthz",
