@@ -14,6 +14,7 @@ import { Feed } from './feed.js';
 import { stateLabel } from './fmt.js';
 import { NodesPanel } from './nodes.js';
 import { TabNotice } from './notice.js';
+import { Overview } from './overview.js';
 import { RunsList } from './runs.js';
 
 const BOOT_RETRY_MAX_MS = 15000;
@@ -41,6 +42,7 @@ const retryButton = byId('retry');
 
 const nodes = new NodesPanel(byId('nodes-list'), byId('nodes-count'));
 const notice = new TabNotice(byId('favicon'), byId('c-notify'));
+const overview = new Overview(api, byId('overview'), (err) => handleError(err));
 const runs = new RunsList(
   api,
   { list: byId('runs'), more: byId('more'), status: byId('runs-status') },
@@ -131,6 +133,7 @@ function start(nodeList) {
   signOutButton.hidden = !key;
   nodes.update(nodeList);
   feed.start();
+  overview.start();
   clearInterval(ticker);
   ticker = setInterval(tick, 1000);
   route(false);
@@ -147,6 +150,7 @@ function signOut(message, tone = 'error') {
   detail.close();
   nodes.clear();
   notice.clear();
+  overview.stop();
   byId('c-prompt').value = '';
   appView.hidden = true;
   signOutButton.hidden = true;
@@ -169,6 +173,8 @@ function onReady(frame) {
   nodes.update(frame.nodes || []);
   runs.setQueue(frame.queue);
   notice.load(frame.nodes || [], frame.queue?.total);
+  overview.load(frame.nodes || [], frame.queue?.total);
+  overview.refresh();
   runs.renameExecutors();
   runs.refresh();
   // A load that began before this `ready` may have missed events: catch up after it.
@@ -181,6 +187,7 @@ function onMessage(frame) {
       runs.upsert(frame.run);
       detail.onRun(frame.run);
       notice.onRun(frame.run);
+      overview.runChanged(frame.run);
       break;
     case 'event':
       detail.onEvent(frame.run_id, frame.event);
@@ -190,10 +197,12 @@ function onMessage(frame) {
       nodes.update(frame.nodes || []);
       runs.renameExecutors();
       notice.load(frame.nodes || [], null);
+      overview.load(frame.nodes || [], null);
       break;
     case 'queue':
       runs.setQueue(frame);
       notice.load(null, frame.total);
+      overview.load(null, frame.total);
       break;
     default:
       break; // a newer hub may send more; this page ignores what it does not know
