@@ -609,9 +609,12 @@ def _list_runs(
         where.append(f"source IN ({', '.join('?' * len(sources))})")
         args += sources
     if query:
-        where.append("(prompt LIKE ? ESCAPE '\\' OR user LIKE ? ESCAPE '\\' OR id = ?)")
+        where.append(
+            "(prompt LIKE ? ESCAPE '\\' OR user LIKE ? ESCAPE '\\' OR answer LIKE ? ESCAPE '\\'"
+            " OR id = ?)"
+        )
         like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        args += [like, like, query]
+        args += [like, like, like, query]
     if session_key is not None:
         where.append("session_key = ?")
         args.append(session_key)

@@ -232,10 +232,17 @@ export class RunDetail {
     const items = [
       ['From', originLabel(run)],
       ['Executor', run.executor ? this.nodes.nameOf(run.executor) : 'not assigned'],
-      ['Conversation', run.session_key || 'none'],
+      ['Conversation', this.conversationLink(run.session_key)],
       ['Created', clock(run.created_at)],
     ];
     ui.meta.replaceChildren(...items.map(([name, value]) => h('div', {}, h('dt', {}, name), h('dd', {}, value))));
+  }
+
+  conversationLink(key) {
+    if (!key) return 'none';
+    const show = h('button', { class: 'btn btn-quiet btn-small', type: 'button', title: key }, 'its runs');
+    show.addEventListener('click', () => this.handlers.onConversation?.(key));
+    return [h('code', {}, key), ' ', show];
   }
 
   renderPrompts() {

@@ -69,7 +69,16 @@ const composer = new Composer(
 const detail = new RunDetail(api, byId('detail'), nodes, {
   onError: handleError,
   onChange: (run) => composer.follow(run),
+  onConversation: (key) => showConversation(key),
 });
+
+/** The runs of one conversation (the filter, shown as a chip with a way out). */
+function showConversation(key) {
+  byId('f-conversation').hidden = !key;
+  setText(byId('f-conversation-key'), key || '');
+  runs.setFilters({ session_key: key || '' });
+  if (key) byId('runs-title').focus();
+}
 const feed = new Feed(feedUrl(), () => key, {
   onReady,
   onMessage,
@@ -261,6 +270,7 @@ byId('f-state').addEventListener('change', (event) => runs.setFilters({ state: e
 byId('f-source').addEventListener('change', (event) => runs.setFilters({ source: event.target.value }));
 
 retryButton.addEventListener('click', () => feed.retryNow());
+byId('f-conversation-clear').addEventListener('click', () => showConversation(''));
 
 signOutButton.addEventListener('click', () =>
   signOut('Signed out. The key was removed from this browser.', 'info'),

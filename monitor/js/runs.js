@@ -52,7 +52,7 @@ export class RunsList {
     this.status = parts.status;
     this.nodes = nodes;
     this.onError = onError;
-    this.filters = { q: '', state: '', source: '' };
+    this.filters = { q: '', state: '', source: '', session_key: '' };
     this.rows = new Map();
     this.active = new Set();
     this.nextBefore = null;
@@ -93,8 +93,8 @@ export class RunsList {
   }
 
   params(extra = {}) {
-    const { q, state, source } = this.filters;
-    return { q: q.trim(), state, source, limit: PAGE_SIZE, ...extra };
+    const { q, state, source, session_key } = this.filters;
+    return { q: q.trim(), state, source, session_key, limit: PAGE_SIZE, ...extra };
   }
 
   /** Replace the list with the first page for the current filters. */
@@ -120,7 +120,7 @@ export class RunsList {
       this.loaded = true;
       this.limit = PAGE_SIZE;
       this.trimmed = false;
-      for (const run of page.runs) this.insert(run, true);
+      for (const run of page.runs) this.insert(run, true).listed = true;
       this.nextBefore = page.next_before;
       this.reloading = false;
       for (const run of this.early.splice(0)) this.upsert(run);
@@ -143,7 +143,11 @@ export class RunsList {
       const page = await this.api.get('api/runs', this.params());
       if (generation !== this.generation) return;
       const fresh = new Set(page.runs.map((run) => run.id));
-      for (const run of page.runs) this.upsert(run);
+      for (const run of page.runs) {
+        const row = this.rows.get(run.id);
+        if (row) row.listed = true;
+        this.upsert(run);
+      }
       const stale = [...this.active].filter((id) => !fresh.has(id)).slice(0, MAX_STALE_REFRESH);
       await Promise.all(stale.map((id) => this.refreshOne(id, generation)));
       this.afterChange();
@@ -176,7 +180,7 @@ export class RunsList {
       const trimmed = this.trimmed;
       for (const run of page.runs) {
         if (this.rows.has(run.id)) this.upsert(run);
-        else this.insert(run, !trimmed);
+        else this.insert(run, !trimmed).listed = true;
       }
       this.limit = Math.max(this.limit, this.rows.size);
       this.trimmed = false;
@@ -202,15 +206,16 @@ export class RunsList {
   }
 
   filtered() {
-    const { q, state, source } = this.filters;
-    return Boolean(q.trim() || state || source);
+    const { q, state, source, session_key } = this.filters;
+    return Boolean(q.trim() || state || source || session_key);
   }
 
   /** Whether a run belongs in the list under the current filters (as the hub decides). */
   matches(run) {
-    const { q, state, source } = this.filters;
+    const { q, state, source, session_key } = this.filters;
     if (state && !state.split(',').includes(run.state)) return false;
     if (source && !source.split(',').includes(run.source)) return false;
+    if (session_key && run.session_key !== session_key) return false;
     const text = q.trim().toLowerCase();
     if (!text) return true;
     return (
@@ -231,7 +236,10 @@ export class RunsList {
     if (row) {
       if (rank(run.state) < rank(row.run.state)) return;
       row.run = { ...row.run, ...run };
-      if (!this.matches(row.run) && run.id !== this.selectedId) this.remove(run.id);
+      // The hub's search also looks at answers, which summaries lack: a row the hub
+      // listed for this search stays unless its state or source no longer fit.
+      const fits = this.matches(row.run) || (row.listed && this.matches({ ...row.run, prompt_excerpt: this.filters.q }));
+      if (!fits && run.id !== this.selectedId) this.remove(run.id);
       else this.fill(row);
       return;
     }
@@ -370,6 +378,7 @@ export class RunsList {
       this.unshown.delete(run.id);
       if (isActive(run.state)) setText(row.progressEl, text);
     }
+    return row;
   }
 
   // New runs come from the feed almost always newest: scan from the top.
