@@ -152,11 +152,12 @@ async def create_run(request: web.Request) -> web.Response:
     optimize = body.get("optimize")
     if optimize is not None and not isinstance(optimize, bool):
         raise BadRequest("'optimize' must be true or false", param="optimize")
+    origin = await _continued_origin(request, session_key)
     try:
         run_id = new_run_id()
         ticket = await router.submit(
             prompt,
-            origin={"source": "monitor", "user": "monitor"},
+            origin=origin,
             session_key=session_key or f"monitor:{run_id}",
             optimize=optimize,
             run_id=run_id,
@@ -166,10 +167,32 @@ async def create_run(request: web.Request) -> web.Response:
     except HubClosing as exc:
         raise Unavailable(str(exc), code="hub_closing") from None
     return json_response(
-        {"run": ticket.run.summary(), "position": ticket.position},
+        {
+            "run": ticket.run.summary(),
+            "position": ticket.position,
+            "reply_to": origin.get("platform"),
+        },
         status=202,
         headers={"X-Run-ID": ticket.run.id},
     )
+
+
+async def _continued_origin(request: web.Request, session_key: Any) -> dict[str, Any]:
+    """The origin of a run started from the page; in a conversation that began in a chat,
+    it names that thread or chat too (``via: monitor``), so the answer goes there as well.
+
+    Everything of the chat's origin that says where to reply is kept; its status message
+    (``status_ref``) is that earlier run's, so it is not.
+    """
+    origin: dict[str, Any] = {"source": "monitor", "user": "monitor"}
+    if not isinstance(session_key, str) or not session_key:
+        return origin
+    runs, _ = await request.app[STORE].list_runs(session_key=session_key, limit=1)
+    chat = runs[0].origin if runs else {}
+    if not chat.get("platform"):
+        return origin
+    where = {k: v for k, v in chat.items() if k not in ("status_ref", "source", "user", "via")}
+    return {**where, **origin, "via": "monitor"}
 
 
 @routes.post("/api/runs/{run_id}/cancel")

@@ -452,7 +452,15 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                 "responses": {
                     "202": _json(
                         "The run, queued.",
-                        _object({"run": _ref("RunSummary"), "position": INTEGER}),
+                        _object(
+                            {
+                                "run": _ref("RunSummary"),
+                                "position": INTEGER,
+                                # The chat platform the answer also goes to (a conversation
+                                # that began there), else null.
+                                "reply_to": _nullable(STRING),
+                            }
+                        ),
                         headers=RUN_ID_HEADER,
                         links=RUN_LINKS,
                     ),

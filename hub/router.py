@@ -168,6 +168,18 @@ RECONNECT_MAX_S = 10.0
 QUEUE_SHOWN = 100
 
 
+def _reply_text(run: Run) -> str:
+    """The answer as the chat gets it; a run asked from the monitor in a chat's
+    conversation says so first, or the thread would show an answer to no question."""
+    answer = run.answer or ""
+    if run.origin.get("via") != "monitor":
+        return answer
+    asked = " ".join(run.prompt.split())
+    if len(asked) > 200:
+        asked = asked[:200] + "…"
+    return f"(Asked from the monitor: {asked})\n\n{answer}"
+
+
 def new_run_id() -> str:
     """A short random run id (the API that names runs needs a key; ids need not be secret)."""
     return f"run_{_ids.getrandbits(64):016x}"
@@ -879,7 +891,7 @@ class Router:
                     "run_id": run.id,
                     "origin": run.origin,
                     "status": status,
-                    "answer": run.answer or "",
+                    "answer": _reply_text(run),
                     "error": run.error,
                     "usage": run.usage,
                 },
