@@ -242,7 +242,8 @@ export class RunDetail {
     if (!key) return 'none';
     const show = h('button', { class: 'btn btn-quiet btn-small', type: 'button', title: key }, 'its runs');
     show.addEventListener('click', () => this.handlers.onConversation?.(key));
-    return [h('code', {}, key), ' ', show];
+    const read = h('a', { href: `#/conversations/${encodeURIComponent(key)}` }, 'read as a chat');
+    return [h('code', {}, key), ' ', show, ' ', read];
   }
 
   renderPrompts() {

@@ -8,6 +8,7 @@ import { createApi, feedUrl, Unauthorized, Unreachable } from './api.js';
 import { forgetKey, loadKey, saveKey, SignIn } from './auth.js';
 import { syncClock } from './clock.js';
 import { Composer } from './composer.js';
+import { showConversation as renderConversation } from './conversation.js';
 import { RunDetail } from './detail.js';
 import { byId, setText } from './dom.js';
 import { Feed } from './feed.js';
@@ -236,6 +237,18 @@ function tick() {
 
 function route(userAction) {
   if (!signedIn) return;
+  const chat = /^#\/conversations\/(.+)$/.exec(location.hash);
+  if (chat) {
+    const key = decodeURIComponent(chat[1]);
+    runs.select(null);
+    detail.close();
+    renderConversation(api, byId('detail'), key)
+      .then(() => {
+        if (userAction) document.getElementById('detail-title')?.focus({ preventScroll: true });
+      })
+      .catch(handleError);
+    return;
+  }
   const match = /^#\/runs\/(.+)$/.exec(location.hash);
   const id = match ? decodeURIComponent(match[1]) : null;
   runs.select(id);
