@@ -115,3 +115,23 @@ async def test_a_failed_run_shows_one_clear_error_line_with_the_detail_folded(
         for size, viewport in (("laptop", LAPTOP), ("phone", PHONE)):
             await page.set_viewport_size(viewport)
             await page.screenshot(path=SCREENSHOTS / f"answer-error-{size}.png")
+
+
+async def test_the_run_header_stays_in_view_when_the_run_ends(
+    monitor_hub: HubServer, scripted_executor: EXECUTOR, open_page: OpenPage
+) -> None:
+    """A reader scrolled down a running run still sees its header and state as it ends."""
+    async with scripted_executor():
+        page = await open_page(monitor_hub.url, viewport={"width": 1366, "height": 560})
+        run = (await api(monitor_hub, "POST", "/api/runs", json={"prompt": "hold: long"}))["run"]
+        await page.goto(f"{monitor_hub.url}/#/runs/{run['id']}")
+        await expect(page.locator("#detail .detail-head .badge")).to_have_text("running")
+        await page.evaluate("document.querySelector('#detail').scrollTop = 10000")
+        await api(monitor_hub, "POST", f"/api/runs/{run['id']}/cancel")
+        badge = page.locator("#detail .detail-head .badge")
+        await expect(badge).to_have_text("cancelled")
+        panel = await page.locator("#detail").bounding_box()
+        head = await page.locator("#detail .detail-head").bounding_box()
+        assert panel is not None and head is not None
+        assert panel["y"] <= head["y"] < panel["y"] + 40
+        assert await page.evaluate("document.querySelector('#detail').scrollTop") > 0
