@@ -119,8 +119,13 @@ def _short_grace(hub_settings: Any) -> None:
     assert hub_settings.executor_grace_s <= 2.0
 
 
-def m_is(run_id: str, state: str) -> Callable[[Message], bool]:
-    return lambda m: bool(m["run"]["id"] == run_id and m["run"]["state"] == state)
+def _turn_started(message: Message, run_id: str) -> bool:
+    event = message["event"]
+    return bool(
+        message["run_id"] == run_id
+        and event.get("kind") == "codex"
+        and (event.get("data") or {}).get("type") == "turn.started"
+    )
 
 
 def sleeping_codex(tmp_path: Path) -> Path:
@@ -150,8 +155,9 @@ async def test_a_run_stopped_by_its_executor_shutting_down_says_so_not_cancelled
         with hub.app[BUS].subscribe() as sub:
             async with start_executor(EXEC_DRY_RUN=False, CODEX_BIN=str(codex)):
                 run_id = await create(s, hub, "work for a while")
-                running = m_is(run_id, "running")
-                await next_message(sub, "run", running)
+                # Stopped once codex is up: a stop while it is being spawned is another
+                # story (asyncio may wait for ever for a process it could not watch yet).
+                await next_message(sub, "event", lambda m: _turn_started(m, run_id))
             ended = await next_message(
                 sub, "event", lambda m: m["run_id"] == run_id and m["event"].get("error")
             )
