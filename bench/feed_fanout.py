@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from bench import monitor_page
 from bench.common import (
     ROOT,
     BenchError,
@@ -487,8 +488,10 @@ class _Options(Protocol):
 
 
 async def main(options: _Options) -> str:
-    """``python -m bench feed``: measure and return the markdown section."""
-    return report(await measure(QUICK if options.quick else FULL, quiet_wait=options.quiet_wait))
+    """``python -m bench feed``: measure and return the markdown section (with the page's
+    DOM size and long tasks, :mod:`bench.monitor_page`)."""
+    section = report(await measure(QUICK if options.quick else FULL, quiet_wait=options.quiet_wait))
+    return f"{section}\n\n{monitor_page.report(await monitor_page.measure())}"
 
 
 def _summary_line(results: Results) -> str:

@@ -45,6 +45,8 @@ class ExecutorNode:
         # A new id per process: a restarted executor does not claim a dead one's runs.
         self.node_id = f"{base}-{os.getpid()}-{secrets.token_hex(3)}"
         self.runs: dict[str, _RunState] = {}
+        #: Set by close(): runs cancelled from now on were stopped by the executor itself.
+        self.stopping = False
         self.login: dict[str, Any] = {"logged_in": None, "detail": "not checked yet"}
         self.client = NodeClient(
             settings.hub_url,
@@ -63,6 +65,7 @@ class ExecutorNode:
 
     async def close(self) -> None:
         """Cancel running work, disconnect. Idempotent."""
+        self.stopping = True
         if self._login_task is not None:
             self._login_task.cancel()
             await asyncio.gather(self._login_task, return_exceptions=True)
@@ -162,10 +165,21 @@ class ExecutorNode:
         try:
             result = await self.pipeline.run(state.job, emit, set_state)
         except asyncio.CancelledError:
-            result = Result(
-                status="cancelled",
-                error={"code": "cancelled", "message": "cancelled; codex was stopped"},
-            )
+            if self.stopping:
+                # Not a user's cancel: say so, or a restart reads like someone's decision.
+                result = Result(
+                    status="failed",
+                    error={
+                        "code": "executor_stopped",
+                        "message": "the executor stopped (shut down or restarted) while "
+                        "this run was going; codex was stopped before it finished",
+                    },
+                )
+            else:
+                result = Result(
+                    status="cancelled",
+                    error={"code": "cancelled", "message": "cancelled; codex was stopped"},
+                )
         except Exception as exc:
             log.exception("run %s failed inside the executor", run_id)
             result = Result(

@@ -259,6 +259,7 @@ def openai_usage(usage: dict[str, int] | None) -> dict[str, Any]:
 FAILURES: dict[str, tuple[int, str, str]] = {
     "codex_not_logged_in": (503, "server_error", "codex_not_logged_in"),
     "executor_lost": (502, "server_error", "executor_lost"),
+    "executor_stopped": (502, "server_error", "executor_stopped"),
     "timeout": (504, "server_error", "timeout"),
     "store_unavailable": (503, "server_error", "store_unavailable"),
 }

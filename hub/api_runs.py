@@ -3,7 +3,8 @@
 - ``GET /api/runs`` (filters ``state``, ``source``, ``q``, ``session_key``; paging with
   ``limit`` and ``before``), ``GET /api/runs/{id}`` (with its events, ``after`` a seq),
   ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
-- ``GET /api/nodes``.
+- ``GET /api/nodes``, ``GET /api/overview`` (running and queued now, failed in the last
+  hour, runs, tokens and median duration since ``since``).
 - ``GET /api/feed``: websocket, see below.
 - ``GET /healthz`` (alive), ``GET /readyz`` (an executor is connected, codex is
   logged in and the store can write), ``GET /metrics`` (Prometheus).
@@ -24,12 +25,17 @@ or missing key closes the socket with code 4001 (a wrong one, from an address wi
 too many wrong keys lately: 4029; a right key is always let in). Then the hub sends, as JSON
 text frames:
 
-- ``{"type": "ready", "nodes": [...], "now": <hub clock, epoch s>}`` once, first;
+- ``{"type": "ready", "nodes": [...], "queue": {...}, "now": <hub clock, epoch s>}``
+  once, first;
 - ``{"type": "run", "run": <Run.summary()>}`` when a run is created or changes state;
 - ``{"type": "event", "run_id", "event": {"seq", "ts", "kind", ...}}`` for each event of
-  a run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
+  any run (``seq`` counts from 1 per run, the same numbers ``GET /api/runs/{id}`` has);
   ``run`` and ``event`` messages only of the key's own runs, unless it is an operator's;
-- ``{"type": "nodes", "nodes": [...]}`` whenever a node connects, leaves or changes.
+- ``{"type": "nodes", "nodes": [...]}`` whenever a node connects, leaves, changes, takes
+  or ends a run, or answers a heartbeat;
+- ``{"type": "queue", "total", "executors", "runs": [{"id", "position", "reason"}]}``
+  with the ``nodes`` message (see :meth:`hub.router.Router.queue_info`); ``ready`` has
+  one too, as ``queue``.
 
 After ``ready`` every text frame is a JSON array of messages, in the order they were
 published: the hub gathers what is published during a short tick (``hub.bus.TICK_S``,
@@ -168,8 +174,8 @@ async def create_run(request: web.Request) -> web.Response:
         raise BadRequest("'optimize' must be true or false", param="optimize")
     principal = principal_of(request)
     run_id = new_run_id()
-    origin: dict[str, Any] = {"source": "monitor", "user": "monitor"}
     note = None
+    operator_continues = False
     if not session_key:
         session_key = namespaced("monitor", principal, run_id)
     elif owns_session(principal, session_key):
@@ -177,11 +183,14 @@ async def create_run(request: web.Request) -> web.Response:
     elif is_operator(request):
         # An operator continues someone else's conversation (a chat user's, say): the
         # run says so, for whoever reads it later.
-        origin["operator"] = principal
+        operator_continues = True
         note = f"operator {principal} continued the conversation {session_key}"
     else:
         # Never someone else's session: the id names one of the caller's own.
         session_key = namespaced("monitor", principal, session_key)
+    origin = await _continued_origin(request, session_key)
+    if operator_continues:
+        origin["operator"] = principal
     try:
         ticket = await router.submit(
             prompt,
@@ -197,10 +206,32 @@ async def create_run(request: web.Request) -> web.Response:
     except HubClosing as exc:
         raise Unavailable(str(exc), code="hub_closing") from None
     return json_response(
-        {"run": ticket.run.summary(), "position": ticket.position},
+        {
+            "run": ticket.run.summary(),
+            "position": ticket.position,
+            "reply_to": origin.get("platform"),
+        },
         status=202,
         headers={"X-Run-ID": ticket.run.id},
     )
+
+
+async def _continued_origin(request: web.Request, session_key: Any) -> dict[str, Any]:
+    """The origin of a run started from the page; in a conversation that began in a chat,
+    it names that thread or chat too (``via: monitor``), so the answer goes there as well.
+
+    Everything of the chat's origin that says where to reply is kept; its status message
+    (``status_ref``) is that earlier run's, so it is not.
+    """
+    origin: dict[str, Any] = {"source": "monitor", "user": "monitor"}
+    if not isinstance(session_key, str) or not session_key:
+        return origin
+    runs, _ = await request.app[STORE].list_runs(session_key=session_key, limit=1)
+    chat = runs[0].origin if runs else {}
+    if not chat.get("platform"):
+        return origin
+    where = {k: v for k, v in chat.items() if k not in ("status_ref", "source", "user", "via")}
+    return {**where, **origin, "via": "monitor"}
 
 
 @routes.post("/api/runs/{run_id}/cancel")
@@ -234,6 +265,33 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def list_nodes(request: web.Request) -> web.Response:
     """Connected executors and bridges."""
     return json_response({"nodes": request.app[ROUTER].nodes()})
+
+
+@routes.get("/api/overview")
+async def overview(request: web.Request) -> web.Response:
+    """The monitor's overview: now (running, queued, per executor), the last hour, today.
+
+    ``since`` (epoch seconds) is where "today" starts for the reader (their midnight);
+    without it, 24 hours ago.
+    """
+    now = time.time()
+    raw = request.query.get("since")
+    try:
+        since = float(raw) if raw else now - 86400
+    except ValueError:
+        raise BadRequest("'since' must be a number (epoch seconds)", param="since") from None
+    if not now - 8 * 86400 <= since <= now:
+        raise BadRequest("'since' must be within the last 8 days", param="since")
+    router = request.app[ROUTER]
+    body = await request.app[STORE].overview(since, now - 3600)
+    executors = list(router.executors.values())
+    body.update(
+        running=sum(len(n.busy) for n in executors),
+        queued=len(router.queue),
+        capacity=sum(n.capacity for n in executors),
+        now=now,
+    )
+    return json_response(body)
 
 
 @routes.get("/api/feed")
@@ -282,7 +340,13 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     # Subscribed and `ready` written in one step, with no await in between: nothing
     # published before `ready` follows it, nothing published after it is missed.
     sub = request.app[BUS].subscribe_frames(sink, principal=viewer)
-    ready = {"type": "ready", "nodes": request.app[ROUTER].nodes(), "now": time.time()}
+    router = request.app[ROUTER]
+    ready = {
+        "type": "ready",
+        "nodes": router.nodes(),
+        "queue": router.queue_info(),
+        "now": time.time(),
+    }
     transport.write(websocket_text_frame(json.dumps(ready).encode()))
     request.app[SOCKETS_FEED].add(ws)
     reader = asyncio.create_task(_drain(ws), name="feed:reader")

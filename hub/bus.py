@@ -10,10 +10,11 @@ Two kinds of subscriber:
   *tick* (:attr:`Bus.tick_s`, counted from the first message after a quiet spell),
   then encoded once into one :class:`Frame`, a JSON array, that every such subscriber
   is handed: one send per browser per tick, however many browsers and messages there
-  are. Within a tick only the latest of a run's summaries (``type: run``) and of the
-  node lists (``type: nodes``) is kept, in the place of the latest; events are never
-  merged or dropped. A frame subscriber's sink says whether it can take the frame;
-  when it cannot (its browser fell behind), the subscriber is dropped.
+  are. Within a tick only the latest of a run's summaries (``type: run``), of the
+  node lists (``type: nodes``) and of the queue's head (``type: queue``) is kept, in
+  the place of the latest; events are never merged or dropped. A frame subscriber's
+  sink says whether it can take the frame; when it cannot (its browser fell behind),
+  the subscriber is dropped.
 
 A run's messages (published with its ``run_id``) carry the run's ``owner``, its
 principal (:mod:`hub.auth`): a frame subscriber that is not an operator gets only its
@@ -228,8 +229,8 @@ def _coalesce_key(message: Message) -> str | None:
     if kind == "run":
         run = message.get("run")
         return f"run:{run.get('id')}" if isinstance(run, dict) else None
-    if kind == "nodes":
-        return "nodes"
+    if kind in ("nodes", "queue"):
+        return kind
     return None
 
 

@@ -521,7 +521,7 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                     _query(
                         "source", STRING, "Comma-separated sources (http, monitor, slack, ...)."
                     ),
-                    _query("q", STRING, "Text in the prompt or user, or a run id."),
+                    _query("q", STRING, "Text in the prompt, user or answer, or a run id."),
                     _query("session_key", STRING, "Runs of this session only."),
                     _query("before", CURSOR, "The `next_before` of the previous page."),
                     _query(
@@ -559,7 +559,15 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                 "responses": {
                     "202": _json(
                         "The run, queued.",
-                        _object({"run": _ref("RunSummary"), "position": INTEGER}),
+                        _object(
+                            {
+                                "run": _ref("RunSummary"),
+                                "position": INTEGER,
+                                # The chat platform the answer also goes to (a conversation
+                                # that began there), else null.
+                                "reply_to": _nullable(STRING),
+                            }
+                        ),
                         headers=RUN_ID_HEADER,
                         links=RUN_LINKS,
                     ),
@@ -613,6 +621,41 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         "The nodes.", _object({"nodes": {"type": "array", "items": _ref("Node")}})
                     ),
                     **_errors(*keyed),
+                },
+            }
+        },
+        "/api/overview": {
+            "get": {
+                "operationId": "overview",
+                "summary": "Running and queued now, failed in the last hour, runs since `since`.",
+                "parameters": [
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Where the day starts for the reader (epoch seconds).",
+                        "schema": NUMBER,
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        "The overview.",
+                        _object(
+                            {
+                                "since": NUMBER,
+                                "now": NUMBER,
+                                "runs": INTEGER,
+                                "input_tokens": INTEGER,
+                                "output_tokens": INTEGER,
+                                "median_duration_s": _nullable(NUMBER),
+                                "failed_last_hour": INTEGER,
+                                "running": INTEGER,
+                                "queued": INTEGER,
+                                "capacity": INTEGER,
+                            }
+                        ),
+                    ),
+                    **_errors(400, *keyed),
                 },
             }
         },

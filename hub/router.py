@@ -28,6 +28,9 @@ Rules:
 - Every assigned run has a deadline (the executor's timeout plus ``HUB_RUN_GRACE_S``)
   and a budget of events (``HUB_RUN_MAX_EVENTS``, ``HUB_RUN_MAX_EVENT_BYTES``); past
   either, the hub cancels it on the executor and ends it itself.
+- Whatever changes an executor's load or the queue (a run assigned, ended, submitted)
+  publishes the node list and the queue's head (``type: queue``: each run's position and
+  why it waits) once per loop turn, so the monitor never shows a stale load.
 """
 
 from __future__ import annotations
@@ -209,6 +212,20 @@ _ids = random.Random(secrets.randbits(64))
 REDELIVER_MAX_S = 300.0
 #: Longest reconnect backoff of a node (hub.node_client's default backoff_max).
 RECONNECT_MAX_S = 10.0
+#: How many queued runs the ``queue`` message names (the rest are counted).
+QUEUE_SHOWN = 100
+
+
+def _reply_text(run: Run) -> str:
+    """The answer as the chat gets it; a run asked from the monitor in a chat's
+    conversation says so first, or the thread would show an answer to no question."""
+    answer = run.answer or ""
+    if run.origin.get("via") != "monitor":
+        return answer
+    asked = " ".join(run.prompt.split())
+    if len(asked) > 200:
+        asked = asked[:200] + "…"
+    return f"(Asked from the monitor: {asked})\n\n{answer}"
 
 
 def _json_size(value: Any) -> int:
@@ -265,6 +282,7 @@ class Router:
         self._redeliver_task: asyncio.Task[None] | None = None
         self.metrics = metrics
         self.closing = False
+        self._live_state_soon: asyncio.Handle | None = None
 
     # lifecycle
 
@@ -284,10 +302,17 @@ class Router:
                     self.session_active[run.session_key] = run.id
                 # Nodes reconnect to a restarted hub with jittered backoff (up to
                 # RECONNECT_MAX_S): give them that long to claim their runs.
-                self._start_lost_timer(
+                grace = max(self.settings.executor_grace_s, RECONNECT_MAX_S + 5.0)
+                self._start_timer(
                     run.id,
-                    run.executor,
-                    max(self.settings.executor_grace_s, RECONNECT_MAX_S + 5.0),
+                    self._lose(
+                        run.id,
+                        run.executor,
+                        grace,
+                        f"the hub restarted while this run was going and its executor did not "
+                        f"come back for it within {grace:g} s; the run's outcome is unknown",
+                    ),
+                    f"Router:grace:{run.id}",
                 )
         for delivery in await self.store.pending_deliveries():
             self.pending[delivery.id] = delivery
@@ -302,6 +327,9 @@ class Router:
     async def close(self) -> None:
         """Stop timers and background work; runs stay in the store for the next start."""
         self.closing = True
+        if self._live_state_soon is not None:
+            self._live_state_soon.cancel()
+            self._live_state_soon = None
         tasks = [*self._timers.values(), *self._tasks]
         if self._redeliver_task is not None:
             tasks.append(self._redeliver_task)
@@ -417,6 +445,7 @@ class Router:
         self._publish_run(run)
         self._progress(live, position=position)
         self._dispatch()
+        self._live_state_changed()
         log.debug("run %s queued from %s", run.id, run.source, extra={"run_id": run.id})
         return Ticket(run, live.done, events, position)
 
@@ -540,6 +569,7 @@ class Router:
                 self.queue.clear()
                 break
             self._assign(live, node)
+            self._live_state_changed()
             if key is not None:
                 busy_sessions.add(key)
         self.queue = waiting
@@ -672,13 +702,19 @@ class Router:
             return
         del self.executors[link.node_id]
         for run_id in node.busy:
-            self._start_lost_timer(run_id, link.node_id)
+            self._start_timer(
+                run_id,
+                self._lose(
+                    run_id,
+                    link.node_id,
+                    self.settings.executor_grace_s,
+                    f"executor {node.name} disconnected and did not come back for this run "
+                    f"within {self.settings.executor_grace_s:g} s; the run's outcome is unknown",
+                ),
+                f"Router:grace:{run_id}",
+            )
         log.warning("executor %s disconnected with %d runs", node.name, len(node.busy))
         self._publish_nodes()
-
-    def _start_lost_timer(self, run_id: str, node_id: str, grace: float | None = None) -> None:
-        grace = self.settings.executor_grace_s if grace is None else grace
-        self._start_timer(run_id, self._lose(run_id, node_id, grace), f"Router:grace:{run_id}")
 
     def _start_timer(self, run_id: str, coro: Any, name: str) -> None:
         self._cancel_timer(run_id)
@@ -753,7 +789,7 @@ class Router:
             f"Router:limit:{run.id}",
         )
 
-    async def _lose(self, run_id: str, node_id: str, grace: float) -> None:
+    async def _lose(self, run_id: str, node_id: str, grace: float, why: str) -> None:
         await asyncio.sleep(grace)
         self._timers.pop(run_id, None)
         live = self.live.get(run_id)
@@ -764,11 +800,7 @@ class Router:
         await self._finish(
             live,
             "failed",
-            error={
-                "code": "executor_lost",
-                "message": f"executor lost: {node_id} sent no word for {grace:g} s; "
-                "the run's outcome is unknown",
-            },
+            error={"code": "executor_lost", "message": f"executor lost: {why}"},
         )
 
     def bridge_connected(self, link: Link, hello: Hello, *, credential: str = "") -> None:
@@ -796,6 +828,13 @@ class Router:
         if node is not None and node.link is link:
             del self.bridges[link.node_id]
             self._publish_nodes()
+
+    def heard(self, link: Link) -> None:
+        """A node answered a websocket ping or pinged: its ``last_seen`` is now."""
+        node = self.executors.get(link.node_id) or self.bridges.get(link.node_id)
+        if node is not None and node.link is link:
+            node.last_seen = time.time()
+            self._live_state_changed()
 
     def nodes(self) -> list[dict[str, Any]]:
         """Connected nodes, executors first."""
@@ -1064,6 +1103,7 @@ class Router:
         node = self.executors.get(run.executor) if run.executor else None
         if node is not None:
             node.busy.discard(run.id)
+        self._live_state_changed()
         session = None
         key = run.session_key
         if key:
@@ -1084,7 +1124,7 @@ class Router:
                     "run_id": run.id,
                     "origin": run.origin,
                     "status": status,
-                    "answer": run.answer or "",
+                    "answer": _reply_text(run),
                     "error": run.error,
                     "usage": run.usage,
                 },
@@ -1283,6 +1323,47 @@ class Router:
 
     def _publish_nodes(self) -> None:
         self.bus.publish({"type": "nodes", "nodes": self.nodes()})
+        self.bus.publish({"type": "queue", **self.queue_info()})
+
+    def _live_state_changed(self) -> None:
+        """Publish the nodes' load and the queue once this loop turn is over."""
+        if self._live_state_soon is None:
+            self._live_state_soon = asyncio.get_running_loop().call_soon(self._publish_live_state)
+
+    def _publish_live_state(self) -> None:
+        self._live_state_soon = None
+        self._publish_nodes()
+
+    def queue_info(self) -> dict[str, Any]:
+        """The queue's length and its first :data:`QUEUE_SHOWN` runs, with why each waits.
+
+        ``reason``: ``conversation`` (an earlier run of its conversation goes first),
+        ``no_executor`` (none connected), ``all_busy`` (every executor is full), or
+        ``dispatching`` (a slot is free: it is about to go).
+        """
+        executors = self.executors.values()
+        if not executors:
+            general = "no_executor"
+        elif all(n.free <= 0 for n in executors):
+            general = "all_busy"
+        else:
+            general = "dispatching"
+        sessions = set(self.session_active)
+        head = []
+        for position, run_id in enumerate(self.queue, 1):
+            if position > QUEUE_SHOWN:
+                break
+            live = self.live.get(run_id)
+            key = live.run.session_key if live is not None else None
+            reason = "conversation" if key is not None and key in sessions else general
+            if key is not None:
+                sessions.add(key)
+            head.append({"id": run_id, "position": position, "reason": reason})
+        return {
+            "total": len(self.queue),
+            "executors": len(self.executors),
+            "runs": head,
+        }
 
     def _progress(
         self, live: Live, *, detail: str | None = None, position: int | None = None

@@ -614,6 +614,11 @@ class Store:
         """Number of runs by (state, source)."""
         return await self.call(_count_runs)
 
+    async def overview(self, since: float, failed_since: float) -> dict[str, Any]:
+        """Runs and tokens since ``since``, the median duration of those that finished,
+        and the runs that failed since ``failed_since`` (the monitor's overview strip)."""
+        return await self.call(_overview, since, failed_since)
+
     # events
 
     async def add_events(
@@ -882,9 +887,12 @@ def _list_runs(
         where.append(f"source IN ({', '.join('?' * len(sources))})")
         args += sources
     if query:
-        where.append("(prompt LIKE ? ESCAPE '\\' OR user LIKE ? ESCAPE '\\' OR id = ?)")
+        where.append(
+            "(prompt LIKE ? ESCAPE '\\' OR user LIKE ? ESCAPE '\\' OR answer LIKE ? ESCAPE '\\'"
+            " OR id = ?)"
+        )
         like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        args += [like, like, query]
+        args += [like, like, like, query]
     if session_key is not None:
         where.append("session_key = ?")
         args.append(session_key)
@@ -911,6 +919,36 @@ def _unfinished_runs(conn: sqlite3.Connection) -> list[Run]:
 def _count_runs(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
     rows = conn.execute("SELECT state, source, COUNT(*) FROM runs GROUP BY state, source")
     return {(state, source): count for state, source, count in rows}
+
+
+def _overview(conn: sqlite3.Connection, since: float, failed_since: float) -> dict[str, Any]:
+    runs, input_tokens, output_tokens = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(json_extract(usage, '$.input_tokens')), 0),"
+        " COALESCE(SUM(json_extract(usage, '$.output_tokens')), 0)"
+        " FROM runs WHERE created_at >= ?",
+        (since,),
+    ).fetchone()
+    finished = "FROM runs WHERE created_at >= ? AND finished_at IS NOT NULL"
+    (count,) = conn.execute(f"SELECT COUNT(*) {finished}", (since,)).fetchone()
+    median = None
+    if count:
+        # The middle one (the lower of two): no list of every duration in memory.
+        (median,) = conn.execute(
+            f"SELECT finished_at - created_at {finished} ORDER BY 1 LIMIT 1 OFFSET ?",
+            (since, (count - 1) // 2),
+        ).fetchone()
+    (failed,) = conn.execute(
+        "SELECT COUNT(*) FROM runs WHERE state IN ('failed', 'timed_out') AND finished_at >= ?",
+        (failed_since,),
+    ).fetchone()
+    return {
+        "since": since,
+        "runs": runs,
+        "input_tokens": int(input_tokens),
+        "output_tokens": int(output_tokens),
+        "median_duration_s": median,
+        "failed_last_hour": failed,
+    }
 
 
 def _add_events(

@@ -168,7 +168,11 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     router: Router = request.app[ROUTER]
     # Frames are small JSON on a trusted link: deflate costs more CPU than it saves.
-    ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=MAX_FRAME_BYTES, compress=False)
+    # Pings and pongs come to _serve (no autoping): each is a heartbeat of the node, its
+    # "last seen" on the monitor.
+    ws = web.WebSocketResponse(
+        heartbeat=10.0, max_msg_size=MAX_FRAME_BYTES, compress=False, autoping=False
+    )
     await ws.prepare(request)
     sockets = request.app[SOCKETS]
     sockets.add(ws)
@@ -237,13 +241,22 @@ def _first_error(exc: ValidationError) -> str:
 async def _serve_executor(ws: web.WebSocketResponse, link: WsLink, router: Router) -> None:
     # A result waits for the store; other runs' frames need not wait with it.
     await _serve(
-        ws, link, EXECUTOR_FRAME, EXECUTOR_BATCH, router.on_executor_frame, ResultFrame, _masked
+        ws,
+        link,
+        EXECUTOR_FRAME,
+        EXECUTOR_BATCH,
+        router.on_executor_frame,
+        ResultFrame,
+        router.heard,
+        _masked,
     )
 
 
 async def _serve_bridge(ws: web.WebSocketResponse, link: WsLink, router: Router) -> None:
     # An ack waits for its commit; the next submit need not wait with it.
-    await _serve(ws, link, BRIDGE_FRAME, BRIDGE_BATCH, router.on_bridge_frame, AckFrame)
+    await _serve(
+        ws, link, BRIDGE_FRAME, BRIDGE_BATCH, router.on_bridge_frame, AckFrame, router.heard
+    )
 
 
 async def _serve(
@@ -253,14 +266,22 @@ async def _serve(
     batch: TypeAdapter[list[Any]],
     apply: Callable[[WsLink, Any], Awaitable[dict[str, Any] | None]],
     aside: type[Any],
+    heard: Callable[[WsLink], None],
     mask: Callable[[Any], Any] | None = None,
 ) -> None:
     """Apply a node's frames in order (``mask`` each first), except that those of type
     ``aside`` (they wait for the store) go in tasks of their own: later frames do not
-    wait for them."""
+    wait for them. A ping is answered; a ping or a pong is a heartbeat (``heard``)."""
     tasks: set[asyncio.Task[None]] = set()
     try:
         async for msg in ws:
+            if msg.type == WSMsgType.PING:
+                await ws.pong(msg.data)
+                heard(link)
+                continue
+            if msg.type == WSMsgType.PONG:
+                heard(link)
+                continue
             if msg.type != WSMsgType.TEXT:
                 continue
             for frame in _frames(link, msg.data, adapter, batch):

@@ -50,7 +50,9 @@ export class Composer {
       const reply = await this.api.post('api/runs', body);
       prompt.value = '';
       const ahead = reply.position ? ` (${reply.position} ahead of it in the conversation)` : '';
-      setText(status, `Started ${reply.run.id}${ahead}.`);
+      const where = { slack: 'the Slack thread', telegram: 'the Telegram chat' }[reply.reply_to];
+      const also = where ? `; the answer also goes to ${where}` : '';
+      setText(status, `Started ${reply.run.id}${ahead}${also}.`);
       this.onStarted(reply.run);
     } catch (err) {
       setText(status, `Could not start the run: ${err.message}`);

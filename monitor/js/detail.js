@@ -7,6 +7,7 @@
 import { now } from './clock.js';
 import { copyText, h, setText } from './dom.js';
 import { clock, duration, elapsed, isActive, originLabel, stateLabel, tokens } from './fmt.js';
+import { answerView } from './markdown.js';
 import { Timeline } from './timeline.js';
 
 const STATE_RANK = { queued: 0, optimizing: 1, running: 2 };
@@ -34,6 +35,12 @@ export class RunDetail {
     this.again = false;
     this.opening = null;
     this.ui = null;
+  }
+
+  /** While the feed is down, an active run's state is not known: say so. */
+  setFeedDown(down) {
+    this.feedDown = down;
+    if (this.run) this.renderHead();
   }
 
   current() {
@@ -168,7 +175,7 @@ export class RunDetail {
   }
 
   tick() {
-    if (this.run && isActive(this.run.state)) {
+    if (this.run && isActive(this.run.state) && !this.feedDown) {
       setText(this.ui.elapsed, duration(elapsed(this.run, now())));
     }
   }
@@ -178,13 +185,13 @@ export class RunDetail {
   render(run) {
     this.run = run;
     const ui = {
-      title: h('h2', { id: 'detail-title' }, run.id),
+      title: h('h2', { id: 'detail-title', tabindex: '-1' }, run.id),
       badge: h('span', { class: 'badge' }),
       elapsed: h('span', { class: 'muted', title: 'time since the run arrived' }),
       cancel: h('button', { class: 'btn btn-danger btn-small', type: 'button' }, 'Cancel run'),
       cancelStatus: h('span', { class: 'muted', role: 'status' }),
       meta: h('dl', { class: 'detail-meta' }),
-      prompt: h('pre', { class: 'text-block prompt' }),
+      prompt: h('pre', { class: 'text-block prompt', tabindex: '0' }),
       effective: h('div', { class: 'effective' }),
       timelineList: h('ol', { class: 'timeline', 'aria-label': 'Timeline' }),
       outcome: h('div', { class: 'outcome' }),
@@ -194,7 +201,11 @@ export class RunDetail {
     ui.cancel.addEventListener('click', () => this.cancel());
     this.ui = ui;
     const back = h('button', { class: 'btn btn-quiet btn-small back-link', type: 'button' }, '← Back to runs');
-    back.addEventListener('click', () => document.getElementById('runs-title')?.focus());
+    // Back where the reader came from: the run's own row (else the list's heading).
+    back.addEventListener('click', () => {
+      const link = document.querySelector(`.run-row[data-id="${CSS.escape(run.id)}"] a`);
+      (link || document.getElementById('runs-title'))?.focus();
+    });
     this.root.replaceChildren(
       back,
       h('header', { class: 'detail-head' }, ui.title, ui.badge, ui.elapsed, ui.cancelStatus, ui.cancel),
@@ -213,17 +224,26 @@ export class RunDetail {
 
   renderHead() {
     const { run, ui } = this;
-    ui.badge.dataset.state = run.state;
-    setText(ui.badge, stateLabel(run.state));
+    const unknown = this.feedDown && isActive(run.state);
+    ui.badge.dataset.state = unknown ? 'unknown' : run.state;
+    setText(ui.badge, unknown ? `state unknown (last: ${stateLabel(run.state)})` : stateLabel(run.state));
     setText(ui.elapsed, duration(elapsed(run, now())));
     ui.cancel.hidden = !isActive(run.state);
     const items = [
       ['From', originLabel(run)],
       ['Executor', run.executor ? this.nodes.nameOf(run.executor) : 'not assigned'],
-      ['Conversation', run.session_key || 'none'],
+      ['Conversation', this.conversationLink(run.session_key)],
       ['Created', clock(run.created_at)],
     ];
     ui.meta.replaceChildren(...items.map(([name, value]) => h('div', {}, h('dt', {}, name), h('dd', {}, value))));
+  }
+
+  conversationLink(key) {
+    if (!key) return 'none';
+    const show = h('button', { class: 'btn btn-quiet btn-small', type: 'button', title: key }, 'its runs');
+    show.addEventListener('click', () => this.handlers.onConversation?.(key));
+    const read = h('a', { href: `#/conversations/${encodeURIComponent(key)}` }, 'read as a chat');
+    return [h('code', {}, key), ' ', show, ' ', read];
   }
 
   renderPrompts() {
@@ -235,17 +255,25 @@ export class RunDetail {
     } else if (run.effective_prompt === run.prompt) {
       content = h('p', { class: 'muted' }, 'The same prompt, unchanged.');
     } else {
-      content = h('pre', { class: 'text-block' }, run.effective_prompt);
+      content = h('pre', { class: 'text-block', tabindex: '0' }, run.effective_prompt);
     }
     ui.effective.replaceChildren(content);
   }
 
   renderOutcome() {
     const { run, ui } = this;
-    if (isActive(run.state)) {
-      ui.outcome.replaceChildren(h('p', { class: 'muted' }, 'The answer appears here when codex finishes.'));
-    } else {
-      ui.outcome.replaceChildren(...this.answerParts());
+    // Rebuilt only when what it shows changes: a reader scrolled into a long answer
+    // stays where they are, and the header (sticky) stays in view when the run ends.
+    const key = isActive(run.state) ? 'active' : `${run.state}\u0000${run.answer ?? ''}\u0000${run.error?.message ?? ''}`;
+    if (ui.outcomeKey !== key) {
+      ui.outcomeKey = key;
+      const top = this.root.scrollTop;
+      if (isActive(run.state)) {
+        ui.outcome.replaceChildren(h('p', { class: 'muted' }, 'The answer appears here when codex finishes.'));
+      } else {
+        ui.outcome.replaceChildren(...this.answerParts());
+      }
+      this.root.scrollTop = top;
     }
     ui.usage.replaceChildren(usageList(run));
   }
@@ -253,10 +281,7 @@ export class RunDetail {
   answerParts() {
     const { run } = this;
     const parts = [];
-    if (run.error?.message) {
-      const code = run.error.code ? `${run.error.code}: ` : '';
-      parts.push(h('p', { class: 'notice notice-error', role: 'alert' }, `${code}${run.error.message}`));
-    }
+    if (run.error?.message) parts.push(errorNotice(run.error));
     if (run.answer) {
       const status = h('span', { class: 'muted', role: 'status' });
       const copy = h('button', { class: 'btn btn-small', type: 'button' }, 'Copy answer');
@@ -269,7 +294,7 @@ export class RunDetail {
         }
       });
       parts.push(h('div', { class: 'answer-bar' }, copy, status));
-      parts.push(h('pre', { class: 'text-block answer' }, run.answer));
+      parts.push(...answerView(run.answer, `answer-${run.id}`));
     } else if (!run.error) {
       parts.push(h('p', { class: 'muted' }, 'codex gave no answer.'));
     }
@@ -292,6 +317,26 @@ export class RunDetail {
       ui.cancel.disabled = false;
     }
   }
+}
+
+/** One clear line (the first of the message), the rest folded below it. */
+export function errorNotice(error) {
+  const message = String(error.message);
+  const first = message.split('\n', 1)[0];
+  const line = first.length > 240 ? `${first.slice(0, 240)}…` : first;
+  const notice = h('div', { class: 'notice notice-error', role: 'alert' }, h('p', { class: 'error-line' }, line));
+  if (line !== message || error.code) {
+    notice.append(
+      h(
+        'details',
+        { class: 'error-detail' },
+        h('summary', {}, 'Details'),
+        error.code ? h('p', {}, `code: ${error.code}`) : null,
+        line !== message ? h('pre', { class: 'text-block', tabindex: '0' }, message) : null,
+      ),
+    );
+  }
+  return notice;
 }
 
 function runPath(id) {

@@ -45,6 +45,14 @@ export class Feed {
     }
   }
 
+  /** Reconnect at once (the "Retry now" button), instead of waiting out the backoff. */
+  retryNow() {
+    if (this.stopped || this.ws) return;
+    clearTimeout(this.retryTimer);
+    this.failures = 0;
+    this.connect();
+  }
+
   connect() {
     if (this.stopped) return;
     let ws;

@@ -8,11 +8,14 @@ import { createApi, feedUrl, Unauthorized, Unreachable } from './api.js';
 import { forgetKey, loadKey, saveKey, SignIn, takeKeyFromAddress } from './auth.js';
 import { syncClock } from './clock.js';
 import { Composer } from './composer.js';
+import { showConversation as renderConversation } from './conversation.js';
 import { RunDetail } from './detail.js';
 import { byId, setText } from './dom.js';
 import { Feed } from './feed.js';
 import { stateLabel } from './fmt.js';
 import { NodesPanel } from './nodes.js';
+import { TabNotice } from './notice.js';
+import { Overview } from './overview.js';
 import { RunsList } from './runs.js';
 
 const BOOT_RETRY_MAX_MS = 15000;
@@ -36,8 +39,11 @@ const api = createApi(() => key);
 const conn = byId('conn');
 const appView = byId('app');
 const signOutButton = byId('sign-out');
+const retryButton = byId('retry');
 
 const nodes = new NodesPanel(byId('nodes-list'), byId('nodes-count'));
+const notice = new TabNotice(byId('favicon'), byId('c-notify'));
+const overview = new Overview(api, byId('overview'), (err) => handleError(err));
 const runs = new RunsList(
   api,
   { list: byId('runs'), more: byId('more'), status: byId('runs-status') },
@@ -55,6 +61,7 @@ const composer = new Composer(
     status: byId('c-status'),
   },
   (run) => {
+    notice.started(run);
     runs.upsert(run);
     location.hash = `#/runs/${encodeURIComponent(run.id)}`;
   },
@@ -63,7 +70,16 @@ const composer = new Composer(
 const detail = new RunDetail(api, byId('detail'), nodes, {
   onError: handleError,
   onChange: (run) => composer.follow(run),
+  onConversation: (key) => showConversation(key),
 });
+
+/** The runs of one conversation (the filter, shown as a chip with a way out). */
+function showConversation(key) {
+  byId('f-conversation').hidden = !key;
+  setText(byId('f-conversation-key'), key || '');
+  runs.setFilters({ session_key: key || '' });
+  if (key) byId('runs-title').focus();
+}
 const feed = new Feed(feedUrl(), () => key, {
   onReady,
   onMessage,
@@ -78,6 +94,11 @@ const signIn = new SignIn(
 function setConn(state) {
   conn.dataset.state = state;
   setText(conn, CONN_TEXT[state] || state);
+  const down = signedIn && (state === 'reconnecting' || state === 'offline');
+  retryButton.hidden = !down;
+  // Without the feed nothing says when a run moves on: never show "running" as a fact.
+  runs.setFeedDown(down);
+  detail.setFeedDown(down);
 }
 
 // ---- signing in and out ----
@@ -122,6 +143,7 @@ function start(nodeList) {
   signOutButton.hidden = !key;
   nodes.update(nodeList);
   feed.start();
+  overview.start();
   clearInterval(ticker);
   ticker = setInterval(tick, 1000);
   route(false);
@@ -137,6 +159,8 @@ function signOut(message, tone = 'error') {
   runs.clear();
   detail.close();
   nodes.clear();
+  notice.clear();
+  overview.stop();
   byId('c-prompt').value = '';
   appView.hidden = true;
   signOutButton.hidden = true;
@@ -157,6 +181,10 @@ function handleError(err) {
 function onReady(frame) {
   syncClock(frame.now);
   nodes.update(frame.nodes || []);
+  runs.setQueue(frame.queue);
+  notice.load(frame.nodes || [], frame.queue?.total);
+  overview.load(frame.nodes || [], frame.queue?.total);
+  overview.refresh();
   runs.renameExecutors();
   runs.refresh();
   // A load that began before this `ready` may have missed events: catch up after it.
@@ -168,6 +196,8 @@ function onMessage(frame) {
     case 'run':
       runs.upsert(frame.run);
       detail.onRun(frame.run);
+      notice.onRun(frame.run);
+      overview.runChanged(frame.run);
       break;
     case 'event':
       detail.onEvent(frame.run_id, frame.event);
@@ -176,6 +206,13 @@ function onMessage(frame) {
     case 'nodes':
       nodes.update(frame.nodes || []);
       runs.renameExecutors();
+      notice.load(frame.nodes || [], null);
+      overview.load(frame.nodes || [], null);
+      break;
+    case 'queue':
+      runs.setQueue(frame);
+      notice.load(null, frame.total);
+      overview.load(null, frame.total);
       break;
     default:
       break; // a newer hub may send more; this page ignores what it does not know
@@ -200,16 +237,28 @@ function tick() {
 
 function route(userAction) {
   if (!signedIn) return;
+  const chat = /^#\/conversations\/(.+)$/.exec(location.hash);
+  if (chat) {
+    const key = decodeURIComponent(chat[1]);
+    runs.select(null);
+    detail.close();
+    renderConversation(api, byId('detail'), key)
+      .then(() => {
+        if (userAction) document.getElementById('detail-title')?.focus({ preventScroll: true });
+      })
+      .catch(handleError);
+    return;
+  }
   const match = /^#\/runs\/(.+)$/.exec(location.hash);
   const id = match ? decodeURIComponent(match[1]) : null;
   runs.select(id);
   if (id) {
     detail.open(id).then(() => {
-      if (!userAction || !NARROW.matches || detail.id !== id) return;
-      // Stacked layout: bring the loaded run into view, and the reader's focus with it.
-      const panel = byId('detail');
-      panel.scrollIntoView({ block: 'start' });
-      panel.focus({ preventScroll: true });
+      if (!userAction || detail.id !== id) return;
+      // The reader's focus goes to the run they opened (its title), so Tab continues
+      // into it; stacked, the run is also brought into view.
+      if (NARROW.matches) byId('detail').scrollIntoView({ block: 'start' });
+      document.getElementById('detail-title')?.focus({ preventScroll: true });
     });
   } else if (!location.hash || location.hash === '#/') {
     detail.close();
@@ -232,6 +281,9 @@ byId('f-q').addEventListener('input', () => {
 });
 byId('f-state').addEventListener('change', (event) => runs.setFilters({ state: event.target.value }));
 byId('f-source').addEventListener('change', (event) => runs.setFilters({ source: event.target.value }));
+
+retryButton.addEventListener('click', () => feed.retryNow());
+byId('f-conversation-clear').addEventListener('click', () => showConversation(''));
 
 signOutButton.addEventListener('click', () =>
   signOut('Signed out. The key was removed from this browser.', 'info'),

@@ -41,7 +41,11 @@ export class NodesPanel {
   nameOf(id) {
     if (!id) return '';
     const node = this.online.get(id) || this.offline.get(id);
-    return node ? node.name || id : id;
+    if (node) return node.name || id;
+    // A node gone before this page opened (say, across a hub restart): executors' ids
+    // are "<name>-<pid>-<6 hex>" (executor/node.py), so the name is still known.
+    const match = /^(.+)-\d+-[0-9a-f]{6}$/.exec(id);
+    return match ? match[1] : id;
   }
 
   render() {
@@ -103,6 +107,10 @@ function bridgeLines(node, at) {
   const platform = sourceLabel(node.platform);
   return [
     h('div', { class: 'node-meta' }, `${platform} bridge · ${node.online ? 'online' : 'offline'}`),
-    h('div', { class: 'node-meta' }, `last seen ${ago(node.last_seen, at)}`),
+    h(
+      'div',
+      { class: 'node-meta', title: 'the last heartbeat (a websocket ping, every 10 s) or message' },
+      node.online ? `last heartbeat ${ago(node.last_seen, at)}` : `last seen ${ago(node.last_seen, at)}`,
+    ),
   ];
 }

@@ -55,7 +55,7 @@ const KINDS = {
     const title = ['State', h('span', { class: 'badge', dataset: { state } }, stateLabel(state))];
     const body = [];
     if (event.position > 0) body.push(text(`${event.position} ahead in this conversation`));
-    if (event.error?.message) body.push(text(event.error.message, 'ev-error-text'));
+    if (event.error?.message) body.push(text(firstLine(event.error.message), 'ev-error-text'));
     return { title, body, tone: FAILED_STATES.has(state) ? 'error' : 'state' };
   },
   assigned(event) {
@@ -119,7 +119,8 @@ function itemEntry(item, type) {
         ],
       };
     case 'agent_message':
-      return { title: 'Message', body: [h('div', { class: 'ev-message' }, item.text ?? '')] };
+      // Folded: the final message is the answer, shown in full once, in its own section.
+      return { title: 'Message', body: [messageFold(item.text ?? '')] };
     case 'reasoning':
       return { title: 'Thinking', body: [foldedText(item.text ?? '', 'ev-text ev-reasoning')] };
     case 'todo_list':
@@ -160,7 +161,7 @@ function commandEntry(item) {
 function outputBlock(output) {
   const lines = lineCount(output);
   if (lines <= FOLD_LINES && output.length <= FOLD_CHARS) {
-    return h('pre', { class: 'text-block output' }, output);
+    return h('pre', { class: 'text-block output', tabindex: '0' }, output);
   }
   return folded(`Output · ${lines} lines`, output, false);
 }
@@ -180,7 +181,7 @@ function folded(label, content, open) {
     'details',
     { class: 'output', open },
     h('summary', {}, label),
-    h('pre', { class: 'text-block' }, content),
+    h('pre', { class: 'text-block', tabindex: '0' }, content),
   );
 }
 
@@ -208,7 +209,7 @@ function raw(value) {
     'details',
     { class: 'raw' },
     h('summary', {}, 'raw event'),
-    h('pre', { class: 'text-block' }, JSON.stringify(value, null, 2)),
+    h('pre', { class: 'text-block', tabindex: '0' }, JSON.stringify(value, null, 2)),
   );
 }
 
@@ -220,4 +221,20 @@ function errorText(data) {
 export function usageText(usage) {
   const cached = usage.cached_input_tokens ? ` (cached ${tokens(usage.cached_input_tokens)})` : '';
   return `in ${tokens(usage.input_tokens)}${cached} · out ${tokens(usage.output_tokens)} tokens`;
+}
+
+function firstLine(message) {
+  const line = String(message).split('\n', 1)[0];
+  return line.length > 240 ? `${line.slice(0, 240)}…` : line;
+}
+
+function messageFold(message) {
+  const line = firstLine(message);
+  if (line === message && message.length <= 160) return h('div', { class: 'ev-message' }, message);
+  return h(
+    'details',
+    { class: 'ev-message-fold' },
+    h('summary', {}, line.length > 160 ? `${line.slice(0, 160)}…` : line),
+    h('div', { class: 'ev-message' }, message),
+  );
 }

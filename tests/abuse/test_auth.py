@@ -217,7 +217,7 @@ async def test_a_monitor_cannot_act_as_an_executor_or_a_bridge(
                 ended = False
                 while not ended:
                     for message in feed_messages(await feed.recv()):
-                        assert message["type"] in ("run", "event", "nodes"), message
+                        assert message["type"] in ("run", "event", "nodes", "queue"), message
                         run = message.get("run") or {}
                         ended = ended or run.get("state") == "succeeded"
             assert sorted(router.executors) == ["fake-exec"] and not router.bridges

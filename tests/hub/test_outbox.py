@@ -6,6 +6,7 @@ import itertools
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 
 from hub.app import HubServer
@@ -221,3 +222,45 @@ async def test_unacknowledged_replies_are_resent_with_growing_gaps(
     # ...and no re-send comes before it is due.
     for (_, due), (next_sent_at, _) in itertools.pairwise(sends[:4]):
         assert next_sent_at >= due, sends
+
+
+async def test_a_chat_conversation_continued_from_the_monitor_answers_in_the_thread_too(
+    hub: Any, fake_executor: Any, fake_bridge: Any
+) -> None:
+    """The page's run in a Slack conversation is delivered to that thread, saying so."""
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        fake_bridge(ws_url(hub), token=NODE_TOKEN) as br,
+        aiohttp.ClientSession() as http,
+    ):
+        first = await submit(br, "deploy it")
+        await ex.wait_type("assign", run_id=first["run_id"])
+        await br.send({"type": "status_ref", "run_id": first["run_id"], "ref": "42.0"})
+        await ex.finish(first["run_id"], "deployed")
+        delivered = await br.wait_type("deliver", run_id=first["run_id"])
+        await br.send({"type": "ack", "delivery_id": delivered["delivery_id"]})
+        run = await hub.app[STORE].get_run(first["run_id"])
+        body = {"prompt": "and roll back\nstaging", "session_key": run.session_key}
+        async with http.post(f"{hub.url}/api/runs", json=body) as resp:
+            assert resp.status == 202, await resp.text()
+            created = await resp.json()
+        assert created["reply_to"] == "slack"
+        run_id = created["run"]["id"]
+        assign = await ex.wait_type("assign", run_id=run_id)
+        assert assign["origin"]["source"] == "monitor"
+        await ex.finish(run_id, "rolled back")
+        reply = await br.wait_type("deliver", run_id=run_id)
+    assert reply["answer"] == "(Asked from the monitor: and roll back staging)\n\nrolled back"
+    origin = reply["origin"]
+    assert (origin["channel"], origin["thread_ts"], origin["via"]) == ("C1", "1.0", "monitor")
+    assert "status_ref" not in origin  # the first run's status message is not this one's
+
+
+async def test_a_page_conversation_is_answered_on_the_page_only(hub: Any) -> None:
+    """A run in a conversation that began on the page goes to no chat."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{hub.url}/api/runs", json={"prompt": "one"}) as resp:
+            first = await resp.json()
+        body = {"prompt": "two", "session_key": first["run"]["session_key"]}
+        async with http.post(f"{hub.url}/api/runs", json=body) as resp:
+            assert (await resp.json())["reply_to"] is None

@@ -5,6 +5,10 @@ It connects to ``/ws`` like a real executor (hello, role executor), and answers 
 
 - a prompt starting with ``hold`` goes ``running``, reports a command that has started,
   and then waits: it ends only when the hub sends ``cancel`` (result ``cancelled``);
+- a prompt starting with ``fail`` fails at once with a two-line-plus error (codex's
+  exit and 30 lines of its stderr);
+- a prompt starting with ``say`` plays the script and then says its answer as codex's
+  last message too;
 - any other prompt plays :data:`SCRIPT` (codex's own JSON events: reasoning, commands
   with their exit codes and output, a file change, the agent's message, usage) and
   succeeds with the answer ``answer: <prompt>``.
@@ -182,8 +186,24 @@ class ScriptedExecutor:
             event = {"type": "item.started", "item": {**command, "status": "in_progress"}}
             await self._event(run_id, 1, event, "running `sleep 1000`")
             return
+        if prompt.startswith("fail"):
+            stderr = "\n".join(f"stderr line {i}: something went wrong" for i in range(30))
+            await self._send(
+                {
+                    "type": "result",
+                    "run_id": run_id,
+                    "status": "failed",
+                    "error": {"code": "codex_failed", "message": f"codex exited 1\n{stderr}"},
+                }
+            )
+            return
         for seq, (event, summary) in enumerate(SCRIPT, start=1):
             await self._event(run_id, seq, event, summary)
+        if prompt.startswith("say"):  # codex's last message is its answer, as for real
+            message = {"id": "item_9", "type": "agent_message", "text": f"answer: {prompt}"}
+            await self._event(
+                run_id, len(SCRIPT) + 1, {"type": "item.completed", "item": message}, None
+            )
         await self._send(
             {
                 "type": "result",

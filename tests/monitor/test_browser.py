@@ -393,7 +393,7 @@ async def test_the_nodes_panel_follows_executors_and_bridges(
             await bridge.send_json({**hello, "name": "tg-1", "platform": "telegram"})
             tg = panel.locator(".node", has_text="tg-1")
             await expect(tg).to_contain_text("Telegram bridge · online")
-            await expect(tg).to_contain_text("last seen")
+            await expect(tg).to_contain_text("last heartbeat")
             await expect(page.locator("#nodes-count")).to_have_text("(1 executor, 1 bridge)")
         await expect(tg).to_contain_text("Telegram bridge · offline")
         await expect(tg).to_have_attribute("data-online", "false")
