@@ -234,6 +234,24 @@ async def _continued_origin(request: web.Request, session_key: Any) -> dict[str,
     return {**where, **origin, "via": "monitor"}
 
 
+def _feed_key(data: str) -> str:
+    """The key of a feed's auth frame, or '' when the frame is not an object with one.
+
+    orjson first: a frame nested 1,000 deep is a ValueError there, not a RecursionError
+    that would end the handler. It refuses a lone surrogate escape (``"\\ud800"``), which
+    JSON allows: the standard parser takes those, within its own depth guard.
+    """
+    try:
+        frame = orjson.loads(data)
+    except ValueError:
+        try:
+            frame = json.loads(data)
+        except (ValueError, RecursionError):
+            return ""
+    key = frame.get("key") if isinstance(frame, dict) else None
+    return key if isinstance(key, str) else ""
+
+
 @routes.post("/api/runs/{run_id}/cancel")
 async def cancel_run(request: web.Request) -> web.Response:
     """Cancel a queued or running run."""
@@ -309,13 +327,7 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
         return ws
     key = ""
     if first.type == WSMsgType.TEXT:
-        try:
-            # orjson, not json: a frame nested 1,000 deep is a ValueError, not a
-            # RecursionError that would end this handler.
-            frame = orjson.loads(first.data)
-            key = str(frame.get("key") or "") if isinstance(frame, dict) else ""
-        except ValueError:
-            key = ""
+        key = _feed_key(first.data)
     # Whose runs this browser sees: None is every run (an operator, or a hub without keys).
     viewer: str | None = None
     if settings.all_api_keys:
