@@ -50,11 +50,13 @@ _NO_ROLLOUT = "no rollout found"
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One prompt to run; `thread_id` continues an earlier codex thread."""
+    """One prompt to run; `thread_id` continues an earlier codex thread; `workdir` is
+    where codex works (the run's workspace; None: `EXEC_WORKDIR`)."""
 
     run_id: str
     prompt: str
     thread_id: str | None = None
+    workdir: str | None = None
 
 
 @dataclass
@@ -134,6 +136,10 @@ class CodexEngine:
             self._login = (self._clock(), status) if status.logged_in else None
             return status
 
+    def workdir_of(self, request: RunRequest) -> str:
+        """Where `request` runs: its workspace, else `EXEC_WORKDIR` (both engines)."""
+        return request.workdir or os.fspath(self._settings.exec_workdir)
+
     async def aclose(self) -> None:
         """Release what the engine holds (nothing: each run's codex ends with it)."""
 
@@ -199,7 +205,7 @@ class CodexEngine:
                 self._settings,
                 request.prompt,
                 codex_bin=self.codex_bin,
-                workdir=os.fspath(self._settings.exec_workdir),
+                workdir=self.workdir_of(request),
                 output_file=output_file,
                 resume_thread_id=thread_id,
             )

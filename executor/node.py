@@ -54,19 +54,23 @@ class ExecutorNode:
             name=f"executor {base}",
         )
         self._login_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Check codex's login, then connect to the hub (in the background)."""
         await self._check_login()
         await self.client.start()
         self._login_task = asyncio.create_task(self._login_loop(), name="Executor:login")
+        if self.pipeline.workspaces is not None:
+            self._sweep_task = asyncio.create_task(self._sweep_loop(), name="Executor:sweep")
 
     async def close(self) -> None:
         """Cancel running work, disconnect. Idempotent."""
-        if self._login_task is not None:
-            self._login_task.cancel()
-            await asyncio.gather(self._login_task, return_exceptions=True)
-            self._login_task = None
+        for task in (self._login_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._login_task = self._sweep_task = None
         tasks = [s.task for s in self.runs.values() if s.task is not None]
         for task in tasks:
             task.cancel()
@@ -129,6 +133,9 @@ class ExecutorNode:
             thread_id=frame.get("thread_id"),
             optimize=frame.get("optimize"),
             origin=frame.get("origin") or {},
+            session_key=frame.get("session_key"),
+            repo=frame.get("repo"),
+            open_pr=bool(frame.get("open_pr")),
         )
         state = _RunState(job)
         self.runs[run_id] = state
@@ -208,3 +215,17 @@ class ExecutorNode:
         while True:
             await asyncio.sleep(LOGIN_RECHECK_S)
             await self._check_login()
+
+    # workspaces
+
+    async def _sweep_loop(self) -> None:
+        """Clean up idle workspaces now and then (a tenth of WORKSPACE_TTL, at most hourly)."""
+        workspaces = self.pipeline.workspaces
+        assert workspaces is not None
+        every = min(self.settings.workspace_ttl / 10, 3600.0)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await workspaces.sweep()
+            except Exception:
+                log.exception("cleaning up workspaces failed; trying again later")
