@@ -20,6 +20,7 @@ from executor.settings import ExecutorSettings
 from hub.credentials import node_token
 from hub.logs import bind, redact_json
 from hub.node_client import NodeClient
+from hub.protocol import ASSIGN
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +125,19 @@ class ExecutorNode:
             log.warning("hub reported: %s", frame.get("message"))
 
     def _assign(self, frame: dict[str, Any]) -> None:
-        run_id = str(frame["run_id"])
+        assign = ASSIGN.validate_python(frame)
+        run_id = assign.run_id
         if run_id in self.runs:
             return
         job = Job(
             run_id=run_id,
-            prompt=str(frame["prompt"]),
-            thread_id=frame.get("thread_id"),
-            optimize=frame.get("optimize"),
-            origin=frame.get("origin") or {},
-            session_key=frame.get("session_key"),
-            repo=frame.get("repo"),
-            open_pr=bool(frame.get("open_pr")),
+            prompt=assign.prompt,
+            thread_id=assign.thread_id,
+            optimize=assign.optimize,
+            origin=dict(assign.origin),
+            session_key=assign.session_key,
+            repo=assign.repo,
+            open_pr=assign.open_pr,
         )
         state = _RunState(job)
         self.runs[run_id] = state

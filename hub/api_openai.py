@@ -34,7 +34,7 @@ from hub.errors import (
     read_json,
 )
 from hub.logs import bind
-from hub.protocol import NUL_IN_PROMPT
+from hub.protocol import NUL_IN_PROMPT, repo_problem
 from hub.router import HubClosing, QueueFull, Router, new_run_id
 from hub.store import Run
 
@@ -231,6 +231,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "user": chat.user or None,
         "client": request.headers.get("User-Agent", "")[:200],
     }
+    # The repository to work on (issue 15): X-Repo, else metadata.repo; the executor
+    # checks it. X-Open-PR asks for commit, push and a pull request after the run.
+    metadata = (chat.model_extra or {}).get("metadata")
+    repo = _text_header(request, "X-Repo", 500) or (
+        metadata.get("repo") if isinstance(metadata, dict) else None
+    )
+    if repo:
+        if problem := repo_problem(repo):
+            raise BadRequest(problem, param="X-Repo", code="invalid_repo")
+        origin["repo"] = repo
+    if _bool_header(request, "X-Open-PR"):
+        origin["open_pr"] = "true"
     # Both ids live in the caller's own namespace: another key sending the same ones
     # gets a conversation (and runs) of its own, never this caller's.
     principal = principal_of(request)

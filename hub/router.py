@@ -556,6 +556,9 @@ class Router:
                 "thread_id": thread_id,
                 "optimize": run.optimize,
                 "origin": run.origin,
+                "session_key": run.session_key,
+                "repo": run.origin.get("repo"),
+                "open_pr": bool(run.origin.get("open_pr")),
             }
         )
         self._record(
