@@ -241,8 +241,8 @@ async def test_cleanup_saves_unpushed_changes_as_a_patch_and_spares_busy_workspa
     removed = await h.workspaces.sweep()
     h.workspaces.release(busy.key)
     assert removed == [idle_dir.name]
-    assert not idle_dir.exists()
-    assert Path(busy.workdir, "b.txt").exists()
+    assert not idle_dir.exists()  # noqa: ASYNC240
+    assert Path(busy.workdir, "b.txt").exists()  # noqa: ASYNC240
     (patch,) = (tmp_path / "ws" / "patches").iterdir()
     assert "+kept in a patch" in patch.read_text()
     assert list((tmp_path / "ws" / "mirrors").rglob("*.git")) == []
@@ -259,7 +259,7 @@ async def test_a_run_naming_no_repository_gets_a_scratch_directory_per_conversat
     await h.run("r3", "write c.txt three", session_key="s1")
     one, two, three = (r.workdir for r in h.engine.requests)
     assert one == three != two
-    assert sorted(p.name for p in Path(one or "").iterdir()) == ["a.txt", "c.txt"]
+    assert sorted(p.name for p in Path(one or "").iterdir()) == ["a.txt", "c.txt"]  # noqa: ASYNC240
 
 
 @pytest.mark.parametrize(
