@@ -70,10 +70,15 @@ def check_branch(branch: str) -> str:
 
 
 def _split_branch(text: str) -> tuple[str, str | None]:
-    """``repo@branch`` -> (repo, branch): only an ``@`` after the last ``/`` counts."""
-    slash = text.rfind("/")
-    at = text.rfind("@")
-    if at > slash and at > text.rfind(":"):
+    """``repo@branch`` -> (repo, branch): the first ``@`` in the repository's path (not
+    a URL's ``user@`` nor an scp-like name's), so a branch may hold slashes."""
+    if "://" in text:
+        start = text.find("/", text.find("://") + 3)
+    else:
+        colon, slash = text.find(":"), text.find("/")
+        start = colon if colon != -1 and (slash == -1 or colon < slash) else 0
+    at = text.find("@", max(start, 0)) if start != -1 else -1
+    if at != -1:
         return text[:at], check_branch(text[at + 1 :])
     return text, None
 
