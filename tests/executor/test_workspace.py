@@ -131,7 +131,8 @@ async def test_two_concurrent_runs_on_one_repository_get_separate_worktrees_and_
     h.engine.gate.set()
     results = await asyncio.gather(*runs)
     assert [r.status for r in results] == ["succeeded", "succeeded"]
-    one, two = (Path(r.workdir or "") for r in h.engine.requests)
+    workdirs = {r.run_id: Path(r.workdir or "") for r in h.engine.requests}
+    one, two = workdirs["r1"], workdirs["r2"]
     assert one != two
     e1, e2 = h.workspace_event("r1"), h.workspace_event("r2")
     assert e1["branch"] != e2["branch"]
