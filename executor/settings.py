@@ -56,7 +56,7 @@ class ExecutorSettings(NodeSettings):
         "codex-hub <codex-hub@localhost>", alias="WORKSPACE_GIT_AUTHOR"
     )
     workspace_commit_message: str = Field(
-        "{title}\n\nMade by codex-hub run {run_id}.", alias="WORKSPACE_COMMIT_MESSAGE"
+        "{title}\\n\\nMade by codex-hub run {run_id}.", alias="WORKSPACE_COMMIT_MESSAGE"
     )
     workspace_forge: Literal["auto", "github", "gitlab", "none"] = Field(
         "auto", alias="WORKSPACE_FORGE"
