@@ -67,6 +67,6 @@ async def test_codex_edits_the_conversations_worktree_with_either_engine(
     (event,) = [e for e in events if e["kind"] == "workspace"]
     assert event["files"] == ["made.txt"]
     assert "+made by codex" in event["diff"]
-    assert not (Path(settings.exec_workdir) / "made.txt").exists()  # noqa: ASYNC240
+    assert not (Path(settings.exec_workdir) / "made.txt").exists()
     assert result.answer.startswith("wrote it")
     assert f"branch {event['branch']} (from main): 1 file changed, +1 -0" in result.answer

@@ -35,6 +35,7 @@ BOT_COMMANDS: tuple[tuple[str, str], ...] = (
     ("new", "Start a fresh conversation"),
     ("cancel", "Stop the current run"),
     ("status", "Show what is running"),
+    ("repo", "Set the repository runs here work on"),
     ("help", "How to use this bot"),
 )
 

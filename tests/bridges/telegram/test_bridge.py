@@ -277,7 +277,7 @@ async def test_start_and_help_show_usage_and_ids(
     assert "/new" in (start_reply.text or "") and "/cancel" in (start_reply.text or "")
     assert f"Your user id: {OTHER}. This chat's id: {GROUP}." in (help_reply.text or "")
     names = [c["command"] for c in fake_telegram.commands]
-    assert names == ["ask", "new", "cancel", "status", "help"]
+    assert names == ["ask", "new", "cancel", "status", "repo", "help"]
 
 
 async def test_follow_ups_resume_the_thread_and_new_starts_over(
@@ -854,3 +854,25 @@ async def test_a_message_delivered_twice_starts_one_run(
         answers = [c for c in fake_telegram.calls("sendMessage") if c.text == "done once"]
         assert len(answers) == 1
         assert marker.message_id == 1  # ids count per chat: the dedupe key names the chat too
+
+
+async def test_repo_sets_the_chats_repository_for_its_runs_and_status_shows_it(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """/repo owner/name makes the chat's next runs name that repository; /status shows
+    it; BRIDGE_REPOS gives another chat its default."""
+    fake = fake_telegram
+    async with running(make_settings(BRIDGE_REPOS=f"{OTHER}=acme/preset"), fake):
+        fake.push_command(USER, "repo", "acme/widgets@dev")
+        await said(fake, USER, "work on acme/widgets@dev")
+        fake.push_message(USER, "fix the tests")
+        frame = await executor.wait_type("assign", prompt="fix the tests")
+        assert frame["repo"] == "acme/widgets@dev"
+        assert frame["origin"]["repo"] == "acme/widgets@dev"
+        await executor.finish(str(frame["run_id"]), "fixed")
+        await said(fake, USER, "fixed")
+        fake.push_command(USER, "status")
+        await said(fake, USER, "Repository: acme/widgets@dev")
+        fake.push_message(OTHER, "other chat")
+        other = await executor.wait_type("assign", prompt="other chat")
+        assert other["repo"] == "acme/preset"
