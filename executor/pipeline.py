@@ -123,25 +123,22 @@ class Pipeline:
             )
         try:
             if prompt:
-                result = await self._codex(job, prompt, ws.workdir if ws else None, emit, set_state)
-            elif ws is None or ws.repo is None:
+                result = await self._codex(job, prompt, ws.workdir, emit, set_state)
+            elif ws.repo is None:
                 message = "!pr publishes a conversation's repository; this one names none"
                 return Result(status="failed", error={"code": "push_refused", "message": message})
             else:  # "!pr" alone: publish what the conversation has, without codex
                 result = Result(status="succeeded", answer="", effective_prompt=job.prompt)
-            if ws is not None and ws.repo is not None:
+            if ws.repo is not None:
                 await self._report(workspaces, ws, job, result, wants_pr, emit)
             return result
         finally:
-            if ws is not None:
-                workspaces.release(ws.key)
+            workspaces.release(ws.key)
 
-    async def _workspace(self, workspaces: Workspaces, job: Job, prompt: str) -> Workspace | None:
-        """The job's workspace (None: a dry run naming no repository needs none)."""
+    async def _workspace(self, workspaces: Workspaces, job: Job, prompt: str) -> Workspace:
+        """The job's workspace: the repository it names, its conversation's, or scratch."""
         text = job.repo or repo_in_prompt(prompt, self.settings.git_default_host)
         repo = workspaces.resolve(text) if text else None
-        if repo is None and self.settings.exec_dry_run:
-            return None
         return await workspaces.prepare(job.session_key or f"run:{job.run_id}", repo, prompt)
 
     async def _report(

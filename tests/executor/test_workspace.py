@@ -344,3 +344,21 @@ async def test_workspaces_live_on_the_ssh_host_and_git_runs_there(
 
 def git_host(url: str) -> str:
     return url.split("/")[2].replace(":", "_")
+
+
+async def test_past_workspace_max_gb_idle_workspaces_go_before_their_ttl(
+    harness: Any, repo: str, tmp_path: Path
+) -> None:
+    """Over WORKSPACE_MAX_GB idle workspaces are removed though their TTL has not
+    passed, their changes kept as a patch; one with a run in progress stays."""
+    h = harness(WORKSPACE_MAX_GB=0.000001)
+    await h.run("r1", "write a.txt idle change", session_key="idle", repo=repo)
+    await h.run("r2", "write b.txt busy change", session_key="busy", repo=repo)
+    busy = await h.workspaces.prepare("busy", None, "")
+    removed = await h.workspaces.sweep()
+    h.workspaces.release(busy.key)
+    idle_dir = h.engine.requests[0].workdir
+    assert removed == [Path(idle_dir or "").name]
+    assert Path(busy.workdir, "b.txt").exists()  # noqa: ASYNC240
+    (patch,) = (tmp_path / "ws" / "patches").iterdir()
+    assert "+idle change" in patch.read_text()
