@@ -22,6 +22,7 @@ Errors: :class:`WorkspaceError` (``code``: ``repo_refused``, ``git_failed``,
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import posixpath
 import time
@@ -206,14 +207,22 @@ class Workspaces:
         return self._path("meta", f"{key}.conf")
 
     async def _meta_read(self, key: str) -> dict[str, str]:
-        result, lines = await self._run(["git", "config", "--file", self._meta(key), "--list"])
-        if result.exit_code != 0:
+        result, lines = await self._run(["git", "config", "--file", self._meta(key), "ws.json"])
+        if result.exit_code != 0 or not lines:
             return {}
-        return dict(line.split("=", 1) for line in lines if "=" in line)
+        try:
+            data = json.loads(lines[0])
+        except ValueError:
+            return {}
+        return {f"ws.{k}": str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     async def _meta_set(self, key: str, **values: str) -> None:
-        for name, value in values.items():
-            await self._git("config", "--file", self._meta(key), f"ws.{name}", value)
+        # One JSON value in one git config file: a single git call per change (the
+        # warm start is a chain of them; see docs/benchmarks.md).
+        meta = {k.removeprefix("ws."): v for k, v in (await self._meta_read(key)).items()}
+        meta.update(values)
+        text = json.dumps(meta, separators=(",", ":"))
+        await self._git("config", "--file", self._meta(key), "ws.json", text)
 
     def _mirror_path(self, ref: RepoRef) -> str:
         host = ref.host.replace(":", "_")
