@@ -11,6 +11,7 @@ a first commit) and `fake_forge` (GitHub's and GitLab's pull-request APIs, recor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -116,7 +117,19 @@ class GitHttpServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        out, _ = await proc.communicate(body)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+        async def feed() -> None:
+            # http-backend may be done before it read the whole request (a negotiation
+            # that ends early): a pipe it closed is not this server's error.
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+                proc.stdin.write(body)
+                await proc.stdin.drain()
+                proc.stdin.close()
+
+        _, out, _ = await asyncio.gather(feed(), proc.stdout.read(), proc.stderr.read())
+        await proc.wait()
         head, _, payload = out.partition(b"\r\n\r\n")
         if not _:
             head, _, payload = out.partition(b"\n\n")
