@@ -122,6 +122,18 @@ class RepoDefaults:
         )
 
 
+def repo_command(text: str) -> str | None:
+    """The argument of a ``repo`` command written as a plain message (Slack), or None
+    when the text is a request that merely starts with the word ("repo is broken")."""
+    words = text.split()
+    if not words or words[0].lower() != REPO_COMMAND or len(words) > 2:
+        return None
+    if len(words) == 1:
+        return ""
+    argument = words[1]
+    return argument if "/" in argument or argument.lower() in _REPO_CLEAR else None
+
+
 def parse_repo_defaults(text: str) -> dict[str, str]:
     """``BRIDGE_REPOS`` (``place=owner/name`` pairs, comma-separated) as a dict."""
     repos: dict[str, str] = {}

@@ -73,11 +73,11 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bridges.common import (
-    REPO_COMMAND,
     STARTUP_BACKOFF_MAX_S,
     BridgeError,
     RepoDefaults,
     freeze_startup_heap,
+    repo_command,
     retry_startup,
     split_optimize_prefix,
 )
@@ -687,8 +687,8 @@ class SlackBridge:
         if convert.is_cancel_command(text):
             await self._cancel(target)
             return
-        word, _, argument = text.strip().partition(" ")
-        if word.lower() == REPO_COMMAND:
+        argument = repo_command(text)
+        if argument is not None:
             # `repo owner/name`: the channel's repository for new conversations.
             await self._say(target, self.repos.command(target.channel, argument))
             return
