@@ -131,6 +131,9 @@ class Pipeline:
                 result = Result(status="succeeded", answer="", effective_prompt=job.prompt)
             if ws.repo is not None:
                 await self._report(workspaces, ws, job, result, wants_pr, emit)
+            elif (asked or job.open_pr) and result.status == "succeeded":
+                note = "No pull request: this conversation names no repository."
+                result.answer = f"{result.answer}\n\n{note}" if result.answer else note
             return result
         finally:
             workspaces.release(ws.key)

@@ -362,3 +362,14 @@ async def test_past_workspace_max_gb_idle_workspaces_go_before_their_ttl(
     assert Path(busy.workdir, "b.txt").exists()  # noqa: ASYNC240
     (patch,) = (tmp_path / "ws" / "patches").iterdir()
     assert "+idle change" in patch.read_text()
+
+
+async def test_a_pull_request_asked_without_a_repository_is_answered_so(harness: Any) -> None:
+    """Asking for a PR in a conversation without a repository runs, and says no PR was
+    opened; "!pr" alone there fails with push_refused."""
+    h = harness()
+    result = await h.run("r1", "!pr write a.txt x", session_key="s")
+    assert result.status == "succeeded"
+    assert result.answer.endswith("No pull request: this conversation names no repository.")
+    alone = await h.run("r2", "!pr", session_key="s")
+    assert alone.error is not None and alone.error["code"] == "push_refused"
