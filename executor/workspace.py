@@ -292,7 +292,6 @@ class Workspaces:
                 )
                 ws.start_tree = await self.snapshot(ws)
                 await self._meta_set(key, lastused=now)
-                await self._git("-C", mirror, "config", "codexhub.lastused", now)
                 return ws
         elif meta.get("ws.kind") == "repo":
             raise WorkspaceError(
@@ -335,7 +334,6 @@ class Workspaces:
             title=title,
             lastused=now,
         )
-        await self._git("-C", mirror, "config", "codexhub.lastused", now)
         ws = Workspace(key, workdir, repo, branch, base_branch, base, title=title)
         ws.start_tree = await self._tree_of(workdir, "HEAD")
         return ws
@@ -356,6 +354,8 @@ class Workspaces:
                 await self.transport.remove_tree(mirror)
                 await self._git("init", "--quiet", "--bare", mirror)
                 await self._git("-C", mirror, "remote", "add", "origin", repo.url)
+            now = str(int(self.clock()))
+            await self._git("-C", mirror, "config", "codexhub.lastused", now)
             timeout = self.settings.workspace_fetch_timeout_s
             await self._git(
                 "-C",
@@ -638,7 +638,9 @@ class Workspaces:
             for mirror in paths if found.exit_code == 0 else []:
                 if mirror in used:
                     continue
-                _, last = await self._run(["git", "-C", mirror, "config", "codexhub.lastused"])
-                if now - float(last[0] if last else 0) > self.settings.workspace_ttl:
-                    await self.transport.remove_tree(mirror)
-                    log.info("mirror %s removed (unused)", mirror)
+                # Under the mirror's lock: a run that is fetching it marks it used first.
+                async with self._mirror_locks.setdefault(mirror, asyncio.Lock()):
+                    _, last = await self._run(["git", "-C", mirror, "config", "codexhub.lastused"])
+                    if now - float(last[0] if last else 0) > self.settings.workspace_ttl:
+                        await self.transport.remove_tree(mirror)
+                        log.info("mirror %s removed (unused)", mirror)
