@@ -159,6 +159,9 @@ class Workspaces:
             # The transports git may use, whatever a URL or a submodule asks for.
             "GIT_ALLOW_PROTOCOL": ":".join(self.protocols),
             "LC_ALL": "C",
+            # A worktree that is gone must not be taken for a repository above the
+            # root (a WORKSPACE_ROOT inside a checkout): git never looks above it.
+            **({"GIT_CEILING_DIRECTORIES": self.root} if posixpath.isabs(self.root) else {}),
         }
 
     async def _run(
@@ -301,15 +304,16 @@ class Workspaces:
             )
         base_branch = repo.branch or await self._default_branch(mirror)
         start = f"refs/remotes/origin/{base_branch}"
-        if not await self._ok("-C", mirror, "rev-parse", "--verify", "--quiet", start):
+        if not await self._ok(f"--git-dir={mirror}", "rev-parse", "--verify", "--quiet", start):
             raise WorkspaceError("repo_refused", f"{repo.display} has no branch {base_branch!r}")
         branch = branch_for(key, prompt)
         # Under the mirror's lock: worktrees of one mirror are added one at a time.
         async with self._mirror_locks.setdefault(mirror, asyncio.Lock()):
-            await self._git("-C", mirror, "worktree", "prune")
+            # Whatever is left at the path is not a usable worktree (checked above).
+            await self.transport.remove_tree(workdir)
+            await self._git(f"--git-dir={mirror}", "worktree", "prune")
             await self._git(
-                "-C",
-                mirror,
+                f"--git-dir={mirror}",
                 "worktree",
                 "add",
                 "--quiet",
@@ -350,16 +354,15 @@ class Workspaces:
     async def _fetch(self, repo: RepoRef, mirror: str) -> None:
         """Make the mirror if there is none, then fetch it; one fetch per mirror at a time."""
         async with self._mirror_locks.setdefault(mirror, asyncio.Lock()):
-            if not await self._ok("-C", mirror, "rev-parse", "--is-bare-repository"):
+            if not await self._ok(f"--git-dir={mirror}", "rev-parse", "--is-bare-repository"):
                 await self.transport.remove_tree(mirror)
                 await self._git("init", "--quiet", "--bare", mirror)
-                await self._git("-C", mirror, "remote", "add", "origin", repo.url)
+                await self._git(f"--git-dir={mirror}", "remote", "add", "origin", repo.url)
             now = str(int(self.clock()))
-            await self._git("-C", mirror, "config", "codexhub.lastused", now)
+            await self._git(f"--git-dir={mirror}", "config", "codexhub.lastused", now)
             timeout = self.settings.workspace_fetch_timeout_s
             await self._git(
-                "-C",
-                mirror,
+                f"--git-dir={mirror}",
                 "fetch",
                 "--quiet",
                 "--prune",
@@ -368,14 +371,21 @@ class Workspaces:
                 what=f"fetching {repo.display}",
             )
             if not await self._ok(
-                "-C", mirror, "symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"
+                f"--git-dir={mirror}", "symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"
             ):
                 await self._git(
-                    "-C", mirror, "remote", "set-head", "origin", "--auto", timeout_s=timeout
+                    f"--git-dir={mirror}",
+                    "remote",
+                    "set-head",
+                    "origin",
+                    "--auto",
+                    timeout_s=timeout,
                 )
 
     async def _default_branch(self, mirror: str) -> str:
-        ref = (await self._git("-C", mirror, "symbolic-ref", "refs/remotes/origin/HEAD"))[0]
+        ref = (await self._git(f"--git-dir={mirror}", "symbolic-ref", "refs/remotes/origin/HEAD"))[
+            0
+        ]
         return ref.removeprefix("refs/remotes/origin/")
 
     # --- what changed -------------------------------------------------------------------
@@ -590,10 +600,10 @@ class Workspaces:
             mirror = meta.get("ws.mirror", "")
             await self.transport.remove_tree(workdir)
             if mirror:
-                await self._run(["git", "-C", mirror, "worktree", "prune"])
+                await self._run(["git", f"--git-dir={mirror}", "worktree", "prune"])
                 branch = meta.get("ws.branch", "")
                 if branch.startswith(BRANCH_PREFIX):
-                    await self._run(["git", "-C", mirror, "branch", "-D", branch])
+                    await self._run(["git", f"--git-dir={mirror}", "branch", "-D", branch])
         else:
             workdir = self._path("scratch", key)
             freed = await self._size_kb(workdir)
@@ -640,7 +650,9 @@ class Workspaces:
                     continue
                 # Under the mirror's lock: a run that is fetching it marks it used first.
                 async with self._mirror_locks.setdefault(mirror, asyncio.Lock()):
-                    _, last = await self._run(["git", "-C", mirror, "config", "codexhub.lastused"])
+                    _, last = await self._run(
+                        ["git", f"--git-dir={mirror}", "config", "codexhub.lastused"]
+                    )
                     if now - float(last[0] if last else 0) > self.settings.workspace_ttl:
                         await self.transport.remove_tree(mirror)
                         log.info("mirror %s removed (unused)", mirror)

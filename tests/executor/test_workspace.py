@@ -373,3 +373,24 @@ async def test_a_pull_request_asked_without_a_repository_is_answered_so(harness:
     assert result.answer.endswith("No pull request: this conversation names no repository.")
     alone = await h.run("r2", "!pr", session_key="s")
     assert alone.error is not None and alone.error["code"] == "push_refused"
+
+
+async def test_a_root_inside_a_checkout_never_uses_the_checkout(
+    harness: Any, repo: str, tmp_path: Path
+) -> None:
+    """With WORKSPACE_ROOT inside another git checkout, a conversation whose worktree
+    lost its .git gets a fresh worktree, and the checkout around the root is untouched."""
+    outer = tmp_path / "outer"
+    git("init", "--quiet", str(outer))
+    h = harness(WORKSPACE_ROOT=outer / "ws")
+    await h.run("r1", "write a.txt one", session_key="s", repo=repo)
+    first = Path(h.engine.requests[0].workdir or "")
+    (first / ".git").unlink()
+    result = await h.run("r2", "write b.txt two", session_key="s")
+    assert result.status == "succeeded", result
+    assert h.workspace_event("r2")["files"] == ["b.txt"]
+    assert git("-C", str(outer), "status", "--porcelain", "--ignored") in (
+        "",
+        "!! ws/\n",
+        "?? ws/\n",
+    )
