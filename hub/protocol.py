@@ -92,7 +92,8 @@ Bridge <-> hub
 - hub -> bridge ``progress``: {"run_id", "origin", "state", "detail", "position"}:
   best effort, never stored, for status messages.
 - hub -> bridge ``deliver``: {"delivery_id", "run_id", "origin", "status", "answer",
-  "error", "usage"}: the final reply, kept in the hub's outbox and re-sent (after
+  "error", "usage", "diff"? (the conversation's diff when its run changed a
+  repository)}: the final reply, kept in the hub's outbox and re-sent (after
   every reconnect, and every ``HUB_REDELIVER_S``) until the bridge answers ``ack``
   {"delivery_id"}. A bridge acks only once the platform accepted the reply.
 

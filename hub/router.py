@@ -182,6 +182,8 @@ class Live:
     events: int = 0
     event_bytes: int = 0
     over_limit: bool = False
+    #: The conversation's diff from the run's ``workspace`` event, for the chat reply.
+    diff: str | None = None
 
 
 @dataclass
@@ -810,6 +812,8 @@ class Router:
             return
         event = dict(frame.event)
         kind = str(event.pop("kind", "codex"))
+        if kind == "workspace" and isinstance(event.get("diff"), str):
+            live.diff = event["diff"] or None
         self._record(live, kind, event, exec_seq=frame.seq)
         summary = event.get("summary")
         if summary and summary != live.last_detail:
@@ -1058,6 +1062,8 @@ class Router:
                     "answer": run.answer or "",
                     "error": run.error,
                     "usage": run.usage,
+                    # The run's workspace changes, attached in full by the bridge.
+                    **({"diff": live.diff} if live.diff else {}),
                 },
             )
         final = {"state": status, "error": run.error}

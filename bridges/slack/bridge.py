@@ -806,6 +806,9 @@ class SlackBridge:
                 elapsed_s=elapsed,
                 file_threshold=self.settings.file_threshold_chars,
             )
+            diff = frame.get("diff")
+            if isinstance(diff, str) and diff:
+                parts.append(convert.diff_file(diff, run_id))
             sent = self._sent.get(delivery_id)
             if sent is None:
                 sent = await self._first_attempt(run_id, target, parts)

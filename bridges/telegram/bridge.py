@@ -684,6 +684,9 @@ class TelegramBridge:
                 parse_mode=self.settings.parse_mode,
                 document_threshold=self.settings.document_threshold_chars,
             )
+            diff = frame.get("diff")
+            if isinstance(diff, str) and diff:
+                parts.append(convert.diff_document(diff, run_id))
             try:
                 for index, part in enumerate(parts):
                     if index not in posted.parts:

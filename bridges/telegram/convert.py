@@ -665,6 +665,11 @@ class DocumentPart:
 ReplyPart = TextPart | DocumentPart
 
 
+def diff_document(diff: str, run_id: str) -> DocumentPart:
+    """The conversation's changes as a ``.diff`` document after the answer."""
+    return DocumentPart(f"{run_id}.diff", diff.encode(), "The changes so far (git diff)")
+
+
 def _fit_utf16(text: str, limit: int) -> str:
     """``text`` cut (with '…') to at most ``limit`` UTF-16 units."""
     if utf16_len(text) <= limit:

@@ -876,3 +876,21 @@ async def test_repo_sets_the_chats_repository_for_its_runs_and_status_shows_it(
         fake.push_message(OTHER, "other chat")
         other = await executor.wait_type("assign", prompt="other chat")
         assert other["repo"] == "acme/preset"
+
+
+async def test_a_run_that_changed_a_repository_attaches_its_diff(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """The conversation's diff from the run's workspace event follows the answer as a
+    .diff document."""
+    fake = fake_telegram
+    diff = "diff --git a/a.txt b/a.txt\n+new line\n"
+    async with running(make_settings(), fake):
+        fake.push_message(USER, "change it")
+        run_id = await assign(executor, "change it")
+        await executor.event(run_id, 1, kind="workspace", summary="1 file", diff=diff)
+        await executor.finish(run_id, "changed")
+        await said(fake, USER, "changed")
+        await fake.wait_for_call("sendDocument", lambda c: c.ok)
+    (stored,) = fake.documents(USER)
+    assert stored.content == diff.encode() and stored.file_name == f"{run_id}.diff"
