@@ -155,7 +155,14 @@ class Pipeline:
     ) -> None:
         """Record what the run changed, publish when asked, and say so in the reply."""
         assert ws.repo is not None
-        changes = await workspaces.changes(ws)
+        try:
+            changes = await workspaces.changes(ws)
+        except WorkspaceError as exc:
+            # The run's own outcome stands; only what it changed could not be told.
+            emit({"kind": "workspace", "error": {"code": exc.code, "message": str(exc)}})
+            note = f"(what the run changed could not be recorded: {exc})"
+            result.answer = f"{result.answer}\n\n{note}" if result.answer else note
+            return
         published: Published | None = None
         push_error: dict[str, str] | None = None
         if wants_pr and result.status == "succeeded":

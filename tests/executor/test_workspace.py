@@ -42,6 +42,8 @@ class EditingEngine:
             await self.gate.wait()
         for line in request.prompt.splitlines():
             words = line.split(" ", 2)
+            if words[0] == "unlink" and len(words) == 2:
+                (Path(request.workdir) / words[1]).unlink()
             if words[0] == "write" and len(words) == 3:
                 target = Path(request.workdir) / words[1]
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -394,3 +396,16 @@ async def test_a_root_inside_a_checkout_never_uses_the_checkout(
         "!! ws/\n",
         "?? ws/\n",
     )
+
+
+async def test_a_diff_that_cannot_be_taken_leaves_the_runs_answer_standing(
+    harness: Any, repo: str
+) -> None:
+    """When git cannot read the worktree after the run, the run still succeeds with its
+    answer, and says its changes could not be recorded."""
+    h = harness()
+    result = await h.run("r1", "unlink .git", session_key="s", repo=repo)
+    assert result.status == "succeeded"
+    assert result.answer.startswith("done\n\n(what the run changed could not be recorded:")
+    (event,) = [e for e in h.events["r1"] if e["kind"] == "workspace"]
+    assert event["error"]["code"] == "git_failed"
