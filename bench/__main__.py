@@ -26,6 +26,7 @@ from bench import (
     slack_latency,
     ssh_overhead,
     telegram_latency,
+    workspaces,
 )
 from bench.common import DOC_PATH, BenchError, write_section
 from hub.process import loop_factory
@@ -67,6 +68,7 @@ SUITES: dict[str, Suite] = {
         Suite(telegram_latency.NAME, telegram_latency.TITLE, telegram_latency.main),
         Suite(ssh_overhead.NAME, ssh_overhead.TITLE, ssh_overhead.main),
         Suite(engines.NAME, engines.TITLE, engines.main),
+        Suite(workspaces.NAME, workspaces.TITLE, workspaces.main),
     ]
 }
 

@@ -75,3 +75,78 @@ async def retry_startup(
             log.warning("%s still not reachable (%s); retrying", platform, exc)
             continue
         return True
+
+
+#: The words of the repository command: Telegram's ``/repo``, Slack's ``repo``.
+REPO_COMMAND = "repo"
+_REPO_CLEAR = ("-", "none", "off", "clear")
+
+
+class RepoDefaults:
+    """The repository a chat or channel works on unless a message names another.
+
+    Set per place (a Telegram chat, a Slack channel) with ``repo owner/name`` and read
+    by every new conversation there; ``BRIDGE_REPOS`` gives the defaults at start. A
+    setting made in the chat lives as long as the bridge process (the executor keeps
+    each conversation's repository itself once its first run named one).
+    """
+
+    def __init__(self, configured: str = "") -> None:
+        self.repos: dict[str, str] = parse_repo_defaults(configured)
+
+    def get(self, place: str) -> str | None:
+        """The place's repository, or None."""
+        return self.repos.get(place)
+
+    def command(self, place: str, argument: str) -> str:
+        """Apply ``repo <argument>`` in ``place``; the text to answer with."""
+        argument = argument.strip()
+        if not argument:
+            current = self.repos.get(place)
+            return (
+                f"Runs here work on {current}. Change it with `repo owner/name`, clear it "
+                "with `repo -`."
+                if current
+                else "No repository is set here: runs work in a scratch directory unless a "
+                "message names one. Set one with `repo owner/name` (or owner/name@branch)."
+            )
+        if argument.lower() in _REPO_CLEAR:
+            self.repos.pop(place, None)
+            return "Repository cleared: new conversations here name their own."
+        if len(argument) > 500 or any(c.isspace() or ord(c) < 32 for c in argument):
+            return "A repository is one word: owner/name, owner/name@branch or a git URL."
+        self.repos[place] = argument
+        return (
+            f"New conversations here work on {argument} (the executor checks it when a "
+            "run starts; conversations already going keep theirs)."
+        )
+
+
+def repo_command(text: str) -> str | None:
+    """The argument of a ``repo`` command written as a plain message (Slack), or None
+    when the text is a request that merely starts with the word ("repo is broken")."""
+    words = text.split()
+    if not words or words[0].lower() != REPO_COMMAND or len(words) > 2:
+        return None
+    if len(words) == 1:
+        return ""
+    argument = words[1]
+    return argument if "/" in argument or argument.lower() in _REPO_CLEAR else None
+
+
+def parse_repo_defaults(text: str) -> dict[str, str]:
+    """``BRIDGE_REPOS`` (``place=owner/name`` pairs, comma-separated) as a dict."""
+    repos: dict[str, str] = {}
+    for pair in text.split(","):
+        place, sep, repo = pair.partition("=")
+        if not pair.strip():
+            continue
+        if not sep or not place.strip() or not repo.strip():
+            raise ValueError(f"BRIDGE_REPOS: {pair.strip()!r} is not place=owner/name")
+        repos[place.strip()] = repo.strip()
+    return repos
+
+
+def repo_line(repo: str | None) -> str:
+    """The line /status shows about the place's repository."""
+    return f"Repository: {repo}" if repo else "Repository: none (scratch directory)"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from bridges.common import parse_repo_defaults
 from bridges.hub_link import PENDING_MAX, PENDING_MAX_AGE_S
 from hub.settings import NodeSettings
 
@@ -18,3 +19,11 @@ class BridgeSettings(NodeSettings):
 
     pending_max: int = Field(PENDING_MAX, alias="BRIDGE_PENDING_MAX", ge=0)
     pending_max_age_s: float = Field(PENDING_MAX_AGE_S, alias="BRIDGE_PENDING_MAX_AGE_S", gt=0)
+    #: Default repositories per place: ``chat_or_channel_id=owner/name``, comma-separated.
+    repos: str = Field("", alias="BRIDGE_REPOS")
+
+    @field_validator("repos")
+    @classmethod
+    def _repos_pairs(cls, value: str) -> str:
+        parse_repo_defaults(value)
+        return value

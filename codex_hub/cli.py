@@ -374,13 +374,20 @@ async def cmd_bridge(args: argparse.Namespace) -> int:
 async def cmd_up(args: argparse.Namespace) -> int:
     """``codex-hub up``: hub, a local executor and every configured bridge."""
     from executor.settings import ExecutorSettings
+    from executor.workspace import Workspaces
 
     hub_settings = load(HubSettings, args.env_file)
     executor = load(ExecutorSettings, args.env_file, **_runner_overrides(args))
     if executor.exec_transport == "local":
         # Before the hub is made: it would create its data directory and credentials.
+        # Where codex's commands run: EXEC_WORKDIR when set, else under WORKSPACE_ROOT.
+        workdir = (
+            executor.exec_workdir
+            if executor.fixed_workdir
+            else Path(Workspaces.default_root(executor))
+        )
         refuse_secrets_in_workdir(
-            executor.exec_workdir, env_file=loaded_env_file(args.env_file), db=hub_settings.db
+            workdir, env_file=loaded_env_file(args.env_file), db=hub_settings.db
         )
     hub = _hub(args, hub_settings)
     await hub.start()

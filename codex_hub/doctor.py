@@ -651,12 +651,18 @@ def check_secrets(
 
     if settings.exec_transport != "local":
         return []  # codex runs on SSH_HOST, not among these files and processes
-    found = secrets_in_workdir(settings.exec_workdir, env_file=env_file, db=db)
+    from executor.workspace import Workspaces
+
+    # EXEC_WORKDIR when it is set; otherwise each conversation works under WORKSPACE_ROOT.
+    fixed = settings.fixed_workdir
+    workdir = settings.exec_workdir if fixed else Path(Workspaces.default_root(settings))
+    where = f"EXEC_WORKDIR={workdir}" if fixed else f"WORKSPACE_ROOT={workdir}"
+    found = secrets_in_workdir(workdir, env_file=env_file, db=db)
     if found:
         return [
             _fail(
                 "secrets",
-                f"codex works in EXEC_WORKDIR={settings.exec_workdir}, which holds "
+                f"codex works in {where}, which holds "
                 + "; ".join(found)
                 + ": every command codex runs can read them",
                 "point EXEC_WORKDIR at the directory codex should work in and keep the "

@@ -64,7 +64,8 @@ IMAGE_SUFFIXES = {
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One prompt to run; `thread_id` continues an earlier codex thread.
+    """One prompt to run; `thread_id` continues an earlier codex thread; `workdir` is
+    where codex works (the run's workspace; None: `EXEC_WORKDIR`).
 
     `instructions` reach codex as its developer instructions; `output_schema` is the
     JSON Schema its final answer must fit (`--output-schema`); `json_object` asks for a
@@ -74,6 +75,7 @@ class RunRequest:
     run_id: str
     prompt: str
     thread_id: str | None = None
+    workdir: str | None = None
     instructions: str = ""
     output_schema: dict[str, Any] | None = None
     json_object: bool = False
@@ -81,7 +83,12 @@ class RunRequest:
 
     @classmethod
     def with_options(
-        cls, run_id: str, prompt: str, thread_id: str | None, options: dict[str, Any]
+        cls,
+        run_id: str,
+        prompt: str,
+        thread_id: str | None,
+        options: dict[str, Any],
+        workdir: str | None = None,
     ) -> RunRequest:
         """A request from the ``options`` of an assign frame (see hub.protocol)."""
         images = []
@@ -100,6 +107,7 @@ class RunRequest:
             output_schema=schema if isinstance(schema, dict) else None,
             json_object=bool(options.get("json_object")),
             images=tuple(images),
+            workdir=workdir,
         )
 
 
@@ -180,6 +188,10 @@ class CodexEngine:
             self._login = (self._clock(), status) if status.logged_in else None
             return status
 
+    def workdir_of(self, request: RunRequest) -> str:
+        """Where `request` runs: its workspace, else `EXEC_WORKDIR` (both engines)."""
+        return request.workdir or os.fspath(self._settings.exec_workdir)
+
     async def aclose(self) -> None:
         """Release what the engine holds (nothing: each run's codex ends with it)."""
 
@@ -256,7 +268,7 @@ class CodexEngine:
                 self._settings,
                 request.prompt,
                 codex_bin=self.codex_bin,
-                workdir=os.fspath(self._settings.exec_workdir),
+                workdir=self.workdir_of(request),
                 output_file=output_file,
                 resume_thread_id=thread_id,
                 instructions=request.instructions,

@@ -601,10 +601,10 @@ class AppServerEngine(CodexEngine):
             {"code": "codex_failed", "message": message},
         )
 
-    def _thread_params(self, thread_id: str | None) -> dict[str, Any]:
+    def _thread_params(self, thread_id: str | None, workdir: str) -> dict[str, Any]:
         settings = self._settings
         return thread_params(
-            cwd=os.fspath(settings.exec_workdir),
+            cwd=workdir,
             sandbox=settings.codex_sandbox,
             approval_policy=self.approval_policy,
             model=settings.codex_model,
@@ -617,7 +617,9 @@ class AppServerEngine(CodexEngine):
         thread_id = request.thread_id
         if thread_id and thread_id not in server.loaded:
             try:
-                await server.call("thread/resume", self._thread_params(thread_id))
+                await server.call(
+                    "thread/resume", self._thread_params(thread_id, self.workdir_of(request))
+                )
             except RpcError as exc:
                 if _OTHER_WRITER in exc.message:
                     thread_id = await self._fork(server, request, thread_id, emit)
@@ -634,7 +636,9 @@ class AppServerEngine(CodexEngine):
             else:
                 server.loaded.add(thread_id)
         if not thread_id:
-            answer = await server.call("thread/start", self._thread_params(None))
+            answer = await server.call(
+                "thread/start", self._thread_params(None, self.workdir_of(request))
+            )
             thread = answer.get("thread")
             if not isinstance(thread, dict) or not thread.get("id"):
                 raise AppServerError("thread/start answered without a thread id")
@@ -649,7 +653,9 @@ class AppServerEngine(CodexEngine):
     ) -> str:
         """A copy of `thread_id`, which another app-server process holds (another executor
         with the same CODEX_HOME): the conversation goes on, under a new thread id."""
-        answer = await server.call("thread/fork", self._thread_params(thread_id))
+        answer = await server.call(
+            "thread/fork", self._thread_params(thread_id, self.workdir_of(request))
+        )
         thread = answer.get("thread")
         if not isinstance(thread, dict) or not thread.get("id"):
             raise AppServerError("thread/fork answered without a thread id")

@@ -10,6 +10,7 @@ from executor.settings import ConfigError, ExecutorSettings
 from executor.transport import Transport
 from executor.transport_local import LocalTransport
 from executor.transport_ssh import SshTransport
+from executor.workspace import Workspaces
 
 __all__ = ["ConfigError", "build_pipeline", "make_engine", "make_optimizer", "make_transport"]
 
@@ -29,7 +30,13 @@ def make_optimizer(settings: ExecutorSettings) -> Optimizer:
 def build_pipeline(settings: ExecutorSettings) -> tuple[Pipeline, Transport]:
     """A pipeline and the transport it owns (close the transport when done)."""
     transport = make_transport(settings)
-    return Pipeline(settings, make_engine(settings, transport), make_optimizer(settings)), transport
+    # An explicit EXEC_WORKDIR keeps every run in that one directory; otherwise each
+    # conversation gets its own workspace under WORKSPACE_ROOT.
+    workspaces = None if settings.fixed_workdir else Workspaces(settings, transport)
+    pipeline = Pipeline(
+        settings, make_engine(settings, transport), make_optimizer(settings), workspaces
+    )
+    return pipeline, transport
 
 
 def make_engine(

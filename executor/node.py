@@ -20,6 +20,7 @@ from executor.settings import ExecutorSettings
 from hub.credentials import node_token
 from hub.logs import bind, redact_json
 from hub.node_client import NodeClient
+from hub.protocol import ASSIGN
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +57,24 @@ class ExecutorNode:
             name=f"executor {base}",
         )
         self._login_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Check codex's login, then connect to the hub (in the background)."""
         await self._check_login()
         await self.client.start()
         self._login_task = asyncio.create_task(self._login_loop(), name="Executor:login")
+        if self.pipeline.workspaces is not None:
+            self._sweep_task = asyncio.create_task(self._sweep_loop(), name="Executor:sweep")
 
     async def close(self) -> None:
         """Cancel running work, disconnect. Idempotent."""
         self.stopping = True
-        if self._login_task is not None:
-            self._login_task.cancel()
-            await asyncio.gather(self._login_task, return_exceptions=True)
-            self._login_task = None
+        for task in (self._login_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._login_task = self._sweep_task = None
         tasks = [s.task for s in self.runs.values() if s.task is not None]
         for task in tasks:
             task.cancel()
@@ -123,16 +128,20 @@ class ExecutorNode:
             log.warning("hub reported: %s", frame.get("message"))
 
     def _assign(self, frame: dict[str, Any]) -> None:
-        run_id = str(frame["run_id"])
+        assign = ASSIGN.validate_python(frame)
+        run_id = assign.run_id
         if run_id in self.runs:
             return
         job = Job(
             run_id=run_id,
-            prompt=str(frame["prompt"]),
-            thread_id=frame.get("thread_id"),
-            optimize=frame.get("optimize"),
-            origin=frame.get("origin") or {},
-            options=frame.get("options") or {},
+            prompt=assign.prompt,
+            thread_id=assign.thread_id,
+            optimize=assign.optimize,
+            origin=dict(assign.origin),
+            options=dict(assign.options),
+            session_key=assign.session_key,
+            repo=assign.repo,
+            open_pr=assign.open_pr,
         )
         state = _RunState(job)
         self.runs[run_id] = state
@@ -223,3 +232,17 @@ class ExecutorNode:
         while True:
             await asyncio.sleep(LOGIN_RECHECK_S)
             await self._check_login()
+
+    # workspaces
+
+    async def _sweep_loop(self) -> None:
+        """Clean up idle workspaces now and then (a tenth of WORKSPACE_TTL, at most hourly)."""
+        workspaces = self.pipeline.workspaces
+        assert workspaces is not None
+        every = min(self.settings.workspace_ttl / 10, 3600.0)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await workspaces.sweep()
+            except Exception:
+                log.exception("cleaning up workspaces failed; trying again later")

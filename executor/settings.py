@@ -43,6 +43,29 @@ class ExecutorSettings(NodeSettings):
     #: `exec`: one `codex exec` per run; `app-server`: one long-lived `codex app-server`.
     exec_engine: Literal["exec", "app-server"] = Field("exec", alias="EXEC_ENGINE")
 
+    # workspaces (executor/workspace.py): a git worktree per conversation, or a scratch dir
+    workspace_root: Path | None = Field(None, alias="WORKSPACE_ROOT")
+    git_default_host: str = Field("github.com", alias="GIT_DEFAULT_HOST", min_length=1)
+    workspace_ttl: float = Field(7 * 86_400.0, alias="WORKSPACE_TTL", gt=0)
+    workspace_max_gb: float = Field(20.0, alias="WORKSPACE_MAX_GB", gt=0)
+    workspace_allowed_repos: str = Field("", alias="WORKSPACE_ALLOWED_REPOS")
+    workspace_allow_protocols: str = Field("", alias="WORKSPACE_ALLOW_PROTOCOLS")
+    workspace_auto_pr: bool = Field(False, alias="WORKSPACE_AUTO_PR")
+    workspace_fetch_timeout_s: float = Field(300.0, alias="WORKSPACE_FETCH_TIMEOUT_S", gt=0)
+    workspace_git_author: str = Field(
+        "codex-hub <codex-hub@localhost>", alias="WORKSPACE_GIT_AUTHOR"
+    )
+    workspace_commit_message: str = Field(
+        "{title}\\n\\nMade by codex-hub run {run_id}.", alias="WORKSPACE_COMMIT_MESSAGE"
+    )
+    workspace_forge: Literal["auto", "github", "gitlab", "none"] = Field(
+        "auto", alias="WORKSPACE_FORGE"
+    )
+    workspace_github_api_url: str = Field("", alias="WORKSPACE_GITHUB_API_URL")
+    workspace_github_token: SecretStr = Field(SecretStr(""), alias="WORKSPACE_GITHUB_TOKEN")
+    workspace_gitlab_api_url: str = Field("", alias="WORKSPACE_GITLAB_API_URL")
+    workspace_gitlab_token: SecretStr = Field(SecretStr(""), alias="WORKSPACE_GITLAB_TOKEN")
+
     # SSH transport
     ssh_host: str = Field("", alias="SSH_HOST")
     ssh_port: int = Field(22, alias="SSH_PORT", ge=1, le=65535)
@@ -75,6 +98,13 @@ class ExecutorSettings(NodeSettings):
         if not self.model:
             self.model = self.openwebui_model or self.litellm_model
         return self
+
+    @property
+    def fixed_workdir(self) -> bool:
+        """Whether ``EXEC_WORKDIR`` was set (environment, .env or argument): then every
+        run works in that one directory, as before workspaces; otherwise each
+        conversation gets a workspace of its own under ``WORKSPACE_ROOT``."""
+        return "exec_workdir" in self.model_fields_set
 
     @property
     def extra_args(self) -> list[str]:

@@ -66,7 +66,7 @@ from hub.errors import (
 )
 from hub.images import ImageFetcher, describe
 from hub.logs import bind
-from hub.protocol import NUL_IN_PROMPT
+from hub.protocol import NUL_IN_PROMPT, repo_problem
 from hub.router import HubClosing, QueueFull, Router, Ticket, new_run_id
 from hub.settings import HubSettings, parse_networks
 from hub.store import Run
@@ -566,16 +566,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise conversation_error(exc) from None
     session = _text_header(request, "X-Session-Id")
     optimize = _bool_header(request, "X-Optimize-Prompt")
+    origin: dict[str, Any] = {
+        "source": "http",
+        "api": "chat",
+        "user": chat.user or None,
+        "client": request.headers.get("User-Agent", "")[:200],
+    }
+    # The repository to work on (issue 15): X-Repo, else metadata.repo; the executor
+    # checks it. X-Open-PR asks for commit, push and a pull request after the run.
+    metadata = extra.get("metadata")
+    repo = _text_header(request, "X-Repo", 500) or (
+        metadata.get("repo") if isinstance(metadata, dict) else None
+    )
+    if repo:
+        if problem := repo_problem(repo):
+            raise BadRequest(problem, param="X-Repo", code="invalid_repo")
+        origin["repo"] = repo
+    if _bool_header(request, "X-Open-PR"):
+        origin["open_pr"] = "true"
 
     async def plan() -> Plan:
         return Plan(
             ask=asked,
-            origin={
-                "source": "http",
-                "api": "chat",
-                "user": chat.user or None,
-                "client": request.headers.get("User-Agent", "")[:200],
-            },
+            origin=origin,
             session=session,
             optimize=optimize,
             resume=None if session else request.app[CALLS].threads.find(asked.history_key),

@@ -85,7 +85,7 @@ from hub.errors import (
     read_json,
 )
 from hub.metrics import CONTENT_TYPE
-from hub.protocol import CLOSE_RATE_LIMITED, NUL_IN_PROMPT
+from hub.protocol import CLOSE_RATE_LIMITED, NUL_IN_PROMPT, repo_problem
 from hub.router import HubClosing, QueueFull, new_run_id
 from monitor import MONITOR_DIR
 
@@ -154,6 +154,29 @@ async def get_run(request: web.Request) -> web.Response:
     return json_response({"run": run.to_dict(), "events": events})
 
 
+@routes.get("/api/runs/{run_id}/diff")
+async def get_run_diff(request: web.Request) -> web.Response:
+    """What a run changed in its repository: the run's diff and its conversation's."""
+    run_id = request.match_info["run_id"]
+    router = request.app[ROUTER]
+    store = request.app[STORE]
+    live = router.live.get(run_id)
+    run = live.run if live else await store.get_run(run_id)
+    if run is None or not can_see(request, run.principal):
+        raise NotFound(f"no run with id {run_id}", param="run_id")
+    recorded = [e for e in await store.get_events(run_id) if e.get("kind") == "workspace"]
+    if not recorded or "diff" not in recorded[-1]:
+        raise NotFound(
+            f"run {run_id} recorded no diff (it named no repository, or has not ended)",
+            param="run_id",
+            code="no_diff",
+        )
+    event = recorded[-1]
+    fields = ("repo", "branch", "base_branch", "base", "changes", "run_changes", "files")
+    more = ("diff", "run_diff", "truncated", "pushed", "pr_url", "push_error")
+    return json_response({"run_id": run_id, **{k: event.get(k) for k in (*fields, *more)}})
+
+
 @routes.post("/api/runs")
 async def create_run(request: web.Request) -> web.Response:
     """Start a run from the monitor page (optionally in an existing session)."""
@@ -172,6 +195,12 @@ async def create_run(request: web.Request) -> web.Response:
     optimize = body.get("optimize")
     if optimize is not None and not isinstance(optimize, bool):
         raise BadRequest("'optimize' must be true or false", param="optimize")
+    repo = body.get("repo")
+    if repo is not None and (problem := repo_problem(repo)):
+        raise BadRequest(problem, param="repo", code="invalid_repo")
+    open_pr = body.get("open_pr")
+    if open_pr is not None and not isinstance(open_pr, bool):
+        raise BadRequest("'open_pr' must be true or false", param="open_pr")
     principal = principal_of(request)
     run_id = new_run_id()
     note = None
@@ -191,6 +220,10 @@ async def create_run(request: web.Request) -> web.Response:
     origin = await _continued_origin(request, session_key)
     if operator_continues:
         origin["operator"] = principal
+    if repo:
+        origin["repo"] = repo
+    if open_pr:
+        origin["open_pr"] = True
     try:
         ticket = await router.submit(
             prompt,

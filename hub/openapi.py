@@ -287,8 +287,10 @@ def _schemas(model_name: str) -> dict[str, Schema]:
                 "prompt": NON_BLANK,
                 "session_key": _nullable({"type": "string", "maxLength": 500}),
                 "optimize": _nullable(BOOLEAN),
+                "repo": {"type": "string", "minLength": 1, "maxLength": 500, "pattern": r"^\S+$"},
+                "open_pr": BOOLEAN,
             },
-            optional=("session_key", "optimize"),
+            optional=("session_key", "optimize", "repo", "open_pr"),
         ),
     }
 
@@ -419,6 +421,17 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         {"type": "string", "maxLength": 200},
                         "Continue this conversation (codex resumes its thread); the id is "
                         "the key's own: another key's same id is another conversation.",
+                    ),
+                    _header(
+                        "X-Repo",
+                        {"type": "string", "maxLength": 500, "pattern": r"^\S*$"},
+                        "Work on this repository (owner/repo, owner/repo@branch or a git "
+                        "URL) in a worktree of the conversation's own; also metadata.repo.",
+                    ),
+                    _header(
+                        "X-Open-PR",
+                        {"enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]},
+                        "Commit, push the run's branch and open a pull request after the run.",
                     ),
                     _header(
                         "X-Optimize-Prompt",
@@ -594,6 +607,18 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         ),
                     ),
                     **_errors(400, *keyed, 404),
+                },
+            }
+        },
+        "/api/runs/{run_id}/diff": {
+            "get": {
+                "operationId": "getRunDiff",
+                "summary": "What a run changed in its repository (its diff and its "
+                "conversation's, against the branch's base).",
+                "parameters": [RUN_ID_PARAM],
+                "responses": {
+                    "200": _json("The run's repository, branch and diffs.", {"type": "object"}),
+                    **_errors(*keyed, 404),
                 },
             }
         },

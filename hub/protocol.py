@@ -45,7 +45,13 @@ Executor <-> hub
   "optimize" (true/false/null = executor default), "origin": {...}, "options"?: {
   "instructions"?: text for codex's developer_instructions, "output_schema"?: a JSON
   Schema the final answer must fit, "json_object"?: true when the answer must be a JSON
-  object, "images"?: [{"mime", "data" (base64)}] attached to the prompt}}
+  object, "images"?: [{"mime", "data" (base64)}] attached to the prompt},
+  "session_key"? (the conversation: its runs share a workspace), "repo"? (the
+  repository the request named), "open_pr"? (commit, push, pull request after the run)}
+  (:class:`AssignFrame`; the optional ones are absent from older hubs).
+- executor -> hub ``event`` of kind ``workspace``: the run's repository, branch, its
+  diffs and pull request (``executor.pipeline``); the hub serves the latest of a run
+  at ``GET /api/runs/{id}/diff``.
 - executor -> hub ``event``: {"run_id", "seq", "event": {"kind", ...}}; ``seq`` counts
   from 1 per run, the hub stores each (run_id, seq) once, so re-sending is safe.
 - executor -> hub ``state``: {"run_id", "state": "optimizing" | "running",
@@ -89,7 +95,8 @@ Bridge <-> hub
 - hub -> bridge ``progress``: {"run_id", "origin", "state", "detail", "position"}:
   best effort, never stored, for status messages.
 - hub -> bridge ``deliver``: {"delivery_id", "run_id", "origin", "status", "answer",
-  "error", "usage"}: the final reply, kept in the hub's outbox and re-sent (after
+  "error", "usage", "diff"? (the conversation's diff when its run changed a
+  repository)}: the final reply, kept in the hub's outbox and re-sent (after
   every reconnect, and every ``HUB_REDELIVER_S``) until the bridge answers ``ack``
   {"delivery_id"}. A bridge acks only once the platform accepted the reply.
 
@@ -166,6 +173,37 @@ class Hello(_Frame):
     platform: str = Field("", max_length=50)
     login: LoginState | None = None
     active_runs: list[str] = Field(default_factory=list)
+
+
+# hub -> executor
+
+
+class AssignFrame(_Frame):
+    type: Literal["assign"]
+    run_id: str
+    prompt: str
+    thread_id: str | None = None
+    optimize: bool | None = None
+    origin: dict[str, Any] = Field(default_factory=dict)
+    #: What the executor is told besides the prompt: instructions, output schema, images.
+    options: dict[str, Any] = Field(default_factory=dict)
+    #: The conversation; absent from older hubs (the run is then its own conversation).
+    session_key: str | None = None
+    #: ``owner/repo[@branch]`` or a git URL, as the user wrote it; the executor checks it.
+    repo: str | None = Field(None, max_length=500)
+    open_pr: bool = False
+
+
+ASSIGN = TypeAdapter(AssignFrame)
+
+
+def repo_problem(value: object) -> str | None:
+    """Why ``value`` cannot name a repository (None: it may; the executor decides)."""
+    if not isinstance(value, str) or not value.strip():
+        return "'repo' must be a non-empty string (owner/repo, owner/repo@branch or a git URL)"
+    if len(value) > 500 or any(c.isspace() or ord(c) < 32 for c in value.strip()):
+        return "'repo' must be one word of at most 500 characters"
+    return None
 
 
 # executor -> hub

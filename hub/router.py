@@ -189,6 +189,8 @@ class Live:
     events: int = 0
     event_bytes: int = 0
     over_limit: bool = False
+    #: The conversation's diff from the run's ``workspace`` event, for the chat reply.
+    diff: str | None = None
 
 
 @dataclass
@@ -616,6 +618,9 @@ class Router:
             "thread_id": thread_id,
             "optimize": run.optimize,
             "origin": run.origin,
+            "session_key": run.session_key,
+            "repo": run.origin.get("repo"),
+            "open_pr": bool(run.origin.get("open_pr")),
         }
         if live.options:
             assign["options"] = live.options
@@ -878,6 +883,8 @@ class Router:
             return
         event = dict(frame.event)
         kind = str(event.pop("kind", "codex"))
+        if kind == "workspace" and isinstance(event.get("diff"), str):
+            live.diff = event["diff"] or None
         self._record(live, kind, event, exec_seq=frame.seq)
         summary = event.get("summary")
         if summary and summary != live.last_detail:
@@ -1127,6 +1134,8 @@ class Router:
                     "answer": _reply_text(run),
                     "error": run.error,
                     "usage": run.usage,
+                    # The run's workspace changes, attached in full by the bridge.
+                    **({"diff": live.diff} if live.diff else {}),
                 },
             )
         final = {"state": status, "error": run.error}

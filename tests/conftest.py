@@ -47,6 +47,8 @@ _SETTING_PREFIXES = (
     "MODEL",
     "AVAILABLE_CLIS",
     "BRIDGE_",
+    "WORKSPACE_",
+    "GIT_DEFAULT_HOST",
 )
 for _var in list(os.environ):
     if _var.startswith(_SETTING_PREFIXES) or (_var.startswith("CODEX_") and _var != "CODEX_BIN"):

@@ -114,14 +114,16 @@ def test_a_secret_file_is_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("dotenv", "named"),
     [
-        ("HUB_DB={tmp}/data/hub.db\n", "the settings file .env"),
+        ("EXEC_WORKDIR=.\nHUB_DB={tmp}/data/hub.db\n", "the settings file .env"),
+        ("WORKSPACE_ROOT={tmp}\nHUB_DB={tmp}/data/hub.db\n", "the settings file .env"),
         ("EXEC_WORKDIR={tmp}/work\nHUB_DB={tmp}/work/.hub/hub.db\n", "the hub's data directory"),
     ],
 )
 def test_up_refuses_a_workdir_holding_the_env_file_or_the_store(
     tmp_path: Path, dotenv: str, named: str
 ) -> None:
-    """codex-hub up will not let codex work where .env or the store is."""
+    """codex-hub up will not let codex work where .env or the store is: in EXEC_WORKDIR
+    when it is set, else under WORKSPACE_ROOT."""
     (tmp_path / "work").mkdir()
     (tmp_path / ".env").write_text("EXEC_DRY_RUN=true\nHUB_PORT=0\n" + dotenv.format(tmp=tmp_path))
     done = run_cli("up", cwd=tmp_path)

@@ -75,7 +75,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bridges.common import (
     STARTUP_BACKOFF_MAX_S,
     BridgeError,
+    RepoDefaults,
     freeze_startup_heap,
+    repo_command,
     retry_startup,
     split_optimize_prefix,
 )
@@ -344,6 +346,8 @@ class SlackBridge:
         register_secret(settings.bot_token)
         register_secret(settings.app_token)
         self.settings = settings
+        #: The repository each channel works on (`repo owner/name`; BRIDGE_REPOS at start).
+        self.repos = RepoDefaults(settings.repos)
         self.state = State.NEW
         self.ping_interval = ping_interval
         self.link = HubLink(
@@ -683,11 +687,23 @@ class SlackBridge:
         if convert.is_cancel_command(text):
             await self._cancel(target)
             return
+        argument = repo_command(text)
+        if argument is not None:
+            # `repo owner/name`: the channel's repository for new conversations.
+            await self._say(target, self.repos.command(target.channel, argument))
+            return
         optimize, prompt = split_optimize_prefix(text)
         if not prompt:
             await self._say(target, convert.help_text())
             return
         await self._start_run(target, prompt, optimize)
+
+    def _origin(self, target: Target) -> dict[str, Any]:
+        origin = target.to_origin()
+        repo = self.repos.get(target.channel)
+        if repo:
+            origin["repo"] = repo
+        return origin
 
     async def _start_run(self, target: Target, prompt: str, optimize: bool | None) -> None:
         try:
@@ -695,7 +711,7 @@ class SlackBridge:
             submitted = await self.link.submit(
                 prompt,
                 session_key=target.session_key,
-                origin=target.to_origin(),
+                origin=self._origin(target),
                 optimize=optimize,
                 # A message re-sent after a bridge crash names the run it started.
                 dedupe_key=f"{target.channel}:{target.ts}" if target.ts else None,
@@ -790,6 +806,9 @@ class SlackBridge:
                 elapsed_s=elapsed,
                 file_threshold=self.settings.file_threshold_chars,
             )
+            diff = frame.get("diff")
+            if isinstance(diff, str) and diff:
+                parts.append(convert.diff_file(diff, run_id))
             sent = self._sent.get(delivery_id)
             if sent is None:
                 sent = await self._first_attempt(run_id, target, parts)

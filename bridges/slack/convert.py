@@ -476,6 +476,11 @@ class FilePart:
 ReplyPart = TextPart | FilePart
 
 
+def diff_file(diff: str, run_id: str) -> FilePart:
+    """The conversation's changes as a ``.diff`` file after the answer."""
+    return FilePart(diff, f"{run_id}.diff", f"Changes of {run_id}", "The changes so far (git diff)")
+
+
 def answer_filename(run_id: str) -> str:
     """The name of the file that carries a long answer (unique per run)."""
     return f"codex-answer-{run_id}.md"

@@ -74,7 +74,13 @@ from telegram.error import (
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bridges import common
-from bridges.common import freeze_startup_heap, retry_startup, split_optimize_prefix
+from bridges.common import (
+    RepoDefaults,
+    freeze_startup_heap,
+    repo_line,
+    retry_startup,
+    split_optimize_prefix,
+)
 from bridges.hub_link import Frame, HubError, HubLink
 from bridges.telegram import convert
 from bridges.telegram.convert import DocumentPart, ReplyPart, ReplyTarget, SendWindow, TextPart
@@ -176,6 +182,8 @@ class TelegramBridge:
         self._windows: dict[int, SendWindow] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._startup: asyncio.Task[None] | None = None
+        #: The repository each chat works on (``/repo``; BRIDGE_REPOS at start).
+        self.repos = RepoDefaults(settings.repos)
 
     def _build_app(self) -> AnyApp:
         app = (
@@ -194,6 +202,7 @@ class TelegramBridge:
         app.add_handler(CommandHandler("new", self._cmd_new, filters=new))
         app.add_handler(CommandHandler("cancel", self._cmd_cancel, filters=new))
         app.add_handler(CommandHandler("status", self._cmd_status, filters=new))
+        app.add_handler(CommandHandler("repo", self._cmd_repo, filters=new))
         app.add_handler(CommandHandler("ask", self._on_text, filters=new))
         app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
         app.add_handler(
@@ -505,6 +514,9 @@ class TelegramBridge:
             return
         user = message.from_user
         origin = target.to_origin(user.id if user else None, user.username if user else None)
+        repo = self.repos.get(str(target.chat_id))
+        if repo:
+            origin["repo"] = repo
         try:
             submitted = await self.link.submit(
                 prompt,
@@ -582,7 +594,16 @@ class TelegramBridge:
             await self._say(target, convert.hub_error_text(exc.code, str(exc)))
             return
         text = convert.session_text(status.get("active"), status.get("queued") or [], time.time())
-        await self._say(target, text)
+        await self._say(target, f"{text}\n{repo_line(self.repos.get(str(target.chat_id)))}")
+
+    async def _cmd_repo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``/repo owner/name`` sets the chat's repository; ``/repo`` shows it."""
+        message = update.message
+        if message is None or message.text is None or not await self._admit(message):
+            return
+        target = ReplyTarget.of(message)
+        argument = message.text.split(None, 1)[1] if len(message.text.split(None, 1)) > 1 else ""
+        await self._say(target, self.repos.command(str(target.chat_id), argument))
 
     # --- hub -> Telegram -------------------------------------------------------------
 
@@ -663,6 +684,9 @@ class TelegramBridge:
                 parse_mode=self.settings.parse_mode,
                 document_threshold=self.settings.document_threshold_chars,
             )
+            diff = frame.get("diff")
+            if isinstance(diff, str) and diff:
+                parts.append(convert.diff_document(diff, run_id))
             try:
                 for index, part in enumerate(parts):
                     if index not in posted.parts:

@@ -35,6 +35,7 @@ BOT_COMMANDS: tuple[tuple[str, str], ...] = (
     ("new", "Start a fresh conversation"),
     ("cancel", "Stop the current run"),
     ("status", "Show what is running"),
+    ("repo", "Set the repository runs here work on"),
     ("help", "How to use this bot"),
 )
 
@@ -662,6 +663,11 @@ class DocumentPart:
 
 
 ReplyPart = TextPart | DocumentPart
+
+
+def diff_document(diff: str, run_id: str) -> DocumentPart:
+    """The conversation's changes as a ``.diff`` document after the answer."""
+    return DocumentPart(f"{run_id}.diff", diff.encode(), "The changes so far (git diff)")
 
 
 def _fit_utf16(text: str, limit: int) -> str:

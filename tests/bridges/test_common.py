@@ -58,3 +58,28 @@ def test_the_start_up_heap_is_frozen_once_per_process() -> None:
     freeze_startup_heap()
     assert gc.get_freeze_count() > 0
     assert freeze_startup_heap() is False
+
+
+def test_a_repo_command_is_told_from_a_request_that_starts_with_the_word() -> None:
+    """`repo`, `repo owner/name` and `repo -` are commands; "repo is broken" is a request."""
+    from bridges.common import repo_command
+
+    assert repo_command("repo") == ""
+    assert repo_command("Repo acme/widgets@dev") == "acme/widgets@dev"
+    assert repo_command("repo -") == "-"
+    assert repo_command("repo is broken, fix it") is None
+    assert repo_command("repo broken") is None
+
+
+def test_repo_defaults_set_show_and_clear_a_places_repository() -> None:
+    """BRIDGE_REPOS seeds the places; the command sets, shows and clears one."""
+    from bridges.common import RepoDefaults
+
+    repos = RepoDefaults("C1=acme/one, 42=acme/two")
+    assert repos.get("42") == "acme/two"
+    assert "acme/three" in repos.command("C1", "acme/three")
+    assert repos.get("C1") == "acme/three"
+    assert "acme/three" in repos.command("C1", "")
+    repos.command("C1", "-")
+    assert repos.get("C1") is None
+    assert "one word" in repos.command("C1", "a b")

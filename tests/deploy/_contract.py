@@ -142,6 +142,9 @@ ROLE_CREDENTIALS: dict[str, set[str]] = {
     "telegram": {"HUB_TOKEN", "TELEGRAM_BOT_TOKEN"},
 }
 OPTIMIZER_KEYS = {"OPENAI_API_KEY", "OPENWEBUI_API_KEY", "LITELLM_API_KEY"}
+#: Secrets only the executor uses, from .env or the settings Secret: the optimizer's key
+#: and the forge tokens that open pull requests (issue 15).
+EXECUTOR_KEYS = OPTIMIZER_KEYS | {"WORKSPACE_GITHUB_TOKEN", "WORKSPACE_GITLAB_TOKEN"}
 
 
 # --- the CLI --------------------------------------------------------------------------

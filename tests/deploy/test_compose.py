@@ -131,7 +131,7 @@ def test_each_service_holds_only_its_own_credentials(compose: dict, name: str) -
     mounted = {f"/run/secrets/{secret}" for secret in service.get("secrets", [])}
     own = c.ROLE_CREDENTIALS[name]
     for secret in sorted(c.secret_settings()):
-        if name == "executor" and secret in c.OPTIMIZER_KEYS and secret not in env:
+        if name == "executor" and secret in c.EXECUTOR_KEYS and secret not in env:
             continue  # the optimizer's key, from .env: the executor's own
         assert env.get(secret) == "", f"{name}: {secret} must be set empty"
         if secret in own:

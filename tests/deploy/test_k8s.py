@@ -124,7 +124,7 @@ def test_each_pod_holds_only_its_own_credentials(docs: list[dict]) -> None:
             if "secret" in volumes[m["name"]]
         }
         for secret in sorted(c.secret_settings()):
-            if role == "executor" and secret in c.OPTIMIZER_KEYS and secret not in env:
+            if role == "executor" and secret in c.EXECUTOR_KEYS and secret not in env:
                 continue  # the optimizer's key, from the settings Secret
             assert env.get(secret) == "", f"{path.name}: {secret} must be set empty"
             file = env.get(f"{secret}_FILE")

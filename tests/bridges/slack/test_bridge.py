@@ -716,3 +716,35 @@ def test_python_dash_m_runs_the_bridge_command(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "SLACK_BOT_TOKEN" in done.stderr and "SLACK_APP_TOKEN" in done.stderr
+
+
+async def test_repo_sets_the_channels_repository_for_new_runs(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """`repo owner/name` in a channel makes its next runs name that repository."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, start_slack_bridge():
+        command = fake_slack.mention("repo acme/widgets", channel=CHANNEL)
+        await fake_slack.send_event(command)
+        answer = await fake_slack.wait_for_post(CHANNEL, command["ts"])
+        event = fake_slack.mention("fix the build", channel=CHANNEL)
+        await fake_slack.send_event(event)
+        frame = await ex.wait_type("assign", prompt="fix the build")
+        await ex.finish(frame["run_id"], "done")
+    assert "acme/widgets" in answer.text
+    assert frame["repo"] == "acme/widgets"
+
+
+async def test_a_run_that_changed_a_repository_uploads_its_diff(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """The conversation's diff from the run's workspace event goes up as a .diff file."""
+    diff = "diff --git a/a.txt b/a.txt\n+new line\n"
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, start_slack_bridge():
+        event = fake_slack.mention("change it", channel=CHANNEL)
+        await fake_slack.send_event(event)
+        run_id = (await ex.wait_type("assign"))["run_id"]
+        await ex.event(run_id, 1, kind="workspace", summary="1 file", diff=diff)
+        await ex.finish(run_id, "changed")
+        await wait_reactions(fake_slack, CHANNEL, event["ts"], "white_check_mark")
+    [upload] = fake_slack.uploaded_files(CHANNEL, event["ts"])
+    assert upload.filename == f"{run_id}.diff" and upload.text.startswith(diff)

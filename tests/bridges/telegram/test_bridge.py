@@ -277,7 +277,7 @@ async def test_start_and_help_show_usage_and_ids(
     assert "/new" in (start_reply.text or "") and "/cancel" in (start_reply.text or "")
     assert f"Your user id: {OTHER}. This chat's id: {GROUP}." in (help_reply.text or "")
     names = [c["command"] for c in fake_telegram.commands]
-    assert names == ["ask", "new", "cancel", "status", "help"]
+    assert names == ["ask", "new", "cancel", "status", "repo", "help"]
 
 
 async def test_follow_ups_resume_the_thread_and_new_starts_over(
@@ -854,3 +854,43 @@ async def test_a_message_delivered_twice_starts_one_run(
         answers = [c for c in fake_telegram.calls("sendMessage") if c.text == "done once"]
         assert len(answers) == 1
         assert marker.message_id == 1  # ids count per chat: the dedupe key names the chat too
+
+
+async def test_repo_sets_the_chats_repository_for_its_runs_and_status_shows_it(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """/repo owner/name makes the chat's next runs name that repository; /status shows
+    it; BRIDGE_REPOS gives another chat its default."""
+    fake = fake_telegram
+    async with running(make_settings(BRIDGE_REPOS=f"{OTHER}=acme/preset"), fake):
+        fake.push_command(USER, "repo", "acme/widgets@dev")
+        await said(fake, USER, "work on acme/widgets@dev")
+        fake.push_message(USER, "fix the tests")
+        frame = await executor.wait_type("assign", prompt="fix the tests")
+        assert frame["repo"] == "acme/widgets@dev"
+        assert frame["origin"]["repo"] == "acme/widgets@dev"
+        await executor.finish(str(frame["run_id"]), "fixed")
+        await said(fake, USER, "fixed")
+        fake.push_command(USER, "status")
+        await said(fake, USER, "Repository: acme/widgets@dev")
+        fake.push_message(OTHER, "other chat")
+        other = await executor.wait_type("assign", prompt="other chat")
+        assert other["repo"] == "acme/preset"
+
+
+async def test_a_run_that_changed_a_repository_attaches_its_diff(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """The conversation's diff from the run's workspace event follows the answer as a
+    .diff document."""
+    fake = fake_telegram
+    diff = "diff --git a/a.txt b/a.txt\n+new line\n"
+    async with running(make_settings(), fake):
+        fake.push_message(USER, "change it")
+        run_id = await assign(executor, "change it")
+        await executor.event(run_id, 1, kind="workspace", summary="1 file", diff=diff)
+        await executor.finish(run_id, "changed")
+        await said(fake, USER, "changed")
+        await fake.wait_for_call("sendDocument", lambda c: c.ok)
+    (stored,) = fake.documents(USER)
+    assert stored.content == diff.encode() and stored.file_name == f"{run_id}.diff"
