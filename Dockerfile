@@ -12,7 +12,7 @@
 #   /data/hub         the hub's SQLite store (HUB_DB)
 #   /data/codex-home  codex's login and sessions (CODEX_HOME); log in once with
 #                     `codex login --device-auth` inside an executor container
-#   /data/work        where codex works (EXEC_WORKDIR)
+#   /data/work        where codex works: a workspace per conversation (WORKSPACE_ROOT)
 # No VOLUME instruction on purpose: it would give every container (bridges included)
 # anonymous volumes that outlive it; mount named volumes where they are wanted.
 #
@@ -93,7 +93,7 @@ USER codex
 ENV HOME=/home/codex \
     HUB_DB=/data/hub/codex-hub.db \
     CODEX_HOME=/data/codex-home \
-    EXEC_WORKDIR=/data/work
+    WORKSPACE_ROOT=/data/work
 
 EXPOSE 8080
 

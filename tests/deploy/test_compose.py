@@ -108,7 +108,7 @@ def test_state_lives_on_named_volumes(compose: dict) -> None:
     """The store, CODEX_HOME and the workdir are on declared named volumes."""
     image_env = c.dockerfile_env()
     declared = set(compose["volumes"])
-    for name, wanted in (("hub", ["HUB_DB"]), ("executor", ["CODEX_HOME", "EXEC_WORKDIR"])):
+    for name, wanted in (("hub", ["HUB_DB"]), ("executor", ["CODEX_HOME", "WORKSPACE_ROOT"])):
         service = compose["services"][name]
         env = {**image_env, **c.service_environment(service)}
         mounts = {}

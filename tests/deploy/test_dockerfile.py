@@ -107,7 +107,7 @@ def test_container_defaults() -> None:
     env = c.dockerfile_env()
     assert env["HUB_DB"].startswith("/data/hub/")
     assert env["CODEX_HOME"] == "/data/codex-home"
-    assert env["EXEC_WORKDIR"] == "/data/work"
+    assert env["WORKSPACE_ROOT"] == "/data/work"  # a workspace per conversation
     assert env["CODEX_BIN"] == "/usr/local/bin/codex"
     runs = " ".join(i.value for i in c.dockerfile() if i.keyword == "RUN")
     assert 'ln -s "$native" /usr/local/bin/codex' in runs

@@ -221,7 +221,7 @@ def test_volumes_are_claimed_and_mounted(docs: list[dict]) -> None:
         for container in pod["containers"]:
             mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
-            for setting in ("HUB_DB", "CODEX_HOME", "EXEC_WORKDIR"):
+            for setting in ("HUB_DB", "CODEX_HOME", "WORKSPACE_ROOT"):
                 if setting in env:
                     path = env[setting]
                     assert any(path == m or path.startswith(m + "/") for m in mounts), setting
