@@ -7,7 +7,22 @@ the commit: when ``await store.x(...)`` returns, the write survives a crash of t
 
 Checkpoints (copying the WAL back into the database, with an fsync) run on a second
 thread with its own connection, never inside a commit: SQLite's automatic checkpoint
-made every ~500th commit wait ~9 ms here, and a reply waits for its commit.
+made every ~500th commit wait ~9 ms here, and a reply waits for its commit. They are
+passive (they never hold a commit); once one has copied the whole WAL, the writer's
+next transaction starts the WAL over, cut to ``journal_size_limit``. Only a WAL that
+grew past ``CHECKPOINT_TRUNCATE_BYTES`` while the writer never paused is truncated,
+and only once the writer is idle: a truncating checkpoint holds every commit while it
+runs (169-327 ms here at 64 MiB), which was the hub's tail.
+
+Lists and searches (:meth:`Store.list_runs`) run on their own read connections, in a
+small pool of threads, never on the writer: a search over 200k runs does not hold a
+single commit. A read sees every write queued before it (it waits for that commit, not
+for the writes queued after it). Search uses two FTS5 indexes kept in step by the writer
+in the same transactions: ``runs_fts`` (prompt, user; written with the run) and
+``answers_fts`` (written with the answer), both contentless (no second copy of the text).
+
+Keys append: events are keyed by the run's integer key (``runs.n``) and their sequence,
+so a run's events sit together at the end of the table instead of at a random place.
 
 A store that cannot write (disk full: ``SQLITE_FULL``; or an I/O error, a read-only
 file) loses nothing it was given. The transaction that failed is rolled back and its
@@ -26,9 +41,11 @@ executor keeps it and sends it again to the next hub).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -46,8 +63,14 @@ T = TypeVar("T")
 #: The checkpointer runs at least this often, and after this many commits.
 CHECKPOINT_EVERY_S = 1.0
 CHECKPOINT_EVERY_COMMITS = 500
-#: A WAL larger than this is truncated by the next checkpoint.
+#: A WAL larger than this is truncated by a checkpoint once the writer is idle.
 CHECKPOINT_TRUNCATE_BYTES = 64 << 20
+#: The writer is idle (a truncating checkpoint may hold it) after this long without a commit.
+CHECKPOINT_IDLE_S = 0.5
+#: The WAL is cut back to this when it starts over (SQLite's ``journal_size_limit``).
+WAL_SIZE_LIMIT_BYTES = 16 << 20
+#: Read connections (and threads) for lists and searches.
+READERS = 2
 #: A store that cannot write tries its held writes again after this, then ever later.
 RETRY_UNWRITABLE_S = 0.5
 RETRY_UNWRITABLE_MAX_S = 10.0
@@ -118,6 +141,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE runs ADD COLUMN principal TEXT",
         "CREATE INDEX IF NOT EXISTS runs_principal ON runs(principal, n)",
+    ),
+    # 2: keys that append and a search index (issue 19). Events were keyed by the
+    # random run id (each run's events written at a random place, a page per run per
+    # commit); now by the run's integer key. The principal index leaves out the chat
+    # bridges' runs (null), which nobody lists by principal. The two FTS5 indexes hold
+    # what exists.
+    (
+        "CREATE TABLE events2 (run_n INTEGER NOT NULL, seq INTEGER NOT NULL, "
+        "ts REAL NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL, exec_seq INTEGER, "
+        "PRIMARY KEY (run_n, seq)) WITHOUT ROWID",
+        "INSERT INTO events2 (run_n, seq, ts, kind, data, exec_seq) "
+        "SELECT runs.n, events.seq, events.ts, events.kind, events.data, events.exec_seq "
+        "FROM events JOIN runs ON runs.id = events.run_id ORDER BY runs.n, events.seq",
+        "DROP TABLE events",
+        "ALTER TABLE events2 RENAME TO events",
+        "CREATE UNIQUE INDEX events_exec_seq ON events(run_n, exec_seq) "
+        "WHERE exec_seq IS NOT NULL",
+        "DROP INDEX IF EXISTS runs_principal",
+        "CREATE INDEX runs_principal ON runs(principal) WHERE principal IS NOT NULL",
+        "CREATE VIRTUAL TABLE runs_fts USING fts5(user, prompt, content='', "
+        "tokenize='unicode61 remove_diacritics 2')",
+        "CREATE VIRTUAL TABLE answers_fts USING fts5(answer, content='', "
+        "tokenize='unicode61 remove_diacritics 2')",
+        "INSERT INTO runs_fts (rowid, user, prompt) SELECT n, user, prompt FROM runs",
+        "INSERT INTO answers_fts (rowid, answer) SELECT n, answer FROM runs "
+        "WHERE answer IS NOT NULL AND answer != ''",
     ),
 )
 
@@ -240,7 +289,18 @@ class Store:
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._commits = 0
+        self._last_commit = 0.0
         self._closed = False
+        # Reads off the writer (lists, searches): a pool of threads, a connection each.
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_conns_lock = threading.Lock()
+        # Items queued for the writer (loop side) and taken and applied by it: a read
+        # waits until the writer has applied what was queued before it.
+        self._queued = 0
+        self._applied = 0
+        self._read_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpoint_failing = False
         #: Writes the disk refused, in order, with those queued after them (writer thread).
@@ -273,6 +333,9 @@ class Store:
             target=self._checkpoint_loop, name=f"Checkpoint:{self.path}", daemon=True
         )
         self._checkpointer.start()
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=READERS, thread_name_prefix=f"StoreRead:{self.path}"
+        )
 
     async def close(self) -> None:
         """Commit what is queued, then stop the writer thread. Idempotent."""
@@ -280,6 +343,12 @@ class Store:
             self._closed = True
             return
         self._closed = True
+        if self._readers is not None:
+            await asyncio.to_thread(self._readers.shutdown, True)
+            with self._reader_conns_lock:
+                for conn in self._reader_conns:
+                    conn.close()
+                self._reader_conns.clear()
         self._checkpoint_wake.set()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
@@ -304,8 +373,13 @@ class Store:
         conn.execute("PRAGMA busy_timeout=5000")
         # The checkpointer thread does it, off the commit path (see the module's doc).
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+        # The pages a commit touches (the runs' tail, the id index) stay in memory.
+        conn.execute("PRAGMA cache_size=-16384")
         try:
-            conn.executescript(SCHEMA)
+            # SCHEMA is the first release's: a migrated database has moved on from it.
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
+                conn.executescript(SCHEMA)
             _migrate(conn)
         except BaseException:
             conn.close()
@@ -338,11 +412,13 @@ class Store:
     def checkpoint_now(self) -> tuple[int, int]:
         """Copy the WAL into the database now; (WAL frames, frames copied).
 
-        Passive: it never makes the writer wait. Once the WAL passes
-        ``CHECKPOINT_TRUNCATE_BYTES`` (a writer that never paused), a truncating one
-        bounds the file, briefly holding writes. The connection stays open until the
-        store closes: a connection that closes checks whether it is the database's
-        last one, taking an exclusive lock to do so, and the writer must not meet it.
+        Passive: it never makes the writer wait. A WAL that grew past
+        ``CHECKPOINT_TRUNCATE_BYTES`` (a writer that never paused long enough for a
+        passive checkpoint to finish) is truncated, but only once the writer has been
+        idle ``CHECKPOINT_IDLE_S``: a truncating checkpoint holds commits while it runs.
+        The connection stays open until the store closes: a connection that closes
+        checks whether it is the database's last one, taking an exclusive lock to do
+        so, and the writer must not meet it.
         """
         with self._checkpoint_lock:
             conn = self._checkpoint_conn
@@ -350,11 +426,13 @@ class Store:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout=5000")
                 self._checkpoint_conn = conn
-            mode = "PASSIVE"
+            _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             wal = Path(self.path + "-wal")
-            if wal.exists() and wal.stat().st_size > CHECKPOINT_TRUNCATE_BYTES:
-                mode = "TRUNCATE"
-            _busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            idle = time.monotonic() - self._last_commit >= CHECKPOINT_IDLE_S
+            if idle and wal.exists() and wal.stat().st_size > CHECKPOINT_TRUNCATE_BYTES:
+                _busy, frames, copied = conn.execute(
+                    "PRAGMA wal_checkpoint(TRUNCATE)"
+                ).fetchone()
             return int(frames), int(copied)
 
     def _worker(self, ready: asyncio.Future[None]) -> None:
@@ -378,10 +456,14 @@ class Store:
             else:
                 results = self._transaction(conn, items)
             self._commits += 1
+            self._last_commit = time.monotonic()
             if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
                 self._checkpoint_wake.set()
+            self._applied += len(batch)
             if results:
                 self._to_loop(_resolve_all, results)
+            if self._read_waiters:
+                self._to_loop(self._release_reads)
         if self._held:
             log.error(
                 "store closed with %d writes it could not write (%s): they are lost",
@@ -543,6 +625,7 @@ class Store:
             log.error("store closed: dropped a write (%s)", getattr(fn, "__name__", fn))
             return
         # No future: nobody waits, and skipping the loop round trip is most of the cost.
+        self._queued += 1
         self._queue.put((None, fn, args))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -550,8 +633,52 @@ class Store:
         if self._closed or self._loop is None:
             raise StoreClosed("the store is closed")
         fut: asyncio.Future[T] = self._loop.create_future()
+        self._queued += 1
         self._queue.put((fut, fn, args))
         return await fut
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the read ``fn(conn, *args)`` on a read connection, off the writer thread.
+
+        It sees every write queued before this call (it waits for their commit, which
+        the writer makes anyway), and never waits for, or holds, the writes after it.
+        """
+        if self._closed or self._loop is None or self._readers is None:
+            raise StoreClosed("the store is closed")
+        ticket = self._queued
+        if self._applied < ticket:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._read_waiters.append((ticket, waiter))
+            # Read again after queueing the waiter: the writer looks at the waiters only
+            # after it counted its batch, so one of the two sees the other.
+            if self._applied < ticket:
+                await waiter
+            else:
+                self._read_waiters.remove((ticket, waiter))
+        return await self._loop.run_in_executor(self._readers, self._read_now, fn, args)
+
+    def _release_reads(self) -> None:
+        applied = self._applied
+        waiting = []
+        for ticket, waiter in self._read_waiters:
+            if ticket <= applied:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((ticket, waiter))
+        self._read_waiters = waiting
+
+    def _read_now(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA query_only=1")
+            self._reader_local.conn = conn
+            with self._reader_conns_lock:
+                self._reader_conns.append(conn)
+        return fn(conn, *args)
 
     # runs
 
@@ -598,7 +725,7 @@ class Store:
 
         ``principal`` keeps only that principal's runs (None: everyone's).
         """
-        return await self.call(
+        return await self.read(
             _list_runs, list(states), list(sources), query, session_key, before, limit, principal
         )
 
@@ -801,11 +928,41 @@ _INSERT_RUN_SQL = f"{_INSERT_RUN_HEAD} VALUES ({', '.join('?' * len(_RUN_FIELDS)
 def _insert_run(conn: sqlite3.Connection, run: Run) -> None:
     run.updated_at = run.updated_at or time.time()
     values = [_encode(name, getattr(run, name)) for name in _RUN_FIELDS]
+    last = _last_n(conn)
     cur = conn.execute(_INSERT_RUN_SQL, values)
     run.n = cur.lastrowid
+    _index_new_runs(conn, last)
+
+
+def _last_n(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(n), 0) FROM runs").fetchone()[0])
+
+
+def _index_new_runs(conn: sqlite3.Connection, last: int) -> None:
+    """Add the runs inserted after key ``last`` to the search indexes (same transaction).
+
+    Keys only grow and this thread is the only writer, so those are the new ones.
+    """
+    conn.execute(
+        "INSERT INTO runs_fts (rowid, user, prompt) SELECT n, user, prompt FROM runs WHERE n > ?",
+        (last,),
+    )
+    conn.execute(
+        "INSERT INTO answers_fts (rowid, answer) SELECT n, answer FROM runs "
+        "WHERE n > ? AND answer IS NOT NULL AND answer != ''",
+        (last,),
+    )
 
 
 def _update_run(conn: sqlite3.Connection, run_id: str, fields: dict[str, Any]) -> None:
+    if fields.get("answer"):
+        # Indexed once, when a run first has an answer (the index cannot take a row
+        # back: it holds no copy of the text).
+        conn.execute(
+            "INSERT INTO answers_fts (rowid, answer) SELECT n, ? FROM runs "
+            "WHERE id = ? AND (answer IS NULL OR answer = '')",
+            (fields["answer"], run_id),
+        )
     fields = {**fields, "updated_at": time.time()}
     conn.execute(
         _update_sql(tuple(fields)),
@@ -882,9 +1039,22 @@ def _list_runs(
         where.append(f"source IN ({', '.join('?' * len(sources))})")
         args += sources
     if query:
-        where.append("(prompt LIKE ? ESCAPE '\\' OR user LIKE ? ESCAPE '\\' OR id = ?)")
         like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        args += [like, like, query]
+        match = _fts_query(query)
+        if match is not None:
+            # The index finds the runs with the words; LIKE keeps those with the text
+            # exactly as typed (punctuation, LIKE's wildcards taken literally).
+            where.append(
+                "n IN (SELECT rowid FROM runs_fts WHERE runs_fts MATCH ? "
+                "UNION SELECT rowid FROM answers_fts WHERE answers_fts MATCH ? "
+                "UNION SELECT n FROM runs WHERE id = ?)"
+            )
+            args += [match, match, query]
+        where.append(
+            "(prompt LIKE ? ESCAPE '\\' OR user LIKE ? ESCAPE '\\' "
+            "OR answer LIKE ? ESCAPE '\\' OR id = ?)"
+        )
+        args += [like, like, like, query]
     if session_key is not None:
         where.append("session_key = ?")
         args.append(session_key)
@@ -901,6 +1071,23 @@ def _list_runs(
     return runs, next_before
 
 
+#: What the FTS5 tokenizer (unicode61) takes as a word: letters and digits.
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _fts_query(query: str) -> str | None:
+    """The FTS5 query for what a user typed: its words, in order, adjacent, the last a
+    prefix (``check_thi`` is ``"check thi"*``); None when it has no word (``%``).
+
+    A search then finds text that contains the query from the start of a word: the
+    index narrows the runs, and LIKE keeps those with the exact text.
+    """
+    words = _WORD.findall(query)
+    if not words:
+        return None
+    return '"' + " ".join(words) + '"*'
+
+
 def _unfinished_runs(conn: sqlite3.Connection) -> list[Run]:
     rows = conn.execute(
         "SELECT * FROM runs WHERE state IN ('queued', 'optimizing', 'running') ORDER BY n"
@@ -913,6 +1100,12 @@ def _count_runs(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
     return {(state, source): count for state, source, count in rows}
 
 
+#: An event row: the run's integer key is looked up from its id (a run's events only
+#: ever follow it, in the writer's order); an event of an unknown run is not stored.
+_EVENT_ROW = "((SELECT n FROM runs WHERE id = ?), ?, ?, ?, ?, ?)"
+_EVENT_COLUMNS = "(run_n, seq, ts, kind, data, exec_seq)"
+
+
 def _add_events(
     conn: sqlite3.Connection,
     run_id: str,
@@ -921,14 +1114,12 @@ def _add_events(
     if len(events) == 1:
         seq, ts, kind, data, exec_seq = events[0]
         conn.execute(
-            "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, data, exec_seq) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT OR IGNORE INTO events {_EVENT_COLUMNS} VALUES {_EVENT_ROW}",
             (run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq),
         )
         return
     conn.executemany(
-        "INSERT OR IGNORE INTO events (run_id, seq, ts, kind, data, exec_seq) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        f"INSERT OR IGNORE INTO events {_EVENT_COLUMNS} VALUES {_EVENT_ROW}",
         [
             (run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq)
             for seq, ts, kind, data, exec_seq in events
@@ -938,7 +1129,8 @@ def _add_events(
 
 def _event_positions(conn: sqlite3.Connection, run_id: str) -> tuple[int, int]:
     row = conn.execute(
-        "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(exec_seq), 0) FROM events WHERE run_id = ?",
+        "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(exec_seq), 0) FROM events "
+        "WHERE run_n = (SELECT n FROM runs WHERE id = ?)",
         (run_id,),
     ).fetchone()
     return int(row[0]), int(row[1])
@@ -975,7 +1167,8 @@ def _finish_run(
 
 def _get_events(conn: sqlite3.Connection, run_id: str, after: int) -> list[dict[str, Any]]:
     rows = conn.execute(
-        "SELECT seq, ts, kind, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+        "SELECT seq, ts, kind, data FROM events "
+        "WHERE run_n = (SELECT n FROM runs WHERE id = ?) AND seq > ? ORDER BY seq",
         (run_id, after),
     ).fetchall()
     return [
@@ -1097,9 +1290,6 @@ def op_set_delivery_payload(
 #: Rows per multi-row INSERT (SQLite allows 32,766 variables; a run row has 21).
 _ROWS_PER_INSERT = 500
 
-_EVENT_COLUMNS = "(run_id, seq, ts, kind, data, exec_seq)"
-
-
 class _Merge:
     """The hot-path writes of one transaction, folded (see above)."""
 
@@ -1145,16 +1335,20 @@ class _Merge:
                 values.update(folded, updated_at=now)
             values["updated_at"] = values["updated_at"] or now
             rows.append([_encode(name, values[name]) for name in _RUN_FIELDS])
-        for chunk in _chunks(rows):
-            conn.execute(
-                f"{_INSERT_RUN_HEAD} VALUES {_placeholders(chunk)}",
-                [v for row in chunk for v in row],
-            )
+        if rows:
+            last = _last_n(conn)
+            for chunk in _chunks(rows):
+                conn.execute(
+                    f"{_INSERT_RUN_HEAD} VALUES {_placeholders(chunk)}",
+                    [v for row in chunk for v in row],
+                )
+            _index_new_runs(conn, last)
         for run_id, fields in self.updates.items():
             _update_run(conn, run_id, fields)
         for chunk in _chunks(self.events):
             conn.execute(
-                f"INSERT OR IGNORE INTO events {_EVENT_COLUMNS} VALUES {_placeholders(chunk)}",
+                f"INSERT OR IGNORE INTO events {_EVENT_COLUMNS} VALUES "
+                + ", ".join([_EVENT_ROW] * len(chunk)),
                 [v for row in chunk for v in row],
             )
         for fn, args in self.tail:

@@ -212,7 +212,10 @@ def _dump(path: Path) -> dict[str, list[Any]]:
         skip = {columns.index("n"), columns.index("updated_at")}
         return {
             "runs": [[v for k, v in enumerate(r) if k not in skip] for r in runs],
-            "events": conn.execute("SELECT * FROM events ORDER BY run_id, seq").fetchall(),
+            "events": conn.execute(
+                "SELECT runs.id, seq, ts, kind, data, exec_seq FROM events "
+                "JOIN runs ON runs.n = events.run_n ORDER BY runs.id, seq"
+            ).fetchall(),
             "sessions": conn.execute("SELECT key, thread_id, executor FROM sessions").fetchall(),
             "outbox": conn.execute("SELECT id, run_id, payload FROM outbox").fetchall(),
         }
