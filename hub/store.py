@@ -20,6 +20,8 @@ single commit. A read sees every write queued before it (it waits for that commi
 for the writes queued after it). Search uses two FTS5 indexes kept in step by the writer
 in the same transactions: ``runs_fts`` (prompt, user; written with the run) and
 ``answers_fts`` (written with the answer), both contentless (no second copy of the text).
+A read sees the writes queued before it unless the writer is held up longer than
+``READ_WAIT_S`` (then it sees what is committed).
 
 Keys append: events are keyed by the run's integer key (``runs.n``) and their sequence,
 so a run's events sit together at the end of the table instead of at a random place.
@@ -71,6 +73,8 @@ CHECKPOINT_IDLE_S = 0.5
 WAL_SIZE_LIMIT_BYTES = 16 << 20
 #: Read connections (and threads) for lists and searches.
 READERS = 2
+#: A read waits at most this long for the writes queued before it to commit.
+READ_WAIT_S = 0.05
 #: A store that cannot write tries its held writes again after this, then ever later.
 RETRY_UNWRITABLE_S = 0.5
 RETRY_UNWRITABLE_MAX_S = 10.0
@@ -156,8 +160,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "FROM events JOIN runs ON runs.id = events.run_id ORDER BY runs.n, events.seq",
         "DROP TABLE events",
         "ALTER TABLE events2 RENAME TO events",
-        "CREATE UNIQUE INDEX events_exec_seq ON events(run_n, exec_seq) "
-        "WHERE exec_seq IS NOT NULL",
+        "CREATE UNIQUE INDEX events_exec_seq ON events(run_n, exec_seq) WHERE exec_seq IS NOT NULL",
         "DROP INDEX IF EXISTS runs_principal",
         "CREATE INDEX runs_principal ON runs(principal) WHERE principal IS NOT NULL",
         "CREATE VIRTUAL TABLE runs_fts USING fts5(user, prompt, content='', "
@@ -430,9 +433,7 @@ class Store:
             wal = Path(self.path + "-wal")
             idle = time.monotonic() - self._last_commit >= CHECKPOINT_IDLE_S
             if idle and wal.exists() and wal.stat().st_size > CHECKPOINT_TRUNCATE_BYTES:
-                _busy, frames, copied = conn.execute(
-                    "PRAGMA wal_checkpoint(TRUNCATE)"
-                ).fetchone()
+                _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             return int(frames), int(copied)
 
     def _worker(self, ready: asyncio.Future[None]) -> None:
@@ -640,8 +641,10 @@ class Store:
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the read ``fn(conn, *args)`` on a read connection, off the writer thread.
 
-        It sees every write queued before this call (it waits for their commit, which
-        the writer makes anyway), and never waits for, or holds, the writes after it.
+        It sees every write queued before this call: it waits for their commit (which
+        the writer makes anyway, in a few ms), but at most ``READ_WAIT_S``; a writer
+        held longer (a long transaction, a locked file) does not hold the read, which
+        then sees what is committed. It never waits for, or holds, later writes.
         """
         if self._closed or self._loop is None or self._readers is None:
             raise StoreClosed("the store is closed")
@@ -652,8 +655,8 @@ class Store:
             # Read again after queueing the waiter: the writer looks at the waiters only
             # after it counted its batch, so one of the two sees the other.
             if self._applied < ticket:
-                await waiter
-            else:
+                await asyncio.wait({waiter}, timeout=READ_WAIT_S)
+            if not waiter.done():
                 self._read_waiters.remove((ticket, waiter))
         return await self._loop.run_in_executor(self._readers, self._read_now, fn, args)
 
@@ -1289,6 +1292,7 @@ def op_set_delivery_payload(
 
 #: Rows per multi-row INSERT (SQLite allows 32,766 variables; a run row has 21).
 _ROWS_PER_INSERT = 500
+
 
 class _Merge:
     """The hot-path writes of one transaction, folded (see above)."""
