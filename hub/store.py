@@ -66,6 +66,8 @@ T = TypeVar("T")
 
 #: The checkpointer runs at least this often, and after this many commits.
 CHECKPOINT_EVERY_S = 1.0
+#: ... and this often while the WAL is past ``WAL_SIZE_LIMIT_BYTES``.
+CHECKPOINT_BEHIND_S = 0.05
 CHECKPOINT_EVERY_COMMITS = 500
 #: A WAL larger than this is truncated by a checkpoint once the writer is idle.
 CHECKPOINT_TRUNCATE_BYTES = 64 << 20
@@ -300,6 +302,9 @@ class Store:
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._commits = 0
         self._last_commit = 0.0
+        self._catch_up = False
+        #: How long the writer's last checkpoints (see checkpoint_now) held it, in s.
+        self.catch_up_s: list[float] = []
         self._closed = False
         # Reads off the writer (lists, searches): a pool of threads, a connection each.
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
@@ -400,7 +405,11 @@ class Store:
 
     def _checkpoint_loop(self) -> None:
         while not self._closed:
-            self._checkpoint_wake.wait(CHECKPOINT_EVERY_S)
+            # A WAL past its limit: checkpoints back to back, so that what is left for
+            # the writer to copy (see checkpoint_now) is a moment's worth.
+            wal = Path(self.path + "-wal")
+            behind = wal.exists() and wal.stat().st_size > WAL_SIZE_LIMIT_BYTES
+            self._checkpoint_wake.wait(CHECKPOINT_BEHIND_S if behind else CHECKPOINT_EVERY_S)
             self._checkpoint_wake.clear()
             if self._closed:
                 return
@@ -438,11 +447,17 @@ class Store:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout=5000")
                 self._checkpoint_conn = conn
-            _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             wal = Path(self.path + "-wal")
+            size = wal.stat().st_size if wal.exists() else 0
             idle = time.monotonic() - self._last_commit >= CHECKPOINT_IDLE_S
-            if idle and wal.exists() and wal.stat().st_size > CHECKPOINT_TRUNCATE_BYTES:
-                _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if idle and size > CHECKPOINT_TRUNCATE_BYTES:
+                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            elif size > CHECKPOINT_TRUNCATE_BYTES and not busy and copied == frames:
+                # A writer that never pauses never lets a checkpoint finish, and the
+                # WAL starts over only after one has. The writer finishes this one
+                # between two transactions: what came since this one, a few ms.
+                self._catch_up = True
             return int(frames), int(copied)
 
     def _worker(self, ready: asyncio.Future[None]) -> None:
@@ -467,6 +482,9 @@ class Store:
                 results = self._transaction(conn, items)
             self._commits += 1
             self._last_commit = time.monotonic()
+            if self._catch_up:
+                self._catch_up = False
+                self._finish_checkpoint(conn)
             if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
                 self._checkpoint_wake.set()
             self._applied += len(batch)
@@ -481,6 +499,16 @@ class Store:
                 self.unwritable,
             )
         conn.close()
+
+    def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the rest of the WAL from the writer thread, so that it starts over."""
+        started = time.perf_counter()
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("store: a checkpoint on the writer failed: %s", exc)
+        self.catch_up_s.append(time.perf_counter() - started)
+        del self.catch_up_s[:-100]
 
     def _next_batch(self) -> list[Any]:
         """What is queued (up to 1000), waiting for the first; [] when a retry is due."""
