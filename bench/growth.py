@@ -45,7 +45,6 @@ from bench.common import (
 )
 from bench.hub_latency import ChatClient, running_echo, running_hub
 from hub.auth import principal_for_key
-from hub.store import _RUN_FIELDS, Run, _encode, _index_new_runs
 
 NAME = "growth"
 TITLE = "Growth: the store from empty to 200k runs"
@@ -96,6 +95,9 @@ class Step:
 
 def bulk_insert(db: Path, count: int, principal: str, seed: int) -> None:
     """Write ``count`` finished runs (five events each) into the store at ``db``."""
+    # Here, not at the top: the store's internals are this function's business only.
+    from hub.store import _RUN_FIELDS, Run, _encode, _index_new_runs
+
     rng = random.Random(seed)
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA busy_timeout=10000")
