@@ -36,6 +36,7 @@ from bench.common import (
     LoadResult,
     Summary,
     closed_loop,
+    cpu_seconds,
     fmt_ms,
     machine_busy_seconds,
     machine_lines,
@@ -192,7 +193,8 @@ async def main(options: Any) -> str:
                     await asyncio.to_thread(bulk_insert, hut.db, target - stored, principal, target)
                     stored = target
                 bulk_s = time.monotonic() - started
-                busy0, t0 = machine_busy_seconds(), time.monotonic()
+                pids = (hut.hub.pid, hut.executor.pid, *echo.pids.values())
+                busy0, t0, ours0 = machine_busy_seconds(), time.monotonic(), _ours(pids)
                 hub_64 = await _load(hut.base_url, hut.api_key, 64, plan.requests_64, "g64")
                 floor_64 = await _load(echo.base_url, "", 64, plan.requests_64, "g64")
                 chat_16 = await _load(hut.base_url, hut.api_key, 16, plan.requests_16, "g16")
@@ -207,9 +209,9 @@ async def main(options: Any) -> str:
                 finally:
                     stop.set()
                     await searcher
-                # The bench's own processes use up to both cores: this is an upper bound
-                # on what others used, kept for the method text.
-                busy = (machine_busy_seconds() - busy0) / max(1e-9, time.monotonic() - t0)
+                # What the rest of the machine (others' tests) used meanwhile.
+                ours = _ours(pids) - ours0
+                busy = (machine_busy_seconds() - busy0 - ours) / max(1e-9, time.monotonic() - t0)
                 step = Step(
                     runs=target,
                     hub_64=hub_64,
@@ -227,6 +229,11 @@ async def main(options: Any) -> str:
     return report(plan, steps, quiet)
 
 
+def _ours(pids: tuple[int, ...]) -> float:
+    """CPU seconds of the bench's processes (and of this one, the clients) so far."""
+    return sum(cpu_seconds(pid) for pid in pids) + time.process_time()
+
+
 def _db_bytes(db: Path) -> int:
     return sum(os.path.getsize(p) for p in (db, Path(f"{db}-wal")) if os.path.exists(p))
 
@@ -240,7 +247,7 @@ def _line(step: Step) -> str:
         f"(floor {fmt_ms(f.p99)} ms {step.floor_64.rate:.0f}/s); 16c p99 {fmt_ms(c.p99)} -> "
         f"{fmt_ms(s.p99)} ms searching; search p50 {fmt_ms(q.p50) if q else '-'} "
         f"p99 {fmt_ms(q.p99) if q else '-'} ms ({len(step.searches)}); "
-        f"RSS {step.rss_kib // 1024} MiB; machine busy {step.others_cores:.2f} cores"
+        f"RSS {step.rss_kib // 1024} MiB; others busy {step.others_cores:.2f} cores"
     )
 
 
@@ -288,7 +295,7 @@ def report(plan: Plan, steps: list[Step], quiet: float) -> str:
             "searches",
             "hub RSS MiB",
             "store MiB",
-            "machine busy (cores)",
+            "others busy (cores)",
         ],
         rows,
     )
@@ -298,8 +305,8 @@ def report(plan: Plan, steps: list[Step], quiet: float) -> str:
             "",
             *machine_lines(),
             f"- Machine busy before the start: {quiet:.2f} cores (2 cores shared with "
-            "other engineers' tests; the last column is the whole machine's load during "
-            "the step, the bench's own processes included)",
+            "other engineers' tests; the last column is what the machine did besides "
+            "the bench's processes during the step's measurements)",
             "",
             "Method: one `codex-hub serve` and one dry-run `codex-hub executor`, as "
             "processes, on one store. Between steps the bulk of the runs is written "
