@@ -600,3 +600,32 @@ async def test_a_list_during_a_long_write_transaction_does_not_wait_for_it(
         await store.flush()
         after, _ = await store.list_runs()
         assert [r.id for r in after] == ["run_0002", "run_0001"]
+
+
+CHECKPOINT_TEST_LIMIT = 2 << 20
+
+
+async def test_a_writer_that_never_pauses_keeps_the_wal_bounded_without_a_truncating_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under writes with no idle moment, the writer finishes a checkpoint between two
+    transactions, so the WAL starts over (cut to its limit) instead of growing."""
+    import hub.store as store_module
+
+    monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT_BYTES", 256 << 10)
+    monkeypatch.setattr(store_module, "CHECKPOINT_TRUNCATE_BYTES", CHECKPOINT_TEST_LIMIT // 2)
+    monkeypatch.setattr(store_module, "CHECKPOINT_BEHIND_S", 0.01)
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_S", 0.02)
+    monkeypatch.setattr(store_module, "CHECKPOINT_IDLE_S", 3600.0)  # never idle here
+    wal = Path(f"{tmp_path / 'a.db'}-wal")
+    async with Store(tmp_path / "a.db") as store:
+        written = largest = 0
+        while written < 4000:  # their WAL frames alone would be ~90 MB
+            await asyncio.gather(
+                *(store.insert_run(make_run(written + i, prompt="x" * 2000)) for i in range(50))
+            )
+            written += 50
+            largest = max(largest, wal.stat().st_size)  # noqa: ASYNC240 (a stat)
+        assert len(store.catch_up_s) >= 2, "the writer never finished a checkpoint"
+        # The WAL started over again and again instead of holding it all.
+        assert largest <= 6 * CHECKPOINT_TEST_LIMIT
