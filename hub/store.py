@@ -482,9 +482,6 @@ class Store:
                 results = self._transaction(conn, items)
             self._commits += 1
             self._last_commit = time.monotonic()
-            if self._catch_up:
-                self._catch_up = False
-                self._finish_checkpoint(conn)
             if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
                 self._checkpoint_wake.set()
             self._applied += len(batch)
@@ -492,6 +489,9 @@ class Store:
                 self._to_loop(_resolve_all, results)
             if self._read_waiters:
                 self._to_loop(self._release_reads)
+            if self._catch_up:  # after the callers heard: only later commits wait
+                self._catch_up = False
+                self._finish_checkpoint(conn)
         if self._held:
             log.error(
                 "store closed with %d writes it could not write (%s): they are lost",
