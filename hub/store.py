@@ -71,6 +71,10 @@ CHECKPOINT_BEHIND_S = 0.05
 CHECKPOINT_EVERY_COMMITS = 500
 #: A WAL larger than this is truncated by a checkpoint once the writer is idle.
 CHECKPOINT_TRUNCATE_BYTES = 64 << 20
+#: A WAL larger than this while the writer never pauses: the writer finishes a
+#: checkpoint between two transactions, so that the WAL starts over (10-60 ms, with
+#: 200k runs stored: rarer is better, and the disk holds this much WAL meanwhile).
+CHECKPOINT_CATCH_UP_BYTES = 256 << 20
 #: The writer is idle (a truncating checkpoint may hold it) after this long without a commit.
 CHECKPOINT_IDLE_S = 0.5
 #: The WAL is cut back to this when it starts over (SQLite's ``journal_size_limit``).
@@ -437,6 +441,7 @@ class Store:
         ``CHECKPOINT_TRUNCATE_BYTES`` (a writer that never paused long enough for a
         passive checkpoint to finish) is truncated, but only once the writer has been
         idle ``CHECKPOINT_IDLE_S``: a truncating checkpoint holds commits while it runs.
+        Past ``CHECKPOINT_CATCH_UP_BYTES`` the writer finishes one itself.
         The connection stays open until the store closes: a connection that closes
         checks whether it is the database's last one, taking an exclusive lock to do
         so, and the writer must not meet it.
@@ -453,7 +458,7 @@ class Store:
             idle = time.monotonic() - self._last_commit >= CHECKPOINT_IDLE_S
             if idle and size > CHECKPOINT_TRUNCATE_BYTES:
                 busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            elif size > CHECKPOINT_TRUNCATE_BYTES and not busy and copied == frames:
+            elif size > CHECKPOINT_CATCH_UP_BYTES and not busy and copied == frames:
                 # A writer that never pauses never lets a checkpoint finish, and the
                 # WAL starts over only after one has. The writer finishes this one
                 # between two transactions: what came since this one, a few ms.
