@@ -22,6 +22,7 @@ from typing import Any
 from bench import (
     engines,
     feed_fanout,
+    growth,
     hub_latency,
     slack_latency,
     ssh_overhead,
@@ -69,6 +70,7 @@ SUITES: dict[str, Suite] = {
         Suite(ssh_overhead.NAME, ssh_overhead.TITLE, ssh_overhead.main),
         Suite(engines.NAME, engines.TITLE, engines.main),
         Suite(workspaces.NAME, workspaces.TITLE, workspaces.main),
+        Suite(growth.NAME, growth.TITLE, growth.main),
     ]
 }
 

@@ -448,7 +448,7 @@ def stage_times(
         ).fetchall()
         marks: dict[str, dict[str, float]] = {}
         for run_id, kind, data, ts in conn.execute(
-            "SELECT e.run_id, e.kind, e.data, e.ts FROM events e JOIN runs r ON r.id = e.run_id"
+            "SELECT r.id, e.kind, e.data, e.ts FROM events e JOIN runs r ON r.n = e.run_n"
             " WHERE r.prompt LIKE ?",
             (f"{tag} %",),
         ):

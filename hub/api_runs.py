@@ -1,7 +1,9 @@
 """The operator's API: runs, nodes, the live feed, health, metrics and the monitor page.
 
 - ``GET /api/runs`` (filters ``state``, ``source``, ``q``, ``session_key``; paging with
-  ``limit`` and ``before``), ``GET /api/runs/{id}`` (with its events, ``after`` a seq),
+  ``limit`` and ``before``; ``q`` is the text as typed, in a prompt, user or answer,
+  starting a word, or a run id: see ``hub.store._fts_query``),
+  ``GET /api/runs/{id}`` (with its events, ``after`` a seq),
   ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
 - ``GET /api/nodes``, ``GET /api/overview`` (running and queued now, failed in the last
   hour, runs, tokens and median duration since ``since``).

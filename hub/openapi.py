@@ -534,7 +534,12 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                     _query(
                         "source", STRING, "Comma-separated sources (http, monitor, slack, ...)."
                     ),
-                    _query("q", STRING, "Text in the prompt, user or answer, or a run id."),
+                    _query(
+                        "q",
+                        STRING,
+                        "Text in the prompt, user or answer, from the start of a word, "
+                        "or a run id.",
+                    ),
                     _query("session_key", STRING, "Runs of this session only."),
                     _query("before", CURSOR, "The `next_before` of the previous page."),
                     _query(

@@ -212,7 +212,10 @@ def _dump(path: Path) -> dict[str, list[Any]]:
         skip = {columns.index("n"), columns.index("updated_at")}
         return {
             "runs": [[v for k, v in enumerate(r) if k not in skip] for r in runs],
-            "events": conn.execute("SELECT * FROM events ORDER BY run_id, seq").fetchall(),
+            "events": conn.execute(
+                "SELECT runs.id, seq, ts, kind, data, exec_seq FROM events "
+                "JOIN runs ON runs.n = events.run_n ORDER BY runs.id, seq"
+            ).fetchall(),
             "sessions": conn.execute("SELECT key, thread_id, executor FROM sessions").fetchall(),
             "outbox": conn.execute("SELECT id, run_id, payload FROM outbox").fetchall(),
         }
@@ -450,3 +453,180 @@ async def test_a_transaction_that_breaks_as_a_whole_holds_its_writes_and_the_wri
         assert run is not None and run.state == "succeeded"
         await store.insert_run(make_run(2))
         assert await store.get_run("run_0002") is not None
+
+
+# --- issue 19: keys that append, search by index, reads off the writer ------------------
+
+
+def _version_1_database(path: Path) -> None:
+    """A store as the release with principals (schema version 1) left it."""
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA)
+    for statement in MIGRATIONS[0]:
+        old.execute(statement)
+    old.execute("PRAGMA user_version = 1")
+    for i in range(1, 4):
+        old.execute(
+            "INSERT INTO runs (id, created_at, updated_at, state, source, origin, prompt, "
+            "user, session_key, answer, principal) "
+            "VALUES (?, ?, ?, 'succeeded', 'slack', '{}', ?, ?, ?, ?, ?)",
+            (
+                f"run_v1_{i}",
+                float(i),
+                float(i),
+                f"rotate the logs {i}",
+                f"alice{i}",
+                f"slack:T:C{i}",
+                f"rotated {i} archives",
+                "key:aaaaaaaaaaaa" if i == 1 else None,
+            ),
+        )
+        for seq in range(1, 4):
+            old.execute(
+                "INSERT INTO events (run_id, seq, ts, kind, data, exec_seq) "
+                "VALUES (?, ?, ?, 'codex', ?, ?)",
+                (f"run_v1_{i}", seq, float(seq), f'{{"n": {seq}}}', seq),
+            )
+        old.execute(
+            "INSERT INTO sessions (key, thread_id, executor, updated_at) VALUES (?, ?, 'ex', 1)",
+            (f"slack:T:C{i}", f"thread{i}"),
+        )
+        old.execute(
+            "INSERT INTO outbox (id, run_id, platform, payload, created_at) "
+            "VALUES (?, ?, 'slack', '{\"answer\": 1}', 1)",
+            (f"d{i}", f"run_v1_{i}"),
+        )
+    old.commit()
+    old.close()
+
+
+async def test_a_version_1_database_keeps_every_run_event_session_and_delivery(
+    tmp_path: Path,
+) -> None:
+    """Opening a store of the current layout converts it (events keyed by the run's
+    integer key, a search index over what is there) and loses nothing."""
+    path = tmp_path / "v1.db"
+    _version_1_database(path)
+    for again in (False, True):  # and opening again changes nothing
+        async with Store(path) as store:
+            for i in range(1, 4):
+                run = await store.get_run(f"run_v1_{i}")
+                assert run is not None
+                assert (run.prompt, run.user, run.answer) == (
+                    f"rotate the logs {i}",
+                    f"alice{i}",
+                    f"rotated {i} archives",
+                )
+                events = await store.get_events(f"run_v1_{i}")
+                assert [(e["seq"], e.get("n")) for e in events[:3]] == [(1, 1), (2, 2), (3, 3)]
+                assert (await store.event_positions(f"run_v1_{i}"))[1] == 3
+                assert await store.get_session(f"slack:T:C{i}") == (f"thread{i}", "ex")
+            pending = await store.pending_deliveries("slack")
+            assert sorted(d.id for d in pending) == ["d1", "d2", "d3"]
+            # The old runs are in the search index: by prompt, user and answer.
+            for query in ("logs", "alice2", "archives"):
+                found, _ = await store.list_runs(query=query)
+                expected = {"alice2": {"run_v1_2"}}.get(query, {f"run_v1_{i}" for i in (1, 2, 3)})
+                assert {r.id for r in found} == expected, query
+            mine, _ = await store.list_runs(principal="key:aaaaaaaaaaaa", query="rotate")
+            assert [r.id for r in mine] == ["run_v1_1"]
+            # New events of an old run join its own.
+            if not again:
+                await store.add_events("run_v1_1", [(4, 4.0, "state", {"s": 1}, None)])
+            assert [e["seq"] for e in await store.get_events("run_v1_1", 2)] == [3, 4]
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        columns = [row[1] for row in check.execute("PRAGMA table_info(events)")]
+        assert columns[:2] == ["run_n", "seq"]
+        assert check.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 10
+    finally:
+        check.close()
+
+
+_WORDS = ["deploy", "deployment", "rotate", "logs", "café", "Build", "review", "x"]
+
+
+async def test_search_by_the_index_finds_what_like_found_for_ordinary_words(
+    tmp_path: Path,
+) -> None:
+    """For every word a user types (whole or its start), the search finds exactly the
+    runs whose prompt or user contains it as the old LIKE scan did, plus runs whose
+    answer contains it."""
+    import random
+
+    rng = random.Random(5)
+    async with Store(tmp_path / "a.db") as store:
+        for i in range(300):
+            words = " ".join(rng.choice(_WORDS) for _ in range(4))
+            await store.insert_run(make_run(i, prompt=f"{words}: {i}", user=rng.choice(_WORDS)))
+        await store.finish_run(make_run(299, state="succeeded", answer="the zeppelin landed"))
+        conn = sqlite3.connect(tmp_path / "a.db")
+        try:
+            for query in ["deploy", "deploym", "ROTATE", "logs", "café", "build review", "rev"]:
+                like = f"%{query}%"
+                expected = {
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT id FROM runs WHERE prompt LIKE ? OR user LIKE ?", (like, like)
+                    )
+                }
+                found, _ = await store.list_runs(query=query, limit=500)
+                assert {r.id for r in found} == expected, query
+                assert expected, query
+        finally:
+            conn.close()
+        answered, _ = await store.list_runs(query="zeppelin")
+        assert [r.id for r in answered] == ["run_0299"]
+
+
+async def test_a_list_during_a_long_write_transaction_does_not_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    """While the writer thread is stuck in a transaction, lists and searches still
+    answer, from what is committed."""
+    async with Store(tmp_path / "a.db") as store:
+        await store.insert_run(make_run(1, prompt="committed before"))
+        release = await _hold(store)
+        try:
+            store.post(op_insert_run, make_run(2, prompt="queued behind the writer"))
+            listed, _ = await asyncio.wait_for(store.list_runs(), 2)
+            found, _ = await asyncio.wait_for(store.list_runs(query="committed"), 2)
+            assert not release.is_set()  # the writer is still held
+        finally:
+            release.set()
+        assert [r.id for r in listed] == ["run_0001"]
+        assert [r.id for r in found] == ["run_0001"]
+        await store.flush()
+        after, _ = await store.list_runs()
+        assert [r.id for r in after] == ["run_0002", "run_0001"]
+
+
+CHECKPOINT_TEST_LIMIT = 2 << 20
+
+
+async def test_a_writer_that_never_pauses_keeps_the_wal_bounded_without_a_truncating_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under writes with no idle moment, the writer finishes a checkpoint between two
+    transactions, so the WAL starts over (cut to its limit) instead of growing."""
+    import hub.store as store_module
+
+    monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT_BYTES", 256 << 10)
+    monkeypatch.setattr(store_module, "CHECKPOINT_TRUNCATE_BYTES", CHECKPOINT_TEST_LIMIT // 2)
+    monkeypatch.setattr(store_module, "CHECKPOINT_CATCH_UP_BYTES", CHECKPOINT_TEST_LIMIT // 2)
+    monkeypatch.setattr(store_module, "CHECKPOINT_BEHIND_S", 0.01)
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_S", 0.02)
+    monkeypatch.setattr(store_module, "CHECKPOINT_IDLE_S", 3600.0)  # never idle here
+    wal = Path(f"{tmp_path / 'a.db'}-wal")
+    async with Store(tmp_path / "a.db") as store:
+        written = largest = 0
+        while written < 6000:  # without checkpoints their WAL would pass 35 MB
+            await asyncio.gather(
+                *(store.insert_run(make_run(written + i, prompt="x" * 2000)) for i in range(50))
+            )
+            written += 50
+            largest = max(largest, wal.stat().st_size)  # noqa: ASYNC240 (a stat)
+        assert len(store.catch_up_s) >= 2, "the writer never finished a checkpoint"
+        # The WAL started over again and again instead of holding it all.
+        assert largest <= 8 * CHECKPOINT_TEST_LIMIT

@@ -1,0 +1,329 @@
+"""Suite ``growth``: the hub's tail, a search's cost and its memory as the store grows.
+
+One hub (``codex-hub serve``) and a dry-run executor run as processes, as in
+:mod:`bench.hub_latency`, on one store that grows from empty to 200k runs. Driving
+200k runs through the hub would take most of the bench's time, so between steps the
+bulk is written straight into the store file (another SQLite connection, while the
+hub is idle), with the hub's own schema: the run row, five events, the search indexes.
+At each step:
+
+- 64 concurrent chat completions against the hub, then against the floor (a bare
+  aiohttp server in its own process, :mod:`bench.echo_server`), back to back: p99 and
+  throughput, the hub's as a share of the floor's;
+- 16 concurrent chat completions alone, then again while one client searches back to
+  back (``GET /api/runs?q=<a word of the prompts>``, as an API key that sees only its
+  own runs): the chat p99 both ways and each search's latency;
+- the hub's resident memory (VmRSS) and the store's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.common import (
+    BenchError,
+    LoadResult,
+    Summary,
+    closed_loop,
+    cpu_seconds,
+    fmt_ms,
+    machine_busy_seconds,
+    machine_lines,
+    render_table,
+    rss_kib,
+    wait_quiet,
+)
+from bench.hub_latency import ChatClient, running_echo, running_hub
+from hub.auth import principal_for_key
+
+NAME = "growth"
+TITLE = "Growth: the store from empty to 200k runs"
+
+#: Issue 19's goals (points 2 and 3).
+GOAL_P99_64_MS = 40.0
+GOAL_SHARE_OF_FLOOR = 0.40
+GOAL_SEARCH_MS = 20.0
+GOAL_SEARCH_IMPACT = 0.10
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The store sizes measured and the load at each."""
+
+    steps: tuple[int, ...] = (0, 50_000, 100_000, 200_000)
+    requests_64: int = 4000
+    requests_16: int = 2000
+    warmup: int = 300
+
+
+FULL = Plan()
+QUICK = Plan(steps=(0, 5_000), requests_64=400, requests_16=300, warmup=100)
+
+#: Words the bulk prompts are made of (and the searches look for).
+_VOCABULARY = [
+    f"{a}{b}"
+    for a in ("deploy", "rotate", "check", "build", "review", "migrate", "index", "trace")
+    for b in ("", "s", "ing", "ed", "er", "ment", "able", "ion")
+]
+
+
+@dataclass
+class Step:
+    """What one store size measured."""
+
+    runs: int
+    hub_64: LoadResult
+    floor_64: LoadResult
+    chat_16: LoadResult
+    chat_16_searching: LoadResult
+    searches: list[float] = field(default_factory=list)
+    rss_kib: int = 0
+    db_bytes: int = 0
+    others_cores: float = 0.0
+    bulk_s: float = 0.0
+
+
+def bulk_insert(db: Path, count: int, principal: str, seed: int) -> None:
+    """Write ``count`` finished runs (five events each) into the store at ``db``."""
+    # Here, not at the top: the store's internals are this function's business only.
+    from hub.store import _RUN_FIELDS, Run, _encode, _index_new_runs
+
+    rng = random.Random(seed)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout=10000")
+    try:
+        head = f"INSERT INTO runs ({', '.join(_RUN_FIELDS)}) VALUES "
+        row = "(" + ", ".join("?" * len(_RUN_FIELDS)) + ")"
+        done = 0
+        while done < count:
+            chunk = min(2000, count - done)
+            now = time.time()
+            rows: list[Any] = []
+            for _ in range(chunk):
+                words = " ".join(rng.choice(_VOCABULARY) for _ in range(8))
+                run = Run(
+                    id=f"run_{rng.getrandbits(64):016x}",
+                    prompt=f"please {words} number {rng.randrange(10**6)}",
+                    origin={"source": "http"},
+                    source="http",
+                    created_at=now,
+                    updated_at=now,
+                    state="succeeded",
+                    session_key=f"api:{principal}:{rng.getrandbits(48):012x}",
+                    user=None,
+                    executor="bench-executor",
+                    answer=f"done: {words}",
+                    started_at=now,
+                    finished_at=now,
+                    principal=principal,
+                )
+                rows.append([_encode(name, getattr(run, name)) for name in _RUN_FIELDS])
+            conn.execute("BEGIN IMMEDIATE")
+            last = int(conn.execute("SELECT COALESCE(MAX(n), 0) FROM runs").fetchone()[0])
+            for start in range(0, chunk, 500):
+                part = rows[start : start + 500]
+                conn.execute(head + ", ".join([row] * len(part)), [v for r in part for v in r])
+            _index_new_runs(conn, last)
+            event = orjson.dumps({"state": "running"}).decode()
+            conn.executemany(
+                "INSERT INTO events (run_n, seq, ts, kind, data, exec_seq) "
+                "VALUES (?, ?, ?, 'state', ?, NULL)",
+                [
+                    (n, seq, now, event)
+                    for n in range(last + 1, last + chunk + 1)
+                    for seq in range(1, 6)
+                ],
+            )
+            conn.execute("COMMIT")
+            done += chunk
+        # Start each step from a WAL copied back, as a hub idle for a while has it.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+async def _load(base_url: str, api_key: str, concurrency: int, count: int, tag: str) -> LoadResult:
+    async with ChatClient(base_url, api_key, concurrency) as client:
+        client.tag = "pool"
+        await closed_loop(client.complete, concurrency, count=concurrency * 2)
+        client.tag = tag
+        return await closed_loop(client.complete, concurrency, count=count)
+
+
+async def _searching(base_url: str, api_key: str, stop: asyncio.Event, out: list[float]) -> None:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    rng = random.Random(7)
+    async with aiohttp.ClientSession(base_url) as http:
+        while not stop.is_set():
+            word = rng.choice(_VOCABULARY)
+            t0 = time.perf_counter()
+            async with http.get("/api/runs", params={"q": word}, headers=headers) as resp:
+                body = await resp.read()
+            if resp.status != 200:
+                raise BenchError(f"search: HTTP {resp.status}: {body[:300]!r}")
+            out.append(time.perf_counter() - t0)
+
+
+async def main(options: Any) -> str:
+    """Run every step; the markdown section."""
+    plan = QUICK if options.quick else FULL
+    quiet = await wait_quiet(options.quiet_wait)
+    print(f"machine busy before the start: {quiet:.2f} cores", flush=True)
+    steps: list[Step] = []
+    with tempfile.TemporaryDirectory(prefix="codex-hub-growth-") as tmp_name:
+        tmp = Path(tmp_name)
+        async with running_echo(tmp) as echo, running_hub(tmp) as hut:
+            principal = principal_for_key(hut.api_key)
+            await _load(hut.base_url, hut.api_key, 16, plan.warmup, "warmup")
+            stored = 0
+            for target in plan.steps:
+                started = time.monotonic()
+                if target > stored:
+                    await asyncio.to_thread(bulk_insert, hut.db, target - stored, principal, target)
+                    stored = target
+                bulk_s = time.monotonic() - started
+                pids = (hut.hub.pid, hut.executor.pid, *echo.pids.values())
+                busy0, t0, ours0 = machine_busy_seconds(), time.monotonic(), _ours(pids)
+                hub_64 = await _load(hut.base_url, hut.api_key, 64, plan.requests_64, "g64")
+                floor_64 = await _load(echo.base_url, "", 64, plan.requests_64, "g64")
+                chat_16 = await _load(hut.base_url, hut.api_key, 16, plan.requests_16, "g16")
+                stop, searches = asyncio.Event(), []
+                searcher = asyncio.create_task(
+                    _searching(hut.base_url, hut.api_key, stop, searches)
+                )
+                try:
+                    chat_16_searching = await _load(
+                        hut.base_url, hut.api_key, 16, plan.requests_16, "g16s"
+                    )
+                finally:
+                    stop.set()
+                    await searcher
+                # What the rest of the machine (others' tests) used meanwhile.
+                ours = _ours(pids) - ours0
+                busy = (machine_busy_seconds() - busy0 - ours) / max(1e-9, time.monotonic() - t0)
+                step = Step(
+                    runs=target,
+                    hub_64=hub_64,
+                    floor_64=floor_64,
+                    chat_16=chat_16,
+                    chat_16_searching=chat_16_searching,
+                    searches=searches,
+                    rss_kib=rss_kib(hut.hub.pid),
+                    db_bytes=_db_bytes(hut.db),
+                    others_cores=busy,
+                    bulk_s=bulk_s,
+                )
+                steps.append(step)
+                print(_line(step), flush=True)
+    return report(plan, steps, quiet)
+
+
+def _ours(pids: tuple[int, ...]) -> float:
+    """CPU seconds of the bench's processes (and of this one, the clients) so far."""
+    return sum(cpu_seconds(pid) for pid in pids) + time.process_time()
+
+
+def _db_bytes(db: Path) -> int:
+    return sum(os.path.getsize(p) for p in (db, Path(f"{db}-wal")) if os.path.exists(p))
+
+
+def _line(step: Step) -> str:
+    h, f = Summary.of(step.hub_64.latencies), Summary.of(step.floor_64.latencies)
+    c, s = Summary.of(step.chat_16.latencies), Summary.of(step.chat_16_searching.latencies)
+    q = Summary.of(step.searches) if step.searches else None
+    return (
+        f"  {step.runs:>7} runs: 64c p99 {fmt_ms(h.p99)} ms {step.hub_64.rate:.0f}/s "
+        f"(floor {fmt_ms(f.p99)} ms {step.floor_64.rate:.0f}/s); 16c p99 {fmt_ms(c.p99)} -> "
+        f"{fmt_ms(s.p99)} ms searching; search p50 {fmt_ms(q.p50) if q else '-'} "
+        f"p99 {fmt_ms(q.p99) if q else '-'} ms ({len(step.searches)}); "
+        f"RSS {step.rss_kib // 1024} MiB; others busy {step.others_cores:.2f} cores"
+    )
+
+
+def report(plan: Plan, steps: list[Step], quiet: float) -> str:
+    """The suite's section of docs/benchmarks.md."""
+    rows = []
+    for step in steps:
+        h, f = Summary.of(step.hub_64.latencies), Summary.of(step.floor_64.latencies)
+        c, s = Summary.of(step.chat_16.latencies), Summary.of(step.chat_16_searching.latencies)
+        q = Summary.of(step.searches) if step.searches else None
+        share = step.hub_64.rate / step.floor_64.rate if step.floor_64.rate else 0.0
+        impact = s.p99 / c.p99 - 1 if c.p99 else 0.0
+        rows.append(
+            [
+                f"{step.runs:,}",
+                fmt_ms(h.p99),
+                fmt_ms(f.p99),
+                f"{step.hub_64.rate:,.0f}",
+                f"{step.floor_64.rate:,.0f}",
+                f"{share:.0%}",
+                fmt_ms(c.p99),
+                fmt_ms(s.p99),
+                f"{impact:+.0%}",
+                fmt_ms(q.p50) if q else "-",
+                fmt_ms(q.p99) if q else "-",
+                str(len(step.searches)),
+                f"{step.rss_kib / 1024:.0f}",
+                f"{step.db_bytes / 2**20:.0f}",
+                f"{step.others_cores:.2f}",
+            ]
+        )
+    table = render_table(
+        [
+            "runs stored",
+            "64c p99 ms",
+            "floor 64c p99 ms",
+            "hub req/s",
+            "floor req/s",
+            "hub/floor",
+            "16c p99 ms",
+            "16c p99 ms, searching",
+            "impact",
+            "search p50 ms",
+            "search p99 ms",
+            "searches",
+            "hub RSS MiB",
+            "store MiB",
+            "others busy (cores)",
+        ],
+        rows,
+    )
+    return "\n".join(
+        [
+            f"## {TITLE}",
+            "",
+            *machine_lines(),
+            f"- Machine busy before the start: {quiet:.2f} cores (2 cores shared with "
+            "other engineers' tests; the last column is what the machine did besides "
+            "the bench's processes during the step's measurements)",
+            "",
+            "Method: one `codex-hub serve` and one dry-run `codex-hub executor`, as "
+            "processes, on one store. Between steps the bulk of the runs is written "
+            "straight into the store file (another SQLite connection while the hub is "
+            "idle: a finished run with five events, indexed for search, as the hub "
+            "writes them), because driving 200k runs through the hub takes too long; "
+            "the WAL is then checkpointed. At each step: "
+            f"{plan.requests_64} chat completions from 64 concurrent clients against the "
+            "hub, then as many against the floor (a bare aiohttp server in its own "
+            f"process); {plan.requests_16} from 16 concurrent clients alone, then again "
+            "while one more client searches back to back (`GET /api/runs?q=<a word of "
+            "the prompts>`, as an API key that sees only its own runs: every stored run "
+            "is its). Goals (issue 19): 64c p99 <= "
+            f"{GOAL_P99_64_MS:.0f} ms and >= {GOAL_SHARE_OF_FLOOR:.0%} of the floor's "
+            f"throughput; a search under {GOAL_SEARCH_MS:.0f} ms moving the 16c p99 by "
+            f"under {GOAL_SEARCH_IMPACT:.0%}.",
+            "",
+            table,
+        ]
+    )
