@@ -56,8 +56,9 @@ QUICK = Plan(depths=(1, 100, 1_000), runs=200, sessions=20_000)
 @dataclass
 class Results:
     plan: Plan
-    #: depth -> CPU ms per run
+    #: depth -> CPU ms per run: the whole process, and the event loop's thread alone
     cpu_ms: dict[int, float] = field(default_factory=dict)
+    loop_ms: dict[int, float] = field(default_factory=dict)
     #: (sessions done, RSS MiB, router.sessions entries, session_gen entries, seconds)
     rss: list[tuple[int, float, int, int, float]] = field(default_factory=list)
     quiet: float = 0.0
@@ -109,20 +110,23 @@ async def _finish(router: Router, link: _Link, run_id: str, thread: str | None =
     await router.on_executor_frame(link, frame)
 
 
-async def _depth(tmp: Path, depth: int, runs: int) -> float:
-    """CPU ms per run (one submit, one finish) with `depth` runs queued in one session."""
+async def _depth(tmp: Path, depth: int, runs: int) -> tuple[float, float]:
+    """CPU ms per run (one submit, one finish) with `depth` runs queued in one session:
+    the whole process's, and the event loop thread's (the router, without the store's
+    writer thread)."""
     async with _router(tmp, f"depth-{depth}") as (router, link):
         key = "http:deep"
         for n in range(depth):
             await router.submit(f"queued {n}", origin=ORIGIN, session_key=key)
         _connect(router, link, capacity=1)
         await router.store.flush()
-        started = time.process_time()
+        started, loop_started = time.process_time(), time.thread_time()
         for n in range(runs):
             await router.submit(f"more {n}", origin=ORIGIN, session_key=key)
             await _finish(router, link, link.assigned)
+        loop_s = time.thread_time() - loop_started
         await router.store.flush()
-        return (time.process_time() - started) * 1000.0 / runs
+        return (time.process_time() - started) * 1000.0 / runs, loop_s * 1000.0 / runs
 
 
 async def _sessions(tmp: Path, plan: Plan, results: Results) -> None:
@@ -155,8 +159,12 @@ async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
         tmp = Path(name)
         await _depth(tmp, 0, plan.runs)  # warm-up: code paths, allocator, the store's files
         for depth in plan.depths:
-            results.cpu_ms[depth] = await _depth(tmp, depth, plan.runs)
-            print(f"  depth {depth:,}: {results.cpu_ms[depth]:.3f} ms CPU per run", flush=True)
+            results.cpu_ms[depth], results.loop_ms[depth] = await _depth(tmp, depth, plan.runs)
+            print(
+                f"  depth {depth:,}: {results.cpu_ms[depth]:.3f} ms CPU per run "
+                f"({results.loop_ms[depth]:.3f} ms in the event loop's thread)",
+                flush=True,
+            )
         await _sessions(tmp, plan, results)
     return results
 
@@ -164,8 +172,16 @@ async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
 def report(results: Results) -> str:
     plan = results.plan
     first = results.cpu_ms[plan.depths[0]]
+    loop_first = results.loop_ms[plan.depths[0]]
     depth_rows = [
-        [f"{depth:,}", f"{ms:.3f}", f"{ms / first:.2f}"] for depth, ms in results.cpu_ms.items()
+        [
+            f"{depth:,}",
+            f"{results.loop_ms[depth]:.3f}",
+            f"{results.loop_ms[depth] / loop_first:.2f}",
+            f"{ms:.3f}",
+            f"{ms / first:.2f}",
+        ]
+        for depth, ms in results.cpu_ms.items()
     ]
     rss_rows = [
         [f"{n:,}", f"{mib:.1f}", f"{entries:,}", f"{gens:,}", f"{secs:.0f}"]
@@ -191,7 +207,20 @@ def report(results: Results) -> str:
             "",
             "### CPU per run by queue depth (one session)",
             "",
-            render_table(["runs queued", "CPU ms per run", "vs depth 1"], depth_rows),
+            "The event loop's thread (`time.thread_time`) is the router, the bus and the "
+            "hand-off to the store; the whole process adds the store's writer thread, "
+            "whose work per run grows with the store itself (issue #19, point 2).",
+            "",
+            render_table(
+                [
+                    "runs queued",
+                    "event loop CPU ms per run",
+                    "vs depth 1",
+                    "process CPU ms per run",
+                    "vs depth 1",
+                ],
+                depth_rows,
+            ),
             "",
             "### Memory over one-run sessions",
             "",
