@@ -540,6 +540,33 @@ async def test_transport_answers_before_the_leftovers_are_reaped(tmp_path: Path)
         assert_no_process_left(tmp_path)
 
 
+async def test_a_failing_clean_up_is_logged_and_the_result_stands(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error while cleaning up after the answer is logged; the run's result is kept."""
+
+    class BrokenCleanUp(LocalTransport):
+        def _clean_up(self, child: Any, rest: Any) -> None:
+            async def broken() -> None:
+                await rest
+                raise OSError("cannot read /proc")
+
+            super()._clean_up(child, broken())
+
+    async with BrokenCleanUp() as local:
+        result = await local.run(
+            ["sh", "-c", "echo answer"],
+            env_overrides={},
+            cwd=str(tmp_path),
+            on_stdout_line=lambda line: None,
+            timeout_s=20,
+        )
+        await local.settled()
+    assert result.exit_code == 0 and not result.timed_out
+    failures = [r for r in caplog.records if "cleaning up after a run failed" in r.message]
+    assert failures and "cannot read /proc" in str(failures[0].exc_info)
+
+
 def test_the_exit_line_ends_the_programs_output() -> None:
     """The helper's exit line gives the status, splits off a last line without newline,
     and nothing after it reaches the caller."""
