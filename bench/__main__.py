@@ -1,6 +1,8 @@
 """``python -m bench [SUITE ...]``: run benchmark suites and rewrite their sections.
 
-With no suite named, every suite runs. Each suite's section of ``docs/benchmarks.md``
+With no suite named, every suite runs. Each section says where it ran (cores, CPU
+model, commit: `bench.common.machine_lines`) and the machine's load averages before and
+after the suite (added here). Each suite's section of ``docs/benchmarks.md``
 is replaced as soon as that suite finishes; the other sections stay as they are.
 
 Adding a suite: write ``bench/<name>.py`` that measures and renders its markdown
@@ -23,13 +25,15 @@ from bench import (
     engines,
     feed_fanout,
     growth,
+    hub_codex,
     hub_latency,
+    router_scale,
     slack_latency,
     ssh_overhead,
     telegram_latency,
     workspaces,
 )
-from bench.common import DOC_PATH, BenchError, write_section
+from bench.common import DOC_PATH, BenchError, load_average, with_load, write_section
 from hub.process import loop_factory
 
 
@@ -71,6 +75,8 @@ SUITES: dict[str, Suite] = {
         Suite(engines.NAME, engines.TITLE, engines.main),
         Suite(workspaces.NAME, workspaces.TITLE, workspaces.main),
         Suite(growth.NAME, growth.TITLE, growth.main),
+        Suite(hub_codex.NAME, hub_codex.TITLE, hub_codex.main),
+        Suite(router_scale.NAME, router_scale.TITLE, router_scale.main),
     ]
 }
 
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = SUITES[name]
         print(f"== {suite.name}: {suite.title}", flush=True)
         started = time.monotonic()
+        load_before = load_average()
         try:
             # The load generator runs on the same loop as the processes it measures.
             with asyncio.Runner(loop_factory=loop_factory()) as runner:
@@ -129,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: suite {name} failed: {exc}", file=sys.stderr)
             return 1
         print(f"== {suite.name} took {time.monotonic() - started:.0f} s", flush=True)
+        # Every suite says how loaded the (often shared) machine was while it ran.
+        section = with_load(section, load_before, load_average())
         if write:
             write_section(suite.name, section, args.doc)
             print(f"== wrote section {suite.name!r} of {args.doc}", flush=True)

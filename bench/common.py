@@ -478,6 +478,27 @@ def machine_lines() -> list[str]:
     ]
 
 
+def load_average() -> str:
+    """The machine's load averages over 1, 5 and 15 minutes (/proc/loadavg)."""
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "unknown"
+
+
+def with_load(section: str, before: str, after: str) -> str:
+    """`section` with a line saying the machine's load before and after the suite ran.
+
+    It goes after the machine lines (the ``- Date:`` line), else after the title.
+    """
+    lines = section.split("\n")
+    line = (
+        f"- Load (1, 5, 15 min averages, /proc/loadavg; {os.cpu_count()} cores): "
+        f"{before} before the suite, {after} after"
+    )
+    at = next((n + 1 for n, text in enumerate(lines) if text.startswith("- Date:")), 1)
+    return "\n".join([*lines[:at], line, *lines[at:]])
+
+
 # --- the report ------------------------------------------------------------------
 
 

@@ -500,7 +500,8 @@ async def running_hub(
     """``codex-hub serve`` and a dry-run ``codex-hub executor`` in ``tmp``, until exit.
 
     ``command`` runs codex-hub (default: the venv's console script); ``env`` adds
-    settings to both processes. Both process groups are ended on the way out.
+    settings to both processes (and may replace the executor's, e.g. ``EXEC_DRY_RUN``).
+    Both process groups are ended on the way out.
     """
     argv = list(command or [venv_script("codex-hub")])
     token = secrets.token_hex(16)
@@ -530,13 +531,15 @@ async def running_hub(
         "executor",
         [*argv, "executor"],
         env=clean_env(
-            HUB_URL=f"ws://127.0.0.1:{port}/ws",
-            HUB_TOKEN=derive(token, "executor"),
-            EXEC_DRY_RUN="true",
-            EXEC_CONCURRENCY="128",
-            EXEC_WORKDIR=str(tmp),
-            NODE_NAME="bench-executor",
-            **extra,
+            **{
+                "HUB_URL": f"ws://127.0.0.1:{port}/ws",
+                "HUB_TOKEN": derive(token, "executor"),
+                "EXEC_DRY_RUN": "true",
+                "EXEC_CONCURRENCY": "128",
+                "EXEC_WORKDIR": str(tmp),
+                "NODE_NAME": "bench-executor",
+                **extra,  # may override the above (a real codex instead of the dry run)
+            }
         ),
         cwd=tmp,
         log_path=tmp / "executor.log",
@@ -635,7 +638,7 @@ def _latency_table(results: Results) -> str:
             ]
         )
     headers = ["load", "requests", "hub p50", "hub p90", "hub p99", "hub max"]
-    headers += ["baseline p50", "baseline p99", "hub - baseline p50", "hub - baseline p99"]
+    headers += ["floor p50", "floor p99", "added (hub - floor) p50", "added (hub - floor) p99"]
     headers += ["hub req/s", "others' load (cores)"]
     return render_table(headers, rows)
 
@@ -809,6 +812,7 @@ def report(results: Results) -> str:
     plan = results.plan
     noise = results.noise
     c16 = results.hub[f"c{GOAL_CONCURRENCY}"].summary
+    floor16 = results.echo[f"c{GOAL_CONCURRENCY}"].summary
     sustain = results.hub["sustain"]
     p50_ok = c16.p50 <= GOAL_P50_MS
     p99_ok = c16.p99 <= GOAL_P99_MS
@@ -819,16 +823,28 @@ def report(results: Results) -> str:
         ["goal (issue point 10)", "target", "measured", "met"],
         [
             [
-                f"added latency p50 at {GOAL_CONCURRENCY} concurrent (round trip)",
+                f"round trip p50 at {GOAL_CONCURRENCY} concurrent (raw: the floor included)",
                 f"<= {GOAL_P50_MS:g} ms",
                 f"{fmt_ms(c16.p50)} ms",
                 _yes(p50_ok),
             ],
             [
-                f"added latency p99 at {GOAL_CONCURRENCY} concurrent (round trip)",
+                f"round trip p99 at {GOAL_CONCURRENCY} concurrent (raw: the floor included)",
                 f"<= {GOAL_P99_MS:g} ms",
                 f"{fmt_ms(c16.p99)} ms",
                 _yes(p99_ok),
+            ],
+            [
+                f"added latency p50 at {GOAL_CONCURRENCY} concurrent (hub - floor)",
+                "(for reading)",
+                f"{fmt_ms(c16.p50 - floor16.p50)} ms",
+                "-",
+            ],
+            [
+                f"added latency p99 at {GOAL_CONCURRENCY} concurrent (hub - floor)",
+                "(for reading)",
+                f"{fmt_ms(c16.p99 - floor16.p99)} ms",
+                "-",
             ],
             [
                 f"sustained runs/s (closed loop at {plan.sustain_concurrency})",
@@ -851,11 +867,13 @@ def report(results: Results) -> str:
         "pool holds one connection per worker, "
         "each worker sending `POST /v1/chat/completions` one after the other (closed loop) "
         "and checking that the answer is its prompt. The dry-run engine answers at once, so "
-        "the round trip is the latency the hub path adds (HTTP -> hub -> executor -> hub "
-        "-> HTTP), the client's own cost included. The **baseline** is the same client "
+        "the round trip is the whole path (HTTP -> hub -> executor -> hub -> HTTP), the "
+        "client's own cost included. The **baseline** is the same client "
         "against a trivial aiohttp server in its own process (`bench/echo_server.py`: "
-        "decode the request, encode an answer of the same shape); *hub - baseline* is the "
-        "difference of the percentiles. All processes share the machine's "
+        "decode the request, encode an answer of the same shape), the *floor*; *added "
+        "latency* is hub minus floor, the difference of the percentiles (the round trip "
+        "itself includes the floor: client, loopback, HTTP framework). All processes "
+        "share the machine's "
         f"{os.cpu_count()} cores. Per target: {plan.warmup:,} warm-up requests, then "
         f"{levels} concurrent, {plan.stream[1]:,} streaming at {plan.stream[0]} (read to "
         f"`data: [DONE]`), open loops of {rates} (Poisson arrivals, latency from each "

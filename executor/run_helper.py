@@ -13,10 +13,12 @@ the transports start the processes, and follow them the same way (`executor.run_
   re-parented), and starts ARGV with stdin from /dev/null under ``setsid``: codex leads
   a process group and session of its own. Its first stdout line is ``codex-hub-pid PID``
   (or ``codex-hub-error REASON`` when ARGV or DIR is unusable); codex's lines follow.
-- waits for codex, then *reaps*: SIGTERM to codex's group and to the group of every
-  process still carrying the tag (codex's sandboxed commands start sessions of their
-  own), a second round after GRACE_MS for late ones, SIGKILL after another GRACE_MS,
-  and exits with codex's status only once nothing of the run is left.
+- waits for codex, writes ``codex-hub-exit STATUS`` (its exit status: the transport
+  answers the caller there, without waiting for the reap), then *reaps*: SIGTERM to
+  codex's group and to the group of every process still carrying the tag (codex's
+  sandboxed commands start sessions of their own), a second round after GRACE_MS for
+  late ones, SIGKILL after another GRACE_MS, and exits with codex's status only once
+  nothing of the run is left.
 - a *watchdog* reads the helper's stdin: EOF there (the transport closed the pipe to
   stop the run, or the executor died, SIGKILL included, and the kernel closed it) reaps
   at once (codex's own pid first, in case it has not reached ``setsid`` yet). While the
@@ -32,9 +34,11 @@ which exits on it; the helper then reaps as in ``run``.
 
 ``kill TAG PGID GRACE_MS`` reaps from outside (the SSH transport, which cannot signal).
 
-The helper writes nothing but the marker line, so a closed stdout cannot kill it with
-SIGPIPE half-way through a reap. It needs Linux ``/proc``, a POSIX ``/bin/sh``,
-util-linux ``setsid`` and GNU ``grep``.
+The helper writes nothing but the marker lines, and the exit line with SIGPIPE ignored
+(after codex started, so codex does not inherit that), so a closed stdout cannot kill
+it half-way through a reap; the watchdog is gone by then, so a transport that closes
+the pipe after the exit line does not start a second reap. It needs Linux ``/proc``, a
+POSIX ``/bin/sh``, util-linux ``setsid`` and GNU ``grep``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ TAG_VAR = "CODEX_HUB_PROCESS_TAG"
 #: The first stdout line of a run: codex's pid (= its process group), or why it failed.
 PID_MARK = "codex-hub-pid "
 ERROR_MARK = "codex-hub-error "
+#: In ``run`` mode, the last line: codex's exit status, written before the reap.
+EXIT_MARK = "codex-hub-exit "
+_EXIT_LINE = re.compile(re.escape(EXIT_MARK) + r"([0-9]{1,3})\Z")
 #: Reap rounds a helper may need past its grace periods: SIGKILL's own wait, scans.
 REAP_SLACK_S = 3.0
 
@@ -124,6 +131,10 @@ run)
   exec 3<&-
   wait "$pid"; status=$?
   { kill "$dog"; wait "$dog"; } 2>/dev/null
+  # codex has answered: say so before reaping, so nobody waits for the reap. A closed
+  # stdout makes this write fail, never kills the helper half-way through a reap.
+  trap '' PIPE
+  echo "codex-hub-exit $status" 2>/dev/null
   reap "$tag" "$pid" "$grace" >/dev/null 2>&1
   exit "$status" ;;
 serve)
@@ -216,16 +227,31 @@ def kill_words(tag: str, pgid: int | None, *, grace_s: float) -> list[str]:
 
 
 class Launch:
-    """What the helper's marker line said: codex's pid, or why it could not start."""
+    """What the helper's marker lines said: codex's pid, or why it could not start, and
+    codex's exit status (``run`` mode) once it exited; `on_exit` hears that status."""
 
-    def __init__(self, on_line: Callable[[str], None]) -> None:
+    def __init__(
+        self, on_line: Callable[[str], None], on_exit: Callable[[int], None] | None = None
+    ) -> None:
         self.pid: int | None = None
         self.error: str | None = None
+        self.exit_status: int | None = None
         self._on_line = on_line
+        self._on_exit = on_exit
 
     def feed(self, line: str) -> None:
-        """Pass codex's lines on; before the marker, take the marker, drop shell noise."""
-        if self.pid is not None:
+        """Pass codex's lines on; before the marker, take the marker, drop shell noise;
+        take the exit line, and drop what comes after it (not codex's: it has exited)."""
+        if self.exit_status is not None:
+            log.debug("ignoring output after codex exited: %.200r", line)
+        elif self.pid is not None:
+            if (end := _EXIT_LINE.search(line)) is not None:
+                if end.start():  # codex's last line had no newline
+                    self._on_line(line[: end.start()])
+                self.exit_status = int(end.group(1))
+                if self._on_exit is not None:
+                    self._on_exit(self.exit_status)
+                return
             self._on_line(line)
         elif self.error is None:
             if line.startswith(PID_MARK) and line[len(PID_MARK) :].isdigit():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from executor.codex import login_detail
@@ -83,6 +83,9 @@ async def follow(
     stop: Callable[[], Awaitable[None]],
     stop_after_exit: bool,
     name: str,
+    answered: asyncio.Event | None = None,
+    clean_up_later: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+    end_bound_s: float = DRAIN_S,
 ) -> tuple[bool, str]:
     """Follow a started run to its end: (timed out, the tail of stderr).
 
@@ -90,20 +93,36 @@ async def follow(
     timeout `stop()` ends the run, and also after a normal end with `stop_after_exit`
     (what codex left behind must not outlive the run). On cancellation, or if
     `on_line` or a read raises, the run is stopped before the error propagates.
+
+    `answered` set before the end (the helper said codex exited with status 0, see
+    `Launch`) returns at once, with the stderr read so far: the rest (awaiting `end`
+    for up to `end_bound_s`, then `stop()` if it did not come or `stop_after_exit`,
+    draining the output) is handed, as a coroutine, to `clean_up_later`, whose owner
+    awaits it. The caller is answered without waiting for what codex left behind.
     """
     tail = bytearray()
     stdout_task = asyncio.create_task(pump_lines(stdout, on_line), name=f"{name}:stdout")
     stderr_task = asyncio.create_task(keep_tail(stderr, tail), name=f"{name}:stderr")
     end_task = asyncio.ensure_future(end)
-    tasks = (stdout_task, stderr_task, end_task)
+    tasks: tuple[asyncio.Future[Any], ...] = (stdout_task, stderr_task, end_task)
+    early = answered is not None and clean_up_later is not None
+    answered_task = asyncio.ensure_future(answered.wait()) if early and answered else None
     timed_out = False
     try:
         try:
             async with asyncio.timeout(timeout_s):
-                # Wake on the end, or early if `on_line` raised.
-                await asyncio.wait((stdout_task, end_task), return_when=asyncio.FIRST_COMPLETED)
+                # Wake on the end, early if `on_line` raised, or at codex's own exit.
+                wake = {stdout_task, end_task}
+                if answered_task is not None:
+                    wake.add(answered_task)
+                await asyncio.wait(wake, return_when=asyncio.FIRST_COMPLETED)
                 if stdout_task.done():
                     stdout_task.result()
+                if answered_task is not None and answered_task.done() and not end_task.done():
+                    assert clean_up_later is not None
+                    clean_up_later(_after_answer(tasks, stop, stop_after_exit, end_bound_s, name))
+                    tasks = ()  # theirs now
+                    return False, tail.decode("utf-8", errors="replace")
                 await end_task
         except TimeoutError:
             timed_out = True
@@ -118,10 +137,42 @@ async def follow(
         await stop()
         raise
     finally:
+        if answered_task is not None:
+            answered_task.cancel()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return timed_out, tail.decode("utf-8", errors="replace")
+
+
+async def _after_answer(
+    tasks: tuple[asyncio.Future[Any], ...],
+    stop: Callable[[], Awaitable[None]],
+    stop_after_exit: bool,
+    end_bound_s: float,
+    name: str,
+) -> None:
+    """What `follow` leaves for later once codex has answered: the end, the clean-up."""
+    stdout_task, stderr_task, end_task = tasks
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(end_bound_s):
+                await asyncio.shield(end_task)
+        if stop_after_exit or not end_task.done():
+            await stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_S):
+                await asyncio.gather(
+                    asyncio.shield(stdout_task), asyncio.shield(stderr_task), return_exceptions=True
+                )
+    except BaseException:
+        await stop()
+        raise
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.debug("%s: cleaned up after the answer", name)
 
 
 def check_started(

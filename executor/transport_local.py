@@ -29,11 +29,11 @@ import shutil
 import signal
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from executor.codex import codex_environment
 from executor.run_helper import TAG_VAR, Launch, reap_bound_s, run_words, serve_words
@@ -112,6 +112,8 @@ class LocalTransport:
     ) -> None:
         self._kill_grace_s = kill_grace_s
         self._live: set[_Child] = set()
+        #: Clean-ups of runs that answered before their processes were all gone.
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._closed = False
         if use_helper is None:
             use_helper = helper_usable()
@@ -147,14 +149,25 @@ class LocalTransport:
         On timeout every process of the run is killed and `timed_out` is set; on
         cancellation (or if `on_stdout_line` raises) they are killed and awaited before
         re-raising. Raises SpawnError when `argv[0]` or `cwd` is unusable.
+
+        Through the helper, a run whose program exited with status 0 returns as soon as
+        the helper says so: what it left behind is reaped in the background (the helper
+        does it even if this process dies), a task `close` awaits; a failure there is
+        logged, the result stands.
         """
         if self._closed:
             raise TransportError("transport is closed")
         env = codex_environment(os.environ, env_overrides)
         tag = uuid.uuid4().hex
         launch: Launch | None = None
+        answered = asyncio.Event()
         if self.use_helper:
-            launch = Launch(on_stdout_line)
+
+            def on_exit(status: int) -> None:
+                if status == 0:
+                    answered.set()
+
+            launch = Launch(on_stdout_line, on_exit)
             words = run_words(argv, {}, cwd, tag=tag, grace_s=self._kill_grace_s)
             child = await _spawn(words, env, None, tag, helper=True)
         else:
@@ -162,6 +175,13 @@ class LocalTransport:
         proc = child.proc
         assert proc.stdout is not None and proc.stderr is not None
         self._live.add(child)
+        later = False
+
+        def clean_up_later(rest: Coroutine[Any, Any, None]) -> None:
+            nonlocal later
+            later = True
+            self._clean_up(child, rest)
+
         try:
             timed_out, tail = await follow(
                 proc.stdout,
@@ -174,10 +194,17 @@ class LocalTransport:
                 # run (nor hold the pipes open, which would stall the reads).
                 stop_after_exit=True,
                 name=f"LocalTransport:{child.pid}",
+                answered=answered if launch is not None else None,
+                clean_up_later=clean_up_later,
+                end_bound_s=reap_bound_s(self._kill_grace_s),
             )
         finally:
-            self._live.discard(child)
-            child.close_stdin()
+            if not later:
+                self._live.discard(child)
+                child.close_stdin()
+        if later:
+            assert launch is not None and launch.exit_status is not None
+            return ProcessResult(exit_code=launch.exit_status, stderr_tail=tail)
         if launch is not None:
             check_started(
                 launch,
@@ -242,9 +269,34 @@ class LocalTransport:
         """Run `codex login status`; the detail keeps its wording, never the masked key."""
         return await codex_login_status(self, codex_bin, env_overrides)
 
+    def _clean_up(self, child: _Child, rest: Coroutine[Any, Any, None]) -> None:
+        """Finish a run's clean-up in a task of our own (`close` awaits it)."""
+
+        async def clean_up() -> None:
+            try:
+                await rest
+            finally:
+                self._live.discard(child)
+                child.close_stdin()
+
+        task = asyncio.create_task(clean_up(), name=f"LocalTransport:{child.pid}:clean-up")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleaned_up)
+
+    def _cleaned_up(self, task: asyncio.Task[None]) -> None:
+        self._cleanups.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("cleaning up after a run failed (its result stands)", exc_info=exc)
+
+    async def settled(self) -> None:
+        """Return once the clean-ups of runs that already answered are done."""
+        while self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
+
     async def close(self) -> None:
-        """Kill every process still running; idempotent."""
+        """Finish the clean-ups under way, then kill every process still running; idempotent."""
         self._closed = True
+        await self.settled()
         live, self._live = list(self._live), set()
         await asyncio.gather(*(_stop(child, self._kill_grace_s) for child in live))
 

@@ -63,13 +63,20 @@ import logging
 import os
 import shlex
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from executor.run_helper import HELPER, Launch, kill_words, run_words, serve_words
+from executor.run_helper import (
+    HELPER,
+    Launch,
+    kill_words,
+    reap_bound_s,
+    run_words,
+    serve_words,
+)
 from executor.run_io import (
     CHUNK_BYTES,
     DRAIN_S,
@@ -391,6 +398,8 @@ class SshTransport:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connect_lock = asyncio.Lock()
         self._live: set[_Run] = set()
+        #: Clean-ups of runs that answered before their channel closed.
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._spare_dir: asyncio.Task[str] | None = None
         self._state = _State.OPEN
         self.connections_opened = 0
@@ -614,6 +623,9 @@ class SshTransport:
         cancellation (or if `on_stdout_line` raises) they are killed before re-raising.
         Raises SpawnError when the executable or `cwd` does not exist remotely and
         SshConnectionError when the connection fails or drops during the run.
+
+        A run whose program exited with status 0 returns when the helper says so; the
+        remote reap and the channel's end follow in a task `close` awaits (`settled`).
         """
         if self._state is not _State.OPEN:
             raise TransportError("transport is closed")
@@ -629,9 +641,22 @@ class SshTransport:
                 f"{MAX_COMMAND_BYTES + 1} a remote shell accepts (shorten the prompt)",
             )
         conn, process = await self._open(command)
-        launch = Launch(on_stdout_line)
+        answered = asyncio.Event()
+
+        def on_exit(status: int) -> None:
+            if status == 0:
+                answered.set()
+
+        launch = Launch(on_stdout_line, on_exit)
         run = _Run(conn, process, tag, launch)
         self._live.add(run)
+        later = False
+
+        def clean_up_later(rest: Coroutine[Any, Any, None]) -> None:
+            nonlocal later
+            later = True
+            self._clean_up(run, rest)
+
         try:
             # A read's SshConnectionError stops the run too, and propagates.
             timed_out, tail = await follow(
@@ -644,10 +669,18 @@ class SshTransport:
                 # The helper has reaped by the time the channel closes.
                 stop_after_exit=False,
                 name=f"SshTransport:{tag[:8]}",
+                # codex exited with 0: answer now; the helper reaps, the channel closes.
+                answered=answered,
+                clean_up_later=clean_up_later,
+                end_bound_s=reap_bound_s(self._kill_grace_s) + self._command_timeout_s,
             )
         finally:
-            self._live.discard(run)
-            process.close()
+            if not later:
+                self._live.discard(run)
+                process.close()
+        if later:
+            assert launch.exit_status is not None
+            return ProcessResult(exit_code=launch.exit_status, stderr_tail=tail)
         if process.exit_status is None and process.exit_signal is None and not timed_out:
             # The channel ended without an exit status: the connection went away.
             raise self._lost(None)
@@ -804,11 +837,38 @@ class SshTransport:
         """Run `codex login status` remotely; the detail never holds the masked key."""
         return await codex_login_status(self, codex_bin, env_overrides)
 
+    def _clean_up(self, run: _Run, rest: Coroutine[Any, Any, None]) -> None:
+        """Finish a run that answered (its channel's end, a kill if it does not come)
+        in a task of our own, which `close` awaits."""
+
+        async def clean_up() -> None:
+            try:
+                await rest
+            finally:
+                self._live.discard(run)
+                run.process.close()
+
+        task = asyncio.create_task(clean_up(), name=f"SshTransport:{run.tag[:8]}:clean-up")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleaned_up)
+
+    def _cleaned_up(self, task: asyncio.Task[None]) -> None:
+        self._cleanups.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("cleaning up after a run failed (its result stands)", exc_info=exc)
+
+    async def settled(self) -> None:
+        """Return once the clean-ups of runs that already answered are done."""
+        while self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
+
     async def close(self) -> None:
-        """Stop every run still going, then close the connection; idempotent."""
+        """Finish the clean-ups under way, stop every run still going, then close the
+        connection; idempotent."""
         if self._state is not _State.OPEN:
             return
         self._state = _State.CLOSING
+        await self.settled()
         live, self._live = list(self._live), set()
         await asyncio.gather(self._drop_spare_dir(), *(self._stop(run) for run in live))
         self._state = _State.CLOSED

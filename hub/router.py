@@ -41,7 +41,6 @@ import logging
 import random
 import secrets
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,6 +63,7 @@ from hub.protocol import (
     SubmitFrame,
     error_frame,
 )
+from hub.run_queue import RunQueue
 from hub.settings import HubSettings
 from hub.store import (
     Delivery,
@@ -266,8 +266,10 @@ class Router:
         self.executors: dict[str, NodeInfo] = {}
         self.bridges: dict[str, NodeInfo] = {}
         self.live: dict[str, Live] = {}
-        self.queue: deque[str] = deque()
         self.session_active: dict[str, str] = {}
+        self.queue = RunQueue(self.session_active)
+        #: A session's codex thread and holder, cached while the session is in use;
+        #: dropped once it is idle and its state is on disk (the store is the truth).
         self.sessions: dict[str, tuple[str | None, str | None]] = {}
         self.session_gen: dict[str, int] = {}
         self._dedupe: dict[str, str] = {}
@@ -298,7 +300,7 @@ class Router:
             live.seq, live.exec_seq = await self.store.event_positions(run.id)
             self.live[run.id] = live
             if run.executor is None:
-                self.queue.append(run.id)
+                self.queue.add(run.id, run.session_key)
             else:
                 if run.session_key:
                     self.session_active[run.session_key] = run.id
@@ -436,7 +438,7 @@ class Router:
         live.options = options or None
         live.prefer = resume[1] if resume else None
         self.live[run.id] = live
-        self.queue.append(run.id)
+        self.queue.add(run.id, session_key)
         if self.metrics is not None:
             self.metrics.run_submitted(run)
         events = self.bus.subscribe(run.id) if watch else None
@@ -481,17 +483,11 @@ class Router:
         return Ticket(run, done, None, 0, duplicate=True)
 
     def position(self, run: Run) -> int:
-        """How many runs of the same session are ahead of this one."""
+        """How many runs of the same session are ahead of this one (O(1) for a new run)."""
         if not run.session_key:
             return 0
         ahead = 1 if self.session_active.get(run.session_key) not in (None, run.id) else 0
-        for rid in self.queue:
-            if rid == run.id:
-                break
-            other = self.live.get(rid)
-            if other is not None and other.run.session_key == run.session_key:
-                ahead += 1
-        return ahead
+        return ahead + self.queue.position(run.id, run.session_key)
 
     async def cancel(self, run_id: str, reason: str = "cancelled on request") -> bool:
         """Cancel a run; False when it is unknown or already finished."""
@@ -530,10 +526,7 @@ class Router:
             )
 
     def _remove_from_queue(self, run_id: str) -> None:
-        try:
-            self.queue.remove(run_id)
-        except ValueError:
-            pass
+        self.queue.discard(run_id)
 
     async def reset_session(self, session_key: str) -> None:
         """Forget a session's codex thread: its next run starts a fresh conversation.
@@ -546,35 +539,40 @@ class Router:
         try:
             await self.store.set_session(session_key, None, None)
         except StoreUnavailable:
-            pass  # held by the store (disk full): written once it has room
+            return  # held by the store (disk full): written once it has room
+        self._release_session(session_key)
+
+    def _release_session(self, key: str) -> None:
+        """Forget an idle session's cached state; the store has it (the store is the truth).
+
+        Only once nothing of the session is going or queued: a later run reads it back.
+        """
+        if key in self.session_active or self.queue.has_session(key):
+            return
+        self.sessions.pop(key, None)
+        self.session_gen.pop(key, None)
 
     # dispatching
 
     def _dispatch(self) -> None:
+        """Assign ready runs, oldest first, while an executor has a free slot.
+
+        O(log n) per run assigned: the queue keeps which runs may start (see
+        hub.run_queue), so a session's waiting runs are not walked.
+        """
         if not self.queue or not any(n.free > 0 for n in self.executors.values()):
             return
-        busy_sessions = set(self.session_active)
-        waiting: deque[str] = deque()
-        while self.queue:
-            run_id = self.queue.popleft()
+        while (run_id := self.queue.peek_ready()) is not None:
             live = self.live.get(run_id)
             if live is None or live.finishing:
+                self.queue.discard(run_id)
                 continue
-            key = live.run.session_key
-            if key is not None and key in busy_sessions:
-                waiting.append(run_id)
-                continue
-            node = self._pick_executor(key, live.prefer)
+            node = self._pick_executor(live.run.session_key, live.prefer)
             if node is None:
-                waiting.append(run_id)
-                waiting.extend(self.queue)
-                self.queue.clear()
                 break
-            self._assign(live, node)
+            self._assign(live, node)  # the session is busy now: its next run waits
+            self.queue.discard(run_id)
             self._live_state_changed()
-            if key is not None:
-                busy_sessions.add(key)
-        self.queue = waiting
 
     def _pick_executor(self, session_key: str | None, prefer: str | None = None) -> NodeInfo | None:
         holder = prefer
@@ -697,7 +695,7 @@ class Router:
         self._disarm_deadline(run.id)
         if run.session_key and self.session_active.get(run.session_key) == run.id:
             del self.session_active[run.session_key]
-        self.queue.appendleft(run.id)
+        self.queue.add(run.id, run.session_key, front=True)
         self.store.post(op_set_executor, run.id, None)
 
     def executor_disconnected(self, link: Link) -> None:
@@ -1037,8 +1035,8 @@ class Router:
             active = self.live.get(active_id) if active_id else None
             queued = [
                 self.live[rid].run.summary()
-                for rid in self.queue
-                if rid in self.live and self.live[rid].run.session_key == key
+                for rid in self.queue.session_runs(key)
+                if rid in self.live
             ]
             return {
                 "type": "session",
@@ -1116,6 +1114,7 @@ class Router:
         if key:
             if self.session_active.get(key) == run.id:
                 del self.session_active[key]
+                self.queue.session_freed(key)
             if run.thread_id and live.session_gen == self.session_gen.get(key, 0):
                 self.sessions[key] = (run.thread_id, run.executor)
                 session = (key, run.thread_id, run.executor)
@@ -1153,6 +1152,8 @@ class Router:
         self.live.pop(run.id, None)
         if run.dedupe_key:
             self._dedupe.pop(run.dedupe_key, None)
+        if key and stored:
+            self._release_session(key)
         self._publish_run(run)
         if delivery is not None:
             self.pending[delivery.id] = delivery

@@ -13,6 +13,7 @@ from bench.common import (
     render_table,
     replace_section,
     section_markers,
+    with_load,
 )
 from bench.profiling import Profile
 
@@ -101,3 +102,12 @@ def test_profile_parse_reads_py_spy_raw_stacks() -> None:
     assert profile.self_by_line()["send (hub/ws_nodes.py:52)"] == 3
     assert profile.self_by_package() == {"hub": 5}
     assert profile.inclusive() == {"send (hub/ws_nodes.py)": 3, "_worker (hub/store.py)": 2}
+
+
+def test_with_load_puts_the_load_after_the_machine_lines() -> None:
+    """A suite's section gains one line with the load before and after, after its date."""
+    section = "## Suite (`s`)\n\n- Machine: 2 CPUs\n- Date: today; code at `abc`\n\nbody"
+    lines = with_load(section, "0.10 0.20 0.30", "1.50 0.60 0.40").split("\n")
+    assert lines[4].startswith("- Load (1, 5, 15 min averages")
+    assert "0.10 0.20 0.30 before the suite, 1.50 0.60 0.40 after" in lines[4]
+    assert lines[:4] == section.split("\n")[:4] and lines[5:] == ["", "body"]

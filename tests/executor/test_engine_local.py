@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from executor.engine import CodexEngine, RunOutcome, RunRequest
+from executor.run_helper import Launch
 from executor.run_io import STDERR_TAIL_BYTES
 from executor.settings import ExecutorSettings
 from executor.transport import LoginStatus
@@ -153,6 +154,7 @@ async def test_plain_answer(
     codex_home: Path,
     model_server: StubModelServer,
     tmp_path: Path,
+    transport: CountingTransport,
 ) -> None:
     """codex's final message is the answer, with its thread id, usage and events."""
     model_server.reply_text("Hello from the stub.\nSecond line.")
@@ -171,6 +173,7 @@ async def test_plain_answer(
     assert request.headers["Authorization"] == f"Bearer {STUB_API_KEY}"
     assert request.headers["thread-id"] == outcome.thread_id
     assert prompt in request.text
+    await transport.settled()  # what codex left is reaped after the answer
     assert_no_process_left(tmp_path)
 
 
@@ -180,6 +183,7 @@ async def test_tool_call_writes_a_file(
     codex_home: Path,
     model_server: StubModelServer,
     tmp_path: Path,
+    transport: CountingTransport,
 ) -> None:
     """A command the model asks for runs in the workdir, inside the workspace-write sandbox."""
     model_server.reply_exec("printf 'made by codex' > note.txt", then="I wrote note.txt.")
@@ -194,6 +198,7 @@ async def test_tool_call_writes_a_file(
     assert any(s.startswith("running `") and "note.txt" in s for s in summaries)
     assert len(model_server.requests) == 2
     assert "function_call_output" in model_server.requests[1].text
+    await transport.settled()  # what codex left is reaped after the answer
     assert_no_process_left(tmp_path)
 
 
@@ -204,6 +209,7 @@ async def test_codex_commands_never_see_codex_hubs_secrets(
     model_server: StubModelServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    transport: CountingTransport,
 ) -> None:
     """A command codex runs sees neither the hub's tokens nor the optimizer's upstream."""
     secrets = {
@@ -222,6 +228,7 @@ async def test_codex_commands_never_see_codex_hubs_secrets(
     assert "PATH=" in seen
     for value in secrets.values():
         assert value not in seen
+    await transport.settled()  # what codex left is reaped after the answer
     assert_no_process_left(tmp_path)
 
 
@@ -511,6 +518,64 @@ async def test_transport_exit_kills_leftovers(tmp_path: Path) -> None:
         )
     assert result.exit_code == 0 and not result.timed_out and lines == ["started"]
     assert_no_process_left(tmp_path)
+
+
+async def test_transport_answers_before_the_leftovers_are_reaped(tmp_path: Path) -> None:
+    """A run returns at its program's exit while a leftover that ignores SIGTERM still
+    runs; the transport reaps it afterwards, and nothing is left once that is done."""
+    script = "trap '' TERM; touch ready; exec sleep 43"
+    parent = f"sh -c {shlex.quote(script)} & until [ -e ready ]; do sleep 0.01; done; echo out"
+    lines: list[str] = []
+    async with LocalTransport(kill_grace_s=0.3) as local:
+        result = await local.run(
+            ["sh", "-c", parent],
+            env_overrides={},
+            cwd=str(tmp_path),
+            on_stdout_line=lines.append,
+            timeout_s=20,
+        )
+        assert result.exit_code == 0 and not result.timed_out and lines == ["out"]
+        assert processes_under(tmp_path), "the leftover should still be running"
+        await local.settled()
+        assert_no_process_left(tmp_path)
+
+
+async def test_a_failing_clean_up_is_logged_and_the_result_stands(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error while cleaning up after the answer is logged; the run's result is kept."""
+
+    class BrokenCleanUp(LocalTransport):
+        def _clean_up(self, child: Any, rest: Any) -> None:
+            async def broken() -> None:
+                await rest
+                raise OSError("cannot read /proc")
+
+            super()._clean_up(child, broken())
+
+    async with BrokenCleanUp() as local:
+        result = await local.run(
+            ["sh", "-c", "echo answer"],
+            env_overrides={},
+            cwd=str(tmp_path),
+            on_stdout_line=lambda line: None,
+            timeout_s=20,
+        )
+        await local.settled()
+    assert result.exit_code == 0 and not result.timed_out
+    failures = [r for r in caplog.records if "cleaning up after a run failed" in r.message]
+    assert failures and "cannot read /proc" in str(failures[0].exc_info)
+
+
+def test_the_exit_line_ends_the_programs_output() -> None:
+    """The helper's exit line gives the status, splits off a last line without newline,
+    and nothing after it reaches the caller."""
+    lines: list[str] = []
+    exits: list[int] = []
+    launch = Launch(lines.append, exits.append)
+    for line in ["motd", "codex-hub-pid 42", '{"a":1}', '{"b":2}codex-hub-exit 0', "late"]:
+        launch.feed(line)
+    assert lines == ['{"a":1}', '{"b":2}'] and exits == [0] and launch.exit_status == 0
 
 
 async def test_transport_leftovers_get_sigterm_first(tmp_path: Path) -> None:

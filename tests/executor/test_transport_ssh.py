@@ -464,9 +464,10 @@ async def test_timeout_kills_the_group_and_setsid_children(
 
 
 async def test_normal_exit_kills_leftovers(ssh: SshTransport, tmp_path: Path) -> None:
-    """A normal exit returns and kills what the child left behind, in any session."""
+    """A normal exit returns, and its clean-up kills what the child left, in any session."""
     lines, result = await run_lines(ssh, [sys.executable, "-c", SPAWNER, "0"], cwd=str(tmp_path))
     assert result.exit_code == 0 and not result.timed_out and lines == ["started"]
+    await ssh.settled()
     assert_no_process_left(tmp_path)
 
 
@@ -697,6 +698,7 @@ async def test_codex_plain_answer_over_ssh(
     model_server: StubModelServer,
     ssh_server: FakeSshServer,
     tmp_path: Path,
+    ssh: SshTransport,
 ) -> None:
     """codex run over SSH answers like a local one: answer, thread, usage, events."""
     model_server.reply_text("Hello over SSH.\nSecond line.")
@@ -712,6 +714,7 @@ async def test_codex_plain_answer_over_ssh(
     (request,) = model_server.requests
     assert prompt in request.text
     assert ssh_server.connections_made == 1
+    await ssh.settled()  # the remote reap follows the answer
     assert_no_process_left(tmp_path)
 
 
@@ -721,6 +724,7 @@ async def test_codex_events_stream_before_the_end(
     codex_home: Path,
     model_server: StubModelServer,
     tmp_path: Path,
+    ssh: SshTransport,
 ) -> None:
     """Events arrive while codex still works: a command codex runs is seen before it ends."""
     gate = tmp_path / "work" / "go.fifo"
@@ -746,6 +750,7 @@ async def test_codex_events_stream_before_the_end(
         outcome = await run
     assert outcome.status == "succeeded", outcome.error
     assert outcome.answer == "All done."
+    await ssh.settled()  # the remote reap follows the answer
     assert_no_process_left(tmp_path)
 
 
