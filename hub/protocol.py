@@ -96,7 +96,7 @@ Bridge <-> hub
   best effort, never stored, for status messages.
 - hub -> bridge ``deliver``: {"delivery_id", "run_id", "origin", "status", "answer",
   "error", "usage", "diff"? (the conversation's diff when its run changed a
-  repository)}: the final reply, kept in the hub's outbox and re-sent (after
+  repository), "pr_url"? (its pull request, when one is open)}: the final reply, kept in the hub's outbox and re-sent (after
   every reconnect, and every ``HUB_REDELIVER_S``) until the bridge answers ``ack``
   {"delivery_id"}. A bridge acks only once the platform accepted the reply.
 

@@ -191,6 +191,8 @@ class Live:
     over_limit: bool = False
     #: The conversation's diff from the run's ``workspace`` event, for the chat reply.
     diff: str | None = None
+    #: The pull request the run's ``workspace`` event names (bridges offer one if None).
+    pr_url: str | None = None
 
 
 @dataclass
@@ -883,6 +885,7 @@ class Router:
         kind = str(event.pop("kind", "codex"))
         if kind == "workspace" and isinstance(event.get("diff"), str):
             live.diff = event["diff"] or None
+            live.pr_url = event.get("pr_url") if isinstance(event.get("pr_url"), str) else None
         self._record(live, kind, event, exec_seq=frame.seq)
         summary = event.get("summary")
         if summary and summary != live.last_detail:
@@ -1135,6 +1138,7 @@ class Router:
                     "usage": run.usage,
                     # The run's workspace changes, attached in full by the bridge.
                     **({"diff": live.diff} if live.diff else {}),
+                    **({"pr_url": live.pr_url} if live.pr_url else {}),
                 },
             )
         final = {"state": status, "error": run.error}

@@ -55,6 +55,8 @@ from typing import Any, TypeVar
 
 from telegram import (
     BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
     InputFile,
     LinkPreviewOptions,
     Message,
@@ -71,7 +73,14 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
-from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
 
 from bridges import common
 from bridges.common import (
@@ -83,7 +92,14 @@ from bridges.common import (
 )
 from bridges.hub_link import Frame, HubError, HubLink
 from bridges.telegram import convert
-from bridges.telegram.convert import DocumentPart, ReplyPart, ReplyTarget, SendWindow, TextPart
+from bridges.telegram.convert import (
+    ButtonPart,
+    DocumentPart,
+    ReplyPart,
+    ReplyTarget,
+    SendWindow,
+    TextPart,
+)
 from bridges.telegram.http import AiohttpRequest
 from bridges.telegram.settings import TelegramSettings
 from hub.logs import bound, register_secret
@@ -204,6 +220,7 @@ class TelegramBridge:
         app.add_handler(CommandHandler("status", self._cmd_status, filters=new))
         app.add_handler(CommandHandler("repo", self._cmd_repo, filters=new))
         app.add_handler(CommandHandler("ask", self._on_text, filters=new))
+        app.add_handler(CallbackQueryHandler(self._on_open_pr, pattern=f"^{convert.OPEN_PR_DATA}"))
         app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
         app.add_handler(
             MessageHandler(new & filters.COMMAND & filters.ChatType.PRIVATE, self._cmd_help)
@@ -269,7 +286,7 @@ class TelegramBridge:
         assert self.app.updater is not None
         await self.app.updater.start_polling(
             timeout=dt.timedelta(seconds=POLL_TIMEOUT_S),
-            allowed_updates=[Update.MESSAGE],
+            allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
             bootstrap_retries=3,
             error_callback=self._polling_error,
         )
@@ -687,6 +704,8 @@ class TelegramBridge:
             diff = frame.get("diff")
             if isinstance(diff, str) and diff:
                 parts.append(convert.diff_document(diff, run_id))
+                if not frame.get("pr_url"):
+                    parts.append(convert.open_pr_offer(run_id))
             try:
                 for index, part in enumerate(parts):
                     if index not in posted.parts:
@@ -703,9 +722,70 @@ class TelegramBridge:
             for message_id in sorted(m for m in statuses if m is not None):
                 self._spawn(self._delete(target, message_id), "delete-status")
 
+    async def _on_open_pr(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The "Open PR" button: a ``!pr`` follow-up in the same conversation, by an
+        allowed user only; the button's message then says who pressed it."""
+        query = update.callback_query
+        if query is None or not isinstance(query.message, Message) or query.data is None:
+            return
+        message = query.message
+        user = query.from_user
+        chat_id = message.chat.id
+        if not convert.is_allowed(
+            chat_id, user.id, self.settings.allowed_chats, self.settings.allowed_users
+        ):
+            log.info("refused a pull-request press by user %s in chat %s", user.id, chat_id)
+            await self._answer_query(query.id, convert.open_pr_refusal(user.id), alert=True)
+            return
+        run_id = query.data.removeprefix(convert.OPEN_PR_DATA)
+        target = ReplyTarget.of(message)
+        origin = target.to_origin(user.id, user.username)
+        repo = self.repos.get(str(chat_id))
+        if repo:
+            origin["repo"] = repo
+        try:
+            submitted = await self.link.submit(
+                convert.OPEN_PR_PROMPT,
+                session_key=self._session(target),
+                origin=origin,
+                optimize=False,
+                # Two presses of one button (two people, or a double tap) open one PR.
+                dedupe_key=f"{convert.OPEN_PR_DATA}{run_id}",
+            )
+        except HubError as exc:
+            log.warning("the hub did not take a pull-request press in chat %s: %s", chat_id, exc)
+            await self._answer_query(query.id, convert.hub_error_text(exc.code, str(exc)))
+            return
+        await self._answer_query(query.id, "Opening a pull request…")
+        who = f"@{user.username}" if user.username else str(user.id)
+        with contextlib.suppress(TelegramError, TimeoutError):
+            await self.edit_text(target, message.message_id, convert.open_pr_pressed(who))
+        self._track(submitted.run_id, target, state=None, position=submitted.position)
+
+    async def _answer_query(self, query_id: str, text: str, *, alert: bool = False) -> None:
+        """Best effort: the small notice Telegram shows to whoever pressed a button."""
+        try:
+            await self.app.bot.answer_callback_query(query_id, text=text[:200], show_alert=alert)
+        except (TelegramError, TimeoutError) as exc:
+            log.warning("could not answer a button press: %s", exc)
+
     async def _post(self, target: ReplyTarget, part: ReplyPart) -> int:
         """Post one part of a reply; its message id. Raises Undeliverable when hopeless."""
         try:
+            if isinstance(part, ButtonPart):
+                message = await self._call(
+                    target.chat_id,
+                    lambda chat_id: self.app.bot.send_message(
+                        chat_id,
+                        part.text,
+                        message_thread_id=target.thread_id,
+                        reply_parameters=self._reply_to(target),
+                        reply_markup=InlineKeyboardMarkup(
+                            [[InlineKeyboardButton(part.label, callback_data=part.data)]]
+                        ),
+                    ),
+                )
+                return message.message_id
             if isinstance(part, DocumentPart):
                 message = await self._call(
                     target.chat_id,

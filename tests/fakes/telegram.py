@@ -394,6 +394,7 @@ class FakeTelegram:
             "deleteWebhook": self._delete_webhook,
             "sendMessage": self._send_message,
             "editMessageText": self._edit_message_text,
+            "answerCallbackQuery": self._answer_callback_query,
             "sendChatAction": self._send_chat_action,
             "sendDocument": self._send_document,
             "getFile": self._get_file,
@@ -766,6 +767,22 @@ class FakeTelegram:
         update_id = self.push_update({"message": message})
         return Pushed(update_id, message_id, message)
 
+    def push_callback_query(self, chat_id: int, message_id: int, data: str, *, user_id: int) -> int:
+        """Queue a press of an inline keyboard button under the bot's ``message_id``."""
+        message = self._messages[chat_id][message_id]
+        query_id = f"cq{next(self._update_ids)}"
+        return self.push_update(
+            {
+                "callback_query": {
+                    "id": query_id,
+                    "from": self.user(user_id),
+                    "message": message,
+                    "chat_instance": str(chat_id),
+                    "data": data,
+                }
+            }
+        )
+
     def push_command(
         self, chat_id: int, command: str, args: str = "", *, addressed: bool = False, **kw: Any
     ) -> Pushed:
@@ -1049,6 +1066,8 @@ class FakeTelegram:
         message["text"] = text
         if entities:
             message["entities"] = entities
+        if isinstance(args.get("reply_markup"), dict):
+            message["reply_markup"] = args["reply_markup"]
         return self._store(chat, message)
 
     async def _edit_message_text(self, args: dict[str, Any], files: dict[str, Upload]) -> Any:
@@ -1076,8 +1095,17 @@ class FakeTelegram:
         message.pop("entities", None)
         if entities:
             message["entities"] = entities
+        # An edit without a keyboard removes the message's buttons, as Telegram does.
+        message.pop("reply_markup", None)
+        if isinstance(args.get("reply_markup"), dict):
+            message["reply_markup"] = args["reply_markup"]
         message["edit_date"] = int(time.time())
         return message
+
+    async def _answer_callback_query(self, args: dict[str, Any], files: dict[str, Upload]) -> Any:
+        if not args.get("callback_query_id"):
+            raise BotApiError(400, "Bad Request: query_id_invalid")
+        return True
 
     async def _send_chat_action(self, args: dict[str, Any], files: dict[str, Upload]) -> Any:
         chat = self._chat(args)

@@ -894,3 +894,66 @@ async def test_a_run_that_changed_a_repository_attaches_its_diff(
         await fake.wait_for_call("sendDocument", lambda c: c.ok)
     (stored,) = fake.documents(USER)
     assert stored.content == diff.encode() and stored.file_name == f"{run_id}.diff"
+
+
+async def test_the_open_pr_button_under_changes_sends_a_pr_follow_up_and_says_who_pressed_it(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """An answer whose conversation changed its repository carries an "Open PR" button;
+    a press by an allowed user runs ``!pr`` in the same conversation, replies with the
+    pull request link and turns the button into who pressed it."""
+    fake = fake_telegram
+    diff = "diff --git a/a.txt b/a.txt\n+new line\n"
+    async with running(make_settings(), fake):
+        fake.push_message(USER, "change it")
+        run_id = await assign(executor, "change it")
+        await executor.event(run_id, 1, kind="workspace", summary="1 file", diff=diff)
+        await executor.finish(run_id, "changed")
+        offer = await fake.wait_for_call(
+            "sendMessage", lambda c: c.ok and "reply_markup" in c.args and c.chat_id == USER
+        )
+        (row,) = offer.args["reply_markup"]["inline_keyboard"]
+        assert row[0]["text"] == "Open PR"
+        button_id = offer.result["message_id"]
+        fake.push_callback_query(USER, button_id, row[0]["callback_data"], user_id=USER)
+        follow = await executor.wait_type("assign", prompt="!pr")
+        assert (
+            follow["session_key"]
+            == (await executor.wait_type("assign", prompt="change it"))["session_key"]
+        )
+        await fake.wait_for_call("answerCallbackQuery", lambda c: c.ok)
+        await fake.wait_for_call(
+            "editMessageText", lambda c: c.ok and "requested by" in (c.text or "")
+        )
+        await executor.event(
+            follow["run_id"], 1, kind="workspace", diff=diff, pr_url="https://forge/pr/1"
+        )
+        await executor.finish(follow["run_id"], "Pull request: https://forge/pr/1")
+        await said(fake, USER, "https://forge/pr/1")
+    edited = fake.message(USER, button_id)
+    assert edited["text"] == f"Pull request requested by @user{USER}."
+    assert "reply_markup" not in edited
+    # The answer that opened the PR offers no second button.
+    assert len([c for c in fake.calls("sendMessage") if "reply_markup" in c.args]) == 1
+
+
+async def test_the_open_pr_button_refuses_someone_not_allowed_in_the_chat(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """A press of the "Open PR" button by a user outside the allowlists starts no run and
+    is answered with a refusal naming their id."""
+    fake = fake_telegram
+    diff = "diff --git a/a.txt b/a.txt\n+new line\n"
+    fake.add_chat(GROUP, "supergroup")
+    async with running(make_settings(TELEGRAM_ALLOWED_USERS=str(USER)), fake):
+        fake.push_mention(GROUP, "change it", user_id=USER)
+        run_id = await assign(executor, "change it")
+        await executor.event(run_id, 1, kind="workspace", summary="1 file", diff=diff)
+        await executor.finish(run_id, "changed")
+        offer = await fake.wait_for_call("sendMessage", lambda c: c.ok and "reply_markup" in c.args)
+        data = offer.args["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        fake.push_callback_query(GROUP, offer.result["message_id"], data, user_id=OTHER)
+        refused = await fake.wait_for_call("answerCallbackQuery", lambda c: c.ok)
+    assert str(OTHER) in refused.args["text"] and refused.args["show_alert"] is True
+    assert not [f for f in executor.frames if f.get("prompt") == "!pr"]
+    assert "reply_markup" in fake.message(GROUP, offer.result["message_id"])
