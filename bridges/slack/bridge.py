@@ -83,7 +83,7 @@ from bridges.common import (
 )
 from bridges.hub_link import Frame, HubError, HubLink
 from bridges.slack import convert
-from bridges.slack.convert import FilePart, ReplyPart, Target, TextPart
+from bridges.slack.convert import ButtonPart, FilePart, ReplyPart, Target, TextPart
 from bridges.slack.settings import SlackSettings
 from hub.logs import bound, register_secret
 
@@ -483,6 +483,7 @@ class SlackBridge:
         )
         app.event("app_mention")(self._on_mention)
         app.event("message")(self._on_message)
+        app.action(convert.OPEN_PR_ACTION)(self._on_open_pr)
         return app
 
     async def close(self) -> None:
@@ -698,6 +699,47 @@ class SlackBridge:
             return
         await self._start_run(target, prompt, optimize)
 
+    async def _on_open_pr(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        """The "Open PR" button: a ``!pr`` follow-up in the same thread, by an allowed
+        user only; the button's message then says who pressed it."""
+        await ack()
+        message = body.get("message") or {}
+        channel = str((body.get("channel") or {}).get("id") or "")
+        user = str((body.get("user") or {}).get("id") or "")
+        ts = str(message.get("ts") or "")
+        if not channel or not ts:
+            return
+        team = str((body.get("team") or {}).get("id") or context.team_id or "")
+        target = Target(team, channel, str(message.get("thread_ts") or ts), ts, user)
+        settings = self.settings
+        refusal = convert.check_access(
+            user, channel, settings.allowed_users, settings.allowed_channels, channel[:1] == "D"
+        )
+        if refusal is not None:
+            log.info("refused a pull-request press by %s in %s (%s)", user, channel, refusal)
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT_S):
+                    await self.client.chat_postEphemeral(
+                        channel=channel,
+                        user=user,
+                        thread_ts=target.thread_ts,
+                        text=convert.refusal_text(user, channel, refusal),
+                    )
+            except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("could not refuse a press in %s: %s", channel, describe(exc))
+            return
+        # The button's ts is the dedupe key: two presses of one button open one PR.
+        await self._start_run(target, convert.OPEN_PR_PROMPT, False)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await self.client.chat_update(
+                    channel=channel, ts=ts, text=convert.open_pr_pressed(user), blocks=[]
+                )
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("could not update the button in %s: %s", channel, describe(exc))
+
     def _origin(self, target: Target) -> dict[str, Any]:
         origin = target.to_origin()
         repo = self.repos.get(target.channel)
@@ -809,6 +851,8 @@ class SlackBridge:
             diff = frame.get("diff")
             if isinstance(diff, str) and diff:
                 parts.append(convert.diff_file(diff, run_id))
+                if not frame.get("pr_url"):
+                    parts.append(convert.open_pr_offer(run_id))
             sent = self._sent.get(delivery_id)
             if sent is None:
                 sent = await self._first_attempt(run_id, target, parts)
@@ -886,6 +930,13 @@ class SlackBridge:
             elif isinstance(part, TextPart):
                 await self._post(
                     target, part.text, metadata=convert.reply_metadata(run_id, index, count)
+                )
+            elif isinstance(part, ButtonPart):
+                await self._post(
+                    target,
+                    part.text,
+                    blocks=part.blocks(),
+                    metadata=convert.reply_metadata(run_id, index, count),
                 )
         except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             what = f"part {index + 1}/{count}: {describe(exc)}"

@@ -931,6 +931,69 @@ class FakeSlack:
             await self.wait_ack(envelope_id, timeout)
         return envelope_id
 
+    async def press_button(
+        self,
+        channel: str,
+        ts: str,
+        action_id: str,
+        *,
+        user: str = "U0ALICE",
+        timeout: float = 5.0,
+    ) -> str:
+        """Press the button ``action_id`` on the bot's message ``ts``: a ``block_actions``
+        payload in an ``interactive`` envelope, as Slack sends it. Waits for the ack;
+        returns the envelope id."""
+        msg = self._messages[(channel, ts)]
+        button = next(
+            element
+            for block in msg.blocks or []
+            for element in block.get("elements") or []
+            if element.get("action_id") == action_id
+        )
+        envelope_id = str(uuid.uuid4())
+        frame = {
+            "envelope_id": envelope_id,
+            "payload": {
+                "type": "block_actions",
+                "user": {"id": user, "username": user.lower(), "team_id": self.team_id},
+                "api_app_id": APP_ID,
+                "token": "fake-verification-token",
+                "container": {
+                    "type": "message",
+                    "message_ts": ts,
+                    "channel_id": channel,
+                    "is_ephemeral": False,
+                    **({"thread_ts": msg.thread_ts} if msg.thread_ts else {}),
+                },
+                "trigger_id": self._next_id("trigger"),
+                "team": {"id": self.team_id, "domain": "fake"},
+                "enterprise": None,
+                "is_enterprise_install": False,
+                "channel": {"id": channel, "name": channel.lower()},
+                "message": msg.to_api(),
+                "response_url": f"{self.base_url}/actions/{envelope_id}",
+                "actions": [
+                    {
+                        "action_id": action_id,
+                        "block_id": self._next_id("B"),
+                        "text": button.get("text"),
+                        "value": button.get("value"),
+                        "type": "button",
+                        "action_ts": self.next_ts(),
+                    }
+                ],
+            },
+            "type": "interactive",
+            "accepts_response_payload": False,
+        }
+        conn = await self.wait_connected(timeout=timeout)
+        self.envelopes[envelope_id] = Envelope(
+            envelope_id, "", frame, conn.number, time.monotonic()
+        )
+        await conn.ws.send_json(frame)
+        await self.wait_ack(envelope_id, timeout)
+        return envelope_id
+
     async def redeliver(
         self,
         envelope_id: str,
