@@ -232,6 +232,16 @@ def _reply_text(run: Run) -> str:
     return f"(Asked from the monitor: {asked})\n\n{answer}"
 
 
+def _attachment_options(
+    attachments: dict[str, list[dict[str, str]]] | None,
+) -> dict[str, Any] | None:
+    """The assign options of a bridge's attachments: its images and files only."""
+    if not attachments:
+        return None
+    kept = {k: attachments[k] for k in ("images", "files") if attachments.get(k)}
+    return kept or None
+
+
 def _json_size(value: Any) -> int:
     """Bytes of ``value`` as JSON (a lone surrogate, which orjson refuses, included)."""
     try:
@@ -986,6 +996,7 @@ class Router:
                     session_key=key,
                     optimize=frame.optimize,
                     dedupe_key=dedupe,
+                    options=_attachment_options(frame.attachments),
                 )
             except RouterError as exc:
                 return error_frame(exc.code, str(exc), frame.req_id)

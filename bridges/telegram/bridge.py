@@ -47,6 +47,7 @@ import datetime as dt
 import enum
 import logging
 import math
+import mimetypes
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -105,6 +106,13 @@ from bridges.telegram.settings import TelegramSettings
 from hub.logs import bound, register_secret
 
 log = logging.getLogger(__name__)
+
+APPLICATION_OCTET = "application/octet-stream"
+
+
+class AttachmentRefused(Exception):
+    """A file that may not be attached; the message is the reply to its sender."""
+
 
 T = TypeVar("T")
 AnyApp = Application[Any, Any, Any, Any, Any, Any]
@@ -222,6 +230,7 @@ class TelegramBridge:
         app.add_handler(CommandHandler("ask", self._on_text, filters=new))
         app.add_handler(CallbackQueryHandler(self._on_open_pr, pattern=f"^{convert.OPEN_PR_DATA}"))
         app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_handler(MessageHandler(new & (filters.PHOTO | filters.Document.ALL), self._on_text))
         app.add_handler(
             MessageHandler(new & filters.COMMAND & filters.ChatType.PRIVATE, self._cmd_help)
         )
@@ -513,19 +522,33 @@ class TelegramBridge:
 
     async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
-        if message is None or message.text is None:
+        if message is None:
             return
+        has_file = bool(message.photo or message.document)
+        if message.text is None and not has_file:
+            return
+        text = message.text if message.text is not None else message.caption
         addressed, prompt = convert.should_handle(
-            message.text,
+            text,
             message.chat.type,
             self.bot_username,
             convert.is_reply_to_bot(message, self.bot_id),
-            message.entities,
+            message.entities if message.text is not None else message.caption_entities,
         )
+        if has_file and not (text or "").strip() and message.chat.type == "private":
+            addressed = True  # a file alone, in a private chat, is a request about it
         if not addressed or not await self._admit(message):
             return
         optimize, prompt = split_optimize_prefix(prompt)
         target = ReplyTarget.of(message)
+        attachments = None
+        if has_file:
+            try:
+                attachments = common.attachment_options([await self._attachment(message)])
+            except AttachmentRefused as exc:
+                await self._say(target, str(exc))
+                return
+            prompt = prompt or common.ATTACHMENT_ONLY_PROMPT
         if not prompt:
             await self._say(target, self._help(message))
             return
@@ -544,6 +567,7 @@ class TelegramBridge:
                 # message then names the run it started instead of starting another.
                 dedupe_key=f"{target.chat_id}:{target.message_id}" if target.message_id else None,
                 on_kept=lambda: self._say(target, convert.kept_text()),
+                attachments=attachments,
             )
         except HubError as exc:
             log.warning("the hub did not take a message from chat %s: %s", target.chat_id, exc)
@@ -554,6 +578,36 @@ class TelegramBridge:
         self._track(submitted.run_id, target, state=None, position=submitted.position)
         if submitted.position > 0:
             await self._say(target, convert.queued_text(submitted.position))
+
+    async def _attachment(self, message: Message) -> common.Attachment:
+        """The photo (its largest size) or document of ``message``, downloaded; raises
+        AttachmentRefused, with the reply, when it is over the limits or unreadable."""
+        settings = self.settings
+        if message.photo:
+            photo = message.photo[-1]
+            file_id, size = photo.file_id, photo.file_size
+            name, mime = f"photo-{message.message_id}.jpg", "image/jpeg"
+        else:
+            document = message.document
+            assert document is not None
+            file_id, size = document.file_id, document.file_size
+            name = document.file_name or f"file-{message.message_id}"
+            mime = document.mime_type or mimetypes.guess_type(name)[0] or APPLICATION_OCTET
+        limits = (settings.attachment_max_bytes, settings.attachment_types)
+        refusal = common.attachment_refusal(name, mime, size, *limits)
+        if refusal is not None:
+            raise AttachmentRefused(refusal)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                file = await self.app.bot.get_file(file_id)
+                data = bytes(await file.download_as_bytearray())
+        except (TelegramError, TimeoutError) as exc:
+            log.warning("could not download a file from chat %s: %s", message.chat.id, exc)
+            raise AttachmentRefused(f"{name} could not be downloaded from Telegram.") from exc
+        refusal = common.attachment_refusal(name, mime, len(data), *limits)
+        if refusal is not None:
+            raise AttachmentRefused(refusal)
+        return common.Attachment(name, mime, data)
 
     def _help(self, message: Message) -> str:
         user = message.from_user

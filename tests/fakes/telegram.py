@@ -767,6 +767,85 @@ class FakeTelegram:
         update_id = self.push_update({"message": message})
         return Pushed(update_id, message_id, message)
 
+    def _user_file(self, content: bytes, file_name: str, mime_type: str, kind: str) -> StoredFile:
+        """A file a user sent, kept for ``getFile`` and the download path."""
+        number = next(self._file_ids)
+        stored = StoredFile(
+            file_id=f"AgACfake{number:06d}",
+            file_unique_id=f"AQADfake{number:06d}",
+            file_path=f"{kind}/file_{number}_{file_name}",
+            file_name=file_name,
+            mime_type=mime_type,
+            content=content,
+        )
+        self._files[stored.file_id] = stored
+        return stored
+
+    def _push_media(
+        self,
+        chat_id: int,
+        media: dict[str, Any],
+        caption: str | None,
+        user_id: int | None,
+        file_size: int | None,
+    ) -> Pushed:
+        chat = self.add_chat(chat_id, None, is_forum=False)
+        if user_id is None:
+            if chat["type"] != "private":
+                raise ValueError("user_id is required outside private chats")
+            user_id = chat_id
+        message_id = self._new_message_id(chat_id)
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "from": self.user(user_id),
+            "chat": chat,
+            "date": int(time.time()),
+            **media,
+        }
+        if caption:
+            message["caption"] = caption
+            found = detect_entities(caption)
+            if found:
+                message["caption_entities"] = found
+        self._messages[chat_id][message_id] = message
+        return Pushed(self.push_update({"message": message}), message_id, message)
+
+    def push_photo(
+        self,
+        chat_id: int,
+        content: bytes,
+        *,
+        caption: str | None = None,
+        user_id: int | None = None,
+        file_size: int | None = None,
+    ) -> Pushed:
+        """A user's photo (one size: ``content`` as JPEG), with an optional caption;
+        ``file_size`` overrides the size Telegram states."""
+        stored = self._user_file(content, "photo.jpg", "image/jpeg", "photos")
+        size = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "width": 64,
+            "height": 64,
+            "file_size": len(content) if file_size is None else file_size,
+        }
+        return self._push_media(chat_id, {"photo": [size]}, caption, user_id, file_size)
+
+    def push_document(
+        self,
+        chat_id: int,
+        content: bytes,
+        file_name: str,
+        mime_type: str,
+        *,
+        caption: str | None = None,
+        user_id: int | None = None,
+    ) -> Pushed:
+        """A user's file sent as a document, with an optional caption."""
+        stored = self._user_file(content, file_name, mime_type, "documents")
+        media = {"document": stored.as_document()}
+        return self._push_media(chat_id, media, caption, user_id, None)
+
     def push_callback_query(self, chat_id: int, message_id: int, data: str, *, user_id: int) -> int:
         """Queue a press of an inline keyboard button under the bot's ``message_id``."""
         message = self._messages[chat_id][message_id]

@@ -7,6 +7,7 @@ the test drives frame by frame, or, in one test, from the real codex and the stu
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 import sys
@@ -957,3 +958,63 @@ async def test_the_open_pr_button_refuses_someone_not_allowed_in_the_chat(
     assert str(OTHER) in refused.args["text"] and refused.args["show_alert"] is True
     assert not [f for f in executor.frames if f.get("prompt") == "!pr"]
     assert "reply_markup" in fake.message(GROUP, offer.result["message_id"])
+
+
+# --- attachments -------------------------------------------------------------------------
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+async def test_a_photo_reaches_the_executor_as_an_image_with_its_caption_as_prompt(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """A photo sent in a private chat is downloaded through getFile and the file path
+    and reaches the executor as an image in the assign frame, its caption the prompt."""
+    fake = fake_telegram
+    async with running(make_settings(), fake):
+        fake.push_photo(USER, PNG_BYTES, caption="what is in this picture?")
+        frame = await executor.wait_type("assign", prompt="what is in this picture?")
+    assert frame["options"]["images"] == [
+        {"mime": "image/jpeg", "data": base64.b64encode(PNG_BYTES).decode()}
+    ]
+    assert "files" not in frame["options"]
+
+
+async def test_a_document_reaches_the_executor_as_a_file_and_alone_gets_a_prompt(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """A text document sent without a caption becomes a file of the run, named as sent,
+    with a prompt asking to look at it."""
+    fake = fake_telegram
+    async with running(make_settings(), fake):
+        fake.push_document(USER, b"a,b\n1,2\n", "data.csv", "text/csv")
+        frame = await executor.wait_type("assign", prompt="Look at the attached file.")
+    assert frame["options"]["files"] == [
+        {"name": "data.csv", "data": base64.b64encode(b"a,b\n1,2\n").decode()}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "mime", "expected"),
+    [
+        (b"x" * 101, "text/plain", "over the limit of 100 bytes"),
+        (b"MZ", "application/x-msdownload", "files of type application/x-msdownload"),
+    ],
+)
+async def test_a_file_over_the_limits_is_refused_with_a_reply_and_starts_no_run(
+    executor: FakeExecutor,
+    fake_telegram: FakeTelegram,
+    make_settings: Settings,
+    content: bytes,
+    mime: str,
+    expected: str,
+) -> None:
+    """A document larger than BRIDGE_ATTACHMENT_MAX_BYTES, or of a type outside
+    BRIDGE_ATTACHMENT_TYPES, is answered with why, and no run starts."""
+    fake = fake_telegram
+    settings = make_settings(BRIDGE_ATTACHMENT_MAX_BYTES=100)
+    async with running(settings, fake):
+        pushed = fake.push_document(USER, content, "thing.bin", mime, caption="use it")
+        refusal = await reply(fake, pushed)
+    assert "thing.bin was not used" in (refusal.text or "") and expected in (refusal.text or "")
+    assert not [f for f in executor.frames if f.get("type") == "assign"]
