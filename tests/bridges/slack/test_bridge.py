@@ -7,6 +7,7 @@ report commands, fail, or hand back a codex thread id.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import subprocess
@@ -798,3 +799,61 @@ async def test_the_open_pr_button_refuses_someone_not_allowed(
     assert refusal["user"] == "U0MALLORY" and "U0MALLORY" in refusal["text"]
     assert not [f for f in ex.frames if f.get("prompt") == "!pr"]
     assert offer.blocks is not None
+
+
+# --- attachments -------------------------------------------------------------------------
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+async def test_shared_files_reach_the_executor_as_an_image_and_a_file(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """Files shared with a DM are downloaded from url_private with the bot token; the
+    image reaches the executor as an image, the text file as a file, the text as prompt."""
+    image = fake_slack.user_file("shot.png", "image/png", PNG_BYTES)
+    notes = fake_slack.user_file("notes.md", "text/markdown", b"# notes\n")
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, start_slack_bridge():
+        await fake_slack.send_event(fake_slack.file_share("compare these", [image, notes]))
+        frame = await ex.wait_type("assign", prompt="compare these")
+    assert frame["options"] == {
+        "images": [{"mime": "image/png", "data": base64.b64encode(PNG_BYTES).decode()}],
+        "files": [{"name": "notes.md", "data": base64.b64encode(b"# notes\n").decode()}],
+    }
+    assert {auth for _, auth in fake_slack.downloads} == {f"Bearer {fake_slack.bot_token}"}
+
+
+async def test_a_shared_file_over_the_limit_is_refused_with_a_reply_and_starts_no_run(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """A shared file larger than BRIDGE_ATTACHMENT_MAX_BYTES is answered with why, is
+    not downloaded, and no run starts."""
+    big = fake_slack.user_file("big.txt", "text/plain", b"x" * 101)
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        start_slack_bridge(BRIDGE_ATTACHMENT_MAX_BYTES=100),
+    ):
+        event = fake_slack.file_share("read it", [big])
+        await fake_slack.send_event(event)
+        refusal = await fake_slack.wait_for_post("D0ALICE", event["ts"])
+    assert "big.txt was not used" in refusal.text and "over the limit of 100" in refusal.text
+    assert fake_slack.downloads == []
+    assert not [f for f in ex.frames if f.get("type") == "assign"]
+
+
+async def test_a_shared_file_url_off_slack_never_gets_the_bot_token(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """A file whose url_private is not on Slack (nor the configured API host) is refused
+    without being fetched, so the bot token goes nowhere else."""
+    odd = fake_slack.user_file("a.txt", "text/plain", b"hello")
+    odd["url_private"] = odd["url_private_download"] = "https://evil.example/a.txt"
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        start_slack_bridge(),
+    ):
+        event = fake_slack.file_share("read it", [odd])
+        await fake_slack.send_event(event)
+        refusal = await fake_slack.wait_for_post("D0ALICE", event["ts"])
+    assert "a.txt was not used: it is not a file on Slack." == refusal.text
+    assert not [f for f in ex.frames if f.get("type") == "assign"]
