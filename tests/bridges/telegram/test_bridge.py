@@ -1018,3 +1018,39 @@ async def test_a_file_over_the_limits_is_refused_with_a_reply_and_starts_no_run(
         refusal = await reply(fake, pushed)
     assert "thing.bin was not used" in (refusal.text or "") and expected in (refusal.text or "")
     assert not [f for f in executor.frames if f.get("type") == "assign"]
+
+
+# A 1x1 PNG: codex reads the image's bytes, whatever the name says.
+PIXEL = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.mark.codex
+async def test_a_photo_reaches_the_model_as_an_image_through_codex(
+    start_executor: Any,
+    codex_home: Path,
+    codex_bin: str,
+    model_server: StubModelServer,
+    fake_telegram: FakeTelegram,
+    make_settings: Settings,
+) -> None:
+    """A photo sent to the bot reaches the model, through the real codex, as an image
+    next to its caption."""
+    model_server.reply_text("a single pixel")
+    async with (
+        start_executor(EXEC_DRY_RUN=False, CODEX_HOME=codex_home, CODEX_BIN=codex_bin),
+        running(make_settings(), fake_telegram),
+    ):
+        pushed = fake_telegram.push_photo(USER, PIXEL, caption="what is in this picture?")
+        call = await reply(fake_telegram, pushed, timeout=45)
+    assert call.text == "a single pixel"
+    (request,) = model_server.requests
+    parts = [
+        part
+        for item in request.body["input"]
+        if isinstance(item.get("content"), list)
+        for part in item["content"]
+    ]
+    assert any(p.get("type") == "input_image" for p in parts)
+    assert "what is in this picture?" in request.text
