@@ -224,7 +224,8 @@ class Pipeline:
             job.run_id, prompt, job.thread_id, job.options, workdir=workdir
         )
         try:
-            await self.engine.write_attachments(request)
+            if request.files:
+                await self.engine.write_attachments(request)
         except (OSError, TransportError) as exc:
             message = f"the attached files could not be written: {exc}"
             return Result(
