@@ -1054,3 +1054,20 @@ async def test_a_photo_reaches_the_model_as_an_image_through_codex(
     ]
     assert any(p.get("type") == "input_image" for p in parts)
     assert "what is in this picture?" in request.text
+
+
+async def test_a_document_lands_in_the_runs_workdir_and_the_prompt_names_its_path(
+    start_executor: Any, fake_telegram: FakeTelegram, make_settings: Settings, tmp_path: Path
+) -> None:
+    """A document sent to the bot is written by the executor under attachments/ in the
+    run's working directory, and the prompt codex gets names that path."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    async with start_executor(EXEC_WORKDIR=workdir), running(make_settings(), fake_telegram):
+        pushed = fake_telegram.push_document(
+            USER, b"a,b\n1,2\n", "my data.csv", "text/csv", caption="sum it"
+        )
+        call = await reply(fake_telegram, pushed)
+    assert (call.text or "").startswith("sum it")
+    assert "- attachments/my_data.csv" in (call.text or "")
+    assert (workdir / "attachments" / "my_data.csv").read_bytes() == b"a,b\n1,2\n"
