@@ -12,9 +12,11 @@ A bridge whose platform is unreachable at start-up keeps trying in the backgroun
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 # Re-exported: each bridge calls it once it is up (also when embedded in `codex-hub up`).
 from hub.process import freeze_startup_heap as freeze_startup_heap
@@ -150,3 +152,74 @@ def parse_repo_defaults(text: str) -> dict[str, str]:
 def repo_line(repo: str | None) -> str:
     """The line /status shows about the place's repository."""
     return f"Repository: {repo}" if repo else "Repository: none (scratch directory)"
+
+
+# --- attachments -----------------------------------------------------------------------
+
+#: The default of BRIDGE_ATTACHMENT_MAX_BYTES.
+ATTACHMENT_MAX_BYTES = 2_000_000
+#: The default of BRIDGE_ATTACHMENT_TYPES.
+ATTACHMENT_TYPES = (
+    "image/png,image/jpeg,image/gif,image/webp,text/*,application/pdf,application/json"
+)
+#: Images codex takes as images (``codex exec -i``); other attachments are files.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+#: The prompt of a message that is only an attachment.
+ATTACHMENT_ONLY_PROMPT = "Look at the attached file."
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file a user attached: its name, MIME type and bytes."""
+
+    name: str
+    mime: str
+    data: bytes
+
+
+def type_allowed(mime: str, patterns: str) -> bool:
+    """True when ``mime`` matches one of the comma-separated ``patterns`` (``type/*``)."""
+    mime = mime.split(";", 1)[0].strip().lower()
+    for pattern in (p.strip().lower() for p in patterns.split(",")):
+        if pattern and (
+            pattern == mime or (pattern.endswith("/*") and mime.startswith(pattern[:-1]))
+        ):
+            return True
+    return False
+
+
+def attachment_refusal(
+    name: str, mime: str, size: int | None, max_bytes: int, types: str, *, total: int = 0
+) -> str | None:
+    """Why the file may not be attached (a reply for the user), or None when it may.
+
+    ``total`` is what the message's other attachments already take."""
+    if max_bytes == 0:
+        return (
+            f"{name} was not used: attachments are turned off here (BRIDGE_ATTACHMENT_MAX_BYTES=0)."
+        )
+    if not type_allowed(mime, types):
+        return (
+            f"{name} was not used: files of type {mime} are not accepted here "
+            f"(BRIDGE_ATTACHMENT_TYPES={types})."
+        )
+    if size is not None and size + total > max_bytes:
+        return (
+            f"{name} was not used: it is {size:,} bytes, over the limit of {max_bytes:,} "
+            "bytes (BRIDGE_ATTACHMENT_MAX_BYTES)."
+        )
+    return None
+
+
+def attachment_options(files: Iterable[Attachment]) -> dict[str, list[dict[str, str]]]:
+    """The ``attachments`` of a submit: images for codex's ``-i``, the rest as files."""
+    images: list[dict[str, str]] = []
+    others: list[dict[str, str]] = []
+    for file in files:
+        encoded = base64.b64encode(file.data).decode()
+        mime = file.mime.split(";", 1)[0].strip().lower()
+        if mime in IMAGE_TYPES:
+            images.append({"mime": mime, "data": encoded})
+        else:
+            others.append({"name": file.name, "data": encoded})
+    return {k: v for k, v in (("images", images), ("files", others)) if v}

@@ -200,6 +200,7 @@ class HubLink:
         optimize: bool | None = None,
         dedupe_key: str | None = None,
         on_kept: Callable[[], Awaitable[None]] | None = None,
+        attachments: dict[str, list[dict[str, str]]] | None = None,
     ) -> Submitted:
         """Ask the hub for a run; raises :class:`HubError` when it refuses.
 
@@ -215,6 +216,7 @@ class HubLink:
             "origin": origin,
             "optimize": optimize,
             "dedupe_key": dedupe_key,
+            **({"attachments": attachments} if attachments else {}),
         }
         seq = next(self._submits)
         if not self._pending and self.client.is_connected:

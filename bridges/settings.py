@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from bridges.common import parse_repo_defaults
+from bridges.common import ATTACHMENT_MAX_BYTES, ATTACHMENT_TYPES, parse_repo_defaults
 from bridges.hub_link import PENDING_MAX, PENDING_MAX_AGE_S
 from hub.settings import NodeSettings
 
@@ -21,6 +21,13 @@ class BridgeSettings(NodeSettings):
     pending_max_age_s: float = Field(PENDING_MAX_AGE_S, alias="BRIDGE_PENDING_MAX_AGE_S", gt=0)
     #: Default repositories per place: ``chat_or_channel_id=owner/name``, comma-separated.
     repos: str = Field("", alias="BRIDGE_REPOS")
+    #: The most bytes of files one message may attach (0: attachments refused). Bounded by
+    #: the hub's 4 MiB frame, which carries them base64-encoded.
+    attachment_max_bytes: int = Field(
+        ATTACHMENT_MAX_BYTES, alias="BRIDGE_ATTACHMENT_MAX_BYTES", ge=0, le=2_900_000
+    )
+    #: The MIME types a message may attach, comma-separated; ``type/*`` matches a family.
+    attachment_types: str = Field(ATTACHMENT_TYPES, alias="BRIDGE_ATTACHMENT_TYPES")
 
     @field_validator("repos")
     @classmethod

@@ -69,7 +69,9 @@ class RunRequest:
 
     `instructions` reach codex as its developer instructions; `output_schema` is the
     JSON Schema its final answer must fit (`--output-schema`); `json_object` asks for a
-    JSON object without a schema; `images` (MIME type, bytes) are attached (`-i`).
+    JSON object without a schema; `images` (MIME type, bytes) are attached (`-i`);
+    `files` (sanitised name, bytes) are written under `attachments/` in the workdir
+    (`write_attachments`), and the prompt names them.
     """
 
     run_id: str
@@ -80,6 +82,7 @@ class RunRequest:
     output_schema: dict[str, Any] | None = None
     json_object: bool = False
     images: tuple[tuple[str, bytes], ...] = ()
+    files: tuple[tuple[str, bytes], ...] = ()
 
     @classmethod
     def with_options(
@@ -98,6 +101,20 @@ class RunRequest:
                 images.append((str(image["mime"]), base64.b64decode(image["data"], validate=True)))
             except (KeyError, TypeError, binascii.Error):
                 log.warning("run %s: an attached image could not be decoded; left out", run_id)
+        files: list[tuple[str, bytes]] = []
+        given = options.get("files")
+        for item in given if isinstance(given, list) else []:
+            try:
+                data = base64.b64decode(item["data"], validate=True)
+                name = attachment_name(str(item["name"]), {n for n, _ in files})
+            except (KeyError, TypeError, binascii.Error):
+                log.warning("run %s: an attached file could not be decoded; left out", run_id)
+                continue
+            files.append((name, data))
+        if files:
+            listed = "\n".join(f"- {ATTACHMENTS_DIR}/{name}" for name, _ in files)
+            heading = "Attached files (paths relative to the working directory):"
+            prompt = f"{prompt}\n\n{heading}\n{listed}"
         schema = options.get("output_schema")
         return cls(
             run_id=run_id,
@@ -107,6 +124,7 @@ class RunRequest:
             output_schema=schema if isinstance(schema, dict) else None,
             json_object=bool(options.get("json_object")),
             images=tuple(images),
+            files=tuple(files),
             workdir=workdir,
         )
 
@@ -129,6 +147,27 @@ class _Attempt:
     result: ProcessResult
     progress: CodexProgress = field(default_factory=CodexProgress)
     answer: str = ""
+
+
+#: The directory of a run's workdir that attached files are written to.
+ATTACHMENTS_DIR = "attachments"
+_NAME_MAX = 100
+
+
+def attachment_name(name: str, taken: set[str]) -> str:
+    """A safe file name for an attachment called ``name`` (a user's text): its last path
+    part, only letters, digits, ``.``, ``-`` and ``_``, no leading dot, made unique."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in base)
+    cleaned = cleaned.lstrip(".")[:_NAME_MAX] or "file"
+    stem, dot, suffix = cleaned.rpartition(".")
+    if not dot:
+        stem, suffix = cleaned, ""
+    candidate, number = cleaned, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{stem}-{number}.{suffix}" if dot else f"{cleaned}-{number}"
+    return candidate
 
 
 def _failed(code: str, message: str, thread_id: str | None = None) -> RunOutcome:
@@ -194,6 +233,24 @@ class CodexEngine:
 
     async def aclose(self) -> None:
         """Release what the engine holds (nothing: each run's codex ends with it)."""
+
+    async def write_attachments(self, request: RunRequest) -> None:
+        """Write the request's attached files under ``attachments/`` in its workdir (on
+        the transport's host); raises TransportError or OSError when that fails."""
+        if not request.files:
+            return
+        folder = posixpath.join(self.workdir_of(request), ATTACHMENTS_DIR)
+        result = await self._transport.run(
+            ["mkdir", "-p", "--", folder],
+            env_overrides={},
+            cwd=None,
+            on_stdout_line=lambda _line: None,
+            timeout_s=30.0,
+        )
+        if result.exit_code != 0:
+            raise OSError(f"could not make {folder}: {result.stderr_tail.strip()}")
+        for name, data in request.files:
+            await self._transport.write_bytes(posixpath.join(folder, name), data)
 
     async def run(self, request: RunRequest, emit: Emit) -> RunOutcome:
         """Run `request` to its end, calling `emit` for each event on the way."""

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from executor.engine import CodexEngine, RunRequest
 from executor.settings import ExecutorSettings
+from executor.transport import TransportError
 from executor.workspace import Changes, Published, Workspace, WorkspaceError, Workspaces
 from executor.workspace_names import repo_in_prompt, split_pr_command
 
@@ -219,12 +220,20 @@ class Pipeline:
                     }
                 )
         set_state("running", prompt)
-        outcome = await self.engine.run(
-            RunRequest.with_options(
-                job.run_id, prompt, job.thread_id, job.options, workdir=workdir
-            ),
-            emit,
+        request = RunRequest.with_options(
+            job.run_id, prompt, job.thread_id, job.options, workdir=workdir
         )
+        try:
+            if request.files:
+                await self.engine.write_attachments(request)
+        except (OSError, TransportError) as exc:
+            message = f"the attached files could not be written: {exc}"
+            return Result(
+                status="failed",
+                error={"code": "attachment_error", "message": message},
+                effective_prompt=request.prompt,
+            )
+        outcome = await self.engine.run(request, emit)
         answer = outcome.answer
         if note and outcome.status == "succeeded":
             answer = f"{answer}\n\n{note}" if answer else note

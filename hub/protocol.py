@@ -45,7 +45,9 @@ Executor <-> hub
   "optimize" (true/false/null = executor default), "origin": {...}, "options"?: {
   "instructions"?: text for codex's developer_instructions, "output_schema"?: a JSON
   Schema the final answer must fit, "json_object"?: true when the answer must be a JSON
-  object, "images"?: [{"mime", "data" (base64)}] attached to the prompt},
+  object, "images"?: [{"mime", "data" (base64)}] attached to the prompt, "files"?:
+  [{"name", "data" (base64)}] written under the workdir's attachments/ and named in
+  the prompt},
   "session_key"? (the conversation: its runs share a workspace), "repo"? (the
   repository the request named), "open_pr"? (commit, push, pull request after the run)}
   (:class:`AssignFrame`; the optional ones are absent from older hubs).
@@ -67,7 +69,8 @@ Executor <-> hub
 Bridge <-> hub
 --------------
 - bridge -> hub ``submit``: {"req_id", "prompt", "session_key", "origin": {...},
-  "optimize"?, "dedupe_key"?}; the hub answers ``submitted`` {"req_id", "run_id",
+  "optimize"?, "dedupe_key"?, "attachments"? ({"images"?, "files"?}: the assign
+  frame's options of those names)}; the hub answers ``submitted`` {"req_id", "run_id",
   "position", "duplicate"} (runs ahead of it in its session) or ``error`` {"req_id",
   "code", "message"}. A ``dedupe_key`` seen before (the platform's message id: a
   platform that re-sends an event after a bridge crash) names the existing run
@@ -96,9 +99,10 @@ Bridge <-> hub
   best effort, never stored, for status messages.
 - hub -> bridge ``deliver``: {"delivery_id", "run_id", "origin", "status", "answer",
   "error", "usage", "diff"? (the conversation's diff when its run changed a
-  repository)}: the final reply, kept in the hub's outbox and re-sent (after
-  every reconnect, and every ``HUB_REDELIVER_S``) until the bridge answers ``ack``
-  {"delivery_id"}. A bridge acks only once the platform accepted the reply.
+  repository), "pr_url"? (its pull request, when one is open)}: the final reply,
+  kept in the hub's outbox and re-sent (after every reconnect, and every
+  ``HUB_REDELIVER_S``) until the bridge answers ``ack`` {"delivery_id"}. A bridge
+  acks only once the platform accepted the reply.
 
 Both ways: ``error`` {"code", "message", "req_id"?} reports a frame the peer could not
 use; it never closes the connection by itself. A message nested deeper than 200 levels
@@ -262,6 +266,9 @@ class SubmitFrame(_Frame):
     origin: dict[str, Any] = Field(default_factory=dict)
     optimize: bool | None = None
     dedupe_key: str | None = Field(None, max_length=300)
+    #: Attachments from chat: "images" [{"mime", "data"}] and "files" [{"name", "data"}]
+    #: (base64), passed to the executor as the assign frame's options.
+    attachments: dict[str, list[dict[str, str]]] | None = None
 
     _no_nul = field_validator("prompt")(refuse_nul)
 

@@ -191,6 +191,8 @@ class Live:
     over_limit: bool = False
     #: The conversation's diff from the run's ``workspace`` event, for the chat reply.
     diff: str | None = None
+    #: The pull request the run's ``workspace`` event names (bridges offer one if None).
+    pr_url: str | None = None
 
 
 @dataclass
@@ -228,6 +230,16 @@ def _reply_text(run: Run) -> str:
     if len(asked) > 200:
         asked = asked[:200] + "…"
     return f"(Asked from the monitor: {asked})\n\n{answer}"
+
+
+def _attachment_options(
+    attachments: dict[str, list[dict[str, str]]] | None,
+) -> dict[str, Any] | None:
+    """The assign options of a bridge's attachments: its images and files only."""
+    if not attachments:
+        return None
+    kept = {k: attachments[k] for k in ("images", "files") if attachments.get(k)}
+    return kept or None
 
 
 def _json_size(value: Any) -> int:
@@ -883,6 +895,7 @@ class Router:
         kind = str(event.pop("kind", "codex"))
         if kind == "workspace" and isinstance(event.get("diff"), str):
             live.diff = event["diff"] or None
+            live.pr_url = event.get("pr_url") if isinstance(event.get("pr_url"), str) else None
         self._record(live, kind, event, exec_seq=frame.seq)
         summary = event.get("summary")
         if summary and summary != live.last_detail:
@@ -983,6 +996,7 @@ class Router:
                     session_key=key,
                     optimize=frame.optimize,
                     dedupe_key=dedupe,
+                    options=_attachment_options(frame.attachments),
                 )
             except RouterError as exc:
                 return error_frame(exc.code, str(exc), frame.req_id)
@@ -1135,6 +1149,7 @@ class Router:
                     "usage": run.usage,
                     # The run's workspace changes, attached in full by the bridge.
                     **({"diff": live.diff} if live.diff else {}),
+                    **({"pr_url": live.pr_url} if live.pr_url else {}),
                 },
             )
         final = {"state": status, "error": run.error}

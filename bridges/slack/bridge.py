@@ -60,6 +60,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -72,6 +73,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bridges import common
 from bridges.common import (
     STARTUP_BACKOFF_MAX_S,
     BridgeError,
@@ -83,11 +85,18 @@ from bridges.common import (
 )
 from bridges.hub_link import Frame, HubError, HubLink
 from bridges.slack import convert
-from bridges.slack.convert import FilePart, ReplyPart, Target, TextPart
+from bridges.slack.convert import ButtonPart, FilePart, ReplyPart, Target, TextPart
 from bridges.slack.settings import SlackSettings
 from hub.logs import bound, register_secret
 
 log = logging.getLogger(__name__)
+
+APPLICATION_OCTET = "application/octet-stream"
+
+
+class AttachmentRefused(Exception):
+    """A shared file that may not be attached; the message is the reply to its sender."""
+
 
 T = TypeVar("T")
 
@@ -483,6 +492,7 @@ class SlackBridge:
         )
         app.event("app_mention")(self._on_mention)
         app.event("message")(self._on_message)
+        app.action(convert.OPEN_PR_ACTION)(self._on_open_pr)
         return app
 
     async def close(self) -> None:
@@ -669,13 +679,16 @@ class SlackBridge:
         team = str(body.get("team_id") or context.team_id or "")
         target = Target.of_event(event, team)
         text = convert.strip_mention(str(event.get("text") or ""), bot_user_id)
+        files = [f for f in event.get("files") or [] if isinstance(f, dict)]
         self._spawn(
-            self._handle(target, text, convert.is_direct(event)),
+            self._handle(target, text, convert.is_direct(event), files),
             f"request:{event_id or message_key}",
             request=True,
         )
 
-    async def _handle(self, target: Target, text: str, is_dm: bool) -> None:
+    async def _handle(
+        self, target: Target, text: str, is_dm: bool, files: list[dict[str, Any]] | None = None
+    ) -> None:
         settings = self.settings
         refusal = convert.check_access(
             target.user, target.channel, settings.allowed_users, settings.allowed_channels, is_dm
@@ -693,10 +706,108 @@ class SlackBridge:
             await self._say(target, self.repos.command(target.channel, argument))
             return
         optimize, prompt = split_optimize_prefix(text)
+        attachments = None
+        if files:
+            try:
+                attachments = common.attachment_options(await self._download(files))
+            except AttachmentRefused as exc:
+                await self._say(target, str(exc))
+                return
+            prompt = prompt or common.ATTACHMENT_ONLY_PROMPT
         if not prompt:
             await self._say(target, convert.help_text())
             return
-        await self._start_run(target, prompt, optimize)
+        await self._start_run(target, prompt, optimize, attachments)
+
+    async def _download(self, files: list[dict[str, Any]]) -> list[common.Attachment]:
+        """The files shared with a message, downloaded with the bot token; raises
+        AttachmentRefused, with the reply, for one over the limits or unreadable."""
+        limits = (self.settings.attachment_max_bytes, self.settings.attachment_types)
+        api_host = urlsplit(self.settings.api_base_url).hostname
+        found: list[common.Attachment] = []
+        total = 0
+        for file in files:
+            name = str(file.get("name") or file.get("id") or "file")
+            mime = str(file.get("mimetype") or APPLICATION_OCTET)
+            size = file.get("size") if isinstance(file.get("size"), int) else None
+            refusal = common.attachment_refusal(name, mime, size, *limits, total=total)
+            if refusal is not None:
+                raise AttachmentRefused(refusal)
+            url = str(file.get("url_private_download") or file.get("url_private") or "")
+            host = urlsplit(url).hostname or ""
+            # The bot token goes to Slack only: its file host, or the configured API's.
+            if urlsplit(url).scheme not in ("https", "http") or not (
+                host == api_host or host == "slack.com" or host.endswith(".slack.com")
+            ):
+                raise AttachmentRefused(f"{name} was not used: it is not a file on Slack.")
+            data = await self._fetch_file(name, url, limits[0] - total)
+            refusal = common.attachment_refusal(name, mime, len(data), *limits, total=total)
+            if refusal is not None:
+                raise AttachmentRefused(refusal)
+            total += len(data)
+            found.append(common.Attachment(name, mime, data))
+        return found
+
+    async def _fetch_file(self, name: str, url: str, room: int) -> bytes:
+        """The bytes at ``url`` (a file's url_private), read up to ``room`` + 1 bytes."""
+        token = self.settings.bot_token.get_secret_value()
+        assert self._session is not None
+        try:
+            async with (
+                asyncio.timeout(CALL_TIMEOUT_S),
+                self._session.get(
+                    url, headers={"Authorization": f"Bearer {token}"}, allow_redirects=False
+                ) as response,
+            ):
+                if response.status != 200:
+                    raise AttachmentRefused(
+                        f"{name} could not be downloaded from Slack (HTTP {response.status})."
+                    )
+                return await response.content.read(room + 1)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("could not download a shared file: %s", describe(exc))
+            raise AttachmentRefused(f"{name} could not be downloaded from Slack.") from exc
+
+    async def _on_open_pr(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        """The "Open PR" button: a ``!pr`` follow-up in the same thread, by an allowed
+        user only; the button's message then says who pressed it."""
+        await ack()
+        message = body.get("message") or {}
+        channel = str((body.get("channel") or {}).get("id") or "")
+        user = str((body.get("user") or {}).get("id") or "")
+        ts = str(message.get("ts") or "")
+        if not channel or not ts:
+            return
+        team = str((body.get("team") or {}).get("id") or context.team_id or "")
+        target = Target(team, channel, str(message.get("thread_ts") or ts), ts, user)
+        settings = self.settings
+        refusal = convert.check_access(
+            user, channel, settings.allowed_users, settings.allowed_channels, channel[:1] == "D"
+        )
+        if refusal is not None:
+            log.info("refused a pull-request press by %s in %s (%s)", user, channel, refusal)
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT_S):
+                    await self.client.chat_postEphemeral(
+                        channel=channel,
+                        user=user,
+                        thread_ts=target.thread_ts,
+                        text=convert.refusal_text(user, channel, refusal),
+                    )
+            except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("could not refuse a press in %s: %s", channel, describe(exc))
+            return
+        # The button's ts is the dedupe key: two presses of one button open one PR.
+        await self._start_run(target, convert.OPEN_PR_PROMPT, False)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await self.client.chat_update(
+                    channel=channel, ts=ts, text=convert.open_pr_pressed(user), blocks=[]
+                )
+        except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("could not update the button in %s: %s", channel, describe(exc))
 
     def _origin(self, target: Target) -> dict[str, Any]:
         origin = target.to_origin()
@@ -705,7 +816,13 @@ class SlackBridge:
             origin["repo"] = repo
         return origin
 
-    async def _start_run(self, target: Target, prompt: str, optimize: bool | None) -> None:
+    async def _start_run(
+        self,
+        target: Target,
+        prompt: str,
+        optimize: bool | None,
+        attachments: dict[str, list[dict[str, str]]] | None = None,
+    ) -> None:
         try:
             # Submitted first: the Slack calls below would only delay the run's start.
             submitted = await self.link.submit(
@@ -716,6 +833,7 @@ class SlackBridge:
                 # A message re-sent after a bridge crash names the run it started.
                 dedupe_key=f"{target.channel}:{target.ts}" if target.ts else None,
                 on_kept=lambda: self._say(target, convert.kept_text()),
+                attachments=attachments,
             )
         except HubError as exc:
             log.warning("the hub did not take a request from %s: %s", target.channel, exc)
@@ -809,6 +927,8 @@ class SlackBridge:
             diff = frame.get("diff")
             if isinstance(diff, str) and diff:
                 parts.append(convert.diff_file(diff, run_id))
+                if not frame.get("pr_url"):
+                    parts.append(convert.open_pr_offer(run_id))
             sent = self._sent.get(delivery_id)
             if sent is None:
                 sent = await self._first_attempt(run_id, target, parts)
@@ -886,6 +1006,13 @@ class SlackBridge:
             elif isinstance(part, TextPart):
                 await self._post(
                     target, part.text, metadata=convert.reply_metadata(run_id, index, count)
+                )
+            elif isinstance(part, ButtonPart):
+                await self._post(
+                    target,
+                    part.text,
+                    blocks=part.blocks(),
+                    metadata=convert.reply_metadata(run_id, index, count),
                 )
         except (SlackClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             what = f"part {index + 1}/{count}: {describe(exc)}"

@@ -473,7 +473,51 @@ class FilePart:
     comment: str
 
 
-ReplyPart = TextPart | FilePart
+@dataclass(frozen=True)
+class ButtonPart:
+    """A message with one button (Block Kit); its press comes back with ``value``."""
+
+    text: str
+    label: str
+    action_id: str
+    value: str
+
+    def blocks(self) -> list[dict[str, Any]]:
+        """The message's blocks: the text, then the button."""
+        return [
+            {"type": "section", "text": {"type": "mrkdwn", "text": self.text}},
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": self.label},
+                        "action_id": self.action_id,
+                        "value": self.value,
+                    }
+                ],
+            },
+        ]
+
+
+ReplyPart = TextPart | FilePart | ButtonPart
+
+#: The action id of the "Open PR" button; its value is the run's id.
+OPEN_PR_ACTION = "codex_hub_open_pr"
+#: What a press of the button asks for: the same as a user's ``!pr`` message.
+OPEN_PR_PROMPT = "!pr"
+
+
+def open_pr_offer(run_id: str) -> ButtonPart:
+    """The "Open PR" button under an answer whose conversation changed its repository."""
+    return ButtonPart(
+        "These changes are not in a pull request yet.", "Open PR", OPEN_PR_ACTION, run_id
+    )
+
+
+def open_pr_pressed(user_id: str) -> str:
+    """The button's message once pressed: the button goes, this says who pressed it."""
+    return f"Pull request requested by <@{escape_mrkdwn(user_id)}>."
 
 
 def diff_file(diff: str, run_id: str) -> FilePart:
@@ -539,7 +583,7 @@ def already_posted(
     filename = answer_filename(run_id)
     for message in messages:
         part = _part_number(message.get("metadata"), run_id, len(parts))
-        if part is not None and isinstance(parts[part - 1], TextPart):
+        if part is not None and isinstance(parts[part - 1], (TextPart, ButtonPart)):
             found.add(part - 1)
         for file in message.get("files") or []:
             if isinstance(file, Mapping) and file.get("name") == filename:

@@ -47,6 +47,7 @@ import datetime as dt
 import enum
 import logging
 import math
+import mimetypes
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,8 @@ from typing import Any, TypeVar
 
 from telegram import (
     BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
     InputFile,
     LinkPreviewOptions,
     Message,
@@ -71,7 +74,14 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
-from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
 
 from bridges import common
 from bridges.common import (
@@ -83,12 +93,26 @@ from bridges.common import (
 )
 from bridges.hub_link import Frame, HubError, HubLink
 from bridges.telegram import convert
-from bridges.telegram.convert import DocumentPart, ReplyPart, ReplyTarget, SendWindow, TextPart
+from bridges.telegram.convert import (
+    ButtonPart,
+    DocumentPart,
+    ReplyPart,
+    ReplyTarget,
+    SendWindow,
+    TextPart,
+)
 from bridges.telegram.http import AiohttpRequest
 from bridges.telegram.settings import TelegramSettings
 from hub.logs import bound, register_secret
 
 log = logging.getLogger(__name__)
+
+APPLICATION_OCTET = "application/octet-stream"
+
+
+class AttachmentRefused(Exception):
+    """A file that may not be attached; the message is the reply to its sender."""
+
 
 T = TypeVar("T")
 AnyApp = Application[Any, Any, Any, Any, Any, Any]
@@ -204,7 +228,9 @@ class TelegramBridge:
         app.add_handler(CommandHandler("status", self._cmd_status, filters=new))
         app.add_handler(CommandHandler("repo", self._cmd_repo, filters=new))
         app.add_handler(CommandHandler("ask", self._on_text, filters=new))
+        app.add_handler(CallbackQueryHandler(self._on_open_pr, pattern=f"^{convert.OPEN_PR_DATA}"))
         app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
+        app.add_handler(MessageHandler(new & (filters.PHOTO | filters.Document.ALL), self._on_text))
         app.add_handler(
             MessageHandler(new & filters.COMMAND & filters.ChatType.PRIVATE, self._cmd_help)
         )
@@ -269,7 +295,7 @@ class TelegramBridge:
         assert self.app.updater is not None
         await self.app.updater.start_polling(
             timeout=dt.timedelta(seconds=POLL_TIMEOUT_S),
-            allowed_updates=[Update.MESSAGE],
+            allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
             bootstrap_retries=3,
             error_callback=self._polling_error,
         )
@@ -496,19 +522,33 @@ class TelegramBridge:
 
     async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
-        if message is None or message.text is None:
+        if message is None:
             return
+        has_file = bool(message.photo or message.document)
+        if message.text is None and not has_file:
+            return
+        text = message.text if message.text is not None else message.caption
         addressed, prompt = convert.should_handle(
-            message.text,
+            text,
             message.chat.type,
             self.bot_username,
             convert.is_reply_to_bot(message, self.bot_id),
-            message.entities,
+            message.entities if message.text is not None else message.caption_entities,
         )
+        if has_file and not (text or "").strip() and message.chat.type == "private":
+            addressed = True  # a file alone, in a private chat, is a request about it
         if not addressed or not await self._admit(message):
             return
         optimize, prompt = split_optimize_prefix(prompt)
         target = ReplyTarget.of(message)
+        attachments = None
+        if has_file:
+            try:
+                attachments = common.attachment_options([await self._attachment(message)])
+            except AttachmentRefused as exc:
+                await self._say(target, str(exc))
+                return
+            prompt = prompt or common.ATTACHMENT_ONLY_PROMPT
         if not prompt:
             await self._say(target, self._help(message))
             return
@@ -527,6 +567,7 @@ class TelegramBridge:
                 # message then names the run it started instead of starting another.
                 dedupe_key=f"{target.chat_id}:{target.message_id}" if target.message_id else None,
                 on_kept=lambda: self._say(target, convert.kept_text()),
+                attachments=attachments,
             )
         except HubError as exc:
             log.warning("the hub did not take a message from chat %s: %s", target.chat_id, exc)
@@ -537,6 +578,36 @@ class TelegramBridge:
         self._track(submitted.run_id, target, state=None, position=submitted.position)
         if submitted.position > 0:
             await self._say(target, convert.queued_text(submitted.position))
+
+    async def _attachment(self, message: Message) -> common.Attachment:
+        """The photo (its largest size) or document of ``message``, downloaded; raises
+        AttachmentRefused, with the reply, when it is over the limits or unreadable."""
+        settings = self.settings
+        if message.photo:
+            photo = message.photo[-1]
+            file_id, size = photo.file_id, photo.file_size
+            name, mime = f"photo-{message.message_id}.jpg", "image/jpeg"
+        else:
+            document = message.document
+            assert document is not None
+            file_id, size = document.file_id, document.file_size
+            name = document.file_name or f"file-{message.message_id}"
+            mime = document.mime_type or mimetypes.guess_type(name)[0] or APPLICATION_OCTET
+        limits = (settings.attachment_max_bytes, settings.attachment_types)
+        refusal = common.attachment_refusal(name, mime, size, *limits)
+        if refusal is not None:
+            raise AttachmentRefused(refusal)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                file = await self.app.bot.get_file(file_id)
+                data = bytes(await file.download_as_bytearray())
+        except (TelegramError, TimeoutError) as exc:
+            log.warning("could not download a file from chat %s: %s", message.chat.id, exc)
+            raise AttachmentRefused(f"{name} could not be downloaded from Telegram.") from exc
+        refusal = common.attachment_refusal(name, mime, len(data), *limits)
+        if refusal is not None:
+            raise AttachmentRefused(refusal)
+        return common.Attachment(name, mime, data)
 
     def _help(self, message: Message) -> str:
         user = message.from_user
@@ -687,6 +758,8 @@ class TelegramBridge:
             diff = frame.get("diff")
             if isinstance(diff, str) and diff:
                 parts.append(convert.diff_document(diff, run_id))
+                if not frame.get("pr_url"):
+                    parts.append(convert.open_pr_offer(run_id))
             try:
                 for index, part in enumerate(parts):
                     if index not in posted.parts:
@@ -703,9 +776,70 @@ class TelegramBridge:
             for message_id in sorted(m for m in statuses if m is not None):
                 self._spawn(self._delete(target, message_id), "delete-status")
 
+    async def _on_open_pr(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The "Open PR" button: a ``!pr`` follow-up in the same conversation, by an
+        allowed user only; the button's message then says who pressed it."""
+        query = update.callback_query
+        if query is None or not isinstance(query.message, Message) or query.data is None:
+            return
+        message = query.message
+        user = query.from_user
+        chat_id = message.chat.id
+        if not convert.is_allowed(
+            chat_id, user.id, self.settings.allowed_chats, self.settings.allowed_users
+        ):
+            log.info("refused a pull-request press by user %s in chat %s", user.id, chat_id)
+            await self._answer_query(query.id, convert.open_pr_refusal(user.id), alert=True)
+            return
+        run_id = query.data.removeprefix(convert.OPEN_PR_DATA)
+        target = ReplyTarget.of(message)
+        origin = target.to_origin(user.id, user.username)
+        repo = self.repos.get(str(chat_id))
+        if repo:
+            origin["repo"] = repo
+        try:
+            submitted = await self.link.submit(
+                convert.OPEN_PR_PROMPT,
+                session_key=self._session(target),
+                origin=origin,
+                optimize=False,
+                # Two presses of one button (two people, or a double tap) open one PR.
+                dedupe_key=f"{convert.OPEN_PR_DATA}{run_id}",
+            )
+        except HubError as exc:
+            log.warning("the hub did not take a pull-request press in chat %s: %s", chat_id, exc)
+            await self._answer_query(query.id, convert.hub_error_text(exc.code, str(exc)))
+            return
+        await self._answer_query(query.id, "Opening a pull request…")
+        who = f"@{user.username}" if user.username else str(user.id)
+        with contextlib.suppress(TelegramError, TimeoutError):
+            await self.edit_text(target, message.message_id, convert.open_pr_pressed(who))
+        self._track(submitted.run_id, target, state=None, position=submitted.position)
+
+    async def _answer_query(self, query_id: str, text: str, *, alert: bool = False) -> None:
+        """Best effort: the small notice Telegram shows to whoever pressed a button."""
+        try:
+            await self.app.bot.answer_callback_query(query_id, text=text[:200], show_alert=alert)
+        except (TelegramError, TimeoutError) as exc:
+            log.warning("could not answer a button press: %s", exc)
+
     async def _post(self, target: ReplyTarget, part: ReplyPart) -> int:
         """Post one part of a reply; its message id. Raises Undeliverable when hopeless."""
         try:
+            if isinstance(part, ButtonPart):
+                message = await self._call(
+                    target.chat_id,
+                    lambda chat_id: self.app.bot.send_message(
+                        chat_id,
+                        part.text,
+                        message_thread_id=target.thread_id,
+                        reply_parameters=self._reply_to(target),
+                        reply_markup=InlineKeyboardMarkup(
+                            [[InlineKeyboardButton(part.label, callback_data=part.data)]]
+                        ),
+                    ),
+                )
+                return message.message_id
             if isinstance(part, DocumentPart):
                 message = await self._call(
                     target.chat_id,

@@ -662,7 +662,41 @@ class DocumentPart:
     caption: str
 
 
-ReplyPart = TextPart | DocumentPart
+@dataclass(frozen=True, slots=True)
+class ButtonPart:
+    """A message with one inline keyboard button (``data`` comes back when pressed)."""
+
+    text: str
+    label: str
+    data: str
+
+
+ReplyPart = TextPart | DocumentPart | ButtonPart
+
+#: The callback data of the "Open PR" button starts with this, then the run's id.
+OPEN_PR_DATA = "pr:"
+#: What a press of the button asks for: the same as a user's ``!pr`` message.
+OPEN_PR_PROMPT = "!pr"
+
+
+def open_pr_offer(run_id: str) -> ButtonPart:
+    """The "Open PR" button under an answer whose conversation changed its repository."""
+    return ButtonPart(
+        "These changes are not in a pull request yet.", "Open PR", f"{OPEN_PR_DATA}{run_id}"
+    )
+
+
+def open_pr_pressed(who: str) -> str:
+    """The button's message once pressed: the button goes, this says who pressed it."""
+    return f"Pull request requested by {who}."
+
+
+def open_pr_refusal(user_id: int) -> str:
+    """What someone not allowed to use the bot reads when they press the button."""
+    return (
+        "Only people allowed to use this bot in this chat may open a pull request. "
+        f"Your user id is {user_id}."
+    )
 
 
 def diff_document(diff: str, run_id: str) -> DocumentPart:

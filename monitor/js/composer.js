@@ -4,7 +4,7 @@
 import { setText } from './dom.js';
 
 export class Composer {
-  /** parts: { form, prompt, keep, keepLabel, send, status }; onStarted(runSummary). */
+  /** parts: { form, prompt, repo, keep, keepLabel, send, status }; onStarted(runSummary). */
   constructor(api, parts, onStarted, onError) {
     this.api = api;
     this.parts = parts;
@@ -44,6 +44,8 @@ export class Composer {
     }
     const body = { prompt: text };
     if (keep.checked && this.sessionKey) body.session_key = this.sessionKey;
+    const repo = this.parts.repo?.value.trim();
+    if (repo) body.repo = repo;
     send.disabled = true;
     setText(status, 'Starting…');
     try {

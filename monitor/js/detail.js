@@ -148,6 +148,11 @@ export class RunDetail {
       }
       this.ui.timeline.add(event);
       this.lastSeq = event.seq;
+      if (event.kind === 'workspace' && !this.ui.sawWorkspace) {
+        this.ui.sawWorkspace = true; // its diff is worth a fetch once the run has ended
+        this.ui.changesFor = null;
+        this.renderChanges();
+      }
       if (event.kind === 'state' && rank(event.state) >= rank(this.run.state)) {
         this.run.state = event.state;
         this.renderHead();
@@ -195,6 +200,7 @@ export class RunDetail {
       effective: h('div', { class: 'effective' }),
       timelineList: h('ol', { class: 'timeline', 'aria-label': 'Timeline' }),
       outcome: h('div', { class: 'outcome' }),
+      changes: h('div', { class: 'changes' }),
       usage: h('div', { class: 'usage-timings' }),
     };
     ui.timeline = new Timeline(ui.timelineList, run.created_at);
@@ -214,6 +220,7 @@ export class RunDetail {
       section('Prompt codex got', ui.effective),
       section('Timeline', ui.timelineList),
       section('Answer', ui.outcome),
+      section('Changes', ui.changes),
       section('Usage and timings', ui.usage),
     );
     this.root.setAttribute('aria-labelledby', 'detail-title');
@@ -276,6 +283,79 @@ export class RunDetail {
       this.root.scrollTop = top;
     }
     ui.usage.replaceChildren(usageList(run));
+    this.renderChanges();
+  }
+
+  /** The run's workspace changes (GET /api/runs/{id}/diff), once it has ended. */
+  async renderChanges() {
+    const { run, ui } = this;
+    if (isActive(run.state)) {
+      if (ui.changesFor !== 'active') {
+        ui.changesFor = 'active';
+        ui.changes.replaceChildren(h('p', { class: 'muted' }, 'What the run changed shows here when it ends.'));
+      }
+      return;
+    }
+    if (ui.changesFor === run.id) return;
+    ui.changesFor = run.id;
+    if (!ui.sawWorkspace) {
+      ui.changes.replaceChildren(h('p', { class: 'muted' }, 'This run recorded no repository changes.'));
+      return;
+    }
+    const token = this.token;
+    let diff;
+    try {
+      diff = await this.api.get(`${runPath(run.id)}/diff`);
+    } catch (err) {
+      if (token !== this.token) return;
+      const text = err.status === 404 ? 'This run recorded no repository changes.' : `Could not load the changes: ${err.message}`;
+      ui.changes.replaceChildren(h('p', { class: 'muted' }, text));
+      if (err.name === 'Unauthorized') this.handlers.onError(err);
+      return;
+    }
+    if (token !== this.token) return;
+    ui.changes.replaceChildren(...this.changesParts(diff));
+  }
+
+  changesParts(diff) {
+    const parts = [];
+    const where = [diff.repo, diff.branch && `branch ${diff.branch}`, diff.base_branch && `from ${diff.base_branch}`];
+    parts.push(h('p', { class: 'changes-summary' }, [where.filter(Boolean).join(', '), diff.changes ? `: ${diff.changes}` : ''].join('')));
+    if (diff.pr_url) {
+      parts.push(h('p', { class: 'changes-pr' }, 'Pull request: ', h('a', { href: safeUrl(diff.pr_url), rel: 'noopener noreferrer', target: '_blank' }, diff.pr_url)));
+    }
+    if (diff.push_error?.message) parts.push(h('p', { class: 'notice notice-error' }, `Not pushed: ${diff.push_error.message}`));
+    const text = diff.diff || '';
+    if (!text) {
+      parts.push(h('p', { class: 'muted' }, 'No changes.'));
+      return parts;
+    }
+    const lines = text.replace(/\n$/, '').split('\n');
+    parts.push(h('pre', { class: 'text-block diff', tabindex: '0', 'aria-label': 'The conversation\'s diff' }, lines.map((line) => h('span', { class: diffLineClass(line) }, `${line}\n`))));
+    if (diff.truncated) parts.push(h('p', { class: 'muted' }, 'The diff was cut short.'));
+    if (!diff.pr_url && this.run.session_key) {
+      const status = h('span', { class: 'muted', role: 'status' });
+      const button = h('button', { class: 'btn btn-primary btn-small', type: 'button' }, 'Open PR');
+      button.addEventListener('click', () => this.openPr(button, status));
+      parts.push(h('div', { class: 'answer-bar' }, button, status));
+    }
+    return parts;
+  }
+
+  /** Commit, push and open a pull request: a run in this conversation with open_pr. */
+  async openPr(button, status) {
+    const run = this.run;
+    button.disabled = true;
+    setText(status, 'Starting…');
+    try {
+      const reply = await this.api.post('api/runs', { prompt: '!pr', session_key: run.session_key, open_pr: true });
+      setText(status, `Started ${reply.run.id}: its changes show the pull request.`);
+      this.handlers.onStarted?.(reply.run);
+    } catch (err) {
+      setText(status, `Could not open a pull request: ${err.message}`);
+      button.disabled = false;
+      if (err.name === 'Unauthorized') this.handlers.onError(err);
+    }
   }
 
   answerParts() {
@@ -337,6 +417,20 @@ export function errorNotice(error) {
     );
   }
   return notice;
+}
+
+/** The CSS class of one diff line: added, removed, a hunk header, a file header. */
+function diffLineClass(line) {
+  if (line.startsWith('+++') || line.startsWith('---') || line.startsWith('diff ')) return 'diff-file';
+  if (line.startsWith('+')) return 'diff-add';
+  if (line.startsWith('-')) return 'diff-del';
+  if (line.startsWith('@@')) return 'diff-hunk';
+  return 'diff-ctx';
+}
+
+/** Only http(s) links are made clickable. */
+function safeUrl(url) {
+  return /^https?:\/\//i.test(String(url)) ? String(url) : '#';
 }
 
 function runPath(id) {

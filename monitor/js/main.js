@@ -55,6 +55,7 @@ const composer = new Composer(
   {
     form: byId('composer'),
     prompt: byId('c-prompt'),
+    repo: byId('c-repo'),
     keep: byId('c-continue'),
     keepLabel: byId('c-continue-label'),
     send: byId('c-send'),
@@ -71,6 +72,12 @@ const detail = new RunDetail(api, byId('detail'), nodes, {
   onError: handleError,
   onChange: (run) => composer.follow(run),
   onConversation: (key) => showConversation(key),
+  // "Open PR" in the Changes section started a run: open it, as the composer does.
+  onStarted: (run) => {
+    notice.started(run);
+    runs.upsert(run);
+    location.hash = `#/runs/${encodeURIComponent(run.id)}`;
+  },
 });
 
 /** The runs of one conversation (the filter, shown as a chip with a way out). */

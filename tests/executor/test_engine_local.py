@@ -7,6 +7,7 @@ the transport tests below them use small shell and Python children instead.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import shlex
@@ -643,3 +644,28 @@ async def test_transport_files(tmp_path: Path) -> None:
         await local.remove_tree(str(directory))
         assert not directory.exists()  # noqa: ASYNC240
         await local.remove_tree(str(directory))
+
+
+async def test_attached_files_are_written_under_attachments_with_safe_names(
+    executor_settings: Settings, tmp_path: Path
+) -> None:
+    """Files in an assign frame's options land in the workdir's attachments/ directory
+    under sanitised, unique names, and the prompt names each path."""
+    settings = executor_settings(exec_dry_run=True, codex_bin="/nonexistent/codex")
+    files = [
+        {"name": "../../etc/passwd", "data": base64.b64encode(b"one").decode()},
+        {"name": "notes v2.txt", "data": base64.b64encode(b"two").decode()},
+        {"name": "passwd", "data": base64.b64encode(b"three").decode()},
+    ]
+    request = RunRequest.with_options(
+        "r1", "read them", None, {"files": files}, workdir=str(tmp_path)
+    )
+    async with LocalTransport() as transport:
+        await CodexEngine(settings, transport).write_attachments(request)
+    folder = tmp_path / "attachments"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes_v2.txt", "passwd", "passwd-2"]
+    assert (folder / "passwd").read_bytes() == b"one"
+    assert (folder / "passwd-2").read_bytes() == b"three"
+    assert request.prompt.startswith("read them\n\n")
+    for name in ("attachments/passwd", "attachments/notes_v2.txt", "attachments/passwd-2"):
+        assert f"- {name}" in request.prompt

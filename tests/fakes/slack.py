@@ -264,6 +264,10 @@ class FakeSlack:
         self.connections: list[Connection] = []
         self.ephemeral: list[dict[str, Any]] = []
         self.uploads: dict[str, UploadedFile] = {}
+        #: Files users shared (`user_file`): id -> (file object, bytes).
+        self.user_files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        #: Downloads of users' files: (file id, the Authorization header sent).
+        self.downloads: list[tuple[str, str]] = []
         self.users: dict[str, dict[str, Any]] = {}
         self._calls: list[SlackCall] = []
         #: Called with every call as it is recorded (a bench under load uses this
@@ -297,6 +301,7 @@ class FakeSlack:
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_get("/link/", self._handle_socket)
         app.router.add_post("/upload/v1/{file_id}", self._handle_upload)
+        app.router.add_get("/private/{file_id}/{name}", self._handle_private_file)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self._port, reuse_address=True)
@@ -794,6 +799,51 @@ class FakeSlack:
         "conversations.replies": _conversations_replies,
     }
 
+    async def _handle_private_file(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        auth = request.headers.get("Authorization", "")
+        self.downloads.append((file_id, auth))
+        self._touch()
+        found = self.user_files.get(file_id)
+        if found is None:
+            return web.Response(status=404, text="file not found")
+        if auth != f"Bearer {self.bot_token}":
+            # Slack answers an unauthenticated file URL with its sign-in page.
+            return web.Response(status=302, headers={"Location": f"{self.base_url}/signin"})
+        return web.Response(body=found[1], content_type=found[0]["mimetype"])
+
+    def user_file(self, name: str, mimetype: str, content: bytes) -> dict[str, Any]:
+        """A file a user shares: its file object (as in a `file_share` message event),
+        downloadable with the bot token from its `url_private`."""
+        file_id = self._next_id("F")
+        url = f"{self.base_url}/private/{file_id}/{name}"
+        file = {
+            "id": file_id,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": name.rpartition(".")[2],
+            "size": len(content),
+            "user": "U0ALICE",
+            "url_private": url,
+            "url_private_download": f"{url}?download=1",
+        }
+        self.user_files[file_id] = (file, content)
+        return file
+
+    def file_share(
+        self,
+        text: str,
+        files: list[dict[str, Any]],
+        *,
+        user: str = "U0ALICE",
+        channel: str = "D0ALICE",
+    ) -> dict[str, Any]:
+        """A direct message with files shared (`message`, subtype `file_share`)."""
+        event = self._base_event("message", text, user, channel, None, None)
+        event.update(channel_type="im", subtype="file_share", files=files, upload=False)
+        return event
+
     async def _handle_upload(self, request: web.Request) -> web.Response:
         file_id = request.match_info["file_id"]
         data = await request.read()
@@ -929,6 +979,69 @@ class FakeSlack:
         await conn.ws.send_json(frame)
         if wait_ack:
             await self.wait_ack(envelope_id, timeout)
+        return envelope_id
+
+    async def press_button(
+        self,
+        channel: str,
+        ts: str,
+        action_id: str,
+        *,
+        user: str = "U0ALICE",
+        timeout: float = 5.0,
+    ) -> str:
+        """Press the button ``action_id`` on the bot's message ``ts``: a ``block_actions``
+        payload in an ``interactive`` envelope, as Slack sends it. Waits for the ack;
+        returns the envelope id."""
+        msg = self._messages[(channel, ts)]
+        button = next(
+            element
+            for block in msg.blocks or []
+            for element in block.get("elements") or []
+            if element.get("action_id") == action_id
+        )
+        envelope_id = str(uuid.uuid4())
+        frame = {
+            "envelope_id": envelope_id,
+            "payload": {
+                "type": "block_actions",
+                "user": {"id": user, "username": user.lower(), "team_id": self.team_id},
+                "api_app_id": APP_ID,
+                "token": "fake-verification-token",
+                "container": {
+                    "type": "message",
+                    "message_ts": ts,
+                    "channel_id": channel,
+                    "is_ephemeral": False,
+                    **({"thread_ts": msg.thread_ts} if msg.thread_ts else {}),
+                },
+                "trigger_id": self._next_id("trigger"),
+                "team": {"id": self.team_id, "domain": "fake"},
+                "enterprise": None,
+                "is_enterprise_install": False,
+                "channel": {"id": channel, "name": channel.lower()},
+                "message": msg.to_api(),
+                "response_url": f"{self.base_url}/actions/{envelope_id}",
+                "actions": [
+                    {
+                        "action_id": action_id,
+                        "block_id": self._next_id("B"),
+                        "text": button.get("text"),
+                        "value": button.get("value"),
+                        "type": "button",
+                        "action_ts": self.next_ts(),
+                    }
+                ],
+            },
+            "type": "interactive",
+            "accepts_response_payload": False,
+        }
+        conn = await self.wait_connected(timeout=timeout)
+        self.envelopes[envelope_id] = Envelope(
+            envelope_id, "", frame, conn.number, time.monotonic()
+        )
+        await conn.ws.send_json(frame)
+        await self.wait_ack(envelope_id, timeout)
         return envelope_id
 
     async def redeliver(

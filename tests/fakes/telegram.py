@@ -394,6 +394,7 @@ class FakeTelegram:
             "deleteWebhook": self._delete_webhook,
             "sendMessage": self._send_message,
             "editMessageText": self._edit_message_text,
+            "answerCallbackQuery": self._answer_callback_query,
             "sendChatAction": self._send_chat_action,
             "sendDocument": self._send_document,
             "getFile": self._get_file,
@@ -766,6 +767,101 @@ class FakeTelegram:
         update_id = self.push_update({"message": message})
         return Pushed(update_id, message_id, message)
 
+    def _user_file(self, content: bytes, file_name: str, mime_type: str, kind: str) -> StoredFile:
+        """A file a user sent, kept for ``getFile`` and the download path."""
+        number = next(self._file_ids)
+        stored = StoredFile(
+            file_id=f"AgACfake{number:06d}",
+            file_unique_id=f"AQADfake{number:06d}",
+            file_path=f"{kind}/file_{number}_{file_name}",
+            file_name=file_name,
+            mime_type=mime_type,
+            content=content,
+        )
+        self._files[stored.file_id] = stored
+        return stored
+
+    def _push_media(
+        self,
+        chat_id: int,
+        media: dict[str, Any],
+        caption: str | None,
+        user_id: int | None,
+        file_size: int | None,
+    ) -> Pushed:
+        chat = self.add_chat(chat_id, None, is_forum=False)
+        if user_id is None:
+            if chat["type"] != "private":
+                raise ValueError("user_id is required outside private chats")
+            user_id = chat_id
+        message_id = self._new_message_id(chat_id)
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "from": self.user(user_id),
+            "chat": chat,
+            "date": int(time.time()),
+            **media,
+        }
+        if caption:
+            message["caption"] = caption
+            found = detect_entities(caption)
+            if found:
+                message["caption_entities"] = found
+        self._messages[chat_id][message_id] = message
+        return Pushed(self.push_update({"message": message}), message_id, message)
+
+    def push_photo(
+        self,
+        chat_id: int,
+        content: bytes,
+        *,
+        caption: str | None = None,
+        user_id: int | None = None,
+        file_size: int | None = None,
+    ) -> Pushed:
+        """A user's photo (one size: ``content`` as JPEG), with an optional caption;
+        ``file_size`` overrides the size Telegram states."""
+        stored = self._user_file(content, "photo.jpg", "image/jpeg", "photos")
+        size = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "width": 64,
+            "height": 64,
+            "file_size": len(content) if file_size is None else file_size,
+        }
+        return self._push_media(chat_id, {"photo": [size]}, caption, user_id, file_size)
+
+    def push_document(
+        self,
+        chat_id: int,
+        content: bytes,
+        file_name: str,
+        mime_type: str,
+        *,
+        caption: str | None = None,
+        user_id: int | None = None,
+    ) -> Pushed:
+        """A user's file sent as a document, with an optional caption."""
+        stored = self._user_file(content, file_name, mime_type, "documents")
+        media = {"document": stored.as_document()}
+        return self._push_media(chat_id, media, caption, user_id, None)
+
+    def push_callback_query(self, chat_id: int, message_id: int, data: str, *, user_id: int) -> int:
+        """Queue a press of an inline keyboard button under the bot's ``message_id``."""
+        message = self._messages[chat_id][message_id]
+        query_id = f"cq{next(self._update_ids)}"
+        return self.push_update(
+            {
+                "callback_query": {
+                    "id": query_id,
+                    "from": self.user(user_id),
+                    "message": message,
+                    "chat_instance": str(chat_id),
+                    "data": data,
+                }
+            }
+        )
+
     def push_command(
         self, chat_id: int, command: str, args: str = "", *, addressed: bool = False, **kw: Any
     ) -> Pushed:
@@ -1049,6 +1145,8 @@ class FakeTelegram:
         message["text"] = text
         if entities:
             message["entities"] = entities
+        if isinstance(args.get("reply_markup"), dict):
+            message["reply_markup"] = args["reply_markup"]
         return self._store(chat, message)
 
     async def _edit_message_text(self, args: dict[str, Any], files: dict[str, Upload]) -> Any:
@@ -1076,8 +1174,17 @@ class FakeTelegram:
         message.pop("entities", None)
         if entities:
             message["entities"] = entities
+        # An edit without a keyboard removes the message's buttons, as Telegram does.
+        message.pop("reply_markup", None)
+        if isinstance(args.get("reply_markup"), dict):
+            message["reply_markup"] = args["reply_markup"]
         message["edit_date"] = int(time.time())
         return message
+
+    async def _answer_callback_query(self, args: dict[str, Any], files: dict[str, Upload]) -> Any:
+        if not args.get("callback_query_id"):
+            raise BotApiError(400, "Bad Request: query_id_invalid")
+        return True
 
     async def _send_chat_action(self, args: dict[str, Any], files: dict[str, Upload]) -> Any:
         chat = self._chat(args)

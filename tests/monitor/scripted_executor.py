@@ -9,6 +9,8 @@ It connects to ``/ws`` like a real executor (hello, role executor), and answers 
   exit and 30 lines of its stderr);
 - a prompt starting with ``say`` plays the script and then says its answer as codex's
   last message too;
+- a prompt starting with ``change`` (or an assign with ``open_pr``) plays the script and
+  reports a ``workspace`` event with :data:`DIFF` (and :data:`PR_URL` for ``open_pr``);
 - any other prompt plays :data:`SCRIPT` (codex's own JSON events: reasoning, commands
   with their exit codes and output, a file change, the agent's message, usage) and
   succeeds with the answer ``answer: <prompt>``.
@@ -27,6 +29,13 @@ from typing import Any
 import aiohttp
 
 Frame = dict[str, Any]
+
+#: The diff of a run whose prompt starts with ``change``, and the PR a ``open_pr`` run opens.
+DIFF = (
+    "diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n"
+    "@@ -1 +1 @@\n-old line\n+<b>new</b> line\n"
+)
+PR_URL = "https://github.com/acme/widgets/pull/7"
 
 LONG_OUTPUT = "\n".join(f"FAILED tests/test_{i}.py::test_case - AssertionError" for i in range(40))
 
@@ -204,6 +213,8 @@ class ScriptedExecutor:
             await self._event(
                 run_id, len(SCRIPT) + 1, {"type": "item.completed", "item": message}, None
             )
+        if prompt.startswith("change") or frame.get("open_pr"):
+            await self._workspace(run_id, len(SCRIPT) + 2, bool(frame.get("open_pr")))
         await self._send(
             {
                 "type": "result",
@@ -215,6 +226,20 @@ class ScriptedExecutor:
                 "effective_prompt": prompt,
             }
         )
+
+    async def _workspace(self, run_id: str, seq: int, open_pr: bool) -> None:
+        """The ``workspace`` event of a run that changed its repository (:data:`DIFF`),
+        with a pull request when the run was asked to open one."""
+        event = {
+            "kind": "workspace",
+            "repo": "github.com/acme/widgets",
+            "branch": "codex/change-1a2b3c",
+            "base_branch": "main",
+            "changes": "1 file changed, +1 -1",
+            "diff": DIFF,
+            "pr_url": PR_URL if open_pr else None,
+        }
+        await self._send({"type": "event", "run_id": run_id, "seq": seq, "event": event})
 
     async def _event(
         self, run_id: str, seq: int, data: dict[str, Any], summary: str | None

@@ -7,6 +7,7 @@ report commands, fail, or hand back a codex thread id.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from bridges.slack.bridge import SlackBridge, SlackRefused
-from bridges.slack.convert import MESSAGE_LIMIT, REPLY_EVENT_TYPE
+from bridges.slack.convert import MESSAGE_LIMIT, OPEN_PR_ACTION, REPLY_EVENT_TYPE
 from bridges.slack.settings import SlackSettings
 from hub.app import HubServer
 from hub.appkeys import STORE
@@ -748,3 +749,111 @@ async def test_a_run_that_changed_a_repository_uploads_its_diff(
         await wait_reactions(fake_slack, CHANNEL, event["ts"], "white_check_mark")
     [upload] = fake_slack.uploaded_files(CHANNEL, event["ts"])
     assert upload.filename == f"{run_id}.diff" and upload.text.startswith(diff)
+
+
+async def test_the_open_pr_button_under_changes_sends_a_pr_follow_up_and_says_who_pressed_it(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """An answer whose conversation changed its repository carries an "Open PR" button;
+    a press by an allowed user runs ``!pr`` in the same thread, replies with the pull
+    request link and turns the button into who pressed it."""
+    diff = "diff --git a/a.txt b/a.txt\n+new line\n"
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, start_slack_bridge():
+        event = fake_slack.mention("change it", channel=CHANNEL)
+        await fake_slack.send_event(event)
+        first = await ex.wait_type("assign")
+        await ex.event(first["run_id"], 1, kind="workspace", summary="1 file", diff=diff)
+        await ex.finish(first["run_id"], "changed")
+        offer = await fake_slack.wait_for_post(CHANNEL, event["ts"], lambda m: bool(m.blocks))
+        await fake_slack.press_button(CHANNEL, offer.ts, OPEN_PR_ACTION, user="U0BOB")
+        follow = await ex.wait_type("assign", prompt="!pr")
+        assert follow["session_key"] == first["session_key"]
+        await fake_slack.wait_until(lambda: offer.blocks is None, what="the button removed")
+        await ex.event(follow["run_id"], 1, kind="workspace", diff=diff, pr_url="https://f/pr/1")
+        await ex.finish(follow["run_id"], "Pull request: https://f/pr/1")
+        await fake_slack.wait_for_post(CHANNEL, event["ts"], lambda m: "https://f/pr/1" in m.text)
+    assert offer.text == "Pull request requested by <@U0BOB>."
+    # The answer that opened the PR offers no second button.
+    assert len([m for m in fake_slack.posted(CHANNEL) if m.blocks]) == 0
+
+
+async def test_the_open_pr_button_refuses_someone_not_allowed(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """A press of the "Open PR" button by a user outside SLACK_ALLOWED_USERS starts no
+    run, keeps the button and tells only that user why, with their id."""
+    diff = "diff --git a/a.txt b/a.txt\n+new line\n"
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        start_slack_bridge(SLACK_ALLOWED_USERS="U0ALICE"),
+    ):
+        event = fake_slack.mention("change it", channel=CHANNEL)
+        await fake_slack.send_event(event)
+        first = await ex.wait_type("assign")
+        await ex.event(first["run_id"], 1, kind="workspace", summary="1 file", diff=diff)
+        await ex.finish(first["run_id"], "changed")
+        offer = await fake_slack.wait_for_post(CHANNEL, event["ts"], lambda m: bool(m.blocks))
+        await fake_slack.press_button(CHANNEL, offer.ts, OPEN_PR_ACTION, user="U0MALLORY")
+        await fake_slack.wait_until(lambda: fake_slack.ephemeral, what="the refusal")
+    (refusal,) = fake_slack.ephemeral
+    assert refusal["user"] == "U0MALLORY" and "U0MALLORY" in refusal["text"]
+    assert not [f for f in ex.frames if f.get("prompt") == "!pr"]
+    assert offer.blocks is not None
+
+
+# --- attachments -------------------------------------------------------------------------
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+async def test_shared_files_reach_the_executor_as_an_image_and_a_file(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """Files shared with a DM are downloaded from url_private with the bot token; the
+    image reaches the executor as an image, the text file as a file, the text as prompt."""
+    image = fake_slack.user_file("shot.png", "image/png", PNG_BYTES)
+    notes = fake_slack.user_file("notes.md", "text/markdown", b"# notes\n")
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, start_slack_bridge():
+        await fake_slack.send_event(fake_slack.file_share("compare these", [image, notes]))
+        frame = await ex.wait_type("assign", prompt="compare these")
+    assert frame["options"] == {
+        "images": [{"mime": "image/png", "data": base64.b64encode(PNG_BYTES).decode()}],
+        "files": [{"name": "notes.md", "data": base64.b64encode(b"# notes\n").decode()}],
+    }
+    assert {auth for _, auth in fake_slack.downloads} == {f"Bearer {fake_slack.bot_token}"}
+
+
+async def test_a_shared_file_over_the_limit_is_refused_with_a_reply_and_starts_no_run(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """A shared file larger than BRIDGE_ATTACHMENT_MAX_BYTES is answered with why, is
+    not downloaded, and no run starts."""
+    big = fake_slack.user_file("big.txt", "text/plain", b"x" * 101)
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        start_slack_bridge(BRIDGE_ATTACHMENT_MAX_BYTES=100),
+    ):
+        event = fake_slack.file_share("read it", [big])
+        await fake_slack.send_event(event)
+        refusal = await fake_slack.wait_for_post("D0ALICE", event["ts"])
+    assert "big.txt was not used" in refusal.text and "over the limit of 100" in refusal.text
+    assert fake_slack.downloads == []
+    assert not [f for f in ex.frames if f.get("type") == "assign"]
+
+
+async def test_a_shared_file_url_off_slack_never_gets_the_bot_token(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """A file whose url_private is not on Slack (nor the configured API host) is refused
+    without being fetched, so the bot token goes nowhere else."""
+    odd = fake_slack.user_file("a.txt", "text/plain", b"hello")
+    odd["url_private"] = odd["url_private_download"] = "https://evil.example/a.txt"
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN) as ex,
+        start_slack_bridge(),
+    ):
+        event = fake_slack.file_share("read it", [odd])
+        await fake_slack.send_event(event)
+        refusal = await fake_slack.wait_for_post("D0ALICE", event["ts"])
+    assert "a.txt was not used: it is not a file on Slack." == refusal.text
+    assert not [f for f in ex.frames if f.get("type") == "assign"]

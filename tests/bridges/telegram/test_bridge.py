@@ -7,6 +7,7 @@ the test drives frame by frame, or, in one test, from the real codex and the stu
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 import sys
@@ -894,3 +895,179 @@ async def test_a_run_that_changed_a_repository_attaches_its_diff(
         await fake.wait_for_call("sendDocument", lambda c: c.ok)
     (stored,) = fake.documents(USER)
     assert stored.content == diff.encode() and stored.file_name == f"{run_id}.diff"
+
+
+async def test_the_open_pr_button_under_changes_sends_a_pr_follow_up_and_says_who_pressed_it(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """An answer whose conversation changed its repository carries an "Open PR" button;
+    a press by an allowed user runs ``!pr`` in the same conversation, replies with the
+    pull request link and turns the button into who pressed it."""
+    fake = fake_telegram
+    diff = "diff --git a/a.txt b/a.txt\n+new line\n"
+    async with running(make_settings(), fake):
+        fake.push_message(USER, "change it")
+        run_id = await assign(executor, "change it")
+        await executor.event(run_id, 1, kind="workspace", summary="1 file", diff=diff)
+        await executor.finish(run_id, "changed")
+        offer = await fake.wait_for_call(
+            "sendMessage", lambda c: c.ok and "reply_markup" in c.args and c.chat_id == USER
+        )
+        (row,) = offer.args["reply_markup"]["inline_keyboard"]
+        assert row[0]["text"] == "Open PR"
+        button_id = offer.result["message_id"]
+        fake.push_callback_query(USER, button_id, row[0]["callback_data"], user_id=USER)
+        follow = await executor.wait_type("assign", prompt="!pr")
+        assert (
+            follow["session_key"]
+            == (await executor.wait_type("assign", prompt="change it"))["session_key"]
+        )
+        await fake.wait_for_call("answerCallbackQuery", lambda c: c.ok)
+        await fake.wait_for_call(
+            "editMessageText", lambda c: c.ok and "requested by" in (c.text or "")
+        )
+        await executor.event(
+            follow["run_id"], 1, kind="workspace", diff=diff, pr_url="https://forge/pr/1"
+        )
+        await executor.finish(follow["run_id"], "Pull request: https://forge/pr/1")
+        await said(fake, USER, "https://forge/pr/1")
+    edited = fake.message(USER, button_id)
+    assert edited["text"] == f"Pull request requested by @user{USER}."
+    assert "reply_markup" not in edited
+    # The answer that opened the PR offers no second button.
+    assert len([c for c in fake.calls("sendMessage") if "reply_markup" in c.args]) == 1
+
+
+async def test_the_open_pr_button_refuses_someone_not_allowed_in_the_chat(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """A press of the "Open PR" button by a user outside the allowlists starts no run and
+    is answered with a refusal naming their id."""
+    fake = fake_telegram
+    diff = "diff --git a/a.txt b/a.txt\n+new line\n"
+    fake.add_chat(GROUP, "supergroup")
+    async with running(make_settings(TELEGRAM_ALLOWED_USERS=str(USER)), fake):
+        fake.push_mention(GROUP, "change it", user_id=USER)
+        run_id = await assign(executor, "change it")
+        await executor.event(run_id, 1, kind="workspace", summary="1 file", diff=diff)
+        await executor.finish(run_id, "changed")
+        offer = await fake.wait_for_call("sendMessage", lambda c: c.ok and "reply_markup" in c.args)
+        data = offer.args["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+        fake.push_callback_query(GROUP, offer.result["message_id"], data, user_id=OTHER)
+        refused = await fake.wait_for_call("answerCallbackQuery", lambda c: c.ok)
+    assert str(OTHER) in refused.args["text"] and refused.args["show_alert"] is True
+    assert not [f for f in executor.frames if f.get("prompt") == "!pr"]
+    assert "reply_markup" in fake.message(GROUP, offer.result["message_id"])
+
+
+# --- attachments -------------------------------------------------------------------------
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+async def test_a_photo_reaches_the_executor_as_an_image_with_its_caption_as_prompt(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """A photo sent in a private chat is downloaded through getFile and the file path
+    and reaches the executor as an image in the assign frame, its caption the prompt."""
+    fake = fake_telegram
+    async with running(make_settings(), fake):
+        fake.push_photo(USER, PNG_BYTES, caption="what is in this picture?")
+        frame = await executor.wait_type("assign", prompt="what is in this picture?")
+    assert frame["options"]["images"] == [
+        {"mime": "image/jpeg", "data": base64.b64encode(PNG_BYTES).decode()}
+    ]
+    assert "files" not in frame["options"]
+
+
+async def test_a_document_reaches_the_executor_as_a_file_and_alone_gets_a_prompt(
+    executor: FakeExecutor, fake_telegram: FakeTelegram, make_settings: Settings
+) -> None:
+    """A text document sent without a caption becomes a file of the run, named as sent,
+    with a prompt asking to look at it."""
+    fake = fake_telegram
+    async with running(make_settings(), fake):
+        fake.push_document(USER, b"a,b\n1,2\n", "data.csv", "text/csv")
+        frame = await executor.wait_type("assign", prompt="Look at the attached file.")
+    assert frame["options"]["files"] == [
+        {"name": "data.csv", "data": base64.b64encode(b"a,b\n1,2\n").decode()}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "mime", "expected"),
+    [
+        (b"x" * 101, "text/plain", "over the limit of 100 bytes"),
+        (b"MZ", "application/x-msdownload", "files of type application/x-msdownload"),
+    ],
+)
+async def test_a_file_over_the_limits_is_refused_with_a_reply_and_starts_no_run(
+    executor: FakeExecutor,
+    fake_telegram: FakeTelegram,
+    make_settings: Settings,
+    content: bytes,
+    mime: str,
+    expected: str,
+) -> None:
+    """A document larger than BRIDGE_ATTACHMENT_MAX_BYTES, or of a type outside
+    BRIDGE_ATTACHMENT_TYPES, is answered with why, and no run starts."""
+    fake = fake_telegram
+    settings = make_settings(BRIDGE_ATTACHMENT_MAX_BYTES=100)
+    async with running(settings, fake):
+        pushed = fake.push_document(USER, content, "thing.bin", mime, caption="use it")
+        refusal = await reply(fake, pushed)
+    assert "thing.bin was not used" in (refusal.text or "") and expected in (refusal.text or "")
+    assert not [f for f in executor.frames if f.get("type") == "assign"]
+
+
+# A 1x1 PNG: codex reads the image's bytes, whatever the name says.
+PIXEL = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.mark.codex
+async def test_a_photo_reaches_the_model_as_an_image_through_codex(
+    start_executor: Any,
+    codex_home: Path,
+    codex_bin: str,
+    model_server: StubModelServer,
+    fake_telegram: FakeTelegram,
+    make_settings: Settings,
+) -> None:
+    """A photo sent to the bot reaches the model, through the real codex, as an image
+    next to its caption."""
+    model_server.reply_text("a single pixel")
+    async with (
+        start_executor(EXEC_DRY_RUN=False, CODEX_HOME=codex_home, CODEX_BIN=codex_bin),
+        running(make_settings(), fake_telegram),
+    ):
+        pushed = fake_telegram.push_photo(USER, PIXEL, caption="what is in this picture?")
+        call = await reply(fake_telegram, pushed, timeout=45)
+    assert call.text == "a single pixel"
+    (request,) = model_server.requests
+    parts = [
+        part
+        for item in request.body["input"]
+        if isinstance(item.get("content"), list)
+        for part in item["content"]
+    ]
+    assert any(p.get("type") == "input_image" for p in parts)
+    assert "what is in this picture?" in request.text
+
+
+async def test_a_document_lands_in_the_runs_workdir_and_the_prompt_names_its_path(
+    start_executor: Any, fake_telegram: FakeTelegram, make_settings: Settings, tmp_path: Path
+) -> None:
+    """A document sent to the bot is written by the executor under attachments/ in the
+    run's working directory, and the prompt codex gets names that path."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    async with start_executor(EXEC_WORKDIR=workdir), running(make_settings(), fake_telegram):
+        pushed = fake_telegram.push_document(
+            USER, b"a,b\n1,2\n", "my data.csv", "text/csv", caption="sum it"
+        )
+        call = await reply(fake_telegram, pushed)
+    assert (call.text or "").startswith("sum it")
+    assert "- attachments/my_data.csv" in (call.text or "")
+    assert (workdir / "attachments" / "my_data.csv").read_bytes() == b"a,b\n1,2\n"
