@@ -175,6 +175,44 @@ async def _after_answer(
         log.debug("%s: cleaned up after the answer", name)
 
 
+class CleanUps:
+    """The clean-ups of runs that already answered, each in a task of its own.
+
+    A transport hands over what is left of a run (the reap, the drain, the channel's
+    end) once its answer is out; :meth:`settled` waits for all of it (the transport's
+    ``close`` does), and a clean-up that fails is logged: the run's result stands.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(
+        self, rest: Coroutine[Any, Any, None], finish: Callable[[], None], label: str
+    ) -> None:
+        """Run ``rest`` in a task of its own, then ``finish()`` whatever happened."""
+
+        async def clean_up() -> None:
+            try:
+                await rest
+            finally:
+                finish()
+
+        task = asyncio.create_task(clean_up(), name=f"{self._name}:{label}:clean-up")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("cleaning up after a run failed (its result stands)", exc_info=exc)
+
+    async def settled(self) -> None:
+        """Return once every clean-up started so far (and any they started) is done."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 def check_started(
     launch: Launch,
     program: str,

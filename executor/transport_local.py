@@ -40,6 +40,7 @@ from executor.run_helper import TAG_VAR, Launch, reap_bound_s, run_words, serve_
 from executor.run_io import (
     DRAIN_S,
     KILL_GRACE_S,
+    CleanUps,
     check_started,
     codex_login_status,
     follow,
@@ -113,7 +114,7 @@ class LocalTransport:
         self._kill_grace_s = kill_grace_s
         self._live: set[_Child] = set()
         #: Clean-ups of runs that answered before their processes were all gone.
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self._cleanups = CleanUps("LocalTransport")
         self._closed = False
         if use_helper is None:
             use_helper = helper_usable()
@@ -272,26 +273,15 @@ class LocalTransport:
     def _clean_up(self, child: _Child, rest: Coroutine[Any, Any, None]) -> None:
         """Finish a run's clean-up in a task of our own (`close` awaits it)."""
 
-        async def clean_up() -> None:
-            try:
-                await rest
-            finally:
-                self._live.discard(child)
-                child.close_stdin()
+        def finish() -> None:
+            self._live.discard(child)
+            child.close_stdin()
 
-        task = asyncio.create_task(clean_up(), name=f"LocalTransport:{child.pid}:clean-up")
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleaned_up)
-
-    def _cleaned_up(self, task: asyncio.Task[None]) -> None:
-        self._cleanups.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("cleaning up after a run failed (its result stands)", exc_info=exc)
+        self._cleanups.start(rest, finish, str(child.pid))
 
     async def settled(self) -> None:
         """Return once the clean-ups of runs that already answered are done."""
-        while self._cleanups:
-            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._cleanups.settled()
 
     async def close(self) -> None:
         """Finish the clean-ups under way, then kill every process still running; idempotent."""

@@ -81,6 +81,7 @@ from executor.run_io import (
     CHUNK_BYTES,
     DRAIN_S,
     KILL_GRACE_S,
+    CleanUps,
     Reader,
     check_started,
     codex_login_status,
@@ -399,7 +400,7 @@ class SshTransport:
         self._connect_lock = asyncio.Lock()
         self._live: set[_Run] = set()
         #: Clean-ups of runs that answered before their channel closed.
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self._cleanups = CleanUps("SshTransport")
         self._spare_dir: asyncio.Task[str] | None = None
         self._state = _State.OPEN
         self.connections_opened = 0
@@ -841,26 +842,15 @@ class SshTransport:
         """Finish a run that answered (its channel's end, a kill if it does not come)
         in a task of our own, which `close` awaits."""
 
-        async def clean_up() -> None:
-            try:
-                await rest
-            finally:
-                self._live.discard(run)
-                run.process.close()
+        def finish() -> None:
+            self._live.discard(run)
+            run.process.close()
 
-        task = asyncio.create_task(clean_up(), name=f"SshTransport:{run.tag[:8]}:clean-up")
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleaned_up)
-
-    def _cleaned_up(self, task: asyncio.Task[None]) -> None:
-        self._cleanups.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("cleaning up after a run failed (its result stands)", exc_info=exc)
+        self._cleanups.start(rest, finish, run.tag[:8])
 
     async def settled(self) -> None:
         """Return once the clean-ups of runs that already answered are done."""
-        while self._cleanups:
-            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._cleanups.settled()
 
     async def close(self) -> None:
         """Finish the clean-ups under way, stop every run still going, then close the
