@@ -81,6 +81,8 @@ ENV PATH=/opt/venv/bin:$PATH
 # The source, then the project itself from the same lock, as a regular (non-editable)
 # install: the monitor page travels inside the package as package data.
 COPY README.md ./
+COPY wire ./wire
+COPY kernel ./kernel
 COPY hub ./hub
 COPY executor ./executor
 COPY bridges ./bridges

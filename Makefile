@@ -104,7 +104,8 @@ stress: install browser
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy hub executor bridges codex_hub
+	$(VENV)/bin/mypy wire kernel hub executor bridges codex_hub
+	$(VENV)/bin/lint-imports
 
 fmt: install
 	$(VENV)/bin/ruff format .

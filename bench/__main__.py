@@ -34,7 +34,7 @@ from bench import (
     workspaces,
 )
 from bench.common import DOC_PATH, BenchError, load_average, with_load, write_section
-from hub.process import loop_factory
+from kernel.process import loop_factory
 
 
 @dataclass(frozen=True)

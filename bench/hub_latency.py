@@ -51,7 +51,7 @@ from bench.common import (
     wait_quiet,
     wait_ready,
 )
-from hub.credentials import derive
+from kernel.credentials import derive
 
 NAME = "hub"
 TITLE = "Hub: added latency and sustained throughput"

@@ -24,7 +24,7 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _THREAD = re.compile(r"^thread \((?P<id>[^)]*)\)(?::\s*(?P<name>.*))?$")
 
 #: The project's own packages: their functions are the ones a change would touch.
-PROJECT_PACKAGES = frozenset({"hub", "executor", "bridges", "codex_hub"})
+PROJECT_PACKAGES = frozenset({"wire", "kernel", "hub", "executor", "bridges", "codex_hub"})
 
 
 def py_spy() -> str | None:

@@ -30,10 +30,10 @@ from typing import Any, Protocol
 
 from bench.common import machine_lines, render_table, rss_kib, wait_quiet
 from hub.bus import Bus
-from hub.protocol import Hello, ResultFrame
 from hub.router import Router
 from hub.settings import HubSettings
 from hub.store import Store
+from wire import Hello, ResultFrame
 
 NAME = "router"
 TITLE = "Router: work per run by queue depth, memory over one-run sessions"

@@ -66,7 +66,7 @@ from bench.common import (
     wait_quiet,
     wait_ready,
 )
-from hub.credentials import derive
+from kernel.credentials import derive
 
 if TYPE_CHECKING:
     from tests.fakes.slack import FakeSlack, SlackCall

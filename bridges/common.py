@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 # Re-exported: each bridge calls it once it is up (also when embedded in `codex-hub up`).
-from hub.process import freeze_startup_heap as freeze_startup_heap
+from kernel.process import freeze_startup_heap as freeze_startup_heap
 
 log = logging.getLogger(__name__)
 

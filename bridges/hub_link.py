@@ -29,9 +29,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.credentials import node_token
-from hub.node_client import NodeClient, NotConnected
-from hub.settings import NodeSettings
+from kernel.credentials import node_token
+from kernel.node_client import NodeClient, NotConnected
+from kernel.settings import NodeSettings
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pydantic import Field, field_validator
 
 from bridges.common import ATTACHMENT_MAX_BYTES, ATTACHMENT_TYPES, parse_repo_defaults
 from bridges.hub_link import PENDING_MAX, PENDING_MAX_AGE_S
-from hub.settings import NodeSettings
+from kernel.settings import NodeSettings
 
 
 class BridgeSettings(NodeSettings):

@@ -16,10 +16,16 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from bridges.common import BridgeError
-from hub.credentials import (
+from codex_hub.config import (
+    CredentialError,
+    UsageError,
+    load,
+    loaded_env_file,
+    refuse_secrets_in_workdir,
+)
+from hub.settings import HubSettings
+from kernel.credentials import (
     ROLES,
     CredentialsError,
     credentials_path,
@@ -28,16 +34,12 @@ from hub.credentials import (
     looks_derived,
     node_token,
 )
-from hub.logs import configure_logging, register_settings_secrets
-from hub.process import freeze_startup_heap, loop_factory, make_undumpable
-from hub.settings import (
-    HubSettings,
+from kernel.logs import configure_logging, register_settings_secrets
+from kernel.process import freeze_startup_heap, loop_factory, make_undumpable
+from kernel.settings import (
     LogSettings,
     NodeSettings,
-    SecretFileError,
-    seal_secret_environment,
     sealed_secret_environment,
-    secret_file_settings,
 )
 
 log = logging.getLogger("codex_hub")
@@ -47,15 +49,6 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3
 EXIT_TIMEOUT = 124
 EXIT_CANCELLED = 130
-
-
-class UsageError(Exception):
-    """Bad command-line input or settings; printed without a traceback."""
-
-
-class CredentialError(UsageError):
-    """A secret setting cannot be used (a weak value, a bad ``*_FILE``): never skipped,
-    even for a bridge that `codex-hub up` would otherwise leave out."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,75 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("role", choices=ROLES, help="executor, or the bridge's platform")
     return parser
-
-
-def load(cls: type[Any], env_file: Path | None, **overrides: Any) -> Any:
-    """Read a settings class from the environment and ``env_file`` (or ./.env)."""
-    if env_file is not None and not env_file.is_file():
-        raise UsageError(f"--env-file {env_file}: no such file")
-    kwargs: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
-    if env_file is not None:
-        kwargs["_env_file"] = env_file
-    try:
-        settings = cls(**kwargs)
-    except SecretFileError as exc:
-        raise CredentialError(str(exc)) from None
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ())) or cls.__name__
-            lines.append(f"  {where}: {err.get('msg')}")
-        raise UsageError("invalid settings:\n" + "\n".join(lines)) from None
-    # The class may be one imported just now: its secrets leave os.environ too.
-    seal_secret_environment()
-    problems = settings.credential_problems() if hasattr(settings, "credential_problems") else []
-    if problems:
-        raise CredentialError(
-            "refused as credentials (masking them would rewrite ordinary text; use random "
-            "values, e.g. `openssl rand -hex 32`):\n" + "\n".join(f"  {p}" for p in problems)
-        )
-    return settings
-
-
-def loaded_env_file(env_file: Path | None) -> Path | None:
-    """The settings file a command reads: ``--env-file``, else ./.env when present."""
-    if env_file is not None:
-        return env_file
-    default = Path(".env")
-    return default if default.is_file() else None
-
-
-def secrets_in_workdir(
-    workdir: Path, *, env_file: Path | None, db: Path | None = None
-) -> list[str]:
-    """What holds secrets inside ``workdir`` (the .env read, the hub's data directory,
-    ``*_FILE`` files), where codex's commands can read them; one line each."""
-    root = workdir.expanduser().resolve()
-
-    def inside(path: Path) -> bool:
-        return path.expanduser().resolve().is_relative_to(root)
-
-    found = []
-    if env_file is not None and inside(env_file.parent):
-        found.append(f"the settings file {env_file} (its directory is inside EXEC_WORKDIR)")
-    if db is not None and inside(db.parent):
-        found.append(f"the hub's data directory {db.parent} (HUB_DB={db})")
-    for name, path in sorted(secret_file_settings(env_file).items()):
-        if inside(path):
-            found.append(f"{name}={path}")
-    return found
-
-
-def refuse_secrets_in_workdir(workdir: Path, *, env_file: Path | None, db: Path | None) -> None:
-    """Raise UsageError when codex would work where the secrets are (see above)."""
-    found = secrets_in_workdir(workdir, env_file=env_file, db=db)
-    if found:
-        raise UsageError(
-            f"EXEC_WORKDIR={workdir} is where codex works, and its commands can read every "
-            "file there; it holds " + "; ".join(found) + ". Set EXEC_WORKDIR to the "
-            "directory codex should work in, and keep settings (--env-file), HUB_DB and "
-            "*_FILE secrets outside it."
-        )
 
 
 def _runner_overrides(args: argparse.Namespace) -> dict[str, Any]:

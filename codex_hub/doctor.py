@@ -23,7 +23,7 @@ Checks, in the order they are printed:
 
 Every check prints one line, ``ok``, ``FAIL`` or ``skip``, with what was found; a
 failure is followed by a ``fix:`` line with what to do. Secrets are shown as their last
-four characters at most, and every line is passed through `hub.logs.redact`. Every
+four characters at most, and every line is passed through `kernel.logs.redact`. Every
 network check is time-boxed. `run_doctor` returns 0 when nothing failed, else 1.
 """
 
@@ -57,9 +57,9 @@ from executor.engine_appserver import AppServerEngine, IncompatibleAppServer
 from executor.settings import ExecutorSettings
 from executor.transport import SpawnError
 from executor.transport_local import LocalTransport
-from hub.credentials import BRIDGE_PLATFORMS, credentials_path, looks_derived, node_token
-from hub.logs import redact, register_secret, register_settings_secrets
-from hub.protocol import CLOSE_BAD_HELLO, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
+from kernel.credentials import BRIDGE_PLATFORMS, credentials_path, looks_derived, node_token
+from kernel.logs import redact, register_secret, register_settings_secrets
+from wire import CLOSE_BAD_HELLO, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 
 if TYPE_CHECKING:  # imported lazily at run time: a build may ship without the bridges
     from bridges.slack.settings import SlackSettings
@@ -647,7 +647,7 @@ def check_secrets(
     `configured` names the secret settings given here (environment or settings file);
     `db` is the hub's store when this environment configures a hub.
     """
-    from codex_hub.cli import secrets_in_workdir
+    from codex_hub.config import secrets_in_workdir
 
     if settings.exec_transport != "local":
         return []  # codex runs on SSH_HOST, not among these files and processes
@@ -771,7 +771,7 @@ def render(checks: Sequence[Check]) -> str:
 
 def _load_settings(cls: type[Any], env_file: Path | None, label: str) -> Any:
     """Settings of `cls`, or a FAIL Check with the validation message (never the input)."""
-    from codex_hub.cli import UsageError, load
+    from codex_hub.config import UsageError, load
 
     try:
         settings = load(cls, env_file)
@@ -800,7 +800,7 @@ def load_all(env_file: Path | None) -> tuple[ExecutorSettings | Check, Any, Any]
     Raises `codex_hub.cli.UsageError` when `env_file` is given but missing, like every
     other command.
     """
-    from codex_hub.cli import UsageError
+    from codex_hub.config import UsageError
 
     if env_file is not None and not env_file.is_file():
         raise UsageError(f"--env-file {env_file}: no such file")
@@ -813,8 +813,9 @@ def load_all(env_file: Path | None) -> tuple[ExecutorSettings | Check, Any, Any]
 
 def _secrets_checks(executor: ExecutorSettings, env_file: Path | None) -> list[Check]:
     """:func:`check_secrets` for the settings this doctor read."""
-    from codex_hub.cli import UsageError, load, loaded_env_file
-    from hub.settings import HubSettings, configured_secrets
+    from codex_hub.config import UsageError, load, loaded_env_file
+    from hub.settings import HubSettings
+    from kernel.settings import configured_secrets
 
     loaded = loaded_env_file(env_file)
     configured = configured_secrets(loaded)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.settings import ExecutorSettings
-from hub.settings import secret_env_names
+from kernel.settings import secret_env_names
 
 #: Where `make install` puts the CLI (`npm ci` in tools/), relative to the repository
 #: (or the current dir).
@@ -395,7 +395,7 @@ HIDDEN_ENV: frozenset[str] = frozenset(
 def codex_environment(inherited: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
     """The environment codex starts with: ours without :data:`HIDDEN_ENV` and without any
     secret setting of codex-hub or its ``*_FILE`` (whichever settings class declares
-    it, see :func:`hub.settings.secret_env_names`), plus overrides."""
+    it, see :func:`kernel.settings.secret_env_names`), plus overrides."""
     hidden = HIDDEN_ENV | secret_env_names()
     env = {k: v for k, v in inherited.items() if k.upper() not in hidden}
     env.update(overrides)

@@ -93,7 +93,7 @@ class RunRequest:
         options: dict[str, Any],
         workdir: str | None = None,
     ) -> RunRequest:
-        """A request from the ``options`` of an assign frame (see hub.protocol)."""
+        """A request from the ``options`` of an assign frame (see wire)."""
         images = []
         attached = options.get("images")
         for image in attached if isinstance(attached, list) else []:

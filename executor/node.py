@@ -17,10 +17,10 @@ from typing import Any
 
 from executor.pipeline import Job, Pipeline, Result
 from executor.settings import ExecutorSettings
-from hub.credentials import node_token
-from hub.logs import bind, redact_json
-from hub.node_client import NodeClient
-from hub.protocol import ASSIGN
+from kernel.credentials import node_token
+from kernel.logs import bind, redact_json
+from kernel.node_client import NodeClient
+from wire import ASSIGN
 
 log = logging.getLogger(__name__)
 

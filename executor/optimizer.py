@@ -18,7 +18,7 @@ accepted too). What comes back, as an `executor.pipeline.Decision`:
   lost; the run goes on with the original prompt and its answer says why.
 
 The API key travels only in the ``Authorization`` header. It is registered with
-`hub.logs.register_secret`, and no text of an httpx exception (which can hold URLs or
+`kernel.logs.register_secret`, and no text of an httpx exception (which can hold URLs or
 header values) ever reaches a log line, an event or a ``skipped`` reason: those are
 fixed, short phrases. Errors inside this module, none of which escape ``decide``::
 
@@ -47,7 +47,7 @@ import httpx
 from executor.clis import available_clis
 from executor.pipeline import Decision
 from executor.settings import ExecutorSettings
-from hub.logs import register_secret
+from kernel.logs import register_secret
 
 __all__ = [
     "SYSTEM_PROMPT",

@@ -50,7 +50,7 @@ class Job:
     thread_id: str | None = None
     optimize: bool | None = None
     origin: dict[str, Any] = field(default_factory=dict)
-    #: The assign frame's ``options`` (hub.protocol): instructions, output schema, images.
+    #: The assign frame's ``options`` (wire): instructions, output schema, images.
     options: dict[str, Any] = field(default_factory=dict)
     #: The conversation (the hub's session key): its follow-ups share a workspace.
     session_key: str | None = None

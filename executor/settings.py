@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from hub.settings import BASE_CONFIG, NodeSettings
+from kernel.settings import BASE_CONFIG, NodeSettings
 
 
 class ConfigError(ValueError):

@@ -65,11 +65,11 @@ from hub.errors import (
     read_json,
 )
 from hub.images import ImageFetcher, describe
-from hub.logs import bind
-from hub.protocol import NUL_IN_PROMPT, repo_problem
 from hub.router import HubClosing, QueueFull, Router, Ticket, new_run_id
 from hub.settings import HubSettings, parse_networks
 from hub.store import Run
+from kernel.logs import bind
+from wire import NUL_IN_PROMPT, repo_problem
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from hub.api_openai import (
 from hub.appkeys import ROUTER, SETTINGS, STORE
 from hub.conversation import ConversationError, Turn, ask, response_turns
 from hub.errors import RUN_ID, BadRequest, NotFound, json_response
-from hub.logs import bind
 from hub.router import Router, new_run_id
 from hub.store import Run
+from kernel.logs import bind
 
 routes = web.RouteTableDef()
 

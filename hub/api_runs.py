@@ -87,9 +87,9 @@ from hub.errors import (
     read_json,
 )
 from hub.metrics import CONTENT_TYPE
-from hub.protocol import CLOSE_RATE_LIMITED, NUL_IN_PROMPT, repo_problem
 from hub.router import HubClosing, QueueFull, new_run_id
 from monitor import MONITOR_DIR
+from wire import CLOSE_RATE_LIMITED, NUL_IN_PROMPT, repo_problem
 
 log = logging.getLogger(__name__)
 

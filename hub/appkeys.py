@@ -9,11 +9,11 @@ from aiohttp import web
 if TYPE_CHECKING:
     from hub.auth import AuthFailures, RateLimiter
     from hub.bus import Bus
-    from hub.credentials import Credentials
     from hub.metrics import Metrics
     from hub.router import Router
     from hub.settings import HubSettings
     from hub.store import Store
+    from kernel.credentials import Credentials
 
 SETTINGS: web.AppKey[HubSettings] = web.AppKey("settings")
 STORE: web.AppKey[Store] = web.AppKey("store")

@@ -28,7 +28,7 @@ Schema = dict[str, Any]
 
 #: Paths the hub serves that are not HTTP operations of this document.
 NOT_OPERATIONS = {
-    "/ws": "websocket for executors and bridges (hub/protocol.py)",
+    "/ws": "websocket for executors and bridges (wire/protocol.py)",
     "/api/feed": "websocket of the monitor's live feed (hub/api_runs.py)",
     "/": "the monitor page (public: it shows nothing without a key)",
     "/static": "the monitor page's files (public)",

@@ -48,7 +48,20 @@ import orjson
 
 from hub.bus import Bus, Subscription
 from hub.metrics import Metrics
-from hub.protocol import (
+from hub.run_queue import RunQueue
+from hub.settings import HubSettings
+from hub.store import (
+    Delivery,
+    Run,
+    Store,
+    StoreUnavailable,
+    op_insert_run,
+    op_record,
+    op_set_delivery_payload,
+    op_set_executor,
+    op_set_origin,
+)
+from wire import (
     CLOSE_REPLACED,
     AckFrame,
     CancelFrame,
@@ -62,19 +75,6 @@ from hub.protocol import (
     StatusRefFrame,
     SubmitFrame,
     error_frame,
-)
-from hub.run_queue import RunQueue
-from hub.settings import HubSettings
-from hub.store import (
-    Delivery,
-    Run,
-    Store,
-    StoreUnavailable,
-    op_insert_run,
-    op_record,
-    op_set_delivery_payload,
-    op_set_executor,
-    op_set_origin,
 )
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ _ids = random.Random(secrets.randbits(64))
 
 #: Longest wait between two sends of an unacknowledged reply.
 REDELIVER_MAX_S = 300.0
-#: Longest reconnect backoff of a node (hub.node_client's default backoff_max).
+#: Longest reconnect backoff of a node (kernel.node_client's default backoff_max).
 RECONNECT_MAX_S = 10.0
 #: How many queued runs the ``queue`` message names (the rest are counted).
 QUEUE_SHOWN = 100
@@ -396,7 +396,7 @@ class Router:
         first note (an operator continuing someone else's conversation, say).
         ``resume`` (thread id, executor holding it) continues that codex thread, for a
         run without a session; ``options`` go to the executor with the prompt (see
-        hub.protocol's ``assign``).
+        wire's ``assign``).
         """
         if self.closing:
             raise HubClosing("the hub is shutting down")
@@ -1061,7 +1061,7 @@ class Router:
         return None
 
     async def _on_status_ref(self, platform: str, frame: StatusRefFrame) -> dict[str, Any] | None:
-        """Keep where a run's status message is, in its ``origin`` (see hub.protocol).
+        """Keep where a run's status message is, in its ``origin`` (see wire).
 
         Replaced, never mutated: a write queued earlier may still read the old dict.
         """

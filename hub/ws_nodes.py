@@ -1,10 +1,10 @@
 """The websocket endpoint ``/ws`` where executors and bridges connect.
 
-Speaks the protocol of :mod:`hub.protocol`: checks the hello (the node's credential,
+Speaks the protocol of :mod:`wire`: checks the hello (the node's credential,
 :mod:`hub.credentials`, against its role and platform, and its node id), then feeds
 every frame to the router. Frames to the node leave through one writer
 task per connection, so the router never waits on a slow socket. What an executor
-sends is masked (:func:`hub.logs.redact`) before the router stores or shows any of it.
+sends is masked (:func:`kernel.logs.redact`) before the router stores or shows any of it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json
 
 from hub.appkeys import AUTH_FAILURES, ROUTER, SETTINGS, SOCKETS
-from hub.credentials import MASTER, credential_role
-from hub.logs import redact, redact_json
-from hub.protocol import (
+from hub.router import NodeIdTaken, Router
+from kernel.credentials import MASTER, credential_role
+from kernel.logs import redact, redact_json
+from wire import (
     BATCH_SINCE,
     BRIDGE_BATCH,
     BRIDGE_FRAME,
@@ -47,7 +48,6 @@ from hub.protocol import (
     batch_messages,
     error_frame,
 )
-from hub.router import NodeIdTaken, Router
 
 log = logging.getLogger(__name__)
 

@@ -68,14 +68,28 @@ def _no_env_file() -> None:
 
     root = Path(__file__).resolve().parent.parent
     for path in root.glob("*/**/settings.py"):
-        if path.parts[len(root.parts)] in ("hub", "executor", "bridges", "codex_hub"):
+        if path.parts[len(root.parts)] in (
+            "wire",
+            "kernel",
+            "hub",
+            "executor",
+            "bridges",
+            "codex_hub",
+        ):
             importlib.import_module(".".join(path.relative_to(root).with_suffix("").parts))
 
     stack = list(BaseSettings.__subclasses__())
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        if cls.__module__.split(".")[0] in ("hub", "executor", "bridges", "codex_hub"):
+        if cls.__module__.split(".")[0] in (
+            "wire",
+            "kernel",
+            "hub",
+            "executor",
+            "bridges",
+            "codex_hub",
+        ):
             cls.model_config["env_file"] = None
 
 
@@ -91,7 +105,7 @@ NODE_TOKEN = "node-token-for-tests-7f3a9c2e51"
 
 def node_token(role: str) -> str:
     """The credential of ``role`` (executor, slack, telegram) on the test hubs."""
-    from hub.credentials import derive
+    from kernel.credentials import derive
 
     return derive(NODE_TOKEN, role)
 

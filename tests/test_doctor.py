@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from bridges.slack.settings import SlackSettings
 from bridges.telegram.settings import TelegramSettings
-from codex_hub.cli import UsageError
+from codex_hub.config import UsageError
 from codex_hub.doctor import (
     Check,
     check_clis,
@@ -682,7 +682,7 @@ async def test_a_role_credential_is_recognised(hub: Any, role: str) -> None:
 
 async def test_a_credential_of_another_hub_is_refused(hub: Any) -> None:
     """A credential derived from another hub's secret is refused with its fix."""
-    from hub.credentials import derive
+    from kernel.credentials import derive
 
     token = derive("another-hubs-secret-0123456789", "slack")
     check = await check_hub(executor(HUB_URL=ws_url(hub), HUB_TOKEN=token))

@@ -87,7 +87,7 @@ from bridges.hub_link import Frame, HubError, HubLink
 from bridges.slack import convert
 from bridges.slack.convert import ButtonPart, FilePart, ReplyPart, Target, TextPart
 from bridges.slack.settings import SlackSettings
-from hub.logs import bound, register_secret
+from kernel.logs import bound, register_secret
 
 log = logging.getLogger(__name__)
 

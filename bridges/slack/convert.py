@@ -35,7 +35,7 @@ FENCE = "```"
 _FENCE_LANG = re.compile(r"[ \t]*```([\w+#.-]{1,20})[ \t]*$")
 _LABEL_WIDTH_EXTRA = len("(/)\n")
 _CANCEL_WORDS = frozenset({"cancel", "stop"})
-# The hub's run states (hub/protocol.py RunState); anything else is shown by name.
+# The hub's run states (wire RunState); anything else is shown by name.
 _STATES: Mapping[str, tuple[str, str]] = {
     "queued": (":hourglass_flowing_sand:", "Queued"),
     "optimizing": (":pencil2:", "Sharpening the prompt"),

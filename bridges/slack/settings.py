@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from bridges.settings import BridgeSettings
-from hub.settings import BASE_CONFIG, CsvList, split_csv
+from kernel.settings import BASE_CONFIG, CsvList, split_csv
 
 
 class SlackSettings(BridgeSettings):

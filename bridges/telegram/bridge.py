@@ -103,7 +103,7 @@ from bridges.telegram.convert import (
 )
 from bridges.telegram.http import AiohttpRequest
 from bridges.telegram.settings import TelegramSettings
-from hub.logs import bound, register_secret
+from kernel.logs import bound, register_secret
 
 log = logging.getLogger(__name__)
 

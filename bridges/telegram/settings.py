@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from bridges.settings import BridgeSettings
-from hub.settings import BASE_CONFIG, CsvList, split_csv
+from kernel.settings import BASE_CONFIG, CsvList, split_csv
 
 #: Where the Bot API lives unless ``TELEGRAM_API_BASE_URL`` says otherwise.
 DEFAULT_API_BASE_URL = "https://api.telegram.org/bot"

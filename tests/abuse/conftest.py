@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from pydantic_settings import BaseSettings
 
-from hub.logs import quiet_client_errors
 from hub.settings import HubSettings
+from kernel.logs import quiet_client_errors
 from tests.conftest import NODE_TOKEN
 
 #: The one API key the test hubs accept.

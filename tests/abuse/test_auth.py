@@ -28,12 +28,12 @@ from hub.app import HubServer
 from hub.appkeys import AUTH_FAILURES, ROUTER, STORE
 from hub.auth import AuthFailures, client_address
 from hub.openapi import document
-from hub.protocol import CLOSE_RATE_LIMITED, CLOSE_UNAUTHORIZED
 from hub.settings import HubSettings
 from tests.abuse.conftest import API_KEY, AUTH, CHAT, assert_serving
 from tests.abuse.procs import feed_messages
 from tests.conftest import NODE_TOKEN, node_token
 from tests.fakes.nodes import FakeNode, bridge_hello, executor_hello
+from wire import CLOSE_RATE_LIMITED, CLOSE_UNAUTHORIZED
 
 #: Open to anyone: liveness.
 PUBLIC = {"/healthz"}

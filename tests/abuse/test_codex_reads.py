@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hub.credentials import derive
+from kernel.credentials import derive
 from tests.abuse.procs import clean_env
 from tests.conftest import free_port
 from tests.fakes.model_server import StubModelServer

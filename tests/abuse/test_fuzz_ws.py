@@ -30,10 +30,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hub.appkeys import ROUTER
-from hub.protocol import CLOSE_BAD_HELLO, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION
 from tests.abuse.conftest import API_KEY, FULL, QUICK, Batches
 from tests.abuse.strategies import encode, json_values, obj, text
 from tests.conftest import NODE_TOKEN
+from wire import CLOSE_BAD_HELLO, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(120)
 

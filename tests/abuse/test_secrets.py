@@ -12,7 +12,7 @@ canary is never put in one.
 
 Two tests: one process composed like ``codex-hub up`` (hub, executors, bridges, every
 settings object's secrets registered as the command line does), with all logging at
-DEBUG through ``hub.logs.configure_logging``; and the real processes
+DEBUG through ``kernel.logs.configure_logging``; and the real processes
 (``codex-hub serve``, ``executor``, ``bridge telegram``) with LOG_LEVEL=DEBUG, where
 each process knows only its own settings, as deployed.
 """
@@ -45,8 +45,8 @@ from executor.node import ExecutorNode
 from executor.settings import ExecutorSettings
 from hub.app import HubServer
 from hub.appkeys import STORE
-from hub.logs import configure_logging, forget_secrets, register_settings_secrets
 from hub.settings import HubSettings
+from kernel.logs import configure_logging, forget_secrets, register_settings_secrets
 from tests.abuse.conftest import make
 from tests.abuse.procs import Proc, clean_env, feed_messages, start_hub
 from tests.fakes.chat_model import CHAT_MODEL, StubChatModel

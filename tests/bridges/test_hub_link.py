@@ -8,7 +8,7 @@ from typing import Any
 from bridges.hub_link import Frame, HubLink
 from hub.app import HubServer
 from hub.appkeys import ROUTER
-from hub.settings import NodeSettings
+from kernel.settings import NodeSettings
 from tests.conftest import NODE_TOKEN, on_a_fixed_port
 
 

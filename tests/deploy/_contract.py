@@ -26,7 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("hub", "executor", "bridges", "codex_hub")
+PACKAGES = ("wire", "kernel", "hub", "executor", "bridges", "codex_hub")
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"
 ENV_SAMPLE = ROOT / ".env.sample"
@@ -108,7 +108,7 @@ def field_env_names(cls: type[BaseSettings], name: str, info: FieldInfo) -> set[
 def setting_aliases() -> dict[str, list[str]]:
     """Every setting's environment name, with the classes that read it; a secret's
     ``NAME_FILE`` too (the settings base reads it for every secret field)."""
-    from hub.settings import FILE_SUFFIX, is_secret_field
+    from kernel.settings import FILE_SUFFIX, is_secret_field
 
     out: dict[str, list[str]] = {}
     for cls in settings_classes():
@@ -122,7 +122,7 @@ def setting_aliases() -> dict[str, list[str]]:
 
 def secret_settings() -> set[str]:
     """The environment names of every secret setting (``SecretStr`` or credential list)."""
-    from hub.settings import is_secret_field
+    from kernel.settings import is_secret_field
 
     return {
         env

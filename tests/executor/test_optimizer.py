@@ -22,7 +22,7 @@ from executor.optimizer import (
 from executor.pipeline import Decision, Job, Pipeline, Result
 from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
-from hub.logs import redact
+from kernel.logs import redact
 from tests.fakes.chat_model import CHAT_API_KEY, CHAT_MODEL, StubChatModel, completion
 
 PROMPT = "open a PR in acme/api fixing issue #42 (see https://example.com/x)"

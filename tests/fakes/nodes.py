@@ -1,6 +1,6 @@
 """Protocol-level peers of the hub, driven by tests: a fake executor and a fake bridge.
 
-They speak the wire protocol of :mod:`hub.protocol` over a real websocket, frame by
+They speak the wire protocol of :mod:`wire` over a real websocket, frame by
 frame, so a test decides exactly when a run starts, what it reports and when it ends.
 """
 

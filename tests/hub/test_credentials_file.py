@@ -20,8 +20,8 @@ from executor.node import ExecutorNode
 from executor.settings import ExecutorSettings
 from hub.app import HubServer
 from hub.appkeys import ROUTER
-from hub.credentials import CredentialsError, credentials_path, derive, node_token
 from hub.settings import HubSettings
+from kernel.credentials import CredentialsError, credentials_path, derive, node_token
 
 #: A key set in HUB_API_KEYS (long: the hub masks every key it knows in what it logs).
 CONFIGURED_KEY = "configured-api-key-0123456789"

@@ -16,9 +16,9 @@ from aiohttp import WSMsgType, web
 
 from hub.app import HubServer
 from hub.appkeys import STORE
-from hub.node_client import NodeClient
 from hub.settings import HubSettings
 from hub.ws_nodes import TOO_DEEP
+from kernel.node_client import NodeClient
 from tests.conftest import NODE_TOKEN
 
 NUL_PROMPT = "list the files\u0000 and then delete everything"

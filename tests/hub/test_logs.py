@@ -1,4 +1,4 @@
-"""hub.logs: one line per event, run_id on a run's path, and no secret ever written."""
+"""kernel.logs: one line per event, run_id on a run's path, and no secret ever written."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from hub import logs
-from hub.settings import HubSettings, NodeSettings
+from kernel import logs
+from hub.settings import HubSettings
+from kernel.settings import NodeSettings
 
 log = logging.getLogger("hub.test_logs")
 

@@ -9,9 +9,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from hub.protocol import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED
 from tests.conftest import NODE_TOKEN, ws_url
 from tests.fakes.nodes import FakeNode, executor_hello
+from wire import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED
 
 
 @pytest.mark.parametrize("token", ["", "wrong-token"])

@@ -13,12 +13,12 @@ from typing import Any
 import hub.router
 import hub.run_queue
 from hub.bus import Bus
-from hub.protocol import Hello, ResultFrame
 from hub.router import Router
 from hub.run_queue import RunQueue
 from hub.settings import HubSettings
 from hub.store import Store
 from tests.conftest import NODE_TOKEN
+from wire import Hello, ResultFrame
 
 
 class _Link:

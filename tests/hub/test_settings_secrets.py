@@ -15,10 +15,10 @@ from bridges.slack.settings import SlackSettings
 from bridges.telegram.settings import TelegramSettings
 from executor.codex import codex_environment
 from executor.settings import ExecutorSettings
-from hub import settings as hub_settings
-from hub.settings import (
+from kernel import settings as hub_settings
+from hub.settings import HubSettings
+from kernel.settings import (
     BASE_CONFIG,
-    HubSettings,
     NodeSettings,
     SecretFileError,
     sealed_secret_environment,
@@ -205,7 +205,7 @@ def test_a_process_made_undumpable_hides_its_environment_from_its_own_user() -> 
     capabilities (root drops them, as an ordinary user has none)."""
     code = (
         "import os, subprocess, sys\n"
-        "from hub.process import make_undumpable, is_dumpable\n"
+        "from kernel.process import make_undumpable, is_dumpable\n"
         "assert make_undumpable() and not is_dumpable()\n"
         "drop = ['setpriv', '--bounding-set', '-all', '--inh-caps', '-all', '--']\n"
         "cmd = [*(drop if os.geteuid() == 0 else []), 'cat', f'/proc/{os.getpid()}/environ']\n"

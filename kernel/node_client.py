@@ -3,7 +3,7 @@
 Used by every node (executor, bridges). It says hello, hands each frame from the hub to
 the node, and reconnects with exponential backoff and jitter whenever the connection
 drops or is refused. Frames sent while disconnected are not queued: a node re-sends
-what matters from its own state in ``on_connect`` (see :mod:`hub.protocol`).
+what matters from its own state in ``on_connect`` (see :mod:`wire`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from hub.protocol import (
+from wire import (
     BATCH_SINCE,
     CLOSE_BAD_HELLO,
     CLOSE_FORBIDDEN,
