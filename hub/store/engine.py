@@ -109,7 +109,7 @@ class Engine:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_wake = threading.Event()
@@ -326,12 +326,12 @@ class Engine:
         self.catch_up_s.append(time.perf_counter() - started)
         del self.catch_up_s[:-100]
 
-    def _next_batch(self) -> list[Any]:
+    def _next_batch(self) -> list[Item | None]:
         """What is queued (up to 1000), waiting for the first; [] when a retry is due."""
         try:
             if self._held:
                 wait = max(0.0, self._next_retry - time.monotonic())
-                batch: list[Any] = [self._queue.get(timeout=wait)]
+                batch: list[Item | None] = [self._queue.get(timeout=wait)]
             else:
                 batch = [self._queue.get()]
         except queue.Empty:
