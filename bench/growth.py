@@ -97,14 +97,15 @@ class Step:
 def bulk_insert(db: Path, count: int, principal: str, seed: int) -> None:
     """Write ``count`` finished runs (five events each) into the store at ``db``."""
     # Here, not at the top: the store's internals are this function's business only.
-    from hub.store import _RUN_FIELDS, Run, _encode, _index_new_runs
+    from hub.store import Run
+    from hub.store.sql import RUN_FIELDS, encode, index_new_runs
 
     rng = random.Random(seed)
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA busy_timeout=10000")
     try:
-        head = f"INSERT INTO runs ({', '.join(_RUN_FIELDS)}) VALUES "
-        row = "(" + ", ".join("?" * len(_RUN_FIELDS)) + ")"
+        head = f"INSERT INTO runs ({', '.join(RUN_FIELDS)}) VALUES "
+        row = "(" + ", ".join("?" * len(RUN_FIELDS)) + ")"
         done = 0
         while done < count:
             chunk = min(2000, count - done)
@@ -128,13 +129,13 @@ def bulk_insert(db: Path, count: int, principal: str, seed: int) -> None:
                     finished_at=now,
                     principal=principal,
                 )
-                rows.append([_encode(name, getattr(run, name)) for name in _RUN_FIELDS])
+                rows.append([encode(name, getattr(run, name)) for name in RUN_FIELDS])
             conn.execute("BEGIN IMMEDIATE")
             last = int(conn.execute("SELECT COALESCE(MAX(n), 0) FROM runs").fetchone()[0])
             for start in range(0, chunk, 500):
                 part = rows[start : start + 500]
                 conn.execute(head + ", ".join([row] * len(part)), [v for r in part for v in r])
-            _index_new_runs(conn, last)
+            index_new_runs(conn, last)
             event = orjson.dumps({"state": "running"}).decode()
             conn.executemany(
                 "INSERT INTO events (run_n, seq, ts, kind, data, exec_seq) "

@@ -2,7 +2,7 @@
 
 - ``GET /api/runs`` (filters ``state``, ``source``, ``q``, ``session_key``; paging with
   ``limit`` and ``before``; ``q`` is the text as typed, in a prompt, user or answer,
-  starting a word, or a run id: see ``hub.store._fts_query``),
+  starting a word, or a run id: see ``hub.store.sql.fts_query``),
   ``GET /api/runs/{id}`` (with its events, ``after`` a seq),
   ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
 - ``GET /api/nodes``, ``GET /api/overview`` (running and queued now, failed in the last

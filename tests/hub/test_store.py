@@ -17,13 +17,13 @@ from hub.store import (
     Delivery,
     Run,
     Store,
-    _finish_run,
     op_insert_run,
     op_record,
     op_set_delivery_payload,
     op_set_executor,
     op_set_origin,
 )
+from hub.store.sql import finish_run
 
 
 def make_run(i: int, **fields: object) -> Run:
@@ -43,8 +43,9 @@ def make_run(i: int, **fields: object) -> Run:
 async def test_a_run_survives_reopening_the_store(tmp_path: Path) -> None:
     """What was written is there after the store is closed and opened again."""
     async with Store(tmp_path / "a.db") as store:
-        await store.insert_run(make_run(1, session_key="s"))
-        await store.update_run("run_0001", state="running", executor="ex")
+        await store.call(op_insert_run, make_run(1, session_key="s"))
+        changed = {"state": "running", "executor": "ex"}
+        await store.call(op_record, "run_0001", changed, (1, 1.0, "state", {}, None))
     async with Store(tmp_path / "a.db") as store:
         run = await store.get_run("run_0001")
     assert run is not None
@@ -57,7 +58,7 @@ async def test_list_runs_pages_newest_first_with_filters(tmp_path: Path) -> None
     async with Store(tmp_path / "a.db") as store:
         for i in range(25):
             source = "slack" if i % 2 else "http"
-            await store.insert_run(make_run(i, source=source, prompt=f"task {i} 50%_off"))
+            await store.call(op_insert_run, make_run(i, source=source, prompt=f"task {i} 50%_off"))
         page1, cursor = await store.list_runs(limit=10)
         page2, cursor2 = await store.list_runs(limit=10, before=cursor)
         page3, cursor3 = await store.list_runs(limit=10, before=cursor2)
@@ -94,8 +95,8 @@ async def test_a_database_of_the_first_release_gains_run_principals_on_open(
             assert before is not None
             assert (before.prompt, before.principal) == ("from before", None)
             if await store.get_run("run_0001") is None:
-                await store.insert_run(make_run(1, principal="key:aaaaaaaaaaaa"))
-                await store.insert_run(make_run(2, principal="key:bbbbbbbbbbbb"))
+                await store.call(op_insert_run, make_run(1, principal="key:aaaaaaaaaaaa"))
+                await store.call(op_insert_run, make_run(2, principal="key:bbbbbbbbbbbb"))
             mine, _ = await store.list_runs(principal="key:aaaaaaaaaaaa")
             assert [r.id for r in mine] == ["run_0001"]
             everyone, _ = await store.list_runs()
@@ -118,10 +119,10 @@ async def test_a_database_from_a_newer_codex_hub_is_refused(tmp_path: Path) -> N
 async def test_events_resent_by_an_executor_are_stored_once(tmp_path: Path) -> None:
     """The same executor sequence number is ignored the second time."""
     async with Store(tmp_path / "a.db") as store:
-        await store.insert_run(make_run(1))
-        await store.add_events("run_0001", [(1, 1.0, "codex", {"a": 1}, 1)])
-        await store.add_events("run_0001", [(2, 1.0, "codex", {"a": 1}, 1)])
-        await store.add_events("run_0001", [(3, 2.0, "state", {"state": "running"}, None)])
+        await store.call(op_insert_run, make_run(1))
+        await store.call(op_record, "run_0001", None, (1, 1.0, "codex", {"a": 1}, 1))
+        await store.call(op_record, "run_0001", None, (2, 1.0, "codex", {"a": 1}, 1))
+        await store.call(op_record, "run_0001", None, (3, 2.0, "state", {"state": "running"}, None))
         events = await store.get_events("run_0001")
         assert [(e["seq"], e["kind"]) for e in events] == [(1, "codex"), (3, "state")]
         assert await store.event_positions("run_0001") == (3, 1)
@@ -130,7 +131,9 @@ async def test_events_resent_by_an_executor_are_stored_once(tmp_path: Path) -> N
 async def test_outbox_keeps_a_reply_until_acknowledged(tmp_path: Path) -> None:
     """A delivery stays pending across restarts until acked, once."""
     async with Store(tmp_path / "a.db") as store:
-        await store.add_delivery(Delivery("d1", "run_1", "slack", {"answer": "x"}, time.time()))
+        run = make_run(1, state="succeeded", answer="x")
+        await store.call(op_insert_run, run)
+        await store.finish_run(run, Delivery("d1", run.id, "slack", {"answer": "x"}, time.time()))
     async with Store(tmp_path / "a.db") as store:
         pending = await store.pending_deliveries("slack")
         assert [d.id for d in pending] == ["d1"] and pending[0].payload == {"answer": "x"}
@@ -145,7 +148,7 @@ async def test_many_concurrent_writes_commit_in_groups(tmp_path: Path) -> None:
     import asyncio
 
     async with Store(tmp_path / "a.db") as store:
-        await asyncio.gather(*(store.insert_run(make_run(i)) for i in range(1000)))
+        await asyncio.gather(*(store.call(op_insert_run, make_run(i)) for i in range(1000)))
         counts = await store.count_runs()
     assert counts == {("queued", "http"): 1000}
 
@@ -156,7 +159,7 @@ async def test_commits_never_checkpoint_the_checkpointer_does(tmp_path: Path) ->
         auto = await store.call(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone())
         assert auto[0] == 0
         for i in range(300):
-            await store.insert_run(make_run(i, prompt="x" * 2000))
+            await store.call(op_insert_run, make_run(i, prompt="x" * 2000))
         frames, copied = store.checkpoint_now()
         assert frames > 0
         assert copied == frames  # passive, and nobody else was writing
@@ -200,7 +203,7 @@ def _life(i: int) -> list[tuple[Any, tuple[Any, ...]]]:
         (op_record, (run.id, None, (4, 2.1, "codex", {"n": i}, 1))),
         (op_record, (run.id, None, (5, 2.2, "codex", {"again": i}, 1))),  # same exec_seq
         (op_set_origin, (run.id, {"source": "http", "status_ref": str(i)})),
-        (_finish_run, (done, delivery, (f"s{i % 3}", f"t{i}", "ex"), (6, 3.0, "state", {}, None))),
+        (finish_run, (done, delivery, (f"s{i % 3}", f"t{i}", "ex"), (6, 3.0, "state", {}, None))),
     ]
 
 
@@ -258,7 +261,7 @@ async def test_one_bad_write_among_folded_ones_fails_alone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with Store(tmp_path / "a.db") as store:
-        await store.insert_run(make_run(1))
+        await store.call(op_insert_run, make_run(1))
         release = await _hold(store)
         store.post(op_insert_run, make_run(1))  # already there: UNIQUE fails
         for fn, args in _life(2):
@@ -286,7 +289,7 @@ async def test_a_status_ref_is_written_with_the_run_and_its_waiting_reply(tmp_pa
         delivery = Delivery(
             id=run.id, run_id=run.id, platform="telegram", created_at=1.0, payload={"a": 1}
         )
-        await store.add_delivery(delivery)
+        await store.finish_run(run, delivery)
         store.post(op_set_origin, run.id, {"source": "http", "status_ref": "6"})
         store.post(op_set_delivery_payload, run.id, {"a": 1, "origin": {"status_ref": "6"}})
         await store.flush()
@@ -305,9 +308,9 @@ async def test_a_locked_database_runs_the_transaction_again_and_loses_nothing(
 ) -> None:
     """A lock met past busy_timeout (another process on the file) rolls the whole
     transaction back and runs it again: every write lands once, every caller hears OK."""
-    from hub import store as store_module
+    from hub.store import engine
 
-    monkeypatch.setattr(store_module, "_backoff", lambda s: None)
+    monkeypatch.setattr(engine, "_backoff", lambda s: None)
     locked = iter([True, True, False])
 
     def sometimes_locked(conn: sqlite3.Connection) -> str:
@@ -333,9 +336,9 @@ async def test_a_locked_database_runs_the_transaction_again_and_loses_nothing(
 async def test_a_database_locked_for_good_fails_the_callers_instead_of_hanging(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hub import store as store_module
+    from hub.store import engine
 
-    monkeypatch.setattr(store_module, "_backoff", lambda s: None)
+    monkeypatch.setattr(engine, "_backoff", lambda s: None)
 
     def always_locked(conn: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("database is locked")
@@ -343,7 +346,7 @@ async def test_a_database_locked_for_good_fails_the_callers_instead_of_hanging(
     async with Store(tmp_path / "a.db") as store:
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             await store.call(always_locked)
-        await store.insert_run(make_run(1))  # the store goes on
+        await store.call(op_insert_run, make_run(1))  # the store goes on
         assert await store.get_run("run_0001") is not None
 
 
@@ -378,7 +381,7 @@ async def test_a_full_disk_holds_every_write_and_writes_them_in_order_once_there
         for fn, args in lives:
             await plain.call(fn, *args)
     async with Store(tmp_path / "full.db") as store:
-        await store.insert_run(make_run(0))
+        await store.call(op_insert_run, make_run(0))
         await _fill(store)
         for fn, args in lives:  # run 2's prompt needs pages the "disk" does not have
             store.post(fn, *args)
@@ -386,7 +389,7 @@ async def test_a_full_disk_holds_every_write_and_writes_them_in_order_once_there
             await store.flush()
         assert store.unwritable is not None and "full" in store.unwritable
         with pytest.raises(StoreUnavailable):  # held all the same, and written later
-            await store.update_run("run_0000", state="cancelled")
+            await store.finish_run(make_run(0, state="cancelled"))
         assert (await store.get_run("run_0000")).state == "queued"  # type: ignore[union-attr]
         assert await store.get_run("run_0002") is None
         assert await store.get_run("run_0003") is None  # it would fit, but comes after
@@ -427,9 +430,9 @@ async def test_a_transaction_that_breaks_as_a_whole_holds_its_writes_and_the_wri
 ) -> None:
     """Not one operation but the transaction fails (SQLite rolled it back under a full
     disk, say): its writes are held and written on the next try, and the store goes on."""
-    from hub import store as store_module
+    from hub.store import engine
 
-    apply_all = store_module._apply_all
+    apply_all = engine.apply_all
     breaks = iter([True])
 
     def breaks_once(conn: sqlite3.Connection, items: list[Any]) -> Any:
@@ -439,11 +442,11 @@ async def test_a_transaction_that_breaks_as_a_whole_holds_its_writes_and_the_wri
             raise sqlite3.OperationalError("no such savepoint: folded")
         return apply_all(conn, items)
 
-    monkeypatch.setattr(store_module, "_apply_all", breaks_once)
+    monkeypatch.setattr(engine, "apply_all", breaks_once)
     async with Store(tmp_path / "a.db") as store:
         for fn, args in _life(1):
             store.post(fn, *args)
-        with pytest.raises(store_module.StoreUnavailable, match="savepoint"):
+        with pytest.raises(engine.StoreUnavailable, match="savepoint"):
             await store.flush()
         assert await store.get_run("run_0001") is None
         async with asyncio.timeout(10):
@@ -451,7 +454,7 @@ async def test_a_transaction_that_breaks_as_a_whole_holds_its_writes_and_the_wri
         await store.flush()
         run = await store.get_run("run_0001")
         assert run is not None and run.state == "succeeded"
-        await store.insert_run(make_run(2))
+        await store.call(op_insert_run, make_run(2))
         assert await store.get_run("run_0002") is not None
 
 
@@ -532,7 +535,7 @@ async def test_a_version_1_database_keeps_every_run_event_session_and_delivery(
             assert [r.id for r in mine] == ["run_v1_1"]
             # New events of an old run join its own.
             if not again:
-                await store.add_events("run_v1_1", [(4, 4.0, "state", {"s": 1}, None)])
+                await store.call(op_record, "run_v1_1", None, (4, 4.0, "state", {"s": 1}, None))
             assert [e["seq"] for e in await store.get_events("run_v1_1", 2)] == [3, 4]
     check = sqlite3.connect(path)
     try:
@@ -559,7 +562,9 @@ async def test_search_by_the_index_finds_what_like_found_for_ordinary_words(
     async with Store(tmp_path / "a.db") as store:
         for i in range(300):
             words = " ".join(rng.choice(_WORDS) for _ in range(4))
-            await store.insert_run(make_run(i, prompt=f"{words}: {i}", user=rng.choice(_WORDS)))
+            await store.call(
+                op_insert_run, make_run(i, prompt=f"{words}: {i}", user=rng.choice(_WORDS))
+            )
         await store.finish_run(make_run(299, state="succeeded", answer="the zeppelin landed"))
         conn = sqlite3.connect(tmp_path / "a.db")
         try:
@@ -586,7 +591,7 @@ async def test_a_list_during_a_long_write_transaction_does_not_wait_for_it(
     """While the writer thread is stuck in a transaction, lists and searches still
     answer, from what is committed."""
     async with Store(tmp_path / "a.db") as store:
-        await store.insert_run(make_run(1, prompt="committed before"))
+        await store.call(op_insert_run, make_run(1, prompt="committed before"))
         release = await _hold(store)
         try:
             store.post(op_insert_run, make_run(2, prompt="queued behind the writer"))
@@ -610,20 +615,23 @@ async def test_a_writer_that_never_pauses_keeps_the_wal_bounded_without_a_trunca
 ) -> None:
     """Under writes with no idle moment, the writer finishes a checkpoint between two
     transactions, so the WAL starts over (cut to its limit) instead of growing."""
-    import hub.store as store_module
+    from hub.store import engine
 
-    monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT_BYTES", 256 << 10)
-    monkeypatch.setattr(store_module, "CHECKPOINT_TRUNCATE_BYTES", CHECKPOINT_TEST_LIMIT // 2)
-    monkeypatch.setattr(store_module, "CHECKPOINT_CATCH_UP_BYTES", CHECKPOINT_TEST_LIMIT // 2)
-    monkeypatch.setattr(store_module, "CHECKPOINT_BEHIND_S", 0.01)
-    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_S", 0.02)
-    monkeypatch.setattr(store_module, "CHECKPOINT_IDLE_S", 3600.0)  # never idle here
+    monkeypatch.setattr(engine, "WAL_SIZE_LIMIT_BYTES", 256 << 10)
+    monkeypatch.setattr(engine, "CHECKPOINT_TRUNCATE_BYTES", CHECKPOINT_TEST_LIMIT // 2)
+    monkeypatch.setattr(engine, "CHECKPOINT_CATCH_UP_BYTES", CHECKPOINT_TEST_LIMIT // 2)
+    monkeypatch.setattr(engine, "CHECKPOINT_BEHIND_S", 0.01)
+    monkeypatch.setattr(engine, "CHECKPOINT_EVERY_S", 0.02)
+    monkeypatch.setattr(engine, "CHECKPOINT_IDLE_S", 3600.0)  # never idle here
     wal = Path(f"{tmp_path / 'a.db'}-wal")
     async with Store(tmp_path / "a.db") as store:
         written = largest = 0
         while written < 6000:  # without checkpoints their WAL would pass 35 MB
             await asyncio.gather(
-                *(store.insert_run(make_run(written + i, prompt="x" * 2000)) for i in range(50))
+                *(
+                    store.call(op_insert_run, make_run(written + i, prompt="x" * 2000))
+                    for i in range(50)
+                )
             )
             written += 50
             largest = max(largest, wal.stat().st_size)  # noqa: ASYNC240 (a stat)

@@ -24,7 +24,7 @@ from hub.app import HubServer, create_app
 from hub.appkeys import BUS, ROUTER, STORE
 from hub.auth import principal_for_key
 from hub.settings import HubSettings
-from hub.store import Run
+from hub.store import Run, op_insert_run
 from tests.monitor.conftest import API_KEY, NODE_TOKEN, node_url
 from tests.monitor.scripted_executor import ScriptedExecutor
 
@@ -576,7 +576,8 @@ async def test_the_overview_counts_today_the_last_hour_and_the_median_duration(
     now = time.time()
     durations = [2.0, 10.0, 4.0]
     for i, took in enumerate(durations):
-        await store.insert_run(
+        await store.call(
+            op_insert_run,
             Run(
                 id=f"run_done{i}",
                 prompt="x",
@@ -586,10 +587,11 @@ async def test_the_overview_counts_today_the_last_hour_and_the_median_duration(
                 finished_at=now - 600 + took,
                 state="failed" if i == 1 else "succeeded",
                 usage={"input_tokens": 100, "output_tokens": 7},
-            )
+            ),
         )
-    await store.insert_run(
-        Run(id="run_old", prompt="x", origin={}, source="http", created_at=now - 90000)
+    await store.call(
+        op_insert_run,
+        Run(id="run_old", prompt="x", origin={}, source="http", created_at=now - 90000),
     )
     await start_run(client, "queued now")
     response = await client.get("/api/overview", params={"since": now - 3600}, headers=AUTH)

@@ -20,7 +20,7 @@ from hub import api_runs
 from hub.app import HubServer
 from hub.appkeys import BUS, STORE
 from hub.auth import principal_for_key
-from hub.store import Run, Store
+from hub.store import Run, Store, op_insert_run, op_record
 from tests.monitor.conftest import API_KEY, NODE_TOKEN, SCREENSHOTS, make_settings, node_url
 
 pytestmark = pytest.mark.browser
@@ -336,7 +336,8 @@ async def test_thousands_of_runs_page_and_filter_on_the_server(
     sources = ["slack", "telegram", "http", "monitor"]
     await asyncio.gather(
         *(
-            store.insert_run(
+            store.call(
+                op_insert_run,
                 Run(
                     id=f"run_bulk{i:05d}",
                     prompt="the needle in the haystack" if i == 777 else f"routine task {i}",
@@ -346,7 +347,7 @@ async def test_thousands_of_runs_page_and_filter_on_the_server(
                     created_at=now + i,
                     state="succeeded",
                     finished_at=now + i + 3,
-                )
+                ),
             )
             for i in range(1500)
         )
@@ -424,9 +425,11 @@ async def test_the_page_reconnects_after_a_hub_restart_and_catches_up_once(
     async with Store(tmp_path / "hub.db") as store:
         ts = time.time()
         note = {"message": "finished while the page was away"}
-        await store.add_events(run["id"], [(2, ts, "note", note, None)])
-        await store.add_events(run["id"], [(3, ts, "state", {"state": "cancelled"}, None)])
-        await store.update_run(run["id"], state="cancelled", finished_at=ts)
+        await store.call(op_record, run["id"], None, (2, ts, "note", note, None))
+        ended = {"state": "cancelled", "finished_at": ts}
+        await store.call(
+            op_record, run["id"], ended, (3, ts, "state", {"state": "cancelled"}, None)
+        )
         missed = Run(
             id="run_missed",
             prompt="arrived during the restart",
@@ -437,7 +440,7 @@ async def test_the_page_reconnects_after_a_hub_restart_and_catches_up_once(
             finished_at=ts,
             answer="ok",
         )
-        await store.insert_run(missed)
+        await store.call(op_insert_run, missed)
     await expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting")
 
     async with HubServer(make_settings(tmp_path, port=port)) as second:
@@ -499,7 +502,7 @@ async def test_a_page_that_falls_behind_resyncs_and_reloads(
         source="http",
         created_at=now,
     )
-    await monitor_hub.app[STORE].insert_run(unseen)
+    await monitor_hub.app[STORE].call(op_insert_run, unseen)
     async with page.expect_websocket():
         monitor_hub.app[BUS].publish({"type": "nodes", "nodes": []})
     await expect(row(page, "run_unseen")).to_have_count(1)

@@ -11,7 +11,7 @@ import pytest
 from playwright.async_api import expect
 
 from hub.app import HubServer
-from hub.store import Run, Store
+from hub.store import Run, Store, op_insert_run
 from tests.monitor import test_browser
 from tests.monitor.conftest import NODE_TOKEN, SCREENSHOTS, make_settings, node_url
 from tests.monitor.scripted_executor import ScriptedExecutor
@@ -87,7 +87,7 @@ async def test_while_the_feed_is_down_active_runs_say_unknown_and_retry_reconnec
             executor="build-box-4242-0a1b2c",
             answer="ok",
         )
-        await store.insert_run(gone)
+        await store.call(op_insert_run, gone)
     first = HubServer(make_settings(tmp_path))
     await first.start()
     port = first.port

@@ -10,7 +10,7 @@ from playwright.async_api import expect
 
 from hub.app import HubServer
 from hub.appkeys import STORE
-from hub.store import Run
+from hub.store import Run, op_insert_run
 from tests.monitor import test_browser
 from tests.monitor.conftest import NODE_TOKEN, SCREENSHOTS, node_url
 from tests.monitor.scripted_executor import ScriptedExecutor
@@ -33,7 +33,8 @@ async def test_the_overview_strip_shows_now_the_last_hour_and_today(
     store = monitor_hub.app[STORE]
     now = time.time()
     for i, (state, took) in enumerate((("failed", 4.0), ("succeeded", 64.0), ("succeeded", 8.0))):
-        await store.insert_run(
+        await store.call(
+            op_insert_run,
             Run(
                 id=f"run_today{i}",
                 prompt="earlier today",
@@ -43,7 +44,7 @@ async def test_the_overview_strip_shows_now_the_last_hour_and_today(
                 finished_at=now - 1200 + took,
                 state=state,
                 usage={"input_tokens": 1200, "output_tokens": 300},
-            )
+            ),
         )
     page = await open_page(monitor_hub.url)
     await expect(item(page, "Failed, last hour").locator("dd")).to_have_text("1")

@@ -1,0 +1,44 @@
+"""The run store: runs, their events, sessions and the reply outbox, in SQLite.
+
+The rooms, each on the ones before it (no module imports a later one):
+
+- :mod:`~hub.store.records`: what is kept (:class:`Run`, :class:`Delivery`, the
+  :data:`EventRow` every event is passed as);
+- :mod:`~hub.store.sql`: the schema, its migrations and every statement, as
+  ``fn(conn, *args)`` operations (the ``op_*`` ones are what the hub posts);
+- :mod:`~hub.store.folding`: one transaction of the writer, the hot path's writes
+  folded into few statements;
+- :mod:`~hub.store.engine`: the writer thread and group commit, checkpoints, the read
+  pool, and writes held while the disk refuses them (:class:`StoreUnavailable`);
+- :mod:`~hub.store.store`: :class:`Store`, the engine with the hub's reads and writes.
+"""
+
+from hub.store.engine import StoreClosed, StoreUnavailable
+from hub.store.records import Delivery, EventRow, Run, SessionRow
+from hub.store.sql import (
+    MIGRATIONS,
+    SCHEMA,
+    op_insert_run,
+    op_record,
+    op_set_delivery_payload,
+    op_set_executor,
+    op_set_origin,
+)
+from hub.store.store import Store
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA",
+    "Delivery",
+    "EventRow",
+    "Run",
+    "SessionRow",
+    "Store",
+    "StoreClosed",
+    "StoreUnavailable",
+    "op_insert_run",
+    "op_record",
+    "op_set_delivery_payload",
+    "op_set_executor",
+    "op_set_origin",
+]

@@ -1,0 +1,88 @@
+"""What the store keeps: a run, a reply in the outbox, and the shape of an event row.
+
+Plain data, no SQL and no I/O: the hub builds and reads these, the store's statements
+(:mod:`hub.store.sql`) turn them into rows and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeAlias
+
+#: One event of a run as the store takes it: (seq, ts, kind, data, exec_seq). ``seq``
+#: counts the hub's events of the run from 1; ``exec_seq`` is the executor's own count
+#: (None for events the hub made), so that an event sent again is stored once.
+EventRow: TypeAlias = tuple[int, float, str, Any, int | None]
+
+#: A session to remember with a run's end: (key, codex thread id, executor).
+SessionRow: TypeAlias = tuple[str, str | None, str | None]
+
+
+@dataclass
+class Run:
+    """One request handed to codex, from arrival to its final answer."""
+
+    id: str
+    prompt: str
+    origin: dict[str, Any]
+    source: str
+    created_at: float
+    #: One of :data:`wire.RunState` (typed as str while the router sets it from a str).
+    state: str = "queued"
+    session_key: str | None = None
+    user: str | None = None
+    effective_prompt: str | None = None
+    optimize: bool | None = None
+    executor: str | None = None
+    thread_id: str | None = None
+    answer: str | None = None
+    usage: dict[str, int] | None = None
+    error: dict[str, str] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = 0.0
+    dedupe_key: str | None = None
+    #: The API principal that started it (hub.auth); None for chat bridges.
+    principal: str | None = None
+    n: int | None = field(default=None, repr=False)
+
+    def snapshot(self) -> Run:
+        """A shallow copy, to hand to the writer thread (which reads it later)."""
+        clone = object.__new__(Run)
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as the API shows it."""
+        data = asdict(self)
+        data.pop("n", None)
+        return data
+
+    def summary(self, excerpt: int = 200) -> dict[str, Any]:
+        """The run without its long texts, for lists and the live feed."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "source": self.source,
+            "user": self.user,
+            "session_key": self.session_key,
+            "prompt_excerpt": self.prompt[:excerpt],
+            "executor": self.executor,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "principal": self.principal,
+        }
+
+
+@dataclass
+class Delivery:
+    """A reply waiting in the outbox until the bridge of its platform acknowledges it."""
+
+    id: str
+    run_id: str
+    platform: str
+    payload: dict[str, Any]
+    created_at: float
+    attempts: int = 0

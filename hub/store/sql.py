@@ -1,0 +1,714 @@
+"""The store's SQL: the schema and its migrations, and every statement, as functions
+``fn(conn, *args)`` that the writer thread (:mod:`hub.store.engine`) runs.
+
+Keys append: events are keyed by the run's integer key (``runs.n``) and their sequence,
+so a run's events sit together at the end of the table instead of at a random place.
+
+Search uses two FTS5 indexes kept in step by the writer in the same transactions:
+``runs_fts``, contentless (no second copy of the text), holds a run's prompt and user
+as row ``2n`` (written with the run) and its answer as row ``2n + 1`` (written with the
+answer: a contentless index cannot change a row); ``search_terms`` holds the index's
+words, to turn a typed prefix into the words it starts (see :func:`fts_query`).
+
+The ``op_*`` functions are the writes the hub posts without waiting
+(:meth:`~hub.store.engine.Engine.post`); :data:`READS` names the statements that only
+read, which still run while the disk refuses writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sqlite3
+import time
+import unicodedata
+from collections.abc import Callable
+from typing import Any, TypeGuard
+
+import orjson
+
+from hub.store.records import Delivery, EventRow, Run, SessionRow
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    user TEXT,
+    origin TEXT NOT NULL,
+    session_key TEXT,
+    prompt TEXT NOT NULL,
+    effective_prompt TEXT,
+    optimize INTEGER,
+    executor TEXT,
+    thread_id TEXT,
+    answer TEXT,
+    usage TEXT,
+    error TEXT,
+    dedupe_key TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_dedupe ON runs(dedupe_key) WHERE dedupe_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runs_state ON runs(state);
+CREATE INDEX IF NOT EXISTS runs_source ON runs(source);
+CREATE INDEX IF NOT EXISTS runs_session ON runs(session_key);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    exec_seq INTEGER,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS events_exec_seq ON events(run_id, exec_seq)
+    WHERE exec_seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sessions (
+    key TEXT PRIMARY KEY,
+    thread_id TEXT,
+    executor TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    acked_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(platform) WHERE acked_at IS NULL;
+"""
+
+#: Changes to the schema since the first release, in order. ``PRAGMA user_version``
+#: counts those a database has had: at open, the ones it lacks run, each in the same
+#: transaction as the version it brings (a new database starts from :data:`SCHEMA` and
+#: runs them all).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: who owns a run (hub.auth's principals); null for chat bridges and older runs,
+    # which only operators see.
+    (
+        "ALTER TABLE runs ADD COLUMN principal TEXT",
+        "CREATE INDEX IF NOT EXISTS runs_principal ON runs(principal, n)",
+    ),
+    # 2: keys that append and a search index (issue 19). Events were keyed by the
+    # random run id (each run's events written at a random place, a page per run per
+    # commit); now by the run's integer key. The principal index leaves out the chat
+    # bridges' runs (null), which nobody lists by principal. The two FTS5 indexes hold
+    # what exists.
+    (
+        "CREATE TABLE events2 (run_n INTEGER NOT NULL, seq INTEGER NOT NULL, "
+        "ts REAL NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL, exec_seq INTEGER, "
+        "PRIMARY KEY (run_n, seq)) WITHOUT ROWID",
+        "INSERT INTO events2 (run_n, seq, ts, kind, data, exec_seq) "
+        "SELECT runs.n, events.seq, events.ts, events.kind, events.data, events.exec_seq "
+        "FROM events JOIN runs ON runs.id = events.run_id ORDER BY runs.n, events.seq",
+        "DROP TABLE events",
+        "ALTER TABLE events2 RENAME TO events",
+        "CREATE UNIQUE INDEX events_exec_seq ON events(run_n, exec_seq) WHERE exec_seq IS NOT NULL",
+        "DROP INDEX IF EXISTS runs_principal",
+        "CREATE INDEX runs_principal ON runs(principal) WHERE principal IS NOT NULL",
+        "CREATE VIRTUAL TABLE runs_fts USING fts5(user, prompt, answer, content='', "
+        "tokenize='unicode61 remove_diacritics 2')",
+        "INSERT INTO runs_fts (rowid, user, prompt) SELECT 2 * n, user, prompt FROM runs",
+        "INSERT INTO runs_fts (rowid, answer) SELECT 2 * n + 1, answer FROM runs "
+        "WHERE answer IS NOT NULL AND answer != ''",
+        # The index's words without digits, to turn a typed prefix into the words it
+        # starts (FTS5's own prefix query reads every posting of every such word).
+        "CREATE TABLE search_terms (term TEXT PRIMARY KEY) WITHOUT ROWID",
+        "CREATE VIRTUAL TABLE temp.runs_fts_terms USING fts5vocab(main, runs_fts, row)",
+        "INSERT INTO search_terms SELECT term FROM temp.runs_fts_terms "
+        "WHERE term NOT GLOB '*[0-9]*'",
+        "DROP TABLE temp.runs_fts_terms",
+    ),
+)
+
+_JSON_COLUMNS = ("origin", "usage", "error")
+
+RUN_FIELDS = [f for f in Run.__dataclass_fields__ if f != "n"]
+
+
+def row_to_run(row: sqlite3.Row) -> Run:
+    data = dict(row)
+    for col in _JSON_COLUMNS:
+        if data.get(col) is not None:
+            data[col] = orjson.loads(data[col])
+    if data.get("optimize") is not None:
+        data["optimize"] = bool(data["optimize"])
+    return Run(**data)
+
+
+def encode(name: str, value: Any) -> Any:
+    if name in _JSON_COLUMNS and value is not None:
+        return orjson.dumps(value).decode()
+    return value
+
+
+# --- what SQLite's errors mean -----------------------------------------------------
+
+
+class Busy(Exception):
+    """The database was locked past ``busy_timeout``: the transaction is run again."""
+
+    def __init__(self, error: sqlite3.OperationalError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Unwritable(Exception):
+    """The disk refused a write (full, I/O error, read-only): the writes are held."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+#: SQLite's primary result codes that mean "the disk will not take this write".
+_WRITE_FAILURES = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
+)
+
+
+def is_unwritable(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _WRITE_FAILURES
+    return "disk is full" in str(exc) or "disk I/O error" in str(exc)
+
+
+def reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    # SQLite may have rolled the transaction back itself (SQLITE_FULL, SQLITE_IOERR):
+    # then ROLLBACK fails, harmlessly.
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def is_busy(exc: BaseException) -> TypeGuard[sqlite3.OperationalError]:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+# --- statements ---------------------------------------------------------------------
+
+
+INSERT_RUN_HEAD = f"INSERT INTO runs ({', '.join(RUN_FIELDS)})"
+_INSERT_RUN_SQL = f"{INSERT_RUN_HEAD} VALUES ({', '.join('?' * len(RUN_FIELDS))})"
+
+
+def _insert_run(conn: sqlite3.Connection, run: Run) -> None:
+    run.updated_at = run.updated_at or time.time()
+    values = [encode(name, getattr(run, name)) for name in RUN_FIELDS]
+    last = last_n(conn)
+    cur = conn.execute(_INSERT_RUN_SQL, values)
+    run.n = cur.lastrowid
+    index_new_runs(conn, last)
+
+
+def last_n(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(n), 0) FROM runs").fetchone()[0])
+
+
+def index_new_runs(conn: sqlite3.Connection, last: int) -> None:
+    """Add the runs inserted after key ``last`` to the search indexes (same transaction).
+
+    Keys only grow and this thread is the only writer, so those are the new ones.
+    """
+    conn.execute(
+        "INSERT INTO runs_fts (rowid, user, prompt) SELECT 2 * n, user, prompt FROM runs "
+        "WHERE n > ?",
+        (last,),
+    )
+    conn.execute(
+        "INSERT INTO runs_fts (rowid, answer) SELECT 2 * n + 1, answer FROM runs "
+        "WHERE n > ? AND answer IS NOT NULL AND answer != ''",
+        (last,),
+    )
+    _add_terms(
+        conn,
+        "SELECT coalesce(user, '') || ' ' || prompt || ' ' || coalesce(answer, '') "
+        "FROM runs WHERE n > ?",
+        (last,),
+    )
+
+
+def _add_terms(conn: sqlite3.Connection, texts_sql: str, args: tuple[Any, ...]) -> None:
+    """Add the words of the texts ``texts_sql`` selects to ``search_terms``.
+
+    The texts go through a scratch FTS5 table in memory with the index's tokenizer, so
+    the words are exactly the index's; only new words write to the database.
+    """
+    conn.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.scratch_fts USING fts5(body, content='', "
+        "tokenize='unicode61 remove_diacritics 2')"
+    )
+    conn.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.scratch_terms "
+        "USING fts5vocab(temp, scratch_fts, row)"
+    )
+    conn.execute(f"INSERT INTO temp.scratch_fts (body) {texts_sql}", args)
+    conn.execute(
+        "INSERT OR IGNORE INTO search_terms SELECT term FROM temp.scratch_terms "
+        "WHERE term NOT GLOB '*[0-9]*'"
+    )
+    conn.execute("INSERT INTO temp.scratch_fts (scratch_fts) VALUES ('delete-all')")
+
+
+def update_run(conn: sqlite3.Connection, run_id: str, fields: dict[str, Any]) -> None:
+    if fields.get("answer"):
+        # Indexed once, when a run first has an answer (the index cannot take a row
+        # back: it holds no copy of the text).
+        cur = conn.execute(
+            "INSERT INTO runs_fts (rowid, answer) SELECT 2 * n + 1, ? FROM runs "
+            "WHERE id = ? AND (answer IS NULL OR answer = '')",
+            (fields["answer"], run_id),
+        )
+        if cur.rowcount:
+            _add_terms(conn, "SELECT ?", (fields["answer"],))
+    fields = {**fields, "updated_at": time.time()}
+    conn.execute(
+        _update_sql(tuple(fields)),
+        [*(encode(k, v) for k, v in fields.items()), run_id],
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _update_sql(names: tuple[str, ...]) -> str:
+    # Cached: the writer thread runs a few of these per run, with few distinct shapes.
+    unknown = set(names) - set(RUN_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown run fields: {sorted(unknown)}")
+    sets = ", ".join(f"{name} = ?" for name in names)
+    return f"UPDATE runs SET {sets} WHERE id = ?"
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema up to date (see :data:`MIGRATIONS`).
+
+    Each step runs in its own immediate transaction that reads the version again: a
+    crash leaves the database before or after a step, and of two processes opening
+    the same file at once the second finds the step done.
+    """
+    for number, statements in enumerate(MIGRATIONS, start=1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"the store has schema version {version}, newer than this codex-hub "
+                    f"knows ({len(MIGRATIONS)}): upgrade codex-hub, or use another HUB_DB"
+                )
+            if version < number:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+                log.info("store: schema migrated to version %d", number)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def get_run(conn: sqlite3.Connection, run_id: str) -> Run | None:
+    row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    return row_to_run(row) if row else None
+
+
+def run_by_dedupe_key(conn: sqlite3.Connection, key: str) -> Run | None:
+    row = conn.execute("SELECT * FROM runs WHERE dedupe_key = ?", (key,)).fetchone()
+    return row_to_run(row) if row else None
+
+
+def list_runs(
+    conn: sqlite3.Connection,
+    states: list[str],
+    sources: list[str],
+    query: str,
+    session_key: str | None,
+    before: int | None,
+    limit: int,
+    principal: str | None = None,
+) -> tuple[list[Run], int | None]:
+    where: list[str] = []
+    args: list[Any] = []
+    if principal is not None:
+        where.append("runs.principal = ?")
+        args.append(principal)
+    if states:
+        where.append(f"runs.state IN ({', '.join('?' * len(states))})")
+        args += states
+    if sources:
+        where.append(f"runs.source IN ({', '.join('?' * len(sources))})")
+        args += sources
+    if session_key is not None:
+        where.append("runs.session_key = ?")
+        args.append(session_key)
+    match = fts_query(conn, query) if query else None
+    if query:
+        like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # What the index found must hold the text exactly as typed (punctuation, and
+        # LIKE's wildcards taken literally); with no word to look up, only this.
+        where.append(
+            "(runs.prompt LIKE ? ESCAPE '\\' OR runs.user LIKE ? ESCAPE '\\' "
+            "OR runs.answer LIKE ? ESCAPE '\\' OR runs.id = ?)"
+        )
+        args += [like, like, like, query]
+    if match is not None:
+        rows = _search(conn, match, query, where, args, before, limit + 1)
+    else:
+        if before is not None:
+            where.append("runs.n < ?")
+            args.append(before)
+        sql = "SELECT * FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY n DESC LIMIT ?"
+        rows = conn.execute(sql, [*args, limit + 1]).fetchall()
+    runs = [row_to_run(r) for r in rows[:limit]]
+    next_before = runs[-1].n if len(rows) > limit and runs else None
+    return runs, next_before
+
+
+def _search(
+    conn: sqlite3.Connection,
+    match: str,
+    query: str,
+    where: list[str],
+    args: list[Any],
+    before: int | None,
+    limit: int,
+) -> list[sqlite3.Row]:
+    """The newest ``limit`` runs the index finds for ``match`` that pass ``where``.
+
+    The index is walked newest first (FTS5 hands rowids out in order; a run's prompt
+    and user are row ``2n``, its answer ``2n + 1``) and stops once ``limit`` runs
+    passed, so a common word costs no more than a rare one. The run whose id is the
+    query joins them.
+    """
+    cond = "".join(f" AND {w}" for w in where)
+    bound: list[Any] = []
+    sql = (
+        # CROSS JOIN: the index is the outer loop, in its own order.
+        "SELECT runs.* FROM runs_fts AS f CROSS JOIN runs ON runs.n = f.rowid >> 1 "
+        "WHERE f.runs_fts MATCH ?"
+    )
+    if before is not None:
+        sql += " AND f.rowid < ?"
+        bound = [2 * before]
+    sql += f"{cond} ORDER BY f.rowid DESC LIMIT ?"
+    found: dict[int, sqlite3.Row] = {}
+    # A run matched by its prompt and its answer comes twice, one after the other.
+    for row in conn.execute(sql, [match, *bound, *args, 2 * limit]):
+        found.setdefault(row["n"], row)
+    by_id = "SELECT * FROM runs WHERE runs.id = ?"
+    if before is not None:
+        by_id += " AND runs.n < ?"
+        bound = [before]
+    for row in conn.execute(by_id + cond, [query, *bound, *args]):
+        found[row["n"]] = row
+    return [found[n] for n in sorted(found, reverse=True)[:limit]]
+
+
+#: What the FTS5 tokenizer (unicode61) takes as a word: letters and digits.
+_WORD = re.compile(r"[^\W_]+")
+
+
+#: A typed prefix that starts more words than this is looked up by FTS5 itself.
+_MAX_PREFIX_TERMS = 64
+
+
+def fts_query(conn: sqlite3.Connection, query: str) -> str | None:
+    """The FTS5 query for what a user typed: its words, in order, adjacent, the last a
+    prefix (``check_thi`` is ``"check thi"*``); None when it has no word (``%``).
+
+    A search then finds text that contains the query from the start of a word: the
+    index narrows the runs, and LIKE keeps those with the exact text. The prefix is
+    spelled out as the words it starts (``"check this" OR "check thin"``), which
+    FTS5 walks newest first and stops early, where its own prefix query reads every
+    posting of those words first (20 ms for a common word over 200k runs).
+    """
+    words = _WORD.findall(query)
+    if not words:
+        return None
+    head = " ".join(words[:-1])
+    last = _fold(words[-1])
+    terms = [
+        row[0]
+        for row in conn.execute(
+            "SELECT term FROM search_terms WHERE term >= ? AND term < ? LIMIT ?",
+            (last, last + "\U0010ffff", _MAX_PREFIX_TERMS + 1),
+        )
+    ]
+    if not terms or len(terms) > _MAX_PREFIX_TERMS or any(c.isdigit() for c in last):
+        return '"' + " ".join(words) + '"*'
+    return " OR ".join(f'"{head} {term}"' if head else f'"{term}"' for term in terms)
+
+
+def _fold(word: str) -> str:
+    """A word as the tokenizer keeps it: case folded, without diacritics."""
+    decomposed = unicodedata.normalize("NFKD", word.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def unfinished_runs(conn: sqlite3.Connection) -> list[Run]:
+    rows = conn.execute(
+        "SELECT * FROM runs WHERE state IN ('queued', 'optimizing', 'running') ORDER BY n"
+    ).fetchall()
+    return [row_to_run(r) for r in rows]
+
+
+def count_runs(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    rows = conn.execute("SELECT state, source, COUNT(*) FROM runs GROUP BY state, source")
+    return {(state, source): count for state, source, count in rows}
+
+
+def overview(conn: sqlite3.Connection, since: float, failed_since: float) -> dict[str, Any]:
+    runs, input_tokens, output_tokens = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(json_extract(usage, '$.input_tokens')), 0),"
+        " COALESCE(SUM(json_extract(usage, '$.output_tokens')), 0)"
+        " FROM runs WHERE created_at >= ?",
+        (since,),
+    ).fetchone()
+    finished = "FROM runs WHERE created_at >= ? AND finished_at IS NOT NULL"
+    (count,) = conn.execute(f"SELECT COUNT(*) {finished}", (since,)).fetchone()
+    median = None
+    if count:
+        # The middle one (the lower of two): no list of every duration in memory.
+        (median,) = conn.execute(
+            f"SELECT finished_at - created_at {finished} ORDER BY 1 LIMIT 1 OFFSET ?",
+            (since, (count - 1) // 2),
+        ).fetchone()
+    (failed,) = conn.execute(
+        "SELECT COUNT(*) FROM runs WHERE state IN ('failed', 'timed_out') AND finished_at >= ?",
+        (failed_since,),
+    ).fetchone()
+    return {
+        "since": since,
+        "runs": runs,
+        "input_tokens": int(input_tokens),
+        "output_tokens": int(output_tokens),
+        "median_duration_s": median,
+        "failed_last_hour": failed,
+    }
+
+
+#: An event row: the run's integer key is looked up from its id (a run's events only
+#: ever follow it, in the writer's order); an event of an unknown run is not stored.
+EVENT_ROW = "((SELECT n FROM runs WHERE id = ?), ?, ?, ?, ?, ?)"
+EVENT_COLUMNS = "(run_n, seq, ts, kind, data, exec_seq)"
+
+
+def add_events(
+    conn: sqlite3.Connection,
+    run_id: str,
+    events: list[EventRow],
+) -> None:
+    if len(events) == 1:
+        seq, ts, kind, data, exec_seq = events[0]
+        conn.execute(
+            f"INSERT OR IGNORE INTO events {EVENT_COLUMNS} VALUES {EVENT_ROW}",
+            (run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq),
+        )
+        return
+    conn.executemany(
+        f"INSERT OR IGNORE INTO events {EVENT_COLUMNS} VALUES {EVENT_ROW}",
+        [
+            (run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq)
+            for seq, ts, kind, data, exec_seq in events
+        ],
+    )
+
+
+def event_positions(conn: sqlite3.Connection, run_id: str) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(exec_seq), 0) FROM events "
+        "WHERE run_n = (SELECT n FROM runs WHERE id = ?)",
+        (run_id,),
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+FINAL_FIELDS = (
+    "state",
+    "effective_prompt",
+    "executor",
+    "thread_id",
+    "answer",
+    "usage",
+    "error",
+    "started_at",
+    "finished_at",
+)
+
+
+def finish_run(
+    conn: sqlite3.Connection,
+    run: Run,
+    delivery: Delivery | None,
+    session: SessionRow | None,
+    event: EventRow | None = None,
+) -> None:
+    update_run(conn, run.id, {name: getattr(run, name) for name in FINAL_FIELDS})
+    if event is not None:
+        add_events(conn, run.id, [event])
+    if delivery is not None:
+        add_delivery(conn, delivery)
+    if session is not None:
+        set_session(conn, *session)
+
+
+def get_events(conn: sqlite3.Connection, run_id: str, after: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT seq, ts, kind, data FROM events "
+        "WHERE run_n = (SELECT n FROM runs WHERE id = ?) AND seq > ? ORDER BY seq",
+        (run_id, after),
+    ).fetchall()
+    return [
+        {"seq": seq, "ts": ts, "kind": kind, **orjson.loads(data)} for seq, ts, kind, data in rows
+    ]
+
+
+def get_session(conn: sqlite3.Connection, key: str) -> tuple[str | None, str | None]:
+    row = conn.execute("SELECT thread_id, executor FROM sessions WHERE key = ?", (key,)).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def set_session(
+    conn: sqlite3.Connection, key: str, thread_id: str | None, executor: str | None
+) -> None:
+    conn.execute(
+        "INSERT INTO sessions (key, thread_id, executor, updated_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET thread_id = excluded.thread_id, "
+        "executor = excluded.executor, updated_at = excluded.updated_at",
+        (key, thread_id, executor, time.time()),
+    )
+
+
+def add_delivery(conn: sqlite3.Connection, d: Delivery) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO outbox (id, run_id, platform, payload, created_at, attempts) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (d.id, d.run_id, d.platform, orjson.dumps(d.payload).decode(), d.created_at, d.attempts),
+    )
+
+
+def pending_deliveries(conn: sqlite3.Connection, platform: str | None) -> list[Delivery]:
+    sql = "SELECT id, run_id, platform, payload, created_at, attempts FROM outbox "
+    sql += "WHERE acked_at IS NULL"
+    args: list[Any] = []
+    if platform is not None:
+        sql += " AND platform = ?"
+        args.append(platform)
+    rows = conn.execute(sql + " ORDER BY created_at", args).fetchall()
+    return [
+        Delivery(
+            id=r[0],
+            run_id=r[1],
+            platform=r[2],
+            payload=orjson.loads(r[3]),
+            created_at=r[4],
+            attempts=r[5],
+        )
+        for r in rows
+    ]
+
+
+def ack_delivery(conn: sqlite3.Connection, delivery_id: str) -> bool:
+    cur = conn.execute(
+        "UPDATE outbox SET acked_at = ? WHERE id = ? AND acked_at IS NULL",
+        (time.time(), delivery_id),
+    )
+    return cur.rowcount > 0
+
+
+def noop(conn: sqlite3.Connection) -> None:
+    """Write nothing (a flush waits for it, and so for what was queued before it)."""
+
+
+def set_max_pages(conn: sqlite3.Connection, pages: int) -> int:
+    """Cap the database at ``pages`` pages (SQLite's ``max_page_count``); the cap."""
+    return int(conn.execute(f"PRAGMA max_page_count = {int(pages)}").fetchone()[0])
+
+
+# The writes the hub posts (Engine.post): queued without waiting, in order with
+# everything else; the writer folds them (hub.store.folding).
+def op_insert_run(conn: sqlite3.Connection, run: Run) -> None:
+    """Store a new run."""
+    _insert_run(conn, run)
+
+
+def op_record(
+    conn: sqlite3.Connection,
+    run_id: str,
+    fields: dict[str, Any] | None,
+    event: EventRow,
+) -> None:
+    """Store one event of a run, with the run's fields it changed (if any)."""
+    if fields:
+        update_run(conn, run_id, fields)
+    add_events(conn, run_id, [event])
+
+
+def op_set_executor(conn: sqlite3.Connection, run_id: str, executor: str | None) -> None:
+    """Record which executor a run was given to."""
+    update_run(conn, run_id, {"executor": executor})
+
+
+def op_set_origin(conn: sqlite3.Connection, run_id: str, origin: dict[str, Any]) -> None:
+    """Replace a run's ``origin`` (a bridge told where the run's status message is)."""
+    update_run(conn, run_id, {"origin": origin})
+
+
+def op_set_delivery_payload(
+    conn: sqlite3.Connection, delivery_id: str, payload: dict[str, Any]
+) -> None:
+    """Replace the payload of a reply still waiting in the outbox."""
+    conn.execute(
+        "UPDATE outbox SET payload = ? WHERE id = ? AND acked_at IS NULL",
+        (orjson.dumps(payload).decode(), delivery_id),
+    )
+
+
+def count_pending(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0])
+
+
+#: Operations that only read (or set a connection's limits): they run while writes are
+#: held, against what is on disk; every other operation is a write.
+READS: frozenset[Callable[..., Any]] = frozenset(
+    {
+        get_run,
+        run_by_dedupe_key,
+        list_runs,
+        unfinished_runs,
+        count_runs,
+        event_positions,
+        get_events,
+        get_session,
+        pending_deliveries,
+        count_pending,
+        set_max_pages,
+    }
+)
