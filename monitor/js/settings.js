@@ -20,7 +20,7 @@ export async function showSettings(api, root, isCurrent = () => true) {
     if (!isCurrent()) return;
     const message =
       err.status === 403
-        ? 'Only operators see the hub’s settings: sign in with a key of HUB_OPERATOR_KEYS.'
+        ? 'Only operators see the settings of this hub: sign in with a key of HUB_OPERATOR_KEYS.'
         : `Could not load the settings: ${err.message}`;
     root.replaceChildren(head, h('p', { class: 'notice notice-error', role: 'alert' }, message));
     root.setAttribute('aria-labelledby', 'detail-title');
