@@ -64,9 +64,23 @@ export class FleetView {
           ),
         )
       : h('p', { class: 'muted' }, 'No executor is connected: runs wait in the queue.');
+    // Drawn again every few seconds: keep the reader's place (focus, sideways scroll).
+    const focused = this.root.contains(document.activeElement) ? placeOf(document.activeElement) : null;
+    const scrolled = this.root.querySelector('.table-scroll')?.scrollLeft || 0;
     this.root.replaceChildren(h('header', { class: 'detail-head' }, title), summary, body);
     this.root.setAttribute('aria-labelledby', 'detail-title');
+    if (body.classList.contains('table-scroll')) body.scrollLeft = scrolled;
+    if (focused) this.root.querySelector(focused)?.focus({ preventScroll: true });
   }
+}
+
+/** A selector that finds `el` again after a redraw (a run's link, the table, the title). */
+function placeOf(el) {
+  const href = el.getAttribute('href');
+  if (href) return `a[href="${CSS.escape(href)}"]`;
+  if (el.id) return `#${CSS.escape(el.id)}`;
+  if (el.classList.contains('table-scroll')) return '.table-scroll';
+  return null;
 }
 
 function row(node, at) {

@@ -89,6 +89,12 @@ async def test_the_fleet_view_shows_each_executor_with_its_labels_and_runs_live(
         await expect(
             fleet_row(page, str(other.hello["node_id"])).locator(".fleet-runs")
         ).to_have_text("idle")
+        # A change redraws the view: a keyboard reader keeps their place on the link.
+        await link.focus()
+        await other.send({"type": "status", "capacity": 3})
+        other_row = fleet_row(page, str(other.hello["node_id"]))
+        await expect(other_row.locator(".fleet-load")).to_have_text("0/3 busy")
+        await expect(link).to_be_focused()
         for size, viewport in (("laptop", LAPTOP), ("phone", PHONE)):
             await page.set_viewport_size(viewport)
             await page.screenshot(path=SCREENSHOTS / f"fleet-{size}.png", full_page=True)
