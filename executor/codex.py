@@ -202,6 +202,21 @@ def login_detail(output: str, logged_in: bool, exit_code: int | None = None) -> 
     return f"`codex login status` exited with {exit_code}" if exit_code else "Not logged in"
 
 
+_VERSION_RE = re.compile(r"v?(\d+\.\d+(?:\.\d+)?(?:[-+][0-9A-Za-z.-]{1,40})?)")
+
+
+def version_of(output: str) -> str:
+    """codex's version number from ``codex --version`` output ("codex-cli 0.169.0" ->
+    "0.169.0"); "" when its first line does not end in one."""
+    for raw in output.splitlines():
+        words = raw.split()
+        if not words or raw.startswith("WARNING:"):
+            continue
+        match = _VERSION_RE.fullmatch(words[-1])
+        return match.group(1) if match else ""
+    return ""
+
+
 # --- JSONL events ----------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from executor.codex import (
     parse_jsonl_line,
     resolve_codex_bin,
     truncate_event,
+    version_of,
 )
 from executor.settings import ExecutorSettings
 from executor.transport import (
@@ -46,6 +47,8 @@ Emit = Callable[[dict[str, Any]], None]
 
 #: How long a positive login check is trusted; a negative one is never cached.
 LOGIN_CACHE_S = 60.0
+#: How long `codex --version` may take.
+VERSION_TIMEOUT_S = 30.0
 #: The part of stderr quoted in an error message.
 ERROR_STDERR_CHARS = 2000
 #: codex prints this on every run whose stdin is not a terminal; it explains nothing.
@@ -226,6 +229,21 @@ class CodexEngine:
             status = await self._transport.login_status(self.codex_bin, self._env())
             self._login = (self._clock(), status) if status.logged_in else None
             return status
+
+    async def codex_version(self) -> str:
+        """codex's version (`codex --version` on the transport), "" when it names none.
+
+        Raises FileNotFoundError, SpawnError or TransportError when codex cannot run.
+        """
+        lines: list[str] = []
+        result = await self._transport.run(
+            [self.codex_bin, "--version"],
+            env_overrides=self._env(),
+            cwd=None,
+            on_stdout_line=lines.append,
+            timeout_s=VERSION_TIMEOUT_S,
+        )
+        return version_of("\n".join(lines)) if result.exit_code == 0 else ""
 
     def workdir_of(self, request: RunRequest) -> str:
         """Where `request` runs: its workspace, else `EXEC_WORKDIR` (both engines)."""

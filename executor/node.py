@@ -49,6 +49,8 @@ class ExecutorNode:
         #: Set by close(): runs cancelled from now on were stopped by the executor itself.
         self.stopping = False
         self.login: dict[str, Any] = {"logged_in": None, "detail": "not checked yet"}
+        #: codex's version, as `codex --version` says it ("" when unknown), for the hub.
+        self.codex_version = ""
         self.client = NodeClient(
             settings.hub_url,
             hello=self._hello,
@@ -60,8 +62,9 @@ class ExecutorNode:
         self._sweep_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Check codex's login, then connect to the hub (in the background)."""
+        """Check codex's login and version, then connect to the hub (in the background)."""
         await self._check_login()
+        await self._check_version()
         await self.client.start()
         self._login_task = asyncio.create_task(self._login_loop(), name="Executor:login")
         if self.pipeline.workspaces is not None:
@@ -105,6 +108,9 @@ class ExecutorNode:
             "timeout_s": self.settings.exec_timeout_s + self.settings.optimizer_timeout_s,
             "login": self.login,
             "active_runs": list(self.runs),
+            "labels": self.settings.exec_labels,
+            "engine": self.settings.exec_engine,
+            "codex_version": self.codex_version,
         }
 
     async def _on_connect(self) -> None:
@@ -221,6 +227,14 @@ class ExecutorNode:
             self._set_login(False, f"login check failed: {exc}")
             return
         self._set_login(status.logged_in, status.detail)
+
+    async def _check_version(self) -> None:
+        if self.settings.exec_dry_run:
+            return  # codex is not used: its version says nothing about the runs
+        try:
+            self.codex_version = await self.pipeline.engine.codex_version()
+        except Exception as exc:
+            log.warning("codex --version failed: %s", exc)
 
     def _set_login(self, logged_in: bool, detail: str) -> None:
         login = {"logged_in": logged_in, "detail": detail}

@@ -6,13 +6,15 @@ and model are resolved here, in one place, exactly as docs/settings say.
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from kernel.settings import BASE_CONFIG, NodeSettings
+from kernel.settings import BASE_CONFIG, CsvList, NodeSettings, split_csv
+from wire import LABEL_PATTERN, MAX_LABELS
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,8 @@ class ExecutorSettings(NodeSettings):
     exec_dry_run: bool = Field(False, alias="EXEC_DRY_RUN")
     #: `exec`: one `codex exec` per run; `app-server`: one long-lived `codex app-server`.
     exec_engine: Literal["exec", "app-server"] = Field("exec", alias="EXEC_ENGINE")
+    #: What this executor announces to the hub (its hello): ``prod,k8s,gpu``.
+    exec_labels: CsvList = Field(default_factory=list, alias="EXEC_LABELS")
 
     # workspaces (executor/workspace.py): a git worktree per conversation, or a scratch dir
     workspace_root: Path | None = Field(None, alias="WORKSPACE_ROOT")
@@ -85,6 +89,22 @@ class ExecutorSettings(NodeSettings):
     litellm_model: str = Field("", alias="LITELLM_MODEL")
     optimizer_timeout_s: float = Field(30.0, alias="OPTIMIZER_TIMEOUT_S", gt=0)
     available_clis: str = Field("", alias="AVAILABLE_CLIS")
+
+    _split_labels = field_validator("exec_labels", mode="before")(split_csv)
+
+    @field_validator("exec_labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        for label in value:
+            if not re.fullmatch(LABEL_PATTERN, label):
+                raise ValueError(
+                    f"{label[:80]!r} is not a label: use lowercase letters, digits, '-' and "
+                    "'_' (at most 64 characters), comma-separated, e.g. EXEC_LABELS=prod,k8s,gpu"
+                )
+        labels = list(dict.fromkeys(value))  # a label said twice counts once
+        if len(labels) > MAX_LABELS:
+            raise ValueError(f"{len(labels)} labels: an executor announces at most {MAX_LABELS}")
+        return labels
 
     @model_validator(mode="after")
     def _resolve_fallbacks(self) -> ExecutorSettings:

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from hub.appkeys import SETTINGS
 from hub.settings import HubSettings
+from wire import LABEL_PATTERN
 
 routes = web.RouteTableDef()
 
@@ -279,8 +280,45 @@ def _schemas(model_name: str) -> dict[str, Schema]:
                 "busy": INTEGER,
                 "login": _nullable({"type": "object"}),
                 "platform": STRING,
+                "labels": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": LABEL_PATTERN},
+                    "description": "What the executor announced (EXEC_LABELS).",
+                },
+                "engine": {"type": "string", "description": "EXEC_ENGINE; empty: not said."},
+                "codex_version": {
+                    "type": "string",
+                    "description": "`codex --version` on the executor; empty: unknown.",
+                },
+                "runs": {
+                    "type": "array",
+                    "items": STRING,
+                    "description": "Ids of the runs on the executor now.",
+                },
             },
-            optional=("capacity", "busy", "login", "platform"),
+            optional=(
+                "capacity",
+                "busy",
+                "login",
+                "platform",
+                "labels",
+                "engine",
+                "codex_version",
+                "runs",
+            ),
+        ),
+        "Setting": _object(
+            {
+                "env": STRING,
+                "value": {
+                    "description": 'The value the hub uses; for a secret only "set" or "not set".'
+                },
+                "secret": BOOLEAN,
+                "default": {
+                    "type": "boolean",
+                    "description": "Not given: the default (or a generated credential).",
+                },
+            }
         ),
         "CreateRun": _object(
             {
@@ -651,6 +689,26 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         "The nodes.", _object({"nodes": {"type": "array", "items": _ref("Node")}})
                     ),
                     **_errors(*keyed),
+                },
+            }
+        },
+        "/api/settings": {
+            "get": {
+                "operationId": "getSettings",
+                "summary": "The hub's effective settings, read-only; secrets only as set / "
+                "not set. Operators only (HUB_OPERATOR_KEYS).",
+                "responses": {
+                    "200": _json(
+                        "Every setting of the hub.",
+                        _object({"settings": {"type": "array", "items": _ref("Setting")}}),
+                    ),
+                    **_errors(*keyed),
+                    "403": _json(
+                        "The key is not an operator's (`operator_only`), or "
+                        + ERRORS["403"][0].lower()
+                        + ERRORS["403"][1:],
+                        _ref("Error"),
+                    ),
                 },
             }
         },

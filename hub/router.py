@@ -145,6 +145,10 @@ class NodeInfo:
     credential: str = ""
     #: Executors: the longest a run takes there, as its hello said (None: not said).
     timeout_s: float | None = None
+    #: Executors: as their hello said (EXEC_LABELS, EXEC_ENGINE, `codex --version`).
+    labels: list[str] = field(default_factory=list)
+    engine: str = ""
+    codex_version: str = ""
 
     @property
     def free(self) -> int:
@@ -161,6 +165,12 @@ class NodeInfo:
         }
         if self.role == "executor":
             data.update(capacity=self.capacity, busy=len(self.busy), login=self.login)
+            data.update(
+                labels=self.labels,
+                engine=self.engine,
+                codex_version=self.codex_version,
+                runs=sorted(self.busy),
+            )
         else:
             data["platform"] = self.platform
         return data
@@ -669,6 +679,9 @@ class Router:
             login=hello.login.model_dump() if hello.login else None,
             credential=credential,
             timeout_s=hello.timeout_s,
+            labels=list(hello.labels),
+            engine=hello.engine,
+            codex_version=hello.codex_version,
         )
         self.executors[link.node_id] = node
         claimed = set(hello.active_runs)

@@ -86,6 +86,16 @@ def test_bad_settings_are_named(tmp_path: Path, env: str, needle: str) -> None:
     assert needle in done.stderr
 
 
+def test_an_executor_with_a_label_that_is_not_one_is_refused_at_start(tmp_path: Path) -> None:
+    """A bad EXEC_LABELS stops `codex-hub executor` with exit 2, naming the setting, the
+    label and what a label may hold."""
+    (tmp_path / ".env").write_text("EXEC_LABELS=prod,GPU box\nEXEC_DRY_RUN=true\n")
+    done = run_cli("executor", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "EXEC_LABELS" in done.stderr and "'GPU box' is not a label" in done.stderr
+    assert "lowercase letters, digits, '-' and '_'" in done.stderr
+
+
 def test_a_secret_too_short_or_common_is_refused_at_start_up(tmp_path: Path) -> None:
     """HUB_TOKEN=codex-hub stops the hub with exit 2, naming the setting and the reason."""
     (tmp_path / ".env").write_text("HUB_TOKEN=codex-hub\n")

@@ -21,7 +21,9 @@ Connection
         "timeout_s": 1830,                 # executors: longest a run takes there
         "platform": "slack",               # bridges: whose replies it delivers
         "login": {"logged_in": true, "detail": "..."},   # executors
-        "active_runs": ["run-id", ...]}    # executors: runs still going after a reconnect
+        "active_runs": ["run-id", ...],    # executors: runs still going after a reconnect
+        "labels": ["prod", "gpu"],         # executors: EXEC_LABELS (optional)
+        "engine": "exec", "codex_version": "0.169.0"}   # executors (optional)
 
    ``token`` is the node's own credential (see :mod:`hub.credentials`): an
    executor's gets runs; a bridge's (one per platform) only speaks for that platform.
@@ -115,7 +117,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 from pydantic_core import PydanticCustomError
 
 PROTOCOL_VERSION = 2
@@ -153,6 +155,12 @@ TERMINAL_STATES: frozenset[str] = frozenset(
 ACTIVE_STATES: frozenset[str] = frozenset({"optimizing", "running"})
 ResultStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "rejected"]
 
+#: An executor label (``EXEC_LABELS``): lowercase letters, digits, ``-`` and ``_``.
+LABEL_PATTERN = r"^[a-z0-9_-]{1,64}$"
+#: The most labels one executor announces.
+MAX_LABELS = 64
+Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
+
 
 class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -177,6 +185,10 @@ class Hello(_Frame):
     platform: str = Field("", max_length=50)
     login: LoginState | None = None
     active_runs: list[str] = Field(default_factory=list)
+    #: Executors: what runs may ask for (EXEC_LABELS), the engine, codex's version.
+    labels: list[Label] = Field(default_factory=list, max_length=MAX_LABELS)
+    engine: str = Field("", max_length=50)
+    codex_version: str = Field("", max_length=100)
 
 
 # hub -> executor

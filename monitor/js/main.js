@@ -12,11 +12,13 @@ import { showConversation as renderConversation } from './conversation.js';
 import { RunDetail } from './detail.js';
 import { byId, setText } from './dom.js';
 import { Feed } from './feed.js';
+import { FleetView } from './fleet.js';
 import { stateLabel } from './fmt.js';
 import { NodesPanel } from './nodes.js';
 import { TabNotice } from './notice.js';
 import { Overview } from './overview.js';
 import { RunsList } from './runs.js';
+import { showSettings } from './settings.js';
 
 const BOOT_RETRY_MAX_MS = 15000;
 const SEARCH_DEBOUNCE_MS = 300;
@@ -42,6 +44,7 @@ const signOutButton = byId('sign-out');
 const retryButton = byId('retry');
 
 const nodes = new NodesPanel(byId('nodes-list'), byId('nodes-count'));
+const fleet = new FleetView(byId('detail'), nodes);
 const notice = new TabNotice(byId('favicon'), byId('c-notify'));
 const overview = new Overview(api, byId('overview'), (err) => handleError(err));
 const runs = new RunsList(
@@ -166,6 +169,7 @@ function signOut(message, tone = 'error') {
   runs.clear();
   detail.close();
   nodes.clear();
+  fleet.hide();
   notice.clear();
   overview.stop();
   byId('c-prompt').value = '';
@@ -188,6 +192,7 @@ function handleError(err) {
 function onReady(frame) {
   syncClock(frame.now);
   nodes.update(frame.nodes || []);
+  fleet.refresh();
   runs.setQueue(frame.queue);
   notice.load(frame.nodes || [], frame.queue?.total);
   overview.load(frame.nodes || [], frame.queue?.total);
@@ -212,6 +217,7 @@ function onMessage(frame) {
       break;
     case 'nodes':
       nodes.update(frame.nodes || []);
+      fleet.refresh();
       runs.renameExecutors();
       notice.load(frame.nodes || [], null);
       overview.load(frame.nodes || [], null);
@@ -237,13 +243,31 @@ function tick() {
   runs.tick();
   detail.tick();
   ticks += 1;
-  if (ticks % 5 === 0) nodes.tick();
+  if (ticks % 5 === 0) {
+    nodes.tick();
+    fleet.refresh();
+  }
 }
 
 // ---- routing: #/runs/<id> opens a run (links work, the back button works) ----
 
 function route(userAction) {
   if (!signedIn) return;
+  fleet.hide();
+  const focusTitle = () => {
+    if (userAction) document.getElementById('detail-title')?.focus({ preventScroll: true });
+  };
+  if (location.hash === '#/fleet' || location.hash === '#/settings') {
+    runs.select(null);
+    detail.close();
+    if (location.hash === '#/fleet') {
+      fleet.show();
+      focusTitle();
+    } else {
+      showSettings(api, byId('detail'), () => location.hash === '#/settings').then(focusTitle).catch(handleError);
+    }
+    return;
+  }
   const chat = /^#\/conversations\/(.+)$/.exec(location.hash);
   if (chat) {
     const key = decodeURIComponent(chat[1]);

@@ -1,4 +1,4 @@
-// The nodes panel: executors (capacity, busy slots, codex login) and bridges (platform,
+// The nodes panel: executors (capacity, busy slots, codex login, labels) and bridges (platform,
 // online, last seen), from GET /api/nodes and the feed's `nodes` frames.
 //
 // The hub lists connected nodes only. A node that leaves while the page is open stays
@@ -100,6 +100,9 @@ function executorLines(node) {
       { class: login.logged_in === false ? 'node-login-bad' : 'node-meta', title },
       loginText,
     ),
+    node.labels?.length
+      ? h('ul', { class: 'labels', 'aria-label': 'labels' }, node.labels.map((label) => h('li', { class: 'label' }, label)))
+      : null,
   ];
 }
 

@@ -220,6 +220,7 @@ PATHS = [
     "/api/runs/x",
     "/api/runs/x/cancel",
     "/api/nodes",
+    "/api/settings",
     "/api/feed",
     "/ws",
     "/healthz",
