@@ -96,7 +96,7 @@ _COMMON_PARTS = (
 )
 # Words and separators only, in one case: a phrase or a name, never a generated key.
 _WORDS = re.compile(r"[a-z]+(?:[-_. ][a-z]+)*|[A-Z]+(?:[-_. ][A-Z]+)*")
-_CREDENTIAL_WORDS = ("TOKEN", "API_KEY", "SECRET", "PASSWORD")
+_CREDENTIAL_WORDS = ("TOKEN", "API_KEY", "OPERATOR_KEY", "SECRET", "PASSWORD")
 
 
 class SecretFileError(ValueError):

@@ -58,7 +58,7 @@ def test_every_secret_field_gets_a_file_variant_even_one_added_later(
     monkeypatch.setenv("LATER_SERVICE_SECRET_FILE", str(tmp_path / "later"))
     assert LaterSettings(_env_file=None).later_secret.get_secret_value() == "later-0a1b2c3d4e5f6a7b"  # type: ignore[call-arg]
     assert {"LATER_SERVICE_SECRET", "LATER_SERVICE_SECRET_FILE"} <= secret_env_names()
-    for name in ("HUB_TOKEN", "HUB_API_KEYS", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"):
+    for name in ("HUB_TOKEN", "HUB_API_KEYS", "HUB_OPERATOR_KEYS", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"):
         assert f"{name}_FILE" in secret_env_names()
     assert {"TELEGRAM_BOT_TOKEN_FILE", "OPENAI_API_KEY_FILE"} <= secret_env_names()
     assert "HUB_DB_FILE" not in secret_env_names()
@@ -215,3 +215,11 @@ def test_a_process_made_undumpable_hides_its_environment_from_its_own_user() -> 
     env = {**os.environ, "CANARY_SECRET": TOKEN}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_operator_keys_are_secrets_like_the_api_keys(tmp_path: Path) -> None:
+    """HUB_OPERATOR_KEYS takes a _FILE variant, leaves the environment of what runs, and a
+    weak operator key is refused like a weak API key."""
+    assert {"HUB_OPERATOR_KEYS", "HUB_OPERATOR_KEYS_FILE"} <= secret_env_names()
+    problems = HubSettings(_env_file=None, HUB_OPERATOR_KEYS="change-me").credential_problems()  # type: ignore[call-arg]
+    assert [p.split(":")[0] for p in problems] == ["HUB_OPERATOR_KEYS"]
