@@ -192,9 +192,12 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
         """The answer (or failure) of a reply as the parts to post, in order."""
 
     @abc.abstractmethod
-    def diff_parts(self, reply: Reply) -> list[Any]:
-        """The parts that carry a run's diff (``reply.diff`` is set): the file, and the
-        offer to open a pull request when the run opened none (``reply.pr_url``)."""
+    def diff_part(self, diff: str, run_id: str) -> Any:
+        """The part that carries a run's changes (a unified diff) as a file."""
+
+    @abc.abstractmethod
+    def open_pr_part(self, run_id: str) -> Any:
+        """The part that offers to open a pull request with a run's changes."""
 
     @abc.abstractmethod
     async def post_part(
@@ -500,7 +503,9 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
             remember(self._finished, reply.run_id, None, RUN_MEMORY)
             parts = self.reply_parts(reply, target)
             if reply.diff:
-                parts.extend(self.diff_parts(reply))
+                parts.append(self.diff_part(reply.diff, reply.run_id))
+                if not reply.pr_url:  # the run opened none: offer to
+                    parts.append(self.open_pr_part(reply.run_id))
             sent = self._sent.get(reply.delivery_id)
             if sent is None:
                 sent = await self._first_attempt(reply.run_id, target, parts)

@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError, SlackClientError, SlackRequestError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -35,6 +37,8 @@ HTTP_TIMEOUT_S = 15
 CALL_TIMEOUT_S = 60.0
 #: 429 answers waited out per call before the call counts as failed.
 RATE_LIMIT_RETRIES = 3
+#: Connecting to Slack (auth.test, apps.connections.open, the socket) at start-up.
+CONNECT_TIMEOUT_S = 15.0
 #: Threads read page by page (``conversations.replies``) when looking for earlier parts.
 THREAD_PAGES = 5
 #: Slack errors that say a reaction is already as wanted.
@@ -120,6 +124,66 @@ def web_client(token: str, base_url: str, session: aiohttp.ClientSession) -> Asy
     )
 
 
+class SocketMode:
+    """Slack's events over Socket Mode: slack-bolt's ``AsyncApp`` on the bridge's client,
+    embedded (``connect_async`` / ``close_async``: it never owns the loop)."""
+
+    def __init__(self, client: AsyncWebClient, app_token: str, ping_interval: float) -> None:
+        self.app = AsyncApp(
+            client=client,
+            name="codex-hub",
+            logger=logging.getLogger("slack_bolt"),
+            # Socket Mode needs no signing secret; bolt must not read one from the env.
+            signing_secret="",
+            # HTTP-mode and workflow middleware that a Socket Mode bot never needs.
+            request_verification_enabled=False,
+            ssl_check_enabled=False,
+            url_verification_enabled=False,
+            attaching_function_token_enabled=False,
+        )
+        self.client = client
+        self.handler = AsyncSocketModeHandler(self.app, app_token, ping_interval=ping_interval)
+
+    async def connect(self) -> tuple[str, str]:
+        """Check both tokens and open the socket; the bot's user id and bot id.
+
+        Raises :class:`SlackRefused` when Slack refuses a token."""
+        socket = self.handler.client
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            try:
+                auth = await self.client.auth_test()
+            except SlackApiError as exc:
+                refused = refusal("SLACK_BOT_TOKEN", exc)
+                if refused is None:
+                    raise
+                raise refused from exc
+            try:
+                # Fetched here, not inside connect_async, which would retry a refused
+                # token forever; connect_async then uses this URL.
+                socket.wss_uri = await socket.issue_new_wss_url()
+            except SlackApiError as exc:
+                refused = refusal("SLACK_APP_TOKEN", exc)
+                if refused is None:
+                    raise
+                raise refused from exc
+            await self.handler.connect_async()
+        return str(auth.get("user_id") or ""), str(auth.get("bot_id") or "")
+
+    async def close(self) -> None:
+        """Leave Socket Mode."""
+        await self.handler.close_async()
+
+    async def finish(self) -> None:
+        """Wait for the socket client's tasks: close_async cancels them without waiting."""
+        socket = self.handler.client
+        leftovers = [
+            t for t in (socket.message_processor, socket.current_session_monitor) if t is not None
+        ]
+        if socket.message_receiver is not None:
+            leftovers.append(socket.message_receiver)
+        await asyncio.gather(*leftovers, return_exceptions=True)
+
+
 class SlackApi:
     """The Web API calls of the Slack bridge, on one client."""
 
@@ -156,6 +220,26 @@ class SlackApi:
             log.info("status message not updated: %s", describe(exc))
             return False
         return True
+
+    async def post_ephemeral(self, target: Target, user: str, text: str) -> None:
+        """Best effort: a message in the target's thread that only ``user`` sees."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await self.client.chat_postEphemeral(
+                    channel=target.channel, user=user, thread_ts=target.thread_ts, text=text
+                )
+        except CALL_ERRORS as exc:
+            log.warning("could not refuse a press in %s: %s", target.channel, describe(exc))
+
+    async def replace_button(self, target: Target, text: str) -> None:
+        """Best effort: the message at ``target.ts`` (a button's) becomes ``text``."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await self.client.chat_update(
+                    channel=target.channel, ts=target.ts, text=text, blocks=[]
+                )
+        except CALL_ERRORS as exc:
+            log.warning("could not update the button in %s: %s", target.channel, describe(exc))
 
     async def read_thread(self, target: Target) -> list[dict[str, Any]]:
         """The thread's messages with their metadata; empty when it cannot be read."""

@@ -1,39 +1,29 @@
 """The Slack bridge node: mentions and DMs in, hub runs out, answers back in the thread.
 
-The Slack adapter of the bridge core (:mod:`bridges.core`, which owns the lifecycle,
-submitting, progress, delivery and the status message; see bridges/ADAPTERS.md). This
-module is what is Slack's own: Socket Mode, its events and its reply targets; the Web
-API calls are in :mod:`bridges.slack.api`, every Slack quirk that needs no network is
-a pure function in :mod:`bridges.slack.convert`.
+The Slack adapter of the bridge core (:mod:`bridges.core` owns the lifecycle, submits,
+progress, delivery and the status message; see bridges/ADAPTERS.md): Socket Mode, its
+events, its targets. Web API calls are in :mod:`bridges.slack.api`, pure Slack quirks
+in :mod:`bridges.slack.convert`.
 
-- **Slack -> hub.** slack-bolt's ``AsyncApp`` is embedded over Socket Mode
-  (``connect_async`` / ``close_async``; it never owns the loop). An ``app_mention`` in
-  a channel or a ``message`` in a DM, written by a person (not the bot, another bot, an
-  edit or a join), seen for the first time (Slack re-sends an event whose ack it
-  missed: the ``event_id`` and the message are remembered), from an allowed user and
-  channel, becomes a run. The Slack thread is the session, and the run's ``origin``
-  names the channel, the thread and the request, all a reply needs. ``cancel`` /
-  ``stop`` in a thread cancels its active run; ``repo owner/name`` sets the channel's
-  repository.
-- **While it runs.** Once the hub took the run, the request gets :eyes:. A run still
-  working after one ``SLACK_STATUS_EDIT_INTERVAL_S`` (or waiting behind another run of
-  its thread, at once, with its place in the queue) gets one status message in the
-  thread, then edited at most once per interval. It carries metadata naming its
-  request, so a bridge process started later finds it in the thread.
-- **hub -> Slack.** The answer is posted in the thread (split and labelled, or a file
-  above ``SLACK_FILE_THRESHOLD_CHARS``), each part with metadata naming its run and
-  number: a reply for a run this process did not submit is first checked against the
-  thread (``conversations.replies``), so a restart between a partial post and the
-  re-send does not post the same parts twice (when that read fails, e.g. without a
-  ``*:history`` scope, the parts are posted again, once, visibly labelled ``(i/n)``).
-  Then the status message is edited to its end state and :eyes: swapped for
-  :white_check_mark: or :x:. A reply Slack refuses for good is said in the thread.
+- **Slack -> hub.** An ``app_mention`` in a channel or a ``message`` in a DM, written
+  by a person, seen for the first time (Slack re-sends an event whose ack it missed:
+  the ``event_id`` and the message are remembered), from an allowed user and channel,
+  becomes a run; the thread is the session. ``cancel`` / ``stop`` cancels the thread's
+  active run, ``repo owner/name`` sets the channel's repository.
+- **While it runs.** The request gets :eyes:. A run still working after one
+  ``SLACK_STATUS_EDIT_INTERVAL_S`` (or waiting behind another, at once) gets a status
+  message, with metadata naming its request so that a later bridge process finds it.
+- **hub -> Slack.** Each part of the answer carries metadata naming its run and number:
+  for a run this process did not submit the thread is read first
+  (``conversations.replies``), so a restart between a partial post and the re-send
+  posts no part twice (without a ``*:history`` scope the parts are posted again, once,
+  labelled ``(i/n)``). Then the status message gets its end state and :eyes: becomes
+  :white_check_mark: or :x:.
 
 The Slack app this needs: Socket Mode on, an app-level token (``xapp-``) with
 ``connections:write``; bot events ``app_mention`` and ``message.im``; bot scopes
 ``app_mentions:read``, ``chat:write``, ``reactions:write``, ``files:write``,
-``im:history``, and ``channels:history`` / ``groups:history`` for reading a thread
-after a restart (without them a restarted bridge may repeat parts, as said above).
+``im:history``, ``channels:history`` / ``groups:history`` (reading a thread).
 """
 
 from __future__ import annotations
@@ -44,10 +34,7 @@ from collections import OrderedDict
 from typing import Any
 
 import aiohttp
-from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bridges import common
@@ -65,35 +52,18 @@ from bridges.core import (
 )
 from bridges.hub_link import Submitted
 from bridges.slack import api, convert
-from bridges.slack.api import (
-    CALL_ERRORS,
-    CALL_TIMEOUT_S,
-    AttachmentRefused,
-    ReplyDeferred,
-    SlackApi,
-    SlackBridgeError,
-    SlackRefused,
-    Undeliverable,
-    describe,
-)
+from bridges.slack.api import CALL_ERRORS, CALL_TIMEOUT_S, SlackApi, describe
+from bridges.slack.api import AttachmentRefused as AttachmentRefused
+from bridges.slack.api import ReplyDeferred as ReplyDeferred
+from bridges.slack.api import SlackBridgeError as SlackBridgeError
+from bridges.slack.api import SlackRefused as SlackRefused
+from bridges.slack.api import Undeliverable as Undeliverable
 from bridges.slack.convert import Target
 from bridges.slack.settings import SlackSettings
 from kernel.logs import bound, register_secret
 
-__all__ = [
-    "AttachmentRefused",
-    "ReplyDeferred",
-    "SlackBridge",
-    "SlackBridgeError",
-    "SlackRefused",
-    "State",
-    "Undeliverable",
-]
-
 log = logging.getLogger(__name__)
 
-#: Connecting to Slack (auth.test, apps.connections.open, the socket) at start-up.
-CONNECT_TIMEOUT_S = 15.0
 #: Retrying a start-up connection that failed: the longest wait between tries.
 CONNECT_BACKOFF_MAX_S = STARTUP_BACKOFF_MAX_S
 #: The Socket Mode client's ping and monitor period: a dropped socket is replaced
@@ -145,7 +115,7 @@ class SlackBridge(ChatBridge[Target]):
         self.connected = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._api: SlackApi | None = None
-        self._handler: AsyncSocketModeHandler | None = None
+        self._socket: api.SocketMode | None = None
         self._events: OrderedDict[str, None] = OrderedDict()
         self._messages: OrderedDict[str, None] = OrderedDict()
         self._eyes: dict[str, asyncio.Task[Any]] = {}
@@ -168,64 +138,23 @@ class SlackBridge(ChatBridge[Target]):
         self._session = aiohttp.ClientSession()
         token = self.settings.bot_token.get_secret_value()
         self._api = SlackApi(api.web_client(token, self.settings.api_base_url, self._session))
-        app = AsyncApp(
-            client=self._api.client,
-            name="codex-hub",
-            logger=logging.getLogger("slack_bolt"),
-            # Socket Mode needs no signing secret; bolt must not read one from the env.
-            signing_secret="",
-            # HTTP-mode and workflow middleware that a Socket Mode bot never needs.
-            request_verification_enabled=False,
-            ssl_check_enabled=False,
-            url_verification_enabled=False,
-            attaching_function_token_enabled=False,
-        )
-        app.event("app_mention")(self._on_mention)
-        app.event("message")(self._on_message)
-        app.action(convert.OPEN_PR_ACTION)(self._on_open_pr)
-        self._handler = AsyncSocketModeHandler(
-            app, self.settings.app_token.get_secret_value(), ping_interval=self.ping_interval
-        )
+        app_token = self.settings.app_token.get_secret_value()
+        self._socket = api.SocketMode(self._api.client, app_token, self.ping_interval)
+        self._socket.app.event("app_mention")(self._on_mention)
+        self._socket.app.event("message")(self._on_message)
+        self._socket.app.action(convert.OPEN_PR_ACTION)(self._on_open_pr)
 
     async def connect(self) -> None:
-        assert self._handler is not None
-        socket = self._handler.client
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            try:
-                auth = await self.client.auth_test()
-            except SlackApiError as exc:
-                refused = api.refusal("SLACK_BOT_TOKEN", exc)
-                if refused is None:
-                    raise
-                raise refused from exc
-            self.bot_user_id = str(auth.get("user_id") or "")
-            self.bot_id = str(auth.get("bot_id") or "")
-            try:
-                # Fetched here, not inside connect_async, which would retry a refused
-                # token forever; connect_async then uses this URL.
-                socket.wss_uri = await socket.issue_new_wss_url()
-            except SlackApiError as exc:
-                refused = api.refusal("SLACK_APP_TOKEN", exc)
-                if refused is None:
-                    raise
-                raise refused from exc
-            await self._handler.connect_async()
+        assert self._socket is not None
+        self.bot_user_id, self.bot_id = await self._socket.connect()
         self.connected.set()
         log.info("Slack bridge is up as <@%s> (Socket Mode)", self.bot_user_id)
 
     async def stop_listening(self) -> None:
         self.connected.clear()
-        if self._handler is None:
-            return
-        await self.quietly("leaving Socket Mode", self._handler.close_async())
-        socket = self._handler.client
-        # close_async cancels the client's tasks without waiting for them.
-        leftovers = [
-            t for t in (socket.message_processor, socket.current_session_monitor) if t is not None
-        ]
-        if socket.message_receiver is not None:
-            leftovers.append(socket.message_receiver)
-        await asyncio.gather(*leftovers, return_exceptions=True)
+        if self._socket is not None:
+            await self.quietly("leaving Socket Mode", self._socket.close())
+            await self._socket.finish()
 
     async def shut(self) -> None:
         if self._session is not None:
@@ -352,26 +281,12 @@ class SlackBridge(ChatBridge[Target]):
         )
         if refusal is not None:
             log.info("refused a pull-request press by %s in %s (%s)", user, channel, refusal)
-            try:
-                async with asyncio.timeout(CALL_TIMEOUT_S):
-                    await self.client.chat_postEphemeral(
-                        channel=channel,
-                        user=user,
-                        thread_ts=target.thread_ts,
-                        text=convert.refusal_text(user, channel, refusal),
-                    )
-            except CALL_ERRORS as exc:
-                log.warning("could not refuse a press in %s: %s", channel, describe(exc))
+            text = convert.refusal_text(user, channel, refusal)
+            await self.api.post_ephemeral(target, user, text)
             return
         # The button's ts is the dedupe key: two presses of one button open one PR.
         await self._start(target, convert.OPEN_PR_PROMPT, False)
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                await self.client.chat_update(
-                    channel=channel, ts=ts, text=convert.open_pr_pressed(user), blocks=[]
-                )
-        except CALL_ERRORS as exc:
-            log.warning("could not update the button in %s: %s", channel, describe(exc))
+        await self.api.replace_button(target, convert.open_pr_pressed(user))
 
     async def on_submitted(self, target: Target, submitted: Submitted) -> None:
         key = f"{target.channel}:{target.ts}"
@@ -441,12 +356,8 @@ class SlackBridge(ChatBridge[Target]):
             )
         )
 
-    def diff_parts(self, reply: Reply) -> list[Any]:
-        assert reply.diff is not None
-        parts: list[Any] = [convert.diff_file(reply.diff, reply.run_id)]
-        if not reply.pr_url:
-            parts.append(convert.open_pr_offer(reply.run_id))
-        return parts
+    diff_part = staticmethod(convert.diff_file)
+    open_pr_part = staticmethod(convert.open_pr_offer)
 
     async def earlier(self, run_id: str, target: Target, parts: list[Any], sent: Sent) -> None:
         thread = await self.api.read_thread(target)

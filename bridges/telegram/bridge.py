@@ -1,52 +1,38 @@
 """The Telegram bridge node: Telegram chats in, hub runs out, answers back as replies.
 
-The Telegram adapter of the bridge core (:mod:`bridges.core`, which owns the
-lifecycle, submitting, progress, delivery and the status message; see
-bridges/ADAPTERS.md). This module is what is Telegram's own: polling, its updates and
-commands; the Bot API calls are in :mod:`bridges.telegram.api`, every Telegram quirk
-is a pure function in :mod:`bridges.telegram.convert`.
+The Telegram adapter of the bridge core (:mod:`bridges.core` owns the lifecycle,
+submits, progress, delivery and the status message; see bridges/ADAPTERS.md): polling,
+updates and commands. Bot API calls are in :mod:`bridges.telegram.api`, pure Telegram
+quirks in :mod:`bridges.telegram.convert`.
 
-- **Telegram -> hub.** python-telegram-bot's ``Application`` is embedded (initialize,
-  start, ``updater.start_polling``; the reverse on stop), long-polls
-  ``TELEGRAM_API_BASE_URL`` and handles updates concurrently. A text addressed to the
-  bot (any text in a private chat; in a group a mention, a reply to the bot or ``/ask``)
-  from an allowed chat or user becomes a run, with the chat (and its forum topic) as
-  the session and everything a reply needs in the run's ``origin``. ``/new`` resets the
-  session in the hub, ``/cancel`` cancels its active run, ``/status`` shows it,
-  ``/repo`` sets the chat's repository, ``/start`` and ``/help`` explain the bot.
-- **While it runs.** The typing action, renewed while the run works, and, only once
-  the run has lasted ``TELEGRAM_STATUS_DELAY_S``, one status message edited with the
-  state and the command codex is running (at most every
-  ``TELEGRAM_STATUS_EDIT_INTERVAL_S``, and in groups only while Telegram's per-group
-  budget leaves room for replies). A message that waits behind others is answered
-  with its place in the queue instead.
-- **hub -> Telegram.** The answer is posted as a reply to the user's message (split
-  and labelled, or as a document), then the status message is deleted. Flood control
-  (429) is waited out inline for up to :data:`~bridges.telegram.api.MAX_FLOOD_WAIT_S`.
-- **The status message survives a restart.** The Bot API cannot list a chat's
-  messages, so once posted, the status message's id goes to the hub (``status_ref``,
-  best effort), which keeps it in the run's ``origin`` and hands it back in the run's
-  later ``progress`` and ``deliver`` frames: a bridge restarted mid-run edits the
-  message posted before the restart instead of posting a second one, and deletes it
-  when the answer is posted. Parts already posted are remembered in this process only:
-  a bridge restarted between a partial failure and the re-send posts the whole reply
-  again, once, and the ``(i/n)`` labels make that repeat visible.
+- **Telegram -> hub.** A text addressed to the bot (any text in a private chat; in a
+  group a mention, a reply to the bot or ``/ask``) from an allowed chat or user becomes
+  a run; the chat (and its forum topic) is the session. ``/new`` resets the session,
+  ``/cancel`` cancels its active run, ``/status`` shows it, ``/repo`` sets the chat's
+  repository, ``/start`` and ``/help`` explain the bot.
+- **While it runs.** "typing…", renewed while the run works, and once it has lasted
+  ``TELEGRAM_STATUS_DELAY_S`` a status message (in groups only while Telegram's
+  per-group budget leaves room for replies). A message waiting behind others is told
+  its place instead. The status message's id goes to the hub (``status_ref``), which
+  hands it back in the run's later frames: a bridge restarted mid-run edits, then
+  deletes, the message posted before the restart.
+- **hub -> Telegram.** The answer is a reply to the user's message (split and
+  labelled, or a document), then the status message is deleted. Parts already posted
+  are remembered in this process only: after a restart a reply is posted whole again,
+  once, its ``(i/n)`` labels making the repeat visible.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-import mimetypes
 import time
 from typing import Any
 
-from telegram import BotCommand, Message, Update
-from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram import Message, Update
+from telegram.error import NetworkError, RetryAfter
 from telegram.ext import (
-    Application,
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
@@ -56,39 +42,23 @@ from telegram.ext import (
 
 from bridges import common
 from bridges.common import repo_line, split_optimize_prefix
-from bridges.core import NOT_SHOWN, ChatBridge, Reply, Sent, Shown, State, StatusTiming, Texts
+from bridges.core import ChatBridge, Reply, Sent, Shown, StatusTiming, Texts
+from bridges.core import State as State
 from bridges.hub_link import HubError, Submitted
 from bridges.telegram import convert
-from bridges.telegram.api import (
-    CALL_ERRORS,
-    CALL_TIMEOUT_S,
-    BotApi,
-    BridgeError,
-    TokenRefused,
-    Undeliverable,
-)
+from bridges.telegram.api import CALL_ERRORS, AnyApp, AttachmentRefused, BotApi
+from bridges.telegram.api import BridgeError as BridgeError
+from bridges.telegram.api import TokenRefused as TokenRefused
+from bridges.telegram.api import Undeliverable as Undeliverable
 from bridges.telegram.convert import ReplyTarget
-from bridges.telegram.http import AiohttpRequest
 from bridges.telegram.settings import TelegramSettings
 from kernel.logs import bound, register_secret
 
-__all__ = ["BridgeError", "State", "TelegramBridge", "TokenRefused", "Undeliverable"]
-
 log = logging.getLogger(__name__)
 
-APPLICATION_OCTET = "application/octet-stream"
-AnyApp = Application[Any, Any, Any, Any, Any, Any]
 
 #: Telegram shows "typing" for about 5 s, or until the bot sends a message.
 TYPING_EVERY_S = 4.0
-#: Long-poll timeout of ``getUpdates``.
-POLL_TIMEOUT_S = 10.0
-#: Connecting to Telegram at start-up; after that it is retried in the background.
-STARTUP_TIMEOUT_S = 15.0
-
-
-class AttachmentRefused(Exception):
-    """A file that may not be attached; the message is the reply to its sender."""
 
 
 class TelegramBridge(ChatBridge[ReplyTarget]):
@@ -115,25 +85,12 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         timing = StatusTiming(settings.status_delay_s, settings.status_edit_interval_s)
         super().__init__(settings, node_id=node_id, status=timing)
         self.settings = settings
-        #: The Bot API's HTTP clients: for calls, and for the one long poll.
-        self._http = (AiohttpRequest(), AiohttpRequest(1))
-        self.app: AnyApp = self._build_app()
-        self.api = BotApi(lambda: self.app.bot)
+        self.api = BotApi(settings)
+        self.app: AnyApp = self._add_handlers(self.api.app)
         self.bot_id = 0
         self.bot_username = ""
 
-    def _build_app(self) -> AnyApp:
-        app = (
-            Application.builder()
-            .token(self.settings.bot_token.get_secret_value())
-            .base_url(self.settings.api_base_url)
-            .base_file_url(self.settings.file_base_url)
-            # aiohttp, not PTB's httpx: a third of the CPU per call (see bridges.telegram.http).
-            .request(self._http[0])
-            .get_updates_request(self._http[1])
-            .concurrent_updates(True)
-            .build()
-        )
+    def _add_handlers(self, app: AnyApp) -> AnyApp:
         new = filters.UpdateType.MESSAGE
         app.add_handler(CommandHandler(["start", "help"], self._cmd_help, filters=new))
         app.add_handler(CommandHandler("new", self._cmd_new, filters=new))
@@ -154,27 +111,11 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
 
     async def connect(self) -> None:
         """Ask Telegram who the bot is (``getMe``); a refused token is :class:`TokenRefused`."""
-        try:
-            async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                await self.app.initialize()
-        except InvalidToken:
-            # Not chained: PTB's message quotes the token itself.
-            raise TokenRefused(
-                "Telegram refused TELEGRAM_BOT_TOKEN; check it with @BotFather"
-            ) from None
-        self.bot_id = self.app.bot.id
-        self.bot_username = self.app.bot.username
+        self.bot_id, self.bot_username = await self.api.initialize()
 
     async def listen(self) -> None:
-        await self.app.start()
-        assert self.app.updater is not None
-        await self.app.updater.start_polling(
-            timeout=dt.timedelta(seconds=POLL_TIMEOUT_S),
-            allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
-            bootstrap_retries=3,
-            error_callback=self._polling_error,
-        )
-        self.spawn(self._publish_commands(), "commands")
+        await self.api.start_polling()
+        self.spawn(self.api.publish_commands(), "commands")
         log.info("Telegram bridge is up as @%s", self.bot_username)
 
     async def stop_listening(self) -> None:
@@ -192,19 +133,8 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         # The bot's HTTP clients exist even when initialize failed half-way, when the
         # bot's own shutdown does nothing.
         await self.quietly("closing the HTTP clients", self.app.bot.shutdown())
-        for http in self._http:
+        for http in self.api.http:
             await self.quietly("closing an HTTP client", http.shutdown())
-
-    async def _publish_commands(self) -> None:
-        commands = [BotCommand(name, about) for name, about in convert.BOT_COMMANDS]
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                await self.app.bot.set_my_commands(commands)
-        except CALL_ERRORS as exc:
-            log.warning("could not publish the command menu: %s", exc)
-
-    def _polling_error(self, exc: TelegramError) -> None:
-        log.warning("polling Telegram failed: %s; retrying", exc)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("handling a Telegram update failed", exc_info=context.error)
@@ -248,7 +178,10 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         attachments = None
         if has_file:
             try:
-                attachments = common.attachment_options([await self._attachment(message)])
+                found = await self.api.download(
+                    message, self.settings.attachment_max_bytes, self.settings.attachment_types
+                )
+                attachments = common.attachment_options([found])
             except AttachmentRefused as exc:
                 await self.say(target, str(exc))
                 return
@@ -273,36 +206,6 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
             log.info("chat %s asked; position %d", target.chat_id, submitted.position)
         if submitted.position > 0:
             await self.say(target, convert.queued_text(submitted.position))
-
-    async def _attachment(self, message: Message) -> common.Attachment:
-        """The photo (its largest size) or document of ``message``, downloaded; raises
-        AttachmentRefused, with the reply, when it is over the limits or unreadable."""
-        settings = self.settings
-        if message.photo:
-            photo = message.photo[-1]
-            file_id, size = photo.file_id, photo.file_size
-            name, mime = f"photo-{message.message_id}.jpg", "image/jpeg"
-        else:
-            document = message.document
-            assert document is not None
-            file_id, size = document.file_id, document.file_size
-            name = document.file_name or f"file-{message.message_id}"
-            mime = document.mime_type or mimetypes.guess_type(name)[0] or APPLICATION_OCTET
-        limits = (settings.attachment_max_bytes, settings.attachment_types)
-        refusal = common.attachment_refusal(name, mime, size, *limits)
-        if refusal is not None:
-            raise AttachmentRefused(refusal)
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                file = await self.app.bot.get_file(file_id)
-                data = bytes(await file.download_as_bytearray())
-        except CALL_ERRORS as exc:
-            log.warning("could not download a file from chat %s: %s", message.chat.id, exc)
-            raise AttachmentRefused(f"{name} could not be downloaded from Telegram.") from exc
-        refusal = common.attachment_refusal(name, mime, len(data), *limits)
-        if refusal is not None:
-            raise AttachmentRefused(refusal)
-        return common.Attachment(name, mime, data)
 
     def _help(self, message: Message) -> str:
         user = message.from_user
@@ -437,37 +340,13 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         return TYPING_EVERY_S
 
     async def post_status(self, run_id: str, target: ReplyTarget, text: str) -> Shown:
-        if not self.api.status_allowed(target):
-            return NOT_SHOWN
-        try:
-            message = await self.api.send_text(target, text, quiet=True, max_wait=0.0)
-        except CALL_ERRORS as exc:
-            return self._status_failed(exc)
-        self.status_posted(run_id, message.message_id)
-        return Shown(ref=message.message_id)
+        shown = await self.api.post_status(target, text)
+        if shown.ref is not None:
+            self.status_posted(run_id, shown.ref)
+        return shown
 
     async def edit_status(self, target: ReplyTarget, ref: Any, text: str) -> Shown:
-        if not self.api.status_allowed(target):
-            return NOT_SHOWN
-        try:
-            await self.api.edit_text(target, ref, text)
-        except CALL_ERRORS as exc:
-            return self._status_failed(exc)
-        return Shown()
-
-    @staticmethod
-    def _status_failed(exc: BaseException) -> Shown:
-        if isinstance(exc, RetryAfter):
-            return Shown(ok=False, hold=convert.retry_after_s(exc))
-        if isinstance(exc, BadRequest):
-            if "not modified" in exc.message.lower():
-                return Shown()
-            if "not found" in exc.message.lower():
-                return Shown(ok=False, gone=True)  # deleted by someone: post a new one
-            log.info("status message refused: %s", exc)
-            return Shown()
-        log.info("status message not updated: %s", exc)
-        return NOT_SHOWN
+        return await self.api.edit_status(target, ref, text)
 
     def status_posted(self, run_id: str, message_id: int) -> None:
         """Tell the hub about a new status message (best effort: nothing waits for it)."""
@@ -491,12 +370,8 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
             )
         )
 
-    def diff_parts(self, reply: Reply) -> list[Any]:
-        assert reply.diff is not None
-        parts: list[Any] = [convert.diff_document(reply.diff, reply.run_id)]
-        if not reply.pr_url:
-            parts.append(convert.open_pr_offer(reply.run_id))
-        return parts
+    diff_part = staticmethod(convert.diff_document)
+    open_pr_part = staticmethod(convert.open_pr_offer)
 
     async def post_part(
         self, target: ReplyTarget, run_id: str, part: Any, index: int, count: int
