@@ -35,10 +35,9 @@ from typing import Any
 
 import aiohttp
 from slack_bolt.context.async_context import AsyncBoltContext
-from slack_sdk.web.async_client import AsyncWebClient
 
 from bridges import common
-from bridges.common import STARTUP_BACKOFF_MAX_S, repo_command, split_optimize_prefix
+from bridges.common import repo_command, split_optimize_prefix
 from bridges.core import (
     NOT_SHOWN,
     ChatBridge,
@@ -51,8 +50,16 @@ from bridges.core import (
     remember,
 )
 from bridges.hub_link import Submitted
-from bridges.slack import api, convert
-from bridges.slack.api import CALL_ERRORS, CALL_TIMEOUT_S, SlackApi, describe
+from bridges.slack import convert
+from bridges.slack.api import (
+    CALL_ERRORS,
+    CALL_TIMEOUT_S,
+    SlackApi,
+    SocketMode,
+    describe,
+    download,
+    web_client,
+)
 from bridges.slack.api import AttachmentRefused as AttachmentRefused
 from bridges.slack.api import ReplyDeferred as ReplyDeferred
 from bridges.slack.api import SlackBridgeError as SlackBridgeError
@@ -64,8 +71,6 @@ from kernel.logs import bound, register_secret
 
 log = logging.getLogger(__name__)
 
-#: Retrying a start-up connection that failed: the longest wait between tries.
-CONNECT_BACKOFF_MAX_S = STARTUP_BACKOFF_MAX_S
 #: The Socket Mode client's ping and monitor period: a dropped socket is replaced
 #: within this time (bolt's default is 10 s).
 SOCKET_PING_INTERVAL_S = 5.0
@@ -83,12 +88,8 @@ class SlackBridge(ChatBridge[Target]):
     # Replies need only the Web API: taken from the hub while Socket Mode still connects.
     REPLIES_BEFORE_CONNECT = True
     STATUS_TASK = "status"
-    STARTUP_BACKOFF_MAX_S = CONNECT_BACKOFF_MAX_S
     texts = Texts(
-        kept=convert.kept_text,
-        hub_error=convert.hub_error_text,
-        cancel=convert.cancel_text,
-        status=convert.status_text,
+        convert.kept_text, convert.hub_error_text, convert.cancel_text, convert.status_text
     )
 
     def __init__(
@@ -115,7 +116,7 @@ class SlackBridge(ChatBridge[Target]):
         self.connected = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._api: SlackApi | None = None
-        self._socket: api.SocketMode | None = None
+        self._socket: SocketMode | None = None
         self._events: OrderedDict[str, None] = OrderedDict()
         self._messages: OrderedDict[str, None] = OrderedDict()
         self._eyes: dict[str, asyncio.Task[Any]] = {}
@@ -127,19 +128,14 @@ class SlackBridge(ChatBridge[Target]):
             raise SlackBridgeError("the Slack bridge is not started")
         return self._api
 
-    @property
-    def client(self) -> AsyncWebClient:
-        """The Web API client."""
-        return self.api.client
-
     # --- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession()
         token = self.settings.bot_token.get_secret_value()
-        self._api = SlackApi(api.web_client(token, self.settings.api_base_url, self._session))
+        self._api = SlackApi(web_client(token, self.settings.api_base_url, self._session))
         app_token = self.settings.app_token.get_secret_value()
-        self._socket = api.SocketMode(self._api.client, app_token, self.ping_interval)
+        self._socket = SocketMode(self._api.client, app_token, self.ping_interval)
         self._socket.app.event("app_mention")(self._on_mention)
         self._socket.app.event("message")(self._on_message)
         self._socket.app.action(convert.OPEN_PR_ACTION)(self._on_open_pr)
@@ -226,7 +222,7 @@ class SlackBridge(ChatBridge[Target]):
         if files:
             try:
                 assert self._session is not None
-                found = await api.download(
+                found = await download(
                     self._session,
                     files,
                     token=settings.bot_token.get_secret_value(),

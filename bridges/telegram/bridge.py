@@ -71,10 +71,7 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
     CALL_ERRORS = CALL_ERRORS
     KEEP_ALIVE = True
     texts = Texts(
-        kept=convert.kept_text,
-        hub_error=convert.hub_error_text,
-        cancel=convert.cancel_text,
-        status=convert.status_text,
+        convert.kept_text, convert.hub_error_text, convert.cancel_text, convert.status_text
     )
 
     def __init__(self, settings: TelegramSettings, *, node_id: str | None = None) -> None:
