@@ -149,9 +149,9 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
     def place(self, target: TargetT) -> str:
         """The key of the place's settings (its repository): a channel, a chat."""
 
-    @abc.abstractmethod
     def where(self, target: TargetT) -> str:
         """The place as a log line names it (no secrets, no message text)."""
+        return self.place(target)
 
     @abc.abstractmethod
     async def send_notice(self, target: TargetT, text: str) -> None:

@@ -310,9 +310,6 @@ class SlackBridge(ChatBridge[Target]):
     def place(self, target: Target) -> str:
         return target.channel
 
-    def where(self, target: Target) -> str:
-        return target.channel
-
     def split_text(self, text: str) -> list[str]:
         return convert.split_message(text)
 
