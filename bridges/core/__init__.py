@@ -12,11 +12,12 @@ from bridges.core.bridge import ChatBridge
 from bridges.core.delivery import Reply, Sent
 from bridges.core.errors import ReplyDeferred, Undeliverable
 from bridges.core.lifecycle import State, remember
-from bridges.core.status import NOT_SHOWN, RunStatus, Shown, StatusTiming
+from bridges.core.status import NOT_SHOWN, NOT_SHOWN_UNTIL_NEWS, RunStatus, Shown, StatusTiming
 from bridges.core.texts import Texts
 
 __all__ = [
     "NOT_SHOWN",
+    "NOT_SHOWN_UNTIL_NEWS",
     "ChatBridge",
     "Reply",
     "ReplyDeferred",

@@ -33,6 +33,7 @@ class Shown:
     ``hold``: seconds to wait, at least, before the next try (flood control).
     ``ref``: the message a post created. ``gone``: the message was deleted by someone;
     a new one is posted. ``stop``: this run gets no status message any more.
+    ``until_news``: not shown, and tried again only once new progress comes.
     """
 
     ok: bool = True
@@ -40,10 +41,13 @@ class Shown:
     ref: Any = None
     gone: bool = False
     stop: bool = False
+    until_news: bool = False
 
 
 #: A status post or edit that did not happen; try again after the edit interval.
 NOT_SHOWN = Shown(ok=False)
+#: A status edit that did not happen; try again with the next progress (Slack).
+NOT_SHOWN_UNTIL_NEWS = Shown(ok=False, until_news=True)
 
 
 class StatusCalls(Protocol):
@@ -115,6 +119,7 @@ class RunStatus:
         self.urgent = False
         self._adopted = False
         self._given_up = False
+        self._stalled = False
         self._stopping = False
         self._busy = False
         self._wake = asyncio.Event()
@@ -128,6 +133,7 @@ class RunStatus:
             self.detail = detail
         if position is not None:
             self.position = position
+        self._stalled = False
         if self.waiting and self.timing.while_waiting:
             self.urgent = True  # its place in the queue is news: shown at once
         if self.since is None and self.showable:
@@ -191,7 +197,9 @@ class RunStatus:
                 log.exception("the status message stopped updating")
 
     def _pending(self) -> bool:
-        return not self._given_up and self.showable and self.text() != self.shown
+        if self._given_up or self._stalled or not self.showable:
+            return False
+        return self.text() != self.shown
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
@@ -248,6 +256,8 @@ class RunStatus:
             shown = await self._calls.edit_status(self.target, self.ref, text)
         if shown.stop:
             self._given_up = True
+        elif shown.until_news:
+            self._stalled = True
         elif shown.gone:
             self.ref = None
         elif shown.ok:

@@ -39,7 +39,7 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from bridges import common
 from bridges.common import repo_command, split_optimize_prefix
 from bridges.core import (
-    NOT_SHOWN,
+    NOT_SHOWN_UNTIL_NEWS,
     ChatBridge,
     Reply,
     Sent,
@@ -325,7 +325,9 @@ class SlackBridge(ChatBridge[Target]):
         return Shown(stop=True, ok=False) if ts is None else Shown(ref=ts)
 
     async def edit_status(self, target: Target, ref: Any, text: str) -> Shown:
-        return Shown() if await self.api.edit_status(target, ref, text) else NOT_SHOWN
+        # Not taken: tried again with the next progress, as the newest text.
+        ok = await self.api.edit_status(target, ref, text)
+        return Shown() if ok else NOT_SHOWN_UNTIL_NEWS
 
     async def find_status(self, run_id: str, target: Target) -> tuple[Any, str] | None:
         """The status message (ts, text) of a run submitted before this process started."""
