@@ -18,8 +18,8 @@ import pytest
 
 from executor.codex import TESTED_CODEX_VERSION
 from hub.appkeys import STORE
+from testkit.fakes.model_server import STUB_USAGE, StubModelServer
 from tests.executor.test_engine_local import processes_under
-from tests.fakes.model_server import STUB_USAGE, StubModelServer
 from tests.test_e2e_codex import post, real_executor, workdir
 
 pytestmark = pytest.mark.codex

@@ -15,10 +15,10 @@ import pytest
 
 from hub.app import HubServer
 from hub.appkeys import STORE
+from testkit.fakes.model_server import STUB_USAGE, StubModelServer, make_codex_home
+from testkit.fakes.nodes import FakeNode, bridge_hello
 from tests.conftest import NODE_TOKEN, on_a_fixed_port
 from tests.executor.test_engine_local import processes_under
-from tests.fakes.model_server import STUB_USAGE, StubModelServer, make_codex_home
-from tests.fakes.nodes import FakeNode, bridge_hello
 
 pytestmark = pytest.mark.codex
 

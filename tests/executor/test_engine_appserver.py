@@ -1,7 +1,7 @@
 """The app-server engine with the real `codex app-server` and the stub model.
 
 Every test marked `codex` runs the pinned native binary against
-tests/fakes/model_server.py, through the local transport and its run helper.
+testkit/fakes/model_server.py, through the local transport and its run helper.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from executor.factory import build_pipeline
 from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
 from executor.transport_ssh import SshTransport
+from testkit.fakes.model_server import STUB_USAGE, StubModelServer
+from testkit.fakes.ssh_server import FakeSshServer
 from tests.executor.test_engine_local import Recorder, processes_under
-from tests.fakes.model_server import STUB_USAGE, StubModelServer
-from tests.fakes.ssh_server import FakeSshServer
 
 Settings = Callable[..., ExecutorSettings]
 MakeEngine = Callable[..., AppServerEngine]

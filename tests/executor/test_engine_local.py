@@ -1,6 +1,6 @@
 """The codex engine over the local transport, with the real codex and the stub model.
 
-Tests marked `codex` run the native codex binary against tests/fakes/model_server.py;
+Tests marked `codex` run the native codex binary against testkit/fakes/model_server.py;
 the transport tests below them use small shell and Python children instead.
 """
 
@@ -26,7 +26,7 @@ from executor.run_io import STDERR_TAIL_BYTES
 from executor.settings import ExecutorSettings
 from executor.transport import LoginStatus
 from executor.transport_local import LocalTransport
-from tests.fakes.model_server import STUB_API_KEY, STUB_USAGE, StubModelServer
+from testkit.fakes.model_server import STUB_API_KEY, STUB_USAGE, StubModelServer
 
 Settings = Callable[..., ExecutorSettings]
 

@@ -1,4 +1,4 @@
-"""The SSH transport against a real SSH server on 127.0.0.1 (tests/fakes/ssh_server.py).
+"""The SSH transport against a real SSH server on 127.0.0.1 (testkit/fakes/ssh_server.py).
 
 The server runs each command with /bin/sh on this machine, so the "remote" processes
 are visible in /proc: every test that stops a run checks that none of them is left.
@@ -38,8 +38,8 @@ from executor.transport_ssh import (
     kill_command,
     run_command,
 )
-from tests.fakes.model_server import STUB_USAGE, StubModelServer
-from tests.fakes.ssh_server import FakeSshServer, SshKeys
+from testkit.fakes.model_server import STUB_USAGE, StubModelServer
+from testkit.fakes.ssh_server import FakeSshServer, SshKeys
 
 Settings = Callable[..., ExecutorSettings]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.procs import LEFTOVER_S, Proc, processes_under, wait_until_gone
 from tests.faults.model import Gate, KeyedModel, new_key
-from tests.faults.procs import LEFTOVER_S, Proc, processes_under, wait_until_gone
 from tests.faults.stack import Stack
 
 CHAT = 4201
