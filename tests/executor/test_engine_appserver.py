@@ -33,7 +33,8 @@ from executor.transport_local import LocalTransport
 from executor.transport_ssh import SshTransport
 from testkit.fakes.model_server import STUB_USAGE, StubModelServer
 from testkit.fakes.ssh_server import FakeSshServer
-from tests.executor.test_engine_local import Recorder, processes_under
+from testkit.procs import processes_under
+from tests.executor.helpers import Recorder
 
 Settings = Callable[..., ExecutorSettings]
 MakeEngine = Callable[..., AppServerEngine]
@@ -108,7 +109,7 @@ async def test_a_run_answers_with_the_models_text_and_usage(
     assert "say hello" in request.text
     assert request.headers.get("originator") == "codex_hub"
     await engine.aclose()
-    assert processes_under(codex_home) == []
+    assert processes_under([codex_home]) == {}
 
 
 @pytest.mark.codex
