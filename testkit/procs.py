@@ -195,21 +195,24 @@ class Proc:
             self._close_log()
             raise
         if self.capture:
-            assert self._proc.stdout is not None
             self._reader = asyncio.create_task(
-                self._read(self._proc.stdout), name=f"Proc:{self.name}:reader"
+                self._read(self._proc), name=f"Proc:{self.name}:reader"
             )
 
-    async def _read(self, stream: asyncio.StreamReader) -> None:
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
         log = self.log_path.open("a", encoding="utf-8") if self.log_path else None
         try:
-            while line := await stream.readline():
+            while line := await proc.stdout.readline():
                 text = line.decode("utf-8", errors="replace").rstrip("\n")
                 if log is not None:
                     log.write(text + "\n")
                     log.flush()
                 self.lines.append(text)
                 self._changed.set()
+            # The end of the output comes before the exit is known: a waiter woken now
+            # must see the process ended, or it would wait for a line that never comes.
+            await proc.wait()
         finally:
             if log is not None:
                 log.close()
