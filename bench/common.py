@@ -1,13 +1,14 @@
 """What every bench suite shares: processes, load loops, statistics, the markdown report.
 
-- :class:`~testkit.procs.Proc` (shared with the tests, imported from ``testkit``) starts
-  a command in a process group of its own and, whatever happens, ends that group
-  (SIGTERM, then SIGKILL) when the ``async with`` block is left; :func:`wait_ready`
-  polls a readiness URL, bounded, and fails early if one dies.
+- :func:`bench_proc` makes a :class:`testkit.procs.Proc` (the process helper the tests
+  use too) as the bench needs one: its output straight to a log file, its process group
+  ended (SIGTERM, then SIGKILL) when the ``async with`` block is left, whatever happens;
+  :func:`wait_ready` polls a readiness URL, bounded, and fails early if one dies.
 - :func:`closed_loop` drives ``concurrency`` workers that each send one request after
   another, for a count or a duration; :func:`open_loop` starts requests at Poisson
   arrivals. Both return every latency.
-- :func:`cpu_seconds`, :func:`rss_kib` read a process's CPU time and memory from /proc;
+- :func:`cpu_seconds` reads a process's CPU time from /proc (its memory:
+  :func:`testkit.procs.rss_kib`);
   :func:`machine_busy_seconds` and :func:`wait_quiet` tell whether others are using
   the machine (a shared one makes figures mean less).
 - :func:`percentile` and :class:`Summary` turn latencies into p50/p90/p99/max.
