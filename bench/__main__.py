@@ -35,6 +35,7 @@ from bench import (
 )
 from bench.common import DOC_PATH, BenchError, load_average, with_load, write_section
 from kernel.process import loop_factory
+from testkit.procs import ProcExited
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             # The load generator runs on the same loop as the processes it measures.
             with asyncio.Runner(loop_factory=loop_factory()) as runner:
                 section = runner.run(suite.main(options))
-        except BenchError as exc:
+        except (BenchError, ProcExited) as exc:
             print(f"bench: suite {name} failed: {exc}", file=sys.stderr)
             return 1
         print(f"== {suite.name} took {time.monotonic() - started:.0f} s", flush=True)

@@ -25,7 +25,6 @@ import aiohttp
 
 from bench.common import (
     BenchError,
-    Proc,
     Summary,
     closed_loop,
     cpu_seconds,
@@ -33,6 +32,7 @@ from bench.common import (
     machine_busy_seconds,
     render_table,
 )
+from testkit.procs import Proc
 
 S = TypeVar("S")
 
@@ -201,7 +201,7 @@ async def wait_bridge(
         if any(n.get("platform") == platform for n in nodes):
             return
         await asyncio.sleep(0.05)
-    raise BenchError(f"the {platform} bridge never reached the hub:\n{bridge.log_tail()}")
+    raise BenchError(f"the {platform} bridge never reached the hub:\n{bridge.tail(30)}")
 
 
 # --- the report --------------------------------------------------------------------------

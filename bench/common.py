@@ -1,12 +1,14 @@
 """What every bench suite shares: processes, load loops, statistics, the markdown report.
 
-- :class:`Proc` starts a command in a process group of its own and, whatever happens,
-  ends that group (SIGTERM, then SIGKILL) when the ``with`` block is left;
+- :func:`bench_proc` makes a :class:`testkit.procs.Proc` (the process helper the tests
+  use too) as the bench needs one: its output straight to a log file, its process group
+  ended (SIGTERM, then SIGKILL) when the ``async with`` block is left, whatever happens;
   :func:`wait_ready` polls a readiness URL, bounded, and fails early if one dies.
 - :func:`closed_loop` drives ``concurrency`` workers that each send one request after
   another, for a count or a duration; :func:`open_loop` starts requests at Poisson
   arrivals. Both return every latency.
-- :func:`cpu_seconds`, :func:`rss_kib` read a process's CPU time and memory from /proc;
+- :func:`cpu_seconds` reads a process's CPU time from /proc (its memory:
+  :func:`testkit.procs.rss_kib`);
   :func:`machine_busy_seconds` and :func:`wait_quiet` tell whether others are using
   the machine (a shared one makes figures mean less).
 - :func:`percentile` and :class:`Summary` turn latencies into p50/p90/p99/max.
@@ -23,17 +25,17 @@ import math
 import os
 import platform
 import random
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
+
+from testkit.procs import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_PATH = ROOT / "docs" / "benchmarks.md"
@@ -43,13 +45,6 @@ DOC_PREAMBLE = (
     "its own section, between its `bench:` markers. Do not edit inside the markers by "
     "hand: the next run replaces it.\n"
 )
-
-#: Settings of the project's processes: a bench process must not inherit the shell's.
-SETTING_PREFIXES = (
-    "HUB_", "EXEC_", "SSH_", "OPENAI_", "OPENWEBUI_", "LITELLM_", "SLACK_", "TELEGRAM_",
-    "OPTIMIZE_", "LOG_", "NODE_NAME", "MODEL", "AVAILABLE_CLIS", "CODEX_",
-    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
-)  # fmt: skip
 
 
 class BenchError(RuntimeError):
@@ -252,29 +247,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def clean_env(**overrides: str) -> dict[str, str]:
-    """This process's environment without any project setting, plus ``overrides``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
-    env.update(overrides)
-    return env
-
-
-def venv_script(name: str) -> str:
-    """The console script ``name`` installed beside this Python (the project's venv)."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        raise BenchError(f"{path} not found: run `make install` first")
-    return str(path)
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process (VmRSS), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchError(f"no VmRSS for process {pid}")
-
-
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -309,96 +281,12 @@ async def wait_quiet(max_wait: float = 20.0, below: float = 0.2, window: float =
             return busy
 
 
-class Proc:
-    """A child process in its own process group, ended with its group on exit.
-
-    Output goes to ``log_path``, so a failure can be explained from the log.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str],
-        cwd: Path,
-        log_path: Path,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.env = dict(env)
-        self.cwd = cwd
-        self.log_path = log_path
-        self.popen: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        if self.popen is None:
-            raise BenchError(f"{self.name} is not running")
-        return self.popen.pid
-
-    def start(self) -> None:
-        """Start the process in a new session (so its group id is its pid)."""
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def check_alive(self) -> None:
-        """Raise :class:`BenchError` with the log's tail when the process has exited."""
-        if self.popen is not None and self.popen.poll() is not None:
-            raise BenchError(
-                f"{self.name} exited with code {self.popen.returncode}:\n{self.log_tail()}"
-            )
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the process's output."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM the group, SIGKILL it after ``timeout``; returns the exit code."""
-        popen = self.popen
-        if popen is None:
-            return None
-        try:
-            if popen.poll() is None:
-                _signal_group(popen.pid, signal.SIGTERM)
-                try:
-                    popen.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            # The leader may be gone while children of its group are not.
-            _signal_group(popen.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout)
-            return popen.returncode
-        finally:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
-
-    def __enter__(self) -> Proc:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+def bench_proc(
+    name: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path
+) -> Proc:
+    """A process as the bench runs one: its output straight to ``log_path`` (the bench
+    reads none of it while it measures), its whole group ended on the way out."""
+    return Proc(name, argv, env=env, cwd=cwd, log_path=log_path, capture=False, group=True)
 
 
 async def wait_ready(

@@ -1,6 +1,6 @@
 """Suite ``engines``: one run's round trip with a warm app-server, `codex exec`, bare codex.
 
-Topology: the stub Responses-API model (``tests/fakes/model_server.py``) in this
+Topology: the stub Responses-API model (``testkit/fakes/model_server.py``) in this
 process, the real codex binary, one CODEX_HOME, one prompt, and three ways to get the
 answer, measured in turns so that drift in the machine's load hits all alike:
 
@@ -44,7 +44,7 @@ from executor.engine import CodexEngine, RunRequest
 from executor.engine_appserver import AppServerEngine
 from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
-from tests.fakes.model_server import StubModelServer, make_codex_home
+from testkit.fakes.model_server import StubModelServer, make_codex_home
 
 NAME = "engines"
 TITLE = "Engines: a warm app-server against codex exec"
@@ -228,7 +228,7 @@ def report(results: Results) -> str:
             f"- codex: `{results.codex_version or 'unknown'}` (native binary)",
             "",
             "**Method.** The same prompt, answered by the stub Responses-API model of "
-            "`tests/fakes/model_server.py` (in the bench process, a one-line answer), four "
+            "`testkit/fakes/model_server.py` (in the bench process, a one-line answer), four "
             "ways: `AppServerEngine` on `LocalTransport` with its `codex app-server` kept "
             "warm (a new thread per run; and a follow-up turn on the previous run's "
             "thread), `CodexEngine` (`codex exec` through the run helper, login check "

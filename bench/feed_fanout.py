@@ -41,7 +41,6 @@ from bench.common import (
     ROOT,
     BenchError,
     LoadResult,
-    clean_env,
     cpu_seconds,
     fmt_ms,
     machine_busy_seconds,
@@ -49,11 +48,11 @@ from bench.common import (
     open_loop,
     percentile,
     render_table,
-    rss_kib,
     wait_quiet,
 )
 from bench.hub_latency import MODEL, running_hub
 from hub.bus import TICK_S
+from testkit.procs import clean_env, rss_kib
 
 NAME = "feed"
 TITLE = "Monitor feed: fan-out to many subscribers"

@@ -41,11 +41,11 @@ from bench.common import (
     machine_busy_seconds,
     machine_lines,
     render_table,
-    rss_kib,
     wait_quiet,
 )
 from bench.hub_latency import ChatClient, running_echo, running_hub
 from hub.auth import principal_for_key
+from testkit.procs import rss_kib
 
 NAME = "growth"
 TITLE = "Growth: the store from empty to 200k runs"

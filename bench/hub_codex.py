@@ -1,6 +1,6 @@
 """Suite ``hub-codex``: one real codex run through the hub against a bare `codex exec`.
 
-Topology: the stub Responses-API model (``tests/fakes/model_server.py``) in the bench
+Topology: the stub Responses-API model (``testkit/fakes/model_server.py``) in the bench
 process, the real codex binary, one CODEX_HOME, one prompt; `codex-hub serve` and
 `codex-hub executor` (``EXEC_ENGINE=exec``, not a dry run) as separate processes, as
 in suite ``hub``. Two ways to get the same answer, taking turns so that drift in the
@@ -38,7 +38,7 @@ from bench.common import BenchError, Summary, fmt_ms, machine_lines, render_tabl
 from bench.hub_latency import MODEL, running_hub
 from executor.codex import build_exec_argv, codex_environment, resolve_codex_bin
 from executor.settings import ExecutorSettings
-from tests.fakes.model_server import StubModelServer, make_codex_home
+from testkit.fakes.model_server import StubModelServer, make_codex_home
 
 NAME = "hub-codex"
 TITLE = "Real codex through the hub against a bare codex exec"
@@ -199,7 +199,7 @@ def report(results: Results) -> str:
             *machine_lines(),
             "",
             "**Method.** The same prompt, answered by the stub Responses-API model of "
-            "`tests/fakes/model_server.py` (in the bench process, a one-line answer), two "
+            "`testkit/fakes/model_server.py` (in the bench process, a one-line answer), two "
             "ways: `POST /v1/chat/completions` to `codex-hub serve` with one "
             "`codex-hub executor` (`EXEC_ENGINE=exec`: `codex exec` through the run helper "
             "for every run), both separate processes on 127.0.0.1 as in suite `hub`, the "

@@ -35,9 +35,8 @@ from bench.common import (
     ROOT,
     BenchError,
     LoadResult,
-    Proc,
     Summary,
-    clean_env,
+    bench_proc,
     closed_loop,
     cpu_seconds,
     fmt_ms,
@@ -46,12 +45,11 @@ from bench.common import (
     machine_lines,
     open_loop,
     render_table,
-    rss_kib,
-    venv_script,
     wait_quiet,
     wait_ready,
 )
 from kernel.credentials import derive
+from testkit.procs import Proc, clean_env, codex_hub_argv, rss_kib
 
 NAME = "hub"
 TITLE = "Hub: added latency and sustained throughput"
@@ -503,13 +501,13 @@ async def running_hub(
     settings to both processes (and may replace the executor's, e.g. ``EXEC_DRY_RUN``).
     Both process groups are ended on the way out.
     """
-    argv = list(command or [venv_script("codex-hub")])
+    argv = list(command or codex_hub_argv())
     token = secrets.token_hex(16)
     api_key = "bench-" + secrets.token_hex(8)
     port = free_port()
     db = tmp / "hub.db"
     extra = dict(env or {})
-    hub = Proc(
+    hub = bench_proc(
         "hub",
         [*argv, "serve"],
         env=clean_env(
@@ -527,7 +525,7 @@ async def running_hub(
         cwd=tmp,  # no .env there: the settings are exactly these
         log_path=tmp / "hub.log",
     )
-    executor = Proc(
+    executor = bench_proc(
         "executor",
         [*argv, "executor"],
         env=clean_env(
@@ -544,7 +542,7 @@ async def running_hub(
         cwd=tmp,
         log_path=tmp / "executor.log",
     )
-    with hub, executor:
+    async with hub, executor:
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
             await wait_ready(
@@ -556,7 +554,7 @@ async def running_hub(
         try:
             yield HubUnderTest(hub, executor, base, api_key, db)
         except BenchError as exc:
-            raise BenchError(f"{exc}\n--- hub log ---\n{hub.log_tail()}") from exc
+            raise BenchError(f"{exc}\n--- hub log ---\n{hub.tail(30)}") from exc
         hub.check_alive()
         executor.check_alive()
 
@@ -565,14 +563,14 @@ async def running_hub(
 async def running_echo(tmp: Path, noise: Noise | None = None) -> AsyncIterator[Target]:
     """The baseline server (:mod:`bench.echo_server`) in its own process, until exit."""
     port = free_port()
-    echo = Proc(
+    echo = bench_proc(
         "echo server",
         [sys.executable, "-m", "bench.echo_server", str(port)],
         env=clean_env(PYTHONPATH=str(ROOT)),
         cwd=tmp,
         log_path=tmp / "echo.log",
     )
-    with echo:
+    async with echo:
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"{base}/readyz", procs=[echo])

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.common import machine_lines, render_table, rss_kib, wait_quiet
+from bench.common import machine_lines, render_table, wait_quiet
 from hub.bus import Bus
 from hub.router import Router
 from hub.settings import HubSettings
 from hub.store import Store
+from testkit.procs import rss_kib
 from wire import Hello, ResultFrame
 
 NAME = "router"

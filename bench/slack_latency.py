@@ -10,7 +10,7 @@ which answers at once with the prompt):
   one event loop.
 
 The bridge runs the real slack-bolt / slack-sdk against the fake Slack of the tests
-(``tests/fakes/slack.py``: Web API and Socket Mode), which runs in this process: the
+(``testkit/fakes/slack.py``: Web API and Socket Mode), which runs in this process: the
 bench pushes an ``app_mention`` on the socket, and the fake notes when the bridge's
 ``chat.postMessage`` with the answer arrives. Every mention starts a thread of its own.
 
@@ -58,18 +58,17 @@ from bench.bridge_phases import (
 )
 from bench.common import (
     BenchError,
-    Proc,
-    clean_env,
+    bench_proc,
     free_port,
     machine_lines,
-    venv_script,
     wait_quiet,
     wait_ready,
 )
 from kernel.credentials import derive
+from testkit.procs import Proc, clean_env, codex_hub_argv
 
 if TYPE_CHECKING:
-    from tests.fakes.slack import FakeSlack, SlackCall
+    from testkit.fakes.slack import FakeSlack, SlackCall
 
 NAME = "slack"
 TITLE = "Slack bridge: event to run, run to reply"
@@ -166,7 +165,6 @@ def _slack_env(fake: FakeSlack) -> dict[str, str]:
 @contextlib.asynccontextmanager
 async def running_system(tmp: Path, fake: FakeSlack, *, embedded: bool) -> AsyncIterator[System]:
     """The hub, a dry-run executor and the Slack bridge in ``tmp``, ended on the way out."""
-    codex_hub = venv_script("codex-hub")
     token = secrets.token_hex(16)
     api_key = "bench-" + secrets.token_hex(8)
     port = free_port()
@@ -186,32 +184,32 @@ async def running_system(tmp: Path, fake: FakeSlack, *, embedded: bool) -> Async
 
     def proc(name: str, argv: list[str], **env: str) -> Proc:
         # cwd is tmp: no .env there, the settings are exactly these.
-        return Proc(name, argv, env=clean_env(**env), cwd=tmp, log_path=tmp / f"{name}.log")
+        return bench_proc(name, argv, env=clean_env(**env), cwd=tmp, log_path=tmp / f"{name}.log")
 
     if embedded:
-        up = proc("up", [codex_hub, "up"], **hub_env, **executor_env, **_slack_env(fake))
+        up = proc("up", codex_hub_argv("up"), **hub_env, **executor_env, **_slack_env(fake))
         system = System([up], up, f"http://127.0.0.1:{port}", db, embedded=True)
     else:
         node = {"HUB_URL": hub_url}
-        hub = proc("hub", [codex_hub, "serve"], **hub_env)
+        hub = proc("hub", codex_hub_argv("serve"), **hub_env)
         executor = proc(
             "executor",
-            [codex_hub, "executor"],
+            codex_hub_argv("executor"),
             **node,
             HUB_TOKEN=derive(token, "executor"),
             **executor_env,
         )
         bridge = proc(
             "bridge",
-            [codex_hub, "bridge", "slack"],
+            codex_hub_argv("bridge", "slack"),
             **node,
             HUB_TOKEN=derive(token, "slack"),
             **_slack_env(fake),
         )
         system = System([hub, executor, bridge], bridge, f"http://127.0.0.1:{port}", db, False)
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         for part in system.procs:
-            stack.enter_context(part)
+            await stack.enter_async_context(part)
         headers = {"Authorization": f"Bearer {api_key}"}
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"{system.base}/readyz", procs=system.procs, headers=headers)
@@ -221,10 +219,10 @@ async def running_system(tmp: Path, fake: FakeSlack, *, embedded: bool) -> Async
         for part in system.procs:
             part.check_alive()
         # The bridge's last calls on the way out go to the fake, which runs on this loop:
-        # stop it from a thread (Proc.stop blocks), or it is killed mid-stop.
-        code = await asyncio.to_thread(system.bridge.stop)
+        # Proc.stop awaits the exit without blocking the loop, or it is killed mid-stop.
+        code = await system.bridge.stop()
         if code != 0:
-            raise BenchError(f"the bridge exited with {code}:\n{system.bridge.log_tail()}")
+            raise BenchError(f"the bridge exited with {code}:\n{system.bridge.tail(30)}")
 
 
 # --- the load --------------------------------------------------------------------------
@@ -293,13 +291,13 @@ async def _topology(
                 results.phases.append(phase)
                 print(f"slack: {phase.label} done", flush=True)
         except BenchError as exc:
-            raise BenchError(f"{exc}\n--- bridge log ---\n{system.bridge.log_tail()}") from exc
+            raise BenchError(f"{exc}\n--- bridge log ---\n{system.bridge.tail(30)}") from exc
 
 
 async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
     """Start each topology, send every phase's mentions, stop everything; the figures."""
-    # The fake lives in the test tree; it needs pytest, which `make install` provides.
-    from tests.fakes.slack import FakeSlack
+    # The fake (testkit, shared with the tests) needs pytest, which `make install` provides.
+    from testkit.fakes.slack import FakeSlack
 
     results = Results(plan)
     results.quiet = await wait_quiet(quiet_wait)
@@ -330,7 +328,7 @@ def report(results: Results) -> str:
             "executor`) and the bridge (`codex-hub bridge slack`, default settings) as "
             "separate processes; *embedded*: `codex-hub up`, all in one process. The bridge "
             "runs the real slack-bolt / slack-sdk against the fake Slack of the tests "
-            "(`tests/fakes/slack.py`, Web API and Socket Mode) in the bench process, which "
+            "(`testkit/fakes/slack.py`, Web API and Socket Mode) in the bench process, which "
             "pushes each `app_mention` (a new thread each time) on the socket and notes when "
             "the answer's `chat.postMessage` arrives; the next mention in a channel waits for "
             "the previous one's check mark. Clocks: event pushed (bench), run created / "

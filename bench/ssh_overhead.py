@@ -1,7 +1,7 @@
 """Suite ``ssh``: what running codex over SSH costs next to running it on this machine.
 
-Topology: the stub Responses-API model (``tests/fakes/model_server.py``) in this
-process; the SSH server (``tests/fakes/ssh_server.py``: asyncssh, each exec request run
+Topology: the stub Responses-API model (``testkit/fakes/model_server.py``) in this
+process; the SSH server (``testkit/fakes/ssh_server.py``: asyncssh, each exec request run
 by ``/bin/sh -c`` on this machine, as sshd does) in a process of its own on 127.0.0.1;
 and two engines in this process, `executor.engine.CodexEngine` on `LocalTransport` and
 on `SshTransport`, with the same settings, the same real codex binary, the same
@@ -38,9 +38,8 @@ from typing import Any, Protocol
 from bench.common import (
     ROOT,
     BenchError,
-    Proc,
     Summary,
-    clean_env,
+    bench_proc,
     fmt_ms,
     machine_lines,
     render_table,
@@ -52,7 +51,8 @@ from executor.settings import ExecutorSettings
 from executor.transport import Transport
 from executor.transport_local import LocalTransport
 from executor.transport_ssh import SshTransport
-from tests.fakes.model_server import StubModelServer, make_codex_home
+from testkit.fakes.model_server import StubModelServer, make_codex_home
+from testkit.procs import clean_env
 
 NAME = "ssh"
 TITLE = "SSH transport: overhead against local"
@@ -99,14 +99,14 @@ class Results:
 async def ssh_server(tmp: Path) -> AsyncIterator[tuple[int, Path]]:
     """The test SSH server in its own process: (port, key directory)."""
     keys = tmp / "ssh"
-    proc = Proc(
+    proc = bench_proc(
         "ssh-server",
-        [sys.executable, "-m", "tests.fakes.ssh_server", str(keys)],
+        [sys.executable, "-m", "testkit.fakes.ssh_server", str(keys)],
         env=clean_env(PYTHONPATH=str(ROOT)),
         cwd=ROOT,
         log_path=tmp / "ssh-server.log",
     )
-    with proc:
+    async with proc:
         deadline = time.monotonic() + 30.0
         while True:
             proc.check_alive()
@@ -115,7 +115,7 @@ async def ssh_server(tmp: Path) -> AsyncIterator[tuple[int, Path]]:
                 yield int(lines[0]), keys
                 return
             if time.monotonic() > deadline:
-                raise BenchError(f"the SSH server did not start:\n{proc.log_tail()}")
+                raise BenchError(f"the SSH server did not start:\n{proc.tail(30)}")
             await asyncio.sleep(0.05)
 
 
@@ -284,9 +284,9 @@ def report(results: Results) -> str:
             f"- codex: `{results.codex_version or 'unknown'}` (native binary)",
             "",
             "**Method.** The same `codex exec` run (real codex, the stub Responses-API "
-            "model of `tests/fakes/model_server.py` in the bench process, a one-line answer) "
+            "model of `testkit/fakes/model_server.py` in the bench process, a one-line answer) "
             "through `CodexEngine` on `LocalTransport` and on `SshTransport`, alternating. "
-            "The SSH server is asyncssh's (`tests/fakes/ssh_server.py`) in a process of its "
+            "The SSH server is asyncssh's (`testkit/fakes/ssh_server.py`) in a process of its "
             "own on 127.0.0.1, running each exec request with `/bin/sh -c` on this machine; "
             "a C sshd would cost less per channel, so the figure is on the high side. The "
             "connection is opened during the warm-up and reused "

@@ -3,7 +3,7 @@
 Topology, as deployed: the hub (``codex-hub serve``), one executor (``codex-hub
 executor`` with ``EXEC_DRY_RUN=true``, which answers at once with the prompt) and the
 bridge (``codex-hub bridge telegram``) run as separate processes on 127.0.0.1. The
-bridge long-polls a fake Bot API server (``tests/fakes/telegram.py``) that runs in this
+bridge long-polls a fake Bot API server (``testkit/fakes/telegram.py``) that runs in this
 process: the bench "sends" a private message by queueing an update there, and the fake
 records when the bridge's ``sendMessage`` with the answer arrives.
 
@@ -22,7 +22,6 @@ Goal (issue #4, point 9): the median and p99 of each under 20 ms.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import tempfile
@@ -51,18 +50,17 @@ from bench.bridge_phases import (
 )
 from bench.common import (
     BenchError,
-    Proc,
-    clean_env,
+    bench_proc,
     free_port,
     machine_lines,
-    venv_script,
     wait_quiet,
     wait_ready,
 )
 from kernel.credentials import derive
+from testkit.procs import Proc, clean_env, codex_hub_argv
 
 if TYPE_CHECKING:
-    from tests.fakes.telegram import FakeTelegram
+    from testkit.fakes.telegram import FakeTelegram
 
 NAME = "telegram"
 TITLE = "Telegram bridge: message to run, run to reply"
@@ -122,7 +120,6 @@ class System:
 @contextlib.asynccontextmanager
 async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]:
     """Hub, dry-run executor and Telegram bridge in ``tmp``, ended on the way out."""
-    codex_hub = venv_script("codex-hub")
     token = secrets.token_hex(16)
     api_key = "bench-" + secrets.token_hex(8)
     port = free_port()
@@ -131,11 +128,11 @@ async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]
 
     def proc(name: str, argv: list[str], **env: str) -> Proc:
         # cwd is tmp: no .env there, the settings are exactly these.
-        return Proc(name, argv, env=clean_env(**env), cwd=tmp, log_path=tmp / f"{name}.log")
+        return bench_proc(name, argv, env=clean_env(**env), cwd=tmp, log_path=tmp / f"{name}.log")
 
     hub = proc(
         "hub",
-        [codex_hub, "serve"],
+        codex_hub_argv("serve"),
         HUB_HOST="127.0.0.1",
         HUB_PORT=str(port),
         HUB_DB=str(db),
@@ -144,7 +141,7 @@ async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]
     )
     executor = proc(
         "executor",
-        [codex_hub, "executor"],
+        codex_hub_argv("executor"),
         HUB_URL=hub_url,
         HUB_TOKEN=derive(token, "executor"),
         EXEC_DRY_RUN="true",
@@ -154,7 +151,7 @@ async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]
     )
     bridge = proc(
         "bridge",
-        [codex_hub, "bridge", "telegram"],
+        codex_hub_argv("bridge", "telegram"),
         HUB_URL=hub_url,
         HUB_TOKEN=derive(token, "telegram"),
         TELEGRAM_BOT_TOKEN=fake.token,
@@ -163,9 +160,9 @@ async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]
         NODE_NAME="bench-bridge",
     )
     system = System(hub, executor, bridge, f"http://127.0.0.1:{port}", api_key, db)
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         for part in system.procs:
-            stack.enter_context(part)
+            await stack.enter_async_context(part)
         headers = {"Authorization": f"Bearer {api_key}"}
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, f"{system.base}/readyz", procs=system.procs, headers=headers)
@@ -175,10 +172,10 @@ async def running_system(tmp: Path, fake: FakeTelegram) -> AsyncIterator[System]
         for part in system.procs:
             part.check_alive()
         # The bridge's last call on the way out goes to the fake, which runs on this loop:
-        # wait for it in a thread (Proc.stop blocks), or the bridge is killed mid-stop.
-        code = await asyncio.to_thread(bridge.stop)
+        # Proc.stop awaits the exit without blocking the loop, or it is killed mid-stop.
+        code = await bridge.stop()
         if code != 0:
-            raise BenchError(f"the bridge exited with {code}:\n{bridge.log_tail()}")
+            raise BenchError(f"the bridge exited with {code}:\n{bridge.tail(30)}")
 
 
 # --- the load --------------------------------------------------------------------------
@@ -205,8 +202,8 @@ def _chats(count: int) -> list[int]:
 
 async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
     """Start the processes, send every phase's messages, stop everything; the figures."""
-    # The fake lives in the test tree; it needs pytest, which `make install` provides.
-    from tests.fakes.telegram import FakeTelegram
+    # The fake (testkit, shared with the tests) needs pytest, which `make install` provides.
+    from testkit.fakes.telegram import FakeTelegram
 
     results = Results(plan)
     with tempfile.TemporaryDirectory(prefix="codex-hub-bench-tg-") as tmp_name:
@@ -246,7 +243,7 @@ async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
                         print(f"telegram: {phase.label} done", flush=True)
                 except BenchError as exc:
                     raise BenchError(
-                        f"{exc}\n--- bridge log ---\n{system.bridge.log_tail()}"
+                        f"{exc}\n--- bridge log ---\n{system.bridge.tail(30)}"
                     ) from exc
     return results
 
@@ -269,7 +266,7 @@ def report(results: Results) -> str:
             "`EXEC_DRY_RUN=true`: it answers at once with the prompt) and the bridge "
             "(`codex-hub bridge telegram`, default settings, `LOG_LEVEL=INFO`) run as "
             "separate processes on 127.0.0.1. The bridge long-polls a fake Bot API server "
-            "(`tests/fakes/telegram.py`) in the bench process, which queues each private "
+            "(`testkit/fakes/telegram.py`) in the bench process, which queues each private "
             "message as an update and waits for the bridge's `sendMessage` with the answer "
             "(closed loop). Clocks: message queued (bench), run created / started / finished "
             "(the hub's store: submit accepted, executor reported `running`, result stored), "

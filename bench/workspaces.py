@@ -2,7 +2,7 @@
 
 Topology: a bare repository of 10,000 commits and 5,000 files (made with ``git
 fast-import``), served by git's own ``http-backend`` behind the aiohttp wrapper of
-``tests/fakes/git_server.py`` on 127.0.0.1, in this process; `executor.workspace.
+``testkit/fakes/git_server.py`` on 127.0.0.1, in this process; `executor.workspace.
 Workspaces` on `LocalTransport` makes the run's workspace, exactly as the pipeline does
 before it starts codex. Three cases:
 
@@ -31,7 +31,7 @@ from bench.common import Summary, fmt_ms, machine_lines, render_table, wait_quie
 from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
 from executor.workspace import Workspaces
-from tests.fakes.git_server import GIT_ENV, GitHttpServer
+from testkit.fakes.git_server import GIT_ENV, GitHttpServer
 
 NAME = "workspaces"
 TITLE = "Workspaces: from assigned to codex start"

@@ -1,4 +1,4 @@
-"""Shared test set-up: every module in tests/fakes/ is a pytest plugin of fixtures.
+"""Shared test set-up: every module in testkit/fakes/ is a pytest plugin of fixtures.
 
 Also isolates the tests from the developer's environment: no proxy variables, no
 settings from the shell, and no `.env` file read.
@@ -21,42 +21,23 @@ from typing import Any
 import hypothesis
 import pytest
 
+from testkit.procs import SETTING_PREFIXES
+
 # Property tests are the same on every run and every machine: no timing deadline (a
 # loaded CI box is slow), no example database carried between runs, a fixed seed.
 hypothesis.settings.register_profile("codex-hub", deadline=None, database=None, derandomize=True)
 hypothesis.settings.load_profile("codex-hub")
 
-# slack_sdk and httpx read proxy variables and would send loopback traffic elsewhere.
-for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-    os.environ.pop(_var, None)
-
-# Settings come from the tests alone. CODEX_BIN (set by `make test`) stays: it only
-# says where the pinned codex binary is.
-_SETTING_PREFIXES = (
-    "HUB_",
-    "EXEC_",
-    "SSH_",
-    "OPENAI_",
-    "OPENWEBUI_",
-    "LITELLM_",
-    "SLACK_",
-    "TELEGRAM_",
-    "OPTIMIZE_",
-    "LOG_",
-    "NODE_NAME",
-    "MODEL",
-    "AVAILABLE_CLIS",
-    "BRIDGE_",
-    "WORKSPACE_",
-    "GIT_DEFAULT_HOST",
-)
+# Settings come from the tests alone, and slack_sdk and httpx would send loopback traffic
+# to a proxy. CODEX_BIN (set by `make test`) stays: it only says where the pinned codex
+# binary is.
 for _var in list(os.environ):
-    if _var.startswith(_SETTING_PREFIXES) or (_var.startswith("CODEX_") and _var != "CODEX_BIN"):
+    if _var.startswith(SETTING_PREFIXES) and _var != "CODEX_BIN":
         os.environ.pop(_var, None)
 
 pytest_plugins = [
-    f"tests.fakes.{p.stem}"
-    for p in sorted((Path(__file__).parent / "fakes").glob("*.py"))
+    f"testkit.fakes.{p.stem}"
+    for p in sorted((Path(__file__).parent.parent / "testkit" / "fakes").glob("*.py"))
     if p.stem != "__init__"
 ]
 

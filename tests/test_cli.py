@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from codex_hub.cli import build_parser
+from testkit.procs import Proc, codex_hub_argv
 from tests.conftest import free_port
 
 CLI = [sys.executable, "-m", "codex_hub"]
@@ -161,47 +162,28 @@ def _hub_env(tmp_path: Path, codex_bin: str, port: int) -> dict[str, str]:
     return env
 
 
-def _up_until_linked(tmp_path: Path, env: dict[str, str]) -> tuple[str, str]:
-    """Start `codex-hub up`, read stderr up to the sign-in lines, check the executor is
-    connected, stop it: (link, stderr)."""
-    proc = subprocess.Popen(
-        [*CLI, "up"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # the test's timeout bounds a hub that never says it
-            seen.append(line)
-            if "API key for clients" in line:
-                break
-        assert proc.poll() is None, "".join(seen)
-        port = env["HUB_PORT"]
-        link = seen[-2].split("sign in to the monitor:", 1)[1].strip()
+async def _up_until_linked(tmp_path: Path, env: dict[str, str]) -> tuple[str, str]:
+    """Start `codex-hub up`, wait for the sign-in lines, check the executor is connected,
+    stop it: (link, everything it printed)."""
+    async with Proc("up", codex_hub_argv("up"), env=env, cwd=tmp_path) as up:
+        await up.wait_for("API key for clients")
+        (signin,) = up.matches(r"sign in to the monitor: (\S+)")
+        link = signin.group(1)
         key = link.split("#key=", 1)[1]
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/nodes", headers={"Authorization": f"Bearer {key}"}
-        )
-        deadline = time.monotonic() + 20
-        while True:  # the local executor connects with the credential `up` gave it
-            with urllib.request.urlopen(request, timeout=5) as resp:
-                nodes = json.load(resp)["nodes"]
-            if any(n["role"] == "executor" for n in nodes) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        url = f"http://127.0.0.1:{env['HUB_PORT']}/api/nodes"
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+            deadline = time.monotonic() + 20
+            while True:  # the local executor connects with the credential `up` gave it
+                async with http.get(url) as resp:
+                    nodes = (await resp.json())["nodes"]
+                if any(n["role"] == "executor" for n in nodes) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
         assert [n["role"] for n in nodes] == ["executor"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
-    return link, "".join(seen) + err
+    return link, up.output
 
 
-def test_up_with_nothing_configured_prints_a_sign_in_link_and_keeps_its_key(
+async def test_up_with_nothing_configured_prints_a_sign_in_link_and_keeps_its_key(
     tmp_path: Path, codex_bin: str
 ) -> None:
     """`codex-hub up` in a fresh directory writes codex-hub.credentials (0600), prints the
@@ -210,16 +192,17 @@ def test_up_with_nothing_configured_prints_a_sign_in_link_and_keeps_its_key(
     credential from the same file."""
     port = free_port()
     env = _hub_env(tmp_path, codex_bin, port)
-    link, err = _up_until_linked(tmp_path, env)
+    link, err = await _up_until_linked(tmp_path, env)
     path = tmp_path / "home" / ".local" / "share" / "codex-hub" / "codex-hub.credentials"
     data = json.loads(path.read_text())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert link == f"http://127.0.0.1:{port}/#key={data['api_key']}"
     assert f'"api_key" in {path}' in err
     assert data["secret"] not in err and data["executor"] not in err
-    again, _ = _up_until_linked(tmp_path, env)
+    again, _ = await _up_until_linked(tmp_path, env)
     assert again == link
-    token = subprocess.run(
+    token = await asyncio.to_thread(
+        subprocess.run,
         [*CLI, "token", "executor"],
         cwd=tmp_path,
         env=env,

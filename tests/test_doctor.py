@@ -36,11 +36,11 @@ from codex_hub.doctor import (
 )
 from executor.codex import TESTED_CODEX_VERSION
 from executor.settings import ExecutorSettings
+from testkit.fakes.chat_model import CHAT_API_KEY, CHAT_MODEL, StubChatModel
+from testkit.fakes.model_server import STUB_API_KEY
+from testkit.fakes.slack import APP_TOKEN, BOT_TOKEN, FakeSlack
+from testkit.fakes.telegram import FAKE_BOT_USERNAME, FAKE_TOKEN, FakeTelegram
 from tests.conftest import NODE_TOKEN, node_token, ws_url
-from tests.fakes.chat_model import CHAT_API_KEY, CHAT_MODEL, StubChatModel
-from tests.fakes.model_server import STUB_API_KEY
-from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, FakeSlack
-from tests.fakes.telegram import FAKE_BOT_USERNAME, FAKE_TOKEN, FakeTelegram
 
 SECRETS = (NODE_TOKEN, CHAT_API_KEY, BOT_TOKEN, APP_TOKEN, FAKE_TOKEN, STUB_API_KEY)
 WRONG_SLACK_BOT = "xoxb-wrong-0000000000-not-the-bot-token"

@@ -18,8 +18,8 @@ import pytest
 
 from executor.codex import TESTED_CODEX_VERSION
 from hub.appkeys import STORE
-from tests.executor.test_engine_local import processes_under
-from tests.fakes.model_server import STUB_USAGE, StubModelServer
+from testkit.fakes.model_server import STUB_USAGE, StubModelServer
+from testkit.procs import processes_under
 from tests.test_e2e_codex import post, real_executor, workdir
 
 pytestmark = pytest.mark.codex
@@ -81,7 +81,7 @@ async def test_a_cancelled_run_leaves_its_conversation_usable(
     follow_up = model_server.requests[2].text
     assert "kiwi" in follow_up and "first answer" in follow_up
     assert "wait for me" in follow_up and "turn_aborted" in follow_up
-    assert processes_under(tmp_path) == []
+    assert processes_under([tmp_path]) == {}
 
 
 async def test_an_executor_with_another_protocol_says_so_at_start(
@@ -135,4 +135,4 @@ async def test_codex_hub_exec_answers_through_the_app_server(
         stdout, stderr = await proc.communicate()
     assert proc.returncode == 0, stderr.decode()
     assert stdout.decode() == "answer from the app-server\n"
-    assert processes_under(codex_home) == []
+    assert processes_under([codex_home]) == {}

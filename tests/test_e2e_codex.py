@@ -15,10 +15,10 @@ import pytest
 
 from hub.app import HubServer
 from hub.appkeys import STORE
+from testkit.fakes.model_server import STUB_USAGE, StubModelServer, make_codex_home
+from testkit.fakes.nodes import FakeNode, bridge_hello
+from testkit.procs import processes_under
 from tests.conftest import NODE_TOKEN, on_a_fixed_port
-from tests.executor.test_engine_local import processes_under
-from tests.fakes.model_server import STUB_USAGE, StubModelServer, make_codex_home
-from tests.fakes.nodes import FakeNode, bridge_hello
 
 pytestmark = pytest.mark.codex
 
@@ -176,7 +176,7 @@ async def test_an_unreachable_model_times_out_and_leaves_no_process(
     assert status == 504
     assert data["error"]["code"] == "timeout"
     assert (await hub.app[STORE].get_run(run_id)).state == "timed_out"
-    assert processes_under(tmp_path) == []
+    assert processes_under([tmp_path]) == {}
 
 
 async def test_cancel_kills_codex_and_ends_the_run_cancelled(
@@ -194,7 +194,7 @@ async def test_cancel_kills_codex_and_ends_the_run_cancelled(
         status, data, _ = await call
     assert status == 409 and data["error"]["code"] == "cancelled"
     assert (await hub.app[STORE].get_run(runs[0].id)).state == "cancelled"
-    assert processes_under(tmp_path) == []
+    assert processes_under([tmp_path]) == {}
 
 
 async def test_two_executors_share_the_load(

@@ -14,7 +14,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.fakes.model_server import StubModelServer
+from testkit.fakes.model_server import StubModelServer
 
 pytestmark = pytest.mark.codex
 

@@ -17,8 +17,8 @@ from executor.pipeline import Job, Pipeline
 from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
 from executor.workspace import Workspaces
-from tests.fakes.git_server import GitHttpServer
-from tests.fakes.model_server import StubModelServer
+from testkit.fakes.git_server import GitHttpServer
+from testkit.fakes.model_server import StubModelServer
 
 pytestmark = pytest.mark.codex
 

@@ -9,21 +9,21 @@ DSA warning cryptography 51 made asyncssh print.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from executor.codex import TESTED_CODEX_VERSION
+from testkit.procs import Proc, codex_hub_argv
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +187,9 @@ def test_the_dsa_filter_is_still_needed() -> None:
     )
 
 
-def test_codex_hub_up_starts_with_no_warning_on_stderr(tmp_path: Path, codex_bin: str) -> None:
+async def test_codex_hub_up_starts_with_no_warning_on_stderr(
+    tmp_path: Path, codex_bin: str
+) -> None:
     """`codex-hub up`, as `make run` starts it, prints no Python warning while it starts."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONWARNINGS", "HUB_"))}
@@ -201,30 +203,18 @@ def test_codex_hub_up_starts_with_no_warning_on_stderr(tmp_path: Path, codex_bin
         CODEX_HOME=str(tmp_path),
         EXEC_DRY_RUN="true",
     )
-    script = Path(sys.executable).with_name("codex-hub")
-    proc = subprocess.Popen(
-        [str(script), "up"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
-    warnings = re.findall(r"^.*\b\w*Warning\b.*$", err, re.MULTILINE)
-    assert warnings == [], err
-    assert proc.returncode == 0, err
+    async with Proc("up", codex_hub_argv("up"), env=env, cwd=tmp_path) as up:
+        await up.wait_for(r"hub listening on http://")
+        # The hub answers once `up` has started everything (the loop is busy until then).
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(30):
+                while True:
+                    up.check_alive()
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                    await asyncio.sleep(0.05)
+        code = await up.stop()
+    warnings = re.findall(r"^.*\b\w*Warning\b.*$", up.output, re.MULTILINE)
+    assert warnings == [], up.output
+    assert code == 0, up.output

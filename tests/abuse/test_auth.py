@@ -29,10 +29,10 @@ from hub.appkeys import AUTH_FAILURES, ROUTER, STORE
 from hub.auth import AuthFailures, client_address
 from hub.openapi import document
 from hub.settings import HubSettings
+from testkit.fakes.nodes import FakeNode, bridge_hello, executor_hello
 from tests.abuse.conftest import API_KEY, AUTH, CHAT, assert_serving
-from tests.abuse.procs import feed_messages
+from tests.abuse.feed import feed_messages
 from tests.conftest import NODE_TOKEN, node_token
-from tests.fakes.nodes import FakeNode, bridge_hello, executor_hello
 from wire import CLOSE_RATE_LIMITED, CLOSE_UNAUTHORIZED
 
 #: Open to anyone: liveness.

@@ -33,11 +33,10 @@ import aiohttp
 import pytest
 
 from kernel.credentials import derive
-from tests.abuse.procs import clean_env
+from testkit.fakes.model_server import StubModelServer
+from testkit.fakes.telegram import FakeTelegram
+from testkit.procs import Proc, Procs, clean_env
 from tests.conftest import free_port
-from tests.fakes.model_server import StubModelServer
-from tests.fakes.telegram import FakeTelegram
-from tests.faults.procs import Proc, Procs
 from tests.faults.stack import Stack
 
 pytestmark = [pytest.mark.codex, pytest.mark.timeout(120)]
@@ -100,7 +99,7 @@ class UnprivilegedProcs(Procs):
     def add(self, name: str, args: Sequence[str], env: Mapping[str, str]) -> Proc:
         proc = super().add(name, args, env)
         if os.geteuid() == 0:
-            proc.args = [*DROP_CAPABILITIES, *proc.args]
+            proc.argv = [*DROP_CAPABILITIES, *proc.argv]
         return proc
 
 
@@ -211,9 +210,9 @@ async def test_in_up_codex_reads_no_secret_from_its_parents_or_a_dotenv(
         "HOME": str(home),
     }
     up = procs.add("up", ["up"], env)
-    up.directory.mkdir(parents=True)
+    up.cwd.mkdir(parents=True)
     # The .env of the one-user set-up, beside the process and outside EXEC_WORKDIR.
-    (up.directory / ".env").write_text(
+    (up.cwd / ".env").write_text(
         f"HUB_API_KEYS={values['HUB_API_KEYS']}\nOPENAI_API_KEY={values['OPENAI_API_KEY']}\n"
     )
     model_server.reply_exec(HUNT, then=f"the hunt found {ghp}")

@@ -26,11 +26,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from testkit.fakes.slack import FakeSlack, SlackMessage
+from testkit.fakes.telegram import Call, FakeTelegram
+from testkit.procs import Proc, clean_env, codex_hub_argv, start_hub
 from tests.abuse.conftest import API_KEY, AUTH, CHAT
-from tests.abuse.procs import Proc, clean_env, start_hub, wait_for_nodes
+from tests.abuse.feed import wait_for_nodes
 from tests.conftest import NODE_TOKEN
-from tests.fakes.slack import FakeSlack, SlackMessage
-from tests.fakes.telegram import Call, FakeTelegram
 
 #: How far above its post-warm-up RSS the hub may be once a burst has settled.
 RSS_SLACK_MIB = 30
@@ -111,7 +112,13 @@ async def start_system(tmp_path: Path, stack: AsyncExitStack) -> System:
             },
         ),
     ):
-        proc = Proc(name, args, clean_env(**node, **env), tmp_path)
+        proc = Proc(
+            name,
+            codex_hub_argv(*args),
+            env=clean_env(**node, **env),
+            cwd=tmp_path,
+            group=True,
+        )
         await proc.start()
         stack.push_async_callback(proc.stop)
         procs.append(proc)

@@ -25,10 +25,10 @@ from hub.app import HubServer
 from hub.appkeys import STORE
 from hub.auth import NO_AUTH_PRINCIPAL, principal_for_key
 from hub.settings import HubSettings
+from testkit.fakes.nodes import FakeExecutor, FakeNode, bridge_hello
 from tests.abuse.conftest import CHAT, make
-from tests.abuse.procs import feed_messages
+from tests.abuse.feed import feed_messages
 from tests.conftest import NODE_TOKEN, ws_url
-from tests.fakes.nodes import FakeExecutor, FakeNode, bridge_hello
 
 KEY_A = "principal-key-a-0123456789abcdef"
 KEY_B = "principal-key-b-0123456789abcdef"

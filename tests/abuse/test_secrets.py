@@ -47,11 +47,12 @@ from hub.app import HubServer
 from hub.appkeys import STORE
 from hub.settings import HubSettings
 from kernel.logs import configure_logging, forget_secrets, register_settings_secrets
+from testkit.fakes.chat_model import CHAT_MODEL, StubChatModel
+from testkit.fakes.slack import FakeSlack
+from testkit.fakes.telegram import FakeTelegram
+from testkit.procs import Proc, clean_env, codex_hub_argv, start_hub
 from tests.abuse.conftest import make
-from tests.abuse.procs import Proc, clean_env, feed_messages, start_hub
-from tests.fakes.chat_model import CHAT_MODEL, StubChatModel
-from tests.fakes.slack import FakeSlack
-from tests.fakes.telegram import FakeTelegram
+from tests.abuse.feed import feed_messages
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -529,7 +530,13 @@ async def test_no_secret_in_the_logs_of_the_real_processes(tmp_path: Path) -> No
                 },
             ),
         ):
-            proc = Proc(name, args, clean_env(**node, **env), tmp_path)
+            proc = Proc(
+                name,
+                codex_hub_argv(*args),
+                env=clean_env(**node, **env),
+                cwd=tmp_path,
+                group=True,
+            )
             await proc.start()
             stack.push_async_callback(proc.stop)
             procs.append(proc)
@@ -539,14 +546,15 @@ async def test_no_secret_in_the_logs_of_the_real_processes(tmp_path: Path) -> No
         # A bridge whose token Telegram refuses stops and says why.
         refused = Proc(
             "telegram-refused",
-            ["bridge", "telegram"],
-            clean_env(
+            codex_hub_argv("bridge", "telegram"),
+            env=clean_env(
                 **node,
                 TELEGRAM_BOT_TOKEN=TELEGRAM_REFUSED,
                 TELEGRAM_API_BASE_URL=telegram.base_url,
                 TELEGRAM_ALLOWED_USERS="*",
             ),
-            tmp_path,
+            cwd=tmp_path,
+            group=True,
         )
         await refused.start()
         stack.push_async_callback(refused.stop)

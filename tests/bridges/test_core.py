@@ -26,8 +26,8 @@ from bridges.core import (
 )
 from bridges.settings import BridgeSettings
 from hub.appkeys import STORE
+from testkit.fakes.nodes import FakeExecutor
 from tests.conftest import NODE_TOKEN, outbox_drained, ws_url
-from tests.fakes.nodes import FakeExecutor
 
 ROOM = "lobby"
 

@@ -1,7 +1,7 @@
 """The app-server engine with the real `codex app-server` and the stub model.
 
 Every test marked `codex` runs the pinned native binary against
-tests/fakes/model_server.py, through the local transport and its run helper.
+testkit/fakes/model_server.py, through the local transport and its run helper.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from executor.factory import build_pipeline
 from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
 from executor.transport_ssh import SshTransport
-from tests.executor.test_engine_local import Recorder, processes_under
-from tests.fakes.model_server import STUB_USAGE, StubModelServer
-from tests.fakes.ssh_server import FakeSshServer
+from testkit.fakes.model_server import STUB_USAGE, StubModelServer
+from testkit.fakes.ssh_server import FakeSshServer
+from testkit.procs import processes_under
+from tests.executor.helpers import Recorder
 
 Settings = Callable[..., ExecutorSettings]
 MakeEngine = Callable[..., AppServerEngine]
@@ -108,7 +109,7 @@ async def test_a_run_answers_with_the_models_text_and_usage(
     assert "say hello" in request.text
     assert request.headers.get("originator") == "codex_hub"
     await engine.aclose()
-    assert processes_under(codex_home) == []
+    assert processes_under([codex_home]) == {}
 
 
 @pytest.mark.codex

@@ -23,7 +23,7 @@ from executor.pipeline import Decision, Job, Pipeline, Result
 from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
 from kernel.logs import redact
-from tests.fakes.chat_model import CHAT_API_KEY, CHAT_MODEL, StubChatModel, completion
+from testkit.fakes.chat_model import CHAT_API_KEY, CHAT_MODEL, StubChatModel, completion
 
 PROMPT = "open a PR in acme/api fixing issue #42 (see https://example.com/x)"
 OPTIMIZED = "In the repository acme/api, fix issue #42 and open a pull request."

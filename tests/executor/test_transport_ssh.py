@@ -1,20 +1,21 @@
-"""The SSH transport against a real SSH server on 127.0.0.1 (tests/fakes/ssh_server.py).
+"""What only the SSH transport does, against a real SSH server on 127.0.0.1
+(testkit/fakes/ssh_server.py): command quoting, settings, one reused connection, host
+keys, dropped connections, the remote helper's kill mode and error words.
 
 The server runs each command with /bin/sh on this machine, so the "remote" processes
 are visible in /proc: every test that stops a run checks that none of them is left.
-Tests marked `codex` run the real codex binary over SSH against the stub model.
+Tests marked `codex` run the real codex binary over SSH against the stub model. What
+every transport must do runs over SSH and locally in test_transport_contract.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shlex
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ import pytest
 
 from executor.engine import CodexEngine, RunRequest
 from executor.factory import ConfigError, build_pipeline
-from executor.run_io import STDERR_TAIL_BYTES
 from executor.settings import ExecutorSettings
 from executor.ssh_compat import asyncssh
 from executor.transport import SpawnError, TransportError
@@ -38,116 +38,23 @@ from executor.transport_ssh import (
     kill_command,
     run_command,
 )
-from tests.fakes.model_server import STUB_USAGE, StubModelServer
-from tests.fakes.ssh_server import FakeSshServer, SshKeys
+from testkit.fakes.model_server import StubModelServer
+from testkit.fakes.ssh_server import FakeSshServer, SshKeys
+from testkit.procs import processes_under
+from tests.executor.helpers import (
+    NASTY,
+    SPAWNER,
+    WAIT_S,
+    Recorder,
+    assert_no_process_left,
+    run_lines,
+    wait_no_process_left,
+)
 
 Settings = Callable[..., ExecutorSettings]
 
-#: The longest a test waits for something it expects to happen.
-WAIT_S = 20.0
-
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def processes_under(marker: Path) -> list[int]:
-    """Live pids (not zombies) whose cwd, command line or environment mentions `marker`."""
-    needle = os.fsencode(marker)
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                if fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                    continue
-            cwd = os.fsencode(os.readlink(f"/proc/{entry}/cwd"))
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read()
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                environ = fh.read()
-        except OSError:
-            continue  # gone meanwhile
-        if cwd.startswith(needle) or needle in cmdline or needle in environ:
-            found.append(int(entry))
-    return found
-
-
-def describe(pids: list[int]) -> dict[int, str]:
-    """The command lines of `pids`, for a failure message."""
-    described = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                described[pid] = fh.read().replace(b"\0", b" ").decode(errors="replace")[-300:]
-        except OSError as exc:
-            described[pid] = f"gone ({exc})"
-    return described
-
-
-def assert_no_process_left(marker: Path) -> None:
-    """Nothing this test started (codex, the helper, its commands) still runs."""
-    assert describe(processes_under(marker)) == {}
-
-
-async def wait_no_process_left(marker: Path) -> None:
-    """Wait (at most WAIT_S) until nothing started under `marker` runs any more."""
-    # Nothing to await for processes on the "remote" side: look at /proc every 20 ms.
-    deadline = time.monotonic() + WAIT_S
-    while processes_under(marker) and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
-    assert_no_process_left(marker)
-
-
-@contextlib.contextmanager
-def fifo_signal(path: Path) -> Iterator[asyncio.Event]:
-    """An Event set when something writes to the FIFO made at `path`."""
-    os.mkfifo(path)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_reader(fd, event.set)
-    try:
-        yield event
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
-class Recorder:
-    """Collects emitted events (or lines) and wakes waiters when one matches."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: Any) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    def codex_types(self) -> list[str]:
-        """The `type` of every codex event, in order."""
-        return [e["data"]["type"] for e in self.events if e["kind"] == "codex"]
-
-    async def wait_for(self, match: Callable[[Any], bool]) -> Any:
-        """The first event that satisfies `match`, waiting (at most WAIT_S) for it."""
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                for event in self.events:
-                    if match(event):
-                        return event
-                self._changed.clear()
-                await self._changed.wait()
-
-
-#: A child that leaves a grandchild in its group and a great-grandchild in a new session.
-SPAWNER = """
-import subprocess, sys, time
-subprocess.Popen(["sleep", "41"])
-subprocess.Popen([sys.executable, "-c", "import time; time.sleep(42)"], start_new_session=True)
-print("started", flush=True)
-time.sleep(float(sys.argv[1]))
-"""
 
 
 @pytest.fixture
@@ -167,37 +74,7 @@ async def ssh(ssh_executor_settings: Settings) -> AsyncIterator[SshTransport]:
         yield transport
 
 
-async def run_lines(
-    transport: SshTransport,
-    argv: list[str],
-    *,
-    env: dict[str, str] | None = None,
-    cwd: str | None = None,
-    timeout_s: float = 20.0,
-) -> tuple[list[str], Any]:
-    """Run `argv` over `transport`; its stdout lines and the ProcessResult."""
-    lines: list[str] = []
-    result = await transport.run(
-        argv, env_overrides=env or {}, cwd=cwd, on_stdout_line=lines.append, timeout_s=timeout_s
-    )
-    return lines, result
-
-
 # --- the command line, pure -------------------------------------------------------------
-
-NASTY = [
-    "it's",
-    'say "hi"',
-    "$(touch pwned)",
-    "`touch pwned`",
-    "a; touch pwned",
-    "*",
-    "-n",
-    "line one\nline two",
-    "",
-    "tab\tand \\ backslash",
-    "ünïcødé ✓",
-]
 
 
 def test_run_command_quotes_every_word() -> None:
@@ -342,86 +219,18 @@ async def test_factory_passes_the_remote_codex_bin(
         assert transport.codex_bin == "codex"
 
 
-# --- the transport on its own ------------------------------------------------------------
+# --- the SSH transport on its own --------------------------------------------------------
 
 
-async def test_words_env_and_cwd_arrive_intact(ssh: SshTransport, tmp_path: Path) -> None:
-    """argv, env values and the cwd reach the remote process exactly, and nothing runs twice."""
-    workdir = tmp_path / "it's a -dir"
-    workdir.mkdir()
-    script = (
-        "import json, os, sys; print(json.dumps([sys.argv[1:], os.environ['X_Y'], os.getcwd()]))"
-    )
-    value = "$HOME `id` 'q' \"d\"\nnext"
-    lines, result = await run_lines(
-        ssh, [sys.executable, "-c", script, *NASTY], env={"X_Y": value}, cwd=str(workdir)
-    )
-    assert result.exit_code == 0, result.stderr_tail
-    assert json.loads(lines[0]) == [NASTY, value, str(workdir)]
-    assert not (workdir / "pwned").exists()
-    assert not Path("pwned").exists()  # noqa: ASYNC240
-
-
-async def test_streams_long_lines_and_keeps_stderr_tail(ssh: SshTransport) -> None:
-    """Lines far beyond 64 KiB arrive whole; only the end of stderr is kept; the code too."""
-    script = (
-        "import sys\n"
-        "print('a' * 300_000)\n"
-        "print('short', flush=True)\n"
-        "sys.stderr.write('e' * 10_000 + 'THE END')\n"
-        "sys.exit(3)\n"
-    )
-    lines, result = await run_lines(ssh, [sys.executable, "-c", script])
-    assert lines == ["a" * 300_000, "short"]
-    assert result.exit_code == 3 and not result.timed_out
-    assert result.stderr_tail.endswith("THE END")
-    assert len(result.stderr_tail) == STDERR_TAIL_BYTES
-
-
-async def test_lines_stream_before_the_end(ssh: SshTransport, tmp_path: Path) -> None:
-    """A line arrives while the remote process still runs."""
-    gate = tmp_path / "gate.fifo"
-    os.mkfifo(gate)
-    lines = Recorder()
-    run = asyncio.create_task(
-        ssh.run(
-            ["sh", "-c", f"echo first; cat {gate}; echo second"],
-            env_overrides={},
-            cwd=None,
-            on_stdout_line=lines,
-            timeout_s=20,
-        )
-    )
-    await lines.wait_for(lambda line: line == "first")
-    assert not run.done()
-    await asyncio.to_thread(gate.write_text, "")
-    result = await run
-    assert result.exit_code == 0 and lines.events == ["first", "second"]
-
-
-async def test_remote_spawn_errors(ssh: SshTransport, tmp_path: Path) -> None:
-    """A missing executable or cwd on the host is a SpawnError, as locally."""
-    with pytest.raises(SpawnError, match="no such executable") as info:
+async def test_remote_spawn_errors_say_why(ssh: SshTransport, tmp_path: Path) -> None:
+    """The remote helper says what is missing on the host; a command longer than the
+    remote shell accepts is refused before it is sent."""
+    with pytest.raises(SpawnError, match="no such executable"):
         await run_lines(ssh, ["/nonexistent/codex", "exec"])
-    assert info.value.program == "/nonexistent/codex"
     with pytest.raises(SpawnError, match="no such directory"):
         await run_lines(ssh, ["true"], cwd=str(tmp_path / "missing"))
     with pytest.raises(SpawnError, match="remote shell accepts"):
         await run_lines(ssh, ["echo", "x" * MAX_COMMAND_BYTES])
-
-
-async def test_files(ssh: SshTransport) -> None:
-    """Temp dirs are made (0700) and removed remotely; text is read back; errors are OSError."""
-    directory = Path(await ssh.make_tempdir())
-    assert directory.name.startswith("codex-hub-")
-    assert directory.stat().st_mode & 0o777 == 0o700  # noqa: ASYNC240
-    (directory / "f.txt").write_bytes(b"caf\xc3\xa9 \xff")
-    assert await ssh.read_text(str(directory / "f.txt")) == "café \ufffd"
-    with pytest.raises(OSError, match="cannot read"):
-        await ssh.read_text(str(directory / "missing.txt"))
-    await ssh.remove_tree(str(directory))
-    assert not directory.exists()  # noqa: ASYNC240
-    await ssh.remove_tree(str(directory))
 
 
 async def test_temp_dirs_are_fresh_and_none_is_left_after_close(
@@ -448,64 +257,6 @@ async def test_connection_is_reused_by_sequential_and_concurrent_runs(
     results = await asyncio.gather(*(run_lines(ssh, ["echo", str(i)]) for i in range(4)))
     assert [lines for lines, _ in results] == [["0"], ["1"], ["2"], ["3"]]
     assert ssh_server.connections_made == 1 and ssh.connections_opened == 1
-
-
-async def test_timeout_kills_the_group_and_setsid_children(
-    ssh: SshTransport, tmp_path: Path
-) -> None:
-    """On timeout every remote descendant dies, also one that left the process group."""
-    started = time.monotonic()
-    _, result = await run_lines(
-        ssh, [sys.executable, "-c", SPAWNER, "60"], cwd=str(tmp_path), timeout_s=1.0
-    )
-    assert result.timed_out
-    assert time.monotonic() - started < 1.0 + 20.0  # long before the child's 60 s
-    assert_no_process_left(tmp_path)
-
-
-async def test_normal_exit_kills_leftovers(ssh: SshTransport, tmp_path: Path) -> None:
-    """A normal exit returns, and its clean-up kills what the child left, in any session."""
-    lines, result = await run_lines(ssh, [sys.executable, "-c", SPAWNER, "0"], cwd=str(tmp_path))
-    assert result.exit_code == 0 and not result.timed_out and lines == ["started"]
-    await ssh.settled()
-    assert_no_process_left(tmp_path)
-
-
-async def test_cancel_kills_and_reraises(ssh: SshTransport, tmp_path: Path) -> None:
-    """Cancelling the caller kills every remote process of the run, then re-raises."""
-    lines = Recorder()
-    run = asyncio.create_task(
-        ssh.run(
-            [sys.executable, "-c", SPAWNER, "60"],
-            env_overrides={},
-            cwd=str(tmp_path),
-            on_stdout_line=lines,
-            timeout_s=30,
-        )
-    )
-    await lines.wait_for(lambda line: line == "started")
-    assert processes_under(tmp_path), "the spawner should be running now"
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
-    assert_no_process_left(tmp_path)
-
-
-async def test_callback_error_kills_the_run(ssh: SshTransport, tmp_path: Path) -> None:
-    """If the line callback raises, the remote processes are killed and the error propagates."""
-
-    def explode(line: str) -> None:
-        raise RuntimeError("consumer broke")
-
-    with pytest.raises(RuntimeError, match="consumer broke"):
-        await ssh.run(
-            [sys.executable, "-c", SPAWNER, "60"],
-            env_overrides={},
-            cwd=str(tmp_path),
-            on_stdout_line=explode,
-            timeout_s=30,
-        )
-    assert_no_process_left(tmp_path)
 
 
 async def test_helper_kill_mode_terms_then_kills_every_tagged_group(
@@ -537,7 +288,7 @@ async def test_helper_kill_mode_terms_then_kills_every_tagged_group(
         async with asyncio.timeout(WAIT_S):
             while not ready.exists():  # noqa: ASYNC110 - another process's file
                 await asyncio.sleep(0.01)
-        assert len(processes_under(tmp_path)) >= 3
+        assert len(processes_under([tmp_path])) >= 3
         kill = ["/bin/sh", "-c", REMOTE_HELPER, "codex-hub", "kill", tag, str(tree.pid), "2000"]
         _, result = await run_lines(ssh, kill)
         assert result.exit_code == 0
@@ -692,115 +443,6 @@ def ssh_engine(
 
 
 @pytest.mark.codex
-async def test_codex_plain_answer_over_ssh(
-    ssh_engine: Callable[..., CodexEngine],
-    codex_home: Path,
-    model_server: StubModelServer,
-    ssh_server: FakeSshServer,
-    tmp_path: Path,
-    ssh: SshTransport,
-) -> None:
-    """codex run over SSH answers like a local one: answer, thread, usage, events."""
-    model_server.reply_text("Hello over SSH.\nSecond line.")
-    events = Recorder()
-    prompt = "it's a prompt with $(no expansion), `none` either; and * no glob"
-    outcome = await ssh_engine(codex_home=codex_home).run(RunRequest("r1", prompt), events)
-
-    assert outcome.status == "succeeded", outcome.error
-    assert outcome.answer == "Hello over SSH.\nSecond line."
-    assert outcome.thread_id and outcome.usage == STUB_USAGE
-    assert events.codex_types()[0] == "thread.started"
-    assert "turn.completed" in events.codex_types()
-    (request,) = model_server.requests
-    assert prompt in request.text
-    assert ssh_server.connections_made == 1
-    await ssh.settled()  # the remote reap follows the answer
-    assert_no_process_left(tmp_path)
-
-
-@pytest.mark.codex
-async def test_codex_events_stream_before_the_end(
-    ssh_engine: Callable[..., CodexEngine],
-    codex_home: Path,
-    model_server: StubModelServer,
-    tmp_path: Path,
-    ssh: SshTransport,
-) -> None:
-    """Events arrive while codex still works: a command codex runs is seen before it ends."""
-    gate = tmp_path / "work" / "go.fifo"
-    engine = ssh_engine(codex_home=codex_home)
-    model_server.reply_exec("echo ready > ready.fifo && cat go.fifo", then="All done.")
-    os.mkfifo(gate)
-    events = Recorder()
-    with fifo_signal(tmp_path / "work" / "ready.fifo") as command_started:
-        run = asyncio.create_task(engine.run(RunRequest("r1", "run it"), events))
-        async with asyncio.timeout(WAIT_S):
-            await command_started.wait()
-        await events.wait_for(
-            lambda e: (
-                e["kind"] == "codex"
-                and e["data"]["type"] == "item.started"
-                and e["data"]["item"]["type"] == "command_execution"
-            )
-        )
-        assert "thread.started" in events.codex_types()
-        assert not run.done()
-        async with asyncio.timeout(WAIT_S):
-            await asyncio.to_thread(gate.write_text, "go\n")
-        outcome = await run
-    assert outcome.status == "succeeded", outcome.error
-    assert outcome.answer == "All done."
-    await ssh.settled()  # the remote reap follows the answer
-    assert_no_process_left(tmp_path)
-
-
-@pytest.mark.codex
-async def test_codex_timeout_over_ssh_leaves_nothing(
-    ssh_engine: Callable[..., CodexEngine],
-    codex_home: Path,
-    unreachable_port: int,
-    tmp_path: Path,
-) -> None:
-    """codex hangs on a closed model port; the timeout kills it and all it started, remotely."""
-    engine = ssh_engine(
-        codex_home=codex_home,
-        exec_timeout_s=3.0,
-        codex_extra_args=(
-            f'-c model_providers.stub.base_url="http://127.0.0.1:{unreachable_port}/v1"'
-        ),
-    )
-    started = time.monotonic()
-    outcome = await engine.run(RunRequest("r1", "hi"), Recorder())
-
-    assert outcome.status == "timed_out"
-    assert outcome.error == {"code": "timeout", "message": "codex did not finish within 3 s"}
-    assert time.monotonic() - started < 3.0 + 20.0  # stopped, not hung (room for a slow box)
-    assert_no_process_left(tmp_path)
-
-
-@pytest.mark.codex
-async def test_codex_cancel_while_a_command_runs(
-    ssh_engine: Callable[..., CodexEngine],
-    codex_home: Path,
-    model_server: StubModelServer,
-    tmp_path: Path,
-) -> None:
-    """Cancelling kills remote codex and its sandboxed command (in its own session) too."""
-    model_server.reply_exec("echo ready > ready.fifo && exec sleep 45", then="never sent")
-    engine = ssh_engine(codex_home=codex_home)
-    with fifo_signal(tmp_path / "work" / "ready.fifo") as command_started:
-        run = asyncio.create_task(engine.run(RunRequest("r1", "wait"), Recorder()))
-        async with asyncio.timeout(WAIT_S):
-            await command_started.wait()
-    assert processes_under(tmp_path / "work"), "the command should be running now"
-
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
-    assert_no_process_left(tmp_path)
-
-
-@pytest.mark.codex
 async def test_codex_run_fails_when_the_connection_drops_and_the_next_succeeds(
     ssh_engine: Callable[..., CodexEngine],
     codex_home: Path,
@@ -826,34 +468,6 @@ async def test_codex_run_fails_when_the_connection_drops_and_the_next_succeeds(
     assert outcome.status == "succeeded", outcome.error
     assert outcome.answer == "Back again."
     assert ssh_server.connections_made == 2
-
-
-@pytest.mark.codex
-async def test_codex_not_logged_in_over_ssh(
-    ssh_engine: Callable[..., CodexEngine],
-    codex_home_logged_out: Path,
-    model_server: StubModelServer,
-) -> None:
-    """`codex login status` runs remotely with CODEX_HOME; logged out fails the run."""
-    outcome = await ssh_engine(codex_home=codex_home_logged_out).run(
-        RunRequest("r1", "hi"), Recorder()
-    )
-    assert outcome.status == "failed"
-    assert outcome.error is not None and outcome.error["code"] == "codex_not_logged_in"
-    assert model_server.requests == []
-
-
-async def test_missing_remote_codex_is_codex_not_found(
-    ssh_executor_settings: Settings, ssh: SshTransport
-) -> None:
-    """A CODEX_BIN missing on the host fails the run with codex_not_found."""
-    settings = ssh_executor_settings(codex_bin="/nonexistent/codex")
-    outcome = await CodexEngine(settings, ssh, codex_bin=settings.codex_bin).run(
-        RunRequest("r1", "hi"), Recorder()
-    )
-    assert outcome.status == "failed"
-    assert outcome.error is not None and outcome.error["code"] == "codex_not_found"
-    assert "/nonexistent/codex" in outcome.error["message"]
 
 
 @pytest.mark.codex
@@ -915,13 +529,13 @@ async def test_cli_exec_over_ssh(
     assert_no_process_left(tmp_path)
 
 
-async def test_bytes_are_written_remotely_private_and_whole(ssh: SshTransport) -> None:
-    """write_bytes puts a file (an output schema, an image) in a remote temp dir, mode 0600."""
+async def test_remote_bytes_are_private_and_a_failure_says_cannot_write(
+    ssh: SshTransport,
+) -> None:
+    """write_bytes makes the remote file with mode 0600, and a failed write says so."""
     directory = Path(await ssh.make_tempdir())
-    data = bytes(range(256)) * 4000
-    await ssh.write_bytes(str(directory / "image-0.png"), data)
     written = directory / "image-0.png"
-    assert written.read_bytes() == data
+    await ssh.write_bytes(str(written), b"secret-ish")
     assert written.stat().st_mode & 0o777 == 0o600
     with pytest.raises(OSError, match="cannot write"):
         await ssh.write_bytes(str(directory / "missing" / "x.json"), b"{}")

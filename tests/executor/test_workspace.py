@@ -20,7 +20,7 @@ from executor.settings import ExecutorSettings
 from executor.transport_local import LocalTransport
 from executor.transport_ssh import SshTransport
 from executor.workspace import Workspaces
-from tests.fakes.git_server import FakeForge, GitHttpServer, git
+from testkit.fakes.git_server import FakeForge, GitHttpServer, git
 
 
 class EditingEngine:

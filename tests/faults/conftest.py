@@ -1,7 +1,7 @@
 """Fixtures of the fault tests: real codex-hub processes, a keyed stub model, gates.
 
 ``stack`` is the product as processes (tests/faults/stack.py) on the fake Telegram and
-Slack of tests/fakes; its processes are SIGKILLed when the test ends, and the test
+Slack of testkit/fakes; its processes are SIGKILLed when the test ends, and the test
 fails in teardown if anything they started (codex, its commands) outlived them. When a
 test fails, the end of every process's log is added to its report.
 """
@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from testkit.fakes.model_server import make_codex_home
+from testkit.fakes.slack import FakeSlack
+from testkit.fakes.telegram import FakeTelegram
+from testkit.procs import Procs
 from tests.conftest import NODE_TOKEN
-from tests.fakes.model_server import make_codex_home
-from tests.fakes.slack import FakeSlack
-from tests.fakes.telegram import FakeTelegram
 from tests.faults.model import KeyedModel
-from tests.faults.procs import Procs
 from tests.faults.stack import Stack
 
 _PROCS = pytest.StashKey[Procs]()

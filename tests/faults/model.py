@@ -1,6 +1,6 @@
 """A stub model for runs that overlap, and gates that hold codex in the middle of a run.
 
-tests/fakes/model_server.py answers requests in arrival order, which cannot tell two
+testkit/fakes/model_server.py answers requests in arrival order, which cannot tell two
 runs apart once they run side by side. :class:`KeyedModel` answers each request from
 the script of the key its conversation contains (a key is a word in the user's
 prompt, unique to one run), so several codex processes can be at different steps at
@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.model_server import (
+from testkit.fakes.model_server import (
     STUB_USAGE,
     RecordedRequest,
     error_response,

@@ -3,9 +3,9 @@
 :class:`Stack` starts ``codex-hub serve`` on a fixed free port with its store in the
 test's tmp_path, ``codex-hub executor`` nodes (the real codex with a stub model, or
 the dry-run engine) and ``codex-hub bridge telegram|slack`` nodes talking to the fake
-platforms of tests/fakes, all configured through their environment. Each ``start_*``
+platforms of testkit/fakes, all configured through their environment. Each ``start_*``
 returns once the hub has registered the process, which it says in its log; the test
-then kills and restarts them at will (:class:`tests.faults.procs.Proc`). :class:`HubApi`
+then kills and restarts them at will (:class:`testkit.procs.Proc`). :class:`HubApi`
 reads the hub's HTTP API.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import aiohttp
 
+from testkit.fakes.slack import FakeSlack, SlackMessage
+from testkit.fakes.telegram import Call, FakeTelegram
+from testkit.procs import WAIT_S, Proc, Procs
 from tests.conftest import free_port, node_token
-from tests.fakes.slack import FakeSlack, SlackMessage
-from tests.fakes.telegram import Call, FakeTelegram
-from tests.faults.procs import WAIT_S, Proc, Procs
 
 #: Settings of every hub here: replies re-sent every half second; executors that
 #: vanish keep their runs for 15 s (tests of a lost executor shorten it); the API needs

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.slack import SlackCall
+from testkit.fakes.slack import SlackCall
 from tests.faults.model import Gate, KeyedModel, new_key
 from tests.faults.stack import Stack
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.procs import LEFTOVER_S, Proc, processes_under, wait_until_gone
 from tests.faults.model import Gate, KeyedModel, new_key
-from tests.faults.procs import LEFTOVER_S, Proc, processes_under, wait_until_gone
 from tests.faults.stack import Stack
 
 CHAT = 4201
@@ -54,24 +54,15 @@ asyncio.run(main())
 
 async def kill_transport_mid_run(tmp_path: Path, mode: str) -> dict[int, str]:
     """SIGKILL a process whose local transport runs a tree; what is left after LEFTOVER_S."""
-    runner = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _RUNNER,
-        mode,
-        _SPAWNER,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
+    runner = Proc(
+        "runner", [sys.executable, "-c", _RUNNER, mode, _SPAWNER], env=os.environ, cwd=tmp_path
     )
+    await runner.start()
     try:
-        assert runner.stdout is not None
-        async with asyncio.timeout(20):
-            assert await runner.stdout.readline() == b"started\n"
+        await runner.wait_for(r"^started$", timeout=20)
         assert len(processes_under([tmp_path], exclude=[runner.pid])) >= 3
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            runner.send_signal(signal.SIGKILL)
-        await runner.wait()
+        await runner.kill()
     # Without the helper nothing is left that could reap them: no point in waiting.
     return await wait_until_gone([tmp_path], timeout=LEFTOVER_S if mode == "helper" else 0)
 

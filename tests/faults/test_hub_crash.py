@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.telegram import Call
+from testkit.fakes.telegram import Call
+from testkit.procs import Proc
 from tests.faults.model import Gate, KeyedModel, new_key
-from tests.faults.procs import Proc
 from tests.faults.stack import Stack
 
 pytestmark = pytest.mark.codex

@@ -11,8 +11,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from hub.appkeys import ROUTER
+from testkit.fakes.nodes import bridge_hello, executor_hello
 from tests.conftest import NODE_TOKEN, ws_url
-from tests.fakes.nodes import bridge_hello, executor_hello
 from wire import BATCH_MAX_FRAMES, PROTOCOL_VERSION, batch_messages
 
 # --- the writer's batching -----------------------------------------------------------

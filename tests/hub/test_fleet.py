@@ -14,8 +14,8 @@ from websockets.exceptions import ConnectionClosed
 
 from executor.codex import TESTED_CODEX_VERSION
 from hub.appkeys import ROUTER
+from testkit.fakes.nodes import executor_hello
 from tests.conftest import NODE_TOKEN, node_token, ws_url
-from tests.fakes.nodes import executor_hello
 from wire import CLOSE_BAD_HELLO
 
 

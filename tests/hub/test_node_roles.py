@@ -13,8 +13,8 @@ from websockets.exceptions import ConnectionClosed
 from hub.app import HubServer
 from hub.appkeys import ROUTER, STORE
 from kernel.credentials import credential_role, derive
+from testkit.fakes.nodes import FakeExecutor, FakeNode, bridge_hello, executor_hello
 from tests.conftest import NODE_TOKEN, node_token, outbox_drained, ws_url
-from tests.fakes.nodes import FakeExecutor, FakeNode, bridge_hello, executor_hello
 from tests.hub.test_outbox import submit
 from tests.hub.test_router import post_chat, until
 from wire import CLOSE_FORBIDDEN, CLOSE_NODE_ID_TAKEN

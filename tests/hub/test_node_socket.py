@@ -9,8 +9,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from testkit.fakes.nodes import FakeNode, executor_hello
 from tests.conftest import NODE_TOKEN, ws_url
-from tests.fakes.nodes import FakeNode, executor_hello
 from wire import CLOSE_BAD_HELLO, CLOSE_UNAUTHORIZED
 
 

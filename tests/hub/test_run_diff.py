@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from hub.settings import HubSettings
+from testkit.fakes.nodes import FakeExecutor, executor_hello
 from tests.conftest import NODE_TOKEN, ws_url
-from tests.fakes.nodes import FakeExecutor, executor_hello
 
 KEY_A = "workspace-key-a-0123456789abcdef"
 KEY_B = "workspace-key-b-0123456789abcdef"

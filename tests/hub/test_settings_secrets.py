@@ -58,7 +58,13 @@ def test_every_secret_field_gets_a_file_variant_even_one_added_later(
     monkeypatch.setenv("LATER_SERVICE_SECRET_FILE", str(tmp_path / "later"))
     assert LaterSettings(_env_file=None).later_secret.get_secret_value() == "later-0a1b2c3d4e5f6a7b"  # type: ignore[call-arg]
     assert {"LATER_SERVICE_SECRET", "LATER_SERVICE_SECRET_FILE"} <= secret_env_names()
-    for name in ("HUB_TOKEN", "HUB_API_KEYS", "HUB_OPERATOR_KEYS", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"):
+    for name in (
+        "HUB_TOKEN",
+        "HUB_API_KEYS",
+        "HUB_OPERATOR_KEYS",
+        "SLACK_BOT_TOKEN",
+        "SLACK_APP_TOKEN",
+    ):
         assert f"{name}_FILE" in secret_env_names()
     assert {"TELEGRAM_BOT_TOKEN_FILE", "OPENAI_API_KEY_FILE"} <= secret_env_names()
     assert "HUB_DB_FILE" not in secret_env_names()

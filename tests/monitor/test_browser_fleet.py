@@ -15,7 +15,7 @@ from playwright.async_api import Browser, Page, expect
 
 from hub.app import HubServer
 from kernel.credentials import derive
-from tests.fakes.nodes import FakeExecutor, executor_hello
+from testkit.fakes.nodes import FakeExecutor, executor_hello
 from tests.monitor import test_browser
 from tests.monitor.conftest import API_KEY, NODE_TOKEN, SCREENSHOTS, make_settings, node_url
 from tests.monitor.test_api_settings import distinct_secrets, leaked

@@ -23,8 +23,8 @@ from bridges.slack.convert import MESSAGE_LIMIT, OPEN_PR_ACTION, REPLY_EVENT_TYP
 from bridges.slack.settings import SlackSettings
 from hub.app import HubServer
 from hub.appkeys import STORE
+from testkit.fakes.slack import APP_TOKEN, BOT_TOKEN, FakeSlack, SlackMessage
 from tests.conftest import NODE_TOKEN, ws_url
-from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, FakeSlack, SlackMessage
 
 CHANNEL = "C0DEV"
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.model_server import StubModelServer
-from tests.fakes.slack import FakeSlack
+from testkit.fakes.model_server import StubModelServer
+from testkit.fakes.slack import FakeSlack
 
 
 @pytest.mark.codex

@@ -6,8 +6,8 @@ from typing import Any
 
 from hub.app import HubServer
 from hub.appkeys import STORE
+from testkit.fakes.slack import FakeSlack
 from tests.bridges.slack.test_bridge import CHANNEL, answers, wait_reactions
-from tests.fakes.slack import FakeSlack
 
 
 def is_kept_note(message: Any) -> bool:

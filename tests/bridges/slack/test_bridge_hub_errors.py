@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.slack import FakeSlack
+from testkit.fakes.slack import FakeSlack
 
 
 @pytest.fixture

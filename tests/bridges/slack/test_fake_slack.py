@@ -19,7 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bridges.slack.convert import is_user_message, strip_mention
 from bridges.slack.settings import SlackSettings
-from tests.fakes.slack import APP_TOKEN, BOT_TOKEN, BOT_USER_ID, FakeSlack
+from testkit.fakes.slack import APP_TOKEN, BOT_TOKEN, BOT_USER_ID, FakeSlack
 
 
 def make_app(fake: FakeSlack, **client_kwargs: Any) -> AsyncApp:

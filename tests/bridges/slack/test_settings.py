@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from bridges.slack.settings import SlackSettings
-from tests.fakes.slack import APP_TOKEN, BOT_TOKEN
+from testkit.fakes.slack import APP_TOKEN, BOT_TOKEN
 
 SLACK_VARS = (
     "SLACK_BOT_TOKEN",

@@ -24,10 +24,10 @@ from bridges.telegram.convert import MESSAGE_LIMIT, NEW_SESSION_TEXT, utf16_len
 from bridges.telegram.settings import TelegramSettings
 from hub.appkeys import ROUTER, STORE
 from kernel import logs
+from testkit.fakes.model_server import StubModelServer
+from testkit.fakes.nodes import FakeExecutor
+from testkit.fakes.telegram import FAKE_BOT_USERNAME, Call, FakeTelegram, Pushed
 from tests.conftest import NODE_TOKEN, outbox_drained, ws_url
-from tests.fakes.model_server import StubModelServer
-from tests.fakes.nodes import FakeExecutor
-from tests.fakes.telegram import FAKE_BOT_USERNAME, Call, FakeTelegram, Pushed
 
 USER = 4242
 OTHER = 5151

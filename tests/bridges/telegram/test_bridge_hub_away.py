@@ -6,6 +6,7 @@ from typing import Any
 
 from hub.app import HubServer
 from hub.appkeys import STORE
+from testkit.fakes.telegram import FakeTelegram
 from tests.bridges.telegram.test_bridge import (
     USER,
     Settings,
@@ -14,7 +15,6 @@ from tests.bridges.telegram.test_bridge import (
     reply,
     running,
 )
-from tests.fakes.telegram import FakeTelegram
 
 __all__ = ["make_settings"]  # a fixture of test_bridge, used here too
 

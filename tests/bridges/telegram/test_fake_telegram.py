@@ -16,7 +16,7 @@ from telegram.error import BadRequest, Conflict, InvalidToken
 from telegram.ext import AIORateLimiter, Application, ContextTypes, MessageHandler, filters
 
 from bridges.telegram.convert import BOT_COMMANDS, render_message, should_handle
-from tests.fakes.telegram import (
+from testkit.fakes.telegram import (
     CONFLICT,
     FAKE_BOT_ID,
     FAKE_BOT_USERNAME,

@@ -263,7 +263,7 @@ def ssh_settings(ssh_server: FakeSshServer) -> dict[str, Any]:
 async def serve(directory: Path) -> None:
     """Make keys in `directory`, print the port once listening, serve until SIGTERM.
 
-    ``python -m tests.fakes.ssh_server DIR``: the benchmark runs the server in a process
+    ``python -m testkit.fakes.ssh_server DIR``: the benchmark runs the server in a process
     of its own, as sshd would be, so it does not share the client's event loop.
     """
     keys = make_keys(directory)
