@@ -47,6 +47,7 @@ from wire import (
     StatusRefFrame,
     SubmitFrame,
     SubmittedFrame,
+    dump,
 )
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class HubError(Exception):
 class _Kept:
     """A submit kept while the hub is away, and the caller waiting for its answer."""
 
-    frame: SubmitFrame
+    frame: SubmitFrame | Frame
     kept_at: float
     answer: asyncio.Future[FrameModel] = field(repr=False)
     #: When the request was made, among all submits of this link: the queue's order.
@@ -102,9 +103,14 @@ def _retrieve(answer: asyncio.Future[FrameModel]) -> None:
         answer.exception()
 
 
-def _submitted(reply: FrameModel) -> Submitted:
+def _submitted(reply: FrameModel | Frame) -> Submitted:
     if not isinstance(reply, SubmittedFrame):
-        raise HubError(ErrorCode.BAD_FRAME, f"the hub answered a submit with {reply.dump()!r}")
+        try:
+            reply = SubmittedFrame.model_validate(dump(reply))
+        except ValueError as exc:
+            raise HubError(
+                ErrorCode.BAD_FRAME, f"the hub answered a submit with {reply!r}"
+            ) from exc
     return Submitted(run_id=reply.run_id, position=reply.position, duplicate=reply.duplicate)
 
 
@@ -201,7 +207,7 @@ class HubLink:
 
     # requests
 
-    async def _request(self, frame: FrameModel) -> FrameModel:
+    async def _request(self, frame: FrameModel | Frame) -> FrameModel:
         try:
             reply: FrameModel = await self.client.request(frame, timeout=self._timeout)
         except (TimeoutError, NotConnected) as exc:
@@ -263,8 +269,9 @@ class HubLink:
         return len(self._pending)
 
     async def _keep(
-        self, frame: SubmitFrame, seq: int, on_kept: Callable[[], Awaitable[None]] | None
-    ) -> FrameModel:
+        self, frame: SubmitFrame | Frame, seq: int, on_kept: Callable[[], Awaitable[None]] | None
+    ) -> Frame:
+        """Keep ``frame`` until the hub is back and took it; its answer, as a dict."""
         self._expire()
         if len(self._pending) >= self.pending_max:
             log.warning(
@@ -299,7 +306,7 @@ class HubLink:
                 await on_kept()
             except Exception:  # telling the user is best effort; the request stays kept
                 log.warning("%s bridge: could not say a request is kept", self.platform)
-        return await asyncio.shield(kept.answer)
+        return (await asyncio.shield(kept.answer)).dump()
 
     def _expire(self) -> None:
         """Give up the kept requests older than ``pending_max_age_s`` (the oldest first)."""

@@ -3,7 +3,17 @@ the codes and the constants both sides must agree on, and the codec. Free of I/O
 process imports it as ``from wire import ...`` (the modules behind it may move).
 """
 
-from wire.codec import Decoded, Role, Sender, batch, decode, decode_objects, encode, encode_frame
+from wire.codec import (
+    Decoded,
+    Role,
+    Sender,
+    batch,
+    decode,
+    decode_objects,
+    dump,
+    encode,
+    encode_frame,
+)
 from wire.codes import (
     BATCH_MAX_BYTES,
     BATCH_MAX_FRAMES,
@@ -157,6 +167,7 @@ __all__ = [
     "batch",
     "decode",
     "decode_objects",
+    "dump",
     "encode",
     "encode_frame",
     "error_frame",
