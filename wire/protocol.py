@@ -107,6 +107,19 @@ Bridge <-> hub
 Both ways: ``error`` {"code", "message", "req_id"?} reports a frame the peer could not
 use; it never closes the connection by itself. A message nested deeper than 200 levels
 is such a frame, refused before it is walked. Liveness is websocket ping/pong.
+
+In code
+-------
+Every frame, both ways, is a model below (hub -> node: :class:`WelcomeFrame`,
+:class:`AssignFrame`, :class:`RunCancelFrame`, :class:`ResultAckFrame`,
+:class:`SubmittedFrame`, :class:`CancelledFrame`, :class:`OkFrame`, :class:`SessionFrame`,
+:class:`ProgressFrame`, :class:`DeliverFrame`, :class:`ErrorFrame`), grouped per
+direction and role in a discriminated union (:data:`ExecutorFrame`, :data:`BridgeFrame`,
+:data:`ToExecutorFrame`, :data:`ToBridgeFrame`). A model's ``dump()`` is the JSON object
+sent: its ``type`` and the fields its builder gave (an optional field left out stays
+out). Error codes, close codes and the constants both ends share are in
+:mod:`wire.codes`; :mod:`wire.codec` turns frames into messages and back. Add a frame
+here, in its union, and in :data:`FRAME_MODELS`: the codec and its tests take it up.
 """
 
 from __future__ import annotations
