@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from kernel import logs
 from hub.settings import HubSettings
+from kernel import logs
 from kernel.settings import NodeSettings
 
 log = logging.getLogger("hub.test_logs")

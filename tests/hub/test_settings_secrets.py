@@ -15,8 +15,8 @@ from bridges.slack.settings import SlackSettings
 from bridges.telegram.settings import TelegramSettings
 from executor.codex import codex_environment
 from executor.settings import ExecutorSettings
-from kernel import settings as hub_settings
 from hub.settings import HubSettings
+from kernel import settings as hub_settings
 from kernel.settings import (
     BASE_CONFIG,
     NodeSettings,

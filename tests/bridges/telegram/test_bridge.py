@@ -22,8 +22,8 @@ from bridges.telegram import bridge as bridge_module
 from bridges.telegram.bridge import State, TelegramBridge, TokenRefused
 from bridges.telegram.convert import MESSAGE_LIMIT, NEW_SESSION_TEXT, utf16_len
 from bridges.telegram.settings import TelegramSettings
-from kernel import logs
 from hub.appkeys import ROUTER, STORE
+from kernel import logs
 from tests.conftest import NODE_TOKEN, outbox_drained, ws_url
 from tests.fakes.model_server import StubModelServer
 from tests.fakes.nodes import FakeExecutor
