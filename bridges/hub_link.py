@@ -32,9 +32,28 @@ from typing import Any
 from kernel.credentials import node_token
 from kernel.node_client import NodeClient, NotConnected
 from kernel.settings import NodeSettings
+from wire import (
+    AckFrame,
+    CancelFrame,
+    CancelledFrame,
+    DeliverFrame,
+    ErrorCode,
+    ErrorFrame,
+    FrameModel,
+    Hello,
+    ProgressFrame,
+    ResetSessionFrame,
+    SessionStatusFrame,
+    StatusRefFrame,
+    SubmitFrame,
+    SubmittedFrame,
+    dump,
+)
 
 log = logging.getLogger(__name__)
 
+#: A frame as the bridge gets it (``deliver``, ``progress``, a session's status): the
+#: frame of :mod:`wire`, dumped as it came on the wire.
 Frame = dict[str, Any]
 
 #: Status message refs kept for re-sending after a reconnect (the newest runs').
@@ -45,7 +64,7 @@ _STATUS_REF_REQ = "status_ref:"
 PENDING_MAX = 100
 PENDING_MAX_AGE_S = 600.0
 #: Refusals that mean "the hub is away for now": the request is kept and sent later.
-_HUB_AWAY = frozenset({"hub_unreachable", "hub_closing"})
+_HUB_AWAY = frozenset({ErrorCode.HUB_UNREACHABLE, ErrorCode.HUB_CLOSING})
 #: A kept request the hub turned away again is sent again after this, then ever later.
 KEPT_RETRY_MIN_S = 0.2
 KEPT_RETRY_MAX_S = 5.0
@@ -63,9 +82,9 @@ class HubError(Exception):
 class _Kept:
     """A submit kept while the hub is away, and the caller waiting for its answer."""
 
-    frame: Frame
+    frame: SubmitFrame | Frame
     kept_at: float
-    answer: asyncio.Future[Frame] = field(repr=False)
+    answer: asyncio.Future[FrameModel] = field(repr=False)
     #: When the request was made, among all submits of this link: the queue's order.
     seq: int = 0
 
@@ -79,17 +98,20 @@ class Submitted:
     duplicate: bool = False
 
 
-def _retrieve(answer: asyncio.Future[Frame]) -> None:
+def _retrieve(answer: asyncio.Future[FrameModel]) -> None:
     if not answer.cancelled():
         answer.exception()
 
 
-def _submitted(reply: Frame) -> Submitted:
-    return Submitted(
-        run_id=str(reply["run_id"]),
-        position=int(reply.get("position") or 0),
-        duplicate=bool(reply.get("duplicate")),
-    )
+def _submitted(reply: FrameModel | Frame) -> Submitted:
+    if not isinstance(reply, SubmittedFrame):
+        try:
+            reply = SubmittedFrame.model_validate(dump(reply))
+        except ValueError as exc:
+            raise HubError(
+                ErrorCode.BAD_FRAME, f"the hub answered a submit with {reply!r}"
+            ) from exc
+    return Submitted(run_id=reply.run_id, position=reply.position, duplicate=reply.duplicate)
 
 
 class HubLink:
@@ -132,19 +154,20 @@ class HubLink:
             on_frame=self._on_frame,
             on_connect=self._on_connect,
             name=f"{platform} bridge",
+            role="bridge",
         )
 
-    def _hello(self) -> Frame:
-        return {
-            "type": "hello",
-            "role": "bridge",
-            "token": node_token(
+    def _hello(self) -> Hello:
+        return Hello(
+            type="hello",
+            role="bridge",
+            token=node_token(
                 self.settings.hub_token.get_secret_value(), self.settings.hub_db, self.platform
             ),
-            "node_id": self.node_id,
-            "name": self.node_id,
-            "platform": self.platform,
-        }
+            node_id=self.node_id,
+            name=self.node_id,
+            platform=self.platform,
+        )
 
     async def start(self) -> None:
         """Connect in the background (reconnecting with backoff)."""
@@ -162,7 +185,9 @@ class HubLink:
             kept = self._pending.popleft()
             if not kept.answer.done():
                 kept.answer.set_exception(
-                    HubError("bridge_stopping", "the bridge stopped before the hub was back")
+                    HubError(
+                        ErrorCode.BRIDGE_STOPPING, "the bridge stopped before the hub was back"
+                    )
                 )
 
     async def close(self) -> None:
@@ -182,13 +207,13 @@ class HubLink:
 
     # requests
 
-    async def _request(self, frame: Frame) -> Frame:
+    async def _request(self, frame: FrameModel | Frame) -> FrameModel:
         try:
-            reply = await self.client.request(frame, timeout=self._timeout)
+            reply: FrameModel = await self.client.request(frame, timeout=self._timeout)
         except (TimeoutError, NotConnected) as exc:
-            raise HubError("hub_unreachable", f"the hub is not reachable: {exc}") from exc
-        if reply.get("type") == "error":
-            raise HubError(str(reply.get("code")), str(reply.get("message")))
+            raise HubError(ErrorCode.HUB_UNREACHABLE, f"the hub is not reachable: {exc}") from exc
+        if isinstance(reply, ErrorFrame):
+            raise HubError(reply.code, reply.message)
         return reply
 
     async def submit(
@@ -209,15 +234,18 @@ class HubLink:
         the request is kept (``on_kept`` is awaited then, once) and this returns when
         the hub took it; see the module docstring for the bounds.
         """
-        frame = {
-            "type": "submit",
+        # Not validated here: the hub checks it, and its refusal (a prompt with a NUL
+        # character: bad_frame) is what the user is shown.
+        fields: dict[str, Any] = {
             "prompt": prompt,
             "session_key": session_key,
             "origin": origin,
             "optimize": optimize,
             "dedupe_key": dedupe_key,
-            **({"attachments": attachments} if attachments else {}),
         }
+        if attachments:
+            fields["attachments"] = attachments
+        frame = SubmitFrame.model_construct(**fields)
         seq = next(self._submits)
         if not self._pending and self.client.is_connected:
             try:
@@ -241,8 +269,9 @@ class HubLink:
         return len(self._pending)
 
     async def _keep(
-        self, frame: Frame, seq: int, on_kept: Callable[[], Awaitable[None]] | None
+        self, frame: SubmitFrame | Frame, seq: int, on_kept: Callable[[], Awaitable[None]] | None
     ) -> Frame:
+        """Keep ``frame`` until the hub is back and took it; its answer, as a dict."""
         self._expire()
         if len(self._pending) >= self.pending_max:
             log.warning(
@@ -251,7 +280,7 @@ class HubLink:
                 len(self._pending),
             )
             raise HubError(
-                "pending_full",
+                ErrorCode.PENDING_FULL,
                 f"the hub is not reachable and {len(self._pending)} requests already wait for it",
             )
         kept = _Kept(frame, time.monotonic(), asyncio.get_running_loop().create_future(), seq)
@@ -277,7 +306,7 @@ class HubLink:
                 await on_kept()
             except Exception:  # telling the user is best effort; the request stays kept
                 log.warning("%s bridge: could not say a request is kept", self.platform)
-        return await asyncio.shield(kept.answer)
+        return (await asyncio.shield(kept.answer)).dump()
 
     def _expire(self) -> None:
         """Give up the kept requests older than ``pending_max_age_s`` (the oldest first)."""
@@ -293,7 +322,7 @@ class HubLink:
             if not kept.answer.done():
                 kept.answer.set_exception(
                     HubError(
-                        "pending_expired",
+                        ErrorCode.PENDING_EXPIRED,
                         f"the hub was not back within {self.pending_max_age_s:g} s",
                     )
                 )
@@ -313,6 +342,7 @@ class HubLink:
             except TimeoutError:
                 continue  # the head is too old now: expired at the top of the loop
             self._sending = head
+            reply: FrameModel
             try:
                 reply = await self._request(head.frame)
             except HubError as exc:
@@ -322,20 +352,18 @@ class HubLink:
                     await asyncio.sleep(backoff)
                     backoff = min(KEPT_RETRY_MAX_S, backoff * 2)
                     continue
-                reply = {"type": "error", "code": exc.code, "message": str(exc)}
+                reply = ErrorFrame(code=exc.code, message=str(exc))
             except Exception as exc:  # never leave a caller waiting for ever
                 log.exception("%s bridge: sending a kept request failed", self.platform)
-                reply = {"type": "error", "code": "internal_error", "message": str(exc)}
+                reply = ErrorFrame(code=ErrorCode.INTERNAL_ERROR, message=str(exc))
             finally:
                 self._sending = None
             backoff = KEPT_RETRY_MIN_S
             if self._pending and self._pending[0] is head:
                 self._pending.popleft()
             if not head.answer.done():
-                if reply.get("type") == "error":
-                    head.answer.set_exception(
-                        HubError(str(reply.get("code")), str(reply.get("message")))
-                    )
+                if isinstance(reply, ErrorFrame):
+                    head.answer.set_exception(HubError(reply.code, reply.message))
                 else:
                     head.answer.set_result(reply)
 
@@ -343,18 +371,17 @@ class HubLink:
         self, *, session_key: str | None = None, run_id: str | None = None
     ) -> list[str]:
         """Cancel a run, or the active run of a session; returns what was cancelled."""
-        reply = await self._request(
-            {"type": "cancel", "session_key": session_key, "run_id": run_id}
-        )
-        return [str(r) for r in reply.get("run_ids", [])]
+        reply = await self._request(CancelFrame(session_key=session_key, run_id=run_id))
+        return list(reply.run_ids) if isinstance(reply, CancelledFrame) else []
 
     async def reset_session(self, session_key: str) -> None:
         """Make the session's next run start a fresh codex conversation."""
-        await self._request({"type": "reset_session", "session_key": session_key})
+        await self._request(ResetSessionFrame(session_key=session_key))
 
     async def session_status(self, session_key: str) -> Frame:
         """``{"active": run | None, "queued": [run, ...]}`` for a session."""
-        return await self._request({"type": "session_status", "session_key": session_key})
+        reply = await self._request(SessionStatusFrame(session_key=session_key))
+        return reply.dump()
 
     def status_ref(self, run_id: str, ref: str) -> None:
         """Tell the hub where a run's status message is; never waits, never raises.
@@ -371,12 +398,10 @@ class HubLink:
         self._send_status_ref(run_id, ref)
 
     def _send_status_ref(self, run_id: str, ref: str) -> None:
-        frame = {
-            "type": "status_ref",
-            "req_id": f"{_STATUS_REF_REQ}{run_id}",
-            "run_id": run_id,
-            "ref": ref,
-        }
+        # Not validated here: the hub checks it (and answers a bad one with an error).
+        frame = StatusRefFrame.model_construct(
+            req_id=f"{_STATUS_REF_REQ}{run_id}", run_id=run_id, ref=ref
+        )
         try:
             self.client.send(frame)
         except Exception:  # best effort: the reply never depends on it
@@ -388,31 +413,30 @@ class HubLink:
 
     # frames from the hub
 
-    async def _on_frame(self, frame: Frame) -> None:
-        kind = frame.get("type")
-        if kind == "deliver":
+    async def _on_frame(self, frame: FrameModel) -> None:
+        if isinstance(frame, DeliverFrame):
             await self._deliver(frame)
-        elif kind == "progress" and self._on_progress is not None:
-            await self._on_progress(frame)
-        elif kind == "error":
-            req_id = str(frame.get("req_id") or "")
+        elif isinstance(frame, ProgressFrame) and self._on_progress is not None:
+            await self._on_progress(frame.dump())
+        elif isinstance(frame, ErrorFrame):
+            req_id = frame.req_id or ""
             if req_id.startswith(_STATUS_REF_REQ):
                 # The run is over and answered (or unknown): nothing left to tell.
                 self._status_refs.pop(req_id.removeprefix(_STATUS_REF_REQ), None)
-                log.info("%s bridge: status ref not kept: %s", self.platform, frame.get("message"))
+                log.info("%s bridge: status ref not kept: %s", self.platform, frame.message)
             else:
-                log.warning("%s bridge: hub reported %s", self.platform, frame.get("message"))
+                log.warning("%s bridge: hub reported %s", self.platform, frame.message)
 
-    async def _deliver(self, frame: Frame) -> None:
-        delivery_id = str(frame.get("delivery_id"))
+    async def _deliver(self, deliver: DeliverFrame) -> None:
+        delivery_id = deliver.delivery_id
         if delivery_id in self._done:
-            self.client.send({"type": "ack", "delivery_id": delivery_id})
+            self.client.send(AckFrame(delivery_id=delivery_id))
             return
         if delivery_id in self._inflight:
             return
         self._inflight.add(delivery_id)
         try:
-            await self._on_deliver(frame)
+            await self._on_deliver(deliver.dump())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -420,7 +444,7 @@ class HubLink:
             log.warning(
                 "%s bridge: posting the reply of run %s failed (%s: %s); the hub re-sends it",
                 self.platform,
-                frame.get("run_id"),
+                deliver.run_id,
                 type(exc).__name__,
                 exc,
             )
@@ -431,5 +455,5 @@ class HubLink:
         self._done[delivery_id] = None
         while len(self._done) > 10_000:
             self._done.popitem(last=False)
-        self._status_refs.pop(str(frame.get("run_id")), None)
-        self.client.send({"type": "ack", "delivery_id": delivery_id})
+        self._status_refs.pop(deliver.run_id, None)
+        self.client.send(AckFrame(delivery_id=delivery_id))

@@ -59,7 +59,15 @@ from executor.transport import SpawnError
 from executor.transport_local import LocalTransport
 from kernel.credentials import BRIDGE_PLATFORMS, credentials_path, looks_derived, node_token
 from kernel.logs import redact, register_secret, register_settings_secrets
-from wire import CLOSE_BAD_HELLO, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
+from wire import (
+    CLOSE_BAD_HELLO,
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHORIZED,
+    Hello,
+    WelcomeFrame,
+    decode,
+    encode_frame,
+)
 
 if TYPE_CHECKING:  # imported lazily at run time: a build may ship without the bridges
     from bridges.slack.settings import SlackSettings
@@ -349,14 +357,14 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
         shown_token = f"the executor credential in {credentials_path(settings.hub_db)}"
     else:
         shown_token = "no HUB_TOKEN"
-    hello = {
-        "type": "hello",
-        "role": "executor",
-        "token": token,
-        "node_id": f"doctor-{os.getpid()}",
-        "name": "codex-hub doctor",
-        "capacity": 0,
-    }
+    hello = Hello(
+        type="hello",
+        role="executor",
+        token=token,
+        node_id=f"doctor-{os.getpid()}",
+        name="codex-hub doctor",
+        capacity=0,
+    )
     start_fix = (
         "start the hub (`codex-hub serve` or `codex-hub up`), or set HUB_URL to where it "
         "listens (ws://HOST:PORT/ws)"
@@ -364,8 +372,9 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
     try:
         async with asyncio.timeout(timeout_s):
             async with connect(url, open_timeout=None, close_timeout=1.0) as ws:
-                await ws.send(json.dumps(hello))
-                frame = json.loads(await ws.recv())
+                await ws.send(encode_frame(hello))
+                raw = await ws.recv()
+                json.loads(raw)  # not JSON: not a hub (below)
     except TimeoutError:
         return _fail("hub", f"{url}: no welcome within {timeout_s:g} s", start_fix)
     except InvalidURI:
@@ -393,10 +402,21 @@ async def check_hub(settings: ExecutorSettings, *, timeout_s: float = NETWORK_TI
         refused = exc.errno == errno.ECONNREFUSED
         reason = "connection refused" if refused else exc.strerror or type(exc).__name__
         return _fail("hub", f"cannot connect to {url} ({reason})", start_fix)
-    if not isinstance(frame, dict) or frame.get("type") != "welcome":
-        kind = frame.get("type") if isinstance(frame, dict) else type(frame).__name__
+    decoded = decode(raw, "executor", "hub")
+    frame = decoded.frames[0] if decoded.frames else None
+    if not isinstance(frame, WelcomeFrame):
+        kind = getattr(frame, "type", None) or _kind(raw)
         return _fail("hub", f"{url} answered {kind!r} instead of welcome", start_fix)
     return Check("hub", "ok", f"{url} welcomed this node ({shown_token})")
+
+
+def _kind(raw: str | bytes) -> object:
+    """What a first message that is no frame for an executor holds: its ``type``, or
+    the name of its JSON type."""
+    value = json.loads(raw)
+    if isinstance(value, dict):
+        return value.get("type")
+    return type(value).__name__
 
 
 def _closed(url: str, exc: ConnectionClosed, shown: str, token: str) -> Check:

@@ -20,7 +20,19 @@ from executor.settings import ExecutorSettings
 from kernel.credentials import node_token
 from kernel.logs import bind, redact_json
 from kernel.node_client import NodeClient
-from wire import ASSIGN
+from wire import (
+    AssignFrame,
+    ErrorCode,
+    ErrorFrame,
+    EventFrame,
+    FrameModel,
+    Hello,
+    LoginState,
+    ResultAckFrame,
+    RunCancelFrame,
+    StateFrame,
+    StatusFrame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +69,7 @@ class ExecutorNode:
             on_frame=self._on_frame,
             on_connect=self._on_connect,
             name=f"executor {base}",
+            role="executor",
         )
         self._login_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
@@ -93,25 +106,25 @@ class ExecutorNode:
 
     # hub side
 
-    def _hello(self) -> dict[str, Any]:
-        return {
-            "type": "hello",
-            "role": "executor",
-            "token": node_token(
+    def _hello(self) -> Hello:
+        return Hello(
+            type="hello",
+            role="executor",
+            token=node_token(
                 self.settings.hub_token.get_secret_value(), self.settings.hub_db, "executor"
             ),
-            "node_id": self.node_id,
-            "name": self.settings.node_name or socket.gethostname(),
-            "capacity": self.settings.exec_concurrency,
+            node_id=self.node_id,
+            name=self.settings.node_name or socket.gethostname(),
+            capacity=self.settings.exec_concurrency,
             # The hub ends a run itself past this (plus its grace): codex's timeout, and
             # the optimizer's, which may come first.
-            "timeout_s": self.settings.exec_timeout_s + self.settings.optimizer_timeout_s,
-            "login": self.login,
-            "active_runs": list(self.runs),
-            "labels": self.settings.exec_labels,
-            "engine": self.settings.exec_engine,
-            "codex_version": self.codex_version,
-        }
+            timeout_s=self.settings.exec_timeout_s + self.settings.optimizer_timeout_s,
+            login=LoginState(**self.login),
+            active_runs=list(self.runs),
+            labels=self.settings.exec_labels,
+            engine=self.settings.exec_engine,
+            codex_version=self.codex_version,
+        )
 
     async def _on_connect(self) -> None:
         for state in self.runs.values():
@@ -120,21 +133,19 @@ class ExecutorNode:
             if state.result is not None:
                 self.client.send(state.result)
 
-    async def _on_frame(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("type")
-        if kind == "assign":
+    async def _on_frame(self, frame: FrameModel) -> None:
+        if isinstance(frame, AssignFrame):
             self._assign(frame)
-        elif kind == "cancel":
-            state = self.runs.get(str(frame.get("run_id")))
+        elif isinstance(frame, RunCancelFrame):
+            state = self.runs.get(frame.run_id)
             if state is not None and state.task is not None and state.result is None:
                 state.task.cancel()
-        elif kind == "result_ack":
-            self.runs.pop(str(frame.get("run_id")), None)
-        elif kind == "error":
-            log.warning("hub reported: %s", frame.get("message"))
+        elif isinstance(frame, ResultAckFrame):
+            self.runs.pop(frame.run_id, None)
+        elif isinstance(frame, ErrorFrame):
+            log.warning("hub reported: %s", frame.message)
 
-    def _assign(self, frame: dict[str, Any]) -> None:
-        assign = ASSIGN.validate_python(frame)
+    def _assign(self, assign: AssignFrame) -> None:
         run_id = assign.run_id
         if run_id in self.runs:
             return
@@ -155,11 +166,11 @@ class ExecutorNode:
 
     # running
 
-    def _send(self, state: _RunState, frame: dict[str, Any]) -> None:
+    def _send(self, state: _RunState, model: EventFrame | StateFrame) -> None:
         # codex or the optimizer may quote a secret of this process (a command that
         # prints a key): registered secrets are masked before anything leaves it, and
         # credential-shaped tokens too in events (not in the user's prompt or answer).
-        frame = redact_json(frame, shapes=frame.get("type") == "event")
+        frame = redact_json(model.dump(), shapes=isinstance(model, EventFrame))
         state.frames.append(frame)
         self.client.send(frame)
 
@@ -169,12 +180,12 @@ class ExecutorNode:
 
         def emit(event: dict[str, Any]) -> None:
             state.seq += 1
-            self._send(state, {"type": "event", "run_id": run_id, "seq": state.seq, "event": event})
+            self._send(state, EventFrame(run_id=run_id, seq=state.seq, event=event))
 
         def set_state(name: str, effective_prompt: str | None) -> None:
-            frame: dict[str, Any] = {"type": "state", "run_id": run_id, "state": name}
+            frame = StateFrame(run_id=run_id, state=name)  # type: ignore[arg-type]
             if effective_prompt is not None:
-                frame["effective_prompt"] = effective_prompt
+                frame = frame.model_copy(update={"effective_prompt": effective_prompt})
             self._send(state, frame)
 
         try:
@@ -185,7 +196,7 @@ class ExecutorNode:
                 result = Result(
                     status="failed",
                     error={
-                        "code": "executor_stopped",
+                        "code": ErrorCode.EXECUTOR_STOPPED,
                         "message": "the executor stopped (shut down or restarted) while "
                         "this run was going; codex was stopped before it finished",
                     },
@@ -193,17 +204,25 @@ class ExecutorNode:
             else:
                 result = Result(
                     status="cancelled",
-                    error={"code": "cancelled", "message": "cancelled; codex was stopped"},
+                    error={"code": ErrorCode.CANCELLED, "message": "cancelled; codex was stopped"},
                 )
         except Exception as exc:
             log.exception("run %s failed inside the executor", run_id)
             result = Result(
                 status="failed",
-                error={"code": "executor_error", "message": f"executor error: {exc}"},
+                error={"code": ErrorCode.EXECUTOR_ERROR, "message": f"executor error: {exc}"},
             )
-        if result.error and result.error.get("code") == "codex_not_logged_in":
+        if result.error and result.error.get("code") == ErrorCode.CODEX_NOT_LOGGED_IN:
             self._set_login(False, result.error.get("message", "not logged in"))
-        state.result = redact_json(result.frame(run_id), shapes=False)
+        try:
+            frame = result.frame(run_id)
+        except ValueError as exc:  # a field the wire cannot carry: say so, never hang
+            log.exception("run %s: its result does not fit the result frame", run_id)
+            frame = Result(
+                status="failed",
+                error={"code": ErrorCode.EXECUTOR_ERROR, "message": f"executor error: {exc}"},
+            ).frame(run_id)
+        state.result = redact_json(frame, shapes=False)
         sent = self.client.send(state.result)
         # Kept either way until the hub acknowledges it; said so when the hub is away.
         # DEBUG when all is well: a line per run costs the executor a fifth of its CPU.
@@ -240,7 +259,7 @@ class ExecutorNode:
         login = {"logged_in": logged_in, "detail": detail}
         if login != self.login:
             self.login = login
-            self.client.send({"type": "status", "login": login})
+            self.client.send(StatusFrame(login=LoginState(logged_in=logged_in, detail=detail)))
 
     async def _login_loop(self) -> None:
         while True:

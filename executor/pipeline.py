@@ -16,6 +16,7 @@ from executor.settings import ExecutorSettings
 from executor.transport import TransportError
 from executor.workspace import Changes, Published, Workspace, WorkspaceError, Workspaces
 from executor.workspace_names import repo_in_prompt, split_pr_command
+from wire import ErrorCode, ResultFrame
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,16 @@ class Result:
     effective_prompt: str | None = None
 
     def frame(self, run_id: str) -> dict[str, Any]:
-        return {
-            "type": "result",
-            "run_id": run_id,
-            "status": self.status,
-            "answer": self.answer,
-            "thread_id": self.thread_id,
-            "usage": self.usage,
-            "error": self.error,
-            "effective_prompt": self.effective_prompt,
-        }
+        """The ``result`` frame, as it goes on the wire."""
+        return ResultFrame(
+            run_id=run_id,
+            status=self.status,  # type: ignore[arg-type]
+            answer=self.answer,
+            thread_id=self.thread_id,
+            usage=self.usage,
+            error=self.error,
+            effective_prompt=self.effective_prompt,
+        ).dump()
 
 
 class Pipeline:
@@ -129,7 +130,9 @@ class Pipeline:
                 result = await self._codex(job, prompt, ws.workdir, emit, set_state)
             elif ws.repo is None:
                 message = "!pr publishes a conversation's repository; this one names none"
-                return Result(status="failed", error={"code": "push_refused", "message": message})
+                return Result(
+                    status="failed", error={"code": ErrorCode.PUSH_REFUSED, "message": message}
+                )
             else:  # "!pr" alone: publish what the conversation has, without codex
                 result = Result(status="succeeded", answer="", effective_prompt=job.prompt)
             if ws.repo is not None:
@@ -206,7 +209,7 @@ class Pipeline:
                 emit({"kind": "optimizer", "decision": "rejected", "message": decision.reason})
                 return Result(
                     status="rejected",
-                    error={"code": "not_executable", "message": decision.reason},
+                    error={"code": ErrorCode.NOT_EXECUTABLE, "message": decision.reason},
                     effective_prompt=prompt,
                 )
             else:
@@ -230,7 +233,7 @@ class Pipeline:
             message = f"the attached files could not be written: {exc}"
             return Result(
                 status="failed",
-                error={"code": "attachment_error", "message": message},
+                error={"code": ErrorCode.ATTACHMENT_ERROR, "message": message},
                 effective_prompt=request.prompt,
             )
         outcome = await self.engine.run(request, emit)

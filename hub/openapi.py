@@ -22,6 +22,7 @@ from aiohttp import web
 from hub.appkeys import SETTINGS
 from hub.settings import HubSettings
 from wire import LABEL_PATTERN
+from wire import RUN_STATES as WIRE_RUN_STATES
 
 routes = web.RouteTableDef()
 
@@ -36,16 +37,8 @@ NOT_OPERATIONS = {
     "/v1/{tail}": "any other path under /v1: 404 (405 for a served path) naming the endpoints",
 }
 
-RUN_STATES = [
-    "queued",
-    "optimizing",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-    "rejected",
-]
+#: The run states, from the wire contract (wire.RunState).
+RUN_STATES = list(WIRE_RUN_STATES)
 
 
 def _ref(name: str) -> Schema:

@@ -63,17 +63,29 @@ from hub.store import (
 )
 from wire import (
     CLOSE_REPLACED,
+    RECONNECT_MAX_S,
     AckFrame,
+    AssignFrame,
     CancelFrame,
+    CancelledFrame,
+    DeliverFrame,
+    ErrorCode,
     EventFrame,
+    FrameModel,
     Hello,
+    OkFrame,
+    ProgressFrame,
     ResetSessionFrame,
+    ResultAckFrame,
     ResultFrame,
+    RunCancelFrame,
+    SessionFrame,
     SessionStatusFrame,
     StateFrame,
     StatusFrame,
     StatusRefFrame,
     SubmitFrame,
+    SubmittedFrame,
     error_frame,
 )
 
@@ -83,25 +95,25 @@ log = logging.getLogger(__name__)
 class RouterError(Exception):
     """Root of the router's errors; ``code`` is the machine-readable reason."""
 
-    code = "router_error"
+    code: str = ErrorCode.ROUTER_ERROR
 
 
 class QueueFull(RouterError):
     """The queue holds ``HUB_QUEUE_LIMIT`` runs already."""
 
-    code = "queue_full"
+    code = ErrorCode.QUEUE_FULL
 
 
 class HubClosing(RouterError):
     """The hub is shutting down and takes no new runs."""
 
-    code = "hub_closing"
+    code = ErrorCode.HUB_CLOSING
 
 
 class StoreUnwritable(RouterError):
     """The store cannot write (disk full): no new run until it can."""
 
-    code = "store_unavailable"
+    code = ErrorCode.STORE_UNAVAILABLE
 
     def __init__(self, reason: str) -> None:
         super().__init__(
@@ -114,7 +126,7 @@ class StoreUnwritable(RouterError):
 class NodeIdTaken(RouterError):
     """A live connection with another credential holds the node id a node asked for."""
 
-    code = "node_id_taken"
+    code = ErrorCode.NODE_ID_TAKEN
 
 
 class Link(Protocol):
@@ -122,7 +134,8 @@ class Link(Protocol):
 
     node_id: str
 
-    def send(self, frame: dict[str, Any]) -> None: ...
+    def send(self, frame: dict[str, Any]) -> None:
+        """Queue ``frame`` (built by :mod:`wire`, dumped by ``FrameModel.dump``)."""
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -224,8 +237,7 @@ _ids = random.Random(secrets.randbits(64))
 
 #: Longest wait between two sends of an unacknowledged reply.
 REDELIVER_MAX_S = 300.0
-#: Longest reconnect backoff of a node (kernel.node_client's default backoff_max).
-RECONNECT_MAX_S = 10.0
+#: Longest reconnect backoff of a node: ``wire.RECONNECT_MAX_S`` (imported above).
 #: How many queued runs the ``queue`` message names (the rest are counted).
 QUEUE_SHOWN = 100
 
@@ -519,14 +531,18 @@ class Router:
         run = live.run
         if run.executor is None:
             self._remove_from_queue(run_id)
-            await self._finish(live, "cancelled", error={"code": "cancelled", "message": reason})
+            await self._finish(
+                live, "cancelled", error={"code": ErrorCode.CANCELLED, "message": reason}
+            )
             return True
         live.cancel_requested = True
         node = self.executors.get(run.executor)
         if node is None:
-            await self._finish(live, "cancelled", error={"code": "cancelled", "message": reason})
+            await self._finish(
+                live, "cancelled", error={"code": ErrorCode.CANCELLED, "message": reason}
+            )
             return True
-        node.link.send({"type": "cancel", "run_id": run_id})
+        node.link.send(RunCancelFrame(run_id=run_id).dump())
         self._record(live, "note", {"message": reason})
         # The executor confirms with a result; if it never does, do not hang.
         self._start_timer(
@@ -544,7 +560,10 @@ class Router:
             await self._finish(
                 live,
                 "cancelled",
-                error={"code": "cancelled", "message": f"{reason} (executor did not confirm)"},
+                error={
+                    "code": ErrorCode.CANCELLED,
+                    "message": f"{reason} (executor did not confirm)",
+                },
             )
 
     def _remove_from_queue(self, run_id: str) -> None:
@@ -631,20 +650,19 @@ class Router:
             thread_id = self.sessions.get(run.session_key, (None, None))[0]
         else:
             thread_id = run.thread_id  # set at submit when the run resumes a thread
-        assign: dict[str, Any] = {
-            "type": "assign",
-            "run_id": run.id,
-            "prompt": run.prompt,
-            "thread_id": thread_id,
-            "optimize": run.optimize,
-            "origin": run.origin,
-            "session_key": run.session_key,
-            "repo": run.origin.get("repo"),
-            "open_pr": bool(run.origin.get("open_pr")),
-        }
-        if live.options:
-            assign["options"] = live.options
-        node.link.send(assign)
+        assign = AssignFrame(
+            run_id=run.id,
+            prompt=run.prompt,
+            thread_id=thread_id,
+            optimize=run.optimize,
+            origin=run.origin,
+            session_key=run.session_key,
+            repo=run.origin.get("repo"),
+            open_pr=bool(run.origin.get("open_pr")),
+        )
+        if live.options:  # left out when there are none, as older hubs did
+            assign = assign.model_copy(update={"options": live.options})
+        node.link.send(assign.dump())
         self._record(
             live,
             "assigned",
@@ -704,7 +722,7 @@ class Router:
                         live,
                         "failed",
                         error={
-                            "code": "executor_lost",
+                            "code": ErrorCode.EXECUTOR_LOST,
                             "message": f"executor {node.name} restarted and lost this run",
                         },
                     ),
@@ -779,7 +797,7 @@ class Router:
         self._end_early(
             live,
             "timed_out",
-            "hub_deadline",
+            ErrorCode.HUB_DEADLINE,
             f"the executor did not finish this run within {timeout:g} s (its timeout) "
             f"plus {grace:g} s (HUB_RUN_GRACE_S); the hub ended it",
         )
@@ -788,13 +806,13 @@ class Router:
         """End the run if its events went past HUB_RUN_MAX_EVENTS or _BYTES; True if so."""
         settings = self.settings
         if live.events > settings.run_max_events:
-            code = "too_many_events"
+            code = ErrorCode.TOO_MANY_EVENTS
             message = (
                 f"the run sent more than {settings.run_max_events} events "
                 "(HUB_RUN_MAX_EVENTS); the hub ended it"
             )
         elif live.event_bytes > settings.run_max_event_bytes:
-            code = "too_many_event_bytes"
+            code = ErrorCode.TOO_MANY_EVENT_BYTES
             message = (
                 f"the run's events passed {settings.run_max_event_bytes} bytes "
                 "(HUB_RUN_MAX_EVENT_BYTES); the hub ended it"
@@ -810,7 +828,7 @@ class Router:
         run = live.run
         node = self.executors.get(run.executor) if run.executor else None
         if node is not None:
-            node.link.send({"type": "cancel", "run_id": run.id})
+            node.link.send(RunCancelFrame(run_id=run.id).dump())
         log.warning("run %s: %s", run.id, message, extra={"run_id": run.id})
         self._spawn(
             self._finish(live, status, error={"code": code, "message": message}),
@@ -828,7 +846,7 @@ class Router:
         await self._finish(
             live,
             "failed",
-            error={"code": "executor_lost", "message": f"executor lost: {why}"},
+            error={"code": ErrorCode.EXECUTOR_LOST, "message": f"executor lost: {why}"},
         )
 
     def bridge_connected(self, link: Link, hello: Hello, *, credential: str = "") -> None:
@@ -965,11 +983,11 @@ class Router:
         # Acknowledge even a result the hub no longer waits for, or the executor keeps it;
         # but not one whose end the store failed to record: the executor keeps that.
         if stored:
-            link.send({"type": "result_ack", "run_id": frame.run_id})
+            link.send(ResultAckFrame(run_id=frame.run_id).dump())
 
     # frames from bridges
 
-    async def on_bridge_frame(self, link: Link, frame: Any) -> dict[str, Any] | None:
+    async def on_bridge_frame(self, link: Link, frame: Any) -> FrameModel | None:
         """Apply one frame from a bridge; returns the answer frame, if any."""
         node = self.bridges.get(link.node_id)
         platform = node.platform if node else "bridge"
@@ -987,7 +1005,8 @@ class Router:
                     delivery.platform,
                 )
                 return error_frame(
-                    "unknown_delivery", f"no {platform} reply {frame.delivery_id} is waiting"
+                    ErrorCode.UNKNOWN_DELIVERY,
+                    f"no {platform} reply {frame.delivery_id} is waiting",
                 )
             self.pending.pop(frame.delivery_id, None)
             self._next_send.pop(frame.delivery_id, None)
@@ -1027,20 +1046,19 @@ class Router:
                     await self.cancel(ticket.run.id, "the hub could not store this request")
                 if isinstance(exc, StoreUnavailable):
                     return error_frame(
-                        "store_unavailable", str(StoreUnwritable(exc.reason)), frame.req_id
+                        ErrorCode.STORE_UNAVAILABLE, str(StoreUnwritable(exc.reason)), frame.req_id
                     )
                 return error_frame(
-                    "store_error",
+                    ErrorCode.STORE_ERROR,
                     "the hub could not store this request, so it will not run; try again",
                     frame.req_id,
                 )
-            return {
-                "type": "submitted",
-                "req_id": frame.req_id,
-                "run_id": ticket.run.id,
-                "position": ticket.position,
-                "duplicate": ticket.duplicate,
-            }
+            return SubmittedFrame(
+                req_id=frame.req_id,
+                run_id=ticket.run.id,
+                position=ticket.position,
+                duplicate=ticket.duplicate,
+            )
         if isinstance(frame, CancelFrame):
             targets: list[str] = []
             if frame.run_id:
@@ -1052,10 +1070,10 @@ class Router:
                 if key in self.session_active:
                     targets.append(self.session_active[key])
             cancelled = [rid for rid in targets if await self.cancel(rid, "cancelled from chat")]
-            return {"type": "cancelled", "req_id": frame.req_id, "run_ids": cancelled}
+            return CancelledFrame(req_id=frame.req_id, run_ids=cancelled)
         if isinstance(frame, ResetSessionFrame):
             await self.reset_session(own_session(platform, frame.session_key))
-            return {"type": "ok", "req_id": frame.req_id}
+            return OkFrame(req_id=frame.req_id)
         if isinstance(frame, SessionStatusFrame):
             key = own_session(platform, frame.session_key)
             active_id = self.session_active.get(key)
@@ -1065,15 +1083,14 @@ class Router:
                 for rid in self.queue.session_runs(key)
                 if rid in self.live
             ]
-            return {
-                "type": "session",
-                "req_id": frame.req_id,
-                "active": active.run.summary() if active else None,
-                "queued": queued,
-            }
+            return SessionFrame(
+                req_id=frame.req_id,
+                active=active.run.summary() if active else None,
+                queued=queued,
+            )
         return None
 
-    async def _on_status_ref(self, platform: str, frame: StatusRefFrame) -> dict[str, Any] | None:
+    async def _on_status_ref(self, platform: str, frame: StatusRefFrame) -> FrameModel | None:
         """Keep where a run's status message is, in its ``origin`` (see wire).
 
         Replaced, never mutated: a write queued earlier may still read the old dict.
@@ -1105,7 +1122,7 @@ class Router:
                     self.store.post(op_set_delivery_payload, delivery.id, delivery.payload)
                 return None
         return error_frame(
-            "unknown_run",
+            ErrorCode.UNKNOWN_RUN,
             f"no unfinished run or unacknowledged reply {frame.run_id} from {platform}",
             frame.req_id,
         )
@@ -1258,7 +1275,7 @@ class Router:
             if await self._store_end(run, delivery, session, event):
                 node = self.executors.get(run.executor) if run.executor else None
                 if node is not None:
-                    node.link.send({"type": "result_ack", "run_id": run.id})
+                    node.link.send(ResultAckFrame(run_id=run.id).dump())
 
     def _writable_change(self, reason: str | None) -> None:
         """The store can write again: record the ends it could not, now."""
@@ -1286,12 +1303,12 @@ class Router:
             return
         node = self.executors.get(run.executor) if run.executor else None
         if node is not None:
-            node.link.send({"type": "cancel", "run_id": run.id})
+            node.link.send(RunCancelFrame(run_id=run.id).dump())
         await self._finish(
             live,
             "failed",
             error={
-                "code": "store_unavailable",
+                "code": ErrorCode.STORE_UNAVAILABLE,
                 "message": "the hub could not store this request (its disk is full), so it "
                 "was stopped; try again later",
             },
@@ -1302,7 +1319,8 @@ class Router:
     def _send_delivery(self, delivery: Delivery) -> None:
         for node in self.bridges.values():
             if node.platform == delivery.platform:
-                node.link.send({"type": "deliver", "delivery_id": delivery.id, **delivery.payload})
+                deliver = DeliverFrame(delivery_id=delivery.id, **delivery.payload)
+                node.link.send(deliver.dump())
                 delivery.attempts += 1
                 # Exponential backoff with jitter: a platform that is down for long is
                 # not hammered, and many replies do not retry in step.
@@ -1410,14 +1428,13 @@ class Router:
         platform = run.origin.get("platform")
         if not platform:
             return
-        frame = {
-            "type": "progress",
-            "run_id": run.id,
-            "origin": run.origin,
-            "state": run.state,
-            "detail": detail if detail is not None else live.last_detail,
-            "position": position,
-        }
+        frame = ProgressFrame(
+            run_id=run.id,
+            origin=run.origin,
+            state=run.state,
+            detail=detail if detail is not None else live.last_detail,
+            position=position,
+        ).dump()
         for node in self.bridges.values():
             if node.platform == platform:
                 node.link.send(frame)

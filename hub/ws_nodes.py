@@ -10,16 +10,12 @@ sends is masked (:func:`kernel.logs.redact`) before the router stores or shows a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 from aiohttp import WSMsgType, web
-from pydantic import TypeAdapter, ValidationError
-from pydantic_core import from_json
+from pydantic import ValidationError
 
 from hub.appkeys import AUTH_FAILURES, ROUTER, SETTINGS, SOCKETS
 from hub.router import NodeIdTaken, Router
@@ -27,38 +23,41 @@ from kernel.credentials import MASTER, credential_role
 from kernel.logs import redact, redact_json
 from wire import (
     BATCH_SINCE,
-    BRIDGE_BATCH,
-    BRIDGE_FRAME,
     CLOSE_BAD_HELLO,
     CLOSE_FORBIDDEN,
     CLOSE_HELLO_TIMEOUT,
     CLOSE_NODE_ID_TAKEN,
     CLOSE_RATE_LIMITED,
     CLOSE_UNAUTHORIZED,
-    EXECUTOR_BATCH,
-    EXECUTOR_FRAME,
     HELLO,
+    HELLO_TIMEOUT_S,
+    HUB_HEARTBEAT_S,
+    MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     AckFrame,
+    ErrorCode,
     EventFrame,
+    FrameModel,
     Hello,
     ResultFrame,
+    Role,
     StateFrame,
     StatusFrame,
-    batch_messages,
+    WelcomeFrame,
+    batch,
+    decode,
+    encode_frame,
     error_frame,
 )
+from wire.codec import TOO_DEEP as TOO_DEEP
+from wire.codec import first_error
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT_S = 10.0
-MAX_FRAME_BYTES = 4 * 1024 * 1024
-#: Nesting a message may have at most. Every message is parsed by jiter (pydantic's
-#: parser), which stops past this depth without recursing in Python; the nesting of a
-#: real frame is a few levels. A deeper message is answered with an ``error`` and left
-#: out; the connection stays.
-MAX_NESTING = 200
-TOO_DEEP = f"the message is nested deeper than {MAX_NESTING} levels"
+MAX_FRAME_BYTES = MAX_MESSAGE_BYTES
+#: Every message is parsed by jiter (pydantic's parser), which stops past
+#: ``wire.MAX_NESTING`` levels without recursing in Python. A deeper message is answered
+#: with an ``error`` and left out; the connection stays.
 
 
 class WsLink:
@@ -73,13 +72,10 @@ class WsLink:
         self._writer = asyncio.create_task(self._write_loop(), name=f"WsLink:{node_id}:writer")
         self._close_task: asyncio.Task[Any] | None = None
 
-    def send(self, frame: dict[str, Any]) -> None:
-        """Queue a frame for the node; never waits."""
-        try:
-            data = orjson.dumps(frame).decode()
-        except TypeError:  # a lone surrogate, quoted from a peer's bad frame in an error
-            data = json.dumps(frame, separators=(",", ":"))
-        self._out.put_nowait(data)
+    def send(self, frame: FrameModel | Mapping[str, Any]) -> None:
+        """Queue a frame (a model, or one dumped by ``FrameModel.dump``) for the node;
+        never waits."""
+        self._out.put_nowait(encode_frame(frame))
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with ``code`` after the frames already queued."""
@@ -96,11 +92,20 @@ class WsLink:
             if data is None:
                 return
             # What queued up while the last message was written goes in one message.
-            messages = batch_messages(data, out) if self.batches else (data,)
+            stop = False
+            frames = [data]
+            while self.batches and not out.empty():
+                more = out.get_nowait()
+                if more is None:
+                    stop = True
+                    break
+                frames.append(more)
             try:
-                for message in messages:
+                for message in batch(frames):
                     await self.ws.send_str(message)
             except (ConnectionError, RuntimeError):
+                return
+            if stop:
                 return
 
     async def stop(self) -> None:
@@ -171,7 +176,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
     # Pings and pongs come to _serve (no autoping): each is a heartbeat of the node, its
     # "last seen" on the monitor.
     ws = web.WebSocketResponse(
-        heartbeat=10.0, max_msg_size=MAX_FRAME_BYTES, compress=False, autoping=False
+        heartbeat=HUB_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES, compress=False, autoping=False
     )
     await ws.prepare(request)
     sockets = request.app[SOCKETS]
@@ -180,13 +185,13 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         try:
             first = await ws.receive(timeout=HELLO_TIMEOUT_S)
         except TimeoutError:
-            return await _refuse(ws, CLOSE_HELLO_TIMEOUT, "no hello within 10 s")
+            return await _refuse(ws, CLOSE_HELLO_TIMEOUT, f"no hello within {HELLO_TIMEOUT_S:g} s")
         if first.type != WSMsgType.TEXT:
             return await _refuse(ws, CLOSE_BAD_HELLO, "expected a hello frame")
         try:
             hello = HELLO.validate_json(first.data)
         except ValidationError as exc:
-            return await _refuse(ws, CLOSE_BAD_HELLO, f"bad hello: {_first_error(exc)}")
+            return await _refuse(ws, CLOSE_BAD_HELLO, f"bad hello: {first_error(exc)}")
         credential = credential_role(hello.token, settings.token.get_secret_value())
         if credential is None:
             # A right credential always gets in; only a wrong one counts (not a missing one).
@@ -213,7 +218,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         if credential == MASTER:
             _warn_master(hello)
         link = WsLink(ws, hello.node_id, batches=hello.protocol >= BATCH_SINCE)
-        link.send({"type": "welcome", "node_id": hello.node_id, "protocol": PROTOCOL_VERSION})
+        link.send(WelcomeFrame(node_id=hello.node_id, protocol=PROTOCOL_VERSION))
         try:
             if hello.role == "executor":
                 router.executor_connected(link, hello, credential=credential)
@@ -232,19 +237,12 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
         sockets.discard(ws)
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ())) or "frame"
-    return f"{where}: {err.get('msg', 'invalid')}"
-
-
 async def _serve_executor(ws: web.WebSocketResponse, link: WsLink, router: Router) -> None:
     # A result waits for the store; other runs' frames need not wait with it.
     await _serve(
         ws,
         link,
-        EXECUTOR_FRAME,
-        EXECUTOR_BATCH,
+        "executor",
         router.on_executor_frame,
         ResultFrame,
         router.heard,
@@ -254,17 +252,14 @@ async def _serve_executor(ws: web.WebSocketResponse, link: WsLink, router: Route
 
 async def _serve_bridge(ws: web.WebSocketResponse, link: WsLink, router: Router) -> None:
     # An ack waits for its commit; the next submit need not wait with it.
-    await _serve(
-        ws, link, BRIDGE_FRAME, BRIDGE_BATCH, router.on_bridge_frame, AckFrame, router.heard
-    )
+    await _serve(ws, link, "bridge", router.on_bridge_frame, AckFrame, router.heard)
 
 
 async def _serve(
     ws: web.WebSocketResponse,
     link: WsLink,
-    adapter: TypeAdapter[Any],
-    batch: TypeAdapter[list[Any]],
-    apply: Callable[[WsLink, Any], Awaitable[dict[str, Any] | None]],
+    role: Role,
+    apply: Callable[[WsLink, Any], Awaitable[FrameModel | None]],
     aside: type[Any],
     heard: Callable[[WsLink], None],
     mask: Callable[[Any], Any] | None = None,
@@ -284,7 +279,13 @@ async def _serve(
                 continue
             if msg.type != WSMsgType.TEXT:
                 continue
-            for frame in _frames(link, msg.data, adapter, batch):
+            # Each frame that is malformed or holds what the store cannot write is
+            # answered with an ``error`` (``bad_frame``, with its ``req_id`` when it has
+            # one) and left out; the rest of a batch is applied all the same.
+            decoded = decode(msg.data, role)
+            for error in decoded.errors:
+                link.send(error)
+            for frame in decoded.frames:
                 if mask is not None:
                     frame = mask(frame)
                 if isinstance(frame, aside):
@@ -300,58 +301,7 @@ async def _serve(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _frames(
-    link: WsLink, data: str, adapter: TypeAdapter[Any], batch: TypeAdapter[list[Any]]
-) -> list[Any]:
-    """The usable frames of one message: one frame, or a batch (a JSON array of them).
-
-    Each frame that is malformed or holds what the store cannot write is answered with
-    an ``error`` (``bad_frame``, with its ``req_id`` when it has one) and left out; the
-    rest of a batch is applied all the same.
-    """
-    if data[:1] != "[":
-        try:
-            frame = adapter.validate_json(data)
-        except ValidationError as exc:
-            if _too_deep(exc):
-                link.send(error_frame("bad_frame", TOO_DEEP))
-            else:
-                link.send(error_frame("bad_frame", _first_error(exc), _req_id(data)))
-            return []
-        if not _storable(frame, data):
-            link.send(error_frame("bad_frame", UNSTORABLE, getattr(frame, "req_id", None)))
-            return []
-        return [frame]
-    long_numbers = _LONG_NUMBER.search(data) is not None
-    if not long_numbers:
-        try:
-            return batch.validate_json(data)
-        except ValidationError:
-            pass  # find the bad ones below, one by one
-    try:
-        # jiter, as above: the same depth limit, and integers of any size.
-        items = from_json(data)
-    except ValueError as exc:
-        problem = TOO_DEEP if _too_deep(exc) else f"the batch is not valid JSON: {exc}"
-        link.send(error_frame("bad_frame", problem))
-        return []
-    frames = []
-    for item in items:
-        req_id = item.get("req_id") if isinstance(item, dict) else None
-        req_id = req_id if isinstance(req_id, str) else None
-        try:
-            frame = adapter.validate_python(item)
-        except ValidationError as exc:
-            link.send(error_frame("bad_frame", _first_error(exc), req_id))
-            continue
-        if long_numbers and not _storable(frame):
-            link.send(error_frame("bad_frame", UNSTORABLE, req_id))
-            continue
-        frames.append(frame)
-    return frames
-
-
-async def _apply(link: WsLink, frame: Any, applying: Awaitable[dict[str, Any] | None]) -> None:
+async def _apply(link: WsLink, frame: Any, applying: Awaitable[FrameModel | None]) -> None:
     """Apply one frame and send its answer; if that fails, only this frame is lost.
 
     The failure is logged and the node hears an ``error`` (with the frame's ``req_id``);
@@ -369,42 +319,13 @@ async def _apply(link: WsLink, frame: Any, applying: Awaitable[dict[str, Any] | 
             extra={"run_id": run_id} if run_id else None,
         )
         reply = error_frame(
-            "internal_error",
+            ErrorCode.INTERNAL_ERROR,
             f"the hub failed to handle this {frame.type} frame (its log says why); "
             "the connection stays open",
             getattr(frame, "req_id", None),
         )
     if reply is not None:
         link.send(reply)
-
-
-#: The store writes JSON with orjson, which holds integers of 64 bits at most.
-_INT_RANGE = range(-(2**63), 2**64)
-UNSTORABLE = "a number in the frame does not fit in 64 bits"
-
-
-#: Digits enough for an integer past 64 bits; JSON cannot spell such a number shorter.
-_LONG_NUMBER = re.compile(r"\d{19}")
-
-
-def _storable(frame: Any, raw: str | None = None) -> bool:
-    """True when the store can write every value of ``frame`` (free-form dicts included).
-
-    ``raw`` is the frame's JSON text: without 19 digits in a row it holds no integer
-    that could be too big, and the walk is skipped.
-    """
-    if raw is not None and _LONG_NUMBER.search(raw) is None:
-        return True
-    stack: list[Any] = [frame.model_dump()]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list | tuple):
-            stack.extend(value)
-        elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
-            return False
-    return True
 
 
 def _masked(frame: Any) -> Any:
@@ -437,17 +358,3 @@ def _masked(frame: Any) -> Any:
         login = frame.login.model_copy(update={"detail": redact(frame.login.detail)})
         return frame.model_copy(update={"login": login})
     return frame
-
-
-def _too_deep(exc: ValueError) -> bool:
-    return "recursion limit exceeded" in str(exc)
-
-
-def _req_id(data: str) -> str | None:
-    # json, which takes the lone surrogates jiter refuses (an error quotes them back);
-    # a message too deep for it comes here only past a surrogate that stopped jiter.
-    try:
-        value = json.loads(data).get("req_id")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return value if isinstance(value, str) else None

@@ -1,9 +1,11 @@
 """The node side of the hub protocol: one websocket to the hub, kept open.
 
 Used by every node (executor, bridges). It says hello, hands each frame from the hub to
-the node, and reconnects with exponential backoff and jitter whenever the connection
-drops or is refused. Frames sent while disconnected are not queued: a node re-sends
-what matters from its own state in ``on_connect`` (see :mod:`wire`).
+the node (decoded by :func:`wire.decode` into the frame models of the node's role; a
+client without a role gets the JSON objects as they are), and reconnects with
+exponential backoff and jitter whenever the connection drops or is refused. Frames sent
+while disconnected are not queued: a node re-sends what matters from its own state in
+``on_connect`` (see :mod:`wire`).
 """
 
 from __future__ import annotations
@@ -13,26 +15,44 @@ import enum
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from wire import (
     BATCH_SINCE,
-    CLOSE_BAD_HELLO,
-    CLOSE_FORBIDDEN,
-    CLOSE_NODE_ID_TAKEN,
-    CLOSE_UNAUTHORIZED,
+    CLOSE_REFUSED,
+    HELLO_TIMEOUT_S,
+    NODE_MAX_MESSAGE_BYTES,
+    NODE_OPEN_TIMEOUT_S,
+    NODE_PING_INTERVAL_S,
+    NODE_PING_TIMEOUT_S,
     PROTOCOL_VERSION,
-    batch_messages,
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    FrameModel,
+    Role,
+    WelcomeFrame,
+    batch,
+    decode,
+    decode_objects,
+    encode_frame,
 )
 
 log = logging.getLogger(__name__)
 
-Frame = dict[str, Any]
+#: A frame as a node builds or gets it: a model of :mod:`wire` (a client with a role),
+#: or a JSON object (a client without one).
+Frame = Any
+
+
+def _field(frame: Frame, name: str) -> Any:
+    """A field of a frame, model or dict alike (None when it has none)."""
+    if isinstance(frame, Mapping):
+        return frame.get(name)
+    return getattr(frame, name, None)
 
 
 class State(enum.Enum):
@@ -51,6 +71,9 @@ class NodeClient:
 
     ``hello`` builds the hello frame at each (re)connect; ``on_frame`` receives every
     frame from the hub; ``on_connect`` runs after each welcome (re-send state there).
+    With a ``role``, frames from the hub are the models of what the hub sends a node of
+    that role (:data:`wire.ToExecutorFrame`, :data:`wire.ToBridgeFrame`); one that is
+    not such a frame is logged and skipped.
     """
 
     def __init__(
@@ -61,10 +84,12 @@ class NodeClient:
         on_frame: Callable[[Frame], Awaitable[None]],
         on_connect: Callable[[], Awaitable[None]] | None = None,
         name: str = "node",
-        backoff_min: float = 0.2,
-        backoff_max: float = 10.0,
+        role: Role | None = None,
+        backoff_min: float = RECONNECT_MIN_S,
+        backoff_max: float = RECONNECT_MAX_S,
     ) -> None:
         self.url = url
+        self.role = role
         self.name = name
         self._hello = hello
         self._on_frame = on_frame
@@ -113,10 +138,11 @@ class NodeClient:
         await self.close()
 
     def send(self, frame: Frame) -> bool:
-        """Queue a frame for the hub; False (and nothing queued) while disconnected."""
+        """Queue a frame (a model of :mod:`wire`, or a dict) for the hub; False (and
+        nothing queued) while disconnected."""
         if not self.connected.is_set():
             return False
-        self._out.put_nowait(orjson.dumps(frame).decode())
+        self._out.put_nowait(encode_frame(frame))
         return True
 
     async def request(self, frame: Frame, timeout: float = 30.0) -> Frame:  # noqa: ASYNC109
@@ -127,7 +153,11 @@ class NodeClient:
             fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
             self._pending[req_id] = fut
             try:
-                if not self.send({**frame, "req_id": req_id}):
+                if isinstance(frame, FrameModel):
+                    frame = frame.model_copy(update={"req_id": req_id})
+                else:
+                    frame = {**frame, "req_id": req_id}
+                if not self.send(frame):
                     raise NotConnected("the hub connection dropped")
                 return await fut
             finally:
@@ -160,26 +190,33 @@ class NodeClient:
     async def _connect_once(self) -> None:
         async with connect(
             self.url,
-            open_timeout=10,
-            ping_interval=10,
-            ping_timeout=20,
-            max_size=2**24,
+            open_timeout=NODE_OPEN_TIMEOUT_S,
+            ping_interval=NODE_PING_INTERVAL_S,
+            ping_timeout=NODE_PING_TIMEOUT_S,
+            max_size=NODE_MAX_MESSAGE_BYTES,
             compression=None,  # small JSON frames: deflate costs more CPU than it saves
         ) as ws:
             self._ws = ws
-            hello = {**self._hello(), "protocol": PROTOCOL_VERSION}
-            await ws.send(orjson.dumps(hello).decode())
+            hello = self._hello()
+            if isinstance(hello, FrameModel):
+                hello = hello.model_copy(update={"protocol": PROTOCOL_VERSION})
+            else:
+                hello = {**hello, "protocol": PROTOCOL_VERSION}
+            await ws.send(encode_frame(hello))
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a close that
             # lands together with the welcome, and close() would then wait for ever.
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
                 raw = await ws.recv()
             # The welcome may come first in a batch (this node said it takes batches).
-            first = orjson.loads(raw)
-            welcome, *early = first if isinstance(first, list) and first else [first]
-            if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
+            welcome, *early = self._decode(raw) or [None]
+            if isinstance(welcome, Mapping) and welcome.get("type") == "welcome":
+                protocol = int(welcome.get("protocol") or 1)
+            elif isinstance(welcome, WelcomeFrame):
+                protocol = welcome.protocol
+            else:
                 raise ConnectionError(f"unexpected first frame from the hub: {welcome!r}")
             self._out = asyncio.Queue()
-            self._batches = int(welcome.get("protocol") or 1) >= BATCH_SINCE
+            self._batches = protocol >= BATCH_SINCE
             self.state = State.CONNECTED
             self.connections += 1
             self.last_close = None
@@ -206,33 +243,28 @@ class NodeClient:
                 code = ws.close_code
                 reason = ws.close_reason or ""
                 self.last_close = (code, reason)
-                if code in (
-                    CLOSE_UNAUTHORIZED,
-                    CLOSE_BAD_HELLO,
-                    CLOSE_FORBIDDEN,
-                    CLOSE_NODE_ID_TAKEN,
-                ):
+                if code in CLOSE_REFUSED:
                     log.error("%s: the hub refused this node (%s): %s", self.name, code, reason)
                 elif not closing:
                     log.warning("%s: lost the hub (%s %s); reconnecting", self.name, code, reason)
 
     def _decode(self, raw: str | bytes) -> list[Frame]:
-        """The frames of one message; one that is not JSON objects (or is nested past
-        orjson's 1,024 levels) is logged and skipped: the connection stays."""
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            log.warning("%s: skipped a message from the hub that is not JSON: %s", self.name, exc)
-            return []
-        frames = data if isinstance(data, list) else [data]
-        if not all(isinstance(frame, dict) for frame in frames):
-            log.warning("%s: skipped a message from the hub that holds no frames", self.name)
-            return []
-        return frames
+        """The frames of one message; what is not a frame (not JSON, nested too deep,
+        of a kind this node does not take) is logged and skipped: the connection stays."""
+        if self.role is None:
+            objects = decode_objects(raw)
+            if isinstance(objects, str):
+                log.warning("%s: skipped a message from the hub: %s", self.name, objects)
+                return []
+            return objects
+        decoded = decode(raw, self.role, "hub")
+        for error in decoded.errors:
+            log.warning("%s: skipped a frame from the hub: %s", self.name, error.message)
+        return decoded.frames
 
     def _receive(self, frame: Frame) -> None:
-        req_id = frame.get("req_id")
-        if req_id and req_id in self._pending and frame.get("type") != "deliver":
+        req_id = _field(frame, "req_id")
+        if req_id and req_id in self._pending and _field(frame, "type") != "deliver":
             fut = self._pending.pop(req_id)
             if not fut.done():
                 fut.set_result(frame)
@@ -250,7 +282,7 @@ class NodeClient:
         try:
             await self._on_frame(frame)
         except Exception:
-            log.exception("%s: handling a %s frame failed", self.name, frame.get("type"))
+            log.exception("%s: handling a %s frame failed", self.name, _field(frame, "type"))
 
     async def _write(self, ws: ClientConnection) -> None:
         out = self._out
@@ -261,7 +293,10 @@ class NodeClient:
                 continue
             # Frames queued while the last message was written go in one message: a
             # short run's state, events and result cost the hub one read, not five.
-            for message in batch_messages(data, out):
+            frames = [data]
+            while not out.empty():
+                frames.append(out.get_nowait())
+            for message in batch(frames):
                 await ws.send(message)
 
     def _fail_pending(self) -> None:

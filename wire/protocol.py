@@ -109,51 +109,78 @@ Bridge <-> hub
 Both ways: ``error`` {"code", "message", "req_id"?} reports a frame the peer could not
 use; it never closes the connection by itself. A message nested deeper than 200 levels
 is such a frame, refused before it is walked. Liveness is websocket ping/pong.
+
+In code
+-------
+Every frame, both ways, is a model below (hub -> node: :class:`WelcomeFrame`,
+:class:`AssignFrame`, :class:`RunCancelFrame`, :class:`ResultAckFrame`,
+:class:`SubmittedFrame`, :class:`CancelledFrame`, :class:`OkFrame`, :class:`SessionFrame`,
+:class:`ProgressFrame`, :class:`DeliverFrame`, :class:`ErrorFrame`), grouped per
+direction and role in a discriminated union (:data:`ExecutorFrame`, :data:`BridgeFrame`,
+:data:`ToExecutorFrame`, :data:`ToBridgeFrame`). A model's ``dump()`` is the JSON object
+sent: its ``type`` and the fields its builder gave (an optional field left out stays
+out). Error codes, close codes and the constants both ends share are in
+:mod:`wire.codes`; :mod:`wire.codec` turns frames into messages and back. Add a frame
+here, in its union, and in :data:`FRAME_MODELS`: the codec and its tests take it up.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+import enum
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
 from pydantic_core import PydanticCustomError
 
-PROTOCOL_VERSION = 2
-#: From this version on a message may carry a batch: a JSON array of frames.
-BATCH_SINCE = 2
-#: A batch stays well under the hub's 4 MiB message limit and holds at most this many.
-BATCH_MAX_BYTES = 1 << 20
-BATCH_MAX_FRAMES = 256
-
-#: Close codes the hub uses (4000-4999 is the application range).
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_BAD_HELLO = 4002
-CLOSE_REPLACED = 4003
-CLOSE_HELLO_TIMEOUT = 4008
-#: Too many wrong credentials (or API keys) from the node's address: try later.
-CLOSE_RATE_LIMITED = 4029
-#: A right credential, but for another role or platform than the hello names.
-CLOSE_FORBIDDEN = 4403
-#: The node id is held by a live connection that presented another credential.
-CLOSE_NODE_ID_TAKEN = 4409
-
-RunState = Literal[
-    "queued",
-    "optimizing",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-    "rejected",
-]
-TERMINAL_STATES: frozenset[str] = frozenset(
-    {"succeeded", "failed", "cancelled", "timed_out", "rejected"}
+from wire.codes import (
+    BATCH_MAX_BYTES,
+    BATCH_MAX_FRAMES,
+    BATCH_SINCE,
+    CLOSE_BAD_HELLO,
+    CLOSE_FORBIDDEN,
+    CLOSE_HELLO_TIMEOUT,
+    CLOSE_NODE_ID_TAKEN,
+    CLOSE_RATE_LIMITED,
+    CLOSE_REPLACED,
+    CLOSE_UNAUTHORIZED,
+    PROTOCOL_VERSION,
 )
-ACTIVE_STATES: frozenset[str] = frozenset({"optimizing", "running"})
+
+__all__ = [  # what other modules take from here besides the frames (see wire/__init__.py)
+    "BATCH_MAX_BYTES",
+    "BATCH_MAX_FRAMES",
+    "BATCH_SINCE",
+    "CLOSE_BAD_HELLO",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_HELLO_TIMEOUT",
+    "CLOSE_NODE_ID_TAKEN",
+    "CLOSE_RATE_LIMITED",
+    "CLOSE_REPLACED",
+    "CLOSE_UNAUTHORIZED",
+    "PROTOCOL_VERSION",
+]
+
+
+class RunState(enum.StrEnum):
+    """A run's state: in the store, the runs API, ``progress`` frames and the bridges."""
+
+    QUEUED = "queued"
+    OPTIMIZING = "optimizing"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    REJECTED = "rejected"
+
+
+#: Every run state, in the order a run may pass them (the OpenAPI document's enum).
+RUN_STATES: tuple[str, ...] = tuple(state.value for state in RunState)
 ResultStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "rejected"]
+#: How a run may end: a ``result`` frame's ``status``, a ``deliver`` frame's.
+RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
+TERMINAL_STATES: frozenset[str] = frozenset(RESULT_STATUSES)
+ACTIVE_STATES: frozenset[str] = frozenset({RunState.OPTIMIZING, RunState.RUNNING})
 
 #: An executor label (``EXEC_LABELS``): lowercase letters, digits, ``-`` and ``_``.
 LABEL_PATTERN = r"^[a-z0-9_-]{1,64}$"
@@ -165,6 +192,17 @@ Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
 class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
+    def dump(self) -> dict[str, Any]:
+        """The frame as it goes on the wire: its ``type`` and the fields it was given
+        (a field left at its default is left out, as the senders always did)."""
+        data = self.model_dump(exclude_unset=True)
+        kind = getattr(self, "type", None)
+        return data if kind is None else {"type": kind, **data}
+
+
+#: The base of every frame model: ``dump()`` gives what goes on the wire.
+FrameModel = _Frame
+
 
 class LoginState(_Frame):
     logged_in: bool | None = None
@@ -175,27 +213,27 @@ class Hello(_Frame):
     type: Literal["hello"]
     role: Literal["executor", "bridge"]
     #: The node's protocol version: 2 and later take batches from the hub.
-    protocol: int = Field(1, ge=1)
+    protocol: int = Field(default=1, ge=1)
     token: str = ""
     node_id: str = Field(min_length=1, max_length=200)
-    name: str = Field("", max_length=200)
-    capacity: int = Field(0, ge=0, le=10_000)
+    name: str = Field(default="", max_length=200)
+    capacity: int = Field(default=0, ge=0, le=10_000)
     #: Executors: the longest a run may take there (the hub adds HUB_RUN_GRACE_S).
-    timeout_s: float | None = Field(None, gt=0, le=30 * 86_400)
-    platform: str = Field("", max_length=50)
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 86_400)
+    platform: str = Field(default="", max_length=50)
     login: LoginState | None = None
     active_runs: list[str] = Field(default_factory=list)
     #: Executors: what runs may ask for (EXEC_LABELS), the engine, codex's version.
     labels: list[Label] = Field(default_factory=list, max_length=MAX_LABELS)
-    engine: str = Field("", max_length=50)
-    codex_version: str = Field("", max_length=100)
+    engine: str = Field(default="", max_length=50)
+    codex_version: str = Field(default="", max_length=100)
 
 
 # hub -> executor
 
 
 class AssignFrame(_Frame):
-    type: Literal["assign"]
+    type: Literal["assign"] = "assign"
     run_id: str
     prompt: str
     thread_id: str | None = None
@@ -206,7 +244,7 @@ class AssignFrame(_Frame):
     #: The conversation; absent from older hubs (the run is then its own conversation).
     session_key: str | None = None
     #: ``owner/repo[@branch]`` or a git URL, as the user wrote it; the executor checks it.
-    repo: str | None = Field(None, max_length=500)
+    repo: str | None = Field(default=None, max_length=500)
     open_pr: bool = False
 
 
@@ -226,21 +264,21 @@ def repo_problem(value: object) -> str | None:
 
 
 class EventFrame(_Frame):
-    type: Literal["event"]
+    type: Literal["event"] = "event"
     run_id: str
     seq: int = Field(ge=1)
     event: dict[str, Any]
 
 
 class StateFrame(_Frame):
-    type: Literal["state"]
+    type: Literal["state"] = "state"
     run_id: str
     state: Literal["optimizing", "running"]
     effective_prompt: str | None = None
 
 
 class ResultFrame(_Frame):
-    type: Literal["result"]
+    type: Literal["result"] = "result"
     run_id: str
     status: ResultStatus
     answer: str = ""
@@ -251,8 +289,8 @@ class ResultFrame(_Frame):
 
 
 class StatusFrame(_Frame):
-    type: Literal["status"]
-    capacity: int | None = Field(None, ge=0, le=10_000)
+    type: Literal["status"] = "status"
+    capacity: int | None = Field(default=None, ge=0, le=10_000)
     login: LoginState | None = None
 
 
@@ -271,13 +309,13 @@ def refuse_nul(prompt: str) -> str:
 
 
 class SubmitFrame(_Frame):
-    type: Literal["submit"]
+    type: Literal["submit"] = "submit"
     req_id: str = ""
     prompt: str = Field(min_length=1, max_length=200_000)
-    session_key: str | None = Field(None, max_length=500)
+    session_key: str | None = Field(default=None, max_length=500)
     origin: dict[str, Any] = Field(default_factory=dict)
     optimize: bool | None = None
-    dedupe_key: str | None = Field(None, max_length=300)
+    dedupe_key: str | None = Field(default=None, max_length=300)
     #: Attachments from chat: "images" [{"mime", "data"}] and "files" [{"name", "data"}]
     #: (base64), passed to the executor as the assign frame's options.
     attachments: dict[str, list[dict[str, str]]] | None = None
@@ -286,35 +324,134 @@ class SubmitFrame(_Frame):
 
 
 class CancelFrame(_Frame):
-    type: Literal["cancel"]
+    type: Literal["cancel"] = "cancel"
     req_id: str = ""
     run_id: str | None = None
     session_key: str | None = None
 
 
 class ResetSessionFrame(_Frame):
-    type: Literal["reset_session"]
+    type: Literal["reset_session"] = "reset_session"
     req_id: str = ""
     session_key: str
 
 
 class SessionStatusFrame(_Frame):
-    type: Literal["session_status"]
+    type: Literal["session_status"] = "session_status"
     req_id: str = ""
     session_key: str
 
 
 class AckFrame(_Frame):
-    type: Literal["ack"]
+    type: Literal["ack"] = "ack"
     delivery_id: str
 
 
 class StatusRefFrame(_Frame):
-    type: Literal["status_ref"]
+    type: Literal["status_ref"] = "status_ref"
     req_id: str = ""
     run_id: str = Field(min_length=1, max_length=200)
     #: The platform's id of the run's status message (Telegram: its message_id).
     ref: str = Field(min_length=1, max_length=200)
+
+
+# hub -> node (both roles)
+
+
+class WelcomeFrame(_Frame):
+    """The hub's answer to a good hello; ``protocol`` 2 and later take batches."""
+
+    type: Literal["welcome"] = "welcome"
+    node_id: str
+    protocol: int = Field(default=1, ge=1)
+
+
+class ErrorFrame(_Frame):
+    """A frame the peer could not use; ``req_id`` ties it to the request that caused it."""
+
+    type: Literal["error"] = "error"
+    #: One of :class:`wire.codes.ErrorCode` (a newer peer may send one this one lacks).
+    code: str
+    message: str = ""
+    req_id: str | None = None
+
+
+# hub -> executor
+
+
+class RunCancelFrame(_Frame):
+    """hub -> executor: kill codex; the executor answers with a ``cancelled`` result."""
+
+    type: Literal["cancel"] = "cancel"
+    run_id: str
+
+
+class ResultAckFrame(_Frame):
+    """hub -> executor: the run's result is durable; forget the run."""
+
+    type: Literal["result_ack"] = "result_ack"
+    run_id: str
+
+
+# hub -> bridge
+
+
+class SubmittedFrame(_Frame):
+    type: Literal["submitted"] = "submitted"
+    req_id: str = ""
+    run_id: str
+    #: Runs ahead of it in its session.
+    position: int = 0
+    #: The dedupe key named a run started before: this is that run.
+    duplicate: bool = False
+
+
+class CancelledFrame(_Frame):
+    type: Literal["cancelled"] = "cancelled"
+    req_id: str = ""
+    run_ids: list[str] = Field(default_factory=list)
+
+
+class OkFrame(_Frame):
+    type: Literal["ok"] = "ok"
+    req_id: str = ""
+
+
+class SessionFrame(_Frame):
+    """The answer to ``session_status``: run summaries (``Run.summary()``)."""
+
+    type: Literal["session"] = "session"
+    req_id: str = ""
+    active: dict[str, Any] | None = None
+    queued: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ProgressFrame(_Frame):
+    """Best effort, never stored: for the status message of a run."""
+
+    type: Literal["progress"] = "progress"
+    run_id: str
+    origin: dict[str, Any] = Field(default_factory=dict)
+    state: str = RunState.QUEUED
+    detail: str | None = None
+    position: int | None = None
+
+
+class DeliverFrame(_Frame):
+    """A run's final reply, re-sent until the bridge answers ``ack`` {"delivery_id"}."""
+
+    type: Literal["deliver"] = "deliver"
+    delivery_id: str
+    run_id: str
+    origin: dict[str, Any] = Field(default_factory=dict)
+    status: str = RunState.FAILED
+    answer: str = ""
+    error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    #: The conversation's diff, when its run changed a repository.
+    diff: Any = None
+    #: The run's pull request, when one is open.
+    pr_url: str | None = None
 
 
 ExecutorFrame = Annotated[
@@ -324,6 +461,47 @@ BridgeFrame = Annotated[
     SubmitFrame | CancelFrame | ResetSessionFrame | SessionStatusFrame | AckFrame | StatusRefFrame,
     Field(discriminator="type"),
 ]
+#: What the hub sends an executor.
+ToExecutorFrame = Annotated[
+    WelcomeFrame | AssignFrame | RunCancelFrame | ResultAckFrame | ErrorFrame,
+    Field(discriminator="type"),
+]
+#: What the hub sends a bridge.
+ToBridgeFrame = Annotated[
+    WelcomeFrame
+    | SubmittedFrame
+    | ErrorFrame
+    | CancelledFrame
+    | OkFrame
+    | SessionFrame
+    | ProgressFrame
+    | DeliverFrame,
+    Field(discriminator="type"),
+]
+#: Every frame model, either way (the hello apart).
+FRAME_MODELS: tuple[type[_Frame], ...] = (
+    EventFrame,
+    StateFrame,
+    ResultFrame,
+    StatusFrame,
+    SubmitFrame,
+    CancelFrame,
+    ResetSessionFrame,
+    SessionStatusFrame,
+    AckFrame,
+    StatusRefFrame,
+    WelcomeFrame,
+    ErrorFrame,
+    AssignFrame,
+    RunCancelFrame,
+    ResultAckFrame,
+    SubmittedFrame,
+    CancelledFrame,
+    OkFrame,
+    SessionFrame,
+    ProgressFrame,
+    DeliverFrame,
+)
 
 HELLO = TypeAdapter(Hello)
 EXECUTOR_FRAME: TypeAdapter[Any] = TypeAdapter(ExecutorFrame)
@@ -331,38 +509,15 @@ BRIDGE_FRAME: TypeAdapter[Any] = TypeAdapter(BridgeFrame)
 #: Whole batches, validated in one pass when every frame in them is valid.
 EXECUTOR_BATCH: TypeAdapter[list[Any]] = TypeAdapter(list[ExecutorFrame])
 BRIDGE_BATCH: TypeAdapter[list[Any]] = TypeAdapter(list[BridgeFrame])
+TO_EXECUTOR_FRAME: TypeAdapter[Any] = TypeAdapter(ToExecutorFrame)
+TO_BRIDGE_FRAME: TypeAdapter[Any] = TypeAdapter(ToBridgeFrame)
+TO_EXECUTOR_BATCH: TypeAdapter[list[Any]] = TypeAdapter(list[ToExecutorFrame])
+TO_BRIDGE_BATCH: TypeAdapter[list[Any]] = TypeAdapter(list[ToBridgeFrame])
 
 
-def batch_messages(first: str, queue: asyncio.Queue[Any]) -> Iterator[str]:
-    """``first`` and the encoded frames waiting in ``queue``, as few messages as fit.
-
-    Takes what is queued now (never waits); stops at a ``None`` left in the queue (a
-    writer's stop signal, put back for the writer to see). A frame too big to share a
-    message goes alone.
-    """
-    parts = [first]
-    size = len(first)
-    while not queue.empty():
-        data = queue.get_nowait()
-        if data is None:
-            queue.put_nowait(None)
-            break
-        if len(parts) >= BATCH_MAX_FRAMES or size + len(data) > BATCH_MAX_BYTES:
-            yield _batch(parts)
-            parts, size = [], 0
-        parts.append(data)
-        size += len(data) + 1
-    if parts:
-        yield _batch(parts)
-
-
-def _batch(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else "[" + ",".join(parts) + "]"
-
-
-def error_frame(code: str, message: str, req_id: str | None = None) -> dict[str, Any]:
-    """An ``error`` frame; ``req_id`` ties it to the request that caused it."""
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+def error_frame(code: str, message: str, req_id: str | None = None) -> ErrorFrame:
+    """An ``error`` frame; ``req_id`` ties it to the request that caused it (left out
+    when there is none)."""
     if req_id:
-        frame["req_id"] = req_id
-    return frame
+        return ErrorFrame(code=code, message=message, req_id=req_id)
+    return ErrorFrame(code=code, message=message)

@@ -23,6 +23,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from wire import RunState
+
 #: Slack's recommended size of one message; `split_message` stays at or below it.
 MESSAGE_LIMIT = 3900
 #: The smallest `limit` `split_message` accepts: room for a label, a reopened fence and text.
@@ -35,22 +37,22 @@ FENCE = "```"
 _FENCE_LANG = re.compile(r"[ \t]*```([\w+#.-]{1,20})[ \t]*$")
 _LABEL_WIDTH_EXTRA = len("(/)\n")
 _CANCEL_WORDS = frozenset({"cancel", "stop"})
-# The hub's run states (wire RunState); anything else is shown by name.
+# The hub's run states (wire.RunState); anything else is shown by name.
 _STATES: Mapping[str, tuple[str, str]] = {
-    "queued": (":hourglass_flowing_sand:", "Queued"),
-    "optimizing": (":pencil2:", "Sharpening the prompt"),
-    "running": (":gear:", "Working"),
-    "succeeded": (":white_check_mark:", "Done"),
-    "failed": (":x:", "Failed"),
-    "cancelled": (":no_entry_sign:", "Cancelled"),
-    "timed_out": (":alarm_clock:", "Timed out"),
-    "rejected": (":no_entry:", "Rejected"),
+    RunState.QUEUED: (":hourglass_flowing_sand:", "Queued"),
+    RunState.OPTIMIZING: (":pencil2:", "Sharpening the prompt"),
+    RunState.RUNNING: (":gear:", "Working"),
+    RunState.SUCCEEDED: (":white_check_mark:", "Done"),
+    RunState.FAILED: (":x:", "Failed"),
+    RunState.CANCELLED: (":no_entry_sign:", "Cancelled"),
+    RunState.TIMED_OUT: (":alarm_clock:", "Timed out"),
+    RunState.REJECTED: (":no_entry:", "Rejected"),
 }
 _ENDINGS: Mapping[str, tuple[str, str]] = {
-    "failed": (":x:", "failed"),
-    "cancelled": (":no_entry_sign:", "was cancelled"),
-    "timed_out": (":alarm_clock:", "timed out"),
-    "rejected": (":no_entry:", "was rejected"),
+    RunState.FAILED: (":x:", "failed"),
+    RunState.CANCELLED: (":no_entry_sign:", "was cancelled"),
+    RunState.TIMED_OUT: (":alarm_clock:", "timed out"),
+    RunState.REJECTED: (":no_entry:", "was rejected"),
 }
 
 

@@ -26,6 +26,8 @@ from telegram import Message, MessageEntity
 from telegram.error import RetryAfter
 from telegramify_markdown.entity import split_entities
 
+from wire import RunState
+
 #: Telegram refuses message texts longer than this (after entity parsing).
 MESSAGE_LIMIT = 4096
 
@@ -450,10 +452,10 @@ def help_text(user_id: int | None, chat_id: int, *, bot_username: str = "") -> s
     )
 
 
-_STATE_LABELS = {
-    "queued": "⏳ Queued",
-    "optimizing": "✍️ Preparing the prompt",
-    "running": "⚙️ Working",
+_STATE_LABELS: Mapping[str, str] = {
+    RunState.QUEUED: "⏳ Queued",
+    RunState.OPTIMIZING: "✍️ Preparing the prompt",
+    RunState.RUNNING: "⚙️ Working",
 }
 
 
@@ -487,14 +489,14 @@ def final_text(
     Only ``succeeded`` returns codex's own Markdown (render it with the parse mode); every
     other outcome is plain text and should be sent without formatting.
     """
-    if status == "succeeded":
+    if status == RunState.SUCCEEDED:
         return answer.strip() or f"Codex finished without an answer. (run {run_id})"
     reason = preview(_error_message(error), 1000)
-    if status == "cancelled":
+    if status == RunState.CANCELLED:
         head = "🛑 Cancelled."
-    elif status == "timed_out":
+    elif status == RunState.TIMED_OUT:
         head = "⌛ Timed out: the run took longer than it is allowed to."
-    elif status == "rejected":
+    elif status == RunState.REJECTED:
         head = "🚫 The hub did not accept this request."
     else:
         head = "❌ The run failed."

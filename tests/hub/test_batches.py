@@ -13,51 +13,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from hub.appkeys import ROUTER
 from testkit.fakes.nodes import bridge_hello, executor_hello
 from tests.conftest import NODE_TOKEN, ws_url
-from wire import BATCH_MAX_FRAMES, PROTOCOL_VERSION, batch_messages
+from wire import PROTOCOL_VERSION
 
-# --- the writer's batching -----------------------------------------------------------
-
-
-def _queue(*items: str | None) -> asyncio.Queue[str | None]:
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-    for item in items:
-        queue.put_nowait(item)
-    return queue
-
-
-def test_a_lone_frame_goes_as_it_is() -> None:
-    assert list(batch_messages('{"a":1}', _queue())) == ['{"a":1}']
-
-
-def test_queued_frames_go_in_one_array_in_order() -> None:
-    messages = list(batch_messages('{"n":0}', _queue('{"n":1}', '{"n":2}')))
-    assert [json.loads(m) for m in messages] == [[{"n": 0}, {"n": 1}, {"n": 2}]]
-
-
-def test_a_batch_holds_at_most_so_many_frames() -> None:
-    frames = [json.dumps({"n": i}) for i in range(BATCH_MAX_FRAMES * 2 + 1)]
-    messages = list(batch_messages(frames[0], _queue(*frames[1:])))
-    decoded = [json.loads(m) for m in messages]
-    assert [len(d) if isinstance(d, list) else 1 for d in decoded] == [256, 256, 1]
-    flat = [f for d in decoded for f in (d if isinstance(d, list) else [d])]
-    assert flat == [{"n": i} for i in range(len(frames))]
-
-
-def test_a_big_frame_goes_alone() -> None:
-    big = json.dumps({"text": "x" * (1 << 20)})
-    messages = list(batch_messages('{"n":0}', _queue(big, '{"n":1}')))
-    assert [json.loads(m) if len(m) < 100 else "big" for m in messages] == [
-        {"n": 0},
-        "big",
-        {"n": 1},
-    ]
-
-
-def test_the_writers_stop_signal_is_left_for_the_writer() -> None:
-    queue = _queue('{"n":1}', None, '{"n":2}')
-    assert [json.loads(m) for m in batch_messages('{"n":0}', queue)] == [[{"n": 0}, {"n": 1}]]
-    assert queue.get_nowait() == '{"n":2}'  # the stop signal went back behind what followed
-    assert queue.get_nowait() is None
+# The writer's batching is the codec's (wire.batch): see tests/wire/test_codec.py.
 
 
 # --- the hub, as seen by a node ------------------------------------------------------
