@@ -48,6 +48,13 @@ def _for(annotation: Any) -> st.SearchStrategy[Any]:
         return st.builds(
             LoginState, logged_in=st.none() | st.booleans(), detail=st.text(max_size=20)
         )
+    if origin is typing.Annotated:
+        pattern = next(
+            (getattr(m, "pattern", None) for m in args[1:] if getattr(m, "pattern", None)), None
+        )
+        if pattern is not None:
+            return st.from_regex(pattern, fullmatch=True)
+        return _for(args[0])
     if origin is typing.Literal:
         return st.sampled_from(args)
     if origin in (typing.Union, types.UnionType):
