@@ -6,6 +6,8 @@ Plain data, no SQL and no I/O: the hub builds and reads these, the store's state
 
 from __future__ import annotations
 
+import random
+import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeAlias
 
@@ -86,3 +88,11 @@ class Delivery:
     payload: dict[str, Any]
     created_at: float
     attempts: int = 0
+
+
+_ids = random.Random(secrets.randbits(64))
+
+
+def new_run_id() -> str:
+    """A short random run id (the API that names runs needs a key; ids need not be secret)."""
+    return f"run_{_ids.getrandbits(64):016x}"
