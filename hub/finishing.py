@@ -16,7 +16,7 @@ from typing import Any
 
 from hub.router_state import Live, RouterState
 from hub.store import Delivery, Run, StoreUnavailable
-from wire import ErrorCode, ResultAckFrame, RunCancelFrame
+from wire import ErrorCode, ResultAckFrame, RunCancelFrame, RunState
 
 log = logging.getLogger("hub.router")
 
@@ -26,7 +26,7 @@ class Finishing(RouterState):
 
     # finishing
 
-    async def _finish(self, live: Live, status: str, **fields: Any) -> bool:
+    async def _finish(self, live: Live, status: RunState, **fields: Any) -> bool:
         """End a run; True once its end is on disk (False: the store failed, logged).
 
         Whatever the store does, the caller is answered, the reply goes to the bridge
@@ -86,7 +86,7 @@ class Finishing(RouterState):
         # A success is in the store, the metrics and the monitor: a line for each would
         # cost the hub a tenth of its time at full load (see docs/benchmarks.md).
         # Every other ending is worth an operator's eye, with its reason.
-        if status == "succeeded":
+        if status == RunState.SUCCEEDED:
             log.debug("run %s ended %s", run.id, status, extra={"run_id": run.id})
         else:
             log.info(
@@ -184,7 +184,7 @@ class Finishing(RouterState):
             node.link.send(RunCancelFrame(run_id=run.id).dump())
         await self._finish(
             live,
-            "failed",
+            RunState.FAILED,
             error={
                 "code": ErrorCode.STORE_UNAVAILABLE,
                 "message": "the hub could not store this request (its disk is full), so it "

@@ -35,6 +35,7 @@ from wire import (
     ResetSessionFrame,
     ResultAckFrame,
     ResultFrame,
+    RunState,
     SessionFrame,
     SessionStatusFrame,
     StateFrame,
@@ -132,7 +133,7 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
         if self._over_limit(live):
             return
         run = live.run
-        run.state = frame.state
+        run.state = RunState(frame.state)
         fields: dict[str, Any] = {"state": frame.state}
         if run.started_at is None:
             run.started_at = fields["started_at"] = time.time()
@@ -150,9 +151,9 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
                 if live.stored is not None:
                     stored = await asyncio.shield(live.stored)
             else:
-                status = frame.status
-                if live.cancel_requested and status == "failed":
-                    status = "cancelled"
+                status = RunState(frame.status)
+                if live.cancel_requested and status == RunState.FAILED:
+                    status = RunState.CANCELLED
                 stored = await self._finish(
                     live,
                     status,

@@ -16,7 +16,7 @@ from typing import Any
 from hub.nodes import Link, NodeInfo
 from hub.router_errors import NodeIdTaken
 from hub.router_state import RouterState
-from wire import CLOSE_REPLACED, ErrorCode, Hello
+from wire import CLOSE_REPLACED, ErrorCode, Hello, RunState
 
 log = logging.getLogger("hub.router")
 
@@ -65,7 +65,7 @@ class NodeRegistry(RouterState):
                 self._cancel_timer(run_id)
                 if run_id not in self._deadlines:  # recovered by a restarted hub
                     self._arm_deadline(live, node)
-            elif live.run.state == "queued":
+            elif live.run.state == RunState.QUEUED:
                 # It never reached the executor: give it to whoever is free.
                 self._cancel_timer(run_id)
                 self._unassign(live)
@@ -74,7 +74,7 @@ class NodeRegistry(RouterState):
                 self._spawn(
                     self._finish(
                         live,
-                        "failed",
+                        RunState.FAILED,
                         error={
                             "code": ErrorCode.EXECUTOR_LOST,
                             "message": f"executor {node.name} restarted and lost this run",
@@ -117,7 +117,7 @@ class NodeRegistry(RouterState):
             return
         await self._finish(
             live,
-            "failed",
+            RunState.FAILED,
             error={"code": ErrorCode.EXECUTOR_LOST, "message": f"executor lost: {why}"},
         )
 

@@ -16,7 +16,7 @@ import time
 from hub.nodes import Link
 from hub.router_state import Live, RouterState
 from hub.store import Delivery, Run, StoreUnavailable
-from wire import AckFrame, DeliverFrame, ErrorCode, FrameModel, error_frame
+from wire import AckFrame, DeliverFrame, ErrorCode, FrameModel, RunState, error_frame
 
 log = logging.getLogger("hub.router")
 
@@ -55,7 +55,7 @@ class Outbox(RouterState):
                 self._next_send[delivery.id] = time.monotonic() + wait * random.uniform(0.5, 1.0)
                 return
 
-    def _reply(self, live: Live, status: str, now: float) -> Delivery | None:
+    def _reply(self, live: Live, status: RunState, now: float) -> Delivery | None:
         """The reply to a run from a chat bridge, as the outbox keeps it (None: no bridge)."""
         run = live.run
         platform = run.origin.get("platform")

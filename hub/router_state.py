@@ -22,7 +22,7 @@ from hub.nodes import NodeInfo
 from hub.run_queue import RunQueue
 from hub.settings import HubSettings
 from hub.store import Delivery, Run, Store, op_record
-from wire import ProgressFrame
+from wire import ProgressFrame, RunState
 
 log = logging.getLogger("hub.router")
 
@@ -191,7 +191,7 @@ class RouterState:
 
     # what each job offers the others (defined in the module named; Router has them all)
 
-    async def _finish(self, live: Live, status: str, **fields: Any) -> bool:
+    async def _finish(self, live: Live, status: RunState, **fields: Any) -> bool:
         """End a run (hub.finishing)."""
         raise NotImplementedError
 
@@ -231,7 +231,7 @@ class RouterState:
         """Send a reply to a bridge of its platform (hub.outbox)."""
         raise NotImplementedError
 
-    def _reply(self, live: Live, status: str, now: float) -> Delivery | None:
+    def _reply(self, live: Live, status: RunState, now: float) -> Delivery | None:
         """A finished run's reply for the outbox (hub.outbox)."""
         raise NotImplementedError
 

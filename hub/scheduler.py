@@ -21,7 +21,7 @@ from hub.nodes import NodeInfo
 from hub.router_errors import HubClosing, QueueFull, StoreUnwritable
 from hub.router_state import Live, RouterState, Ticket
 from hub.store import Run, StoreUnavailable, new_run_id, op_insert_run, op_set_executor
-from wire import AssignFrame, ErrorCode, RunCancelFrame
+from wire import AssignFrame, ErrorCode, RunCancelFrame, RunState
 
 log = logging.getLogger("hub.router")
 
@@ -118,7 +118,7 @@ class Scheduler(RouterState):
             self.metrics.run_submitted(run)
         events = self.bus.subscribe(run.id) if watch else None
         position = self.position(run)
-        self._record(live, "state", {"state": "queued", "position": position})
+        self._record(live, "state", {"state": RunState.QUEUED, "position": position})
         if note:
             self._record(live, "note", {"message": note})
         self._publish_run(run)
@@ -173,14 +173,14 @@ class Scheduler(RouterState):
         if run.executor is None:
             self._remove_from_queue(run_id)
             await self._finish(
-                live, "cancelled", error={"code": ErrorCode.CANCELLED, "message": reason}
+                live, RunState.CANCELLED, error={"code": ErrorCode.CANCELLED, "message": reason}
             )
             return True
         live.cancel_requested = True
         node = self.executors.get(run.executor)
         if node is None:
             await self._finish(
-                live, "cancelled", error={"code": ErrorCode.CANCELLED, "message": reason}
+                live, RunState.CANCELLED, error={"code": ErrorCode.CANCELLED, "message": reason}
             )
             return True
         node.link.send(RunCancelFrame(run_id=run_id).dump())
@@ -200,7 +200,7 @@ class Scheduler(RouterState):
         if live is not None and not live.finishing:
             await self._finish(
                 live,
-                "cancelled",
+                RunState.CANCELLED,
                 error={
                     "code": ErrorCode.CANCELLED,
                     "message": f"{reason} (executor did not confirm)",
@@ -345,7 +345,7 @@ class Scheduler(RouterState):
         grace = self.settings.run_grace_s
         self._end_early(
             live,
-            "timed_out",
+            RunState.TIMED_OUT,
             ErrorCode.HUB_DEADLINE,
             f"the executor did not finish this run within {timeout:g} s (its timeout) "
             f"plus {grace:g} s (HUB_RUN_GRACE_S); the hub ended it",
@@ -369,10 +369,10 @@ class Scheduler(RouterState):
         else:
             return False
         live.over_limit = True
-        self._end_early(live, "failed", code, message)
+        self._end_early(live, RunState.FAILED, code, message)
         return True
 
-    def _end_early(self, live: Live, status: str, code: str, message: str) -> None:
+    def _end_early(self, live: Live, status: RunState, code: str, message: str) -> None:
         """Stop a run on its executor and end it now, without waiting for its result."""
         run = live.run
         node = self.executors.get(run.executor) if run.executor else None

@@ -11,6 +11,8 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeAlias
 
+from wire import RunState
+
 #: One event of a run as the store takes it: (seq, ts, kind, data, exec_seq). ``seq``
 #: counts the hub's events of the run from 1; ``exec_seq`` is the executor's own count
 #: (None for events the hub made), so that an event sent again is stored once.
@@ -29,8 +31,8 @@ class Run:
     origin: dict[str, Any]
     source: str
     created_at: float
-    #: One of :data:`wire.RunState` (typed as str while the router sets it from a str).
-    state: str = "queued"
+    #: Stored and shown as its string value.
+    state: RunState = RunState.QUEUED
     session_key: str | None = None
     user: str | None = None
     effective_prompt: str | None = None
