@@ -2,7 +2,7 @@
 
 :class:`RouterState` holds the connected nodes, the unfinished runs (:class:`Live`), the
 queue, the session cache, the outbox and the timers; each job is a class of its own
-module built on it (:mod:`hub.nodes`, :mod:`hub.scheduler`, :mod:`hub.outbox`,
+module built on it (:mod:`hub.node_registry`, :mod:`hub.scheduler`, :mod:`hub.outbox`,
 :mod:`hub.finishing`, :mod:`hub.node_frames`), and :class:`hub.router.Router` composes
 them. It also numbers, publishes and stores a run's events and tells the monitor and the
 bridges what changed.
