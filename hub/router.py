@@ -51,13 +51,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from hub.finishing import Finishing
 from hub.node_frames import NodeFrames, own_session
+from hub.node_registry import NodeRegistry
 from hub.nodes import Link, NodeInfo
-from hub.outbox import REDELIVER_MAX_S
+from hub.outbox import REDELIVER_MAX_S, Outbox
 from hub.router_errors import HubClosing, NodeIdTaken, QueueFull, RouterError, StoreUnwritable
 from hub.router_state import Live, Ticket
 from hub.router_view import Load
-from hub.scheduler import QUEUE_SHOWN, STORE_BACKLOG_LIMIT
+from hub.scheduler import QUEUE_SHOWN, STORE_BACKLOG_LIMIT, Scheduler
 from hub.store import Run, new_run_id
 from wire import RECONNECT_MAX_S
 
@@ -83,8 +85,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Router(NodeFrames):
-    """Routes runs to executors and replies to bridges; see the module docstring."""
+class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
+    """Routes runs to executors and replies to bridges; see the module docstring.
+
+    Each base is one job's class, all on :class:`~hub.router_state.RouterState`; this
+    class adds only the start, the close and the read API.
+    """
 
     # lifecycle
 
