@@ -34,6 +34,12 @@ class ExecutorSettings(NodeSettings):
         "workspace-write", alias="CODEX_SANDBOX"
     )
     codex_network_access: bool = Field(True, alias="CODEX_NETWORK_ACCESS")
+    #: When codex asks a person before it acts (app-server engine only): ``never`` (what
+    #: ``codex exec`` does), ``on-request``, ``on-failure`` or ``untrusted``. The people
+    #: who decide are the hub's APPROVERS; the sandbox stays CODEX_SANDBOX.
+    codex_approval_policy: Literal["never", "on-request", "on-failure", "untrusted"] = Field(
+        "never", alias="CODEX_APPROVAL_POLICY"
+    )
     codex_extra_args: str = Field("", alias="CODEX_EXTRA_ARGS")
 
     # how runs execute

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from hub.approvals import Approvals
 from hub.bus import Bus, Subscription
 from hub.metrics import Metrics
 from hub.run_queue import RunQueue
@@ -65,6 +66,8 @@ from wire import (
     CLOSE_REPLACED,
     RECONNECT_MAX_S,
     AckFrame,
+    ApprovalDecideFrame,
+    ApprovalShownFrame,
     AssignFrame,
     CancelFrame,
     CancelledFrame,
@@ -321,6 +324,8 @@ class Router:
         self.metrics = metrics
         self.closing = False
         self._live_state_soon: asyncio.Handle | None = None
+        #: codex's approval requests and people's decisions (hub/approvals.py).
+        self.approvals = Approvals(self, settings)
 
     # lifecycle
 
@@ -355,6 +360,7 @@ class Router:
         for delivery in await self.store.pending_deliveries():
             self.pending[delivery.id] = delivery
         self._redeliver_task = asyncio.create_task(self._redeliver_loop(), name="Router:redeliver")
+        await self.approvals.start()
         if self.live or self.pending:
             log.info(
                 "recovered %d unfinished runs and %d undelivered replies",
@@ -365,6 +371,7 @@ class Router:
     async def close(self) -> None:
         """Stop timers and background work; runs stay in the store for the next start."""
         self.closing = True
+        await self.approvals.close()
         if self._live_state_soon is not None:
             self._live_state_soon.cancel()
             self._live_state_soon = None
@@ -729,6 +736,7 @@ class Router:
                     f"Router:lost:{run_id}",
                 )
         log.info("executor %s connected (capacity %d)", node.name, node.capacity)
+        self.approvals.executor_connected(link.node_id)
         self._publish_nodes()
         self._dispatch()
 
@@ -865,6 +873,7 @@ class Router:
             if delivery.platform == hello.platform:
                 delivery.attempts = 0  # a fresh bridge starts the backoff over
                 self._send_delivery(delivery)
+        self.approvals.bridge_connected(hello.platform)
         log.info("bridge %s (%s) connected", link.node_id, hello.platform)
         self._publish_nodes()
 
@@ -928,6 +937,8 @@ class Router:
             live.diff = event["diff"] or None
             live.pr_url = event.get("pr_url") if isinstance(event.get("pr_url"), str) else None
         self._record(live, kind, event, exec_seq=frame.seq)
+        if kind == "approval":
+            self.approvals.on_event(live, event)
         summary = event.get("summary")
         if summary and summary != live.last_detail:
             live.last_detail = summary
@@ -1017,6 +1028,8 @@ class Router:
             return None
         if isinstance(frame, StatusRefFrame):
             return await self._on_status_ref(platform, frame)
+        if isinstance(frame, (ApprovalDecideFrame, ApprovalShownFrame)):
+            return await self.approvals.on_bridge_frame(platform, frame)
         if isinstance(frame, SubmitFrame):
             origin = {**frame.origin, "source": platform, "platform": platform}
             key = own_session(platform, frame.session_key) if frame.session_key else None
@@ -1149,6 +1162,7 @@ class Router:
         self._cancel_timer(run.id)
         self._disarm_deadline(run.id)
         self._remove_from_queue(run.id)
+        self.approvals.run_ended(run.id)
         node = self.executors.get(run.executor) if run.executor else None
         if node is not None:
             node.busy.discard(run.id)
