@@ -13,7 +13,15 @@ from urllib.parse import quote
 
 from aiohttp import WSCloseCode, web
 
-from hub import api_openai, api_responses, api_runs, api_settings, openapi, web_guard
+from hub import (
+    api_approvals,
+    api_openai,
+    api_responses,
+    api_runs,
+    api_settings,
+    openapi,
+    web_guard,
+)
 from hub.appkeys import (
     AUTH_FAILURES,
     BUS,
@@ -104,6 +112,7 @@ def create_app(settings: HubSettings) -> web.Application:
     app.router.add_routes(openapi.routes)
     api_openai.setup(app, api_responses.routes)
     api_runs.setup(app)
+    api_approvals.setup(app)
     app.router.add_routes(api_settings.routes)
     return app
 
