@@ -162,9 +162,9 @@ def asker_of(run: Run) -> str | None:
 def approvers_of(settings: HubSettings) -> frozenset[str]:
     """``APPROVERS`` as actor strings or bare user ids; an API key written there counts
     as its principal (the principal id is what to write: it is no secret)."""
-    from hub.auth import principal_for_key  # noqa: PLC0415 - hub.auth imports the router
+    from hub.auth import principal_for_key  # here: hub.auth imports the router
 
-    keys = set(settings.all_api_keys) if hasattr(settings, "all_api_keys") else set()
+    keys = set(settings.all_api_keys)
     return frozenset(
         principal_for_key(entry) if entry in keys else entry for entry in settings.approvers
     )
