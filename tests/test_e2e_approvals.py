@@ -17,8 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from hub.app import HubServer
 from hub.appkeys import BUS, ROUTER, STORE
 from testkit.fakes.model_server import StubModelServer
+from tests.conftest import node_token, on_a_fixed_port
 from tests.test_e2e_codex import post, real_executor, workdir
 
 pytestmark = pytest.mark.codex
@@ -173,3 +175,76 @@ def hub_overrides() -> dict[str, Any]:
 def hub_settings(hub_settings: Any, hub_overrides: dict[str, Any]) -> Any:
     """The test hub's settings with the test's overrides."""
     return hub_settings.model_copy(update=hub_overrides)
+
+
+async def wait_state(sub: Any, run_id: str, state: str) -> None:
+    async with asyncio.timeout(30):
+        async for message in sub:
+            run = message.get("run") if message.get("type") == "run" else None
+            if run and run.get("id") == run_id and run.get("state") == state:
+                return
+
+
+async def test_a_pending_approval_survives_a_hub_restart(
+    hub_settings: Any,
+    start_executor: Any,
+    codex_bin: str,
+    codex_home: Path,
+    model_server: StubModelServer,
+    tmp_path: Path,
+    workdir: Path,
+) -> None:
+    """The hub restarts while codex waits: the request is still shown, and approving it
+    then runs the command on the executor that kept waiting."""
+    del start_executor
+    settings, url = on_a_fixed_port(hub_settings)
+    marker = tmp_path / "restart.txt"
+    model_server.reply_escalated_exec(f"echo yes > {marker}", "after a restart", "still here")
+    async with real_node(url, codex_bin, codex_home, workdir):
+        async with HubServer(settings) as first:
+            with first.app[BUS].subscribe() as sub:
+                async with aiohttp.ClientSession() as s:
+                    async with s.post(f"{first.url}/api/runs", json={"prompt": "write it"}) as resp:
+                        run_id = (await resp.json())["run"]["id"]
+                await wait_state(sub, run_id, "awaiting_approval")
+        async with HubServer(settings) as second:
+            shown = await get_run(second, run_id)
+            with second.app[BUS].subscribe(run_id) as sub:
+                # Decided before the executor is back, most likely: the hub sends the
+                # decision once it reconnects.
+                status, _ = await decide(second, run_id, "approve")
+                await wait_state(sub, run_id, "succeeded")
+            run = await second.app[STORE].get_run(run_id)
+    assert shown["run"]["state"] == "awaiting_approval"
+    assert shown["approval"]["state"] == "pending"
+    assert status == 200
+    assert run is not None and run.answer == "still here"
+    assert marker.read_text().strip() == "yes"
+
+
+@asynccontextmanager
+async def real_node(url: str, codex_bin: str, home: Path, workdir: Path) -> AsyncIterator[Any]:
+    """An executor asking for approvals, connecting to ``url`` (a hub that may restart)."""
+    from executor.factory import build_pipeline
+    from executor.node import ExecutorNode
+    from executor.settings import ExecutorSettings
+
+    settings = ExecutorSettings(
+        HUB_URL=url,
+        HUB_TOKEN=node_token("executor"),
+        EXEC_DRY_RUN=False,
+        CODEX_BIN=codex_bin,
+        CODEX_HOME=home,
+        EXEC_WORKDIR=workdir,
+        EXEC_TIMEOUT_S=60,
+        **ASKING,
+    )
+    pipeline, transport = build_pipeline(settings)
+    node = ExecutorNode(settings, pipeline)
+    try:
+        await node.start()
+        yield node
+    finally:
+        await node.close()
+        await pipeline.aclose()
+        await transport.close()
