@@ -33,7 +33,8 @@ from hub.appkeys import (
     SOCKETS,
     STORE,
 )
-from hub.auth import AuthFailures, RateLimiter, make_auth_middleware
+from hub.approvals import approvers_of
+from hub.auth import AuthFailures, RateLimiter, make_auth_middleware, principal_for_key
 from hub.bus import Bus
 from hub.connections import ConnectionLimits, LimitedSite
 from hub.credentials import resolve
@@ -57,6 +58,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _router_ctx(app: web.Application) -> AsyncIterator[None]:
     router = Router(app[STORE], app[BUS], app[SETTINGS], metrics=app[METRICS])
+    # An API key written in APPROVERS counts as its principal (hub.auth's id of it).
+    router.approvals.approvers = approvers_of(app[SETTINGS], principal_for_key)
     app[METRICS].attach(router)
     app[ROUTER] = router
     await router.start()

@@ -38,11 +38,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from hub.settings import HubSettings
-from hub.store import Run
+from hub.store import Run, Store
 from wire import (
     ApprovalDecideFrame,
     ApprovalDecisionFrame,
@@ -52,9 +53,6 @@ from wire import (
     RunState,
 )
 
-if TYPE_CHECKING:
-    from hub.router import Live, Router
-
 log = logging.getLogger(__name__)
 
 #: Decided approvals remembered (for "already decided by ...") after their run ended.
@@ -63,6 +61,32 @@ DONE_MEMORY = 1000
 BY_TIMEOUT = "timeout"
 
 Outcome = Literal["decided", "already_decided", "refused", "unknown"]
+#: A run the router has not finished (``hub.router.Live``: ``run``, ``finishing``).
+Live = Any
+
+
+class Router(Protocol):
+    """What approvals use of the router (``hub.router.Router``), which owns them."""
+
+    live: dict[str, Any]
+    executors: dict[str, Any]
+    bridges: dict[str, Any]
+    store: Store
+
+    def _record(
+        self,
+        live: Any,
+        kind: str,
+        data: dict[str, Any],
+        exec_seq: int | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None: ...
+
+    def _publish_run(self, run: Run) -> None: ...
+
+    def _progress(
+        self, live: Any, *, detail: str | None = None, position: int | None = None
+    ) -> None: ...
 
 
 @dataclass
@@ -159,11 +183,14 @@ def asker_of(run: Run) -> str | None:
     return run.principal
 
 
-def approvers_of(settings: HubSettings) -> frozenset[str]:
-    """``APPROVERS`` as actor strings or bare user ids; an API key written there counts
-    as its principal (the principal id is what to write: it is no secret)."""
-    from hub.auth import principal_for_key  # here: hub.auth imports the router
-
+def approvers_of(
+    settings: HubSettings, principal_for_key: Callable[[str], str] | None = None
+) -> frozenset[str]:
+    """``APPROVERS`` as actor strings or bare user ids; with ``principal_for_key``
+    (``hub.auth``'s) an API key written there counts as its principal (the principal id
+    is what to write: it is no secret)."""
+    if principal_for_key is None:
+        return frozenset(settings.approvers)
     keys = set(settings.all_api_keys)
     return frozenset(
         principal_for_key(entry) if entry in keys else entry for entry in settings.approvers
