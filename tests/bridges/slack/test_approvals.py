@@ -1,0 +1,160 @@
+"""codex's approval requests in Slack: Block Kit buttons in the thread, pressed over
+Socket Mode (``block_actions``), decided by the hub, changed to say who decided."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bridges.slack.convert import APPROVAL_ACTION
+from testkit.fakes.slack import FakeSlack, SlackMessage
+from tests.conftest import NODE_TOKEN, ws_url
+
+CHANNEL = "C0DEV"
+REQUEST = {
+    "kind": "command",
+    "command": "/bin/bash -c 'rm -rf build'",
+    "cwd": "/work",
+    "reason": "clean the build directory",
+}
+
+
+def approve(decision: str = "approve") -> str:
+    return f"{APPROVAL_ACTION}_{decision}"
+
+
+async def ask(ex: Any, run_id: str, approval_id: str = "ap_1", seq: int = 1) -> None:
+    """The fake executor's codex asks, as the app-server engine reports it."""
+    await ex.event(
+        run_id,
+        seq,
+        kind="approval",
+        status="requested",
+        approval_id=approval_id,
+        request=REQUEST,
+        summary="codex asks to run `rm -rf build`",
+    )
+
+
+async def buttons(fake_slack: FakeSlack, thread_ts: str) -> SlackMessage:
+    return await fake_slack.wait_for_post(
+        CHANNEL,
+        thread_ts,
+        lambda m: any(b.get("type") == "actions" for b in m.blocks or []),
+        timeout=10,
+    )
+
+
+def decided(message: SlackMessage) -> bool:
+    return not any(b.get("type") == "actions" for b in message.blocks or [])
+
+
+@pytest.fixture
+def hub_overrides() -> dict[str, Any]:
+    """Hub settings a test changes (parametrize it by this name)."""
+    return {}
+
+
+@pytest.fixture
+def hub_settings(hub_settings: Any, hub_overrides: dict[str, Any]) -> Any:
+    return hub_settings.model_copy(update=hub_overrides)
+
+
+async def test_the_asker_approves_with_a_button_and_every_copy_says_who_and_when(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """The request shows the command, why, and three buttons in the thread; the asker's
+    press reaches the executor, the presser is told, and the buttons become who decided."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, start_slack_bridge():
+        event = fake_slack.mention("clean up", channel=CHANNEL, user="U0ALICE")
+        await fake_slack.send_event(event)
+        run_id = (await ex.wait_type("assign"))["run_id"]
+        await ex.start_run(run_id)
+        await ask(ex, run_id)
+        shown = await buttons(fake_slack, event["ts"])
+        labels = [e["text"]["text"] for b in shown.blocks or [] for e in b.get("elements") or []]
+        await fake_slack.press_button(CHANNEL, shown.ts, approve(), user="U0ALICE")
+        decision = await ex.wait_type("approval_decision", run_id=run_id)
+        await fake_slack.wait_until(lambda: decided(shown), what="the buttons replaced")
+        await fake_slack.wait_until(lambda: fake_slack.ephemeral, what="the presser told")
+    assert "rm -rf build" in shown.text and "clean the build directory" in shown.text
+    assert labels == ["Approve", "Approve for this conversation", "Deny"]
+    assert decision["approval_id"] == "ap_1" and decision["decision"] == "approve"
+    assert decision["by"] == "slack:U0ALICE"
+    assert "Approved by <@U0ALICE> at " in shown.text and "UTC" in shown.text
+    [told] = fake_slack.ephemeral
+    assert told["user"] == "U0ALICE" and told["text"].startswith("Approved")
+
+
+async def test_a_stranger_is_refused_and_the_buttons_stay(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """Without APPROVERS only the asker decides: another user's press is refused, told
+    why (to them alone), and nothing is decided."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, start_slack_bridge():
+        event = fake_slack.mention("clean up", channel=CHANNEL, user="U0ALICE")
+        await fake_slack.send_event(event)
+        run_id = (await ex.wait_type("assign"))["run_id"]
+        await ex.start_run(run_id)
+        await ask(ex, run_id)
+        shown = await buttons(fake_slack, event["ts"])
+        await fake_slack.press_button(CHANNEL, shown.ts, approve(), user="U0MALLORY")
+        await fake_slack.wait_until(lambda: fake_slack.ephemeral, what="the refusal")
+    [told] = fake_slack.ephemeral
+    assert told["user"] == "U0MALLORY"
+    assert told["text"].startswith("Not allowed") and "person who asked" in told["text"]
+    assert not ex.of_type("approval_decision")
+    assert not decided(shown)
+
+
+@pytest.mark.parametrize("hub_overrides", [{"approvers": ["U0ALICE", "slack:U0BOB"]}])
+async def test_two_approvers_pressing_at_once_make_one_decision(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """Two approvers press at the same moment: one decision reaches the executor, the
+    other presser hears who decided first."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, start_slack_bridge():
+        event = fake_slack.mention("clean up", channel=CHANNEL, user="U0CAROL")
+        await fake_slack.send_event(event)
+        run_id = (await ex.wait_type("assign"))["run_id"]
+        await ex.start_run(run_id)
+        await ask(ex, run_id)
+        shown = await buttons(fake_slack, event["ts"])
+        await asyncio.gather(
+            fake_slack.press_button(CHANNEL, shown.ts, approve(), user="U0ALICE"),
+            fake_slack.press_button(CHANNEL, shown.ts, approve("deny"), user="U0BOB"),
+        )
+        await fake_slack.wait_until(lambda: len(fake_slack.ephemeral) == 2, what="both told")
+        await ex.wait_type("approval_decision", run_id=run_id)
+        await fake_slack.wait_until(lambda: decided(shown), what="the buttons replaced")
+        await ex.finish(run_id, "done")
+        await fake_slack.wait_for_post(CHANNEL, event["ts"], lambda m: m.text == "done")
+    assert len(ex.of_type("approval_decision")) == 1
+    texts = sorted(e["text"] for e in fake_slack.ephemeral)
+    assert any(t.startswith("Already decided") for t in texts)
+    assert any(t.startswith(("Approved", "Denied")) for t in texts)
+
+
+async def test_buttons_reach_a_bridge_that_was_down_and_work_after_its_restart(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub: Any
+) -> None:
+    """A request made while the bridge is away is shown once it is back; a restarted
+    bridge takes a press on those buttons (they carry the run and the request)."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex:
+        async with start_slack_bridge():
+            event = fake_slack.mention("clean up", channel=CHANNEL, user="U0ALICE")
+            await fake_slack.send_event(event)
+            run_id = (await ex.wait_type("assign"))["run_id"]
+            await ex.start_run(run_id)
+        await ask(ex, run_id)
+        async with start_slack_bridge():
+            shown = await buttons(fake_slack, event["ts"])
+        async with start_slack_bridge():
+            await fake_slack.press_button(CHANNEL, shown.ts, approve("deny"), user="U0ALICE")
+            decision = await ex.wait_type("approval_decision", run_id=run_id)
+            await fake_slack.wait_until(lambda: decided(shown), what="the buttons replaced")
+    assert decision["decision"] == "deny"
+    assert "Denied by <@U0ALICE>" in shown.text
+    assert len([m for m in fake_slack.posted(CHANNEL, event["ts"]) if m.blocks]) == 1
