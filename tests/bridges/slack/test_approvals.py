@@ -4,11 +4,13 @@ Socket Mode (``block_actions``), decided by the hub, changed to say who decided.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridges.slack.convert import APPROVAL_ACTION
+from testkit.fakes.model_server import StubModelServer
 from testkit.fakes.slack import FakeSlack, SlackMessage
 from tests.conftest import NODE_TOKEN, ws_url
 
@@ -158,3 +160,41 @@ async def test_buttons_reach_a_bridge_that_was_down_and_work_after_its_restart(
     assert decision["decision"] == "deny"
     assert "Denied by <@U0ALICE>" in shown.text
     assert len([m for m in fake_slack.posted(CHANNEL, event["ts"]) if m.blocks]) == 1
+
+
+@pytest.mark.codex
+async def test_a_slack_button_approves_what_the_real_codex_asks_and_the_command_runs(
+    fake_slack: FakeSlack,
+    start_executor: Any,
+    start_slack_bridge: Any,
+    codex_home: Path,
+    codex_bin: str,
+    model_server: StubModelServer,
+    tmp_path: Path,
+) -> None:
+    """The real codex app-server asks to run a command outside the sandbox; the asker's
+    Approve in the Slack thread lets it run, and the answer follows in the thread."""
+    marker = tmp_path / "from-slack.txt"
+    model_server.reply_escalated_exec(f"echo yes > {marker}", "write the marker", "it ran")
+    async with (
+        start_executor(
+            EXEC_DRY_RUN=False,
+            CODEX_HOME=codex_home,
+            CODEX_BIN=codex_bin,
+            EXEC_ENGINE="app-server",
+            CODEX_APPROVAL_POLICY="on-request",
+            EXEC_TIMEOUT_S=60,
+        ),
+        start_slack_bridge(),
+    ):
+        event = fake_slack.mention("write the marker", channel=CHANNEL, user="U0ALICE")
+        await fake_slack.send_event(event)
+        shown = await buttons(fake_slack, event["ts"])
+        await fake_slack.press_button(CHANNEL, shown.ts, approve(), user="U0ALICE")
+        await fake_slack.wait_for_post(
+            CHANNEL, event["ts"], lambda m: m.text == "it ran", timeout=30
+        )
+        await fake_slack.wait_until(lambda: decided(shown), what="the buttons replaced")
+    assert str(marker) in shown.text and "write the marker" in shown.text
+    assert marker.read_text().strip() == "yes"
+    assert "Approved by <@U0ALICE>" in shown.text

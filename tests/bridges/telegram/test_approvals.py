@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from testkit.fakes.model_server import StubModelServer
 from testkit.fakes.nodes import FakeExecutor
 from testkit.fakes.telegram import Call, FakeTelegram
 from tests.bridges.telegram.test_bridge import (
@@ -94,3 +98,46 @@ async def test_a_stranger_is_refused_with_an_alert_and_the_keyboard_stays(
     assert told.args["show_alert"] is True and "person who asked" in told.args["text"]
     assert not executor.of_type("approval_decision")
     assert "reply_markup" in fake.message(USER, shown.result["message_id"])
+
+
+@pytest.mark.codex
+async def test_a_telegram_button_denies_what_the_real_codex_asks_and_codex_goes_on(
+    start_executor: Any,
+    codex_home: Path,
+    codex_bin: str,
+    model_server: StubModelServer,
+    fake_telegram: FakeTelegram,
+    make_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """The real codex app-server asks to run a command; the asker's Deny in Telegram
+    keeps it from running, codex hears it was rejected, and its answer comes back."""
+    fake = fake_telegram
+    marker = tmp_path / "from-telegram.txt"
+    model_server.reply_escalated_exec(f"echo yes > {marker}", "write the marker", "not run")
+    async with (
+        start_executor(
+            EXEC_DRY_RUN=False,
+            CODEX_HOME=codex_home,
+            CODEX_BIN=codex_bin,
+            EXEC_ENGINE="app-server",
+            CODEX_APPROVAL_POLICY="on-request",
+            EXEC_TIMEOUT_S=60,
+        ),
+        running(make_settings(), fake),
+    ):
+        fake.push_message(USER, "write the marker")
+        shown = await fake.wait_for_call(
+            "sendMessage", lambda c: c.ok and "reply_markup" in c.args, timeout=30
+        )
+        fake.push_callback_query(
+            USER, shown.result["message_id"], button(shown, "Deny"), user_id=USER
+        )
+        await fake.wait_for_call("sendMessage", lambda c: c.ok and c.text == "not run", timeout=30)
+        edited = await fake.wait_for_call(
+            "editMessageText", lambda c: c.ok and "Denied by" in (c.text or "")
+        )
+    assert str(marker) in (shown.text or "")
+    assert not marker.exists()
+    assert "rejected" in model_server.requests[1].text
+    assert f"Denied by {USER}" in (edited.text or "")
