@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from bridges.slack.convert import APPROVAL_ACTION
+from hub.app import HubServer
+from hub.appkeys import ROUTER
 from testkit.fakes.model_server import StubModelServer
 from testkit.fakes.slack import FakeSlack, SlackMessage
-from tests.conftest import NODE_TOKEN, ws_url
+from tests.conftest import NODE_TOKEN, on_a_fixed_port, ws_url
 
 CHANNEL = "C0DEV"
 REQUEST = {
@@ -197,4 +199,53 @@ async def test_a_slack_button_approves_what_the_real_codex_asks_and_the_command_
         await fake_slack.wait_until(lambda: decided(shown), what="the buttons replaced")
     assert str(marker) in shown.text and "write the marker" in shown.text
     assert marker.read_text().strip() == "yes"
+    assert "Approved by <@U0ALICE>" in shown.text
+
+
+async def shown_to_hub(hub: Any, run_id: str) -> None:
+    """Wait until the hub has heard where the run's buttons are (approval_shown)."""
+    approvals = hub.app[ROUTER].approvals
+    async with asyncio.timeout(10):
+        # The hub says nothing when it hears it: asked every 20 ms.
+        while not (a := approvals.current(run_id)) or not a.refs:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def test_a_button_still_works_after_the_hub_restarts(
+    fake_slack: FakeSlack, fake_executor: Any, start_slack_bridge: Any, hub_settings: Any
+) -> None:
+    """The hub restarts with a request pending: the buttons posted before still decide
+    it, the executor (back with its run) hears the decision, and the buttons change."""
+    settings, url = on_a_fixed_port(hub_settings)
+    first = HubServer(settings)
+    await first.start()
+    try:
+        async with start_slack_bridge(HUB_URL=url) as bridge:
+            async with fake_executor(url, token=NODE_TOKEN, node_id="exec-1") as ex:
+                event = fake_slack.mention("clean up", channel=CHANNEL, user="U0ALICE")
+                await fake_slack.send_event(event)
+                run_id = (await ex.wait_type("assign"))["run_id"]
+                await ex.start_run(run_id)
+                await ask(ex, run_id)
+                shown = await buttons(fake_slack, event["ts"])
+                await shown_to_hub(first, run_id)
+                await first.close()
+                await ex.drop()
+            async with (
+                HubServer(settings) as second,
+                fake_executor(
+                    url, token=NODE_TOKEN, node_id="exec-1", active_runs=[run_id]
+                ) as back,
+            ):
+                pending = second.app[ROUTER].approvals.current(run_id)
+                rebuilt = (pending.state, list(pending.refs)) if pending else None
+                async with asyncio.timeout(10):
+                    await bridge.link.client.connected.wait()
+                await fake_slack.press_button(CHANNEL, shown.ts, approve(), user="U0ALICE")
+                decision = await back.wait_type("approval_decision", run_id=run_id, timeout=10)
+                await fake_slack.wait_until(lambda: decided(shown), what="the buttons replaced")
+    finally:
+        await first.close()
+    assert rebuilt == ("pending", [shown.ts])
+    assert decision["decision"] == "approve" and decision["by"] == "slack:U0ALICE"
     assert "Approved by <@U0ALICE>" in shown.text
