@@ -115,13 +115,13 @@ def request_lines(approval: Approval) -> tuple[str, str, str]:
 
 
 def decided_line(approval: Approval, name: Callable[[str], str] = str) -> str:
-    """ "Approved by <who> at <when>.": the buttons' message once decided; ``name``
+    """The buttons' message once decided; ``name``
     writes a decider the platform's way (a Slack mention, say)."""
     word = DECIDED_WORDS.get(str(approval.decision), str(approval.decision))
     by = approval.by or "nobody"
     if by == "timeout":
-        who = "nobody in time (denied)"
-    elif ":" in by and by.split(":", 1)[0] in ("slack", "telegram"):
+        return f"{word}: nobody decided in time (at {when(approval.decided_at)})."
+    if ":" in by and by.split(":", 1)[0] in ("slack", "telegram"):
         who = name(by.split(":", 1)[1])
     else:
         who = by

@@ -426,8 +426,11 @@ export class RunDetail {
       parts.push(h('div', { class: 'answer-bar approval-choices' }, ...buttons, status));
     } else {
       const words = { approve: 'Approved', approve_session: 'Approved for this conversation', deny: 'Denied', expired: 'No longer waiting' };
-      const who = approval.by === 'timeout' ? 'nobody in time (denied)' : approval.by;
-      parts.push(h('p', { class: 'approval-decided', role: 'status' }, `${words[approval.decision] || approval.decision} by ${who} at ${clock(approval.decided_at)}.`));
+      const word = words[approval.decision] || approval.decision;
+      const line = approval.by === 'timeout'
+        ? `${word}: nobody decided in time (at ${clock(approval.decided_at)}).`
+        : `${word} by ${approval.by} at ${clock(approval.decided_at)}.`;
+      parts.push(h('p', { class: 'approval-decided', role: 'status' }, line));
     }
     ui.approval.replaceChildren(...parts);
   }
