@@ -221,7 +221,9 @@ class Approvals:
     async def start(self) -> None:
         """Rebuild the requests of unfinished runs from the store; start re-sending."""
         for live in list(self.router.live.values()):
-            if live.run.state == RunState.AWAITING_APPROVAL:
+            # Every run an executor has: its request and its state are two writes, and
+            # the hub may have stopped between them.
+            if live.run.executor is not None:
                 await self._recover(live)
         self._loop_task = asyncio.create_task(self._resend_loop(), name="Approvals:resend")
 
@@ -241,7 +243,13 @@ class Approvals:
             if event.get("kind") == "approval":
                 self._apply(live, event, replay=True)
         now = time.time()
-        for approval in self.of_run(run.id):
+        approvals = self.of_run(run.id)
+        waiting = any(a.state == "pending" or not a.confirmed for a in approvals)
+        if waiting and run.state == RunState.RUNNING:
+            self._set_state(live, RunState.AWAITING_APPROVAL)
+        elif not waiting and run.state == RunState.AWAITING_APPROVAL:
+            self._set_state(live, RunState.RUNNING)
+        for approval in approvals:
             if approval.state == "pending":
                 self._arm(approval, max(0.0, approval.expires_at - now))
                 log.info(

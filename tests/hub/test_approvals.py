@@ -3,6 +3,7 @@ until the executor has it (hub/approvals.py, hub/api_approvals.py)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,11 @@ import aiohttp
 import pytest
 
 from hub.app import HubServer
-from hub.appkeys import BUS, STORE
+from hub.appkeys import BUS, ROUTER, STORE
 from hub.approvals import approvers_of, asker_of
 from hub.auth import principal_for_key
 from hub.settings import HubSettings
-from hub.store import Run
+from hub.store import Run, Store, op_insert_run, op_record
 from testkit.fakes.nodes import FakeExecutor
 from tests.conftest import NODE_TOKEN, ws_url
 
@@ -184,3 +185,39 @@ def test_approvers_turn_api_keys_into_principals_and_keep_the_rest(tmp_path: Pat
         principal_for_key(KEY_A),
     }
     assert KEY_A not in approvers_of(settings, principal_for_key)
+
+
+async def test_a_request_stored_without_its_state_is_pending_after_a_restart(
+    hub_settings: Any,
+) -> None:
+    """The hub stopped after storing codex's request but before the run's new state: the
+    restarted hub shows the request pending and the run awaiting approval, with the time
+    that was left."""
+    now = time.time()
+    async with Store(hub_settings.db) as store:
+        run = Run(
+            id="run_cut",
+            prompt="deploy",
+            origin={"via": "monitor"},
+            source="monitor",
+            created_at=now - 10,
+            state="running",
+            executor="exec-gone",
+            principal="anonymous",
+        )
+        await store.call(op_insert_run, run)
+        event = {
+            "status": "requested",
+            "approval_id": "ap_cut",
+            "request": {"kind": "command", "command": "make deploy", "reason": "ship"},
+            "summary": "codex asks to run `make deploy`",
+        }
+        await store.call(op_record, run.id, None, (1, now - 5, "approval", event, 1))
+    async with HubServer(hub_settings) as hub:
+        router = hub.app[ROUTER]
+        pending = router.approvals.current("run_cut")
+        state = router.live["run_cut"].run.state
+    assert pending is not None and pending.state == "pending"
+    assert pending.request["command"] == "make deploy"
+    assert pending.expires_at == pytest.approx(now - 5 + hub_settings.approval_timeout_s)
+    assert state == "awaiting_approval"
