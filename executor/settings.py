@@ -113,6 +113,16 @@ class ExecutorSettings(NodeSettings):
         return labels
 
     @model_validator(mode="after")
+    def _approvals_need_the_app_server(self) -> ExecutorSettings:
+        if self.codex_approval_policy != "never" and self.exec_engine != "app-server":
+            raise ValueError(
+                f"CODEX_APPROVAL_POLICY={self.codex_approval_policy} needs "
+                "EXEC_ENGINE=app-server: `codex exec` cannot ask anyone (it declines what "
+                "needs an approval); set EXEC_ENGINE=app-server or CODEX_APPROVAL_POLICY=never"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _resolve_fallbacks(self) -> ExecutorSettings:
         # An empty key or model takes OpenWebUI's, then LiteLLM's; the base URL never does.
         if not self.openai_api_key.get_secret_value():
