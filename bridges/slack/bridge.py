@@ -60,6 +60,7 @@ from bridges.slack.api import (
     SocketMode,
     describe,
     download,
+    may_succeed_later,
     web_client,
 )
 from bridges.slack.api import AttachmentRefused as AttachmentRefused
@@ -312,13 +313,19 @@ class SlackBridge(ChatBridge[Target]):
 
     async def edit_approval(self, target: Target, ref: str, approval: Approval) -> None:
         text = convert.approval_decided_text(approval)
-        async with asyncio.timeout(CALL_TIMEOUT_S):
-            await self.api.client.chat_update(
-                channel=target.channel,
-                ts=ref,
-                text=text,
-                blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
-            )
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await self.api.client.chat_update(
+                    channel=target.channel,
+                    ts=ref,
+                    text=text,
+                    blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+                )
+        except CALL_ERRORS as exc:
+            if may_succeed_later(exc):
+                raise  # the hub sends the decision again
+            # Deleted, or no longer the bot's to change: nothing left to update.
+            log.warning("approval message %s not updated for good: %s", ref, describe(exc))
 
     def decider_name(self, user_id: str) -> str:
         return f"<@{user_id}>"

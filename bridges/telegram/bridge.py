@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from telegram import Message, Update
-from telegram.error import NetworkError, RetryAfter
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
@@ -323,7 +323,12 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         return str(message_id)
 
     async def edit_approval(self, target: ReplyTarget, ref: str, approval: Approval) -> None:
-        await self.api.edit_text(target, int(ref), convert.approval_decided_text(approval))
+        try:
+            await self.api.edit_text(target, int(ref), convert.approval_decided_text(approval))
+        except (BadRequest, Forbidden) as exc:
+            # Deleted, not modified, or the bot left the chat: nothing left to update (any
+            # other failure is raised: the hub sends the decision again).
+            log.warning("approval message %s not updated for good: %s", ref, exc)
 
     # --- the core's calls ------------------------------------------------------------
 
