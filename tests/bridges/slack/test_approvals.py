@@ -249,3 +249,36 @@ async def test_a_button_still_works_after_the_hub_restarts(
     assert rebuilt == ("pending", [shown.ts])
     assert decision["decision"] == "approve" and decision["by"] == "slack:U0ALICE"
     assert "Approved by <@U0ALICE>" in shown.text
+
+
+@pytest.mark.parametrize(
+    ("failure", "changed"),
+    [({"status": 500}, True), ({"status": 200, "error": "message_not_found"}, False)],
+)
+async def test_a_failed_update_of_the_buttons_is_sent_again_unless_it_cannot_pass(
+    fake_slack: FakeSlack,
+    fake_executor: Any,
+    start_slack_bridge: Any,
+    hub: Any,
+    failure: dict[str, Any],
+    changed: bool,
+) -> None:
+    """Slack failing the change of the buttons (5xx): the hub sends it again and it is
+    made; a message that is gone: the bridge gives it up and the hub stops sending."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex, start_slack_bridge():
+        event = fake_slack.mention("clean up", channel=CHANNEL, user="U0ALICE")
+        await fake_slack.send_event(event)
+        run_id = (await ex.wait_type("assign"))["run_id"]
+        await ex.start_run(run_id)
+        await ask(ex, run_id)
+        shown = await buttons(fake_slack, event["ts"])
+        fake_slack.fail_next("chat.update", match=lambda a: a.get("ts") == shown.ts, **failure)
+        await fake_slack.press_button(CHANNEL, shown.ts, approve(), user="U0ALICE")
+        approval = hub.app[ROUTER].approvals.current(run_id)
+        async with asyncio.timeout(10):
+            # The hub says nothing when the bridge confirms: asked every 20 ms.
+            while "decided" not in approval.shown:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    updates = [c for c in fake_slack.calls("chat.update") if c.args.get("ts") == shown.ts]
+    assert len(updates) == 2 if changed else len(updates) == 1
+    assert decided(shown) is changed
