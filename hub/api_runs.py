@@ -151,7 +151,15 @@ async def get_run(request: web.Request) -> web.Response:
     if run is None or not can_see(request, run.principal):
         raise NotFound(f"no run with id {run_id}", param="run_id")
     events = await store.get_events(run_id, _int(request, "after", 0, 0, 2**62) or 0)
-    return json_response({"run": run.to_dict(), "events": events})
+    # codex's approval request, pending or last decided (hub/approvals.py), or null.
+    approval = router.approvals.current(run_id)
+    return json_response(
+        {
+            "run": run.to_dict(),
+            "events": events,
+            "approval": approval.public() if approval is not None else None,
+        }
+    )
 
 
 @routes.get("/api/runs/{run_id}/diff")

@@ -46,6 +46,7 @@ class Finishing(RouterState):
         self._cancel_timer(run.id)
         self._disarm_deadline(run.id)
         self._remove_from_queue(run.id)
+        self.approvals.run_ended(run.id)
         node = self.executors.get(run.executor) if run.executor else None
         if node is not None:
             node.busy.discard(run.id)

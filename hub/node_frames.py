@@ -26,6 +26,8 @@ from hub.scheduler import Scheduler
 from hub.store import StoreUnavailable, op_set_delivery_payload, op_set_origin
 from wire import (
     AckFrame,
+    ApprovalDecideFrame,
+    ApprovalShownFrame,
     CancelFrame,
     CancelledFrame,
     ErrorCode,
@@ -118,6 +120,8 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
             live.diff = event["diff"] or None
             live.pr_url = event.get("pr_url") if isinstance(event.get("pr_url"), str) else None
         self._record(live, kind, event, exec_seq=frame.seq)
+        if kind == "approval":
+            self.approvals.on_event(live, event)
         summary = event.get("summary")
         if summary and summary != live.last_detail:
             live.last_detail = summary
@@ -187,6 +191,8 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
             return await self._on_ack(link, platform, frame)
         if isinstance(frame, StatusRefFrame):
             return await self._on_status_ref(platform, frame)
+        if isinstance(frame, (ApprovalDecideFrame, ApprovalShownFrame)):
+            return await self.approvals.on_bridge_frame(platform, frame)
         if isinstance(frame, SubmitFrame):
             origin = {**frame.origin, "source": platform, "platform": platform}
             key = own_session(platform, frame.session_key) if frame.session_key else None

@@ -83,6 +83,7 @@ class NodeRegistry(RouterState):
                     f"Router:lost:{run_id}",
                 )
         log.info("executor %s connected (capacity %d)", node.name, node.capacity)
+        self.approvals.executor_connected(link.node_id)
         self._publish_nodes()
         self._dispatch()
 
@@ -137,6 +138,7 @@ class NodeRegistry(RouterState):
             if delivery.platform == hello.platform:
                 delivery.attempts = 0  # a fresh bridge starts the backoff over
                 self._send_delivery(delivery)
+        self.approvals.bridge_connected(hello.platform)
         log.info("bridge %s (%s) connected", link.node_id, hello.platform)
         self._publish_nodes()
 

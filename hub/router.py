@@ -125,6 +125,7 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
         for delivery in await self.store.pending_deliveries():
             self.pending[delivery.id] = delivery
         self._redeliver_task = asyncio.create_task(self._redeliver_loop(), name="Router:redeliver")
+        await self.approvals.start()
         if self.live or self.pending:
             log.info(
                 "recovered %d unfinished runs and %d undelivered replies",
@@ -135,6 +136,7 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
     async def close(self) -> None:
         """Stop timers and background work; runs stay in the store for the next start."""
         self.closing = True
+        await self.approvals.close()
         if self._live_state_soon is not None:
             self._live_state_soon.cancel()
             self._live_state_soon = None

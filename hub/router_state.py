@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from hub.approvals import Approvals
 from hub.bus import Bus, Subscription
 from hub.metrics import Metrics
 from hub.nodes import NodeInfo
@@ -105,6 +106,8 @@ class RouterState:
         self.metrics = metrics
         self.closing = False
         self._live_state_soon: asyncio.Handle | None = None
+        #: codex's approval requests and people's decisions (hub/approvals.py).
+        self.approvals = Approvals(self, settings)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

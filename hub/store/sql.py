@@ -476,7 +476,8 @@ def _fold(word: str) -> str:
 
 def unfinished_runs(conn: sqlite3.Connection) -> list[Run]:
     rows = conn.execute(
-        "SELECT * FROM runs WHERE state IN ('queued', 'optimizing', 'running') ORDER BY n"
+        "SELECT * FROM runs "
+        "WHERE state IN ('queued', 'optimizing', 'running', 'awaiting_approval') ORDER BY n"
     ).fetchall()
     return [row_to_run(r) for r in rows]
 
