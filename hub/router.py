@@ -5,8 +5,10 @@ finished. Everything it decides is written to the :class:`~hub.store.Store` befo
 acknowledged to anyone, so a restart of the hub resumes from the store.
 
 Rules:
-- A run goes to the connected executor with the most free slots; a session's next run
-  prefers the executor that holds its codex thread.
+- A run goes to the connected executor with the most free slots that its target fits
+  (hub.targets); a conversation's next run goes only to the executor that holds its
+  codex thread, and waits for it (hub.placement). A run no free executor fits waits
+  without holding up the runs behind it.
 - Runs of one session run one after another, in arrival order.
 - The queue is bounded (``HUB_QUEUE_LIMIT``); past it :class:`QueueFull` is raised.
 - An executor that disconnects has ``HUB_EXECUTOR_GRACE_S`` to come back and claim its
@@ -48,6 +50,7 @@ import orjson
 
 from hub.bus import Bus, Subscription
 from hub.metrics import Metrics
+from hub.placement import Placement
 from hub.run_queue import RunQueue
 from hub.settings import HubSettings
 from hub.store import (
@@ -61,6 +64,7 @@ from hub.store import (
     op_set_executor,
     op_set_origin,
 )
+from hub.targets import TargetRefused
 from wire import (
     CLOSE_REPLACED,
     RECONNECT_MAX_S,
@@ -216,6 +220,8 @@ class Live:
     diff: str | None = None
     #: The pull request the run's ``workspace`` event names (bridges offer one if None).
     pr_url: str | None = None
+    #: Parked in the queue: why it waits (no executor its target or conversation fits).
+    waiting: str | None = None
 
 
 @dataclass
@@ -321,6 +327,8 @@ class Router:
         self.metrics = metrics
         self.closing = False
         self._live_state_soon: asyncio.Handle | None = None
+        #: Targets, known labels, rules, conversations' executors (hub.placement).
+        self.placement = Placement(settings, store)
 
     # lifecycle
 
@@ -328,6 +336,7 @@ class Router:
         """Reload unfinished runs and pending replies from the store."""
         self.store.on_insert_held = self._insert_held
         self.store.on_writable_change = self._writable_change
+        await self.placement.load()
         for run in await self.store.unfinished_runs():
             live = Live(run, asyncio.get_running_loop().create_future())
             live.options = run.origin.get("options") or None
@@ -335,6 +344,14 @@ class Router:
             self.live[run.id] = live
             if run.executor is None:
                 self.queue.add(run.id, run.session_key)
+                if run.session_key and run.session_key not in self.sessions:
+                    # Its conversation's executor: it waits for that one (hub.placement).
+                    self.sessions[run.session_key] = await self.store.get_session(run.session_key)
+                holder = self._holder(live)
+                if holder:
+                    self.placement.watch(
+                        holder, self.placement.grace_left(holder), self._conversations_gone
+                    )
             else:
                 if run.session_key:
                     self.session_active[run.session_key] = run.id
@@ -365,6 +382,7 @@ class Router:
     async def close(self) -> None:
         """Stop timers and background work; runs stay in the store for the next start."""
         self.closing = True
+        self.placement.close()
         if self._live_state_soon is not None:
             self._live_state_soon.cancel()
             self._live_state_soon = None
@@ -409,6 +427,7 @@ class Router:
         note: str | None = None,
         resume: tuple[str, str | None] | None = None,
         options: dict[str, Any] | None = None,
+        target: str | list[str] | None = None,
     ) -> Ticket:
         """Store a new run and queue it; ``watch`` subscribes to its events first.
 
@@ -418,7 +437,8 @@ class Router:
         first note (an operator continuing someone else's conversation, say).
         ``resume`` (thread id, executor holding it) continues that codex thread, for a
         run without a session; ``options`` go to the executor with the prompt (see
-        wire's ``assign``).
+        wire's ``assign``). ``target`` says where it may go (hub.targets: refused with a
+        :class:`~hub.targets.TargetRefused`).
         """
         if self.closing:
             raise HubClosing("the hub is shutting down")
@@ -445,6 +465,19 @@ class Router:
             )
         if session_key and session_key not in self.sessions:
             self.sessions[session_key] = await self.store.get_session(session_key)
+        if session_key:
+            thread, executor = self.sessions[session_key]
+            holder = executor if thread else None
+        else:
+            holder = resume[1] if resume else None
+        try:
+            placed = self.placement.admit(
+                target, principal=principal, origin=origin, holder=holder, executors=self.executors
+            )
+        except TargetRefused:
+            if session_key:
+                self._release_session(session_key)
+            raise
         now = time.time()
         run = Run(
             id=run_id or new_run_id(),
@@ -459,6 +492,7 @@ class Router:
             dedupe_key=dedupe_key,
             principal=principal,
             thread_id=resume[0] if resume and not session_key else None,
+            target=placed.text if placed else None,
         )
         if dedupe_key is not None:
             self._dedupe[dedupe_key] = run.id
@@ -599,46 +633,70 @@ class Router:
         """Assign ready runs, oldest first, while an executor has a free slot.
 
         O(log n) per run assigned: the queue keeps which runs may start (see
-        hub.run_queue), so a session's waiting runs are not walked.
+        hub.run_queue), so a session's waiting runs are not walked. A run that only
+        busy or absent executors fit (its target, its conversation's executor) is
+        parked, and the runs behind it still go (hub.placement).
         """
         if not self.queue or not any(n.free > 0 for n in self.executors.values()):
             return
+        self.placement.wake(self.queue, self.executors)
         while (run_id := self.queue.peek_ready()) is not None:
             live = self.live.get(run_id)
             if live is None or live.finishing:
                 self.queue.discard(run_id)
                 continue
-            node = self._pick_executor(live.run.session_key, live.prefer)
+            holder = self._holder(live)
+            node, group = self.placement.choose(live.run, holder, self.executors)
             if node is None:
-                break
+                if group is None:
+                    break  # no executor is free at all
+                self.queue.park(run_id, group)
+                self._waiting(live, self.placement.waiting(live.run, holder, self.executors))
+                continue
             self._assign(live, node)  # the session is busy now: its next run waits
             self.queue.discard(run_id)
+            if group is not None:
+                self.queue.unpark_one(group)  # the next of its group may fit too
             self._live_state_changed()
 
-    def _pick_executor(self, session_key: str | None, prefer: str | None = None) -> NodeInfo | None:
-        holder = prefer
-        if session_key:
-            holder = self.sessions.get(session_key, (None, None))[1]
-        if holder:
-            node = self.executors.get(holder) if holder else None
-            if node is not None and node.free > 0:
-                return node
-        best: NodeInfo | None = None
-        for node in self.executors.values():
-            if node.free <= 0:
-                continue
-            if best is None or (node.free, -node.assigned_total) > (
-                best.free,
-                -best.assigned_total,
-            ):
-                best = node
-        return best
+    def _holder(self, live: Live) -> str | None:
+        """The executor holding the run's conversation (workspace and codex thread)."""
+        key = live.run.session_key
+        if key:
+            thread, executor = self.sessions.get(key, (None, None))
+            return executor if thread else None
+        return live.prefer
+
+    def _waiting(self, live: Live, reason: str) -> None:
+        """A parked run says why it waits: in its events, its chat status and the queue."""
+        if live.waiting == reason:
+            return
+        live.waiting = reason
+        self._record(live, "note", {"message": reason})
+        self._progress(live, detail=reason, position=self.position(live.run))
+
+    def _conversations_gone(self, node_id: str) -> None:
+        """The grace of an executor holding conversations is over: their queued runs fail."""
+        if node_id in self.executors or self.closing:
+            return
+        message = self.placement.gone_text(node_id)
+        for live in list(self.live.values()):
+            if live.run.executor is None and not live.finishing and self._holder(live) == node_id:
+                self._spawn(
+                    self._finish(
+                        live,
+                        "failed",
+                        error={"code": ErrorCode.CONVERSATION_ELSEWHERE, "message": message},
+                    ),
+                    f"Router:conversation_gone:{live.run.id}",
+                )
 
     def _assign(self, live: Live, node: NodeInfo) -> None:
         run = live.run
         run.executor = node.link.node_id
         live.assigned_at = time.time()
         live.session_gen = self.session_gen.get(run.session_key or "", 0)
+        live.waiting = None
         node.busy.add(run.id)
         node.assigned_total += 1
         self._arm_deadline(live, node)
@@ -702,6 +760,7 @@ class Router:
             codex_version=hello.codex_version,
         )
         self.executors[link.node_id] = node
+        self.placement.executor_connected(link.node_id, node.name, node.labels)
         claimed = set(hello.active_runs)
         for run_id, live in list(self.live.items()):
             if live.run.executor != link.node_id or live.finishing:
@@ -747,6 +806,7 @@ class Router:
         if node is None or node.link is not link:
             return
         del self.executors[link.node_id]
+        self.placement.executor_disconnected(link.node_id, self._conversations_gone)
         for run_id in node.busy:
             self._start_timer(
                 run_id,
@@ -1029,8 +1089,9 @@ class Router:
                     optimize=frame.optimize,
                     dedupe_key=dedupe,
                     options=_attachment_options(frame.attachments),
+                    target=frame.target,
                 )
-            except RouterError as exc:
+            except (RouterError, TargetRefused) as exc:
                 return error_frame(exc.code, str(exc), frame.req_id)
             try:
                 await self.store.flush()  # the bridge hears "submitted" only once on disk
@@ -1394,8 +1455,9 @@ class Router:
         """The queue's length and its first :data:`QUEUE_SHOWN` runs, with why each waits.
 
         ``reason``: ``conversation`` (an earlier run of its conversation goes first),
-        ``no_executor`` (none connected), ``all_busy`` (every executor is full), or
-        ``dispatching`` (a slot is free: it is about to go).
+        ``no_executor`` (none connected), ``all_busy`` (every executor is full),
+        ``target`` (no free executor fits its target or holds its conversation; ``detail``
+        says which it waits for), or ``dispatching`` (a slot is free: it is about to go).
         """
         executors = self.executors.values()
         if not executors:
@@ -1414,7 +1476,10 @@ class Router:
             reason = "conversation" if key is not None and key in sessions else general
             if key is not None:
                 sessions.add(key)
-            head.append({"id": run_id, "position": position, "reason": reason})
+            entry = {"id": run_id, "position": position, "reason": reason}
+            if live is not None and live.waiting and reason != "conversation":
+                entry.update(reason="target", detail=live.waiting)
+            head.append(entry)
         return {
             "total": len(self.queue),
             "executors": len(self.executors),

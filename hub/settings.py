@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from hub.targets import parse_rules
 from kernel.settings import (
     BASE_CONFIG,
     CsvList,
@@ -88,6 +89,9 @@ class HubSettings(LogSettings):
     #: Most events, and most bytes of events, one run may send; past either it fails.
     run_max_events: int = Field(10_000, alias="HUB_RUN_MAX_EVENTS", ge=1)
     run_max_event_bytes: int = Field(32 * 1024 * 1024, alias="HUB_RUN_MAX_EVENT_BYTES", ge=1024)
+    #: Which labels an API principal, a Slack channel or a Telegram chat may target
+    #: (hub.targets): ``key:0123456789ab=staging,dev;slack:C123=prod``. Empty: no rules.
+    target_rules: str = Field("", alias="HUB_TARGET_RULES")
 
     _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
     _split_operator_keys = field_validator("operator_keys", mode="before")(split_csv)
@@ -108,6 +112,12 @@ class HubSettings(LogSettings):
                     "'.example.com' takes its subdomains too, '*' takes any name)"
                 )
         return [entry.lower().rstrip(".") for entry in value]
+
+    @field_validator("target_rules")
+    @classmethod
+    def _target_rules(cls, value: str) -> str:
+        parse_rules(value)  # refuses, at start, what is not scope=labels
+        return value
 
     @field_validator("db")
     @classmethod

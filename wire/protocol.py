@@ -319,6 +319,9 @@ class SubmitFrame(_Frame):
     #: Attachments from chat: "images" [{"mime", "data"}] and "files" [{"name", "data"}]
     #: (base64), passed to the executor as the assign frame's options.
     attachments: dict[str, list[dict[str, str]]] | None = None
+    #: Where the run may go (issue 20): labels all required or an executor's name,
+    #: ``gpu,prod`` or ``host-1`` (the hub checks it; see hub.targets).
+    target: str | None = Field(default=None, max_length=2000)
 
     _no_nul = field_validator("prompt")(refuse_nul)
 

@@ -1,0 +1,220 @@
+"""Where the router puts a run: the targets (hub.targets) applied to the live fleet.
+
+The router owns one :class:`Placement`. It
+
+- learns every executor's labels and name as it connects and keeps the new ones in the
+  store (so a restarted hub still knows them), and remembers when each executor left;
+- admits a new run (:meth:`Placement.admit`): its target is one, every term was
+  announced by some executor, ``HUB_TARGET_RULES`` allow it, and its conversation's
+  executor is still there or within its grace;
+- chooses an executor for a ready run (:meth:`Placement.choose`): only one its target
+  fits, and for a conversation only the executor holding its workspace and codex
+  thread; with none free, the run's queue group, to park it (hub.run_queue);
+- wakes the parked groups a free executor fits (:meth:`Placement.wake`);
+- says in words why a parked run waits (:meth:`Placement.waiting`).
+
+Conversations stay on their executor. If it disconnects, the conversation's runs wait
+for it up to ``HUB_EXECUTOR_GRACE_S`` (after a hub restart, as long as the router gives
+executors to claim their runs); past that, a new run is refused and the queued ones fail
+(``conversation_elsewhere``), saying which executor holds the conversation: starting
+fresh elsewhere would silently lose the conversation's workspace and thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol
+
+from hub.run_queue import RunQueue
+from hub.settings import HubSettings
+from hub.store import Run, Store, op_learn_targets
+from hub.targets import (
+    ConversationElsewhere,
+    KnownTargets,
+    Target,
+    check_rules,
+    group_matches,
+    group_of,
+    parse_rules,
+    parse_target,
+    scope_of,
+)
+from wire import RECONNECT_MAX_S
+
+log = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    """What placement reads of a connected executor (the router's NodeInfo)."""
+
+    name: str
+    labels: list[str]
+    assigned_total: int
+
+    @property
+    def free(self) -> int: ...
+
+
+class Placement:
+    """Targets, known labels and names, rules and conversations' executors; see above."""
+
+    def __init__(self, settings: HubSettings, store: Store) -> None:
+        self.store = store
+        self.known = KnownTargets()
+        self.rules = parse_rules(settings.target_rules)
+        self.grace = settings.executor_grace_s
+        #: Executors reconnect to a restarted hub with jittered backoff: as long as the
+        #: router gives them to claim their runs.
+        self.restart_grace = max(settings.executor_grace_s, RECONNECT_MAX_S + 5.0)
+        self._started = time.monotonic()
+        #: When each executor left (monotonic), and its name, for the messages.
+        self._left: dict[str, float] = {}
+        self._names: dict[str, str] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    async def load(self) -> None:
+        """Read the labels and names executors announced before this start."""
+        for kind, value in await self.store.known_targets():
+            (self.known.labels if kind == "label" else self.known.names).add(value)
+
+    def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+    # the fleet
+
+    def executor_connected(self, node_id: str, name: str, labels: Collection[str]) -> None:
+        """Learn an executor's labels and name (new ones go to the store)."""
+        self._left.pop(node_id, None)
+        self._names[node_id] = name
+        handle = self._timers.pop(node_id, None)
+        if handle is not None:
+            handle.cancel()
+        new = self.known.learn(labels, name)
+        if new:
+            self.store.post(op_learn_targets, new)
+
+    def executor_disconnected(self, node_id: str, expire: Callable[[str], None]) -> None:
+        """Remember when it left; ``expire(node_id)`` is called once its grace is over."""
+        self._left[node_id] = time.monotonic()
+        self.watch(node_id, self.grace, expire)
+
+    def watch(self, node_id: str, delay: float, expire: Callable[[str], None]) -> None:
+        """Call ``expire(node_id)`` in ``delay`` seconds unless the executor comes back."""
+        old = self._timers.pop(node_id, None)
+        if old is not None:
+            old.cancel()
+        self._timers[node_id] = asyncio.get_running_loop().call_later(
+            delay, self._expired, node_id, expire
+        )
+
+    def _expired(self, node_id: str, expire: Callable[[str], None]) -> None:
+        self._timers.pop(node_id, None)
+        expire(node_id)
+
+    def name_of(self, node_id: str) -> str:
+        return self._names.get(node_id, node_id)
+
+    def grace_left(self, node_id: str) -> float:
+        """Seconds until a gone executor's conversations stop waiting for it (0: over).
+
+        An executor not seen since this hub started counts from the start."""
+        left = self._left.get(node_id)
+        if left is None:
+            return max(0.0, self._started + self.restart_grace - time.monotonic())
+        return max(0.0, left + self.grace - time.monotonic())
+
+    def gone_text(self, node_id: str) -> str:
+        return (
+            f"the executor holding this conversation, {self.name_of(node_id)}, is not "
+            "connected; start a new conversation or wait for it to come back"
+        )
+
+    # admitting a run
+
+    def admit(
+        self,
+        value: Any,
+        *,
+        principal: str | None,
+        origin: Mapping[str, Any],
+        holder: str | None,
+        executors: Mapping[str, Executor],
+    ) -> Target | None:
+        """The target of a new run, checked; raises a :class:`~hub.targets.TargetRefused`.
+
+        ``holder`` is the node id of the executor holding its conversation, if any."""
+        target = parse_target(value)
+        if target is not None:
+            self.known.check(target)
+        check_rules(self.rules, scope_of(principal, origin), target)
+        if holder:
+            node = executors.get(holder)
+            if node is None and self.grace_left(holder) <= 0:
+                raise ConversationElsewhere(self.gone_text(holder))
+            if (
+                node is not None
+                and target is not None
+                and not target.matches(node.labels, node.name)
+            ):
+                raise ConversationElsewhere(
+                    f"this conversation is held by the executor {node.name}, which is not "
+                    f"{self.known.describe(target)}; start a new conversation to use another"
+                )
+        return target
+
+    # choosing an executor
+
+    def choose(
+        self, run: Run, holder: str | None, executors: Mapping[str, Executor]
+    ) -> tuple[Any, str | None]:
+        """(the executor to take ``run``, its queue group); the executor is None when
+        none free fits: park the run in the group (None: nothing is free at all)."""
+        group = group_of(run.target, holder)
+        if holder:
+            node = executors.get(holder)
+            return (node if node is not None and node.free > 0 else None), group
+        target = parse_target(run.target) if run.target else None
+        best: Executor | None = None
+        for node in executors.values():
+            if node.free <= 0 or (
+                target is not None and not target.matches(node.labels, node.name)
+            ):
+                continue
+            if best is None or (node.free, -node.assigned_total) > (
+                best.free,
+                -best.assigned_total,
+            ):
+                best = node
+        return best, group
+
+    def wake(self, queue: RunQueue, executors: Mapping[str, Executor]) -> None:
+        """Give each parked group a free executor fits its oldest run back."""
+        for group in queue.parked_groups():
+            for node_id, node in executors.items():
+                if node.free > 0 and group_matches(group, node_id, node.name, node.labels):
+                    queue.unpark_one(group)
+                    break
+
+    def waiting(self, run: Run, holder: str | None, executors: Mapping[str, Executor]) -> str:
+        """Why a parked run waits, in words (its progress, the queue's ``detail``)."""
+        if holder:
+            name = self.name_of(holder)
+            if holder in executors:
+                return f"waiting for a free slot on {name}, the executor holding this conversation"
+            return (
+                f"waiting for the executor holding this conversation, {name}, to come back "
+                f"(not connected; the run fails if it is not back within "
+                f"{self.grace_left(holder):.0f} s)"
+            )
+        target = parse_target(run.target)
+        if target is None:  # pragma: no cover - a run without target or holder never parks
+            return "waiting for a free executor"
+        wanted = self.known.describe(target)
+        if any(target.matches(n.labels, n.name) for n in executors.values()):
+            return f"waiting for a free slot on {wanted}"
+        return f"waiting for {wanted} (none is connected)"
