@@ -13,17 +13,22 @@ The router owns one :class:`Placement`. It
 - wakes the parked groups a free executor fits (:meth:`Placement.wake`);
 - says in words why a parked run waits (:meth:`Placement.waiting`).
 
-Conversations stay on their executor. If it disconnects, the conversation's runs wait
-for it up to ``HUB_EXECUTOR_GRACE_S`` (after a hub restart, as long as the router gives
-executors to claim their runs); past that, a new run is refused and the queued ones fail
-(``conversation_elsewhere``), saying which executor holds the conversation: starting
-fresh elsewhere would silently lose the conversation's workspace and thread.
+Conversations stay on their executor. The store names it by node id, which is new in
+each executor process (executor/node.py: ``<NODE_NAME>-<pid>-<random>``); its workspace
+and codex thread are on the machine, so an executor of the same *name* (the same
+executor restarted) holds them too. If no executor of that name is connected, the
+conversation's runs wait for one up to ``HUB_EXECUTOR_GRACE_S`` (after a hub restart,
+as long as the router gives executors to claim their runs); past that, a new run is
+refused and the queued ones fail (``conversation_elsewhere``), saying which executor
+holds the conversation: starting fresh elsewhere would silently lose the conversation's
+workspace and thread. (Two executors given the same NODE_NAME count as one here.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
@@ -45,6 +50,9 @@ from hub.targets import (
 from wire import RECONNECT_MAX_S
 
 log = logging.getLogger(__name__)
+
+#: An executor's node id: its name, its process id and a random part (executor/node.py).
+_NODE_ID = re.compile(r"(?P<name>.+)-[0-9]+-[0-9a-f]{6}")
 
 
 class Executor(Protocol):
@@ -70,9 +78,10 @@ class Placement:
         #: router gives them to claim their runs.
         self.restart_grace = max(settings.executor_grace_s, RECONNECT_MAX_S + 5.0)
         self._started = time.monotonic()
-        #: When each executor left (monotonic), and its name, for the messages.
+        #: When each executor (by name) left, monotonic; each node id's name.
         self._left: dict[str, float] = {}
         self._names: dict[str, str] = {}
+        #: Per executor name: the end of its conversations' wait for it.
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     async def load(self) -> None:
@@ -89,49 +98,71 @@ class Placement:
 
     def executor_connected(self, node_id: str, name: str, labels: Collection[str]) -> None:
         """Learn an executor's labels and name (new ones go to the store)."""
-        self._left.pop(node_id, None)
         self._names[node_id] = name
-        handle = self._timers.pop(node_id, None)
+        self._left.pop(name, None)
+        handle = self._timers.pop(name, None)
         if handle is not None:
             handle.cancel()
         new = self.known.learn(labels, name)
         if new:
             self.store.post(op_learn_targets, new)
 
-    def executor_disconnected(self, node_id: str, expire: Callable[[str], None]) -> None:
-        """Remember when it left; ``expire(node_id)`` is called once its grace is over."""
-        self._left[node_id] = time.monotonic()
-        self.watch(node_id, self.grace, expire)
+    def executor_disconnected(
+        self, name: str, executors: Mapping[str, Executor], expire: Callable[[str], None]
+    ) -> None:
+        """Remember when the last executor named ``name`` left; ``expire(name)`` is called
+        once its grace is over (unless one of that name is back)."""
+        if any(node.name == name for node in executors.values()):
+            return
+        self._left[name] = time.monotonic()
+        self.watch(name, self.grace, expire)
 
-    def watch(self, node_id: str, delay: float, expire: Callable[[str], None]) -> None:
-        """Call ``expire(node_id)`` in ``delay`` seconds unless the executor comes back."""
-        old = self._timers.pop(node_id, None)
+    def watch(self, name: str, delay: float, expire: Callable[[str], None]) -> None:
+        """Call ``expire(name)`` in ``delay`` seconds unless an executor of that name
+        connects first."""
+        old = self._timers.pop(name, None)
         if old is not None:
             old.cancel()
-        self._timers[node_id] = asyncio.get_running_loop().call_later(
-            delay, self._expired, node_id, expire
+        self._timers[name] = asyncio.get_running_loop().call_later(
+            delay, self._expired, name, expire
         )
 
-    def _expired(self, node_id: str, expire: Callable[[str], None]) -> None:
-        self._timers.pop(node_id, None)
-        expire(node_id)
+    def _expired(self, name: str, expire: Callable[[str], None]) -> None:
+        self._timers.pop(name, None)
+        expire(name)
 
     def name_of(self, node_id: str) -> str:
-        return self._names.get(node_id, node_id)
+        """The name of the executor with ``node_id`` (seen since this start, or as its id
+        says it)."""
+        name = self._names.get(node_id)
+        if name is None:
+            match = _NODE_ID.fullmatch(node_id)
+            name = match.group("name") if match else node_id
+        return name
 
-    def grace_left(self, node_id: str) -> float:
+    def holder_node(self, holder: str, executors: Mapping[str, Executor]) -> Any:
+        """The connected executor holding a conversation: the node ``holder`` itself, or
+        one of its name (a free one first); None when none is connected."""
+        node = executors.get(holder)
+        if node is not None:
+            return node
+        name = self.name_of(holder)
+        named = [n for n in executors.values() if n.name == name]
+        return max(named, key=lambda n: n.free, default=None)
+
+    def grace_left(self, name: str) -> float:
         """Seconds until a gone executor's conversations stop waiting for it (0: over).
 
         An executor not seen since this hub started counts from the start."""
-        left = self._left.get(node_id)
+        left = self._left.get(name)
         if left is None:
             return max(0.0, self._started + self.restart_grace - time.monotonic())
         return max(0.0, left + self.grace - time.monotonic())
 
-    def gone_text(self, node_id: str) -> str:
+    def gone_text(self, name: str) -> str:
         return (
-            f"the executor holding this conversation, {self.name_of(node_id)}, is not "
-            "connected; start a new conversation or wait for it to come back"
+            f"the executor holding this conversation, {name}, is not connected; start a "
+            "new conversation or wait for it to come back"
         )
 
     # admitting a run
@@ -153,9 +184,10 @@ class Placement:
             self.known.check(target)
         check_rules(self.rules, scope_of(principal, origin), target)
         if holder:
-            node = executors.get(holder)
-            if node is None and self.grace_left(holder) <= 0:
-                raise ConversationElsewhere(self.gone_text(holder))
+            node = self.holder_node(holder, executors)
+            name = self.name_of(holder)
+            if node is None and self.grace_left(name) <= 0:
+                raise ConversationElsewhere(self.gone_text(name))
             if (
                 node is not None
                 and target is not None
@@ -174,9 +206,9 @@ class Placement:
     ) -> tuple[Any, str | None]:
         """(the executor to take ``run``, its queue group); the executor is None when
         none free fits: park the run in the group (None: nothing is free at all)."""
-        group = group_of(run.target, holder)
+        group = group_of(run.target, self.name_of(holder) if holder else None)
         if holder:
-            node = executors.get(holder)
+            node = self.holder_node(holder, executors)
             return (node if node is not None and node.free > 0 else None), group
         target = parse_target(run.target) if run.target else None
         best: Executor | None = None
@@ -195,8 +227,8 @@ class Placement:
     def wake(self, queue: RunQueue, executors: Mapping[str, Executor]) -> None:
         """Give each parked group a free executor fits its oldest run back."""
         for group in queue.parked_groups():
-            for node_id, node in executors.items():
-                if node.free > 0 and group_matches(group, node_id, node.name, node.labels):
+            for node in executors.values():
+                if node.free > 0 and group_matches(group, node.name, node.labels):
                     queue.unpark_one(group)
                     break
 
@@ -204,12 +236,12 @@ class Placement:
         """Why a parked run waits, in words (its progress, the queue's ``detail``)."""
         if holder:
             name = self.name_of(holder)
-            if holder in executors:
+            if self.holder_node(holder, executors) is not None:
                 return f"waiting for a free slot on {name}, the executor holding this conversation"
             return (
                 f"waiting for the executor holding this conversation, {name}, to come back "
                 f"(not connected; the run fails if it is not back within "
-                f"{self.grace_left(holder):.0f} s)"
+                f"{self.grace_left(name):.0f} s)"
             )
         target = parse_target(run.target)
         if target is None:  # pragma: no cover - a run without target or holder never parks

@@ -349,8 +349,9 @@ class Router:
                     self.sessions[run.session_key] = await self.store.get_session(run.session_key)
                 holder = self._holder(live)
                 if holder:
+                    name = self.placement.name_of(holder)
                     self.placement.watch(
-                        holder, self.placement.grace_left(holder), self._conversations_gone
+                        name, self.placement.grace_left(name), self._conversations_gone
                     )
             else:
                 if run.session_key:
@@ -675,13 +676,15 @@ class Router:
         self._record(live, "note", {"message": reason})
         self._progress(live, detail=reason, position=self.position(live.run))
 
-    def _conversations_gone(self, node_id: str) -> None:
-        """The grace of an executor holding conversations is over: their queued runs fail."""
-        if node_id in self.executors or self.closing:
+    def _conversations_gone(self, name: str) -> None:
+        """No executor named ``name`` came back within the grace: the queued runs of the
+        conversations it holds fail, saying so."""
+        if self.closing or any(node.name == name for node in self.executors.values()):
             return
-        message = self.placement.gone_text(node_id)
+        message = self.placement.gone_text(name)
         for live in list(self.live.values()):
-            if live.run.executor is None and not live.finishing and self._holder(live) == node_id:
+            holder = self._holder(live) if live.run.executor is None else None
+            if holder and not live.finishing and self.placement.name_of(holder) == name:
                 self._spawn(
                     self._finish(
                         live,
@@ -806,7 +809,7 @@ class Router:
         if node is None or node.link is not link:
             return
         del self.executors[link.node_id]
-        self.placement.executor_disconnected(link.node_id, self._conversations_gone)
+        self.placement.executor_disconnected(node.name, self.executors, self._conversations_gone)
         for run_id in node.busy:
             self._start_timer(
                 run_id,

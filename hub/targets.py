@@ -244,7 +244,7 @@ def check_rules(
 
 
 def group_of(target: str | None, holder: str | None) -> str | None:
-    """The queue group of a run: pinned to its conversation's executor (node id), else
+    """The queue group of a run: pinned to its conversation's executor (by name), else
     its target's text; None for a run any executor may take."""
     if holder:
         return _NODE_GROUP + holder
@@ -253,10 +253,10 @@ def group_of(target: str | None, holder: str | None) -> str | None:
     return None
 
 
-def group_matches(group: str, node_id: str, name: str, labels: Collection[str]) -> bool:
-    """True when the executor (``node_id``, ``name``, ``labels``) may take a run of ``group``."""
+def group_matches(group: str, name: str, labels: Collection[str]) -> bool:
+    """True when the executor (``name``, ``labels``) may take a run of ``group``."""
     if group.startswith(_NODE_GROUP):
-        return group[len(_NODE_GROUP) :] == node_id
+        return group[len(_NODE_GROUP) :] == name
     target = _group_target(group[len(_TARGET_GROUP) :])
     return target is None or target.matches(labels, name)
 

@@ -342,6 +342,29 @@ async def test_a_conversation_whose_executor_is_gone_says_so_instead_of_starting
         assert other.of_type("assign") == []
 
 
+async def test_a_conversation_follows_its_executor_restarted_under_a_new_node_id(
+    hub: Any, fake_executor: Any
+) -> None:
+    """An executor restarted (a new node id, the same name) still holds its conversations:
+    their next run goes there and resumes the thread, not to another executor."""
+    async with fake_executor(
+        ws_url(hub), node_id="box-101-aaaaaa", name="box", token=NODE_TOKEN
+    ) as box:
+        _, first = await _post_run(hub, {"prompt": "start", "session_key": "c"})
+        run_id = first["run"]["id"]
+        await box.wait_type("assign", run_id=run_id)
+        await box.finish(run_id, thread_id="t-1")
+        await box.wait_type("result_ack", run_id=run_id)
+    async with fake_executor(ws_url(hub), node_id="roomy", token=NODE_TOKEN, capacity=8) as roomy:
+        _, nxt = await _post_run(hub, {"prompt": "again", "session_key": "c"})
+        async with fake_executor(
+            ws_url(hub), node_id="box-202-bbbbbb", name="box", token=NODE_TOKEN
+        ) as again:
+            assign = await again.wait_type("assign", run_id=nxt["run"]["id"])
+            assert assign["thread_id"] == "t-1"
+        assert roomy.of_type("assign") == []
+
+
 @pytest.fixture
 async def ruled_hub(tmp_path: Path) -> AsyncIterator[HubServer]:
     """A hub with an API key that HUB_TARGET_RULES limits to the ``dev`` label."""
