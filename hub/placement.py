@@ -175,10 +175,13 @@ class Placement:
         origin: Mapping[str, Any],
         holder: str | None,
         executors: Mapping[str, Executor],
+        expire: Callable[[str], None],
     ) -> Target | None:
         """The target of a new run, checked; raises a :class:`~hub.targets.TargetRefused`.
 
-        ``holder`` is the node id of the executor holding its conversation, if any."""
+        ``holder`` is the node id of the executor holding its conversation, if any; if
+        it is away (within its grace), ``expire(name)`` is called once the grace is over
+        (already so when it left while this hub ran)."""
         target = parse_target(value)
         if target is not None:
             self.known.check(target)
@@ -186,8 +189,12 @@ class Placement:
         if holder:
             node = self.holder_node(holder, executors)
             name = self.name_of(holder)
-            if node is None and self.grace_left(name) <= 0:
-                raise ConversationElsewhere(self.gone_text(name))
+            if node is None:
+                left = self.grace_left(name)
+                if left <= 0:
+                    raise ConversationElsewhere(self.gone_text(name))
+                if name not in self._timers:  # not seen since this hub started
+                    self.watch(name, left, expire)
             if (
                 node is not None
                 and target is not None

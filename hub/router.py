@@ -473,7 +473,12 @@ class Router:
             holder = resume[1] if resume else None
         try:
             placed = self.placement.admit(
-                target, principal=principal, origin=origin, holder=holder, executors=self.executors
+                target,
+                principal=principal,
+                origin=origin,
+                holder=holder,
+                executors=self.executors,
+                expire=self._conversations_gone,
             )
         except TargetRefused:
             if session_key:
