@@ -46,6 +46,7 @@ from hub.targets import (
     parse_rules,
     parse_target,
     scope_of,
+    target_of,
 )
 from wire import RECONNECT_MAX_S
 
@@ -217,7 +218,7 @@ class Placement:
         if holder:
             node = self.holder_node(holder, executors)
             return (node if node is not None and node.free > 0 else None), group
-        target = parse_target(run.target) if run.target else None
+        target = target_of(run.target) if run.target else None
         best: Executor | None = None
         for node in executors.values():
             if node.free <= 0 or (
@@ -250,7 +251,7 @@ class Placement:
                 f"(not connected; the run fails if it is not back within "
                 f"{self.grace_left(name):.0f} s)"
             )
-        target = parse_target(run.target)
+        target = target_of(run.target) if run.target else None
         if target is None:  # pragma: no cover - a run without target or holder never parks
             return "waiting for a free executor"
         wanted = self.known.describe(target)

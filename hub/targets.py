@@ -257,10 +257,11 @@ def group_matches(group: str, name: str, labels: Collection[str]) -> bool:
     """True when the executor (``name``, ``labels``) may take a run of ``group``."""
     if group.startswith(_NODE_GROUP):
         return group[len(_NODE_GROUP) :] == name
-    target = _group_target(group[len(_TARGET_GROUP) :])
+    target = target_of(group[len(_TARGET_GROUP) :])
     return target is None or target.matches(labels, name)
 
 
 @functools.lru_cache(maxsize=1024)
-def _group_target(text: str) -> Target | None:
+def target_of(text: str) -> Target | None:
+    """The target a run recorded (its text form), parsed once per distinct text."""
     return parse_target(text)

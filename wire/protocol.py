@@ -72,11 +72,13 @@ Bridge <-> hub
 --------------
 - bridge -> hub ``submit``: {"req_id", "prompt", "session_key", "origin": {...},
   "optimize"?, "dedupe_key"?, "attachments"? ({"images"?, "files"?}: the assign
-  frame's options of those names)}; the hub answers ``submitted`` {"req_id", "run_id",
-  "position", "duplicate"} (runs ahead of it in its session) or ``error`` {"req_id",
-  "code", "message"}. A ``dedupe_key`` seen before (the platform's message id: a
-  platform that re-sends an event after a bridge crash) names the existing run
-  instead of starting a second one (``duplicate`` true). A prompt with a NUL character
+  frame's options of those names), "target"? (where it may go: ``gpu,prod``,
+  ``host-1``; refused with ``unknown_target``, ``target_not_allowed``,
+  ``invalid_target`` or ``conversation_elsewhere``)}; the hub answers ``submitted``
+  {"req_id", "run_id", "position", "duplicate"} (runs ahead of it in its session) or
+  ``error`` {"req_id", "code", "message"}. A ``dedupe_key`` seen before (the platform's
+  message id: a platform that re-sends an event after a bridge crash) names the
+  existing run instead of starting a second one (``duplicate`` true). A prompt with a NUL character
   is refused (``error`` ``bad_frame``; bridges show its message to the user).
 - bridge -> hub ``cancel``: {"req_id", "run_id"? | "session_key"?}: cancels that run,
   or the active run of that session; answered by ``cancelled`` {"req_id", "run_ids"}.

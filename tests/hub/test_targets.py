@@ -51,11 +51,13 @@ def test_a_target_is_parsed_from_text_or_a_list(value: Any, terms: set[str] | No
     assert (target.terms if target else None) == terms
 
 
-@pytest.mark.parametrize("value", ["has space", "a\x00b", 7, ["ok", 3], ",".join("x" * 17)])
+@pytest.mark.parametrize(
+    "value", ["has space", "a\x00b", 7, ["ok", 3], [f"l{n}" for n in range(17)]]
+)
 def test_what_is_not_a_target_is_refused_with_the_reason(value: Any) -> None:
     """A term with a space or control character, a non-string, or 17 terms is refused."""
     with pytest.raises(InvalidTarget):
-        parse_target(value if value != ",".join("x" * 17) else [f"l{n}" for n in range(17)])
+        parse_target(value)
 
 
 def test_a_target_matches_an_executor_with_every_label_or_by_its_name() -> None:
