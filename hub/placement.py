@@ -240,6 +240,15 @@ class Placement:
                     queue.unpark_one(group)
                     break
 
+    def unplaceable(self, run: Run, holder: str | None, executors: Mapping[str, Executor]) -> bool:
+        """True when no connected executor, busy or not, may take ``run``."""
+        if holder:
+            return self.holder_node(holder, executors) is None
+        target = target_of(run.target) if run.target else None
+        return target is not None and not any(
+            target.matches(n.labels, n.name) for n in executors.values()
+        )
+
     def waiting(self, run: Run, holder: str | None, executors: Mapping[str, Executor]) -> str:
         """Why a parked run waits, in words (its progress, the queue's ``detail``)."""
         if holder:

@@ -523,6 +523,11 @@ class Router:
         self._publish_run(run)
         self._progress(live, position=position)
         self._dispatch()
+        if run.executor is None and live.waiting is None:
+            holder = self._holder(live)
+            if self.placement.unplaceable(run, holder, self.executors):
+                # Said at once, also while no executor at all is connected (no dispatch).
+                self._waiting(live, self.placement.waiting(run, holder, self.executors))
         self._live_state_changed()
         log.debug("run %s queued from %s", run.id, run.source, extra={"run_id": run.id})
         return Ticket(run, live.done, events, position)

@@ -287,6 +287,34 @@ async def test_a_waiting_targeted_run_says_why_and_does_not_block_the_runs_behin
         assert [f["run_id"] for f in plain.of_type("assign")] == [second["run"]["id"]]
 
 
+async def test_a_bridges_targeted_run_tells_the_chat_what_it_waits_for(
+    hub: Any, fake_executor: Any, fake_bridge: Any
+) -> None:
+    """A chat's run for ``gpu`` while no gpu executor is connected gets a progress frame
+    saying it waits for one, and refusals come back as error frames with their code."""
+    async with fake_executor(ws_url(hub), node_id="gpu-box", token=NODE_TOKEN, labels=["gpu"]):
+        pass
+    async with fake_bridge(ws_url(hub), platform="slack", token=NODE_TOKEN) as bridge:
+        origin = {"channel": "C1", "ts": "1.0", "thread_ts": "1.0"}
+        await bridge.send(
+            {"type": "submit", "req_id": "r1", "prompt": "train", "origin": origin, "target": "gpu"}
+        )
+        submitted = await bridge.wait_type("submitted", req_id="r1")
+        progress = await bridge.wait_for(
+            lambda f: (
+                f.get("type") == "progress"
+                and f.get("run_id") == submitted["run_id"]
+                and bool(f.get("detail"))
+            )
+        )
+        assert progress["detail"] == "waiting for an executor with labels gpu (none is connected)"
+        await bridge.send(
+            {"type": "submit", "req_id": "r2", "prompt": "x", "origin": origin, "target": "tpu"}
+        )
+        refused = await bridge.wait_type("error", req_id="r2")
+        assert refused["code"] == "unknown_target" and "known labels: gpu" in refused["message"]
+
+
 async def test_a_conversation_stays_on_the_executor_that_holds_its_thread(
     hub: Any, fake_executor: Any
 ) -> None:
