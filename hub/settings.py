@@ -92,9 +92,16 @@ class HubSettings(LogSettings):
     #: Which labels an API principal, a Slack channel or a Telegram chat may target
     #: (hub.targets): ``key:0123456789ab=staging,dev;slack:C123=prod``. Empty: no rules.
     target_rules: str = Field("", alias="HUB_TARGET_RULES")
+    #: Who may decide codex's approval requests (hub/approvals.py): Slack and Telegram
+    #: user ids (``U123``, ``slack:U123``, ``telegram:42``) and API principals
+    #: (``key:<12 hex>``, as the API shows them); empty: the person who asked.
+    approvers: CsvList = Field(default_factory=list, alias="APPROVERS")
+    #: An approval request nobody decides within this long is denied.
+    approval_timeout_s: float = Field(300.0, alias="APPROVAL_TIMEOUT_S", gt=0)
 
     _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
     _split_operator_keys = field_validator("operator_keys", mode="before")(split_csv)
+    _split_approvers = field_validator("approvers", mode="before")(split_csv)
     _split_web = field_validator("allowed_origins", "allowed_hosts", mode="before")(split_csv)
 
     @field_validator("allowed_origins")
