@@ -68,6 +68,7 @@ from hub.images import ImageFetcher, describe
 from hub.router import HubClosing, QueueFull, Router, Ticket, new_run_id
 from hub.settings import HubSettings, parse_networks
 from hub.store import Run
+from hub.targets import TargetRefused
 from kernel.logs import bind
 from wire import NUL_IN_PROMPT, repo_problem
 
@@ -459,6 +460,7 @@ async def start(
             log.info("run %s: a retry of its request joins it", ticket.run.id)
             return ticket
     idempotency = _text_header(request, "Idempotency-Key")
+    target = _text_header(request, "X-Target", 2000)  # checked by the router (hub.targets)
     plan = await plan_of()
     options: dict[str, Any] = {}
     instructions = plan.ask.instructions
@@ -497,7 +499,16 @@ async def start(
             resume=plan.resume,
             options=options,
             principal=principal,
+            target=target,
         )
+    except TargetRefused as exc:
+        raise ApiError(
+            str(exc),
+            status=exc.status,
+            type="invalid_request_error",
+            code=exc.code,
+            param="X-Target",
+        ) from None
     except QueueFull as exc:
         raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
     except HubClosing as exc:

@@ -88,6 +88,7 @@ from hub.errors import (
 )
 from hub.metrics import CONTENT_TYPE
 from hub.router import HubClosing, QueueFull, new_run_id
+from hub.targets import TargetRefused
 from monitor import MONITOR_DIR
 from wire import CLOSE_RATE_LIMITED, NUL_IN_PROMPT, repo_problem
 
@@ -208,6 +209,7 @@ async def create_run(request: web.Request) -> web.Response:
     open_pr = body.get("open_pr")
     if open_pr is not None and not isinstance(open_pr, bool):
         raise BadRequest("'open_pr' must be true or false", param="open_pr")
+    target = body.get("target")  # checked by the router (hub.targets)
     principal = principal_of(request)
     run_id = new_run_id()
     note = None
@@ -240,7 +242,12 @@ async def create_run(request: web.Request) -> web.Response:
             run_id=run_id,
             principal=principal,
             note=note,
+            target=target,
         )
+    except TargetRefused as exc:
+        raise ApiError(
+            str(exc), status=exc.status, type="invalid_request_error", code=exc.code, param="target"
+        ) from None
     except QueueFull as exc:
         raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
     except HubClosing as exc:
@@ -321,6 +328,13 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def list_nodes(request: web.Request) -> web.Response:
     """Connected executors and bridges."""
     return json_response({"nodes": request.app[ROUTER].nodes()})
+
+
+@routes.get("/api/targets")
+async def list_targets(request: web.Request) -> web.Response:
+    """Every label and executor name an executor has announced: what a run may target."""
+    known = request.app[ROUTER].placement.known
+    return json_response({"labels": sorted(known.labels), "names": sorted(known.names)})
 
 
 @routes.get("/api/overview")

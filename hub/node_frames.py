@@ -24,6 +24,7 @@ from hub.router_errors import RouterError, StoreUnwritable
 from hub.router_state import Live
 from hub.scheduler import Scheduler
 from hub.store import StoreUnavailable, op_set_delivery_payload, op_set_origin
+from hub.targets import TargetRefused
 from wire import (
     AckFrame,
     ApprovalDecideFrame,
@@ -205,8 +206,9 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
                     optimize=frame.optimize,
                     dedupe_key=dedupe,
                     options=_attachment_options(frame.attachments),
+                    target=frame.target,
                 )
-            except RouterError as exc:
+            except (RouterError, TargetRefused) as exc:
                 return error_frame(exc.code, str(exc), frame.req_id)
             try:
                 await self.store.flush()  # the bridge hears "submitted" only once on disk

@@ -20,6 +20,7 @@ from hub.approvals import Approvals
 from hub.bus import Bus, Subscription
 from hub.metrics import Metrics
 from hub.nodes import NodeInfo
+from hub.placement import Placement
 from hub.run_queue import RunQueue
 from hub.settings import HubSettings
 from hub.store import Delivery, Run, Store, op_record
@@ -55,6 +56,8 @@ class Live:
     diff: str | None = None
     #: The pull request the run's ``workspace`` event names (bridges offer one if None).
     pr_url: str | None = None
+    #: Parked in the queue: why it waits (no executor its target or conversation fits).
+    waiting: str | None = None
 
 
 @dataclass
@@ -108,6 +111,8 @@ class RouterState:
         self._live_state_soon: asyncio.Handle | None = None
         #: codex's approval requests and people's decisions (hub/approvals.py).
         self.approvals = Approvals(self, settings)
+        #: Targets, known labels, rules, conversations' executors (hub.placement).
+        self.placement = Placement(settings, store)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -228,6 +233,15 @@ class RouterState:
 
     def queue_info(self) -> dict[str, Any]:
         """The ``queue`` message (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _holder(self, live: Live) -> str | None:
+        """The executor holding a run's conversation (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _conversations_gone(self, name: str) -> None:
+        """Fail the queued runs of an executor's conversations past its grace
+        (hub.scheduler)."""
         raise NotImplementedError
 
     def _send_delivery(self, delivery: Delivery) -> None:
