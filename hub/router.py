@@ -189,3 +189,10 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
         """The run as the router has it while it is unfinished, else None."""
         live = self.live.get(run_id)
         return live.run if live is not None else None
+
+    def holder_connected(self, executor: str | None) -> bool:
+        """Whether the executor that holds a codex thread (its node id, as runs record
+        it; or another process of the same name) is connected now."""
+        return bool(executor) and (
+            self.placement.holder_node(executor or "", self.executors) is not None
+        )
