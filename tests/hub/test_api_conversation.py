@@ -105,9 +105,7 @@ async def test_a_history_whose_thread_executor_is_gone_is_answered_fresh_with_it
 ) -> None:
     """The executor holding the thread left: the whole history the client sent is answered
     at once by another executor, as context, not refused nor kept waiting for the first."""
-    history = body(
-        user("pick a number"), {"role": "assistant", "content": "7"}, user("double it")
-    )
+    history = body(user("pick a number"), {"role": "assistant", "content": "7"}, user("double it"))
     async with fake_executor(ws_url(hub), node_id="first", token=NODE_TOKEN) as first:
         await ask_fake(hub, first, body(user("pick a number")), "7", thread_id="thread-a")
     async with fake_executor(ws_url(hub), node_id="second", token=NODE_TOKEN) as second:
