@@ -26,6 +26,7 @@ from bench import (
     feed_fanout,
     growth,
     hub_codex,
+    hub_engines,
     hub_latency,
     router_scale,
     slack_latency,
@@ -77,6 +78,7 @@ SUITES: dict[str, Suite] = {
         Suite(workspaces.NAME, workspaces.TITLE, workspaces.main),
         Suite(growth.NAME, growth.TITLE, growth.main),
         Suite(hub_codex.NAME, hub_codex.TITLE, hub_codex.main),
+        Suite(hub_engines.NAME, hub_engines.TITLE, hub_engines.main),
         Suite(router_scale.NAME, router_scale.TITLE, router_scale.main),
     ]
 }

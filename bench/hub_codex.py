@@ -78,8 +78,10 @@ class Results:
         return self.median_ms("through the hub") / self.median_ms("bare codex exec")
 
 
-def _executor_argv(codex_bin: str, codex_home: Path, workdir: Path, output: Path) -> list[str]:
-    """The `codex exec` argv the executor runs for PROMPT (its default settings)."""
+def executor_argv(
+    codex_bin: str, codex_home: Path, workdir: Path, output: Path, prompt: str = PROMPT
+) -> list[str]:
+    """The `codex exec` argv the executor runs for ``prompt`` (its default settings)."""
     values: dict[str, Any] = {
         "codex_bin": codex_bin,
         "codex_home": codex_home,
@@ -89,11 +91,11 @@ def _executor_argv(codex_bin: str, codex_home: Path, workdir: Path, output: Path
     }
     settings = ExecutorSettings(_env_file=None, **values)  # type: ignore[call-arg]
     return build_exec_argv(
-        settings, PROMPT, codex_bin=codex_bin, workdir=str(workdir), output_file=str(output)
+        settings, prompt, codex_bin=codex_bin, workdir=str(workdir), output_file=str(output)
     )
 
 
-async def _bare_exec(argv: list[str], codex_home: Path) -> None:
+async def bare_exec(argv: list[str], codex_home: Path) -> None:
     """`argv` (a `codex exec` of the prompt), directly: no hub, no helper, no engine."""
     env = codex_environment(os.environ, {"CODEX_HOME": str(codex_home)})
     proc = await asyncio.create_subprocess_exec(
@@ -144,13 +146,13 @@ async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
                 running_hub(tmp, env=env) as hut,
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session,
             ):
-                same = _executor_argv(codex_bin, home, work, tmp / "bare-last-message.txt")
+                same = executor_argv(codex_bin, home, work, tmp / "bare-last-message.txt")
                 defaults = [codex_bin, "exec", "--json", "-C", str(work)]
                 defaults += ["--skip-git-repo-check", "--", PROMPT]
                 ways: dict[str, Callable[[], Awaitable[None]]] = {
                     "through the hub": lambda: _through_hub(session, hut.base_url, hut.api_key),
-                    "bare codex exec": lambda: _bare_exec(same, home),
-                    "bare codex exec, defaults": lambda: _bare_exec(defaults, home),
+                    "bare codex exec": lambda: bare_exec(same, home),
+                    "bare codex exec, defaults": lambda: bare_exec(defaults, home),
                 }
                 # Warm-up: codex's files in the page cache, the login check cached.
                 for _ in range(plan.warmup):
