@@ -4,7 +4,9 @@
   ``limit`` and ``before``; ``q`` is the text as typed, in a prompt, user or answer,
   starting a word, or a run id: see ``hub.store.sql.fts_query``),
   ``GET /api/runs/{id}`` (with its events, ``after`` a seq),
-  ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
+  ``POST /api/runs`` (start a run from the page; into a conversation whose run is
+  working, the prompt goes into its running turn instead: ``steered`` true, see
+  hub.steering), ``POST /api/runs/{id}/cancel``.
 - ``GET /api/nodes``, ``GET /api/overview`` (running and queued now, failed in the last
   hour, runs, tokens and median duration since ``since``).
 - ``GET /api/feed``: websocket, see below.
@@ -226,6 +228,27 @@ async def create_run(request: web.Request) -> web.Response:
         origin["repo"] = repo
     if open_pr:
         origin["open_pr"] = True
+    steered = None
+    if not open_pr:
+        # Into a conversation whose run is working: into its running turn (hub.steering).
+        steered = await router.steering.steer(session_key, prompt)
+    if steered is not None and steered.ok:
+        live = router.live.get(steered.run_id)
+        steered_run = live.run if live else await request.app[STORE].get_run(steered.run_id)
+        assert steered_run is not None
+        return json_response(
+            {
+                "run": steered_run.summary(),
+                "position": 0,
+                "reply_to": origin.get("platform"),
+                "steered": True,
+                "message": f"added to the running turn of run {steered.run_id}",
+            },
+            status=202,
+            headers={"X-Run-ID": steered.run_id},
+        )
+    if steered is not None:
+        note = f"{note}; {steered.note()}" if note else steered.note()
     try:
         ticket = await router.submit(
             prompt,
@@ -245,6 +268,8 @@ async def create_run(request: web.Request) -> web.Response:
             "run": ticket.run.summary(),
             "position": ticket.position,
             "reply_to": origin.get("platform"),
+            "steered": False,
+            **({"steer_error": steered.error} if steered is not None else {}),
         },
         status=202,
         headers={"X-Run-ID": ticket.run.id},

@@ -599,7 +599,11 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                     "`session_key` continues a conversation of the caller's own (a "
                     "`session_key` of one of its runs); any other names a new one of "
                     "its own. Only an operator key may continue another key's or a chat "
-                    "platform's conversation, and the run records it (`origin.operator`)."
+                    "platform's conversation, and the run records it (`origin.operator`). "
+                    "With `STEER_MODE=steer`, a prompt into a conversation whose run is "
+                    "working (on an app-server executor) goes into that run's running "
+                    "turn: `steered` is true and `run` is that run; a steer that failed "
+                    "queues the prompt as a new run and `steer_error` says why."
                 ),
                 "requestBody": {
                     "required": True,
@@ -607,7 +611,7 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                 },
                 "responses": {
                     "202": _json(
-                        "The run, queued.",
+                        "The run, queued (or the running run the prompt steered).",
                         _object(
                             {
                                 "run": _ref("RunSummary"),
@@ -615,7 +619,12 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                                 # The chat platform the answer also goes to (a conversation
                                 # that began there), else null.
                                 "reply_to": _nullable(STRING),
-                            }
+                                # The prompt went into the running turn of `run`.
+                                "steered": BOOLEAN,
+                                "message": STRING,
+                                "steer_error": STRING,
+                            },
+                            optional=("message", "steer_error"),
                         ),
                         headers=RUN_ID_HEADER,
                         links=RUN_LINKS,

@@ -46,10 +46,12 @@ from typing import Any, Protocol
 
 import orjson
 
+from hub.answer_stream import AnswerSoFar
 from hub.bus import Bus, Subscription
 from hub.metrics import Metrics
 from hub.run_queue import RunQueue
 from hub.settings import HubSettings
+from hub.steering import Steering
 from hub.store import (
     Delivery,
     Run,
@@ -63,6 +65,7 @@ from hub.store import (
 )
 from wire import (
     CLOSE_REPLACED,
+    PROGRESS_ANSWER_CHARS,
     RECONNECT_MAX_S,
     AckFrame,
     AssignFrame,
@@ -84,6 +87,7 @@ from wire import (
     StateFrame,
     StatusFrame,
     StatusRefFrame,
+    SteeredFrame,
     SubmitFrame,
     SubmittedFrame,
     error_frame,
@@ -216,6 +220,8 @@ class Live:
     diff: str | None = None
     #: The pull request the run's ``workspace`` event names (bridges offer one if None).
     pr_url: str | None = None
+    #: The answer as codex writes it (``answer_delta`` events), for the chat's status.
+    answer: AnswerSoFar = field(default_factory=AnswerSoFar)
 
 
 @dataclass
@@ -321,6 +327,8 @@ class Router:
         self.metrics = metrics
         self.closing = False
         self._live_state_soon: asyncio.Handle | None = None
+        #: A message into a working conversation goes into its running turn (hub.steering).
+        self.steering = Steering(self)
 
     # lifecycle
 
@@ -365,6 +373,7 @@ class Router:
     async def close(self) -> None:
         """Stop timers and background work; runs stay in the store for the next start."""
         self.closing = True
+        self.steering.close()
         if self._live_state_soon is not None:
             self._live_state_soon.cancel()
             self._live_state_soon = None
@@ -899,6 +908,8 @@ class Router:
             self._on_state(link, frame)
         elif isinstance(frame, ResultFrame):
             await self._on_result(link, frame)
+        elif isinstance(frame, SteeredFrame):
+            self.steering.answered(link.node_id, frame)
         elif isinstance(frame, StatusFrame) and node is not None:
             if frame.capacity is not None:
                 node.capacity = frame.capacity
@@ -928,6 +939,8 @@ class Router:
             live.diff = event["diff"] or None
             live.pr_url = event.get("pr_url") if isinstance(event.get("pr_url"), str) else None
         self._record(live, kind, event, exec_seq=frame.seq)
+        if live.answer.feed(frame.event):
+            self._progress(live)  # the chat's status message grows with the answer
         summary = event.get("summary")
         if summary and summary != live.last_detail:
             live.last_detail = summary
@@ -1021,6 +1034,13 @@ class Router:
             origin = {**frame.origin, "source": platform, "platform": platform}
             key = own_session(platform, frame.session_key) if frame.session_key else None
             dedupe = f"{platform}:{frame.dedupe_key}" if frame.dedupe_key else None
+            steered = None
+            if not frame.attachments and not origin.get("open_pr"):
+                if steered_into := self.steering.already(dedupe):
+                    return SubmittedFrame(req_id=frame.req_id, run_id=steered_into, steered=True)
+                steered = await self.steering.steer(key, frame.prompt, dedupe_key=dedupe)
+                if steered is not None and steered.ok:
+                    return SubmittedFrame(req_id=frame.req_id, run_id=steered.run_id, steered=True)
             try:
                 ticket = await self.submit(
                     frame.prompt,
@@ -1029,6 +1049,7 @@ class Router:
                     optimize=frame.optimize,
                     dedupe_key=dedupe,
                     options=_attachment_options(frame.attachments),
+                    note=steered.note() if steered is not None else None,
                 )
             except RouterError as exc:
                 return error_frame(exc.code, str(exc), frame.req_id)
@@ -1053,12 +1074,15 @@ class Router:
                     "the hub could not store this request, so it will not run; try again",
                     frame.req_id,
                 )
-            return SubmittedFrame(
+            submitted = SubmittedFrame(
                 req_id=frame.req_id,
                 run_id=ticket.run.id,
                 position=ticket.position,
                 duplicate=ticket.duplicate,
             )
+            if steered is not None and steered.error is not None:
+                submitted = submitted.model_copy(update={"steer_error": steered.error[:1000]})
+            return submitted
         if isinstance(frame, CancelFrame):
             targets: list[str] = []
             if frame.run_id:
@@ -1428,13 +1452,17 @@ class Router:
         platform = run.origin.get("platform")
         if not platform:
             return
-        frame = ProgressFrame(
+        progress = ProgressFrame(
             run_id=run.id,
             origin=run.origin,
             state=run.state,
             detail=detail if detail is not None else live.last_detail,
             position=position,
-        ).dump()
+        )
+        if live.answer.text:  # left out until there is one, as older hubs did
+            answer = live.answer.tail(PROGRESS_ANSWER_CHARS)
+            progress = progress.model_copy(update={"answer": answer})
+        frame = progress.dump()
         for node in self.bridges.values():
             if node.platform == platform:
                 node.link.send(frame)

@@ -88,6 +88,10 @@ class HubSettings(LogSettings):
     #: Most events, and most bytes of events, one run may send; past either it fails.
     run_max_events: int = Field(10_000, alias="HUB_RUN_MAX_EVENTS", ge=1)
     run_max_event_bytes: int = Field(32 * 1024 * 1024, alias="HUB_RUN_MAX_EVENT_BYTES", ge=1024)
+    #: ``steer``: a chat message or monitor prompt into a conversation whose run is
+    #: working goes into its running turn (app-server executors only; others queue);
+    #: ``queue``: it waits for the run to end, as a new run.
+    steer_mode: Literal["steer", "queue"] = Field("steer", alias="STEER_MODE")
 
     _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
     _split_operator_keys = field_validator("operator_keys", mode="before")(split_csv)

@@ -67,6 +67,11 @@ Executor <-> hub
 - executor -> hub ``status``: {"capacity", "login"} whenever they change.
 - hub -> executor ``cancel``: {"run_id"}: kill codex; the executor then sends a
   ``result`` with status ``cancelled``.
+- hub -> executor ``steer``: {"run_id", "steer_id", "text"}: add ``text`` to the run's
+  running codex turn (``turn/steer``; only an executor whose ``engine`` is
+  ``app-server`` is sent one). The executor answers ``steered`` {"run_id",
+  "steer_id", "ok", "error"?}; ``ok`` false says why not (the turn ended meanwhile,
+  an engine that cannot steer), and the hub then queues the text as a new run.
 
 Bridge <-> hub
 --------------
@@ -74,8 +79,12 @@ Bridge <-> hub
   "optimize"?, "dedupe_key"?, "attachments"? ({"images"?, "files"?}: the assign
   frame's options of those names)}; the hub answers ``submitted`` {"req_id", "run_id",
   "position", "duplicate"} (runs ahead of it in its session) or ``error`` {"req_id",
-  "code", "message"}. A ``dedupe_key`` seen before (the platform's message id: a
-  platform that re-sends an event after a bridge crash) names the existing run
+  "code", "message"}. A ``submitted`` with ``steered`` true names the conversation's
+  running run: the prompt was added to its running turn instead (``STEER_MODE``),
+  and no new run was made; ``steer_error`` says why a steer that was tried failed
+  (the prompt then runs as the new run the frame names). A ``dedupe_key`` seen
+  before (the platform's message id: a platform that re-sends an event after a
+  bridge crash) names the existing run
   instead of starting a second one (``duplicate`` true). A prompt with a NUL character
   is refused (``error`` ``bad_frame``; bridges show its message to the user).
 - bridge -> hub ``cancel``: {"req_id", "run_id"? | "session_key"?}: cancels that run,
@@ -97,8 +106,9 @@ Bridge <-> hub
   not starting with ``<platform>:`` gets that prefix), it cancels only its platform's
   runs, and it acknowledges only its platform's replies (another's: ``error``
   ``unknown_delivery``).
-- hub -> bridge ``progress``: {"run_id", "origin", "state", "detail", "position"}:
-  best effort, never stored, for status messages.
+- hub -> bridge ``progress``: {"run_id", "origin", "state", "detail", "position",
+  "answer"?}: best effort, never stored, for status messages; ``answer`` is the end of
+  the answer codex is writing (app-server engine), at most ``PROGRESS_ANSWER_CHARS``.
 - hub -> bridge ``deliver``: {"delivery_id", "run_id", "origin", "status", "answer",
   "error", "usage", "diff"? (the conversation's diff when its run changed a
   repository), "pr_url"? (its pull request, when one is open)}: the final reply,
@@ -115,7 +125,8 @@ In code
 Every frame, both ways, is a model below (hub -> node: :class:`WelcomeFrame`,
 :class:`AssignFrame`, :class:`RunCancelFrame`, :class:`ResultAckFrame`,
 :class:`SubmittedFrame`, :class:`CancelledFrame`, :class:`OkFrame`, :class:`SessionFrame`,
-:class:`ProgressFrame`, :class:`DeliverFrame`, :class:`ErrorFrame`), grouped per
+:class:`ProgressFrame`, :class:`DeliverFrame`, :class:`ErrorFrame`, :class:`SteerFrame`;
+node -> hub also :class:`SteeredFrame`), grouped per
 direction and role in a discriminated union (:data:`ExecutorFrame`, :data:`BridgeFrame`,
 :data:`ToExecutorFrame`, :data:`ToBridgeFrame`). A model's ``dump()`` is the JSON object
 sent: its ``type`` and the fields its builder gave (an optional field left out stays
@@ -186,6 +197,8 @@ ACTIVE_STATES: frozenset[str] = frozenset({RunState.OPTIMIZING, RunState.RUNNING
 LABEL_PATTERN = r"^[a-z0-9_-]{1,64}$"
 #: The most labels one executor announces.
 MAX_LABELS = 64
+#: The most of the answer being written that a ``progress`` frame carries (its end).
+PROGRESS_ANSWER_CHARS = 4000
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
 
 
@@ -294,6 +307,16 @@ class StatusFrame(_Frame):
     login: LoginState | None = None
 
 
+class SteeredFrame(_Frame):
+    """executor -> hub: how a ``steer`` went; ``error`` says why it did not."""
+
+    type: Literal["steered"] = "steered"
+    run_id: str
+    steer_id: str = Field(min_length=1, max_length=200)
+    ok: bool
+    error: str | None = Field(default=None, max_length=1000)
+
+
 # bridge -> hub
 
 #: Why a prompt with a NUL is refused, on every surface that takes one: codex gets the
@@ -393,6 +416,15 @@ class ResultAckFrame(_Frame):
     run_id: str
 
 
+class SteerFrame(_Frame):
+    """hub -> executor: add ``text`` to the run's running turn; answered by ``steered``."""
+
+    type: Literal["steer"] = "steer"
+    run_id: str
+    steer_id: str = Field(min_length=1, max_length=200)
+    text: str = Field(min_length=1, max_length=200_000)
+
+
 # hub -> bridge
 
 
@@ -404,6 +436,10 @@ class SubmittedFrame(_Frame):
     position: int = 0
     #: The dedupe key named a run started before: this is that run.
     duplicate: bool = False
+    #: The prompt went into the running turn of ``run_id`` (no new run was made).
+    steered: bool = False
+    #: Why adding the prompt to the running turn failed: it runs as a new run instead.
+    steer_error: str | None = Field(default=None, max_length=1000)
 
 
 class CancelledFrame(_Frame):
@@ -435,6 +471,8 @@ class ProgressFrame(_Frame):
     state: str = RunState.QUEUED
     detail: str | None = None
     position: int | None = None
+    #: The end of the answer as codex writes it (app-server engine), for the status.
+    answer: str | None = Field(default=None, max_length=PROGRESS_ANSWER_CHARS)
 
 
 class DeliverFrame(_Frame):
@@ -455,7 +493,8 @@ class DeliverFrame(_Frame):
 
 
 ExecutorFrame = Annotated[
-    EventFrame | StateFrame | ResultFrame | StatusFrame, Field(discriminator="type")
+    EventFrame | StateFrame | ResultFrame | StatusFrame | SteeredFrame,
+    Field(discriminator="type"),
 ]
 BridgeFrame = Annotated[
     SubmitFrame | CancelFrame | ResetSessionFrame | SessionStatusFrame | AckFrame | StatusRefFrame,
@@ -463,7 +502,7 @@ BridgeFrame = Annotated[
 ]
 #: What the hub sends an executor.
 ToExecutorFrame = Annotated[
-    WelcomeFrame | AssignFrame | RunCancelFrame | ResultAckFrame | ErrorFrame,
+    WelcomeFrame | AssignFrame | RunCancelFrame | ResultAckFrame | ErrorFrame | SteerFrame,
     Field(discriminator="type"),
 ]
 #: What the hub sends a bridge.
@@ -501,6 +540,8 @@ FRAME_MODELS: tuple[type[_Frame], ...] = (
     SessionFrame,
     ProgressFrame,
     DeliverFrame,
+    SteerFrame,
+    SteeredFrame,
 )
 
 HELLO = TypeAdapter(Hello)
