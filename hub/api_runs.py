@@ -168,7 +168,21 @@ async def get_run_diff(request: web.Request) -> web.Response:
     run = live.run if live else await store.get_run(run_id)
     if run is None or not can_see(request, run.principal):
         raise NotFound(f"no run with id {run_id}", param="run_id")
-    recorded = [e for e in await store.get_events(run_id) if e.get("kind") == "workspace"]
+    events = await store.get_events(run_id)
+    recorded = [e for e in events if e.get("kind") == "workspace"]
+    turn_diffs = [e for e in events if e.get("kind") == "turn_diff"]
+    if (not recorded or "diff" not in recorded[-1]) and turn_diffs:
+        # No workspace report (yet): the diff of codex's turn as it stands now
+        # (app-server engine), updated while the run works; ``live`` says so.
+        latest = turn_diffs[-1]
+        return json_response(
+            {
+                "run_id": run_id,
+                "diff": latest.get("diff") or "",
+                "turn_id": latest.get("turn_id"),
+                "live": True,
+            }
+        )
     if not recorded or "diff" not in recorded[-1]:
         raise NotFound(
             f"run {run_id} recorded no diff (it named no repository, or has not ended)",

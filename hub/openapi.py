@@ -660,6 +660,12 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                 "operationId": "getRunDiff",
                 "summary": "What a run changed in its repository (its diff and its "
                 "conversation's, against the branch's base).",
+                "description": (
+                    "Until the run's workspace reports (or when it names no repository), "
+                    "a run of the app-server engine answers with its codex turn's diff "
+                    "as it stands now, updated while the run works: `diff`, `turn_id` "
+                    "and `live: true`."
+                ),
                 "parameters": [RUN_ID_PARAM],
                 "responses": {
                     "200": _json("The run's repository, branch and diffs.", {"type": "object"}),
