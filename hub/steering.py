@@ -24,12 +24,9 @@ import logging
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from wire import SteeredFrame, SteerFrame
-
-if TYPE_CHECKING:
-    from hub.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +62,8 @@ class Steered:
 class Steering:
     """Sends ``steer`` frames and matches the executors' ``steered`` answers."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Any) -> None:
+        # The hub.router.Router that owns this (not imported: it imports this module).
         self.router = router
         #: steer id -> (the answer awaited, the executor asked, the run).
         self._waiting: dict[str, tuple[asyncio.Future[SteeredFrame], str, str]] = {}

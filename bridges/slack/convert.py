@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bridges.core.texts import STATUS_ANSWER_CHARS, tail
 from wire import RunState
 
 #: Slack's recommended size of one message; `split_message` stays at or below it.
@@ -164,6 +165,11 @@ def status_text(state: str, detail: str, run_id: str, position: int | None = Non
     if detail.strip():
         line += f": {escape_mrkdwn(_one_line(detail, 200))}"
     return f"{line} · run `{escape_mrkdwn(run_id)}`"
+
+
+def status_with_answer(status: str, answer: str) -> str:
+    """The status message with the end of the answer being written, escaped for mrkdwn."""
+    return f"{status}\n\n{escape_mrkdwn(tail(answer, STATUS_ANSWER_CHARS))}"
 
 
 def error_message(error: Mapping[str, Any] | str | None) -> str:
