@@ -52,7 +52,7 @@ async def _post(s: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any
         return resp.status, await resp.json()
 
 
-async def _running(s: aiohttp.ClientSession, hub: Any, run_id: str) -> None:
+async def until_running(s: aiohttp.ClientSession, hub: Any, run_id: str) -> None:
     """Wait until the hub has the run working (the live feed says so, or it did before)."""
     async with s.ws_connect(hub.url.replace("http", "ws", 1) + "/api/feed") as ws:
         await ws.send_json({"type": "auth", "key": ""})
@@ -179,7 +179,7 @@ async def test_the_monitor_composer_steers_a_working_conversation(
         await ex.wait_type("assign")
         await ex.start_run(run_id)
         body = {"prompt": "and the docs", "session_key": first["run"]["session_key"]}
-        await _running(s, hub, run_id)
+        await until_running(s, hub, run_id)
         posted = asyncio.create_task(_post(s, hub.url + "/api/runs", body))
         steer = await answer_steer(ex)
         status, second = await posted
