@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 LOGIN_RECHECK_S = 60.0
 #: The longest a ``steer`` may take here before it is answered as failed (the hub
 #: waits a little longer, then queues the text as a new run).
-STEER_TIMEOUT_S = 10.0
+STEER_TIMEOUT_S = 5.0
 
 
 @dataclass

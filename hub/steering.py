@@ -30,8 +30,9 @@ from wire import SteeredFrame, SteerFrame
 
 log = logging.getLogger(__name__)
 
-#: How long the hub waits for an executor's ``steered`` (the executor gives up first).
-STEER_ANSWER_S = 15.0
+#: How long the hub waits for an executor's ``steered`` (the executor gives up first,
+#: and a bridge waits 10 s for its ``submitted``: the fallback must reach it in time).
+STEER_ANSWER_S = 6.0
 #: The run states a steer goes into: codex's turn is under way.
 STEERABLE_STATES = frozenset({"running", "awaiting_approval"})
 #: The engine that can steer a running turn.
