@@ -4,7 +4,7 @@ app-server engine, a fake bridge and the HTTP API (the real codex: tests/test_e2
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -54,16 +54,20 @@ async def _post(s: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any
 
 async def until_running(s: aiohttp.ClientSession, hub: Any, run_id: str) -> None:
     """Wait until the hub has the run working (the live feed says so, or it did before)."""
+    await until_run(s, hub, lambda run: run["id"] == run_id and run["state"] == "running")
+
+
+async def until_run(s: aiohttp.ClientSession, hub: Any, match: Callable[[Any], bool]) -> None:
+    """Wait until the hub has a run that ``match``es (a summary, from the list or the feed)."""
     async with s.ws_connect(hub.url.replace("http", "ws", 1) + "/api/feed") as ws:
         await ws.send_json({"type": "auth", "key": ""})
         async with asyncio.timeout(5):
             await ws.receive_json()  # ready: from here on, every change comes
-            async with s.get(f"{hub.url}/api/runs/{run_id}") as resp:
-                if (await resp.json())["run"]["state"] == "running":
+            async with s.get(f"{hub.url}/api/runs") as resp:
+                if any(match(run) for run in (await resp.json())["runs"]):
                     return
             async for message in ws:
-                runs = [m["run"] for m in message.json() if m.get("type") == "run"]
-                if any(r["id"] == run_id and r["state"] == "running" for r in runs):
+                if any(match(m["run"]) for m in message.json() if m.get("type") == "run"):
                     return
 
 
@@ -208,3 +212,31 @@ async def test_answer_deltas_grow_the_progress_and_the_turn_diff_is_the_live_dif
         async with s.get(f"{hub.url}/api/runs/{run_id}/diff") as resp:
             live = await resp.json()
     assert live == {"run_id": run_id, "diff": diff, "turn_id": "t1", "live": True}
+
+
+async def test_an_openai_request_into_a_working_session_is_queued_not_steered(
+    hub: Any, fake_executor: Any
+) -> None:
+    """Over /v1 each request is its own turn with its own answer: it waits for the run."""
+
+    async def chat(s: aiohttp.ClientSession, text: str) -> Any:
+        body = {"model": "codex", "messages": [{"role": "user", "content": text}]}
+        headers = {"X-Session-Id": "s1"}
+        async with s.post(hub.url + "/v1/chat/completions", json=body, headers=headers) as resp:
+            return (await resp.json())["choices"][0]["message"]["content"]
+
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN, **APP_SERVER) as ex,
+        aiohttp.ClientSession() as s,
+    ):
+        first = asyncio.create_task(chat(s, "fix the build"))
+        run_id = (await ex.wait_type("assign"))["run_id"]
+        await ex.start_run(run_id)
+        await until_running(s, hub, run_id)
+        second = asyncio.create_task(chat(s, "and the docs"))
+        await until_run(s, hub, lambda run: run["id"] != run_id and run["state"] == "queued")
+        await ex.finish(run_id, "built")
+        next_id = (await ex.wait_type("assign", prompt="and the docs"))["run_id"]
+        await ex.finish(next_id, "documented")
+        answers = [await first, await second]
+    assert answers == ["built", "documented"] and ex.of_type("steer") == []
