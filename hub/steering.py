@@ -143,8 +143,11 @@ class Steering:
             future.set_result(frame)
 
     def close(self) -> None:
-        """Give up every steer still waiting (the hub stops)."""
-        for future, _, _ in self._waiting.values():
+        """Give up every steer still waiting (the hub stops): each falls back as if refused."""
+        for steer_id, (future, _, run_id) in self._waiting.items():
             if not future.done():
-                future.cancel()
+                stopping = "the hub is shutting down"
+                future.set_result(
+                    SteeredFrame(run_id=run_id, steer_id=steer_id, ok=False, error=stopping)
+                )
         self._waiting.clear()
