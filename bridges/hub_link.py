@@ -34,6 +34,10 @@ from kernel.node_client import NodeClient, NotConnected
 from kernel.settings import NodeSettings
 from wire import (
     AckFrame,
+    ApprovalDecideFrame,
+    ApprovalFrame,
+    ApprovalResultFrame,
+    ApprovalShownFrame,
     CancelFrame,
     CancelledFrame,
     DeliverFrame,
@@ -134,6 +138,7 @@ class HubLink:
         *,
         on_deliver: Callable[[Frame], Awaitable[None]],
         on_progress: Callable[[Frame], Awaitable[None]] | None = None,
+        on_approval: Callable[[Frame], Awaitable[None]] | None = None,
         node_id: str | None = None,
         request_timeout: float = 30.0,
         pending_max: int = PENDING_MAX,
@@ -150,6 +155,7 @@ class HubLink:
         self.settings = settings
         self._on_deliver = on_deliver
         self._on_progress = on_progress
+        self._on_approval = on_approval
         self._timeout = request_timeout
         name = settings.node_name or socket.gethostname()
         # Stable per platform and host: a restarted bridge replaces its old connection.
@@ -417,6 +423,39 @@ class HubLink:
         except Exception:  # best effort: the reply never depends on it
             log.warning("%s bridge: could not send a status ref", self.platform, exc_info=True)
 
+    async def decide_approval(
+        self, run_id: str, approval_id: str, decision: str, user: str
+    ) -> ApprovalResultFrame:
+        """A press of an approval button by ``user`` (the platform's id): the hub's verdict.
+
+        Raises HubError when the hub is away or refuses the frame."""
+        reply = await self._request(
+            ApprovalDecideFrame(
+                run_id=run_id,
+                approval_id=approval_id,
+                decision=decision,  # type: ignore[arg-type]
+                user=user,
+            )
+        )
+        if not isinstance(reply, ApprovalResultFrame):
+            raise HubError(ErrorCode.BAD_FRAME, f"the hub answered a press with {reply!r}")
+        return reply
+
+    def approval_shown(self, run_id: str, approval_id: str, state: str, ref: str | None) -> None:
+        """Tell the hub an ``approval`` frame is on the platform (``ref``: the message with
+        the buttons); until it hears so, the hub sends the frame again. Never raises."""
+        fields: dict[str, Any] = {"ref": ref} if ref else {}
+        try:
+            frame = ApprovalShownFrame(
+                run_id=run_id,
+                approval_id=approval_id,
+                state=state,  # type: ignore[arg-type]
+                **fields,
+            )
+            self.client.send(frame)
+        except Exception:  # the hub sends the frame again, and this is tried again
+            log.warning("%s bridge: could not confirm an approval", self.platform, exc_info=True)
+
     async def _on_connect(self) -> None:
         for run_id, ref in list(self._status_refs.items()):
             self._send_status_ref(run_id, ref)
@@ -428,6 +467,21 @@ class HubLink:
             await self._deliver(frame)
         elif isinstance(frame, ProgressFrame) and self._on_progress is not None:
             await self._on_progress(frame.dump())
+        elif isinstance(frame, ApprovalFrame) and self._on_approval is not None:
+            try:
+                await self._on_approval(frame.dump())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # not confirmed: the hub sends it again
+                log.warning(
+                    "%s bridge: showing approval %s of run %s failed (%s: %s); the hub "
+                    "sends it again",
+                    self.platform,
+                    frame.approval_id,
+                    frame.run_id,
+                    type(exc).__name__,
+                    exc,
+                )
         elif isinstance(frame, ErrorFrame):
             req_id = frame.req_id or ""
             if req_id.startswith(_STATUS_REF_REQ):

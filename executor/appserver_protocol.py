@@ -292,6 +292,8 @@ class ApprovalRequest:
     cwd: str = ""
     changes: list[dict[str, Any]] = field(default_factory=list)
     available_decisions: list[Any] = field(default_factory=list)
+    #: The request's id in the run's events and the hub's decision (set by the engine).
+    approval_id: str = ""
 
     def public(self) -> dict[str, Any]:
         """The request as an event carries it."""

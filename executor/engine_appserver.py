@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import posixpath
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -745,6 +747,7 @@ class AppServerEngine(CodexEngine):
             with contextlib.suppress(AppServerError):
                 await server.send(answer)
             return
+        req = dataclasses.replace(req, approval_id=f"ap_{secrets.token_hex(8)}")
         task = asyncio.current_task()
         if task is not None:
             active.approvals.add(task)
@@ -760,7 +763,13 @@ class AppServerEngine(CodexEngine):
         """Ask the callback; decline when there is none or it fails (fail closed)."""
         asked = describe_approval(req)
         active.send(
-            {"kind": "approval", "status": "requested", "request": req.public(), "summary": asked}
+            {
+                "kind": "approval",
+                "status": "requested",
+                "approval_id": req.approval_id,
+                "request": req.public(),
+                "summary": asked,
+            }
         )
         decision: ApprovalDecision = "deny"
         by = "callback"
@@ -787,6 +796,7 @@ class AppServerEngine(CodexEngine):
             {
                 "kind": "approval",
                 "status": "decided",
+                "approval_id": req.approval_id,
                 "decision": decision,
                 "by": by,
                 "summary": note,

@@ -45,5 +45,10 @@ def make_engine(
     """The engine ``EXEC_ENGINE`` asks for, on `transport`."""
     codex_bin = getattr(transport, "codex_bin", None)
     if settings.exec_engine == "app-server":
-        return AppServerEngine(settings, transport, codex_bin=codex_bin)
+        return AppServerEngine(
+            settings,
+            transport,
+            codex_bin=codex_bin,
+            approval_policy=settings.codex_approval_policy,
+        )
     return CodexEngine(settings, transport, codex_bin=codex_bin)

@@ -3,6 +3,12 @@
 Every frame of a run (states, events, the result) is kept until the hub acknowledges
 the result, and re-sent after each reconnect: a run that outlives a hub restart still
 reports everything once the hub is back (the hub ignores what it already stored).
+
+Approvals (app-server engine, ``CODEX_APPROVAL_POLICY`` that asks): the engine's
+``approve`` callback waits for the hub's ``approval_decision`` of that run and request.
+The request itself travels as the run's ``approval`` event, so it reaches a hub that was
+away when codex asked; the hub decides (people, or its timeout) and re-sends a decision
+until the engine's ``decided`` event confirms it. The wait ends with the run.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from executor.appserver_protocol import ApprovalDecision, ApprovalRequest
+from executor.engine_appserver import AppServerEngine
 from executor.pipeline import Job, Pipeline, Result
 from executor.settings import ExecutorSettings
 from kernel.credentials import node_token
 from kernel.logs import bind, redact_json
 from kernel.node_client import NodeClient
 from wire import (
+    ApprovalDecisionFrame,
     AssignFrame,
     ErrorCode,
     ErrorFrame,
@@ -39,6 +48,8 @@ from wire import (
 log = logging.getLogger(__name__)
 
 LOGIN_RECHECK_S = 60.0
+#: Decisions kept for requests not (yet) waited for: a hub re-sends them, so few.
+EARLY_DECISIONS_MAX = 256
 #: The longest a ``steer`` may take here before it is answered as failed (the hub
 #: waits a little longer, then queues the text as a new run).
 STEER_TIMEOUT_S = 5.0
@@ -78,6 +89,13 @@ class ExecutorNode:
         )
         self._login_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
+        #: Approval requests waiting for the hub, by (run id, approval id).
+        self._approvals: dict[tuple[str, str], asyncio.Future[ApprovalDecision]] = {}
+        #: Decisions that came before their request was waited for.
+        self._early: dict[tuple[str, str], ApprovalDecision] = {}
+        engine = pipeline.engine
+        if isinstance(engine, AppServerEngine) and engine.approve is None:
+            engine.approve = self._approve
         self._steers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -153,6 +171,8 @@ class ExecutorNode:
             task.add_done_callback(self._steers.discard)
         elif isinstance(frame, ResultAckFrame):
             self.runs.pop(frame.run_id, None)
+        elif isinstance(frame, ApprovalDecisionFrame):
+            self._decided(frame)
         elif isinstance(frame, ErrorFrame):
             log.warning("hub reported: %s", frame.message)
 
@@ -274,6 +294,36 @@ class ExecutorNode:
             result.status,
             "" if sent else "; kept until the hub is back",
         )
+
+    # approvals
+
+    async def _approve(self, req: ApprovalRequest) -> ApprovalDecision:
+        """The engine's approval callback: the hub's decision on ``req`` (see the doc)."""
+        key = (req.run_id, req.approval_id)
+        early = self._early.pop(key, None)
+        if early is not None:
+            return early
+        waiter: asyncio.Future[ApprovalDecision] = asyncio.get_running_loop().create_future()
+        self._approvals[key] = waiter
+        log.info("run %s: waiting for a decision on approval %s", req.run_id, req.approval_id)
+        try:
+            return await waiter
+        finally:
+            self._approvals.pop(key, None)
+
+    def _decided(self, frame: ApprovalDecisionFrame) -> None:
+        key = (frame.run_id, frame.approval_id)
+        waiter = self._approvals.get(key)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(frame.decision)
+            return
+        state = self.runs.get(frame.run_id)
+        if state is None or state.result is not None:
+            return  # a decision re-sent for a run that ended: nothing waits for it
+        while len(self._early) >= EARLY_DECISIONS_MAX:
+            self._early.pop(next(iter(self._early)))
+        self._early[key] = frame.decision
 
     # codex login
 

@@ -34,6 +34,12 @@ class ExecutorSettings(NodeSettings):
         "workspace-write", alias="CODEX_SANDBOX"
     )
     codex_network_access: bool = Field(True, alias="CODEX_NETWORK_ACCESS")
+    #: When codex asks a person before it acts (app-server engine only): ``never`` (what
+    #: ``codex exec`` does), ``on-request``, ``on-failure`` or ``untrusted``. The people
+    #: who decide are the hub's APPROVERS; the sandbox stays CODEX_SANDBOX.
+    codex_approval_policy: Literal["never", "on-request", "on-failure", "untrusted"] = Field(
+        "never", alias="CODEX_APPROVAL_POLICY"
+    )
     codex_extra_args: str = Field("", alias="CODEX_EXTRA_ARGS")
 
     # how runs execute
@@ -105,6 +111,16 @@ class ExecutorSettings(NodeSettings):
         if len(labels) > MAX_LABELS:
             raise ValueError(f"{len(labels)} labels: an executor announces at most {MAX_LABELS}")
         return labels
+
+    @model_validator(mode="after")
+    def _approvals_need_the_app_server(self) -> ExecutorSettings:
+        if self.codex_approval_policy != "never" and self.exec_engine != "app-server":
+            raise ValueError(
+                f"CODEX_APPROVAL_POLICY={self.codex_approval_policy} needs "
+                "EXEC_ENGINE=app-server: `codex exec` cannot ask anyone (it declines what "
+                "needs an approval); set EXEC_ENGINE=app-server or CODEX_APPROVAL_POLICY=never"
+            )
+        return self
 
     @model_validator(mode="after")
     def _resolve_fallbacks(self) -> ExecutorSettings:

@@ -148,7 +148,7 @@ class Calls:
             self._waiters[run_id] = left
             return
         self._waiters.pop(run_id, None)
-        if dropped and run_id in router.live and run_id not in self._orphans:
+        if dropped and router.live_run(run_id) is not None and run_id not in self._orphans:
             self._orphans[run_id] = asyncio.create_task(
                 self._cancel_later(run_id, router), name=f"Calls:orphan:{run_id}"
             )

@@ -139,8 +139,7 @@ async def list_runs(request: web.Request) -> web.Response:
     )
     items = []
     for run in runs:
-        live = router.live.get(run.id)
-        items.append((live.run if live else run).summary())
+        items.append((router.live_run(run.id) or run).summary())
     return json_response({"runs": items, "next_before": next_before})
 
 
@@ -150,12 +149,19 @@ async def get_run(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
     router = request.app[ROUTER]
     store = request.app[STORE]
-    live = router.live.get(run_id)
-    run = live.run if live else await store.get_run(run_id)
+    run = router.live_run(run_id) or await store.get_run(run_id)
     if run is None or not can_see(request, run.principal):
         raise NotFound(f"no run with id {run_id}", param="run_id")
     events = await store.get_events(run_id, _int(request, "after", 0, 0, 2**62) or 0)
-    return json_response({"run": run.to_dict(), "events": events})
+    # codex's approval request, pending or last decided (hub/approvals.py), or null.
+    approval = router.approvals.current(run_id)
+    return json_response(
+        {
+            "run": run.to_dict(),
+            "events": events,
+            "approval": approval.public() if approval is not None else None,
+        }
+    )
 
 
 @routes.get("/api/runs/{run_id}/diff")
@@ -164,8 +170,7 @@ async def get_run_diff(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
     router = request.app[ROUTER]
     store = request.app[STORE]
-    live = router.live.get(run_id)
-    run = live.run if live else await store.get_run(run_id)
+    run = router.live_run(run_id) or await store.get_run(run_id)
     if run is None or not can_see(request, run.principal):
         raise NotFound(f"no run with id {run_id}", param="run_id")
     events = await store.get_events(run_id)
@@ -331,13 +336,11 @@ async def cancel_run(request: web.Request) -> web.Response:
     """Cancel a queued or running run."""
     run_id = request.match_info["run_id"]
     router = request.app[ROUTER]
-    live = router.live.get(run_id)
-    owned = live.run if live else await request.app[STORE].get_run(run_id)
+    owned = router.live_run(run_id) or await request.app[STORE].get_run(run_id)
     if owned is None or not can_see(request, owned.principal):
         raise NotFound(f"no run with id {run_id}", param="run_id")
     if await router.cancel(run_id, "cancelled from the API"):
-        live = router.live.get(run_id)
-        run = live.run if live else await request.app[STORE].get_run(run_id)
+        run = router.live_run(run_id) or await request.app[STORE].get_run(run_id)
         assert run is not None
         return json_response(
             {"run": run.summary(), "cancelled": True}, headers={"X-Run-ID": run_id}
@@ -376,13 +379,8 @@ async def overview(request: web.Request) -> web.Response:
         raise BadRequest("'since' must be within the last 8 days", param="since")
     router = request.app[ROUTER]
     body = await request.app[STORE].overview(since, now - 3600)
-    executors = list(router.executors.values())
-    body.update(
-        running=sum(len(n.busy) for n in executors),
-        queued=len(router.queue),
-        capacity=sum(n.capacity for n in executors),
-        now=now,
-    )
+    load = router.load()
+    body.update(running=load.running, queued=load.queued, capacity=load.capacity, now=now)
     return json_response(body)
 
 
@@ -503,14 +501,12 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     """Ready when an executor is connected, codex is logged in there and the store writes."""
-    router = request.app[ROUTER]
+    load = request.app[ROUTER].load()
     unwritable = request.app[STORE].unwritable
-    executors = list(router.executors.values())
-    ready = [n for n in executors if (n.login or {}).get("logged_in")]
     body: dict[str, Any] = {
-        "ready": bool(ready) and unwritable is None,
-        "executors": len(executors),
-        "logged_in": len(ready),
+        "ready": load.logged_in > 0 and unwritable is None,
+        "executors": load.executors,
+        "logged_in": load.logged_in,
         "store": "writable" if unwritable is None else "unwritable",
     }
     if unwritable is not None:
@@ -519,9 +515,9 @@ async def readyz(request: web.Request) -> web.Response:
             f"the store cannot write ({unwritable}): new runs are refused until it can; "
             "free space where HUB_DB is"
         )
-    elif not executors:
+    elif not load.executors:
         body["reason"] = "no executor is connected"
-    elif not ready:
+    elif not load.logged_in:
         body["reason"] = "codex is not logged in on any executor: run `codex login` there"
     return json_response(body, status=200 if body["ready"] else 503)
 

@@ -13,7 +13,15 @@ from urllib.parse import quote
 
 from aiohttp import WSCloseCode, web
 
-from hub import api_openai, api_responses, api_runs, api_settings, openapi, web_guard
+from hub import (
+    api_approvals,
+    api_openai,
+    api_responses,
+    api_runs,
+    api_settings,
+    openapi,
+    web_guard,
+)
 from hub.appkeys import (
     AUTH_FAILURES,
     BUS,
@@ -25,7 +33,8 @@ from hub.appkeys import (
     SOCKETS,
     STORE,
 )
-from hub.auth import AuthFailures, RateLimiter, make_auth_middleware
+from hub.approvals import approvers_of
+from hub.auth import AuthFailures, RateLimiter, make_auth_middleware, principal_for_key
 from hub.bus import Bus
 from hub.connections import ConnectionLimits, LimitedSite
 from hub.credentials import resolve
@@ -49,6 +58,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _router_ctx(app: web.Application) -> AsyncIterator[None]:
     router = Router(app[STORE], app[BUS], app[SETTINGS], metrics=app[METRICS])
+    # An API key written in APPROVERS counts as its principal (hub.auth's id of it).
+    router.approvals.approvers = approvers_of(app[SETTINGS], principal_for_key)
     app[METRICS].attach(router)
     app[ROUTER] = router
     await router.start()
@@ -104,6 +115,7 @@ def create_app(settings: HubSettings) -> web.Application:
     app.router.add_routes(openapi.routes)
     api_openai.setup(app, api_responses.routes)
     api_runs.setup(app)
+    api_approvals.setup(app)
     app.router.add_routes(api_settings.routes)
     return app
 

@@ -7,7 +7,7 @@ ApiError                 status, type, code, param
  |- RateLimited          429 rate_limit_exceeded / queue_full (+ Retry-After)
  '- Unavailable          503 service_unavailable / store_unavailable (+ Retry-After)
 
-The router's :class:`~hub.router.StoreUnwritable` (the store cannot write: no new run)
+The router's :class:`~hub.router_errors.StoreUnwritable` (the store cannot write: no new run)
 is rendered here for every route that starts runs, as 503 ``store_unavailable``.
 """
 
@@ -22,7 +22,8 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from hub.router import StoreUnwritable, new_run_id
+from hub.router_errors import StoreUnwritable
+from hub.store import new_run_id
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Prometheus metrics of the hub, served at ``/metrics``.
 
 Counters and histograms move as runs finish; gauges are read from the router when
-scraped, so they are never stale.
+scraped (through :class:`hub.router_view.RouterView`: this module does not import the
+router), so they are never stale.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from hub.router import Router
+    from hub.router_view import RouterView
     from hub.store import Run
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -23,41 +24,40 @@ _BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1
 
 class _RouterGauges(Collector):
     def __init__(self) -> None:
-        self.router: Router | None = None
-        self.outbox_pending = 0
+        self.router: RouterView | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        router = self.router
+        load = self.router.load() if self.router is not None else None
         queue = GaugeMetricFamily("codex_hub_queue_depth", "Runs waiting for an executor")
-        queue.add_metric([], len(router.queue) if router else 0)
+        queue.add_metric([], load.queued if load else 0)
         yield queue
         nodes = GaugeMetricFamily("codex_hub_nodes", "Connected nodes", labels=["role"])
-        nodes.add_metric(["executor"], len(router.executors) if router else 0)
-        nodes.add_metric(["bridge"], len(router.bridges) if router else 0)
+        nodes.add_metric(["executor"], load.executors if load else 0)
+        nodes.add_metric(["bridge"], load.bridges if load else 0)
         yield nodes
         active = GaugeMetricFamily(
             "codex_hub_active_runs", "Runs executing now (one codex process each)"
         )
-        active.add_metric([], sum(len(n.busy) for n in router.executors.values()) if router else 0)
+        active.add_metric([], load.running if load else 0)
         yield active
         capacity = GaugeMetricFamily("codex_hub_executor_capacity", "Executor slots in all")
-        capacity.add_metric([], sum(n.capacity for n in router.executors.values()) if router else 0)
+        capacity.add_metric([], load.capacity if load else 0)
         yield capacity
         outbox = GaugeMetricFamily(
             "codex_hub_outbox_pending", "Replies waiting for a bridge to acknowledge them"
         )
-        outbox.add_metric([], len(router.pending) if router else 0)
+        outbox.add_metric([], load.outbox if load else 0)
         yield outbox
         backlog = GaugeMetricFamily(
             "codex_hub_store_backlog", "Store writes queued and not yet committed"
         )
-        backlog.add_metric([], router.store.backlog if router else 0)
+        backlog.add_metric([], load.store_backlog if load else 0)
         yield backlog
         held = GaugeMetricFamily(
             "codex_hub_store_held",
             "Store writes the disk refused (full), held in memory until it takes them",
         )
-        held.add_metric([], router.store.held if router else 0)
+        held.add_metric([], load.store_held if load else 0)
         yield held
 
 
@@ -95,8 +95,8 @@ class Metrics:
         self._gauges = _RouterGauges()
         self.registry.register(self._gauges)
 
-    def attach(self, router: Router) -> None:
-        """Read live gauges from ``router``."""
+    def attach(self, router: RouterView) -> None:
+        """Read live gauges from ``router`` (its :meth:`~hub.router_view.RouterView.load`)."""
         self._gauges.router = router
 
     def run_submitted(self, run: Run) -> None:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from hub.appkeys import SETTINGS
 from hub.settings import HubSettings
-from wire import LABEL_PATTERN
+from wire import DECISIONS, LABEL_PATTERN
 from wire import RUN_STATES as WIRE_RUN_STATES
 
 routes = web.RouteTableDef()
@@ -261,6 +261,33 @@ def _schemas(model_name: str) -> dict[str, Schema]:
             }
         ),
         "Event": _object({"seq": {"type": "integer", "minimum": 1}, "ts": NUMBER, "kind": STRING}),
+        "Approval": _object(
+            {
+                "approval_id": STRING,
+                "state": {"enum": ["pending", "decided"]},
+                "request": {
+                    "type": "object",
+                    "description": "What codex asks: kind (command | file_change), reason, "
+                    "and command and cwd, or changes (paths and diffs).",
+                },
+                "summary": STRING,
+                "requested_at": NUMBER,
+                "expires_at": {
+                    "type": "number",
+                    "description": "When no decision denies it (APPROVAL_TIMEOUT_S).",
+                },
+                "choices": {"type": "array", "items": {"enum": list(DECISIONS)}},
+                "decision": STRING,
+                "by": {
+                    "type": "string",
+                    "description": "Who decided: slack:<user>, telegram:<user>, an API "
+                    "principal, or timeout.",
+                },
+                "decided_at": NUMBER,
+                "reason": STRING,
+            },
+            optional=("decision", "by", "decided_at", "reason"),
+        ),
         "Node": _object(
             {
                 "id": STRING,
@@ -648,10 +675,53 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                             {
                                 "run": _ref("Run"),
                                 "events": {"type": "array", "items": _ref("Event")},
-                            }
+                                "approval": _nullable(_ref("Approval")),
+                            },
+                            optional=("approval",),
                         ),
                     ),
                     **_errors(400, *keyed, 404),
+                },
+            }
+        },
+        "/api/runs/{run_id}/approval": {
+            "post": {
+                "operationId": "decideApproval",
+                "summary": "Decide the run's pending approval request (APPROVERS, else the "
+                "person who asked; the first decision wins).",
+                "parameters": [RUN_ID_PARAM],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _object(
+                                {
+                                    "decision": {"enum": list(DECISIONS)},
+                                    "reason": {"type": "string", "maxLength": 500},
+                                    "approval_id": {"type": "string", "minLength": 1},
+                                },
+                                optional=("reason", "approval_id"),
+                            )
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        "The request, decided.",
+                        _object({"run_id": STRING, "approval": _ref("Approval")}),
+                        headers=RUN_ID_HEADER,
+                    ),
+                    **_errors(400, *keyed, 404, 415),
+                    "403": {
+                        "description": "The key is not an approver (APPROVERS), or (no "
+                        "APPROVERS) not the one that asked; or a Host or Origin refused.",
+                        "content": {"application/json": {"schema": _ref("Error")}},
+                    },
+                    "409": {
+                        "description": "Nothing is pending: no request, or already decided "
+                        "(the message says by whom and when).",
+                        "content": {"application/json": {"schema": _ref("Error")}},
+                    },
                 },
             }
         },

@@ -88,6 +88,12 @@ class HubSettings(LogSettings):
     #: Most events, and most bytes of events, one run may send; past either it fails.
     run_max_events: int = Field(10_000, alias="HUB_RUN_MAX_EVENTS", ge=1)
     run_max_event_bytes: int = Field(32 * 1024 * 1024, alias="HUB_RUN_MAX_EVENT_BYTES", ge=1024)
+    #: Who may decide codex's approval requests (hub/approvals.py): Slack and Telegram
+    #: user ids (``U123``, ``slack:U123``, ``telegram:42``) and API principals
+    #: (``key:<12 hex>``, as the API shows them); empty: the person who asked.
+    approvers: CsvList = Field(default_factory=list, alias="APPROVERS")
+    #: An approval request nobody decides within this long is denied.
+    approval_timeout_s: float = Field(300.0, alias="APPROVAL_TIMEOUT_S", gt=0)
     #: ``steer``: a chat message or monitor prompt into a conversation whose run is
     #: working goes into its running turn (app-server executors only; others queue);
     #: ``queue``: it waits for the run to end, as a new run.
@@ -95,6 +101,7 @@ class HubSettings(LogSettings):
 
     _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
     _split_operator_keys = field_validator("operator_keys", mode="before")(split_csv)
+    _split_approvers = field_validator("approvers", mode="before")(split_csv)
     _split_web = field_validator("allowed_origins", "allowed_hosts", mode="before")(split_csv)
 
     @field_validator("allowed_origins")

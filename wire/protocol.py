@@ -67,6 +67,14 @@ Executor <-> hub
 - executor -> hub ``status``: {"capacity", "login"} whenever they change.
 - hub -> executor ``cancel``: {"run_id"}: kill codex; the executor then sends a
   ``result`` with status ``cancelled``.
+- executor -> hub ``event`` of kind ``approval`` (app-server engine, an approval policy
+  that asks): ``status`` ``requested`` {"approval_id", "request": {"kind", "reason",
+  "command"?, "cwd"?, "changes"?}, "summary"} puts the run in ``awaiting_approval``
+  (see :mod:`hub.approvals`); ``status`` ``decided`` {"approval_id", "decision", "by"}
+  confirms that codex got the decision.
+- hub -> executor ``approval_decision``: {"run_id", "approval_id", "decision":
+  "approve" | "approve_session" | "deny", "by"}: the answer to that request; sent again
+  after every reconnect until the executor's ``decided`` event confirms it.
 - hub -> executor ``steer``: {"run_id", "steer_id", "text"}: add ``text`` to the run's
   running codex turn (``turn/steer``; only an executor whose ``engine`` is
   ``app-server`` is sent one). The executor answers ``steered`` {"run_id",
@@ -116,6 +124,19 @@ Bridge <-> hub
   ``HUB_REDELIVER_S``) until the bridge answers ``ack`` {"delivery_id"}. A bridge
   acks only once the platform accepted the reply.
 
+- hub -> bridge ``approval``: {"run_id", "approval_id", "origin", "request", "summary",
+  "requested_at", "expires_at", "state": "pending" | "decided", "decision"?, "by"?,
+  "decided_at"?, "refs"}: show the request with buttons where the run came from
+  (``pending``), or change every copy of them (``refs``: the platform's ids of the
+  messages that show it) to say who decided and when (``decided``). Re-sent (after
+  every reconnect, and every ``HUB_REDELIVER_S``) until the bridge answers
+  ``approval_shown`` {"run_id", "approval_id", "state", "ref"?}, ``ref`` being the
+  message it posted.
+- bridge -> hub ``approval_decide``: {"req_id", "run_id", "approval_id", "decision",
+  "user"}: a button pressed by ``user`` (the platform's user id); answered by
+  ``approval_result`` {"req_id", "outcome": "decided" | "already_decided" | "refused"
+  | "unknown", "message", "decision"?, "by"?, "decided_at"?}.
+
 Both ways: ``error`` {"code", "message", "req_id"?} reports a frame the peer could not
 use; it never closes the connection by itself. A message nested deeper than 200 levels
 is such a frame, refused before it is walked. Liveness is websocket ping/pong.
@@ -125,8 +146,9 @@ In code
 Every frame, both ways, is a model below (hub -> node: :class:`WelcomeFrame`,
 :class:`AssignFrame`, :class:`RunCancelFrame`, :class:`ResultAckFrame`,
 :class:`SubmittedFrame`, :class:`CancelledFrame`, :class:`OkFrame`, :class:`SessionFrame`,
-:class:`ProgressFrame`, :class:`DeliverFrame`, :class:`ErrorFrame`, :class:`SteerFrame`;
-node -> hub also :class:`SteeredFrame`), grouped per
+:class:`ProgressFrame`, :class:`DeliverFrame`, :class:`ErrorFrame`, and the approvals'
+:class:`ApprovalDecisionFrame`, :class:`ApprovalFrame`, :class:`ApprovalResultFrame`; and
+steering's :class:`SteerFrame`, answered by :class:`SteeredFrame`), grouped per
 direction and role in a discriminated union (:data:`ExecutorFrame`, :data:`BridgeFrame`,
 :data:`ToExecutorFrame`, :data:`ToBridgeFrame`). A model's ``dump()`` is the JSON object
 sent: its ``type`` and the fields its builder gave (an optional field left out stays
@@ -178,6 +200,8 @@ class RunState(enum.StrEnum):
     QUEUED = "queued"
     OPTIMIZING = "optimizing"
     RUNNING = "running"
+    #: codex asked to run a command or apply a change and waits for a person's decision.
+    AWAITING_APPROVAL = "awaiting_approval"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -191,7 +215,9 @@ ResultStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "rejecte
 #: How a run may end: a ``result`` frame's ``status``, a ``deliver`` frame's.
 RESULT_STATUSES: tuple[str, ...] = get_args(ResultStatus)
 TERMINAL_STATES: frozenset[str] = frozenset(RESULT_STATUSES)
-ACTIVE_STATES: frozenset[str] = frozenset({RunState.OPTIMIZING, RunState.RUNNING})
+ACTIVE_STATES: frozenset[str] = frozenset(
+    {RunState.OPTIMIZING, RunState.RUNNING, RunState.AWAITING_APPROVAL}
+)
 
 #: An executor label (``EXEC_LABELS``): lowercase letters, digits, ``-`` and ``_``.
 LABEL_PATTERN = r"^[a-z0-9_-]{1,64}$"
@@ -307,6 +333,11 @@ class StatusFrame(_Frame):
     login: LoginState | None = None
 
 
+#: What a person may decide about an approval request.
+Decision = Literal["approve", "approve_session", "deny"]
+DECISIONS: tuple[str, ...] = get_args(Decision)
+
+
 class SteeredFrame(_Frame):
     """executor -> hub: how a ``steer`` went; ``error`` says why it did not."""
 
@@ -378,6 +409,29 @@ class StatusRefFrame(_Frame):
     ref: str = Field(min_length=1, max_length=200)
 
 
+class ApprovalDecideFrame(_Frame):
+    """bridge -> hub: a person pressed an approval button."""
+
+    type: Literal["approval_decide"] = "approval_decide"
+    req_id: str = ""
+    run_id: str = Field(min_length=1, max_length=200)
+    approval_id: str = Field(min_length=1, max_length=200)
+    decision: Decision
+    #: The presser's user id on the bridge's platform.
+    user: str = Field(min_length=1, max_length=200)
+
+
+class ApprovalShownFrame(_Frame):
+    """bridge -> hub: the ``approval`` frame of that state is on the platform."""
+
+    type: Literal["approval_shown"] = "approval_shown"
+    run_id: str = Field(min_length=1, max_length=200)
+    approval_id: str = Field(min_length=1, max_length=200)
+    state: Literal["pending", "decided"]
+    #: The message the bridge posted with the buttons (pending only).
+    ref: str | None = Field(default=None, max_length=200)
+
+
 # hub -> node (both roles)
 
 
@@ -414,6 +468,17 @@ class ResultAckFrame(_Frame):
 
     type: Literal["result_ack"] = "result_ack"
     run_id: str
+
+
+class ApprovalDecisionFrame(_Frame):
+    """hub -> executor: the decision on a run's approval request."""
+
+    type: Literal["approval_decision"] = "approval_decision"
+    run_id: str
+    approval_id: str
+    decision: Decision
+    #: Who decided (``slack:U123``, ``key:abc``, ``timeout``), for the run's events.
+    by: str = ""
 
 
 class SteerFrame(_Frame):
@@ -492,17 +557,63 @@ class DeliverFrame(_Frame):
     pr_url: str | None = None
 
 
+class ApprovalFrame(_Frame):
+    """hub -> bridge: show an approval request's buttons, or their outcome."""
+
+    type: Literal["approval"] = "approval"
+    run_id: str
+    approval_id: str
+    origin: dict[str, Any] = Field(default_factory=dict)
+    #: What codex asks: {"kind": "command" | "file_change", "reason", "command"?, ...}.
+    request: dict[str, Any] = Field(default_factory=dict)
+    summary: str = ""
+    requested_at: float = 0.0
+    #: When no decision denies it (APPROVAL_TIMEOUT_S after the request).
+    expires_at: float = 0.0
+    state: Literal["pending", "decided"] = "pending"
+    decision: str | None = None
+    by: str | None = None
+    decided_at: float | None = None
+    #: The messages that show the buttons (the platform's ids), to change once decided.
+    refs: list[str] = Field(default_factory=list)
+
+
+class ApprovalResultFrame(_Frame):
+    """hub -> bridge: the answer to ``approval_decide``."""
+
+    type: Literal["approval_result"] = "approval_result"
+    req_id: str = ""
+    outcome: Literal["decided", "already_decided", "refused", "unknown"]
+    message: str = ""
+    decision: str | None = None
+    by: str | None = None
+    decided_at: float | None = None
+
+
 ExecutorFrame = Annotated[
     EventFrame | StateFrame | ResultFrame | StatusFrame | SteeredFrame,
     Field(discriminator="type"),
 ]
 BridgeFrame = Annotated[
-    SubmitFrame | CancelFrame | ResetSessionFrame | SessionStatusFrame | AckFrame | StatusRefFrame,
+    SubmitFrame
+    | CancelFrame
+    | ResetSessionFrame
+    | SessionStatusFrame
+    | AckFrame
+    | StatusRefFrame
+    | ApprovalDecideFrame
+    | ApprovalShownFrame,
     Field(discriminator="type"),
 ]
 #: What the hub sends an executor.
 ToExecutorFrame = Annotated[
-    WelcomeFrame | AssignFrame | RunCancelFrame | ResultAckFrame | ErrorFrame | SteerFrame,
+    WelcomeFrame
+    | AssignFrame
+    | RunCancelFrame
+    | ResultAckFrame
+    | ErrorFrame
+    | ApprovalDecisionFrame
+    | SteerFrame,
     Field(discriminator="type"),
 ]
 #: What the hub sends a bridge.
@@ -514,7 +625,9 @@ ToBridgeFrame = Annotated[
     | OkFrame
     | SessionFrame
     | ProgressFrame
-    | DeliverFrame,
+    | DeliverFrame
+    | ApprovalFrame
+    | ApprovalResultFrame,
     Field(discriminator="type"),
 ]
 #: Every frame model, either way (the hello apart).
@@ -540,6 +653,11 @@ FRAME_MODELS: tuple[type[_Frame], ...] = (
     SessionFrame,
     ProgressFrame,
     DeliverFrame,
+    ApprovalDecisionFrame,
+    ApprovalDecideFrame,
+    ApprovalShownFrame,
+    ApprovalFrame,
+    ApprovalResultFrame,
     SteerFrame,
     SteeredFrame,
 )

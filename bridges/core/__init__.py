@@ -8,6 +8,7 @@ delivery), :mod:`~bridges.core.status` (the status message and its ticker),
 core says, in the platform's words), :mod:`~bridges.core.lifecycle` (states, memories).
 """
 
+from bridges.core.approval import Approval
 from bridges.core.bridge import ChatBridge
 from bridges.core.delivery import Reply, Sent
 from bridges.core.errors import ReplyDeferred, Undeliverable
@@ -18,6 +19,7 @@ from bridges.core.texts import Texts
 __all__ = [
     "NOT_SHOWN",
     "NOT_SHOWN_UNTIL_NEWS",
+    "Approval",
     "ChatBridge",
     "Reply",
     "ReplyDeferred",

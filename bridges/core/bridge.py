@@ -38,6 +38,13 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from bridges.common import STARTUP_BACKOFF_MAX_S, RepoDefaults, freeze_startup_heap, retry_startup
+from bridges.core.approval import (
+    DECIDED_WORDS,
+    Approval,
+    decided_line,
+    parse_button,
+    request_lines,
+)
 from bridges.core.delivery import Reply, Sent
 from bridges.core.errors import Undeliverable
 from bridges.core.lifecycle import State, remember
@@ -100,6 +107,7 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
             self.PLATFORM,
             on_deliver=self._on_deliver,
             on_progress=self._on_progress,
+            on_approval=self._on_approval,
             node_id=node_id,
             request_timeout=HUB_REQUEST_TIMEOUT_S,
             pending_max=settings.pending_max,
@@ -114,6 +122,9 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
         #: Requests being handed to the hub: waited for (a while) when the bridge stops.
         self._requests: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Approval frames shown by this process ((run, approval, state) -> ref): the hub
+        #: may send one again before it hears it was shown; it is not shown twice.
+        self._approvals: OrderedDict[str, str | None] = OrderedDict()
 
     # --- what an adapter provides (see bridges/ADAPTERS.md) -----------------------------
 
@@ -228,6 +239,21 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
 
     async def on_submitted(self, target: TargetT, submitted: Submitted) -> None:
         """The hub took a request (mark it, say its place in the queue)."""
+
+    async def post_approval(self, target: TargetT, approval: Approval) -> str | None:
+        """Post codex's request with the three buttons (``bridges.core.approval``); the
+        message's id, to change it once decided. By default: a notice, no buttons."""
+        headline, what, why = request_lines(approval)
+        await self.send_notice(target, f"{headline}: {what}" + (f"\nWhy: {why}" if why else ""))
+        return None
+
+    async def edit_approval(self, target: TargetT, ref: str, approval: Approval) -> None:
+        """Change the buttons' message ``ref`` to say who decided and when (raise to have
+        the hub send it again)."""
+
+    def decider_name(self, user_id: str) -> str:
+        """A decider's platform user id as the chat writes it."""
+        return user_id
 
     async def on_refused(self, target: TargetT) -> None:
         """The hub refused a request (said already): mark it as failed."""
@@ -497,6 +523,56 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
             status_ref=self.status_ref_of(origin),
             answer=answer if isinstance(answer, str) else None,
         )
+
+    # --- approvals ----------------------------------------------------------------------
+
+    async def _on_approval(self, frame: Frame) -> None:
+        """Show an ``approval`` frame: the buttons, or who decided on every copy of them.
+
+        Raising leaves it unconfirmed: the hub sends it again."""
+        approval = Approval.of(frame)
+        shown_as = (approval.run_id, approval.approval_id, approval.state)
+        key = ":".join(shown_as)
+        with bound(run_id=approval.run_id):
+            if key in self._approvals:
+                self.link.approval_shown(*shown_as, self._approvals[key])
+                return
+            target = self.target_of(approval.origin)
+            if target is None:
+                log.error("an approval names no %s place; not shown", self.PLATFORM_NAME)
+                self.link.approval_shown(*shown_as, None)
+                return
+            ref: str | None = None
+            if approval.state == "pending":
+                ref = await self.post_approval(target, approval)
+                log.info("approval %s shown in %s", approval.approval_id, self.where(target))
+            else:
+                for shown in approval.refs:
+                    await self.edit_approval(target, shown, approval)
+                if not approval.refs and approval.decision != "expired":
+                    await self.send_notice(target, decided_line(approval, self.decider_name))
+            remember(self._approvals, key, ref, RUN_MEMORY)
+            self.link.approval_shown(*shown_as, ref)
+
+    async def press(self, user: str, data: str) -> tuple[str, str]:
+        """A press of an approval button by ``user`` (the platform's user id), with the
+        button's data: (the hub's outcome, what to tell the presser alone)."""
+        parsed = parse_button(data)
+        if parsed is None:
+            return "unknown", "This button is not one of codex-hub's approval buttons."
+        run_id, approval_id, decision = parsed
+        try:
+            result = await self.link.decide_approval(run_id, approval_id, decision, user)
+        except HubError as exc:
+            return "unknown", self.texts.hub_error(exc.code, str(exc))
+        if result.outcome == "decided":
+            text = f"{DECIDED_WORDS.get(decision, decision)}: codex hears it now."
+        elif result.outcome == "refused":
+            text = f"Not allowed: {result.message}."
+        else:
+            text = result.message[:1].upper() + result.message[1:]
+        log.info("approval %s of run %s: %s by %s", approval_id, run_id, result.outcome, user)
+        return result.outcome, text
 
     # --- the hub -> chat: delivery ----------------------------------------------------
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -40,6 +41,7 @@ from bridges import common
 from bridges.common import repo_command, split_optimize_prefix
 from bridges.core import (
     NOT_SHOWN_UNTIL_NEWS,
+    Approval,
     ChatBridge,
     Reply,
     Sent,
@@ -58,6 +60,7 @@ from bridges.slack.api import (
     SocketMode,
     describe,
     download,
+    may_succeed_later,
     web_client,
 )
 from bridges.slack.api import AttachmentRefused as AttachmentRefused
@@ -93,7 +96,7 @@ class SlackBridge(ChatBridge[Target]):
         convert.hub_error_text,
         convert.cancel_text,
         convert.status_text,
-        convert.status_with_answer,
+        with_answer=convert.status_with_answer,
     )
 
     def __init__(
@@ -143,6 +146,7 @@ class SlackBridge(ChatBridge[Target]):
         self._socket.app.event("app_mention")(self._on_mention)
         self._socket.app.event("message")(self._on_message)
         self._socket.app.action(convert.OPEN_PR_ACTION)(self._on_open_pr)
+        self._socket.app.action(re.compile(f"^{convert.APPROVAL_ACTION}_"))(self._on_approval_press)
 
     async def connect(self) -> None:
         assert self._socket is not None
@@ -287,6 +291,48 @@ class SlackBridge(ChatBridge[Target]):
         # The button's ts is the dedupe key: two presses of one button open one PR.
         await self._start(target, convert.OPEN_PR_PROMPT, False)
         await self.api.replace_button(target, convert.open_pr_pressed(user))
+
+    async def _on_approval_press(
+        self, ack: Any, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        """An approval button: the hub decides whether the presser may; the presser alone
+        is told the outcome (the hub then changes every copy of the buttons)."""
+        await ack()
+        message = body.get("message") or {}
+        channel = str((body.get("channel") or {}).get("id") or "")
+        user = str((body.get("user") or {}).get("id") or "")
+        ts = str(message.get("ts") or "")
+        if not channel or not ts or not user:
+            return
+        team = str((body.get("team") or {}).get("id") or context.team_id or "")
+        target = Target(team, channel, str(message.get("thread_ts") or ts), ts, user)
+        _, text = await self.press(user, str(action.get("value") or ""))
+        await self.api.post_ephemeral(target, user, text)
+
+    async def post_approval(self, target: Target, approval: Approval) -> str | None:
+        ts = await self.api.post(
+            target, convert.approval_text(approval), blocks=convert.approval_blocks(approval)
+        )
+        return ts or None
+
+    async def edit_approval(self, target: Target, ref: str, approval: Approval) -> None:
+        text = convert.approval_decided_text(approval)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await self.api.client.chat_update(
+                    channel=target.channel,
+                    ts=ref,
+                    text=text,
+                    blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+                )
+        except CALL_ERRORS as exc:
+            if may_succeed_later(exc):
+                raise  # the hub sends the decision again
+            # Deleted, or no longer the bot's to change: nothing left to update.
+            log.warning("approval message %s not updated for good: %s", ref, describe(exc))
+
+    def decider_name(self, user_id: str) -> str:
+        return f"<@{user_id}>"
 
     async def on_submitted(self, target: Target, submitted: Submitted) -> None:
         key = f"{target.channel}:{target.ts}"

@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bridges.core.approval import CHOICES, Approval, button_data, decided_line, request_lines
 from bridges.core.texts import STATUS_ANSWER_CHARS, tail
 from wire import RunState
 
@@ -43,6 +44,7 @@ _STATES: Mapping[str, tuple[str, str]] = {
     RunState.QUEUED: (":hourglass_flowing_sand:", "Queued"),
     RunState.OPTIMIZING: (":pencil2:", "Sharpening the prompt"),
     RunState.RUNNING: (":gear:", "Working"),
+    RunState.AWAITING_APPROVAL: (":raised_hand:", "Waiting for an approval"),
     RunState.SUCCEEDED: (":white_check_mark:", "Done"),
     RunState.FAILED: (":x:", "Failed"),
     RunState.CANCELLED: (":no_entry_sign:", "Cancelled"),
@@ -734,3 +736,46 @@ def hub_error_text(code: str, message: str) -> str:
         )
     reason = escape_mrkdwn(_one_line(message or code, 300))
     return f":warning: The codex hub did not take the request: {reason}"
+
+
+# --- approvals (bridges/core/approval.py) -------------------------------------------
+
+#: The action ids of the approval buttons start with this (then the decision).
+APPROVAL_ACTION = "codex_hub_approval"
+
+
+def approval_text(approval: Approval) -> str:
+    """The request in mrkdwn: what codex asks to run (or change) and why."""
+    headline, what, why = request_lines(approval)
+    text = f":raised_hand: *{headline}* (run `{approval.run_id}`)"
+    if what:
+        text += f"\n```{escape_mrkdwn(what)}```"
+    if why:
+        text += f"\n*Why:* {escape_mrkdwn(why)}"
+    return text
+
+
+def approval_blocks(approval: Approval) -> list[dict[str, Any]]:
+    """The request and its three buttons (each carries the run, the request, the choice)."""
+    styles = {"approve": "primary", "deny": "danger"}
+    buttons = []
+    for decision, label, _ in CHOICES:
+        button: dict[str, Any] = {
+            "type": "button",
+            "text": {"type": "plain_text", "text": label},
+            "action_id": f"{APPROVAL_ACTION}_{decision}",
+            "value": button_data(approval.run_id, approval.approval_id, decision),
+        }
+        if decision in styles:
+            button["style"] = styles[decision]
+        buttons.append(button)
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": approval_text(approval)}},
+        {"type": "actions", "elements": buttons},
+    ]
+
+
+def approval_decided_text(approval: Approval) -> str:
+    """The buttons' message once decided: the request, then who decided and when."""
+    line = decided_line(approval, lambda user: f"<@{escape_mrkdwn(user)}>")
+    return f"{approval_text(approval)}\n{line}"

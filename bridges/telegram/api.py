@@ -272,6 +272,28 @@ class BotApi:
         except CALL_ERRORS as exc:
             log.info("could not delete status message %s: %s", message_id, exc)
 
+    async def send_keyboard(
+        self, target: ReplyTarget, text: str, rows: list[list[tuple[str, str]]]
+    ) -> int:
+        """Post ``text`` with an inline keyboard (rows of (label, callback data)); its id."""
+        markup = InlineKeyboardMarkup(
+            [
+                [InlineKeyboardButton(label, callback_data=data) for label, data in row]
+                for row in rows
+            ]
+        )
+        message = await self.call(
+            target.chat_id,
+            lambda chat_id: self.bot.send_message(
+                chat_id,
+                text,
+                message_thread_id=target.thread_id,
+                reply_parameters=_reply_to(target),
+                reply_markup=markup,
+            ),
+        )
+        return int(message.message_id)
+
     async def answer_query(self, query_id: str, text: str, *, alert: bool = False) -> None:
         """Best effort: the small notice Telegram shows to whoever pressed a button."""
         try:

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from telegram import Message, Update
-from telegram.error import NetworkError, RetryAfter
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
@@ -42,8 +42,9 @@ from telegram.ext import (
 
 from bridges import common
 from bridges.common import repo_line, split_optimize_prefix
-from bridges.core import ChatBridge, Reply, Sent, Shown, StatusTiming, Texts
+from bridges.core import Approval, ChatBridge, Reply, Sent, Shown, StatusTiming, Texts
 from bridges.core import State as State
+from bridges.core.approval import BUTTON_PREFIX
 from bridges.hub_link import HubError, Submitted
 from bridges.telegram import convert
 from bridges.telegram.api import CALL_ERRORS, AnyApp, AttachmentRefused, BotApi
@@ -75,7 +76,7 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         convert.hub_error_text,
         convert.cancel_text,
         convert.status_text,
-        convert.status_with_answer,
+        with_answer=convert.status_with_answer,
     )
 
     def __init__(self, settings: TelegramSettings, *, node_id: str | None = None) -> None:
@@ -100,6 +101,7 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         app.add_handler(CommandHandler("repo", self._cmd_repo, filters=new))
         app.add_handler(CommandHandler("ask", self._on_text, filters=new))
         app.add_handler(CallbackQueryHandler(self._on_open_pr, pattern=f"^{convert.OPEN_PR_DATA}"))
+        app.add_handler(CallbackQueryHandler(self._on_approval_press, pattern=f"^{BUTTON_PREFIX}"))
         app.add_handler(MessageHandler(new & filters.TEXT & ~filters.COMMAND, self._on_text))
         app.add_handler(MessageHandler(new & (filters.PHOTO | filters.Document.ALL), self._on_text))
         app.add_handler(
@@ -308,6 +310,29 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         with contextlib.suppress(*CALL_ERRORS):
             await self.api.edit_text(target, message.message_id, convert.open_pr_pressed(who))
         self.track(submitted.run_id, target, state=None, position=submitted.position)
+
+    async def _on_approval_press(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """An approval button: the hub decides whether the presser may; the presser alone
+        is told the outcome (the hub then changes every copy of the buttons)."""
+        query = update.callback_query
+        if query is None or query.data is None:
+            return
+        outcome, text = await self.press(str(query.from_user.id), query.data)
+        await self.api.answer_query(query.id, text, alert=outcome != "decided")
+
+    async def post_approval(self, target: ReplyTarget, approval: Approval) -> str | None:
+        message_id = await self.api.send_keyboard(
+            target, convert.approval_text(approval), convert.approval_keyboard(approval)
+        )
+        return str(message_id)
+
+    async def edit_approval(self, target: ReplyTarget, ref: str, approval: Approval) -> None:
+        try:
+            await self.api.edit_text(target, int(ref), convert.approval_decided_text(approval))
+        except (BadRequest, Forbidden) as exc:
+            # Deleted, not modified, or the bot left the chat: nothing left to update (any
+            # other failure is raised: the hub sends the decision again).
+            log.warning("approval message %s not updated for good: %s", ref, exc)
 
     # --- the core's calls ------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from telegram import Message, MessageEntity
 from telegram.error import RetryAfter
 from telegramify_markdown.entity import split_entities
 
+from bridges.core.approval import CHOICES, Approval, button_data, decided_line, request_lines
 from bridges.core.texts import status_with_answer as status_with_answer_text
 from wire import RunState
 
@@ -457,6 +458,7 @@ _STATE_LABELS: Mapping[str, str] = {
     RunState.QUEUED: "⏳ Queued",
     RunState.OPTIMIZING: "✍️ Preparing the prompt",
     RunState.RUNNING: "⚙️ Working",
+    RunState.AWAITING_APPROVAL: "✋ Waiting for an approval",
 }
 
 
@@ -892,3 +894,30 @@ def session_text(
         ids = ", ".join(str(q.get("id")) for q in queued)
         lines.append(f"⏳ {len(queued)} more waiting: {ids}")
     return "\n".join(lines)
+
+
+# --- approvals (bridges/core/approval.py) -------------------------------------------
+
+
+def approval_text(approval: Approval) -> str:
+    """The request in plain text: what codex asks to run (or change) and why."""
+    headline, what, why = request_lines(approval)
+    text = f"✋ {headline} (run {approval.run_id}):"
+    if what:
+        text += f"\n\n{what}"
+    if why:
+        text += f"\n\nWhy: {why}"
+    return text[:4000]
+
+
+def approval_keyboard(approval: Approval) -> list[list[tuple[str, str]]]:
+    """The inline keyboard's rows of (label, callback data): one button per row."""
+    return [
+        [(label, button_data(approval.run_id, approval.approval_id, decision))]
+        for decision, label, _ in CHOICES
+    ]
+
+
+def approval_decided_text(approval: Approval) -> str:
+    """The buttons' message once decided: the request, then who decided and when."""
+    return f"{approval_text(approval)}\n\n{decided_line(approval)}"[:4096]

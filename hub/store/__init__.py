@@ -14,7 +14,7 @@ The rooms, each on the ones before it (no module imports a later one):
 """
 
 from hub.store.engine import StoreClosed, StoreUnavailable
-from hub.store.records import Delivery, EventRow, Run, SessionRow
+from hub.store.records import Delivery, EventRow, Run, SessionRow, new_run_id
 from hub.store.sql import (
     MIGRATIONS,
     SCHEMA,
@@ -36,6 +36,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "StoreUnavailable",
+    "new_run_id",
     "op_insert_run",
     "op_record",
     "op_set_delivery_payload",

@@ -6,8 +6,12 @@ Plain data, no SQL and no I/O: the hub builds and reads these, the store's state
 
 from __future__ import annotations
 
+import random
+import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeAlias
+
+from wire import RunState
 
 #: One event of a run as the store takes it: (seq, ts, kind, data, exec_seq). ``seq``
 #: counts the hub's events of the run from 1; ``exec_seq`` is the executor's own count
@@ -27,8 +31,8 @@ class Run:
     origin: dict[str, Any]
     source: str
     created_at: float
-    #: One of :data:`wire.RunState` (typed as str while the router sets it from a str).
-    state: str = "queued"
+    #: Stored and shown as its string value.
+    state: RunState = RunState.QUEUED
     session_key: str | None = None
     user: str | None = None
     effective_prompt: str | None = None
@@ -86,3 +90,11 @@ class Delivery:
     payload: dict[str, Any]
     created_at: float
     attempts: int = 0
+
+
+_ids = random.Random(secrets.randbits(64))
+
+
+def new_run_id() -> str:
+    """A short random run id (the API that names runs needs a key; ids need not be secret)."""
+    return f"run_{_ids.getrandbits(64):016x}"

@@ -29,6 +29,7 @@ from typing import Any, TypeGuard
 import orjson
 
 from hub.store.records import Delivery, EventRow, Run, SessionRow
+from wire import RunState
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def row_to_run(row: sqlite3.Row) -> Run:
             data[col] = orjson.loads(data[col])
     if data.get("optimize") is not None:
         data["optimize"] = bool(data["optimize"])
+    data["state"] = RunState(data["state"])
     return Run(**data)
 
 
@@ -474,7 +476,8 @@ def _fold(word: str) -> str:
 
 def unfinished_runs(conn: sqlite3.Connection) -> list[Run]:
     rows = conn.execute(
-        "SELECT * FROM runs WHERE state IN ('queued', 'optimizing', 'running') ORDER BY n"
+        "SELECT * FROM runs "
+        "WHERE state IN ('queued', 'optimizing', 'running', 'awaiting_approval') ORDER BY n"
     ).fetchall()
     return [row_to_run(r) for r in rows]
 

@@ -12,7 +12,8 @@ import { clock, duration, elapsed, isActive, originLabel, stateLabel, tokens } f
 import { answerView } from './markdown.js';
 import { Timeline } from './timeline.js';
 
-const STATE_RANK = { queued: 0, optimizing: 1, running: 2 };
+// running <-> awaiting_approval: either may follow the other.
+const STATE_RANK = { queued: 0, optimizing: 1, running: 2, awaiting_approval: 2 };
 const rank = (state) => STATE_RANK[state] ?? 3;
 
 export class RunDetail {
@@ -81,6 +82,7 @@ export class RunDetail {
     if (token !== this.token) return;
     this.render(data.run);
     this.root.scrollTop = 0;
+    this.renderApproval(data.approval);
     this.applyEvents(data.events);
     const early = this.pending;
     this.pending = [];
@@ -117,6 +119,7 @@ export class RunDetail {
       }
       if (token !== this.token) return;
       this.updateRun(data.run);
+      this.renderApproval(data.approval);
       this.applyEvents(data.events, true);
     } while (this.again && token === this.token);
   }
@@ -137,6 +140,8 @@ export class RunDetail {
     if (runId !== this.id) return;
     if (!this.run) this.pending.push(event);
     else this.applyEvents([event], true);
+    // codex asked, or someone decided: the request's state comes with the run.
+    if (event.kind === 'approval' && this.run) this.catchUp();
   }
 
   /** Apply events in seq order; `follow`: keep a reader who is at the end there. */
@@ -198,6 +203,7 @@ export class RunDetail {
       elapsed: h('span', { class: 'muted', title: 'time since the run arrived' }),
       cancel: h('button', { class: 'btn btn-danger btn-small', type: 'button' }, 'Cancel run'),
       cancelStatus: h('span', { class: 'muted', role: 'status' }),
+      approval: h('section', { class: 'detail-section approval', 'aria-label': 'Approval', hidden: true }),
       meta: h('dl', { class: 'detail-meta' }),
       prompt: h('pre', { class: 'text-block prompt', tabindex: '0' }),
       effective: h('div', { class: 'effective' }),
@@ -221,6 +227,7 @@ export class RunDetail {
     this.root.replaceChildren(
       back,
       h('header', { class: 'detail-head' }, ui.title, ui.badge, ui.elapsed, ui.cancelStatus, ui.cancel),
+      ui.approval,
       ui.meta,
       section('Prompt', ui.prompt),
       section('Prompt codex got', ui.effective),
@@ -401,6 +408,70 @@ export class RunDetail {
       parts.push(h('p', { class: 'muted' }, 'codex gave no answer.'));
     }
     return parts;
+  }
+
+  /** codex's approval request (GET /api/runs/{id} `approval`): buttons while pending,
+   * who decided and when afterwards; nothing when there is none. */
+  renderApproval(approval) {
+    const { ui } = this;
+    if (!ui) return;
+    if (!approval) {
+      ui.approval.hidden = true;
+      ui.approvalKey = null;
+      return;
+    }
+    const key = `${approval.approval_id}\u0000${approval.state}`;
+    if (ui.approvalKey === key) return;
+    ui.approvalKey = key;
+    ui.approval.hidden = false;
+    const request = approval.request || {};
+    const what = request.kind === 'file_change'
+      ? (request.changes || []).map((c) => c.diff || c.path || '').join('\n')
+      : request.command || '';
+    const parts = [
+      h('h3', {}, request.kind === 'file_change' ? 'codex asks to change files' : 'codex asks to run a command'),
+      h('pre', { class: 'text-block', tabindex: '0' }, what),
+    ];
+    if (request.reason) parts.push(h('p', {}, `Why: ${request.reason}`));
+    if (approval.state === 'pending') {
+      const status = h('span', { class: 'muted', role: 'status' });
+      const choices = [
+        ['approve', 'Approve', 'btn btn-primary btn-small'],
+        ['approve_session', 'Approve for this conversation', 'btn btn-small'],
+        ['deny', 'Deny', 'btn btn-danger btn-small'],
+      ];
+      const buttons = choices.map(([decision, label, cls]) => {
+        const button = h('button', { class: cls, type: 'button', 'data-decision': decision }, label);
+        button.addEventListener('click', () => this.decide(approval.approval_id, decision, buttons, status));
+        return button;
+      });
+      parts.push(h('div', { class: 'answer-bar approval-choices' }, ...buttons, status));
+    } else {
+      const words = { approve: 'Approved', approve_session: 'Approved for this conversation', deny: 'Denied', expired: 'No longer waiting' };
+      const word = words[approval.decision] || approval.decision;
+      const line = approval.by === 'timeout'
+        ? `${word}: nobody decided in time (at ${clock(approval.decided_at)}).`
+        : `${word} by ${approval.by} at ${clock(approval.decided_at)}.`;
+      parts.push(h('p', { class: 'approval-decided', role: 'status' }, line));
+    }
+    ui.approval.replaceChildren(...parts);
+  }
+
+  /** Decide the request (POST /api/runs/{id}/approval); the first decision wins. */
+  async decide(approvalId, decision, buttons, status) {
+    const id = this.id;
+    for (const button of buttons) button.disabled = true;
+    setText(status, 'Sending…');
+    try {
+      await this.api.post(`${runPath(id)}/approval`, { decision, approval_id: approvalId });
+      if (id === this.id) this.catchUp();
+    } catch (err) {
+      if (id !== this.id) return;
+      setText(status, err.message);
+      if (err.status === 409) this.catchUp();
+      else for (const button of buttons) button.disabled = false;
+      if (err.name === 'Unauthorized') this.handlers.onError(err);
+    }
   }
 
   async cancel() {

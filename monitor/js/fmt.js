@@ -1,11 +1,12 @@
 // Formatting of states, sources, times and sizes. Pure functions, no DOM.
 
-export const ACTIVE_STATES = new Set(['queued', 'optimizing', 'running']);
+export const ACTIVE_STATES = new Set(['queued', 'optimizing', 'running', 'awaiting_approval']);
 
 const STATE_LABELS = {
   queued: 'queued',
   optimizing: 'optimizing',
   running: 'running',
+  awaiting_approval: 'awaiting approval',
   succeeded: 'succeeded',
   failed: 'failed',
   cancelled: 'cancelled',

@@ -17,7 +17,8 @@ const PAGE_SIZE = 100;
 const MAX_PAGE = 500; // the hub's largest page (GET /api/runs?limit=)
 // A run's state only moves forward; a reply that was already stale when it arrived
 // must not take a row back (say, from "succeeded" to "running").
-const STATE_RANK = { queued: 0, optimizing: 1, running: 2 };
+// running <-> awaiting_approval: either may follow the other.
+const STATE_RANK = { queued: 0, optimizing: 1, running: 2, awaiting_approval: 2 };
 const rank = (state) => STATE_RANK[state] ?? 3;
 // Runs shown as active but absent from a reloaded first page are refreshed one by one.
 const MAX_STALE_REFRESH = 50;

@@ -220,7 +220,7 @@ async def test_a_store_far_behind_makes_new_runs_wait_until_it_caught_up(
     """Writes never pile up without bound: past the limit, submit waits for the commit."""
     import threading
 
-    from hub import router as router_module
+    from hub import scheduler as router_module
 
     router = hub.app[ROUTER]
     store = hub.app[STORE]

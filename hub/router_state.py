@@ -1,0 +1,253 @@
+"""The state the router's jobs share, and the notifications they all send.
+
+:class:`RouterState` holds the connected nodes, the unfinished runs (:class:`Live`), the
+queue, the session cache, the outbox and the timers; each job is a class of its own
+module built on it (:mod:`hub.node_registry`, :mod:`hub.scheduler`, :mod:`hub.outbox`,
+:mod:`hub.finishing`, :mod:`hub.node_frames`), and :class:`hub.router.Router` composes
+them. It also numbers, publishes and stores a run's events and tells the monitor and the
+bridges what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.answer_stream import AnswerSoFar
+from hub.approvals import Approvals
+from hub.bus import Bus, Subscription
+from hub.metrics import Metrics
+from hub.nodes import NodeInfo
+from hub.run_queue import RunQueue
+from hub.settings import HubSettings
+from hub.steering import Steering
+from hub.store import Delivery, Run, Store, op_record
+from wire import PROGRESS_ANSWER_CHARS, ProgressFrame, RunState
+
+log = logging.getLogger("hub.router")
+
+
+@dataclass
+class Live:
+    """A run that has not finished, with the router's bookkeeping."""
+
+    run: Run
+    done: asyncio.Future[Run]
+    seq: int = 0
+    exec_seq: int = 0
+    assigned_at: float | None = None
+    finishing: bool = False
+    cancel_requested: bool = False
+    session_gen: int = 0
+    last_detail: str | None = None
+    #: What the executor is told besides the prompt (instructions, output schema, images).
+    options: dict[str, Any] | None = None
+    #: The executor that holds the codex thread this run resumes (without a session).
+    prefer: str | None = None
+    #: Once finishing: True when its end is on disk, False when the store failed.
+    stored: asyncio.Future[bool] | None = None
+    #: Events (and their bytes) its executor sent; past the limits the run is ended.
+    events: int = 0
+    event_bytes: int = 0
+    over_limit: bool = False
+    #: The conversation's diff from the run's ``workspace`` event, for the chat reply.
+    diff: str | None = None
+    #: The pull request the run's ``workspace`` event names (bridges offer one if None).
+    pr_url: str | None = None
+    #: The answer as codex writes it (``answer_delta`` events), for the chat's status.
+    answer: AnswerSoFar = field(default_factory=AnswerSoFar)
+
+
+@dataclass
+class Ticket:
+    """What a submitter gets back: the run, its outcome to await, and its live events."""
+
+    run: Run
+    done: asyncio.Future[Run]
+    events: Subscription | None
+    position: int
+    duplicate: bool = False
+
+
+class RouterState:
+    """The router's shared state and notifications; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        settings: HubSettings,
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self.executors: dict[str, NodeInfo] = {}
+        self.bridges: dict[str, NodeInfo] = {}
+        self.live: dict[str, Live] = {}
+        self.session_active: dict[str, str] = {}
+        self.queue = RunQueue(self.session_active)
+        #: A session's codex thread and holder, cached while the session is in use;
+        #: dropped once it is idle and its state is on disk (the store is the truth).
+        self.sessions: dict[str, tuple[str | None, str | None]] = {}
+        self.session_gen: dict[str, int] = {}
+        self._dedupe: dict[str, str] = {}
+        self.pending: dict[str, Delivery] = {}
+        self._next_send: dict[str, float] = {}
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        #: The hub's own deadline of each assigned run.
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Ends the store failed to write, by run id: written when the result comes again.
+        self._unstored: dict[str, tuple[Run, Delivery | None, Any, Any]] = {}
+        #: Of those, the ends the store holds (disk full): a flush tells when they are on disk.
+        self._held_ends: set[str] = set()
+        self._redeliver_task: asyncio.Task[None] | None = None
+        self.metrics = metrics
+        self.closing = False
+        self._live_state_soon: asyncio.Handle | None = None
+        #: codex's approval requests and people's decisions (hub/approvals.py).
+        self.approvals = Approvals(self, settings)
+        #: A message into a working conversation goes into its running turn (hub.steering).
+        self.steering = Steering(self)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("router task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _start_timer(self, run_id: str, coro: Any, name: str) -> None:
+        self._cancel_timer(run_id)
+        self._timers[run_id] = asyncio.create_task(coro, name=name)
+
+    def _cancel_timer(self, run_id: str) -> None:
+        task = self._timers.pop(run_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    # events and notifications
+
+    def _publish_event(self, live: Live, kind: str, data: dict[str, Any]) -> tuple[int, float]:
+        """Number the run's next event and hand it to live subscribers."""
+        live.seq += 1
+        ts = time.time()
+        self.bus.publish(
+            {
+                "type": "event",
+                "run_id": live.run.id,
+                "event": {"seq": live.seq, "ts": ts, "kind": kind, **data},
+            },
+            live.run.id,
+            owner=live.run.principal,
+        )
+        return live.seq, ts
+
+    def _record(
+        self,
+        live: Live,
+        kind: str,
+        data: dict[str, Any],
+        exec_seq: int | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish an event and store it, with the run fields it changed, in one write."""
+        seq, ts = self._publish_event(live, kind, data)
+        self.store.post(op_record, live.run.id, fields, (seq, ts, kind, data, exec_seq))
+
+    def _publish_run(self, run: Run) -> None:
+        self.bus.publish({"type": "run", "run": run.summary()}, run.id, owner=run.principal)
+
+    def _publish_nodes(self) -> None:
+        self.bus.publish({"type": "nodes", "nodes": self.nodes()})
+        self.bus.publish({"type": "queue", **self.queue_info()})
+
+    def _live_state_changed(self) -> None:
+        """Publish the nodes' load and the queue once this loop turn is over."""
+        if self._live_state_soon is None:
+            self._live_state_soon = asyncio.get_running_loop().call_soon(self._publish_live_state)
+
+    def _publish_live_state(self) -> None:
+        self._live_state_soon = None
+        self._publish_nodes()
+
+    def _progress(
+        self, live: Live, *, detail: str | None = None, position: int | None = None
+    ) -> None:
+        run = live.run
+        platform = run.origin.get("platform")
+        if not platform:
+            return
+        progress = ProgressFrame(
+            run_id=run.id,
+            origin=run.origin,
+            state=run.state,
+            detail=detail if detail is not None else live.last_detail,
+            position=position,
+        )
+        if live.answer.text:  # left out until there is one, as older hubs did
+            answer = live.answer.tail(PROGRESS_ANSWER_CHARS)
+            progress = progress.model_copy(update={"answer": answer})
+        frame = progress.dump()
+        for node in self.bridges.values():
+            if node.platform == platform:
+                node.link.send(frame)
+                return
+
+    # what each job offers the others (defined in the module named; Router has them all)
+
+    async def _finish(self, live: Live, status: RunState, **fields: Any) -> bool:
+        """End a run (hub.finishing)."""
+        raise NotImplementedError
+
+    async def retry_unstored(self) -> None:
+        """Write again the run ends the store failed to record (hub.finishing)."""
+        raise NotImplementedError
+
+    def _dispatch(self) -> None:
+        """Assign ready runs to free executors (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _unassign(self, live: Live) -> None:
+        """Put an assigned run back at the queue's front (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _remove_from_queue(self, run_id: str) -> None:
+        """Take a run out of the queue (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _release_session(self, key: str) -> None:
+        """Forget an idle session's cached state (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _arm_deadline(self, live: Live, node: NodeInfo) -> None:
+        """Start an assigned run's deadline (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _disarm_deadline(self, run_id: str) -> None:
+        """Stop a run's deadline (hub.scheduler)."""
+        raise NotImplementedError
+
+    def queue_info(self) -> dict[str, Any]:
+        """The ``queue`` message (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _send_delivery(self, delivery: Delivery) -> None:
+        """Send a reply to a bridge of its platform (hub.outbox)."""
+        raise NotImplementedError
+
+    def _reply(self, live: Live, status: RunState, now: float) -> Delivery | None:
+        """A finished run's reply for the outbox (hub.outbox)."""
+        raise NotImplementedError
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Connected nodes, executors first (hub.node_registry)."""
+        raise NotImplementedError
