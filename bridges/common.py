@@ -15,6 +15,7 @@ import asyncio
 import base64
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -152,6 +153,78 @@ def parse_repo_defaults(text: str) -> dict[str, str]:
 def repo_line(repo: str | None) -> str:
     """The line /status shows about the place's repository."""
     return f"Repository: {repo}" if repo else "Repository: none (scratch directory)"
+
+
+# --- where a run goes (the hub's targets, issue 20) --------------------------------------
+
+#: The words of the target command: Telegram's ``/target``, Slack's ``target``.
+TARGET_COMMAND = "target"
+#: A target as a message may start with it: ``@gpu``, ``@gpu,prod``, ``@host-1``.
+_TARGET_WORD = re.compile(r"@([^\s,@\x00-\x1f]{1,200}(?:,@?[^\s,@\x00-\x1f]{1,200}){0,15})")
+
+
+def split_target_prefix(text: str) -> tuple[str | None, str]:
+    """``(target, rest)`` of a message that starts with ``@label`` or ``@name`` (several
+    comma-joined: ``@gpu,prod``), else ``(None, text)``; the hub checks the target."""
+    stripped = text.lstrip()
+    match = _TARGET_WORD.match(stripped)
+    if match is None or (len(stripped) > match.end() and not stripped[match.end()].isspace()):
+        return None, text
+    return match.group(1), stripped[match.end() :].strip()
+
+
+class TargetDefaults:
+    """Where runs of a chat or channel go unless a message says (``@gpu``): set per place
+    with ``target @gpu,prod`` (``target -`` clears it); lives as long as the bridge
+    process, as the repository default does."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, str] = {}
+
+    def get(self, place: str) -> str | None:
+        """The place's target, or None (any executor)."""
+        return self.targets.get(place)
+
+    def command(self, place: str, argument: str) -> str:
+        """Apply ``target <argument>`` in ``place``; the text to answer with."""
+        argument = argument.strip()
+        if not argument:
+            current = self.targets.get(place)
+            return (
+                f"Runs here go to executors matching {current}. Change it with "
+                "`target @label`, clear it with `target -`."
+                if current
+                else "Runs here go to any executor. Send them to some with `target @label` "
+                "(labels all required, or an executor's name), or start one message with "
+                "`@label`."
+            )
+        if argument.lower() in _REPO_CLEAR:
+            self.targets.pop(place, None)
+            return "Target cleared: runs here go to any executor."
+        spec = argument if argument.startswith("@") else f"@{argument}"
+        found, rest = split_target_prefix(spec)
+        if found is None or rest:
+            return (
+                "A target is one word: labels joined by commas (`@gpu,prod`) or an "
+                "executor's name (`@host-1`)."
+            )
+        self.targets[place] = found
+        return (
+            f"New runs here go only to executors matching {found} (the hub refuses a label "
+            "no executor has announced; a conversation stays on its executor)."
+        )
+
+
+def target_command(text: str) -> str | None:
+    """The argument of a ``target`` command written as a plain message (Slack), or None
+    when the text is a request that merely starts with the word ("target the tests")."""
+    words = text.split()
+    if not words or words[0].lower() != TARGET_COMMAND or len(words) > 2:
+        return None
+    if len(words) == 1:
+        return ""
+    argument = words[1]
+    return argument if argument.startswith("@") or argument.lower() in _REPO_CLEAR else None
 
 
 # --- attachments -----------------------------------------------------------------------

@@ -242,8 +242,11 @@ class HubLink:
         dedupe_key: str | None = None,
         on_kept: Callable[[], Awaitable[None]] | None = None,
         attachments: dict[str, list[dict[str, str]]] | None = None,
+        target: str | None = None,
     ) -> Submitted:
         """Ask the hub for a run; raises :class:`HubError` when it refuses.
+
+        ``target`` says where it may go (``gpu,prod``, ``host-1``; the hub checks it).
 
         ``dedupe_key`` (the platform's id of the message) makes a re-sent message name
         the run it already started instead of starting another. While the hub is away
@@ -261,6 +264,8 @@ class HubLink:
         }
         if attachments:
             fields["attachments"] = attachments
+        if target:
+            fields["target"] = target
         frame = SubmitFrame.model_construct(**fields)
         seq = next(self._submits)
         if not self._pending and self.client.is_connected:

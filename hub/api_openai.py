@@ -73,6 +73,7 @@ from hub.images import ImageFetcher, describe
 from hub.router import HubClosing, QueueFull, Router, Ticket, new_run_id
 from hub.settings import HubSettings, parse_networks
 from hub.store import Run
+from hub.targets import ConversationElsewhere, TargetRefused
 from kernel.logs import bind
 from wire import NUL_IN_PROMPT, repo_problem
 
@@ -432,6 +433,9 @@ class Plan:
     session: str = ""
     optimize: bool | None = None
     resume: tuple[str, str | None] | None = None
+    #: The resume is only a shortcut (the request carries the whole conversation): when
+    #: the executor that holds the thread is gone, the run starts fresh with the history.
+    resume_is_shortcut: bool = False
     output_schema: dict[str, Any] | None = None
     json_object: bool = False
     #: How the answer is cut before it reaches the client (``stop``).
@@ -464,6 +468,7 @@ async def start(
             log.info("run %s: a retry of its request joins it", ticket.run.id)
             return ticket
     idempotency = _text_header(request, "Idempotency-Key")
+    target = _text_header(request, "X-Target", 2000)  # checked by the router (hub.targets)
     plan = await plan_of()
     options: dict[str, Any] = {}
     instructions = plan.ask.instructions
@@ -477,19 +482,20 @@ async def start(
     if plan.ask.images:
         images = await calls.images.load_all(plan.ask.images)
         options["images"] = [image.option() for image in images]
-    if plan.session or plan.resume:
-        prompt = plan.ask.prompt
-    else:
-        prompt = prompt_with_context(plan.ask.history, plan.ask.prompt)
-    if not prompt.strip():
-        prompt = "Look at the attached image(s)."
-    if "\x00" in prompt or "\x00" in (instructions or ""):
-        raise BadRequest(NUL_IN_PROMPT, param="messages", code="invalid_prompt")
     origin = {**plan.origin, "principal": principal}
     if options:
         origin["options"] = describe(options)
-    try:
-        ticket = await router.submit(
+
+    async def submit(resume: tuple[str, str | None] | None) -> Ticket:
+        if plan.session or resume:
+            prompt = plan.ask.prompt
+        else:
+            prompt = prompt_with_context(plan.ask.history, plan.ask.prompt)
+        if not prompt.strip():
+            prompt = "Look at the attached image(s)."
+        if "\x00" in prompt or "\x00" in (instructions or ""):
+            raise BadRequest(NUL_IN_PROMPT, param="messages", code="invalid_prompt")
+        return await router.submit(
             prompt,
             origin=origin,
             # Both ids live in the caller's own namespace: another key sending the same
@@ -499,10 +505,34 @@ async def start(
             watch=watch,
             run_id=request[RUN_ID],
             dedupe_key=session_key("http", principal, idempotency) if idempotency else None,
-            resume=plan.resume,
+            resume=resume,
             options=options,
             principal=principal,
+            target=target,
         )
+
+    resume = plan.resume
+    if resume and plan.resume_is_shortcut and not router.holder_connected(resume[1]):
+        # The client sent the whole conversation: without the executor that holds its
+        # thread, answer it fresh on any executor, as OpenAI would, rather than wait.
+        resume = None
+    try:
+        try:
+            ticket = await submit(resume)
+        except ConversationElsewhere:
+            if not (resume and plan.resume_is_shortcut):
+                raise
+            # The thread's executor does not fit the target: start fresh, as above.
+            log.info("run %s: the thread's executor is gone; starting fresh", request[RUN_ID])
+            ticket = await submit(None)
+    except TargetRefused as exc:
+        raise ApiError(
+            str(exc),
+            status=exc.status,
+            type="invalid_request_error",
+            code=exc.code,
+            param="X-Target",
+        ) from None
     except QueueFull as exc:
         raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
     except HubClosing as exc:
@@ -597,6 +627,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             session=session,
             optimize=optimize,
             resume=None if session else request.app[CALLS].threads.find(asked.history_key),
+            resume_is_shortcut=True,
             output_schema=schema,
             json_object=json_object,
             finish=lambda answer: apply_stop(answer, stop),

@@ -230,6 +230,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             session=session,
             optimize=optimize,
             resume=found,
+            resume_is_shortcut=resume is None,
             output_schema=schema,
             json_object=json_object,
         )

@@ -90,6 +90,7 @@ from hub.errors import (
 )
 from hub.metrics import CONTENT_TYPE
 from hub.router import HubClosing, QueueFull, new_run_id
+from hub.targets import TargetRefused
 from monitor import MONITOR_DIR
 from wire import CLOSE_RATE_LIMITED, NUL_IN_PROMPT, repo_problem
 
@@ -224,6 +225,7 @@ async def create_run(request: web.Request) -> web.Response:
     open_pr = body.get("open_pr")
     if open_pr is not None and not isinstance(open_pr, bool):
         raise BadRequest("'open_pr' must be true or false", param="open_pr")
+    target = body.get("target")  # checked by the router (hub.targets)
     principal = principal_of(request)
     run_id = new_run_id()
     note = None
@@ -248,7 +250,7 @@ async def create_run(request: web.Request) -> web.Response:
     if open_pr:
         origin["open_pr"] = True
     steered = None
-    if not open_pr:
+    if not open_pr and not target:
         # Into a conversation whose run is working: into its running turn (hub.steering).
         steered = await router.steering.steer(session_key, prompt)
     if steered is not None and steered.ok:
@@ -277,7 +279,12 @@ async def create_run(request: web.Request) -> web.Response:
             run_id=run_id,
             principal=principal,
             note=note,
+            target=target,
         )
+    except TargetRefused as exc:
+        raise ApiError(
+            str(exc), status=exc.status, type="invalid_request_error", code=exc.code, param="target"
+        ) from None
     except QueueFull as exc:
         raise RateLimited(str(exc), code="queue_full", headers={"Retry-After": "5"}) from None
     except HubClosing as exc:
@@ -360,6 +367,13 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def list_nodes(request: web.Request) -> web.Response:
     """Connected executors and bridges."""
     return json_response({"nodes": request.app[ROUTER].nodes()})
+
+
+@routes.get("/api/targets")
+async def list_targets(request: web.Request) -> web.Response:
+    """Every label and executor name an executor has announced: what a run may target."""
+    known = request.app[ROUTER].placement.known
+    return json_response({"labels": sorted(known.labels), "names": sorted(known.names)})
 
 
 @routes.get("/api/overview")

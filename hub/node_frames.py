@@ -24,6 +24,7 @@ from hub.router_errors import RouterError, StoreUnwritable
 from hub.router_state import Live
 from hub.scheduler import Scheduler
 from hub.store import StoreUnavailable, op_set_delivery_payload, op_set_origin
+from hub.targets import TargetRefused
 from wire import (
     AckFrame,
     ApprovalDecideFrame,
@@ -203,7 +204,7 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
             key = own_session(platform, frame.session_key) if frame.session_key else None
             dedupe = f"{platform}:{frame.dedupe_key}" if frame.dedupe_key else None
             steered = None
-            if not frame.attachments and not origin.get("open_pr"):
+            if not frame.attachments and not origin.get("open_pr") and not frame.target:
                 if steered_into := self.steering.already(dedupe):
                     return SubmittedFrame(req_id=frame.req_id, run_id=steered_into, steered=True)
                 steered = await self.steering.steer(key, frame.prompt, dedupe_key=dedupe)
@@ -218,8 +219,9 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
                     dedupe_key=dedupe,
                     options=_attachment_options(frame.attachments),
                     note=steered.note() if steered is not None else None,
+                    target=frame.target,
                 )
-            except RouterError as exc:
+            except (RouterError, TargetRefused) as exc:
                 return error_frame(exc.code, str(exc), frame.req_id)
             try:
                 await self.store.flush()  # the bridge hears "submitted" only once on disk

@@ -56,6 +56,7 @@ class NodeRegistry(RouterState):
             codex_version=hello.codex_version,
         )
         self.executors[link.node_id] = node
+        self.placement.executor_connected(link.node_id, node.name, node.labels)
         claimed = set(hello.active_runs)
         for run_id, live in list(self.live.items()):
             if live.run.executor != link.node_id or live.finishing:
@@ -93,6 +94,7 @@ class NodeRegistry(RouterState):
         if node is None or node.link is not link:
             return
         del self.executors[link.node_id]
+        self.placement.executor_disconnected(node.name, self.executors, self._conversations_gone)
         for run_id in node.busy:
             self._start_timer(
                 run_id,

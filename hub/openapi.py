@@ -234,6 +234,7 @@ def _schemas(model_name: str) -> dict[str, Schema]:
                 "finished_at": _nullable(NUMBER),
                 "error": _nullable(error_map),
                 "principal": _nullable(PRINCIPAL),
+                "target": _nullable(TARGET_TEXT),
             }
         ),
         "Run": _object(
@@ -258,6 +259,7 @@ def _schemas(model_name: str) -> dict[str, Schema]:
                 "updated_at": NUMBER,
                 "dedupe_key": _nullable(STRING),
                 "principal": _nullable(PRINCIPAL),
+                "target": _nullable(TARGET_TEXT),
             }
         ),
         "Event": _object({"seq": {"type": "integer", "minimum": 1}, "ts": NUMBER, "kind": STRING}),
@@ -347,8 +349,9 @@ def _schemas(model_name: str) -> dict[str, Schema]:
                 "optimize": _nullable(BOOLEAN),
                 "repo": {"type": "string", "minLength": 1, "maxLength": 500, "pattern": r"^\S+$"},
                 "open_pr": BOOLEAN,
+                "target": _nullable(TARGET),
             },
-            optional=("session_key", "optimize", "repo", "open_pr"),
+            optional=("session_key", "optimize", "repo", "open_pr", "target"),
         ),
     }
 
@@ -359,11 +362,13 @@ ERRORS = {
     "401": "Missing or wrong API key (HUB_API_KEYS, HUB_OPERATOR_KEYS, or the generated one).",
     "403": (
         "A Host that is not the hub's (HUB_ALLOWED_HOSTS), or an Origin that is not its "
-        "own (HUB_ALLOWED_ORIGINS): the request comes from a page of another site."
+        "own (HUB_ALLOWED_ORIGINS): the request comes from a page of another site; or "
+        "a target HUB_TARGET_RULES does not let the key use (`target_not_allowed`)."
     ),
     "404": "No such model or run (another key's run is answered so too).",
     "408": "The body did not arrive in time.",
-    "409": "The run was cancelled, or had already ended.",
+    "409": "The run was cancelled, or had already ended; or the executor holding the "
+    "conversation is gone, or does not fit the target (`conversation_elsewhere`).",
     "413": "The body is larger than HUB_MAX_BODY_BYTES.",
     "415": "The body is not sent as application/json, or is compressed (Content-Encoding).",
     "422": "The prompt optimizer judged the request not executable.",
@@ -376,6 +381,20 @@ ERRORS = {
     "or its store cannot write (`store_unavailable`).",
     "504": "The run timed out.",
 }
+#: Where a run may go (hub.targets), as a request names it.
+TARGET: Schema = {
+    "description": "Where the run may go: labels all required, or an executor's name "
+    "(`gpu,prod`, `@host-1`, or a list of them); the executor holding a conversation "
+    "keeps it. A label or name no executor ever announced is refused (`unknown_target`, "
+    "listing the known ones; GET /api/targets), one HUB_TARGET_RULES does not allow the "
+    "key is 403 `target_not_allowed`. With no matching executor free, the run waits.",
+    "anyOf": [
+        {"type": "string", "maxLength": 2000},
+        {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 16},
+    ],
+}
+#: A run's target as it records it: its terms sorted and comma-joined.
+TARGET_TEXT: Schema = {"type": "string", "description": "Where the run may go: `gpu,prod`."}
 RUN_ID_HEADER = {"X-Run-ID": {"description": "The run this answer belongs to.", "schema": STRING}}
 
 
@@ -481,6 +500,12 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         "the key's own: another key's same id is another conversation.",
                     ),
                     _header(
+                        "X-Target",
+                        {"type": "string", "maxLength": 2000},
+                        "Where the run may go: labels all required or an executor's name "
+                        "(`gpu,prod`, `@host-1`); see CreateRun's `target`.",
+                    ),
+                    _header(
                         "X-Repo",
                         {"type": "string", "maxLength": 500, "pattern": r"^\S*$"},
                         "Work on this repository (owner/repo, owner/repo@branch or a git "
@@ -524,7 +549,7 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         },
                     },
                     **_errors(
-                        400, *keyed, 404, 408, 409, 413, 415, 422, 502, 503, 504, run_id=True
+                        400, *keyed, 403, 404, 408, 409, 413, 415, 422, 502, 503, 504, run_id=True
                     ),
                 },
             }
@@ -546,6 +571,12 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         "Continue this conversation (codex resumes its thread).",
                     ),
                     _header(
+                        "X-Target",
+                        {"type": "string", "maxLength": 2000},
+                        "Where the run may go: labels all required or an executor's name "
+                        "(`gpu,prod`, `@host-1`); see CreateRun's `target`.",
+                    ),
+                    _header(
                         "Idempotency-Key",
                         {"type": "string", "maxLength": 200},
                         "A key seen before names the run it started instead of a new one.",
@@ -564,7 +595,7 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                             "text/event-stream": {"schema": SSE_EVENT},
                         },
                     },
-                    **_errors(400, *keyed, 404, 408, 409, 413, 415, 422, 502, 503, 504),
+                    **_errors(400, *keyed, 403, 404, 408, 409, 413, 415, 422, 502, 503, 504),
                 },
             }
         },
@@ -656,7 +687,7 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         headers=RUN_ID_HEADER,
                         links=RUN_LINKS,
                     ),
-                    **_errors(400, *keyed, 408, 413, 415, 503),
+                    **_errors(400, *keyed, 403, 408, 409, 413, 415, 503),
                 },
             },
         },
@@ -755,6 +786,24 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                         headers=RUN_ID_HEADER,
                     ),
                     **_errors(*keyed, 404, 409, 415),
+                },
+            }
+        },
+        "/api/targets": {
+            "get": {
+                "operationId": "listTargets",
+                "summary": "Every label and executor name ever announced: what a run may target.",
+                "responses": {
+                    "200": _json(
+                        "The known labels and names.",
+                        _object(
+                            {
+                                "labels": {"type": "array", "items": STRING},
+                                "names": {"type": "array", "items": STRING},
+                            }
+                        ),
+                    ),
+                    **_errors(*keyed),
                 },
             }
         },

@@ -18,8 +18,10 @@ acknowledged to anyone, so a restart of the hub resumes from the store.
   runs API and readiness read of it.
 
 Rules:
-- A run goes to the connected executor with the most free slots; a session's next run
-  prefers the executor that holds its codex thread.
+- A run goes to the connected executor with the most free slots that its target fits
+  (hub.targets); a conversation's next run goes only to the executor that holds its
+  codex thread, and waits for it (hub.placement). A run no free executor fits waits
+  without holding up the runs behind it.
 - Runs of one session run one after another, in arrival order.
 - The queue is bounded (``HUB_QUEUE_LIMIT``); past it :class:`QueueFull` is raised.
 - An executor that disconnects has ``HUB_EXECUTOR_GRACE_S`` to come back and claim its
@@ -98,6 +100,7 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
         """Reload unfinished runs and pending replies from the store."""
         self.store.on_insert_held = self._insert_held
         self.store.on_writable_change = self._writable_change
+        await self.placement.load()
         for run in await self.store.unfinished_runs():
             live = Live(run, asyncio.get_running_loop().create_future())
             live.options = run.origin.get("options") or None
@@ -105,6 +108,15 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
             self.live[run.id] = live
             if run.executor is None:
                 self.queue.add(run.id, run.session_key)
+                if run.session_key and run.session_key not in self.sessions:
+                    # Its conversation's executor: it waits for that one (hub.placement).
+                    self.sessions[run.session_key] = await self.store.get_session(run.session_key)
+                holder = self._holder(live)
+                if holder:
+                    name = self.placement.name_of(holder)
+                    self.placement.watch(
+                        name, self.placement.grace_left(name), self._conversations_gone
+                    )
             else:
                 if run.session_key:
                     self.session_active[run.session_key] = run.id
@@ -136,6 +148,7 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
     async def close(self) -> None:
         """Stop timers and background work; runs stay in the store for the next start."""
         self.closing = True
+        self.placement.close()
         await self.approvals.close()
         self.steering.close()
         if self._live_state_soon is not None:
@@ -177,3 +190,10 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
         """The run as the router has it while it is unfinished, else None."""
         live = self.live.get(run_id)
         return live.run if live is not None else None
+
+    def holder_connected(self, executor: str | None) -> bool:
+        """Whether the executor that holds a codex thread (its node id, as runs record
+        it; or another process of the same name) is connected now."""
+        return bool(executor) and (
+            self.placement.holder_node(executor or "", self.executors) is not None
+        )

@@ -21,6 +21,7 @@ from hub.approvals import Approvals
 from hub.bus import Bus, Subscription
 from hub.metrics import Metrics
 from hub.nodes import NodeInfo
+from hub.placement import Placement
 from hub.run_queue import RunQueue
 from hub.settings import HubSettings
 from hub.steering import Steering
@@ -59,6 +60,8 @@ class Live:
     pr_url: str | None = None
     #: The answer as codex writes it (``answer_delta`` events), for the chat's status.
     answer: AnswerSoFar = field(default_factory=AnswerSoFar)
+    #: Parked in the queue: why it waits (no executor its target or conversation fits).
+    waiting: str | None = None
 
 
 @dataclass
@@ -114,6 +117,8 @@ class RouterState:
         self.approvals = Approvals(self, settings)
         #: A message into a working conversation goes into its running turn (hub.steering).
         self.steering = Steering(self)
+        #: Targets, known labels, rules, conversations' executors (hub.placement).
+        self.placement = Placement(settings, store)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -238,6 +243,15 @@ class RouterState:
 
     def queue_info(self) -> dict[str, Any]:
         """The ``queue`` message (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _holder(self, live: Live) -> str | None:
+        """The executor holding a run's conversation (hub.scheduler)."""
+        raise NotImplementedError
+
+    def _conversations_gone(self, name: str) -> None:
+        """Fail the queued runs of an executor's conversations past its grace
+        (hub.scheduler)."""
         raise NotImplementedError
 
     def _send_delivery(self, delivery: Delivery) -> None:

@@ -16,6 +16,15 @@ quadratic in the runs queued in one session; here:
   (`session_freed`) or the run before it leaves.
 
 Add, remove, take and the position of a newly added run are O(log n) or O(1).
+
+Runs that only some executors may take (a target, or a conversation pinned to its
+executor: hub.targets) are grouped. A ready run of a group no free executor fits is
+*parked* (:meth:`RunQueue.park`): out of the ready heap, into its group's own heap, so
+the runs behind it are still taken. A group gets its oldest parked run back
+(:meth:`RunQueue.unpark_one`) when an executor that fits it has a free slot, and the
+next one each time one of its runs is assigned: each run is parked and unparked O(1)
+times per slot that frees, so taking a run stays O(log n), plus a look at each parked
+group (a few) per dispatch.
 """
 
 from __future__ import annotations
@@ -42,6 +51,10 @@ class RunQueue:
         self._ready: dict[str, int] = {}
         self._back = 0
         self._front = 0
+        #: Parked runs by group (a heap by place each, lazy deletion) and their group.
+        self._parked: dict[str, list[tuple[int, str]]] = {}
+        self._parked_of: dict[str, str] = {}
+        self._parked_n: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._order)
@@ -109,6 +122,10 @@ class RunQueue:
         if self._order.pop(run_id, None) is None:
             return
         self._ready.pop(run_id, None)  # its heap entry is dropped when it surfaces
+        group = self._parked_of.pop(run_id, None)
+        if group is not None:
+            self._parked_n[group] -= 1
+            self._compact(group)
         key = self._session_of.pop(run_id)
         if key is None:
             return
@@ -126,7 +143,7 @@ class RunQueue:
         if runs is None or key in self._busy:
             return
         head = next(iter(runs))
-        if head not in self._ready:
+        if head not in self._ready and head not in self._parked_of:
             self._push(head, self._order[head])
 
     def peek_ready(self) -> str | None:
@@ -140,6 +157,50 @@ class RunQueue:
             if self._ready.get(run_id) == place:
                 del self._ready[run_id]  # its session is busy: re-pushed once it frees
         return None
+
+    def park(self, run_id: str, group: str) -> None:
+        """Set aside ready run `run_id` until an executor of `group` is free (see above)."""
+        place = self._ready.pop(run_id, None)
+        if place is None or run_id in self._parked_of:
+            return
+        self._parked_of[run_id] = group
+        self._parked_n[group] = self._parked_n.get(group, 0) + 1
+        heapq.heappush(self._parked.setdefault(group, []), (place, run_id))
+
+    def unpark_one(self, group: str) -> bool:
+        """Make the oldest parked run of `group` ready again; False when none is left."""
+        heap = self._parked.get(group)
+        while heap:
+            place, run_id = heapq.heappop(heap)
+            if self._parked_of.get(run_id) != group or self._order.get(run_id) != place:
+                continue  # left the queue, or parked again since (another entry)
+            del self._parked_of[run_id]
+            self._parked_n[group] -= 1
+            if not heap:
+                del self._parked[group]
+                del self._parked_n[group]
+            self._push(run_id, place)
+            return True
+        self._parked.pop(group, None)
+        self._parked_n.pop(group, None)
+        return False
+
+    def _compact(self, group: str) -> None:
+        """Drop the entries of runs that left a group's heap once they are most of it."""
+        heap = self._parked.get(group)
+        if heap is None or len(heap) <= 64 or len(heap) <= 2 * self._parked_n[group]:
+            return  # amortised O(1) per entry: rebuilt only once most of it is stale
+        kept = [(p, r) for p, r in heap if self._parked_of.get(r) == group]
+        heapq.heapify(kept)
+        self._parked[group] = kept
+
+    def parked_groups(self) -> list[str]:
+        """The groups that have parked runs (some entries may be stale)."""
+        return list(self._parked)
+
+    def parked_group(self, run_id: str) -> str | None:
+        """The group `run_id` is parked in, or None."""
+        return self._parked_of.get(run_id)
 
     def position(self, run_id: str, session_key: str) -> int:
         """How many queued runs of `session_key` are before `run_id` (O(1) for the last)."""

@@ -1,7 +1,9 @@
 """Scheduling: submitting and cancelling runs, the queue, dispatch, and a run's limits.
 
-- A run goes to the connected executor with the most free slots; a session's next run
-  prefers the executor that holds its codex thread.
+- A run goes to the connected executor with the most free slots that its target fits
+  (hub.targets); a conversation's next run goes only to the executor that holds its
+  codex thread, and waits for it (hub.placement). A run no free executor fits waits
+  without holding up the runs behind it.
 - Runs of one session run one after another, in arrival order (the queue structure is
   :mod:`hub.run_queue`).
 - The queue is bounded (``HUB_QUEUE_LIMIT``); past it :class:`QueueFull` is raised.
@@ -21,6 +23,7 @@ from hub.nodes import NodeInfo
 from hub.router_errors import HubClosing, QueueFull, StoreUnwritable
 from hub.router_state import Live, RouterState, Ticket
 from hub.store import Run, StoreUnavailable, new_run_id, op_insert_run, op_set_executor
+from hub.targets import TargetRefused
 from wire import AssignFrame, ErrorCode, RunCancelFrame, RunState
 
 log = logging.getLogger("hub.router")
@@ -50,6 +53,7 @@ class Scheduler(RouterState):
         note: str | None = None,
         resume: tuple[str, str | None] | None = None,
         options: dict[str, Any] | None = None,
+        target: str | list[str] | None = None,
     ) -> Ticket:
         """Store a new run and queue it; ``watch`` subscribes to its events first.
 
@@ -59,7 +63,8 @@ class Scheduler(RouterState):
         first note (an operator continuing someone else's conversation, say).
         ``resume`` (thread id, executor holding it) continues that codex thread, for a
         run without a session; ``options`` go to the executor with the prompt (see
-        wire's ``assign``).
+        wire's ``assign``). ``target`` says where it may go (hub.targets: refused with a
+        :class:`~hub.targets.TargetRefused`).
         """
         if self.closing:
             raise HubClosing("the hub is shutting down")
@@ -86,6 +91,24 @@ class Scheduler(RouterState):
             )
         if session_key and session_key not in self.sessions:
             self.sessions[session_key] = await self.store.get_session(session_key)
+        if session_key:
+            thread, executor = self.sessions[session_key]
+            holder = executor if thread else None
+        else:
+            holder = resume[1] if resume else None
+        try:
+            placed = self.placement.admit(
+                target,
+                principal=principal,
+                origin=origin,
+                holder=holder,
+                executors=self.executors,
+                expire=self._conversations_gone,
+            )
+        except TargetRefused:
+            if session_key:
+                self._release_session(session_key)
+            raise
         now = time.time()
         run = Run(
             id=run_id or new_run_id(),
@@ -100,6 +123,7 @@ class Scheduler(RouterState):
             dedupe_key=dedupe_key,
             principal=principal,
             thread_id=resume[0] if resume and not session_key else None,
+            target=placed.text if placed else None,
         )
         if dedupe_key is not None:
             self._dedupe[dedupe_key] = run.id
@@ -124,6 +148,11 @@ class Scheduler(RouterState):
         self._publish_run(run)
         self._progress(live, position=position)
         self._dispatch()
+        if run.executor is None and live.waiting is None:
+            holder = self._holder(live)
+            if self.placement.unplaceable(run, holder, self.executors):
+                # Said at once, also while no executor at all is connected (no dispatch).
+                self._waiting(live, self.placement.waiting(run, holder, self.executors))
         self._live_state_changed()
         log.debug("run %s queued from %s", run.id, run.source, extra={"run_id": run.id})
         return Ticket(run, live.done, events, position)
@@ -240,46 +269,72 @@ class Scheduler(RouterState):
         """Assign ready runs, oldest first, while an executor has a free slot.
 
         O(log n) per run assigned: the queue keeps which runs may start (see
-        hub.run_queue), so a session's waiting runs are not walked.
+        hub.run_queue), so a session's waiting runs are not walked. A run that only
+        busy or absent executors fit (its target, its conversation's executor) is
+        parked, and the runs behind it still go (hub.placement).
         """
         if not self.queue or not any(n.free > 0 for n in self.executors.values()):
             return
+        self.placement.wake(self.queue, self.executors)
         while (run_id := self.queue.peek_ready()) is not None:
             live = self.live.get(run_id)
             if live is None or live.finishing:
                 self.queue.discard(run_id)
                 continue
-            node = self._pick_executor(live.run.session_key, live.prefer)
+            holder = self._holder(live)
+            node, group = self.placement.choose(live.run, holder, self.executors)
             if node is None:
-                break
+                if group is None:
+                    break  # no executor is free at all
+                self.queue.park(run_id, group)
+                self._waiting(live, self.placement.waiting(live.run, holder, self.executors))
+                continue
             self._assign(live, node)  # the session is busy now: its next run waits
             self.queue.discard(run_id)
+            if group is not None:
+                self.queue.unpark_one(group)  # the next of its group may fit too
             self._live_state_changed()
 
-    def _pick_executor(self, session_key: str | None, prefer: str | None = None) -> NodeInfo | None:
-        holder = prefer
-        if session_key:
-            holder = self.sessions.get(session_key, (None, None))[1]
-        if holder:
-            node = self.executors.get(holder) if holder else None
-            if node is not None and node.free > 0:
-                return node
-        best: NodeInfo | None = None
-        for node in self.executors.values():
-            if node.free <= 0:
-                continue
-            if best is None or (node.free, -node.assigned_total) > (
-                best.free,
-                -best.assigned_total,
-            ):
-                best = node
-        return best
+    def _holder(self, live: Live) -> str | None:
+        """The executor holding the run's conversation (workspace and codex thread)."""
+        key = live.run.session_key
+        if key:
+            thread, executor = self.sessions.get(key, (None, None))
+            return executor if thread else None
+        return live.prefer
+
+    def _waiting(self, live: Live, reason: str) -> None:
+        """A parked run says why it waits: in its events, its chat status and the queue."""
+        if live.waiting == reason:
+            return
+        live.waiting = reason
+        self._record(live, "note", {"message": reason})
+        self._progress(live, detail=reason, position=self.position(live.run))
+
+    def _conversations_gone(self, name: str) -> None:
+        """No executor named ``name`` came back within the grace: the queued runs of the
+        conversations it holds fail, saying so."""
+        if self.closing or any(node.name == name for node in self.executors.values()):
+            return
+        message = self.placement.gone_text(name)
+        for live in list(self.live.values()):
+            holder = self._holder(live) if live.run.executor is None else None
+            if holder and not live.finishing and self.placement.name_of(holder) == name:
+                self._spawn(
+                    self._finish(
+                        live,
+                        RunState.FAILED,
+                        error={"code": ErrorCode.CONVERSATION_ELSEWHERE, "message": message},
+                    ),
+                    f"Router:conversation_gone:{live.run.id}",
+                )
 
     def _assign(self, live: Live, node: NodeInfo) -> None:
         run = live.run
         run.executor = node.link.node_id
         live.assigned_at = time.time()
         live.session_gen = self.session_gen.get(run.session_key or "", 0)
+        live.waiting = None
         node.busy.add(run.id)
         node.assigned_total += 1
         self._arm_deadline(live, node)
@@ -388,8 +443,9 @@ class Scheduler(RouterState):
         """The queue's length and its first :data:`QUEUE_SHOWN` runs, with why each waits.
 
         ``reason``: ``conversation`` (an earlier run of its conversation goes first),
-        ``no_executor`` (none connected), ``all_busy`` (every executor is full), or
-        ``dispatching`` (a slot is free: it is about to go).
+        ``no_executor`` (none connected), ``all_busy`` (every executor is full),
+        ``target`` (no free executor fits its target or holds its conversation; ``detail``
+        says which it waits for), or ``dispatching`` (a slot is free: it is about to go).
         """
         executors = self.executors.values()
         if not executors:
@@ -408,7 +464,10 @@ class Scheduler(RouterState):
             reason = "conversation" if key is not None and key in sessions else general
             if key is not None:
                 sessions.add(key)
-            head.append({"id": run_id, "position": position, "reason": reason})
+            entry = {"id": run_id, "position": position, "reason": reason}
+            if live is not None and live.waiting and reason != "conversation":
+                entry.update(reason="target", detail=live.waiting)
+            head.append(entry)
         return {
             "total": len(self.queue),
             "executors": len(self.executors),

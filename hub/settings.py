@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from hub.targets import parse_rules
 from kernel.settings import (
     BASE_CONFIG,
     CsvList,
@@ -88,6 +89,9 @@ class HubSettings(LogSettings):
     #: Most events, and most bytes of events, one run may send; past either it fails.
     run_max_events: int = Field(10_000, alias="HUB_RUN_MAX_EVENTS", ge=1)
     run_max_event_bytes: int = Field(32 * 1024 * 1024, alias="HUB_RUN_MAX_EVENT_BYTES", ge=1024)
+    #: Which labels an API principal, a Slack channel or a Telegram chat may target
+    #: (hub.targets): ``key:0123456789ab=staging,dev;slack:C123=prod``. Empty: no rules.
+    target_rules: str = Field("", alias="HUB_TARGET_RULES")
     #: Who may decide codex's approval requests (hub/approvals.py): Slack and Telegram
     #: user ids (``U123``, ``slack:U123``, ``telegram:42``) and API principals
     #: (``key:<12 hex>``, as the API shows them); empty: the person who asked.
@@ -119,6 +123,12 @@ class HubSettings(LogSettings):
                     "'.example.com' takes its subdomains too, '*' takes any name)"
                 )
         return [entry.lower().rstrip(".") for entry in value]
+
+    @field_validator("target_rules")
+    @classmethod
+    def _target_rules(cls, value: str) -> str:
+        parse_rules(value)  # refuses, at start, what is not scope=labels
+        return value
 
     @field_validator("db")
     @classmethod

@@ -9,8 +9,9 @@ records it in its events (kind ``steer``). A steer that fails (the turn ended
 meanwhile, the executor did not answer within :data:`STEER_ANSWER_S`) falls back to
 queueing the message as a new run, whose first note says why. ``STEER_MODE=queue``,
 a run on an executor of the exec engine, a run not yet working (queued, optimizing) or
-a message with attachments or asking for a pull request: queued, as before. Requests
-over ``/v1`` are always queued (each is its own turn with its own answer).
+a message with attachments, asking for a pull request or naming a target (``@label``):
+queued, as before. Requests over ``/v1`` are always queued (each is its own turn with
+its own answer).
 
 A chat platform that sends a message again (a bridge restarted before it was
 acknowledged) is not steered twice: the dedupe keys of the messages steered lately are

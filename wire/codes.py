@@ -27,6 +27,13 @@ Refusals of a frame (``error`` frames, hub -> node):
 - ``store_error``: the store failed to write the request; it will not run.
 - ``router_error``: the router refused the request for another reason.
 - ``node_id_taken``: a live connection with another credential holds the node id.
+- ``invalid_target``: the run's target is not one (``gpu,prod``, ``@host-1``).
+- ``unknown_target``: the run's target names a label or executor no executor has ever
+  announced; the message lists the known ones.
+- ``target_not_allowed``: ``HUB_TARGET_RULES`` does not let this caller or chat use the
+  target (or run without one).
+- ``conversation_elsewhere``: the executor holding the conversation is gone past the
+  grace, or does not fit the run's target; also a queued run of such a conversation.
 
 A run's end (``result`` frames, executor -> hub, and runs the hub ends itself):
 
@@ -77,6 +84,10 @@ class ErrorCode(enum.StrEnum):
     STORE_ERROR = "store_error"
     ROUTER_ERROR = "router_error"
     NODE_ID_TAKEN = "node_id_taken"
+    INVALID_TARGET = "invalid_target"
+    UNKNOWN_TARGET = "unknown_target"
+    TARGET_NOT_ALLOWED = "target_not_allowed"
+    CONVERSATION_ELSEWHERE = "conversation_elsewhere"
 
     CANCELLED = "cancelled"
     EXECUTOR_STOPPED = "executor_stopped"

@@ -85,15 +85,17 @@ Bridge <-> hub
 --------------
 - bridge -> hub ``submit``: {"req_id", "prompt", "session_key", "origin": {...},
   "optimize"?, "dedupe_key"?, "attachments"? ({"images"?, "files"?}: the assign
-  frame's options of those names)}; the hub answers ``submitted`` {"req_id", "run_id",
-  "position", "duplicate"} (runs ahead of it in its session) or ``error`` {"req_id",
-  "code", "message"}. A ``submitted`` with ``steered`` true names the conversation's
-  running run: the prompt was added to its running turn instead (``STEER_MODE``),
-  and no new run was made; ``steer_error`` says why a steer that was tried failed
-  (the prompt then runs as the new run the frame names). A ``dedupe_key`` seen
-  before (the platform's message id: a platform that re-sends an event after a
-  bridge crash) names the existing run
-  instead of starting a second one (``duplicate`` true). A prompt with a NUL character
+  frame's options of those names), "target"? (where it may go: ``gpu,prod``,
+  ``host-1``; refused with ``unknown_target``, ``target_not_allowed``,
+  ``invalid_target`` or ``conversation_elsewhere``)}; the hub answers ``submitted``
+  {"req_id", "run_id", "position", "duplicate"} (runs ahead of it in its session) or
+  ``error`` {"req_id", "code", "message"}. A ``submitted`` with ``steered`` true names
+  the conversation's running run: the prompt was added to its running turn instead
+  (``STEER_MODE``), and no new run was made; ``steer_error`` says why a steer that was
+  tried failed (the prompt then runs as the new run the frame names). A ``dedupe_key``
+  seen before (the platform's message id: a platform that re-sends an event after a
+  bridge crash) names the existing run instead of starting a second one (``duplicate``
+  true). A prompt with a NUL character
   is refused (``error`` ``bad_frame``; bridges show its message to the user).
 - bridge -> hub ``cancel``: {"req_id", "run_id"? | "session_key"?}: cancels that run,
   or the active run of that session; answered by ``cancelled`` {"req_id", "run_ids"}.
@@ -373,6 +375,9 @@ class SubmitFrame(_Frame):
     #: Attachments from chat: "images" [{"mime", "data"}] and "files" [{"name", "data"}]
     #: (base64), passed to the executor as the assign frame's options.
     attachments: dict[str, list[dict[str, str]]] | None = None
+    #: Where the run may go (issue 20): labels all required or an executor's name,
+    #: ``gpu,prod`` or ``host-1`` (the hub checks it; see hub.targets).
+    target: str | None = Field(default=None, max_length=2000)
 
     _no_nul = field_validator("prompt")(refuse_nul)
 

@@ -37,7 +37,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from bridges.common import STARTUP_BACKOFF_MAX_S, RepoDefaults, freeze_startup_heap, retry_startup
+from bridges.common import (
+    STARTUP_BACKOFF_MAX_S,
+    RepoDefaults,
+    TargetDefaults,
+    freeze_startup_heap,
+    retry_startup,
+    split_optimize_prefix,
+    split_target_prefix,
+)
 from bridges.core.approval import (
     DECIDED_WORDS,
     Approval,
@@ -53,6 +61,7 @@ from bridges.core.texts import Texts, steer_failed_text, steered_text
 from bridges.hub_link import Frame, HubError, HubLink, Submitted
 from bridges.settings import BridgeSettings
 from kernel.logs import bound
+from wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,8 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
         self.status_timing = status
         #: The repository each place works on (``repo owner/name``; BRIDGE_REPOS at start).
         self.repos = RepoDefaults(settings.repos)
+        #: Where each place's runs go (``target @label``; a message's ``@label`` wins).
+        self.run_targets = TargetDefaults()
         self.link = HubLink(
             settings,
             self.PLATFORM,
@@ -402,7 +413,21 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
 
         While the hub is away the request is kept and, with ``keep``, the chat told so.
         ``dedupe_key`` (the platform's id of the message) makes a message the platform
-        re-sends name the run it started instead of starting another."""
+        re-sends name the run it started instead of starting another. A prompt that
+        starts with ``@label`` or ``@name`` goes there (the prefix is taken off); else
+        to the place's target (``target @label``), if it has one."""
+        run_target, rest = split_target_prefix(prompt)
+        if run_target is None:
+            run_target = self.run_targets.get(self.place(target))
+        else:
+            if optimize is None:  # `@gpu !optimize ...` as well as `!optimize @gpu ...`
+                optimize, rest = split_optimize_prefix(rest)
+            if not rest:
+                raise HubError(
+                    ErrorCode.BAD_FRAME.value,
+                    f"the message says where to run (@{run_target}) but asks nothing",
+                )
+            prompt = rest
         submitted = await self.link.submit(
             prompt,
             session_key=self.session_key(target),
@@ -411,6 +436,7 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
             dedupe_key=dedupe_key,
             on_kept=(lambda: self.say(target, self.texts.kept())) if keep else None,
             attachments=attachments,
+            target=run_target,
         )
         remember(self._submitted, submitted.run_id, None, RUN_MEMORY)
         return submitted

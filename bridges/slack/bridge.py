@@ -9,7 +9,8 @@ in :mod:`bridges.slack.convert`.
   by a person, seen for the first time (Slack re-sends an event whose ack it missed:
   the ``event_id`` and the message are remembered), from an allowed user and channel,
   becomes a run; the thread is the session. ``cancel`` / ``stop`` cancels the thread's
-  active run, ``repo owner/name`` sets the channel's repository.
+  active run, ``repo owner/name`` sets the channel's repository, ``target @label`` where
+  its runs go (a message starting with ``@label`` says it for itself).
 - **While it runs.** The request gets :eyes:. A run still working after one
   ``SLACK_STATUS_EDIT_INTERVAL_S`` (or waiting behind another, at once) gets a status
   message, with metadata naming its request so that a later bridge process finds it.
@@ -38,7 +39,7 @@ import aiohttp
 from slack_bolt.context.async_context import AsyncBoltContext
 
 from bridges import common
-from bridges.common import repo_command, split_optimize_prefix
+from bridges.common import repo_command, split_optimize_prefix, target_command
 from bridges.core import (
     NOT_SHOWN_UNTIL_NEWS,
     Approval,
@@ -224,6 +225,11 @@ class SlackBridge(ChatBridge[Target]):
         if argument is not None:
             # `repo owner/name`: the channel's repository for new conversations.
             await self.say(target, self.repos.command(target.channel, argument))
+            return
+        argument = target_command(text)
+        if argument is not None:
+            # `target @label`: where the channel's new runs go (hub.targets).
+            await self.say(target, self.run_targets.command(target.channel, argument))
             return
         optimize, prompt = split_optimize_prefix(text)
         attachments = None

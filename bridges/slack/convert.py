@@ -681,7 +681,8 @@ def help_text() -> str:
         "pull requests` (in a direct message, just write it). Reply in the thread to "
         "continue the same conversation; `cancel` or `stop` in the thread stops the "
         "running request. Start with `!optimize` or `!raw` to turn prompt rewriting on "
-        "or off for one request."
+        "or off for one request; start with `@label` (or an executor's name) to send it "
+        "to those executors, or set the channel's with `target @label`."
     )
 
 

@@ -9,7 +9,8 @@ quirks in :mod:`bridges.telegram.convert`.
   group a mention, a reply to the bot or ``/ask``) from an allowed chat or user becomes
   a run; the chat (and its forum topic) is the session. ``/new`` resets the session,
   ``/cancel`` cancels its active run, ``/status`` shows it, ``/repo`` sets the chat's
-  repository, ``/start`` and ``/help`` explain the bot.
+  repository, ``/target`` where its runs go (a message starting with ``@label`` says it
+  for itself), ``/start`` and ``/help`` explain the bot.
 - **While it runs.** "typing…", renewed while the run works, and once it has lasted
   ``TELEGRAM_STATUS_DELAY_S`` a status message (in groups only while Telegram's
   per-group budget leaves room for replies). A message waiting behind others is told
@@ -99,6 +100,7 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         app.add_handler(CommandHandler("cancel", self._cmd_cancel, filters=new))
         app.add_handler(CommandHandler("status", self._cmd_status, filters=new))
         app.add_handler(CommandHandler("repo", self._cmd_repo, filters=new))
+        app.add_handler(CommandHandler("target", self._cmd_target, filters=new))
         app.add_handler(CommandHandler("ask", self._on_text, filters=new))
         app.add_handler(CallbackQueryHandler(self._on_open_pr, pattern=f"^{convert.OPEN_PR_DATA}"))
         app.add_handler(CallbackQueryHandler(self._on_approval_press, pattern=f"^{BUTTON_PREFIX}"))
@@ -273,6 +275,16 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         target = ReplyTarget.of(message)
         argument = message.text.split(None, 1)[1] if len(message.text.split(None, 1)) > 1 else ""
         await self.say(target, self.repos.command(str(target.chat_id), argument))
+
+    async def _cmd_target(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """``/target @label`` sets where the chat's runs go; ``/target`` shows it."""
+        message = update.message
+        if message is None or message.text is None or not await self._admit(message):
+            return
+        target = ReplyTarget.of(message)
+        words = message.text.split(None, 1)
+        argument = words[1] if len(words) > 1 else ""
+        await self.say(target, self.run_targets.command(str(target.chat_id), argument))
 
     async def _on_open_pr(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """The "Open PR" button: a ``!pr`` follow-up in the same conversation, by an

@@ -40,6 +40,7 @@ BOT_COMMANDS: tuple[tuple[str, str], ...] = (
     ("cancel", "Stop the current run"),
     ("status", "Show what is running"),
     ("repo", "Set the repository runs here work on"),
+    ("target", "Set which executors runs here go to"),
     ("help", "How to use this bot"),
 )
 

@@ -48,6 +48,8 @@ class Run:
     dedupe_key: str | None = None
     #: The API principal that started it (hub.auth); None for chat bridges.
     principal: str | None = None
+    #: Where it may go (hub.targets' text form, ``gpu,prod``); None: any executor.
+    target: str | None = None
     n: int | None = field(default=None, repr=False)
 
     def snapshot(self) -> Run:
@@ -77,6 +79,7 @@ class Run:
             "finished_at": self.finished_at,
             "error": self.error,
             "principal": self.principal,
+            "target": self.target,
         }
 
 

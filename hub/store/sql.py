@@ -130,6 +130,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "WHERE term NOT GLOB '*[0-9]*'",
         "DROP TABLE temp.runs_fts_terms",
     ),
+    # 3: where a run may go (issue 20): its target, so a queued targeted run keeps it
+    # over a restart; and every label and name an executor ever announced, so a
+    # restarted hub still refuses only the targets nobody announced (hub.targets).
+    (
+        "ALTER TABLE runs ADD COLUMN target TEXT",
+        "CREATE TABLE known_targets (kind TEXT NOT NULL, value TEXT NOT NULL, "
+        "first_seen REAL NOT NULL, PRIMARY KEY (kind, value)) WITHOUT ROWID",
+    ),
 )
 
 _JSON_COLUMNS = ("origin", "usage", "error")
@@ -694,6 +702,20 @@ def op_set_delivery_payload(
     )
 
 
+def known_targets(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Every (kind, value) an executor announced: ``label`` or ``name`` (hub.targets)."""
+    return [(row[0], row[1]) for row in conn.execute("SELECT kind, value FROM known_targets")]
+
+
+def op_learn_targets(conn: sqlite3.Connection, pairs: list[tuple[str, str]]) -> None:
+    """Remember labels and names an executor announced for the first time."""
+    now = time.time()
+    conn.executemany(
+        "INSERT OR IGNORE INTO known_targets (kind, value, first_seen) VALUES (?, ?, ?)",
+        [(kind, value, now) for kind, value in pairs],
+    )
+
+
 def count_pending(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0])
 
@@ -712,6 +734,7 @@ READS: frozenset[Callable[..., Any]] = frozenset(
         get_session,
         pending_deliveries,
         count_pending,
+        known_targets,
         set_max_pages,
     }
 )

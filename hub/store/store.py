@@ -91,6 +91,12 @@ class Store(Engine):
         """Remember a session's codex thread and the executor that holds it."""
         await self.call(sql.set_session, key, thread_id, executor)
 
+    # targets
+
+    async def known_targets(self) -> list[tuple[str, str]]:
+        """Every label and name executors announced, as (``label``|``name``, value)."""
+        return await self.call(sql.known_targets)
+
     # outbox
 
     async def pending_deliveries(self, platform: str | None = None) -> list[Delivery]:

@@ -59,6 +59,7 @@ const composer = new Composer(
     form: byId('composer'),
     prompt: byId('c-prompt'),
     repo: byId('c-repo'),
+    target: byId('c-target'),
     keep: byId('c-continue'),
     keepLabel: byId('c-continue-label'),
     send: byId('c-send'),
@@ -193,6 +194,8 @@ function onReady(frame) {
   syncClock(frame.now);
   nodes.update(frame.nodes || []);
   fleet.refresh();
+  composer.learnTargets(frame.nodes || []);
+  composer.refreshTargets();
   runs.setQueue(frame.queue);
   notice.load(frame.nodes || [], frame.queue?.total);
   overview.load(frame.nodes || [], frame.queue?.total);
@@ -218,6 +221,7 @@ function onMessage(frame) {
     case 'nodes':
       nodes.update(frame.nodes || []);
       fleet.refresh();
+      composer.learnTargets(frame.nodes || []);
       runs.renameExecutors();
       notice.load(frame.nodes || [], null);
       overview.load(frame.nodes || [], null);

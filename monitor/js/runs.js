@@ -446,7 +446,8 @@ export class RunsList {
       if (this.queueTotal > this.queue.size) return `queued, behind the first ${this.queue.size}`;
       return 'waiting for an executor';
     }
-    return `#${queued.position} in queue · ${waitReason(queued.reason, this.executorCount)}`;
+    const why = queued.detail || waitReason(queued.reason, this.executorCount);
+    return `#${queued.position} in queue · ${why}`;
   }
 }
 

@@ -1,4 +1,5 @@
-"""What the bridges share: the optimization prefix, start-up retries, the frozen heap."""
+"""What the bridges share: the optimization and target prefixes, start-up retries, the
+frozen heap."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import gc
 
 import pytest
 
-from bridges.common import freeze_startup_heap, retry_startup, split_optimize_prefix
+from bridges.common import (
+    TargetDefaults,
+    freeze_startup_heap,
+    retry_startup,
+    split_optimize_prefix,
+    split_target_prefix,
+    target_command,
+)
 
 
 @pytest.mark.parametrize(
@@ -83,3 +91,37 @@ def test_repo_defaults_set_show_and_clear_a_places_repository() -> None:
     repos.command("C1", "-")
     assert repos.get("C1") is None
     assert "one word" in repos.command("C1", "a b")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("@gpu train it", ("gpu", "train it")),
+        ("  @gpu,prod  do x", ("gpu,prod", "do x")),
+        ("@host-1", ("host-1", "")),
+        ("hi @gpu", (None, "hi @gpu")),
+        ("email@example.com hi", (None, "email@example.com hi")),
+        ("@ x", (None, "@ x")),
+    ],
+)
+def test_a_leading_at_word_is_the_runs_target_and_leaves_the_prompt(
+    text: str, expected: tuple[str | None, str]
+) -> None:
+    """``@label`` (or several, comma-joined) at the very start names the target; an ``@``
+    elsewhere is part of the prompt."""
+    assert split_target_prefix(text) == expected
+
+
+def test_the_target_command_sets_shows_and_clears_a_places_target() -> None:
+    """``target @gpu`` sets the place's target, ``target`` shows it, ``target -`` clears
+    it; a request that starts with the word is no command, and two words are refused."""
+    defaults = TargetDefaults()
+    assert target_command("target the flaky tests") is None
+    assert target_command("target @gpu,prod") == "@gpu,prod"
+    assert "any executor" in defaults.command("C1", "")
+    assert "matching gpu,prod" in defaults.command("C1", "@gpu,prod")
+    assert defaults.get("C1") == "gpu,prod" and defaults.get("C2") is None
+    assert "matching gpu,prod" in defaults.command("C1", "")
+    assert "one word" in defaults.command("C1", "@a b")
+    assert "cleared" in defaults.command("C1", "-")
+    assert defaults.get("C1") is None

@@ -100,6 +100,22 @@ async def test_a_history_the_hub_did_not_answer_goes_to_codex_as_context(
     assert assign["options"]["instructions"] == "use French"
 
 
+async def test_a_history_whose_thread_executor_is_gone_is_answered_fresh_with_its_context(
+    hub: Any, fake_executor: Any
+) -> None:
+    """The executor holding the thread left: the whole history the client sent is answered
+    at once by another executor, as context, not refused nor kept waiting for the first."""
+    history = body(user("pick a number"), {"role": "assistant", "content": "7"}, user("double it"))
+    async with fake_executor(ws_url(hub), node_id="first", token=NODE_TOKEN) as first:
+        await ask_fake(hub, first, body(user("pick a number")), "7", thread_id="thread-a")
+    async with fake_executor(ws_url(hub), node_id="second", token=NODE_TOKEN) as second:
+        assign, data = await ask_fake(hub, second, history, "14")
+    assert assign["thread_id"] is None
+    assert "<assistant>\n7\n</assistant>" in assign["prompt"]
+    assert assign["prompt"].endswith("double it")
+    assert data["choices"][0]["message"]["content"] == "14"
+
+
 KEYS = {"alice": "alice-key-3c9e7f1a2b4d", "bob": "bob-key-8e2d6a0c5f1b"}
 
 

@@ -14,6 +14,7 @@ import hub.finishing
 import hub.node_frames
 import hub.node_registry
 import hub.outbox
+import hub.placement
 import hub.router
 import hub.router_state
 import hub.run_queue
@@ -113,6 +114,7 @@ class _LineCounter:
             hub.outbox,
             hub.finishing,
             hub.run_queue,
+            hub.placement,
         )
         self.files = {module.__file__ for module in modules}
         self.lines = 0
@@ -210,3 +212,66 @@ async def _idle_sessions(router: Router) -> None:
     assert link.sent[-1]["type"] == "assign" and link.sent[-1]["thread_id"] == "thread-3"
     await router.submit("fresh", origin={"source": "http"}, session_key="http:7")
     assert link.sent[-1]["type"] == "assign" and link.sent[-1]["thread_id"] is None
+
+
+def _connect_labelled(router: Router, node_id: str, capacity: int, labels: list[str]) -> _Link:
+    link = _Link(node_id)
+    hello = Hello(type="hello", role="executor", node_id=node_id, capacity=capacity, labels=labels)
+    router.executor_connected(link, hello)
+    return link
+
+
+def _assigned(link: _Link) -> list[str]:
+    return [f["run_id"] for f in link.sent if f["type"] == "assign"]
+
+
+async def test_a_run_no_free_executor_fits_does_not_hold_up_the_runs_behind_it(
+    tmp_path: Path,
+) -> None:
+    """Runs for ``gpu`` queued first, with the gpu executor full, wait; the untargeted runs
+    behind them go to the free executor at once, and the gpu runs go to the gpu
+    executor, oldest first, as its slots free."""
+    async with _router(tmp_path / "hub.db") as router:
+        gpu = _connect_labelled(router, "gpu-box", 1, ["gpu"])
+        plain = _connect_labelled(router, "plain", 3, [])
+        gpu_runs = [
+            (await router.submit(f"g{n}", origin={"source": "http"}, target="gpu")).run.id
+            for n in range(4)
+        ]
+        others = [
+            (await router.submit(f"p{n}", origin={"source": "http"})).run.id for n in range(3)
+        ]
+        assert _assigned(gpu) == gpu_runs[:1]
+        assert _assigned(plain) == others
+        for n in range(3):
+            await _finish(router, gpu, gpu_runs[n])
+            assert _assigned(gpu) == gpu_runs[: n + 2]
+        assert _assigned(plain) == others
+
+
+async def _lines_per_untargeted_run(router: Router, parked: int, measured: int) -> float:
+    """Lines run per untargeted submit and its finish with `parked` gpu runs waiting."""
+    gpu = _connect_labelled(router, "gpu-box", 1, ["gpu"])
+    plain = _connect_labelled(router, "plain", 1, [])
+    for n in range(parked):
+        await router.submit(f"g{n}", origin={"source": "http"}, target="gpu")
+    with _LineCounter() as work:
+        for n in range(measured):
+            ticket = await router.submit(f"p{n}", origin={"source": "http"})
+            assert _assigned(plain)[-1] == ticket.run.id
+            await _finish(router, plain, ticket.run.id)
+    assert len(_assigned(gpu)) == 1
+    return work.lines / measured
+
+
+async def test_router_work_per_run_stays_flat_however_many_targeted_runs_wait(
+    tmp_path: Path,
+) -> None:
+    """With 5,000 runs waiting for a busy gpu executor, starting and ending an untargeted
+    run costs the router no more lines of work than with 200 waiting (both more than the
+    queue message names: QUEUE_SHOWN)."""
+    async with _router(tmp_path / "small.db") as router:
+        small = await _lines_per_untargeted_run(router, 200, 50)
+    async with _router(tmp_path / "large.db") as router:
+        large = await _lines_per_untargeted_run(router, 5000, 50)
+    assert large < small * 1.5, (small, large)

@@ -317,7 +317,7 @@ async def test_start_and_help_show_usage_and_ids(
     assert "/new" in (start_reply.text or "") and "/cancel" in (start_reply.text or "")
     assert f"Your user id: {OTHER}. This chat's id: {GROUP}." in (help_reply.text or "")
     names = [c["command"] for c in fake_telegram.commands]
-    assert names == ["ask", "new", "cancel", "status", "repo", "help"]
+    assert names == ["ask", "new", "cancel", "status", "repo", "target", "help"]
 
 
 async def test_follow_ups_resume_the_thread_and_new_starts_over(
