@@ -100,6 +100,10 @@ class Submitted:
     run_id: str
     position: int
     duplicate: bool = False
+    #: The prompt went into the running turn of ``run_id`` (no new run: STEER_MODE).
+    steered: bool = False
+    #: Why adding it to the running turn failed: it runs as the new run ``run_id``.
+    steer_error: str | None = None
 
 
 def _retrieve(answer: asyncio.Future[FrameModel]) -> None:
@@ -115,7 +119,13 @@ def _submitted(reply: FrameModel | Frame) -> Submitted:
             raise HubError(
                 ErrorCode.BAD_FRAME, f"the hub answered a submit with {reply!r}"
             ) from exc
-    return Submitted(run_id=reply.run_id, position=reply.position, duplicate=reply.duplicate)
+    return Submitted(
+        run_id=reply.run_id,
+        position=reply.position,
+        duplicate=reply.duplicate,
+        steered=reply.steered,
+        steer_error=reply.steer_error,
+    )
 
 
 class HubLink:

@@ -12,9 +12,11 @@ tests call directly. `executor.engine_appserver` does the I/O.
 Events the app-server engine adds to the ``codex`` ones (additive; the hub stores and
 forwards any event kind, the monitor shows unknown kinds raw):
 
-- ``{"kind": "answer_delta", "item_id", "delta"}``: a piece of the answer as the model
-  writes it (``item/agentMessage/delta``, joined over at most `DELTA_FLUSH_S` by
-  `DeltaBuffer`); no ``summary``, so no progress line.
+- ``{"kind": "answer_delta", "item_id", "delta", "phase"?}``: a piece of the answer as
+  the model writes it (``item/agentMessage/delta``, joined over at most `DELTA_FLUSH_S`
+  by `DeltaBuffer`); no ``summary``, so no progress line. ``phase`` is the message's,
+  when the model says it (``commentary`` is narration between tool calls, not the
+  answer).
 - ``{"kind": "turn_diff", "turn_id", "diff"}``: the turn's whole unified diff so far
   (``turn/diff/updated``), replacing the previous one.
 - ``{"kind": "approval", "status": "requested" | "decided", "request": {...},
@@ -473,6 +475,8 @@ class TurnFold:
     error_message: str | None = None
     last_message: str | None = None
     diff: str | None = None
+    #: Agent messages' phases (commentary, final_answer, ...) by item id, when given.
+    phases: dict[str, str] = field(default_factory=dict)
 
     @property
     def ended(self) -> bool:
@@ -499,18 +503,22 @@ class TurnFold:
             item = exec_item(raw) if isinstance(raw, dict) else None
             if item is None:
                 return []
+            if isinstance(raw, dict) and isinstance(raw.get("phase"), str):
+                self.phases[str(raw.get("id"))] = raw["phase"]
             if method == "item/completed" and item["type"] == "agent_message":
                 self.last_message = item["text"]
             kind = "item.started" if method == "item/started" else "item.completed"
             return [codex_event({"type": kind, "item": item})]
         if method == "item/agentMessage/delta":
-            return [
-                {
-                    "kind": "answer_delta",
-                    "item_id": str(params.get("itemId", "")),
-                    "delta": str(params.get("delta", "")),
-                }
-            ]
+            item_id = str(params.get("itemId", ""))
+            delta = {
+                "kind": "answer_delta",
+                "item_id": item_id,
+                "delta": str(params.get("delta", "")),
+            }
+            if item_id in self.phases:
+                delta["phase"] = self.phases[item_id]
+            return [delta]
         if method == "turn/plan/updated":
             steps = [
                 {"text": str(step.get("step", "")), "completed": step.get("status") == "completed"}
@@ -567,6 +575,7 @@ class DeltaBuffer:
 
     def __init__(self) -> None:
         self._item: str | None = None
+        self._phase: Any = None
         self._parts: list[str] = []
 
     @property
@@ -579,6 +588,7 @@ class DeltaBuffer:
             return [*self.flush(), event]
         out = self.flush() if event.get("item_id") != self._item else []
         self._item = event.get("item_id")
+        self._phase = event.get("phase")
         self._parts.append(str(event.get("delta", "")))
         return out
 
@@ -586,11 +596,15 @@ class DeltaBuffer:
         if not self._parts:
             return []
         delta, self._parts = "".join(self._parts), []
-        return [{"kind": "answer_delta", "item_id": self._item, "delta": delta}]
+        joined = {"kind": "answer_delta", "item_id": self._item, "delta": delta}
+        if self._phase is not None:
+            joined["phase"] = self._phase
+        return [joined]
 
 
-#: How long answer deltas are held to be joined into one event.
-DELTA_FLUSH_S = 0.1
+#: How long answer deltas are held to be joined into one event: at most four a second,
+#: each stored by the hub and sent to every reader of the run.
+DELTA_FLUSH_S = 0.25
 
 
 # --- the schema fingerprint ---------------------------------------------------------------

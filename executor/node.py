@@ -41,6 +41,8 @@ from wire import (
     RunCancelFrame,
     StateFrame,
     StatusFrame,
+    SteeredFrame,
+    SteerFrame,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 LOGIN_RECHECK_S = 60.0
 #: Decisions kept for requests not (yet) waited for: a hub re-sends them, so few.
 EARLY_DECISIONS_MAX = 256
+#: The longest a ``steer`` may take here before it is answered as failed (the hub
+#: waits a little longer, then queues the text as a new run).
+STEER_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -91,6 +96,7 @@ class ExecutorNode:
         engine = pipeline.engine
         if isinstance(engine, AppServerEngine) and engine.approve is None:
             engine.approve = self._approve
+        self._steers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Check codex's login and version, then connect to the hub (in the background)."""
@@ -110,6 +116,7 @@ class ExecutorNode:
                 await asyncio.gather(task, return_exceptions=True)
         self._login_task = self._sweep_task = None
         tasks = [s.task for s in self.runs.values() if s.task is not None]
+        tasks.extend(self._steers)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -158,6 +165,10 @@ class ExecutorNode:
             state = self.runs.get(frame.run_id)
             if state is not None and state.task is not None and state.result is None:
                 state.task.cancel()
+        elif isinstance(frame, SteerFrame):
+            task = asyncio.create_task(self._steer(frame), name=f"Executor:steer:{frame.run_id}")
+            self._steers.add(task)
+            task.add_done_callback(self._steers.discard)
         elif isinstance(frame, ResultAckFrame):
             self.runs.pop(frame.run_id, None)
         elif isinstance(frame, ApprovalDecisionFrame):
@@ -183,6 +194,37 @@ class ExecutorNode:
         state = _RunState(job)
         self.runs[run_id] = state
         state.task = asyncio.create_task(self._execute(state), name=f"Executor:run:{run_id}")
+
+    async def _steer(self, frame: SteerFrame) -> None:
+        """Add a message to a run's running turn; answer the hub how it went."""
+        error = await self._steer_error(frame)
+        if error is None:
+            log.info("run %s: a message was added to its running turn", frame.run_id)
+        else:
+            log.info("run %s: could not steer: %s", frame.run_id, error)
+        answer = SteeredFrame(run_id=frame.run_id, steer_id=frame.steer_id, ok=error is None)
+        if error is not None:
+            answer = answer.model_copy(update={"error": error[:1000]})
+        self.client.send(answer.dump())
+
+    async def _steer_error(self, frame: SteerFrame) -> str | None:
+        """None once the text is in the run's turn, else why it is not."""
+        state = self.runs.get(frame.run_id)
+        steer = getattr(self.pipeline.engine, "steer", None)
+        if steer is None:
+            return f"this executor's engine ({self.settings.exec_engine}) cannot steer a turn"
+        if state is None or state.result is not None:
+            return "the run has ended on this executor"
+        try:
+            async with asyncio.timeout(STEER_TIMEOUT_S):
+                await steer(frame.run_id, frame.text)
+        except TimeoutError:
+            return f"codex did not take the message within {STEER_TIMEOUT_S:g} s"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # SteerError, RpcError (the turn just ended), a dead server
+            return str(exc) or type(exc).__name__
+        return None
 
     # running
 

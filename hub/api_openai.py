@@ -18,7 +18,11 @@ API is in :mod:`hub.api_responses`). How a request becomes a run:
   detail stays in the run's events for the monitor.
 
 Streaming chat is SSE with ``: keepalive`` comments while codex works and progress as
-``reasoning_content`` deltas, never mixed into ``content``.
+``reasoning_content`` deltas, never mixed into ``content``. The answer streams as
+``content`` deltas while codex writes it (an executor of the app-server engine sends
+it so; :mod:`hub.answer_stream`), and the content a client puts together is the
+run's answer; with the exec engine, or with ``stop`` (which cuts the answer), it comes
+in one piece at the end.
 
 ``X-Session-Id`` and ``Idempotency-Key`` are the caller's own: they are namespaced by
 the key's principal (:mod:`hub.auth`), so another key sending the same values gets a
@@ -41,6 +45,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hub.answer_stream import AnswerStream
 from hub.appkeys import ROUTER, SETTINGS
 from hub.auth import principal_of, session_key
 from hub.bus import Dropped
@@ -646,6 +651,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             include_usage,
             settings.keepalive_s,
             answer_of,
+            live_answer=stop is None,
         )
     run = await wait(request, ticket)
     if run.state != "succeeded":
@@ -753,6 +759,10 @@ def _chunk(run: Run, model: str, delta: dict[str, Any], finish: str | None = Non
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
+def _is_event(message: dict[str, Any] | None) -> bool:
+    return message is not None and message.get("type") == "event"
+
+
 def _progress_text(message: dict[str, Any]) -> str | None:
     if message.get("type") != "event":
         return None
@@ -776,8 +786,12 @@ async def _stream(
     include_usage: bool,
     keepalive_s: float,
     answer_of: Callable[[Run], str],
+    *,
+    live_answer: bool = True,
 ) -> web.StreamResponse:
     model = request.app[SETTINGS].model_name
+    # The answer as codex writes it, as content deltas: not when the end may cut it.
+    answer = AnswerStream() if live_answer else None
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -806,11 +820,17 @@ async def _stream(
                 text = _progress_text(message) if message else None
                 if text:
                     await response.write(_chunk(run, model, {"reasoning_content": text}))
+                written = answer.feed(message["event"]) if answer and _is_event(message) else ""
+                if written:
+                    await response.write(_chunk(run, model, {"content": written}))
             elif not finished:
                 await response.write(b": keepalive\n\n")
         final = done.result()
         if final.state == "succeeded":
-            await response.write(_chunk(run, model, {"content": answer_of(final)}))
+            content = answer_of(final)
+            rest = answer.rest(content) if answer is not None else content
+            if rest or not (answer and answer.sent):
+                await response.write(_chunk(run, model, {"content": rest}))
             await response.write(_chunk(run, model, {}, finish="stop"))
             if include_usage:
                 usage_chunk = {

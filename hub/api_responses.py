@@ -10,7 +10,10 @@ Responses API's events: ``response.created``, ``response.in_progress``,
 ``response.output_text.delta``, ``response.output_text.done``,
 ``response.content_part.done``, ``response.output_item.done``, then
 ``response.completed`` (or ``response.failed``), with ``: keepalive`` comments while
-codex works. Retries, principals and errors work as in :mod:`hub.api_openai`.
+codex works. The text deltas come while codex writes the answer (app-server engine, see
+:mod:`hub.answer_stream`), the message's item opened at the first of them; their
+concatenation is the answer, which ``response.output_text.done`` repeats whole.
+Retries, principals and errors work as in :mod:`hub.api_openai`.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
+from hub.answer_stream import AnswerStream
 from hub.api_openai import (
     CALLS,
     Plan,
     _bool_header,
     _cancel_for_disconnect,
     _Model,
+    _NoEvents,
     _text_header,
     check_model,
     conversation_error,
@@ -41,6 +46,7 @@ from hub.api_openai import (
     wait,
 )
 from hub.appkeys import ROUTER, SETTINGS, STORE
+from hub.bus import Dropped
 from hub.conversation import ConversationError, Turn, ask, response_turns
 from hub.errors import RUN_ID, BadRequest, NotFound, json_response
 from hub.router import Router, new_run_id
@@ -229,10 +235,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             json_object=json_object,
         )
 
-    ticket = await start(request, plan, watch=False)
+    ticket = await start(request, plan, watch=bool(req.stream))
     request[RUN_ID] = ticket.run.id
     if req.stream:
-        return await _stream(request, ticket.run, ticket.done, settings.keepalive_s)
+        return await _stream(
+            request, ticket.run, ticket.done, settings.keepalive_s, ticket.events or _NoEvents()
+        )
     run = await wait(request, ticket)
     if run.state != "succeeded":
         raise run_error(run)
@@ -263,7 +271,11 @@ class _Events:
 
 
 async def _stream(
-    request: web.Request, run: Run, done: asyncio.Future[Run], keepalive_s: float
+    request: web.Request,
+    run: Run,
+    done: asyncio.Future[Run],
+    keepalive_s: float,
+    watched: Any,
 ) -> web.StreamResponse:
     model = request.app[SETTINGS].model_name
     router: Router = request.app[ROUTER]
@@ -275,32 +287,62 @@ async def _stream(
             "X-Accel-Buffering": "no",
         }
     )
+    answer = AnswerStream()
+    item_id = "msg_" + run.id.removeprefix("run_")
+    place = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    getter: asyncio.Future[Any] | None = None
     try:
         await response.prepare(request)
         events = _Events(response)
         await events.send("response.created", response=body_of(run, model, final=False))
         await events.send("response.in_progress", response=body_of(run, model, final=False))
-        while not done.done():
-            finished, _ = await asyncio.wait({done}, timeout=keepalive_s)
-            if not finished:
-                await response.write(b": keepalive\n\n")
-        final = done.result()
-        if final.state == "succeeded":
-            answer = final.answer or ""
-            item_id = "msg_" + final.id.removeprefix("run_")
-            place = {"item_id": item_id, "output_index": 0, "content_index": 0}
-            part = {"type": "output_text", "text": answer, "annotations": [], "logprobs": []}
+
+        async def opened() -> None:
+            """The message's item and its text part, announced once, before any text."""
             await events.send(
                 "response.output_item.added",
                 output_index=0,
-                item=_message(final, answer, status="in_progress"),
+                item=_message(run, "", status="in_progress"),
             )
-            await events.send("response.content_part.added", **place, part={**part, "text": ""})
-            await events.send("response.output_text.delta", **place, delta=answer, logprobs=[])
-            await events.send("response.output_text.done", **place, text=answer, logprobs=[])
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            await events.send("response.content_part.added", **place, part=part)
+
+        while not done.done():
+            if getter is None:
+                getter = asyncio.ensure_future(watched.get())
+            finished, _ = await asyncio.wait(
+                {getter, done}, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter in finished:
+                try:
+                    message = getter.result()
+                except Dropped:
+                    message = None
+                    watched = _NoEvents()
+                getter = None
+                was_open = bool(answer.sent)
+                text = answer.feed(message["event"]) if message and "event" in message else ""
+                if text:
+                    if not was_open:
+                        await opened()
+                    await events.send(
+                        "response.output_text.delta", **place, delta=text, logprobs=[]
+                    )
+            elif not finished:
+                await response.write(b": keepalive\n\n")
+        final = done.result()
+        if final.state == "succeeded":
+            text = final.answer or ""
+            if not answer.sent:
+                await opened()
+            rest = answer.rest(text)
+            if rest or not answer.sent:
+                await events.send("response.output_text.delta", **place, delta=rest, logprobs=[])
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+            await events.send("response.output_text.done", **place, text=text, logprobs=[])
             await events.send("response.content_part.done", **place, part=part)
             await events.send(
-                "response.output_item.done", output_index=0, item=_message(final, answer)
+                "response.output_item.done", output_index=0, item=_message(final, text)
             )
             await events.send("response.completed", response=body_of(final, model))
         else:
@@ -310,3 +352,7 @@ async def _stream(
     except (asyncio.CancelledError, ConnectionError):
         await _cancel_for_disconnect(router, run.id)
         raise
+    finally:
+        if getter is not None:
+            getter.cancel()
+        watched.close()

@@ -4,7 +4,9 @@
   ``limit`` and ``before``; ``q`` is the text as typed, in a prompt, user or answer,
   starting a word, or a run id: see ``hub.store.sql.fts_query``),
   ``GET /api/runs/{id}`` (with its events, ``after`` a seq),
-  ``POST /api/runs`` (start a run from the page), ``POST /api/runs/{id}/cancel``.
+  ``POST /api/runs`` (start a run from the page; into a conversation whose run is
+  working, the prompt goes into its running turn instead: ``steered`` true, see
+  hub.steering), ``POST /api/runs/{id}/cancel``.
 - ``GET /api/nodes``, ``GET /api/overview`` (running and queued now, failed in the last
   hour, runs, tokens and median duration since ``since``).
 - ``GET /api/feed``: websocket, see below.
@@ -172,7 +174,21 @@ async def get_run_diff(request: web.Request) -> web.Response:
     run = router.live_run(run_id) or await store.get_run(run_id)
     if run is None or not can_see(request, run.principal):
         raise NotFound(f"no run with id {run_id}", param="run_id")
-    recorded = [e for e in await store.get_events(run_id) if e.get("kind") == "workspace"]
+    events = await store.get_events(run_id)
+    recorded = [e for e in events if e.get("kind") == "workspace"]
+    turn_diffs = [e for e in events if e.get("kind") == "turn_diff"]
+    if (not recorded or "diff" not in recorded[-1]) and turn_diffs:
+        # No workspace report (yet): the diff of codex's turn as it stands now
+        # (app-server engine), updated while the run works; ``live`` says so.
+        latest = turn_diffs[-1]
+        return json_response(
+            {
+                "run_id": run_id,
+                "diff": latest.get("diff") or "",
+                "turn_id": latest.get("turn_id"),
+                "live": True,
+            }
+        )
     if not recorded or "diff" not in recorded[-1]:
         raise NotFound(
             f"run {run_id} recorded no diff (it named no repository, or has not ended)",
@@ -233,6 +249,27 @@ async def create_run(request: web.Request) -> web.Response:
         origin["repo"] = repo
     if open_pr:
         origin["open_pr"] = True
+    steered = None
+    if not open_pr and not target:
+        # Into a conversation whose run is working: into its running turn (hub.steering).
+        steered = await router.steering.steer(session_key, prompt)
+    if steered is not None and steered.ok:
+        live = router.live.get(steered.run_id)
+        steered_run = live.run if live else await request.app[STORE].get_run(steered.run_id)
+        assert steered_run is not None
+        return json_response(
+            {
+                "run": steered_run.summary(),
+                "position": 0,
+                "reply_to": origin.get("platform"),
+                "steered": True,
+                "message": f"added to the running turn of run {steered.run_id}",
+            },
+            status=202,
+            headers={"X-Run-ID": steered.run_id},
+        )
+    if steered is not None:
+        note = f"{note}; {steered.note()}" if note else steered.note()
     try:
         ticket = await router.submit(
             prompt,
@@ -257,6 +294,8 @@ async def create_run(request: web.Request) -> web.Response:
             "run": ticket.run.summary(),
             "position": ticket.position,
             "reply_to": origin.get("platform"),
+            "steered": False,
+            **({"steer_error": steered.error} if steered is not None else {}),
         },
         status=202,
         headers={"X-Run-ID": ticket.run.id},

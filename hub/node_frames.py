@@ -44,6 +44,7 @@ from wire import (
     StateFrame,
     StatusFrame,
     StatusRefFrame,
+    SteeredFrame,
     SubmitFrame,
     SubmittedFrame,
     error_frame,
@@ -92,6 +93,8 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
             self._on_state(link, frame)
         elif isinstance(frame, ResultFrame):
             await self._on_result(link, frame)
+        elif isinstance(frame, SteeredFrame):
+            self.steering.answered(link.node_id, frame)
         elif isinstance(frame, StatusFrame) and node is not None:
             if frame.capacity is not None:
                 node.capacity = frame.capacity
@@ -123,6 +126,8 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
         self._record(live, kind, event, exec_seq=frame.seq)
         if kind == "approval":
             self.approvals.on_event(live, event)
+        if live.answer.feed(frame.event):
+            self._progress(live)  # the chat's status message grows with the answer
         summary = event.get("summary")
         if summary and summary != live.last_detail:
             live.last_detail = summary
@@ -198,6 +203,13 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
             origin = {**frame.origin, "source": platform, "platform": platform}
             key = own_session(platform, frame.session_key) if frame.session_key else None
             dedupe = f"{platform}:{frame.dedupe_key}" if frame.dedupe_key else None
+            steered = None
+            if not frame.attachments and not origin.get("open_pr") and not frame.target:
+                if steered_into := self.steering.already(dedupe):
+                    return SubmittedFrame(req_id=frame.req_id, run_id=steered_into, steered=True)
+                steered = await self.steering.steer(key, frame.prompt, dedupe_key=dedupe)
+                if steered is not None and steered.ok:
+                    return SubmittedFrame(req_id=frame.req_id, run_id=steered.run_id, steered=True)
             try:
                 ticket = await self.submit(
                     frame.prompt,
@@ -206,6 +218,7 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
                     optimize=frame.optimize,
                     dedupe_key=dedupe,
                     options=_attachment_options(frame.attachments),
+                    note=steered.note() if steered is not None else None,
                     target=frame.target,
                 )
             except (RouterError, TargetRefused) as exc:
@@ -231,12 +244,15 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
                     "the hub could not store this request, so it will not run; try again",
                     frame.req_id,
                 )
-            return SubmittedFrame(
+            submitted = SubmittedFrame(
                 req_id=frame.req_id,
                 run_id=ticket.run.id,
                 position=ticket.position,
                 duplicate=ticket.duplicate,
             )
+            if steered is not None and steered.error is not None:
+                submitted = submitted.model_copy(update={"steer_error": steered.error[:1000]})
+            return submitted
         if isinstance(frame, CancelFrame):
             targets: list[str] = []
             if frame.run_id:

@@ -657,7 +657,11 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                     "`session_key` continues a conversation of the caller's own (a "
                     "`session_key` of one of its runs); any other names a new one of "
                     "its own. Only an operator key may continue another key's or a chat "
-                    "platform's conversation, and the run records it (`origin.operator`)."
+                    "platform's conversation, and the run records it (`origin.operator`). "
+                    "With `STEER_MODE=steer`, a prompt into a conversation whose run is "
+                    "working (on an app-server executor) goes into that run's running "
+                    "turn: `steered` is true and `run` is that run; a steer that failed "
+                    "queues the prompt as a new run and `steer_error` says why."
                 ),
                 "requestBody": {
                     "required": True,
@@ -665,7 +669,7 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                 },
                 "responses": {
                     "202": _json(
-                        "The run, queued.",
+                        "The run, queued (or the running run the prompt steered).",
                         _object(
                             {
                                 "run": _ref("RunSummary"),
@@ -673,7 +677,12 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                                 # The chat platform the answer also goes to (a conversation
                                 # that began there), else null.
                                 "reply_to": _nullable(STRING),
-                            }
+                                # The prompt went into the running turn of `run`.
+                                "steered": BOOLEAN,
+                                "message": STRING,
+                                "steer_error": STRING,
+                            },
+                            optional=("message", "steer_error"),
                         ),
                         headers=RUN_ID_HEADER,
                         links=RUN_LINKS,
@@ -752,6 +761,12 @@ def _paths(keyed: tuple[int, ...]) -> dict[str, Any]:
                 "operationId": "getRunDiff",
                 "summary": "What a run changed in its repository (its diff and its "
                 "conversation's, against the branch's base).",
+                "description": (
+                    "Until the run's workspace reports (or when it names no repository), "
+                    "a run of the app-server engine answers with its codex turn's diff "
+                    "as it stands now, updated while the run works: `diff`, `turn_id` "
+                    "and `live: true`."
+                ),
                 "parameters": [RUN_ID_PARAM],
                 "responses": {
                     "200": _json("The run's repository, branch and diffs.", {"type": "object"}),

@@ -150,6 +150,7 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
         self.closing = True
         self.placement.close()
         await self.approvals.close()
+        self.steering.close()
         if self._live_state_soon is not None:
             self._live_state_soon.cancel()
             self._live_state_soon = None

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from hub.answer_stream import AnswerSoFar
 from hub.approvals import Approvals
 from hub.bus import Bus, Subscription
 from hub.metrics import Metrics
@@ -23,8 +24,9 @@ from hub.nodes import NodeInfo
 from hub.placement import Placement
 from hub.run_queue import RunQueue
 from hub.settings import HubSettings
+from hub.steering import Steering
 from hub.store import Delivery, Run, Store, op_record
-from wire import ProgressFrame, RunState
+from wire import PROGRESS_ANSWER_CHARS, ProgressFrame, RunState
 
 log = logging.getLogger("hub.router")
 
@@ -56,6 +58,8 @@ class Live:
     diff: str | None = None
     #: The pull request the run's ``workspace`` event names (bridges offer one if None).
     pr_url: str | None = None
+    #: The answer as codex writes it (``answer_delta`` events), for the chat's status.
+    answer: AnswerSoFar = field(default_factory=AnswerSoFar)
     #: Parked in the queue: why it waits (no executor its target or conversation fits).
     waiting: str | None = None
 
@@ -111,6 +115,8 @@ class RouterState:
         self._live_state_soon: asyncio.Handle | None = None
         #: codex's approval requests and people's decisions (hub/approvals.py).
         self.approvals = Approvals(self, settings)
+        #: A message into a working conversation goes into its running turn (hub.steering).
+        self.steering = Steering(self)
         #: Targets, known labels, rules, conversations' executors (hub.placement).
         self.placement = Placement(settings, store)
 
@@ -185,13 +191,17 @@ class RouterState:
         platform = run.origin.get("platform")
         if not platform:
             return
-        frame = ProgressFrame(
+        progress = ProgressFrame(
             run_id=run.id,
             origin=run.origin,
             state=run.state,
             detail=detail if detail is not None else live.last_detail,
             position=position,
-        ).dump()
+        )
+        if live.answer.text:  # left out until there is one, as older hubs did
+            answer = live.answer.tail(PROGRESS_ANSWER_CHARS)
+            progress = progress.model_copy(update={"answer": answer})
+        frame = progress.dump()
         for node in self.bridges.values():
             if node.platform == platform:
                 node.link.send(frame)

@@ -98,6 +98,10 @@ class HubSettings(LogSettings):
     approvers: CsvList = Field(default_factory=list, alias="APPROVERS")
     #: An approval request nobody decides within this long is denied.
     approval_timeout_s: float = Field(300.0, alias="APPROVAL_TIMEOUT_S", gt=0)
+    #: ``steer``: a chat message or monitor prompt into a conversation whose run is
+    #: working goes into its running turn (app-server executors only; others queue);
+    #: ``queue``: it waits for the run to end, as a new run.
+    steer_mode: Literal["steer", "queue"] = Field("steer", alias="STEER_MODE")
 
     _split_keys = field_validator("api_keys", "trusted_proxies", mode="before")(split_csv)
     _split_operator_keys = field_validator("operator_keys", mode="before")(split_csv)

@@ -75,6 +75,11 @@ Executor <-> hub
 - hub -> executor ``approval_decision``: {"run_id", "approval_id", "decision":
   "approve" | "approve_session" | "deny", "by"}: the answer to that request; sent again
   after every reconnect until the executor's ``decided`` event confirms it.
+- hub -> executor ``steer``: {"run_id", "steer_id", "text"}: add ``text`` to the run's
+  running codex turn (``turn/steer``; only an executor whose ``engine`` is
+  ``app-server`` is sent one). The executor answers ``steered`` {"run_id",
+  "steer_id", "ok", "error"?}; ``ok`` false says why not (the turn ended meanwhile,
+  an engine that cannot steer), and the hub then queues the text as a new run.
 
 Bridge <-> hub
 --------------
@@ -84,9 +89,13 @@ Bridge <-> hub
   ``host-1``; refused with ``unknown_target``, ``target_not_allowed``,
   ``invalid_target`` or ``conversation_elsewhere``)}; the hub answers ``submitted``
   {"req_id", "run_id", "position", "duplicate"} (runs ahead of it in its session) or
-  ``error`` {"req_id", "code", "message"}. A ``dedupe_key`` seen before (the platform's
-  message id: a platform that re-sends an event after a bridge crash) names the
-  existing run instead of starting a second one (``duplicate`` true). A prompt with a NUL character
+  ``error`` {"req_id", "code", "message"}. A ``submitted`` with ``steered`` true names
+  the conversation's running run: the prompt was added to its running turn instead
+  (``STEER_MODE``), and no new run was made; ``steer_error`` says why a steer that was
+  tried failed (the prompt then runs as the new run the frame names). A ``dedupe_key``
+  seen before (the platform's message id: a platform that re-sends an event after a
+  bridge crash) names the existing run instead of starting a second one (``duplicate``
+  true). A prompt with a NUL character
   is refused (``error`` ``bad_frame``; bridges show its message to the user).
 - bridge -> hub ``cancel``: {"req_id", "run_id"? | "session_key"?}: cancels that run,
   or the active run of that session; answered by ``cancelled`` {"req_id", "run_ids"}.
@@ -107,8 +116,9 @@ Bridge <-> hub
   not starting with ``<platform>:`` gets that prefix), it cancels only its platform's
   runs, and it acknowledges only its platform's replies (another's: ``error``
   ``unknown_delivery``).
-- hub -> bridge ``progress``: {"run_id", "origin", "state", "detail", "position"}:
-  best effort, never stored, for status messages.
+- hub -> bridge ``progress``: {"run_id", "origin", "state", "detail", "position",
+  "answer"?}: best effort, never stored, for status messages; ``answer`` is the end of
+  the answer codex is writing (app-server engine), at most ``PROGRESS_ANSWER_CHARS``.
 - hub -> bridge ``deliver``: {"delivery_id", "run_id", "origin", "status", "answer",
   "error", "usage", "diff"? (the conversation's diff when its run changed a
   repository), "pr_url"? (its pull request, when one is open)}: the final reply,
@@ -139,7 +149,8 @@ Every frame, both ways, is a model below (hub -> node: :class:`WelcomeFrame`,
 :class:`AssignFrame`, :class:`RunCancelFrame`, :class:`ResultAckFrame`,
 :class:`SubmittedFrame`, :class:`CancelledFrame`, :class:`OkFrame`, :class:`SessionFrame`,
 :class:`ProgressFrame`, :class:`DeliverFrame`, :class:`ErrorFrame`, and the approvals'
-:class:`ApprovalDecisionFrame`, :class:`ApprovalFrame`, :class:`ApprovalResultFrame`), grouped per
+:class:`ApprovalDecisionFrame`, :class:`ApprovalFrame`, :class:`ApprovalResultFrame`; and
+steering's :class:`SteerFrame`, answered by :class:`SteeredFrame`), grouped per
 direction and role in a discriminated union (:data:`ExecutorFrame`, :data:`BridgeFrame`,
 :data:`ToExecutorFrame`, :data:`ToBridgeFrame`). A model's ``dump()`` is the JSON object
 sent: its ``type`` and the fields its builder gave (an optional field left out stays
@@ -214,6 +225,8 @@ ACTIVE_STATES: frozenset[str] = frozenset(
 LABEL_PATTERN = r"^[a-z0-9_-]{1,64}$"
 #: The most labels one executor announces.
 MAX_LABELS = 64
+#: The most of the answer being written that a ``progress`` frame carries (its end).
+PROGRESS_ANSWER_CHARS = 4000
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
 
 
@@ -325,6 +338,16 @@ class StatusFrame(_Frame):
 #: What a person may decide about an approval request.
 Decision = Literal["approve", "approve_session", "deny"]
 DECISIONS: tuple[str, ...] = get_args(Decision)
+
+
+class SteeredFrame(_Frame):
+    """executor -> hub: how a ``steer`` went; ``error`` says why it did not."""
+
+    type: Literal["steered"] = "steered"
+    run_id: str
+    steer_id: str = Field(min_length=1, max_length=200)
+    ok: bool
+    error: str | None = Field(default=None, max_length=1000)
 
 
 # bridge -> hub
@@ -463,6 +486,15 @@ class ApprovalDecisionFrame(_Frame):
     by: str = ""
 
 
+class SteerFrame(_Frame):
+    """hub -> executor: add ``text`` to the run's running turn; answered by ``steered``."""
+
+    type: Literal["steer"] = "steer"
+    run_id: str
+    steer_id: str = Field(min_length=1, max_length=200)
+    text: str = Field(min_length=1, max_length=200_000)
+
+
 # hub -> bridge
 
 
@@ -474,6 +506,10 @@ class SubmittedFrame(_Frame):
     position: int = 0
     #: The dedupe key named a run started before: this is that run.
     duplicate: bool = False
+    #: The prompt went into the running turn of ``run_id`` (no new run was made).
+    steered: bool = False
+    #: Why adding the prompt to the running turn failed: it runs as a new run instead.
+    steer_error: str | None = Field(default=None, max_length=1000)
 
 
 class CancelledFrame(_Frame):
@@ -505,6 +541,8 @@ class ProgressFrame(_Frame):
     state: str = RunState.QUEUED
     detail: str | None = None
     position: int | None = None
+    #: The end of the answer as codex writes it (app-server engine), for the status.
+    answer: str | None = Field(default=None, max_length=PROGRESS_ANSWER_CHARS)
 
 
 class DeliverFrame(_Frame):
@@ -558,7 +596,8 @@ class ApprovalResultFrame(_Frame):
 
 
 ExecutorFrame = Annotated[
-    EventFrame | StateFrame | ResultFrame | StatusFrame, Field(discriminator="type")
+    EventFrame | StateFrame | ResultFrame | StatusFrame | SteeredFrame,
+    Field(discriminator="type"),
 ]
 BridgeFrame = Annotated[
     SubmitFrame
@@ -578,7 +617,8 @@ ToExecutorFrame = Annotated[
     | RunCancelFrame
     | ResultAckFrame
     | ErrorFrame
-    | ApprovalDecisionFrame,
+    | ApprovalDecisionFrame
+    | SteerFrame,
     Field(discriminator="type"),
 ]
 #: What the hub sends a bridge.
@@ -623,6 +663,8 @@ FRAME_MODELS: tuple[type[_Frame], ...] = (
     ApprovalShownFrame,
     ApprovalFrame,
     ApprovalResultFrame,
+    SteerFrame,
+    SteeredFrame,
 )
 
 HELLO = TypeAdapter(Hello)

@@ -57,7 +57,7 @@ from bridges.core.delivery import Reply, Sent
 from bridges.core.errors import Undeliverable
 from bridges.core.lifecycle import State, remember
 from bridges.core.status import RunStatus, Shown, StatusTiming
-from bridges.core.texts import Texts
+from bridges.core.texts import Texts, steer_failed_text, steered_text
 from bridges.hub_link import Frame, HubError, HubLink, Submitted
 from bridges.settings import BridgeSettings
 from kernel.logs import bound
@@ -466,6 +466,12 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
             await self.say(target, self.texts.hub_error(exc.code, str(exc)))
             await self.on_refused(target)
             return None
+        if submitted.steered:
+            # Into the running turn: that run's status and reply go on as they were.
+            await self.say(target, steered_text(submitted.run_id))
+            return submitted
+        if submitted.steer_error:
+            await self.say(target, steer_failed_text(submitted.steer_error))
         await self.on_submitted(target, submitted)
         self.track(submitted.run_id, target, state=None, position=submitted.position)
         return submitted
@@ -495,6 +501,7 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
         detail: str | None = None,
         position: int | None = None,
         status_ref: Any = None,
+        answer: str | None = None,
     ) -> None:
         """Start or update the status of a run still going (not one already answered).
 
@@ -515,13 +522,14 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
                 text=self.texts.status,
                 keep_alive=self.keep_alive if self.KEEP_ALIVE else None,
                 find=lambda: self.find_status(run_id, target),
+                with_answer=self.texts.with_answer,
             )
             self._runs[run_id] = run
             while len(self._runs) > RUN_MEMORY:
                 _, oldest = self._runs.popitem(last=False)
                 self.spawn(oldest.close(wait=False), f"status-evicted:{oldest.run_id}")
         run.adopt(status_ref)
-        run.update(state, detail, position)
+        run.update(state, detail, position, answer)
 
     async def _on_progress(self, frame: Frame) -> None:
         run_id = str(frame.get("run_id") or "")
@@ -531,6 +539,7 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
             return
         position = frame.get("position")
         detail = frame.get("detail")
+        answer = frame.get("answer")
         self.track(
             run_id,
             target,
@@ -538,6 +547,7 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
             detail=detail if isinstance(detail, str) else None,
             position=position if isinstance(position, int) else None,
             status_ref=self.status_ref_of(origin),
+            answer=answer if isinstance(answer, str) else None,
         )
 
     # --- approvals ----------------------------------------------------------------------

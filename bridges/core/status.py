@@ -1,7 +1,8 @@
 """A run's status message and its ticker: one owned task per run, for every platform.
 
 A run still going is shown in its chat by the bridge: a status message (posted once
-the run has worked a while, then edited with its state and the command codex runs)
+the run has worked a while, then edited with its state, the command codex runs and,
+with the app-server engine, the end of the answer as codex writes it)
 and, on platforms that have one, a keep-alive activity ("typing…"). The bridge core
 creates one :class:`RunStatus` per run and feeds it every ``progress`` frame; the
 platform's adapter makes the calls (see :class:`StatusCalls`).
@@ -99,6 +100,7 @@ class RunStatus:
         text: Callable[[str, str, str, int | None], str],
         keep_alive: Callable[[Any], Awaitable[float]] | None = None,
         find: Callable[[], Awaitable[tuple[Any, str] | None]] | None = None,
+        with_answer: Callable[[str, str], str] | None = None,
     ) -> None:
         self.run_id = run_id
         self.target = target
@@ -107,8 +109,11 @@ class RunStatus:
         self._text = text
         self._keep_alive = keep_alive
         self._find = find
+        self._with_answer = with_answer
         self.state = "queued"
         self.detail = ""
+        #: The end of the answer codex is writing (app-server engine); "" until then.
+        self.answer = ""
         self.position: int | None = None
         #: The status message once posted, found or adopted; None while there is none.
         self.ref: Any = None
@@ -125,8 +130,20 @@ class RunStatus:
         self._wake = asyncio.Event()
         self.task = asyncio.create_task(self._watch(), name=f"{task_name}:{run_id}")
 
-    def update(self, state: str | None, detail: str | None, position: int | None) -> None:
-        """Take the latest progress (None keeps what is known); shown when it may be."""
+    def update(
+        self,
+        state: str | None,
+        detail: str | None,
+        position: int | None,
+        answer: str | None = None,
+    ) -> None:
+        """Take the latest progress (None keeps what is known); shown when it may be.
+
+        ``answer``: the end of the answer being written; the status message grows with
+        it, edited no more often than ``timing.interval`` (the platform's edit limit).
+        """
+        if answer:
+            self.answer = answer
         if state is not None:
             self.state = state
         if detail:
@@ -173,7 +190,10 @@ class RunStatus:
     def text(self) -> str:
         """The status message as it should read now."""
         position = self.position if self.state == "queued" else None
-        return self._text(self.state, self.detail, self.run_id, position)
+        status = self._text(self.state, self.detail, self.run_id, position)
+        if self.answer and self._with_answer is not None:
+            return self._with_answer(status, self.answer)
+        return status
 
     async def close(self, *, wait: bool = True) -> Any:
         """Stop; the status message (its ref), if there is one. Idempotent.

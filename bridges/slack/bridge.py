@@ -93,7 +93,11 @@ class SlackBridge(ChatBridge[Target]):
     REPLIES_BEFORE_CONNECT = True
     STATUS_TASK = "status"
     texts = Texts(
-        convert.kept_text, convert.hub_error_text, convert.cancel_text, convert.status_text
+        convert.kept_text,
+        convert.hub_error_text,
+        convert.cancel_text,
+        convert.status_text,
+        with_answer=convert.status_with_answer,
     )
 
     def __init__(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bridges.core.approval import CHOICES, Approval, button_data, decided_line, request_lines
+from bridges.core.texts import STATUS_ANSWER_CHARS, tail
 from wire import RunState
 
 #: Slack's recommended size of one message; `split_message` stays at or below it.
@@ -166,6 +167,11 @@ def status_text(state: str, detail: str, run_id: str, position: int | None = Non
     if detail.strip():
         line += f": {escape_mrkdwn(_one_line(detail, 200))}"
     return f"{line} · run `{escape_mrkdwn(run_id)}`"
+
+
+def status_with_answer(status: str, answer: str) -> str:
+    """The status message with the end of the answer being written, escaped for mrkdwn."""
+    return f"{status}\n\n{escape_mrkdwn(tail(answer, STATUS_ANSWER_CHARS))}"
 
 
 def error_message(error: Mapping[str, Any] | str | None) -> str:

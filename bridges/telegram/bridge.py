@@ -73,7 +73,11 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
     CALL_ERRORS = CALL_ERRORS
     KEEP_ALIVE = True
     texts = Texts(
-        convert.kept_text, convert.hub_error_text, convert.cancel_text, convert.status_text
+        convert.kept_text,
+        convert.hub_error_text,
+        convert.cancel_text,
+        convert.status_text,
+        with_answer=convert.status_with_answer,
     )
 
     def __init__(self, settings: TelegramSettings, *, node_id: str | None = None) -> None:

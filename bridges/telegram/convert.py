@@ -27,6 +27,7 @@ from telegram.error import RetryAfter
 from telegramify_markdown.entity import split_entities
 
 from bridges.core.approval import CHOICES, Approval, button_data, decided_line, request_lines
+from bridges.core.texts import status_with_answer as status_with_answer_text
 from wire import RunState
 
 #: Telegram refuses message texts longer than this (after entity parsing).
@@ -472,6 +473,16 @@ def status_text(state: str, detail: str, run_id: str, position: int | None = Non
         parts.append(preview(detail, 300))
     parts.append(f"run {run_id}")
     return "\n".join(parts)
+
+
+def status_with_answer(status: str, answer: str) -> str:
+    """The status message with the end of the answer being written (plain text), cut
+    to fit one message: Telegram counts its 4096 in UTF-16 units, which emoji double."""
+    text = status_with_answer_text(status, answer)
+    while utf16_len(text) > MESSAGE_LIMIT and answer:
+        answer = answer[len(answer) // 4 + 1 :]
+        text = status_with_answer_text(status, "…" + answer)
+    return text
 
 
 def _error_message(error: Mapping[str, Any] | str | None) -> str:

@@ -1,5 +1,7 @@
 // The composer: a prompt typed on the page starts a run (POST /api/runs), optionally in
 // the open run's conversation, and the new run is opened so its answer shows up there.
+// Into a conversation whose run is working, the hub may add the prompt to that run's
+// running turn instead (STEER_MODE): the reply says `steered`, and that run is opened.
 // Its picker offers where the run may go: every label and executor name ever announced
 // (GET /api/targets), and those of the executors that connect meanwhile.
 
@@ -111,7 +113,13 @@ export class Composer {
       const ahead = reply.position ? ` (${reply.position} ahead of it in the conversation)` : '';
       const where = { slack: 'the Slack thread', telegram: 'the Telegram chat' }[reply.reply_to];
       const also = where ? `; the answer also goes to ${where}` : '';
-      setText(status, `Started ${reply.run.id}${ahead}${also}.`);
+      if (reply.steered) {
+        setText(status, `Added to the running turn of ${reply.run.id}.`);
+      } else if (reply.steer_error) {
+        setText(status, `Could not add it to the running turn (${reply.steer_error}); started ${reply.run.id}${ahead}${also}.`);
+      } else {
+        setText(status, `Started ${reply.run.id}${ahead}${also}.`);
+      }
       this.onStarted(reply.run);
     } catch (err) {
       setText(status, `Could not start the run: ${err.message}`);

@@ -1,4 +1,6 @@
 // The open run: prompts, a timeline that grows while it works, then the raw answer.
+// With the app-server engine the answer shows as codex writes it (`answer_delta`
+// events: the message being written, a new message starting it over).
 //
 // Events come from the feed; anything missed (opened mid-run, a gap in seq, a
 // reconnect) is fetched with GET /api/runs/{id}?after=<last seq>. Events are applied in
@@ -153,6 +155,7 @@ export class RunDetail {
       }
       this.ui.timeline.add(event);
       this.lastSeq = event.seq;
+      if (event.kind === 'answer_delta') this.growAnswer(event);
       if (event.kind === 'workspace' && !this.ui.sawWorkspace) {
         this.ui.sawWorkspace = true; // its diff is worth a fetch once the run has ended
         this.ui.changesFor = null;
@@ -208,6 +211,9 @@ export class RunDetail {
       outcome: h('div', { class: 'outcome' }),
       changes: h('div', { class: 'changes' }),
       usage: h('div', { class: 'usage-timings' }),
+      // The answer being written: its message id and text (app-server engine).
+      writing: { item: null, text: '' },
+      writingText: h('pre', { class: 'text-block live-answer', tabindex: '0', 'aria-live': 'off' }),
     };
     ui.timeline = new Timeline(ui.timelineList, run.created_at);
     ui.cancel.addEventListener('click', () => this.cancel());
@@ -278,11 +284,14 @@ export class RunDetail {
     const { run, ui } = this;
     // Rebuilt only when what it shows changes: a reader scrolled into a long answer
     // stays where they are, and the header (sticky) stays in view when the run ends.
-    const key = isActive(run.state) ? 'active' : `${run.state}\u0000${run.answer ?? ''}\u0000${run.error?.message ?? ''}`;
+    const live = ui.writing.text ? 'writing' : 'active';
+    const key = isActive(run.state) ? live : `${run.state}\u0000${run.answer ?? ''}\u0000${run.error?.message ?? ''}`;
     if (ui.outcomeKey !== key) {
       ui.outcomeKey = key;
       const top = this.root.scrollTop;
-      if (isActive(run.state)) {
+      if (isActive(run.state) && ui.writing.text) {
+        ui.outcome.replaceChildren(h('p', { class: 'muted' }, 'codex is writing the answer…'), ui.writingText);
+      } else if (isActive(run.state)) {
         ui.outcome.replaceChildren(h('p', { class: 'muted' }, 'The answer appears here when codex finishes.'));
       } else {
         ui.outcome.replaceChildren(...this.answerParts());
@@ -291,6 +300,19 @@ export class RunDetail {
     }
     ui.usage.replaceChildren(usageList(run));
     this.renderChanges();
+  }
+
+  /** One piece of the answer as codex writes it: shown while the run works. */
+  growAnswer(event) {
+    const { ui } = this;
+    const writing = ui.writing;
+    if (event.item_id !== writing.item) {
+      writing.item = event.item_id;
+      writing.text = '';
+    }
+    writing.text += event.delta ?? '';
+    setText(ui.writingText, writing.text);
+    this.renderOutcome(); // shows the text once, the first time; later deltas just grow it
   }
 
   /** The run's workspace changes (GET /api/runs/{id}/diff), once it has ended. */

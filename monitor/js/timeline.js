@@ -20,6 +20,8 @@ export class Timeline {
 
   /** Add one event ({seq, ts, kind, ...}); the caller guarantees seq order, no repeats. */
   add(event) {
+    // The answer as it is written shows in the Answer section, not as entries here.
+    if (event.kind === 'answer_delta') return;
     const data = event.kind === 'codex' ? event.data || {} : null;
     // A new codex process (a resume retried as a new conversation) numbers items anew.
     if (data?.type === 'thread.started') this.items.clear();
@@ -63,6 +65,12 @@ const KINDS = {
   },
   note(event) {
     return { title: 'Note', body: [text(event.message ?? event.data?.message ?? event.summary)] };
+  },
+  steer(event) {
+    return { title: 'Added to the running turn', body: [text(event.message ?? '')] };
+  },
+  turn_diff(event) {
+    return { title: 'Diff updated', body: [folded('The turn\'s diff so far', event.diff ?? '', false)] };
   },
   optimizer(event) {
     const body = [];

@@ -53,11 +53,14 @@ class RecordedRequest:
 
 @dataclass
 class _Reply:
-    kind: str  # "text" | "exec" | "patch" | "status" | "hang" | "stall" | "gated"
+    kind: str  # "text" | "exec" | "patch" | "status" | "hang" | "stall" | "gated" | "paced"
     text: str = ""
     status: int = 200
     justification: str = ""  # an exec that asks for escalated permissions, and why
     gate: asyncio.Event | None = None
+    #: "paced": the answer's deltas, each after the first sent once its gate is set.
+    parts: list[str] = field(default_factory=list)
+    gates: list[asyncio.Event] = field(default_factory=list)
 
 
 def _sse(event_type: str, payload: dict[str, Any]) -> bytes:
@@ -91,6 +94,26 @@ def text_frames(text: str) -> list[bytes]:
         _sse("response.output_item.done", {"output_index": 0, "item": done}),
         _sse("response.completed", {"response": {"id": resp_id, "usage": _usage()}}),
     ]
+
+
+def paced_frames(parts: list[str]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The frames of a turn whose answer is ``"".join(parts)``, one delta per part:
+    (the frames before the deltas, the deltas, the frames after them)."""
+    resp_id, msg_id = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
+    item = {"type": "message", "role": "assistant", "id": msg_id, "status": "completed"}
+    text = "".join(parts)
+    done = {**item, "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    place = {"item_id": msg_id, "output_index": 0, "content_index": 0}
+    head = [
+        _sse("response.created", {"response": {"id": resp_id}}),
+        _sse("response.output_item.added", {"output_index": 0, "item": {**item, "content": []}}),
+    ]
+    deltas = [_sse("response.output_text.delta", {**place, "delta": part}) for part in parts]
+    tail = [
+        _sse("response.output_item.done", {"output_index": 0, "item": done}),
+        _sse("response.completed", {"response": {"id": resp_id, "usage": _usage()}}),
+    ]
+    return head, deltas, tail
 
 
 def exec_frames(cmd: str, justification: str = "") -> list[bytes]:
@@ -192,6 +215,13 @@ class StubModelServer:
         self._script.append(_Reply("gated", text, gate=gate))
         return gate
 
+    def reply_paced(self, parts: list[str]) -> list[asyncio.Event]:
+        """Answer the next request with ``"".join(parts)``, streamed one delta per part:
+        the first at once, each later one once its Event (returned, in order) is set."""
+        gates = [asyncio.Event() for _ in parts[1:]]
+        self._script.append(_Reply("paced", "".join(parts), parts=list(parts), gates=gates))
+        return gates
+
     def reply_status(self, status: int = 500, text: str = "stub says no") -> None:
         """Answer the next request with a plain HTTP error."""
         self._script.append(_Reply("status", text, status))
@@ -255,6 +285,8 @@ class StubModelServer:
             finally:
                 for wait in waits:
                     wait.cancel()
+        if reply.kind == "paced":
+            return await self._paced(request, reply)
         if reply.kind == "exec":
             frames = exec_frames(reply.text, reply.justification)
         elif reply.kind == "patch":
@@ -262,6 +294,27 @@ class StubModelServer:
         else:
             frames = text_frames(reply.text)
         return await stream(request, frames)
+
+    async def _paced(self, request: web.Request, reply: _Reply) -> web.StreamResponse:
+        head, deltas, tail = paced_frames(reply.parts)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for frame in head:
+            await response.write(frame)
+        for frame, gate in zip(deltas, [None, *reply.gates], strict=True):
+            if gate is not None:
+                release = asyncio.ensure_future(self._release.wait())
+                opened = asyncio.ensure_future(gate.wait())
+                try:
+                    await asyncio.wait({release, opened}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    release.cancel()
+                    opened.cancel()
+            await response.write(frame)
+        for frame in tail:
+            await response.write(frame)
+        await response.write_eof()
+        return response
 
 
 def config_toml(base_url: str, *, requires_openai_auth: bool = True) -> str:

@@ -363,3 +363,37 @@ async def test_cancel_says_which_run_it_cancelled(hub: Any, executor: FakeExecut
         await executor.start_run(run_id)
         await bridge.cancel(Spot(ROOM, "m9"))
     assert f"cancelling {run_id}" in chat.texts()
+
+
+async def test_a_steered_message_is_said_once_and_the_status_grows_with_the_answer(
+    hub: Any, fake_executor: Any
+) -> None:
+    """A message into the working conversation is said to join its turn (no new run or
+    status); answer deltas grow the run's status message."""
+    chat = ToyChat()
+    async with (
+        fake_executor(ws_url(hub), token=NODE_TOKEN, engine="app-server") as executor,
+        toy_bridge(f"ws://127.0.0.1:{hub.port}/ws", chat, delay=0.05) as bridge,
+    ):
+        await bridge.link.client.connected.wait()
+        run_id = await ask(bridge, "work a while")
+        await executor.wait_type("assign", prompt="work a while")
+        await executor.start_run(run_id)
+        await chat.wait_until(lambda: any(p.text.startswith("running") for p in chat.posts))
+        [status] = chat.posts
+        steering = asyncio.create_task(ask(bridge, "and the docs", "m2"))
+        steer = await executor.wait_type("steer")
+        await executor.send(
+            {"type": "steered", "run_id": run_id, "steer_id": steer["steer_id"], "ok": True}
+        )
+        assert await steering == run_id
+        await executor.event(run_id, 1, kind="answer_delta", item_id="i1", delta="Half way")
+        await chat.wait_until(lambda: any(e.endswith("\n\nHalf way") for e in status.edits))
+        await executor.finish(run_id, "done")
+        await chat.wait_until(lambda: bool(bridge.closed))
+    assert steer["text"] == "and the docs"
+    assert chat.texts() == [
+        status.text,
+        f"Added to the running turn of run {run_id}: codex takes it into account now.",
+        "done",
+    ]

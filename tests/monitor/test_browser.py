@@ -324,6 +324,40 @@ async def test_the_composer_starts_a_run_and_can_continue_its_conversation(
     assert second["session_key"] == first["session_key"] == own
 
 
+async def test_the_answer_shows_as_it_is_written_and_the_composer_steers_the_turn(
+    monitor_hub: HubServer, fake_executor: Any, open_page: OpenPage
+) -> None:
+    """App-server engine: the run's Answer grows with each delta; a follow-up prompt while
+    it works goes into its turn, and the composer says so."""
+    async with fake_executor(node_url(monitor_hub), token=NODE_TOKEN, engine="app-server") as ex:
+        page = await open_page(monitor_hub.url)
+        run = (await api(monitor_hub, "POST", "/api/runs", json={"prompt": "write"}))["run"]
+        await ex.wait_type("assign")
+        await ex.start_run(run["id"])
+        line = row(page, run["id"])
+        await expect(line).to_have_attribute("data-state", "running")
+        await line.locator("a").click()
+        detail = page.locator("#detail")
+        await ex.event(run["id"], 1, kind="answer_delta", item_id="m1", delta="Half of ")
+        await expect(detail.locator(".live-answer")).to_have_text("Half of ")
+        await ex.event(run["id"], 2, kind="answer_delta", item_id="m1", delta="the answer")
+        await expect(detail.locator(".live-answer")).to_have_text("Half of the answer")
+        await expect(detail.locator(".timeline")).not_to_contain_text("answer_delta")
+
+        await page.get_by_label("Continue this conversation").check()
+        await page.get_by_label("Ask codex").fill("and a summary")
+        await page.get_by_role("button", name="Start run").click()
+        steer = await ex.wait_type("steer")
+        steered = {"type": "steered", "run_id": run["id"], "steer_id": steer["steer_id"]}
+        await ex.send({**steered, "ok": True})
+        await expect(page.locator("#c-status")).to_have_text(
+            f"Added to the running turn of {run['id']}."
+        )
+        await ex.finish(run["id"], "Half of the answer, and a summary.")
+        await expect(detail.locator(".answer")).to_have_text("Half of the answer, and a summary.")
+    assert steer["text"] == "and a summary"
+
+
 # --- lists, filters, nodes ------------------------------------------------------------
 
 

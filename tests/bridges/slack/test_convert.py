@@ -22,6 +22,7 @@ from bridges.slack.convert import (
     session_key,
     split_message,
     status_text,
+    status_with_answer,
     strip_mention,
     thread_ts_of,
 )
@@ -403,3 +404,11 @@ def test_tiny_limit_is_refused() -> None:
     """A limit too small for a label and a reopened fence is an error."""
     with pytest.raises(ValueError):
         split_message("x" * 100, 10)
+
+
+def test_the_status_with_the_answer_escapes_it_and_keeps_its_end() -> None:
+    """The answer being written is escaped for mrkdwn and cut to its last 2500 characters."""
+    status = status_text("running", "", "r1")
+    assert status_with_answer(status, "a <b> & c") == f"{status}\n\na &lt;b&gt; &amp; c"
+    long = status_with_answer(status, "x" * 5000 + "END")
+    assert long.endswith("xEND") and len(long) == len(status) + 2 + 2500

@@ -147,6 +147,45 @@ async def test_a_private_message_is_answered_by_codex(
     assert fake_telegram.calls("sendChatAction")[0].args["action"] == "typing"
 
 
+@pytest.mark.codex
+async def test_the_status_message_grows_with_the_answer_and_a_message_steers_the_turn(
+    start_executor: Any,
+    codex_home: Path,
+    codex_bin: str,
+    model_server: StubModelServer,
+    fake_telegram: FakeTelegram,
+    make_settings: Settings,
+) -> None:
+    """App-server engine: the status shows the answer so far; a message mid-run joins the turn."""
+    model_server.reply_stall()
+    gates = model_server.reply_paced(["Plan B: ", "done."])
+    fake = fake_telegram
+    settings = make_settings(TELEGRAM_STATUS_DELAY_S=0.05, TELEGRAM_STATUS_EDIT_INTERVAL_S=0.05)
+    async with (
+        start_executor(
+            EXEC_DRY_RUN=False, CODEX_HOME=codex_home, CODEX_BIN=codex_bin, EXEC_ENGINE="app-server"
+        ),
+        running(settings, fake),
+    ):
+        first = fake.push_message(USER, "follow plan A")
+        await model_server.wait_for_requests(1)
+        status = await said(fake, USER, "Working")
+        fake.push_message(USER, "switch to plan B")
+        told = await said(fake, USER, "Added to the running turn")
+        requests = await model_server.wait_for_requests(2)
+        await fake.wait_for_call(
+            "editMessageText", lambda c: c.ok and (c.text or "").endswith("\n\nPlan B: ")
+        )
+        gates[0].set()
+        await reply(fake, first, "Plan B: done.", timeout=30)
+    assert "switch to plan B" in requests[1].text
+    assert status.text is not None and told.text is not None
+    run_id = status.text.split("run ", 1)[1].split()[0]
+    assert run_id in told.text
+    edits = [c.text or "" for c in fake.calls("editMessageText") if c.ok]
+    assert any(text.startswith("⚙️ Working") and text.endswith("Plan B: ") for text in edits)
+
+
 async def test_a_fast_run_gets_typing_and_one_reply_only(
     start_executor: Any, fake_telegram: FakeTelegram, make_settings: Settings
 ) -> None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from telegram import MessageEntity
 
+from bridges.telegram import convert
 from bridges.telegram.convert import (
     BOT_COMMANDS,
     MESSAGE_LIMIT,
@@ -510,3 +511,13 @@ def test_settings_refuse_mistakes(monkeypatch: pytest.MonkeyPatch, name: str, va
         TelegramSettings(_env_file=None)  # type: ignore[call-arg]
     assert name in str(caught.value)
     assert "not-a-token-secret" not in str(caught.value)
+
+
+def test_a_status_with_the_answer_fits_one_message_even_in_emoji() -> None:
+    """The answer's end is cut until the status fits 4096 UTF-16 units."""
+    status = convert.status_text("running", "", "run_1")
+    plain = convert.status_with_answer(status, "short answer")
+    emoji = convert.status_with_answer(status, "😀" * 3000)
+    assert plain == f"{status}\n\nshort answer"
+    assert emoji.startswith(status) and emoji.endswith("😀")
+    assert convert.utf16_len(emoji) <= convert.MESSAGE_LIMIT
