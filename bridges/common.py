@@ -241,6 +241,11 @@ IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 ATTACHMENT_ONLY_PROMPT = "Look at the attached file."
 
 
+class AttachmentRefused(Exception):
+    """A file that may not be attached; the message is the reply to its sender (each
+    platform's download raises its subclass)."""
+
+
 @dataclass(frozen=True)
 class Attachment:
     """A file a user attached: its name, MIME type and bytes."""

@@ -34,13 +34,17 @@ import abc
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from bridges.common import (
+    ATTACHMENT_ONLY_PROMPT,
     STARTUP_BACKOFF_MAX_S,
+    Attachment,
+    AttachmentRefused,
     RepoDefaults,
     TargetDefaults,
+    attachment_options,
     freeze_startup_heap,
     retry_startup,
     split_optimize_prefix,
@@ -489,6 +493,35 @@ class ChatBridge(abc.ABC, Generic[TargetT]):
     async def explain(self, target: TargetT, exc: HubError) -> None:
         """Say why the hub refused a request."""
         await self.say(target, self.texts.hub_error(exc.code, str(exc)))
+
+    async def answer(self, target: TargetT, answer: Awaitable[str]) -> None:
+        """Say the text a request to the hub answers with, or why the hub refused it."""
+        try:
+            text = await answer
+        except HubError as exc:
+            await self.explain(target, exc)
+            return
+        await self.say(target, text)
+
+    async def set_repo(self, target: TargetT, argument: str) -> None:
+        """``repo <argument>``: the place's repository for new conversations; answered."""
+        await self.say(target, self.repos.command(self.place(target), argument))
+
+    async def set_run_target(self, target: TargetT, argument: str) -> None:
+        """``target <argument>``: where the place's new runs go (``hub.targets``); answered."""
+        await self.say(target, self.run_targets.command(self.place(target), argument))
+
+    async def attach(
+        self, target: TargetT, prompt: str, download: Awaitable[Iterable[Attachment]]
+    ) -> tuple[str, dict[str, list[dict[str, str]]]] | None:
+        """A message's files as a submit's ``attachments``, with its prompt (files alone
+        ask about themselves); None when one may not be attached (said in the chat)."""
+        try:
+            found = await download
+        except AttachmentRefused as exc:
+            await self.say(target, str(exc))
+            return None
+        return prompt or ATTACHMENT_ONLY_PROMPT, attachment_options(found)
 
     # --- the hub -> chat: progress ----------------------------------------------------
 

@@ -28,6 +28,7 @@ from bridges import common, core
 from bridges.common import BridgeError
 from bridges.slack import convert
 from bridges.slack.convert import ButtonPart, FilePart, ReplyPart, Target, TextPart
+from bridges.slack.settings import SlackSettings
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,30 @@ class SlackApi:
         except CALL_ERRORS as exc:
             log.warning("could not update the button in %s: %s", target.channel, describe(exc))
 
+    async def post_approval(self, target: Target, approval: core.Approval) -> str | None:
+        """Post codex's approval request with its buttons; the message's ts."""
+        ts = await self.post(
+            target, convert.approval_text(approval), blocks=convert.approval_blocks(approval)
+        )
+        return ts or None
+
+    async def edit_approval(self, target: Target, ts: str, approval: core.Approval) -> None:
+        """The approval message ``ts`` says who decided; raises when Slack may take it later."""
+        text = convert.approval_decided_text(approval)
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await self.client.chat_update(
+                    channel=target.channel,
+                    ts=ts,
+                    text=text,
+                    blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
+                )
+        except CALL_ERRORS as exc:
+            if may_succeed_later(exc):
+                raise  # the hub sends the decision again
+            # Deleted, or no longer the bot's to change: nothing left to update.
+            log.warning("approval message %s not updated for good: %s", ts, describe(exc))
+
     async def read_thread(self, target: Target) -> list[dict[str, Any]]:
         """The thread's messages with their metadata; empty when it cannot be read."""
         messages: list[dict[str, Any]] = []
@@ -276,6 +301,18 @@ class SlackApi:
                 done = "removed" if remove else "added"
                 log.info("reaction %s not %s: %s", name, done, describe(exc))
 
+    async def close_reactions(
+        self, target: Target, outcome: str, eyes: asyncio.Task[Any] | None
+    ) -> None:
+        """Swap :eyes: on the request (added by the task ``eyes``) for the outcome's."""
+        if eyes is not None:
+            # Removing :eyes: before it was added would leave it there for good.
+            await asyncio.wait({eyes}, timeout=CALL_TIMEOUT_S)
+        await asyncio.gather(
+            self.react(target, convert.WORKING_REACTION, remove=True),
+            self.react(target, convert.closing_reaction(outcome)),
+        )
+
     async def post_part(
         self, target: Target, run_id: str, part: ReplyPart, index: int, count: int
     ) -> None:
@@ -309,23 +346,18 @@ class SlackApi:
             raise Undeliverable(what) from exc
 
 
-class AttachmentRefused(Exception):
+class AttachmentRefused(common.AttachmentRefused):
     """A shared file that may not be attached; the message is the reply to its sender."""
 
 
 async def download(
-    session: aiohttp.ClientSession,
-    files: list[dict[str, Any]],
-    *,
-    token: str,
-    api_base_url: str,
-    max_bytes: int,
-    types: str,
+    session: aiohttp.ClientSession, files: list[dict[str, Any]], settings: SlackSettings
 ) -> list[common.Attachment]:
     """The files shared with a message, downloaded with the bot token; raises
     AttachmentRefused, with the reply, for one over the limits or unreadable."""
-    limits = (max_bytes, types)
-    api_host = urlsplit(api_base_url).hostname
+    token = settings.bot_token.get_secret_value()
+    limits = (settings.attachment_max_bytes, settings.attachment_types)
+    api_host = urlsplit(settings.api_base_url).hostname
     found: list[common.Attachment] = []
     total = 0
     for file in files:

@@ -38,7 +38,6 @@ from typing import Any
 import aiohttp
 from slack_bolt.context.async_context import AsyncBoltContext
 
-from bridges import common
 from bridges.common import repo_command, split_optimize_prefix, target_command
 from bridges.core import (
     NOT_SHOWN_UNTIL_NEWS,
@@ -54,16 +53,7 @@ from bridges.core import (
 )
 from bridges.hub_link import Submitted
 from bridges.slack import convert
-from bridges.slack.api import (
-    CALL_ERRORS,
-    CALL_TIMEOUT_S,
-    SlackApi,
-    SocketMode,
-    describe,
-    download,
-    may_succeed_later,
-    web_client,
-)
+from bridges.slack.api import CALL_ERRORS, SlackApi, SocketMode, describe, download, web_client
 from bridges.slack.api import AttachmentRefused as AttachmentRefused
 from bridges.slack.api import ReplyDeferred as ReplyDeferred
 from bridges.slack.api import SlackBridgeError as SlackBridgeError
@@ -223,32 +213,20 @@ class SlackBridge(ChatBridge[Target]):
             return
         argument = repo_command(text)
         if argument is not None:
-            # `repo owner/name`: the channel's repository for new conversations.
-            await self.say(target, self.repos.command(target.channel, argument))
+            await self.set_repo(target, argument)
             return
         argument = target_command(text)
         if argument is not None:
-            # `target @label`: where the channel's new runs go (hub.targets).
-            await self.say(target, self.run_targets.command(target.channel, argument))
+            await self.set_run_target(target, argument)
             return
         optimize, prompt = split_optimize_prefix(text)
         attachments = None
         if files:
-            try:
-                assert self._session is not None
-                found = await download(
-                    self._session,
-                    files,
-                    token=settings.bot_token.get_secret_value(),
-                    api_base_url=settings.api_base_url,
-                    max_bytes=settings.attachment_max_bytes,
-                    types=settings.attachment_types,
-                )
-            except AttachmentRefused as exc:
-                await self.say(target, str(exc))
+            assert self._session is not None
+            found = await self.attach(target, prompt, download(self._session, files, settings))
+            if found is None:
                 return
-            attachments = common.attachment_options(found)
-            prompt = prompt or common.ATTACHMENT_ONLY_PROMPT
+            prompt, attachments = found
         if not prompt:
             await self.say(target, convert.help_text())
             return
@@ -277,14 +255,10 @@ class SlackBridge(ChatBridge[Target]):
         """The "Open PR" button: a ``!pr`` follow-up in the same thread, by an allowed
         user only; the button's message then says who pressed it."""
         await ack()
-        message = body.get("message") or {}
-        channel = str((body.get("channel") or {}).get("id") or "")
-        user = str((body.get("user") or {}).get("id") or "")
-        ts = str(message.get("ts") or "")
-        if not channel or not ts:
+        target = Target.of_press(body, context.team_id)
+        if target is None:
             return
-        team = str((body.get("team") or {}).get("id") or context.team_id or "")
-        target = Target(team, channel, str(message.get("thread_ts") or ts), ts, user)
+        user, channel = target.user, target.channel
         settings = self.settings
         refusal = convert.check_access(
             user, channel, settings.allowed_users, settings.allowed_channels, channel[:1] == "D"
@@ -304,38 +278,17 @@ class SlackBridge(ChatBridge[Target]):
         """An approval button: the hub decides whether the presser may; the presser alone
         is told the outcome (the hub then changes every copy of the buttons)."""
         await ack()
-        message = body.get("message") or {}
-        channel = str((body.get("channel") or {}).get("id") or "")
-        user = str((body.get("user") or {}).get("id") or "")
-        ts = str(message.get("ts") or "")
-        if not channel or not ts or not user:
+        target = Target.of_press(body, context.team_id)
+        if target is None or not target.user:
             return
-        team = str((body.get("team") or {}).get("id") or context.team_id or "")
-        target = Target(team, channel, str(message.get("thread_ts") or ts), ts, user)
-        _, text = await self.press(user, str(action.get("value") or ""))
-        await self.api.post_ephemeral(target, user, text)
+        _, text = await self.press(target.user, str(action.get("value") or ""))
+        await self.api.post_ephemeral(target, target.user, text)
 
     async def post_approval(self, target: Target, approval: Approval) -> str | None:
-        ts = await self.api.post(
-            target, convert.approval_text(approval), blocks=convert.approval_blocks(approval)
-        )
-        return ts or None
+        return await self.api.post_approval(target, approval)
 
     async def edit_approval(self, target: Target, ref: str, approval: Approval) -> None:
-        text = convert.approval_decided_text(approval)
-        try:
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                await self.api.client.chat_update(
-                    channel=target.channel,
-                    ts=ref,
-                    text=text,
-                    blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
-                )
-        except CALL_ERRORS as exc:
-            if may_succeed_later(exc):
-                raise  # the hub sends the decision again
-            # Deleted, or no longer the bot's to change: nothing left to update.
-            log.warning("approval message %s not updated for good: %s", ref, describe(exc))
+        await self.api.edit_approval(target, ref, approval)
 
     def decider_name(self, user_id: str) -> str:
         return f"<@{user_id}>"
@@ -436,15 +389,5 @@ class SlackBridge(ChatBridge[Target]):
         # No check mark on a request whose answer Slack refused.
         outcome = reply.status if answered else "failed"
         edit = [self.api.edit_status(target, sent.status, closing)] if sent.status else []
-        await asyncio.gather(*edit, self._close_reactions(target, outcome))
-
-    async def _close_reactions(self, target: Target, outcome: str) -> None:
-        """Swap :eyes: on the request for the outcome's reaction."""
         eyes = self._eyes.get(f"{target.channel}:{target.ts}")
-        if eyes is not None:
-            # Removing :eyes: before it was added would leave it there for good.
-            await asyncio.wait({eyes}, timeout=CALL_TIMEOUT_S)
-        await asyncio.gather(
-            self.api.react(target, convert.WORKING_REACTION, remove=True),
-            self.api.react(target, convert.closing_reaction(outcome)),
-        )
+        await asyncio.gather(*edit, self.api.close_reactions(target, outcome, eyes))

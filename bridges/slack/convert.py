@@ -430,6 +430,19 @@ class Target:
         )
 
     @classmethod
+    def of_press(cls, body: Mapping[str, Any], team_id: str | None = None) -> Target | None:
+        """The target of a button press: the button's message, the presser as ``user``;
+        None when the press names no message."""
+        message = body.get("message") or {}
+        channel = str((body.get("channel") or {}).get("id") or "")
+        user = str((body.get("user") or {}).get("id") or "")
+        ts = str(message.get("ts") or "")
+        if not channel or not ts:
+            return None
+        team = str((body.get("team") or {}).get("id") or team_id or "")
+        return cls(team, channel, str(message.get("thread_ts") or ts), ts, user)
+
+    @classmethod
     def from_origin(cls, origin: Mapping[str, Any]) -> Target | None:
         """The target a run's origin names; None when it names no Slack message."""
         channel = str(origin.get("channel") or "")

@@ -73,7 +73,7 @@ APPLICATION_OCTET = "application/octet-stream"
 CALL_ERRORS = (TelegramError, TimeoutError)
 
 
-class AttachmentRefused(Exception):
+class AttachmentRefused(common.AttachmentRefused):
     """A file that may not be attached; the message is the reply to its sender."""
 
 
@@ -294,6 +294,15 @@ class BotApi:
         )
         return int(message.message_id)
 
+    async def edit_approval(self, target: ReplyTarget, message_id: int, text: str) -> None:
+        """The approval message says who decided; raises when Telegram may take it later."""
+        try:
+            await self.edit_text(target, message_id, text)
+        except (BadRequest, Forbidden) as exc:
+            # Deleted, not modified, or the bot left the chat: nothing left to update (any
+            # other failure is raised: the hub sends the decision again).
+            log.warning("approval message %s not updated for good: %s", message_id, exc)
+
     async def answer_query(self, query_id: str, text: str, *, alert: bool = False) -> None:
         """Best effort: the small notice Telegram shows to whoever pressed a button."""
         try:
@@ -364,9 +373,12 @@ class BotApi:
             return _status_failed(exc)
         return core.Shown()
 
-    async def download(self, message: Message, max_bytes: int, types: str) -> common.Attachment:
-        """The photo (its largest size) or document of ``message``, downloaded; raises
-        AttachmentRefused, with the reply, when it is over the limits or unreadable."""
+    async def download(
+        self, message: Message, max_bytes: int, types: str
+    ) -> list[common.Attachment]:
+        """The photo (its largest size) or document of ``message``, downloaded (a message
+        carries one); raises AttachmentRefused, with the reply, when it is over the limits
+        or unreadable."""
         if message.photo:
             photo = message.photo[-1]
             file_id, size = photo.file_id, photo.file_size
@@ -390,7 +402,7 @@ class BotApi:
         refusal = common.attachment_refusal(name, mime, len(data), max_bytes, types)
         if refusal is not None:
             raise AttachmentRefused(refusal)
-        return common.Attachment(name, mime, data)
+        return [common.Attachment(name, mime, data)]
 
 
 def _status_failed(exc: BaseException) -> core.Shown:

@@ -28,11 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from telegram import Message, Update
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
+from telegram.error import NetworkError, RetryAfter
 from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
@@ -41,14 +40,13 @@ from telegram.ext import (
     filters,
 )
 
-from bridges import common
-from bridges.common import repo_line, split_optimize_prefix
+from bridges.common import split_optimize_prefix
 from bridges.core import Approval, ChatBridge, Reply, Sent, Shown, StatusTiming, Texts
 from bridges.core import State as State
 from bridges.core.approval import BUTTON_PREFIX
 from bridges.hub_link import HubError, Submitted
-from bridges.telegram import convert
-from bridges.telegram.api import CALL_ERRORS, AnyApp, AttachmentRefused, BotApi
+from bridges.telegram import convert, sessions
+from bridges.telegram.api import CALL_ERRORS, AnyApp, BotApi
 from bridges.telegram.api import BridgeError as BridgeError
 from bridges.telegram.api import TokenRefused as TokenRefused
 from bridges.telegram.api import Undeliverable as Undeliverable
@@ -182,15 +180,11 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         target = ReplyTarget.of(message)
         attachments = None
         if has_file:
-            try:
-                found = await self.api.download(
-                    message, self.settings.attachment_max_bytes, self.settings.attachment_types
-                )
-                attachments = common.attachment_options([found])
-            except AttachmentRefused as exc:
-                await self.say(target, str(exc))
+            limits = (self.settings.attachment_max_bytes, self.settings.attachment_types)
+            found = await self.attach(target, prompt, self.api.download(message, *limits))
+            if found is None:
                 return
-            prompt = prompt or common.ATTACHMENT_ONLY_PROMPT
+            prompt, attachments = found
         if not prompt:
             await self.say(target, self._help(message))
             return
@@ -232,23 +226,9 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
 
     async def _cmd_new(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         target = await self._admitted(update)
-        if target is None:
-            return
-        key = self.session_key(target)
-        try:
-            status = await self.link.session_status(key)
-            busy = status.get("active") or next(iter(status.get("queued") or []), None)
-            if busy:
-                # A run in flight would save its thread back into the session after the
-                # reset: refuse rather than pretend the conversation starts over.
-                await self.say(target, convert.busy_text(str(busy.get("id"))))
-                return
-            await self.link.reset_session(key)
-        except HubError as exc:
-            await self.explain(target, exc)
-            return
-        log.info("chat %s started a fresh session", target.chat_id)
-        await self.say(target, convert.NEW_SESSION_TEXT)
+        if target is not None:
+            key = self.session_key(target)
+            await self.answer(target, sessions.new_session(self.link, key, target.chat_id))
 
     async def _cmd_cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         target = await self._admitted(update)
@@ -257,34 +237,24 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
 
     async def _cmd_status(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         target = await self._admitted(update)
-        if target is None:
-            return
-        try:
-            status = await self.link.session_status(self.session_key(target))
-        except HubError as exc:
-            await self.explain(target, exc)
-            return
-        text = convert.session_text(status.get("active"), status.get("queued") or [], time.time())
-        await self.say(target, f"{text}\n{repo_line(self.repos.get(str(target.chat_id)))}")
+        if target is not None:
+            key, place = self.session_key(target), self.place(target)
+            await self.answer(target, sessions.session_status(self.link, key, self.repos, place))
 
     async def _cmd_repo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/repo owner/name`` sets the chat's repository; ``/repo`` shows it."""
         message = update.message
         if message is None or message.text is None or not await self._admit(message):
             return
-        target = ReplyTarget.of(message)
-        argument = message.text.split(None, 1)[1] if len(message.text.split(None, 1)) > 1 else ""
-        await self.say(target, self.repos.command(str(target.chat_id), argument))
+        await self.set_repo(ReplyTarget.of(message), convert.command_argument(message.text))
 
     async def _cmd_target(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """``/target @label`` sets where the chat's runs go; ``/target`` shows it."""
         message = update.message
         if message is None or message.text is None or not await self._admit(message):
             return
-        target = ReplyTarget.of(message)
-        words = message.text.split(None, 1)
-        argument = words[1] if len(words) > 1 else ""
-        await self.say(target, self.run_targets.command(str(target.chat_id), argument))
+        argument = convert.command_argument(message.text)
+        await self.set_run_target(ReplyTarget.of(message), argument)
 
     async def _on_open_pr(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """The "Open PR" button: a ``!pr`` follow-up in the same conversation, by an
@@ -339,12 +309,7 @@ class TelegramBridge(ChatBridge[ReplyTarget]):
         return str(message_id)
 
     async def edit_approval(self, target: ReplyTarget, ref: str, approval: Approval) -> None:
-        try:
-            await self.api.edit_text(target, int(ref), convert.approval_decided_text(approval))
-        except (BadRequest, Forbidden) as exc:
-            # Deleted, not modified, or the bot left the chat: nothing left to update (any
-            # other failure is raised: the hub sends the decision again).
-            log.warning("approval message %s not updated for good: %s", ref, exc)
+        await self.api.edit_approval(target, int(ref), convert.approval_decided_text(approval))
 
     # --- the core's calls ------------------------------------------------------------
 

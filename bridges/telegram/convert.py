@@ -862,6 +862,12 @@ def cancel_text(run_ids: Sequence[str]) -> str:
 NEW_SESSION_TEXT = "🆕 Fresh start: your next message begins a new Codex conversation."
 
 
+def command_argument(text: str) -> str:
+    """What follows a command's first word (``/repo owner/name`` -> ``owner/name``)."""
+    words = text.split(None, 1)
+    return words[1] if len(words) > 1 else ""
+
+
 def busy_text(run_id: str) -> str:
     """The answer to ``/new`` while the conversation still has work going."""
     return (
