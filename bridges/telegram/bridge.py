@@ -3,7 +3,8 @@
 The Telegram adapter of the bridge core (:mod:`bridges.core` owns the lifecycle,
 submits, progress, delivery and the status message; see bridges/ADAPTERS.md): polling,
 updates and commands. Bot API calls are in :mod:`bridges.telegram.api`, pure Telegram
-quirks in :mod:`bridges.telegram.convert`.
+quirks in :mod:`bridges.telegram.convert`, the answers of ``/new`` and ``/status`` in
+:mod:`bridges.telegram.sessions`.
 
 - **Telegram -> hub.** A text addressed to the bot (any text in a private chat; in a
   group a mention, a reply to the bot or ``/ask``) from an allowed chat or user becomes

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bridges.common import ATTACHMENT_ONLY_PROMPT, Attachment, AttachmentRefused
 from bridges.core import (
     ChatBridge,
     Reply,
@@ -24,6 +25,7 @@ from bridges.core import (
     Texts,
     Undeliverable,
 )
+from bridges.hub_link import HubError
 from bridges.settings import BridgeSettings
 from hub.appkeys import STORE
 from testkit.fakes.nodes import FakeExecutor
@@ -351,6 +353,54 @@ async def test_a_request_the_hub_refuses_is_explained_in_the_chat(unreachable_po
         assert bridge.refused == [Spot(ROOM, "m1")]
         assert bridge._runs == {}
     assert chat.texts() == ["the hub refused: hub_unreachable"]
+
+
+async def test_a_message_s_files_become_attachments_and_a_refused_one_is_said(
+    unreachable_port: int,
+) -> None:
+    """A message's files become the submit's attachments (files alone ask about
+    themselves); a file that may not be attached is said in the chat instead."""
+
+    async def files() -> list[Attachment]:
+        return [Attachment("notes.txt", "text/plain", b"hi")]
+
+    async def refused() -> list[Attachment]:
+        raise AttachmentRefused("notes.txt was not used: it is too big.")
+
+    chat = ToyChat()
+    spot = Spot(ROOM, "m1")
+    async with toy_bridge(f"ws://127.0.0.1:{unreachable_port}/ws", chat) as bridge:
+        attached = {"files": [{"name": "notes.txt", "data": "aGk="}]}
+        assert await bridge.attach(spot, "", files()) == (ATTACHMENT_ONLY_PROMPT, attached)
+        assert await bridge.attach(spot, "read it", files()) == ("read it", attached)
+        assert await bridge.attach(spot, "read it", refused()) is None
+    assert chat.texts() == ["notes.txt was not used: it is too big."]
+
+
+async def test_a_hub_answer_is_said_its_refusal_explained_and_place_settings_answered(
+    unreachable_port: int,
+) -> None:
+    """What a hub request answers is said, the hub's refusal explained instead, and the
+    ``repo`` and ``target`` commands set the place's repository and target."""
+
+    async def answered() -> str:
+        return "fresh start"
+
+    async def refused() -> str:
+        raise HubError("busy", "not now")
+
+    chat = ToyChat()
+    spot = Spot(ROOM, "m1")
+    async with toy_bridge(f"ws://127.0.0.1:{unreachable_port}/ws", chat) as bridge:
+        await bridge.answer(spot, answered())
+        await bridge.answer(spot, refused())
+        await bridge.set_repo(spot, "acme/widgets")
+        await bridge.set_run_target(spot, "@gpu")
+        assert bridge.repos.get(ROOM) == "acme/widgets"
+        assert bridge.run_targets.get(ROOM) == "gpu"
+    texts = chat.texts()
+    assert texts[:2] == ["fresh start", "the hub refused: busy"]
+    assert "acme/widgets" in texts[2] and "gpu" in texts[3]
 
 
 async def test_cancel_says_which_run_it_cancelled(hub: Any, executor: FakeExecutor) -> None:
