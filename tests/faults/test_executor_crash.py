@@ -20,7 +20,7 @@ import pytest
 
 from testkit.procs import LEFTOVER_S, Proc, processes_under, wait_until_gone
 from tests.faults.model import Gate, KeyedModel, new_key
-from tests.faults.stack import Stack
+from tests.faults.stack import BOTH_ENGINES, Stack
 
 CHAT = 4201
 GRACE_S = 1.5
@@ -87,6 +87,7 @@ async def test_without_the_helper_a_killed_executor_leaves_orphans(scratch: Path
 
 
 @pytest.mark.codex
+@BOTH_ENGINES
 async def test_a_killed_executor_fails_its_run_and_the_user_is_told(
     stack: Stack, keyed_model: KeyedModel, faults_home: Path, codex_bin: str
 ) -> None:
@@ -128,6 +129,7 @@ async def test_a_killed_executor_fails_its_run_and_the_user_is_told(
 
 @pytest.mark.codex
 @pytest.mark.slow
+@BOTH_ENGINES
 @pytest.mark.timeout(180)
 async def test_a_killed_executor_loses_only_its_own_run(
     stack: Stack, keyed_model: KeyedModel, faults_home: Path, codex_bin: str
