@@ -86,8 +86,18 @@ def faults_home(tmp_path: Path, keyed_model: KeyedModel, codex_bin: str) -> Path
 
 
 @pytest.fixture
+def engine() -> str:
+    """EXEC_ENGINE of the stack's codex executors (`stack.BOTH_ENGINES` runs both)."""
+    return "exec"
+
+
+@pytest.fixture
 def stack(
-    procs: Procs, tmp_path: Path, fake_telegram: FakeTelegram, fake_slack: FakeSlack
+    procs: Procs,
+    tmp_path: Path,
+    fake_telegram: FakeTelegram,
+    fake_slack: FakeSlack,
+    engine: str,
 ) -> Stack:
     """The product as processes on the fake platforms; nothing is started yet."""
-    return Stack(procs, tmp_path, telegram=fake_telegram, slack=fake_slack)
+    return Stack(procs, tmp_path, telegram=fake_telegram, slack=fake_slack, engine=engine)

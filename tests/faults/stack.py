@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from testkit.fakes.slack import FakeSlack, SlackMessage
 from testkit.fakes.telegram import Call, FakeTelegram
@@ -27,6 +28,10 @@ from tests.conftest import free_port, node_token
 #: vanish keep their runs for 15 s (tests of a lost executor shorten it); the API needs
 #: no key (these tests are about faults, tests/abuse about keys).
 HUB_DEFAULTS = {"HUB_EXECUTOR_GRACE_S": "15", "HUB_REDELIVER_S": "0.5", "HUB_AUTH": "none"}
+
+#: A fault test that runs the real codex runs once per engine (ids ``[exec]`` and
+#: ``[app-server]``): it overrides the ``engine`` fixture the ``stack`` is built with.
+BOTH_ENGINES = pytest.mark.parametrize("engine", ["exec", "app-server"])
 
 
 class HubApi:
@@ -80,8 +85,11 @@ class Stack:
         *,
         telegram: FakeTelegram | None = None,
         slack: FakeSlack | None = None,
+        engine: str = "exec",
     ) -> None:
         self.procs = procs
+        #: EXEC_ENGINE of the executors that run the real codex.
+        self.engine = engine
         self.tmp = tmp
         self.telegram = telegram
         self.slack = slack
@@ -137,6 +145,7 @@ class Stack:
     ) -> Proc:
         """Start ``codex-hub executor`` (the dry-run engine without `codex_home`).
 
+        With `codex_home` it runs the real codex with the stack's engine (EXEC_ENGINE).
         Returns once the hub has registered it.
         """
         settings = {
@@ -151,7 +160,9 @@ class Stack:
             settings["EXEC_DRY_RUN"] = "true"
         else:
             assert codex_bin is not None
-            settings.update(CODEX_BIN=codex_bin, CODEX_HOME=str(codex_home))
+            settings.update(
+                CODEX_BIN=codex_bin, CODEX_HOME=str(codex_home), EXEC_ENGINE=self.engine
+            )
         proc = self.procs.all.get(name) or self.procs.add(name, ["executor"], {**settings, **env})
         return await self._start_node(proc, rf"executor {re.escape(name)} connected")
 

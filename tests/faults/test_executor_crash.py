@@ -20,7 +20,7 @@ import pytest
 
 from testkit.procs import LEFTOVER_S, Proc, processes_under, wait_until_gone
 from tests.faults.model import Gate, KeyedModel, new_key
-from tests.faults.stack import Stack
+from tests.faults.stack import BOTH_ENGINES, Stack
 
 CHAT = 4201
 GRACE_S = 1.5
@@ -67,6 +67,15 @@ async def kill_transport_mid_run(tmp_path: Path, mode: str) -> dict[int, str]:
     return await wait_until_gone([tmp_path], timeout=LEFTOVER_S if mode == "helper" else 0)
 
 
+def assert_engine_seen(stack: Stack, processes: dict[int, str]) -> None:
+    """The run's codex is among `processes`, so the leftover check covers it.
+
+    With the app-server engine that is the executor's long-lived ``codex app-server``.
+    """
+    wanted = "app-server" if stack.engine == "app-server" else " exec "
+    assert any(wanted in found for found in processes.values()), processes
+
+
 @pytest.fixture
 async def scratch(tmp_path: Path) -> AsyncIterator[Path]:
     """tmp_path; whatever still runs there when the test ends is killed."""
@@ -87,6 +96,7 @@ async def test_without_the_helper_a_killed_executor_leaves_orphans(scratch: Path
 
 
 @pytest.mark.codex
+@BOTH_ENGINES
 async def test_a_killed_executor_fails_its_run_and_the_user_is_told(
     stack: Stack, keyed_model: KeyedModel, faults_home: Path, codex_bin: str
 ) -> None:
@@ -105,7 +115,9 @@ async def test_a_killed_executor_fails_its_run_and_the_user_is_told(
         run_id = await stack.ask(bridge, CHAT, f"please do {key}")
         await gate.wait_ready()
         # codex, the command, the daemon (the executor mentions the workdir too: not it)
-        assert len(processes_under([work], exclude=stack.procs.live_pids())) >= 3
+        before = processes_under([work], exclude=stack.procs.live_pids())
+        assert len(before) >= 3
+        assert_engine_seen(stack, before)
 
         loop = asyncio.get_running_loop()
         killed_at = loop.time()
@@ -128,6 +140,7 @@ async def test_a_killed_executor_fails_its_run_and_the_user_is_told(
 
 @pytest.mark.codex
 @pytest.mark.slow
+@BOTH_ENGINES
 @pytest.mark.timeout(180)
 async def test_a_killed_executor_loses_only_its_own_run(
     stack: Stack, keyed_model: KeyedModel, faults_home: Path, codex_bin: str
@@ -152,6 +165,7 @@ async def test_a_killed_executor_loses_only_its_own_run(
     try:
         lost_run = await stack.ask(bridge, chat_a, f"please do {lost}")
         await gate_lost.wait_ready()
+        assert_engine_seen(stack, processes_under([work_a], exclude=stack.procs.live_pids()))
         # exec-a is full now, so the next run goes to exec-b.
         await one_slot("exec-b", work_b)
         kept_run = await stack.ask(bridge, chat_b, f"please do {kept}")

@@ -16,9 +16,9 @@ import pytest
 from testkit.fakes.telegram import Call
 from testkit.procs import Proc
 from tests.faults.model import Gate, KeyedModel, new_key
-from tests.faults.stack import Stack
+from tests.faults.stack import BOTH_ENGINES, Stack
 
-pytestmark = pytest.mark.codex
+pytestmark = [pytest.mark.codex, BOTH_ENGINES]
 
 CHAT = 4101
 
@@ -88,6 +88,9 @@ async def test_two_hub_crashes_lose_no_run_and_no_reply(
 ) -> None:
     """Killed twice: a result made while it was down, a queued run, a resumed thread survive."""
     work = stack.workdir("a")
+    # The second message must wait for its turn: the app-server engine would otherwise
+    # steer it into the running one (STEER_MODE=steer, see tests/test_e2e_steer.py).
+    stack.hub_env["STEER_MODE"] = "queue"
     executor, bridge = await start(stack, work, codex_bin, faults_home)
     first, second, other = new_key(), new_key(), new_key()
     gates = {first: Gate(work, first), other: Gate(work, other)}
