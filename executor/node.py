@@ -245,9 +245,10 @@ class ExecutorNode:
             self._send(state, EventFrame(run_id=run_id, seq=state.seq, event=event))
 
         def set_state(name: str, effective_prompt: str | None) -> None:
-            frame = StateFrame(run_id=run_id, state=name)  # type: ignore[arg-type]
-            if effective_prompt is not None:
-                frame = frame.model_copy(update={"effective_prompt": effective_prompt})
+            if effective_prompt is None:
+                frame = StateFrame(run_id=run_id, state=name)  # type: ignore[arg-type]
+            else:
+                frame = StateFrame(run_id=run_id, state=name, effective_prompt=effective_prompt)  # type: ignore[arg-type]
             self._send(state, frame)
 
         try:
