@@ -24,8 +24,7 @@ async def decide(request: web.Request) -> web.Response:
     """Approve or deny the run's pending approval request (the first decision wins)."""
     run_id = request.match_info["run_id"]
     router = request.app[ROUTER]
-    live = router.live.get(run_id)
-    run = live.run if live else await request.app[STORE].get_run(run_id)
+    run = router.live_run(run_id) or await request.app[STORE].get_run(run_id)
     actor = principal_of(request)
     approvals = router.approvals
     allowed = run is not None and approvals.may_decide(run, actor)

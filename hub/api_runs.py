@@ -254,8 +254,9 @@ async def create_run(request: web.Request) -> web.Response:
         # Into a conversation whose run is working: into its running turn (hub.steering).
         steered = await router.steering.steer(session_key, prompt)
     if steered is not None and steered.ok:
-        live = router.live.get(steered.run_id)
-        steered_run = live.run if live else await request.app[STORE].get_run(steered.run_id)
+        steered_run = router.live_run(steered.run_id) or await request.app[STORE].get_run(
+            steered.run_id
+        )
         assert steered_run is not None
         return json_response(
             {
