@@ -106,7 +106,7 @@ def _message(run: Run, text: str, status: str = "completed") -> dict[str, Any]:
         "id": "msg_" + run.id.removeprefix("run_"),
         "status": status,
         "role": "assistant",
-        "content": content if status == "completed" else [],
+        "content": content if status in ("completed", "incomplete") else [],
     }
 
 
@@ -346,6 +346,15 @@ async def _stream(
             )
             await events.send("response.completed", response=body_of(final, model))
         else:
+            if answer.sent:
+                # Text already went out: close its part and item (as incomplete) so a
+                # client that assembles items sees them end, then say the response failed.
+                text = answer.sent
+                part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                await events.send("response.output_text.done", **place, text=text, logprobs=[])
+                await events.send("response.content_part.done", **place, part=part)
+                item = _message(final, text, status="incomplete")
+                await events.send("response.output_item.done", output_index=0, item=item)
             await events.send("response.failed", response=body_of(final, model))
         await response.write_eof()
         return response

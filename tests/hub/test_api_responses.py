@@ -55,6 +55,51 @@ async def test_streaming_sends_the_responses_event_sequence(hub: Any, start_exec
     assert events[-1].response.output_text == "stream it"
 
 
+async def test_a_stream_that_fails_after_text_closes_its_item_as_incomplete(
+    hub: Any, fake_executor: Any
+) -> None:
+    """A run failing after some text streamed ends the item (incomplete), then response.failed."""
+    sdk = client(hub)
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN) as ex:
+        stream = await sdk.responses.create(model="codex", input="try it", stream=True)
+        assign = await ex.wait_type("assign")
+        run_id = assign["run_id"]
+        await ex.start_run(run_id)
+        await ex.event(run_id, 1, kind="answer_delta", item_id="m1", delta="Half an ")
+        events: list[Any] = []
+        async for event in stream:  # until the text has reached the client
+            events.append(event)
+            if event.type == "response.output_text.delta":
+                break
+        await ex.send(
+            {
+                "type": "result",
+                "run_id": run_id,
+                "status": "failed",
+                "error": {"code": "codex_failed", "message": "the model went away"},
+            }
+        )
+        events += [event async for event in stream]
+    await sdk.close()
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.failed",
+    ]
+    done = next(e for e in events if e.type == "response.output_item.done")
+    assert done.item.status == "incomplete"
+    assert done.item.content[0].text == "Half an "
+    failed = events[-1]
+    assert failed.response.status == "failed"
+    assert failed.response.error is not None and "went away" in failed.response.error.message
+
+
 async def test_previous_response_id_resumes_the_codex_thread(hub: Any, fake_executor: Any) -> None:
     """A follow-up names the earlier response: codex resumes its thread with the new input only."""
     sdk = client(hub)
