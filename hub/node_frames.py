@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from hub.answer_stream import ANSWER_DELTA
 from hub.finishing import Finishing
 from hub.node_registry import NodeRegistry
 from hub.nodes import Link
@@ -114,7 +115,11 @@ class NodeFrames(Scheduler, Finishing, Outbox, NodeRegistry):
         if live is None or frame.seq <= live.exec_seq or live.over_limit:
             return
         live.exec_seq = frame.seq
-        live.events += 1
+        # The answer written as it comes counts in bytes, not in number: a long answer
+        # over a long turn is many deltas (a few a second), and the answer's own size is
+        # what a budget should hold.
+        if frame.event.get("kind") != ANSWER_DELTA:
+            live.events += 1
         live.event_bytes += _json_size(frame.event)
         if self._over_limit(live):
             return

@@ -214,6 +214,25 @@ async def test_an_executor_that_tells_no_timeout_gets_the_hubs(
             assert run.state == "timed_out" and run.error["code"] == "hub_deadline"
 
 
+async def test_answer_deltas_do_not_count_toward_the_event_cap(
+    limited_hub_settings: Any, fake_executor: Any
+) -> None:
+    """A long answer streamed as many answer deltas is not cut by HUB_RUN_MAX_EVENTS."""
+    async with HubServer(limited_hub_settings) as hub:
+        router = hub.app[ROUTER]
+        async with fake_executor(ws_url(hub), token=node_token("executor")) as ex:
+            ticket = await router.submit("write a lot", origin={"source": "test"})
+            run_id = ticket.run.id
+            await ex.wait_type("assign", run_id=run_id)
+            await ex.start_run(run_id)
+            cap = limited_hub_settings.run_max_events
+            for seq in range(1, 2 * cap + 1):
+                await ex.event(run_id, seq, kind="answer_delta", item_id="m1", delta="word ")
+            await ex.finish(run_id, "word " * (2 * cap))
+            run = await asyncio.wait_for(ticket.done, 10)
+    assert run.state == "succeeded", run.error
+
+
 #: What each case sends after its first state; what is stored of it all (that state
 #: included) is the cap of 5 events, or what came before the 4096 bytes were passed.
 @pytest.mark.parametrize(
