@@ -66,6 +66,10 @@ class RunQueue:
         """Queued run ids in the order they would be taken, sessions allowing."""
         return iter(list(self._order))
 
+    def head(self, n: int) -> list[str]:
+        """The first `n` queued run ids, in order: O(n), whatever the queue's length."""
+        return list(itertools.islice(self._order, n))
+
     def __contains__(self, run_id: object) -> bool:
         return run_id in self._order
 

@@ -456,9 +456,7 @@ class Scheduler(RouterState):
             general = "dispatching"
         sessions = set(self.session_active)
         head = []
-        for position, run_id in enumerate(self.queue, 1):
-            if position > QUEUE_SHOWN:
-                break
+        for position, run_id in enumerate(self.queue.head(QUEUE_SHOWN), 1):
             live = self.live.get(run_id)
             key = live.run.session_key if live is not None else None
             reason = "conversation" if key is not None and key in sessions else general

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import FrameType
@@ -22,6 +23,7 @@ import hub.scheduler
 from hub.bus import Bus
 from hub.router import Router
 from hub.run_queue import RunQueue
+from hub.scheduler import QUEUE_SHOWN
 from hub.settings import HubSettings
 from hub.store import Store
 from tests.conftest import NODE_TOKEN
@@ -190,6 +192,34 @@ async def test_router_work_per_run_stays_flat_as_one_session_queues_up(tmp_path:
         large = await _lines_per_run(router, 5000, 50)
     assert large[0] < small[0] * 1.5, (small, large)
     assert large[1] < small[1] * 1.5, (small, large)
+
+
+async def _queue_info_allocated(router: Router, queued: int) -> tuple[int, dict[str, Any]]:
+    """Peak bytes allocated by one ``queue_info`` (the monitor's queue message, published
+    on every submit and finish) with `queued` runs waiting in one session, and the message."""
+    for n in range(queued):
+        await router.submit(f"p{n}", origin={"source": "http"}, session_key="http:deep")
+    tracemalloc.start()
+    try:
+        info = router.queue_info()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, info
+
+
+async def test_the_queue_message_costs_the_same_however_many_runs_wait(tmp_path: Path) -> None:
+    """The queue message shows the first runs in order and, with 5,000 runs queued, takes
+    no more memory to build than with 200 (it reads the head, not a copy of the queue)."""
+    async with _router(tmp_path / "small.db") as router:
+        small, _ = await _queue_info_allocated(router, 200)
+    async with _router(tmp_path / "large.db") as router:
+        large, info = await _queue_info_allocated(router, 5000)
+        order = list(router.queue.head(5000))
+    assert info["total"] == 5000 and len(order) == 5000
+    assert [r["id"] for r in info["runs"]] == order[:QUEUE_SHOWN]
+    assert [r["position"] for r in info["runs"]] == list(range(1, QUEUE_SHOWN + 1))
+    assert large < small * 1.5, (small, large)
 
 
 async def test_idle_sessions_leave_nothing_in_the_router(tmp_path: Path) -> None:
