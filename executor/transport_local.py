@@ -43,6 +43,7 @@ from executor.run_io import (
     CleanUps,
     check_started,
     codex_login_status,
+    ended_after,
     follow,
     keep_tail,
     pump_lines,
@@ -144,6 +145,7 @@ class LocalTransport:
         cwd: str | None,
         on_stdout_line: Callable[[str], None],
         timeout_s: float,
+        answered: asyncio.Event | None = None,
     ) -> ProcessResult:
         """Run `argv` (stdin /dev/null, own process group), streaming stdout line by line.
 
@@ -151,22 +153,23 @@ class LocalTransport:
         cancellation (or if `on_stdout_line` raises) they are killed and awaited before
         re-raising. Raises SpawnError when `argv[0]` or `cwd` is unusable.
 
-        Through the helper, a run whose program exited with status 0 returns as soon as
-        the helper says so: what it left behind is reaped in the background (the helper
-        does it even if this process dies), a task `close` awaits; a failure there is
-        logged, the result stands.
+        Through the helper, a run returns as soon as the caller sets `answered` (codex's
+        turn end: codex itself still has to exit) or the helper says its program exited
+        with status 0: the program's exit and the reap of what it left behind go on in
+        the background (the helper does it even if this process dies), in a task `close`
+        awaits; a failure there is logged, the result stands.
         """
         if self._closed:
             raise TransportError("transport is closed")
         env = codex_environment(os.environ, env_overrides)
         tag = uuid.uuid4().hex
         launch: Launch | None = None
-        answered = asyncio.Event()
+        early = answered if answered is not None else asyncio.Event()
         if self.use_helper:
 
             def on_exit(status: int) -> None:
                 if status == 0:
-                    answered.set()
+                    early.set()
 
             launch = Launch(on_stdout_line, on_exit)
             words = run_words(argv, {}, cwd, tag=tag, grace_s=self._kill_grace_s)
@@ -176,12 +179,11 @@ class LocalTransport:
         proc = child.proc
         assert proc.stdout is not None and proc.stderr is not None
         self._live.add(child)
-        later = False
+        later: asyncio.Task[None] | None = None
 
         def clean_up_later(rest: Coroutine[Any, Any, None]) -> None:
             nonlocal later
-            later = True
-            self._clean_up(child, rest)
+            later = self._clean_up(child, rest)
 
         try:
             timed_out, tail = await follow(
@@ -195,17 +197,26 @@ class LocalTransport:
                 # run (nor hold the pipes open, which would stall the reads).
                 stop_after_exit=True,
                 name=f"LocalTransport:{child.pid}",
-                answered=answered if launch is not None else None,
+                answered=early,
                 clean_up_later=clean_up_later,
                 end_bound_s=reap_bound_s(self._kill_grace_s),
             )
         finally:
-            if not later:
+            if later is None:
                 self._live.discard(child)
                 child.close_stdin()
-        if later:
-            assert launch is not None and launch.exit_status is not None
-            return ProcessResult(exit_code=launch.exit_status, stderr_tail=tail)
+        if later is not None:
+            if launch is not None and launch.exit_status is not None:
+                return ProcessResult(exit_code=launch.exit_status, stderr_tail=tail)
+
+            def exit_status() -> int | None:
+                if launch is not None and launch.exit_status is not None:
+                    return launch.exit_status
+                return proc.returncode
+
+            return ProcessResult(
+                exit_code=None, stderr_tail=tail, ended=ended_after(later, exit_status)
+            )
         if launch is not None:
             check_started(
                 launch,
@@ -270,14 +281,14 @@ class LocalTransport:
         """Run `codex login status`; the detail keeps its wording, never the masked key."""
         return await codex_login_status(self, codex_bin, env_overrides)
 
-    def _clean_up(self, child: _Child, rest: Coroutine[Any, Any, None]) -> None:
-        """Finish a run's clean-up in a task of our own (`close` awaits it)."""
+    def _clean_up(self, child: _Child, rest: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Finish a run's clean-up in a task of our own (`close` awaits it); the task."""
 
         def finish() -> None:
             self._live.discard(child)
             child.close_stdin()
 
-        self._cleanups.start(rest, finish, str(child.pid))
+        return self._cleanups.start(rest, finish, str(child.pid))
 
     async def settled(self) -> None:
         """Return once the clean-ups of runs that already answered are done."""

@@ -177,12 +177,12 @@ async def test_a_failing_clean_up_is_logged_and_the_result_stands(
     """An error while cleaning up after the answer is logged; the run's result is kept."""
 
     class BrokenCleanUp(LocalTransport):
-        def _clean_up(self, child: Any, rest: Any) -> None:
+        def _clean_up(self, child: Any, rest: Any) -> Any:
             async def broken() -> None:
                 await rest
                 raise OSError("cannot read /proc")
 
-            super()._clean_up(child, broken())
+            return super()._clean_up(child, broken())
 
     async with BrokenCleanUp() as local:
         result = await local.run(
