@@ -16,7 +16,10 @@ machine's load hits both alike:
   what the executor's options themselves cost.
 
 Goal (issue #19, point 1): through the hub at most 1.05x the bare median. The run ends
-when codex has answered and exited; the reap of what it left behind happens after.
+at codex's turn end; codex's own exit and the reap of what it left behind happen after.
+That clean-up is not timed, but it costs CPU: after each run through the hub the bench
+waits (untimed) until the executor has no child process left, so it never lands in the
+next way's time.
 """
 
 from __future__ import annotations
@@ -110,6 +113,32 @@ async def bare_exec(argv: list[str], codex_home: Path) -> None:
         raise BenchError(f"bare codex exec exited {proc.returncode}")
 
 
+def _children(pid: int) -> list[int]:
+    """The live child processes of `pid`, from /proc."""
+    kids: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            kids.append(int(entry))
+    return kids
+
+
+async def settle(pid: int, within: float = 30.0) -> None:
+    """Wait until process `pid` (the executor) has no child left: a run's clean-up
+    (codex's exit, the helper's reap) is over and costs the next way nothing."""
+    deadline = time.monotonic() + within
+    while _children(pid):
+        if time.monotonic() > deadline:
+            raise BenchError(f"the executor still has child processes after {within:g} s")
+        await asyncio.sleep(0.005)
+
+
 async def _through_hub(session: aiohttp.ClientSession, base_url: str, api_key: str) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
     headers = {"Authorization": f"Bearer {api_key}"}
@@ -165,6 +194,8 @@ async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
                         started = time.perf_counter()
                         await ways[way]()
                         results.times[way].append(time.perf_counter() - started)
+                        if way == "through the hub":
+                            await settle(hut.executor.pid)
         finally:
             await model.close()
     return results
@@ -209,7 +240,10 @@ def report(results: Results) -> str:
             "(`-s workspace-write`, `-o FILE`, ...) started directly with asyncio (*bare "
             "codex exec*, the reference); and `codex exec --json` with codex's defaults. "
             f"{plan.warmup} warm-up runs per way, then {plan.runs} measured runs per way, "
-            "one at a time, the ways taking turns (rotating which goes first). The "
+            "one at a time, the ways taking turns (rotating which goes first); after each "
+            "run through the hub, untimed, the bench waits until the executor has no child "
+            "process left (codex exits and is reaped after the answer), so that clean-up "
+            "never lands in the next way's time. The "
             f"machine was {results.quiet:.2f} cores busy before the measured runs.",
             "",
             f"**Goal (issue #19, point 1: through the hub at most {GOAL_RATIO:.2f}x a bare "

@@ -8,6 +8,7 @@ transport must do runs locally and over SSH in test_transport_contract.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shlex
@@ -24,7 +25,7 @@ from executor.transport import LoginStatus
 from executor.transport_local import LocalTransport
 from testkit.fakes.model_server import STUB_API_KEY, StubModelServer
 from testkit.procs import processes_under
-from tests.executor.helpers import Recorder, assert_no_process_left
+from tests.executor.helpers import WAIT_S, Recorder, assert_no_process_left
 
 Settings = Callable[..., ExecutorSettings]
 
@@ -196,6 +197,55 @@ async def test_a_failing_clean_up_is_logged_and_the_result_stands(
     assert result.exit_code == 0 and not result.timed_out
     failures = [r for r in caplog.records if "cleaning up after a run failed" in r.message]
     assert failures and "cannot read /proc" in str(failures[0].exc_info)
+
+
+#: A codex stand-in: logged in; `exec` prints a turn's events, then waits for $FAKE_GO,
+#: writes -o and exits 1 (codex writes -o, and could fail, only on its way out).
+FAKE_CODEX = r"""#!/bin/sh
+[ "$1" = login ] && { echo "Logged in using an API key" >&2; exit 0; }
+out=
+while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
+echo '{"type":"thread.started","thread_id":"t-1"}'
+echo '{"type":"turn.started"}'
+echo '{"type":"item.completed","item":{"id":"i0","type":"agent_message","text":"from events"}}'
+echo '{"type":"turn.completed","usage":{"input_tokens":1,"output_tokens":2}}'
+echo "$out" > "$FAKE_GO.out"
+until [ -e "$FAKE_GO" ]; do sleep 0.01; done
+printf 'from -o' > "$out"
+exit 1
+"""
+
+
+async def test_a_run_answers_at_codexs_turn_end_before_codex_exits(
+    executor_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The engine answers with the events' final message at codex's turn end while codex
+    still runs; the -o temp dir goes once codex has exited, and its exit status 1 after
+    the turn end is logged, the answer stands."""
+    fake = tmp_path / "codex"
+    fake.write_text(FAKE_CODEX)
+    fake.chmod(0o755)
+    go = tmp_path / "go"
+    monkeypatch.setenv("FAKE_GO", str(go))
+    async with LocalTransport() as local:
+        engine = CodexEngine(executor_settings(codex_bin=str(fake)), local)
+        async with asyncio.timeout(WAIT_S):
+            outcome = await engine.run(RunRequest("r1", "hi"), Recorder())
+        assert outcome.status == "succeeded", outcome.error
+        assert outcome.answer == "from events" and outcome.thread_id == "t-1"
+        output = Path((tmp_path / "go.out").read_text().strip())
+        assert processes_under([tmp_path]), "codex should still be running"
+        assert output.parent.is_dir()
+        go.touch()
+        async with asyncio.timeout(WAIT_S):
+            await engine.aclose()
+        assert not output.parent.exists()
+        await local.settled()
+    assert_no_process_left(tmp_path)
+    assert any("exited with status 1 after its turn end" in r.message for r in caplog.records)
 
 
 def test_the_exit_line_ends_the_programs_output() -> None:

@@ -536,3 +536,36 @@ async def test_missing_codex_is_codex_not_found(engine_for: Callable[..., CodexE
     assert outcome.status == "failed"
     assert outcome.error is not None and outcome.error["code"] == "codex_not_found"
     assert "/nonexistent/codex" in outcome.error["message"]
+
+
+async def test_a_run_returns_when_the_caller_has_its_answer(
+    transport: AnyTransport, tmp_path: Path
+) -> None:
+    """A run returns as soon as the caller sets `answered`, while its program still runs;
+    the program's exit and the clean-up follow, `ended` gives its status, nothing is left."""
+    go = tmp_path / "go"
+    script = f"echo answer; until [ -e {shlex.quote(str(go))} ]; do sleep 0.01; done; exit 3"
+    answered = asyncio.Event()
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        if line == "answer":
+            answered.set()
+
+    result = await transport.run(
+        ["sh", "-c", script],
+        env_overrides={},
+        cwd=str(tmp_path),
+        on_stdout_line=on_line,
+        timeout_s=WAIT_S,
+        answered=answered,
+    )
+    assert lines == ["answer"] and result.exit_code is None and not result.timed_out
+    assert result.ended is not None and not result.ended.done()
+    assert processes_under([tmp_path]), "the program should still be running"
+    go.touch()
+    async with asyncio.timeout(WAIT_S):
+        assert await result.ended == 3
+    await transport.settled()
+    assert_no_process_left(tmp_path)
