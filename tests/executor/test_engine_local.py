@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from executor import transport_local
 from executor.engine import CodexEngine, RunOutcome, RunRequest
 from executor.run_helper import Launch
 from executor.settings import ExecutorSettings
@@ -150,6 +151,26 @@ async def test_transport_passes_env_overrides(tmp_path: Path) -> None:
             timeout_s=30,
         )
     assert lines == [f"yes:{os.environ['PATH']}"]
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["popen-pidfd", "event-loop"])
+async def test_transport_starts_the_helper_either_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pidfd: bool
+) -> None:
+    """Started through Popen with a pidfd or through the event loop's subprocesses, a run
+    streams its lines, keeps stderr, gives its exit status and leaves nothing behind."""
+    monkeypatch.setattr(transport_local, "_PIDFD", pidfd)
+    lines: list[str] = []
+    async with LocalTransport() as local:
+        result = await local.run(
+            ["sh", "-c", "echo one; echo two; echo oops >&2; exit 5"],
+            env_overrides={},
+            cwd=str(tmp_path),
+            on_stdout_line=lines.append,
+            timeout_s=WAIT_S,
+        )
+    assert lines == ["one", "two"] and result.exit_code == 5 and "oops" in result.stderr_tail
+    assert_no_process_left(tmp_path)
 
 
 async def test_transport_answers_before_the_leftovers_are_reaped(tmp_path: Path) -> None:
