@@ -41,6 +41,7 @@ from tests.executor.helpers import (
     assert_no_process_left,
     fifo_signal,
     run_lines,
+    wait_no_process_left,
 )
 
 Settings = Callable[..., ExecutorSettings]
@@ -569,3 +570,16 @@ async def test_a_run_returns_when_the_caller_has_its_answer(
         assert await result.ended == 3
     await transport.settled()
     assert_no_process_left(tmp_path)
+
+
+async def test_a_process_that_dropped_the_tag_is_reaped_with_codexs_group(
+    transport: AnyTransport, tmp_path: Path
+) -> None:
+    """A process left in codex's own process group without the run's tag (its environment
+    cleared) is still ended once the run is over."""
+    lines, result = await run_lines(
+        transport, ["sh", "-c", "env -i sleep 43 & echo out"], cwd=str(tmp_path)
+    )
+    assert lines == ["out"] and result.exit_code == 0
+    await transport.settled()
+    await wait_no_process_left(tmp_path)
