@@ -209,6 +209,8 @@ class CodexEngine:
         self._login_lock = asyncio.Lock()
         #: Runs answered at codex's turn end whose codex is still exiting (`_after_exit`).
         self._exiting: set[asyncio.Task[None]] = set()
+        #: By codex thread: the exit of the codex that answered its last turn, if still due.
+        self._thread_exits: dict[str, asyncio.Future[int | None]] = {}
 
     @property
     def codex_bin(self) -> str:
@@ -325,6 +327,10 @@ class CodexEngine:
         gave: codex's own exit (it still writes its session file and `-o`, ~20 ms) and
         the reap of what it left behind follow in the background (`_after_exit`).
         """
+        previous = self._thread_exits.get(thread_id) if thread_id else None
+        if previous is not None:
+            # The codex of the turn before may still be writing the session resumed here.
+            await asyncio.wait({previous})
         progress = CodexProgress()
         answered = asyncio.Event()
 
@@ -392,12 +398,17 @@ class CodexEngine:
             if ended is None:
                 await self._transport.remove_tree(tempdir)
             else:
-                self._after_exit(request.run_id, ended, tempdir)
+                self._after_exit(request.run_id, ended, tempdir, progress.thread_id)
 
-    def _after_exit(self, run_id: str, ended: asyncio.Future[int | None], tempdir: str) -> None:
+    def _after_exit(
+        self, run_id: str, ended: asyncio.Future[int | None], tempdir: str, thread: str | None
+    ) -> None:
         """Once codex of a run that already answered has exited and its processes are
         reaped, remove its temp dir (codex writes -o there on its way out); an exit
-        status other than 0 by then is logged, the answer stands."""
+        status other than 0 by then is logged, the answer stands. A run resuming
+        `thread` meanwhile waits for that exit (`_attempt`)."""
+        if thread:
+            self._thread_exits[thread] = ended
 
         async def finish() -> None:
             try:
@@ -409,6 +420,8 @@ class CodexEngine:
                         status,
                     )
             finally:
+                if thread and self._thread_exits.get(thread) is ended:
+                    del self._thread_exits[thread]
                 await self._transport.remove_tree(tempdir)
 
         task = asyncio.create_task(finish(), name=f"CodexEngine:{run_id}:after-exit")

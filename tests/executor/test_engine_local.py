@@ -269,6 +269,43 @@ async def test_a_run_answers_at_codexs_turn_end_before_codex_exits(
     assert any("exited with status 1 after its turn end" in r.message for r in caplog.records)
 
 
+#: A codex stand-in whose first run lingers 0.3 s after its turn end; a `resume` notes
+#: whether that first codex was still running when it started.
+LINGERING_CODEX = r"""#!/bin/sh
+[ "$1" = login ] && { echo "Logged in using an API key" >&2; exit 0; }
+case " $* " in
+  *" resume "*)
+    if kill -0 "$(cat "$FAKE_DIR/first.pid")" 2>/dev/null; then seen=running; else seen=exited; fi
+    echo "$seen" > "$FAKE_DIR/seen" ;;
+  *) echo $$ > "$FAKE_DIR/first.pid" ;;
+esac
+echo '{"type":"thread.started","thread_id":"t-1"}'
+echo '{"type":"item.completed","item":{"id":"i0","type":"agent_message","text":"ok"}}'
+echo '{"type":"turn.completed","usage":{"input_tokens":1,"output_tokens":2}}'
+[ -e "$FAKE_DIR/seen" ] || sleep 0.3
+"""
+
+
+async def test_a_resume_waits_for_the_exit_of_the_codex_that_answered_the_turn_before(
+    executor_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run continuing a thread whose last codex answered but has not exited yet starts
+    its codex only once that one is gone (it may still be writing the session)."""
+    fake = tmp_path / "codex"
+    fake.write_text(LINGERING_CODEX)
+    fake.chmod(0o755)
+    monkeypatch.setenv("FAKE_DIR", str(tmp_path))
+    async with LocalTransport() as local:
+        engine = CodexEngine(executor_settings(codex_bin=str(fake)), local)
+        async with asyncio.timeout(WAIT_S):
+            first = await engine.run(RunRequest("r1", "hi"), Recorder())
+            second = await engine.run(RunRequest("r2", "again", "t-1"), Recorder())
+            await engine.aclose()
+    assert first.status == second.status == "succeeded" and first.thread_id == "t-1"
+    assert (tmp_path / "seen").read_text().strip() == "exited"
+    assert_no_process_left(tmp_path)
+
+
 def test_the_exit_line_ends_the_programs_output() -> None:
     """The helper's exit line gives the status, splits off a last line without newline,
     and nothing after it reaches the caller."""
