@@ -226,11 +226,11 @@ FAKE_CODEX = r"""#!/bin/sh
 [ "$1" = login ] && { echo "Logged in using an API key" >&2; exit 0; }
 out=
 while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
+echo "$out" > "$FAKE_GO.out"
 echo '{"type":"thread.started","thread_id":"t-1"}'
 echo '{"type":"turn.started"}'
 echo '{"type":"item.completed","item":{"id":"i0","type":"agent_message","text":"from events"}}'
 echo '{"type":"turn.completed","usage":{"input_tokens":1,"output_tokens":2}}'
-echo "$out" > "$FAKE_GO.out"
 until [ -e "$FAKE_GO" ]; do sleep 0.01; done
 printf 'from -o' > "$out"
 exit 1
