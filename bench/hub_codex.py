@@ -13,10 +13,16 @@ machine's load hits both alike:
   sandbox and ``-o`` options included) started directly with asyncio, stdout read to
   the end: codex alone, the reference;
 - ``bare codex exec, defaults``: ``codex exec --json`` with codex's default options, for
-  what the executor's options themselves cost.
+  what the executor's options themselves cost;
+- ``bare codex exec, to its turn end``: the same command line as the reference, timed
+  until its stdout shows ``turn.completed`` (where the hub answers; codex then takes
+  ~20 ms more to exit, awaited untimed): what the hub path itself adds to codex.
 
 Goal (issue #19, point 1): through the hub at most 1.05x the bare median. The run ends
-when codex has answered and exited; the reap of what it left behind happens after.
+at codex's turn end; codex's own exit and the reap of what it left behind happen after.
+That clean-up is not timed, but it costs CPU: after each run through the hub the bench
+waits (untimed) until the executor has no child process left, so it never lands in the
+next way's time.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ TITLE = "Real codex through the hub against a bare codex exec"
 GOAL_RATIO = 1.05
 PROMPT = "Say hello; this is the hub benchmark."
 ANSWER = "Hello from the stub."
-WAYS = ("through the hub", "bare codex exec", "bare codex exec, defaults")
+TURN_END = "bare codex exec, to its turn end"
+WAYS = ("through the hub", "bare codex exec", "bare codex exec, defaults", TURN_END)
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,54 @@ async def bare_exec(argv: list[str], codex_home: Path) -> None:
         raise BenchError(f"bare codex exec exited {proc.returncode}")
 
 
+def _children(pid: int) -> list[int]:
+    """The live child processes of `pid`, from /proc."""
+    kids: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            kids.append(int(entry))
+    return kids
+
+
+async def settle(pid: int, within: float = 30.0) -> None:
+    """Wait until process `pid` (the executor) has no child left: a run's clean-up
+    (codex's exit, the helper's reap) is over and costs the next way nothing."""
+    deadline = time.monotonic() + within
+    while _children(pid):
+        if time.monotonic() > deadline:
+            raise BenchError(f"the executor still has child processes after {within:g} s")
+        await asyncio.sleep(0.005)
+
+
+async def bare_to_turn_end(argv: list[str], codex_home: Path) -> float:
+    """`argv` directly, as `bare_exec`; the seconds until codex printed ``turn.completed``
+    (its exit is awaited too, after that, untimed)."""
+    env = codex_environment(os.environ, {"CODEX_HOME": str(codex_home)})
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
+    assert proc.stdout is not None
+    took = None
+    while line := await proc.stdout.readline():
+        if took is None and b'"turn.completed"' in line:
+            took = time.perf_counter() - started
+    if await proc.wait() != 0 or took is None:
+        raise BenchError(f"bare codex exec exited {proc.returncode} (turn completed: {took})")
+    return took
+
+
 async def _through_hub(session: aiohttp.ClientSession, base_url: str, api_key: str) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
     headers = {"Authorization": f"Bearer {api_key}"}
@@ -149,10 +204,12 @@ async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
                 same = executor_argv(codex_bin, home, work, tmp / "bare-last-message.txt")
                 defaults = [codex_bin, "exec", "--json", "-C", str(work)]
                 defaults += ["--skip-git-repo-check", "--", PROMPT]
-                ways: dict[str, Callable[[], Awaitable[None]]] = {
+                # A way that returns a time took that long; the others are timed here.
+                ways: dict[str, Callable[[], Awaitable[float | None]]] = {
                     "through the hub": lambda: _through_hub(session, hut.base_url, hut.api_key),
                     "bare codex exec": lambda: bare_exec(same, home),
                     "bare codex exec, defaults": lambda: bare_exec(defaults, home),
+                    TURN_END: lambda: bare_to_turn_end(same, home),
                 }
                 # Warm-up: codex's files in the page cache, the login check cached.
                 for _ in range(plan.warmup):
@@ -163,8 +220,12 @@ async def measure(plan: Plan, *, quiet_wait: float = 20.0) -> Results:
                     shift = i % len(WAYS)
                     for way in WAYS[shift:] + WAYS[:shift]:
                         started = time.perf_counter()
-                        await ways[way]()
-                        results.times[way].append(time.perf_counter() - started)
+                        took = await ways[way]()
+                        results.times[way].append(
+                            time.perf_counter() - started if took is None else took
+                        )
+                        if way == "through the hub":
+                            await settle(hut.executor.pid)
         finally:
             await model.close()
     return results
@@ -194,6 +255,7 @@ def report(results: Results) -> str:
     plan = results.plan
     ratio = results.ratio
     hub_ms, bare_ms = results.median_ms("through the hub"), results.median_ms("bare codex exec")
+    turn_ms = results.median_ms(TURN_END)
     return "\n".join(
         [
             f"## {TITLE} (`{NAME}`)",
@@ -201,21 +263,27 @@ def report(results: Results) -> str:
             *machine_lines(),
             "",
             "**Method.** The same prompt, answered by the stub Responses-API model of "
-            "`testkit/fakes/model_server.py` (in the bench process, a one-line answer), two "
+            "`testkit/fakes/model_server.py` (in the bench process, a one-line answer), four "
             "ways: `POST /v1/chat/completions` to `codex-hub serve` with one "
             "`codex-hub executor` (`EXEC_ENGINE=exec`: `codex exec` through the run helper "
             "for every run), both separate processes on 127.0.0.1 as in suite `hub`, the "
             "answer checked; the same `codex exec` command line the executor builds "
             "(`-s workspace-write`, `-o FILE`, ...) started directly with asyncio (*bare "
-            "codex exec*, the reference); and `codex exec --json` with codex's defaults. "
+            "codex exec*, the reference); `codex exec --json` with codex's defaults; and "
+            "the reference's command line timed only until its stdout shows `turn.completed` "
+            "(*to its turn end*: where the hub answers, codex then still has to exit). "
             f"{plan.warmup} warm-up runs per way, then {plan.runs} measured runs per way, "
-            "one at a time, the ways taking turns (rotating which goes first). The "
+            "one at a time, the ways taking turns (rotating which goes first); after each "
+            "run through the hub, untimed, the bench waits until the executor has no child "
+            "process left (codex exits and is reaped after the answer), so that clean-up "
+            "never lands in the next way's time. The "
             f"machine was {results.quiet:.2f} cores busy before the measured runs.",
             "",
             f"**Goal (issue #19, point 1: through the hub at most {GOAL_RATIO:.2f}x a bare "
             f"`codex exec`, medians) met: {_yes(ratio <= GOAL_RATIO)}: {ratio:.3f}x** "
-            f"({fmt_ms(hub_ms)} ms against {fmt_ms(bare_ms)} ms: the hub path adds "
-            f"{fmt_ms(hub_ms - bare_ms)} ms).",
+            f"({fmt_ms(hub_ms)} ms against {fmt_ms(bare_ms)} ms; the hub answers at codex's "
+            f"turn end, {fmt_ms(turn_ms)} ms bare: the hub path adds "
+            f"{fmt_ms(hub_ms - turn_ms)} ms to that).",
             "",
             render_table(
                 ["way", "runs", "p50 ms", "p90 ms", "mean ms", "max ms", "p50 / bare"], rows

@@ -207,6 +207,10 @@ class CodexEngine:
         self._clock = clock
         self._login: tuple[float, LoginStatus] | None = None
         self._login_lock = asyncio.Lock()
+        #: Runs answered at codex's turn end whose codex is still exiting (`_after_exit`).
+        self._exiting: set[asyncio.Task[None]] = set()
+        #: By codex thread: the exit of the codex that answered its last turn, if still due.
+        self._thread_exits: dict[str, asyncio.Future[int | None]] = {}
 
     @property
     def codex_bin(self) -> str:
@@ -250,7 +254,9 @@ class CodexEngine:
         return request.workdir or os.fspath(self._settings.exec_workdir)
 
     async def aclose(self) -> None:
-        """Release what the engine holds (nothing: each run's codex ends with it)."""
+        """Wait until the runs that answered before codex exited are cleaned up."""
+        while self._exiting:
+            await asyncio.gather(*self._exiting, return_exceptions=True)
 
     async def write_attachments(self, request: RunRequest) -> None:
         """Write the request's attached files under ``attachments/`` in its workdir (on
@@ -315,17 +321,33 @@ class CodexEngine:
         )
 
     async def _attempt(self, request: RunRequest, emit: Emit, thread_id: str | None) -> _Attempt:
-        """Run codex once; the temp dir for `-o` is removed on every path out."""
+        """Run codex once; the temp dir for `-o` is removed on every path out.
+
+        The run ends at codex's turn end (`turn.completed`), with the answer its events
+        gave: codex's own exit (it still writes its session file and `-o`, ~20 ms) and
+        the reap of what it left behind follow in the background (`_after_exit`).
+        """
+        previous = self._thread_exits.get(thread_id) if thread_id else None
+        if previous is not None:
+            # The codex of the turn before may still be writing the session resumed here.
+            await asyncio.wait({previous})
         progress = CodexProgress()
+        answered = asyncio.Event()
 
         def on_line(line: str) -> None:
+            if answered.is_set():
+                log.debug("run %s: output after the turn end: %.200r", request.run_id, line)
+                return
             event = parse_jsonl_line(line)
             if event is None:
                 return  # codex's stdout carries only JSONL in --json mode; skip stray text
             progress.feed(event)
             emit({"kind": "codex", "data": truncate_event(event), "summary": describe(event)})
+            if progress.turn_completed and not progress.turn_failed:
+                answered.set()
 
         tempdir = await self._transport.make_tempdir()
+        ended: asyncio.Future[int | None] | None = None
         try:
             output_file = posixpath.join(tempdir, "last-message.txt")
             schema_file = None
@@ -357,9 +379,14 @@ class CodexEngine:
                 cwd=None,
                 on_stdout_line=on_line,
                 timeout_s=self._settings.exec_timeout_s,
+                answered=answered,
             )
+            ended = result.ended
             attempt = _Attempt(result, progress)
-            if result.exit_code == 0 and progress.turn_completed:
+            if ended is not None:
+                # Answered at the turn end: codex writes -o only on its way out.
+                attempt.answer = progress.last_message or ""
+            elif result.exit_code == 0 and progress.turn_completed:
                 try:
                     attempt.answer = await self._transport.read_text(output_file)
                 except OSError:
@@ -368,7 +395,43 @@ class CodexEngine:
                 attempt.answer = attempt.answer or progress.last_message or ""
             return attempt
         finally:
-            await self._transport.remove_tree(tempdir)
+            if ended is None:
+                await self._transport.remove_tree(tempdir)
+            else:
+                self._after_exit(request.run_id, ended, tempdir, progress.thread_id)
+
+    def _after_exit(
+        self, run_id: str, ended: asyncio.Future[int | None], tempdir: str, thread: str | None
+    ) -> None:
+        """Once codex of a run that already answered has exited and its processes are
+        reaped, remove its temp dir (codex writes -o there on its way out); an exit
+        status other than 0 by then is logged, the answer stands. A run resuming
+        `thread` meanwhile waits for that exit (`_attempt`)."""
+        if thread:
+            self._thread_exits[thread] = ended
+
+        async def finish() -> None:
+            try:
+                status = await asyncio.shield(ended)
+                if status not in (0, None):
+                    log.warning(
+                        "run %s: codex exited with status %s after its turn end; the answer stands",
+                        run_id,
+                        status,
+                    )
+            finally:
+                if thread and self._thread_exits.get(thread) is ended:
+                    del self._thread_exits[thread]
+                await self._transport.remove_tree(tempdir)
+
+        task = asyncio.create_task(finish(), name=f"CodexEngine:{run_id}:after-exit")
+        self._exiting.add(task)
+        task.add_done_callback(self._exited)
+
+    def _exited(self, task: asyncio.Task[None]) -> None:
+        self._exiting.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("cleaning up after codex exited failed (the answer stands)", exc_info=exc)
 
     def _outcome(self, attempt: _Attempt) -> RunOutcome:
         result, progress = attempt.result, attempt.progress
@@ -381,7 +444,8 @@ class CodexEngine:
                 progress.usage,
                 {"code": "timeout", "message": f"codex did not finish within {limit:g} s"},
             )
-        if result.exit_code == 0 and progress.turn_completed and not progress.turn_failed:
+        exited_ok = result.exit_code == 0 or result.ended is not None  # or at its turn end
+        if exited_ok and progress.turn_completed and not progress.turn_failed:
             return RunOutcome("succeeded", attempt.answer, progress.thread_id, progress.usage)
         if result.exit_code == 0:
             summary = "codex exited with code 0 without completing the turn"

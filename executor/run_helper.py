@@ -94,7 +94,7 @@ wait_gone() {
 }
 reap() {
   if ! grep -qsxzF "@TAG_VAR@=$1" /proc/[0-9]*/environ \
-    && ! { [ "$2" -gt 1 ] && kill -0 -- "-$2"; }; then
+    && ! { [ "$2" -gt 1 ] && kill -s 0 -- "-$2"; }; then
     return 0  # the usual case after a normal exit: nothing left
   fi
   gs=$(groups "$1" "$2")

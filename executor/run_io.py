@@ -94,11 +94,12 @@ async def follow(
     (what codex left behind must not outlive the run). On cancellation, or if
     `on_line` or a read raises, the run is stopped before the error propagates.
 
-    `answered` set before the end (the helper said codex exited with status 0, see
-    `Launch`) returns at once, with the stderr read so far: the rest (awaiting `end`
-    for up to `end_bound_s`, then `stop()` if it did not come or `stop_after_exit`,
-    draining the output) is handed, as a coroutine, to `clean_up_later`, whose owner
-    awaits it. The caller is answered without waiting for what codex left behind.
+    `answered` set before the end (the caller saw codex's turn end, or the helper said
+    codex exited with status 0, see `Launch`) returns at once, with the stderr read so
+    far: the rest (awaiting `end` for up to `end_bound_s`, then `stop()` if it did not
+    come or `stop_after_exit`, draining the output) is handed, as a coroutine, to
+    `clean_up_later`, whose owner awaits it. The caller is answered without waiting
+    for codex's exit or for what codex left behind.
     """
     tail = bytearray()
     stdout_task = asyncio.create_task(pump_lines(stdout, on_line), name=f"{name}:stdout")
@@ -189,8 +190,8 @@ class CleanUps:
 
     def start(
         self, rest: Coroutine[Any, Any, None], finish: Callable[[], None], label: str
-    ) -> None:
-        """Run ``rest`` in a task of its own, then ``finish()`` whatever happened."""
+    ) -> asyncio.Task[None]:
+        """Run ``rest`` in a task of its own, then ``finish()`` whatever happened; the task."""
 
         async def clean_up() -> None:
             try:
@@ -201,6 +202,7 @@ class CleanUps:
         task = asyncio.create_task(clean_up(), name=f"{self._name}:{label}:clean-up")
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -211,6 +213,21 @@ class CleanUps:
         """Return once every clean-up started so far (and any they started) is done."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def ended_after(
+    task: asyncio.Task[None], exit_status: Callable[[], int | None]
+) -> asyncio.Future[int | None]:
+    """A future of a run's exit status (`exit_status()` then), resolved once `task`, its
+    clean-up, is done however it ended: `ProcessResult.ended`."""
+    ended: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+    def done(_task: asyncio.Task[None]) -> None:
+        if not ended.done():
+            ended.set_result(exit_status())
+
+    task.add_done_callback(done)
+    return ended
 
 
 def check_started(

@@ -8,6 +8,7 @@ The engine only talks to a `Transport`; it never starts processes itself. Errors
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,11 +29,18 @@ class SpawnError(TransportError):
 
 @dataclass(frozen=True)
 class ProcessResult:
-    """How a process ended: exit code (None if unknown), stderr's tail, timed out or not."""
+    """How a process ended: exit code (None if unknown), stderr's tail, timed out or not.
+
+    A run that returned at the caller's ``answered`` while its program still ran has
+    ``exit_code`` None and ``ended``: a future of the program's exit status (None if
+    unknown), resolved once the transport's clean-up of the run is done (its processes
+    gone, its output read).
+    """
 
     exit_code: int | None
     stderr_tail: str
     timed_out: bool = False
+    ended: asyncio.Future[int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,14 @@ class Transport(Protocol):
         cwd: str | None,
         on_stdout_line: Callable[[str], None],
         timeout_s: float,
+        answered: asyncio.Event | None = None,
     ) -> ProcessResult:
-        """Run `argv` with stdin empty, calling `on_stdout_line` per line; kill on timeout."""
+        """Run `argv` with stdin empty, calling `on_stdout_line` per line; kill on timeout.
+
+        ``answered``, set by the caller (from `on_stdout_line`) once the output so far is
+        all it needs, returns at once (see `ProcessResult.ended`); the program's exit and
+        the clean-up of its processes go on without the caller.
+        """
         ...
 
     async def read_text(self, path: str) -> str:

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -43,6 +44,7 @@ from executor.run_io import (
     CleanUps,
     check_started,
     codex_login_status,
+    ended_after,
     follow,
     keep_tail,
     pump_lines,
@@ -68,6 +70,38 @@ class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
         self.exited.set()
 
 
+class _Popened:
+    """A child started by `subprocess.Popen`, as much of `asyncio.subprocess.Process` as
+    this module uses: its pid, exit status and pipes connected to the event loop.
+
+    Popen starts it with vfork, in well under a millisecond; the event loop's own
+    subprocess support (uvloop's fork) copies the executor's page tables and then
+    takes a copy-on-write fault per page it touches, 5-20 ms on the run's path.
+    """
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        stdin: asyncio.StreamWriter | None,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader,
+        pipes: list[asyncio.BaseTransport],
+    ) -> None:
+        self._popen = popen
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.pipes = pipes
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+
 class _Child:
     """A started process, its exit event and the tag its whole process tree inherits.
 
@@ -75,7 +109,12 @@ class _Child:
     """
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, exited: asyncio.Event, tag: str, *, helper: bool
+        self,
+        proc: asyncio.subprocess.Process | _Popened,
+        exited: asyncio.Event,
+        tag: str,
+        *,
+        helper: bool,
     ) -> None:
         self.proc = proc
         self.exited = exited
@@ -90,6 +129,13 @@ class _Child:
         """Close the watchdog's pipe: the helper reaps the run (idempotent)."""
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()
+
+    def close_pipes(self) -> None:
+        """Close every pipe to the child (once its run is over; idempotent)."""
+        self.close_stdin()
+        if isinstance(self.proc, _Popened):
+            for pipe in self.proc.pipes:
+                pipe.close()
 
 
 def helper_usable() -> bool:
@@ -144,6 +190,7 @@ class LocalTransport:
         cwd: str | None,
         on_stdout_line: Callable[[str], None],
         timeout_s: float,
+        answered: asyncio.Event | None = None,
     ) -> ProcessResult:
         """Run `argv` (stdin /dev/null, own process group), streaming stdout line by line.
 
@@ -151,22 +198,23 @@ class LocalTransport:
         cancellation (or if `on_stdout_line` raises) they are killed and awaited before
         re-raising. Raises SpawnError when `argv[0]` or `cwd` is unusable.
 
-        Through the helper, a run whose program exited with status 0 returns as soon as
-        the helper says so: what it left behind is reaped in the background (the helper
-        does it even if this process dies), a task `close` awaits; a failure there is
-        logged, the result stands.
+        Through the helper, a run returns as soon as the caller sets `answered` (codex's
+        turn end: codex itself still has to exit) or the helper says its program exited
+        with status 0: the program's exit and the reap of what it left behind go on in
+        the background (the helper does it even if this process dies), in a task `close`
+        awaits; a failure there is logged, the result stands.
         """
         if self._closed:
             raise TransportError("transport is closed")
         env = codex_environment(os.environ, env_overrides)
         tag = uuid.uuid4().hex
         launch: Launch | None = None
-        answered = asyncio.Event()
+        early = answered if answered is not None else asyncio.Event()
         if self.use_helper:
 
             def on_exit(status: int) -> None:
                 if status == 0:
-                    answered.set()
+                    early.set()
 
             launch = Launch(on_stdout_line, on_exit)
             words = run_words(argv, {}, cwd, tag=tag, grace_s=self._kill_grace_s)
@@ -176,12 +224,11 @@ class LocalTransport:
         proc = child.proc
         assert proc.stdout is not None and proc.stderr is not None
         self._live.add(child)
-        later = False
+        later: asyncio.Task[None] | None = None
 
         def clean_up_later(rest: Coroutine[Any, Any, None]) -> None:
             nonlocal later
-            later = True
-            self._clean_up(child, rest)
+            later = self._clean_up(child, rest)
 
         try:
             timed_out, tail = await follow(
@@ -195,17 +242,26 @@ class LocalTransport:
                 # run (nor hold the pipes open, which would stall the reads).
                 stop_after_exit=True,
                 name=f"LocalTransport:{child.pid}",
-                answered=answered if launch is not None else None,
+                answered=early,
                 clean_up_later=clean_up_later,
                 end_bound_s=reap_bound_s(self._kill_grace_s),
             )
         finally:
-            if not later:
+            if later is None:
                 self._live.discard(child)
-                child.close_stdin()
-        if later:
-            assert launch is not None and launch.exit_status is not None
-            return ProcessResult(exit_code=launch.exit_status, stderr_tail=tail)
+                child.close_pipes()
+        if later is not None:
+            if launch is not None and launch.exit_status is not None:
+                return ProcessResult(exit_code=launch.exit_status, stderr_tail=tail)
+
+            def exit_status() -> int | None:
+                if launch is not None and launch.exit_status is not None:
+                    return launch.exit_status
+                return proc.returncode
+
+            return ProcessResult(
+                exit_code=None, stderr_tail=tail, ended=ended_after(later, exit_status)
+            )
         if launch is not None:
             check_started(
                 launch,
@@ -270,14 +326,14 @@ class LocalTransport:
         """Run `codex login status`; the detail keeps its wording, never the masked key."""
         return await codex_login_status(self, codex_bin, env_overrides)
 
-    def _clean_up(self, child: _Child, rest: Coroutine[Any, Any, None]) -> None:
-        """Finish a run's clean-up in a task of our own (`close` awaits it)."""
+    def _clean_up(self, child: _Child, rest: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Finish a run's clean-up in a task of our own (`close` awaits it); the task."""
 
         def finish() -> None:
             self._live.discard(child)
-            child.close_stdin()
+            child.close_pipes()
 
-        self._cleanups.start(rest, finish, str(child.pid))
+        return self._cleanups.start(rest, finish, str(child.pid))
 
     async def settled(self) -> None:
         """Return once the clean-ups of runs that already answered are done."""
@@ -305,6 +361,8 @@ async def _spawn(
     The helper's stdin is the watchdog's pipe (it gives codex /dev/null); codex started
     directly gets /dev/null, or it would read stdin to EOF, unless `pipe` asks for one.
     """
+    if _PIDFD:
+        return await _popen(argv, env, cwd, tag, helper=helper, pipe=pipe)
     loop = asyncio.get_running_loop()
     try:
         transport, protocol = await loop.subprocess_exec(
@@ -321,6 +379,75 @@ async def _spawn(
         raise SpawnError(argv[0], exc.strerror or str(exc)) from exc
     proc = asyncio.subprocess.Process(transport, protocol, loop)
     return _Child(proc, protocol.exited, tag, helper=helper)
+
+
+#: Linux (5.3+) can watch a child's exit through a file descriptor: `_popen` needs it.
+_PIDFD = hasattr(os, "pidfd_open")
+
+
+def _reading(reader: asyncio.StreamReader) -> Callable[[], asyncio.StreamReaderProtocol]:
+    """A protocol factory feeding `reader`."""
+    return lambda: asyncio.StreamReaderProtocol(reader)
+
+
+def _vfork(
+    argv: Sequence[str], env: dict[str, str], cwd: str | None, *, stdin: bool
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in a new session, stdout and stderr piped, stdin piped or /dev/null
+    (Popen's vfork: it returns once the child has exec'd, in well under a millisecond)."""
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,  # its own process group, killed as one
+        )
+    except OSError as exc:
+        raise SpawnError(argv[0], exc.strerror or str(exc)) from exc
+
+
+async def _popen(
+    argv: Sequence[str], env: dict[str, str], cwd: str | None, tag: str, *, helper: bool, pipe: bool
+) -> _Child:
+    """`_spawn` through `subprocess.Popen` (see `_Popened`); its exit is watched through
+    a pidfd, and reaped here (nobody else waits for a pid they did not start)."""
+    loop = asyncio.get_running_loop()
+    popen = _vfork(argv, env, cwd, stdin=helper or pipe)
+    exited = asyncio.Event()
+    pidfd = os.pidfd_open(popen.pid)  # a zombie's too: nobody else reaps it
+
+    def reap() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        try:
+            _, status = os.waitpid(popen.pid, os.WNOHANG)
+            popen.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            log.warning("pid %d was reaped by someone else; its exit status is lost", popen.pid)
+            popen.returncode = 255
+        exited.set()
+
+    loop.add_reader(pidfd, reap)
+    assert popen.stdout is not None and popen.stderr is not None
+    pipes: list[asyncio.BaseTransport] = []
+    readers: list[asyncio.StreamReader] = []
+    for source in (popen.stdout, popen.stderr):
+        reader = asyncio.StreamReader(limit=2**16, loop=loop)
+        read_pipe, _ = await loop.connect_read_pipe(_reading(reader), source)
+        pipes.append(read_pipe)
+        readers.append(reader)
+    writer = None
+    if popen.stdin is not None:
+        write_pipe, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.streams.FlowControlMixin(loop=loop), popen.stdin
+        )
+        pipes.append(write_pipe)
+        writer = asyncio.StreamWriter(write_pipe, protocol, None, loop)
+    proc = _Popened(popen, writer, readers[0], readers[1], pipes)
+    return _Child(proc, exited, tag, helper=helper)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -575,3 +702,4 @@ class LocalSession:
             for task in (self._stdout, self._stderr):
                 task.cancel()
             await asyncio.gather(self._stdout, self._stderr, return_exceptions=True)
+            self._child.close_pipes()

@@ -85,6 +85,7 @@ from executor.run_io import (
     Reader,
     check_started,
     codex_login_status,
+    ended_after,
     follow,
     keep_tail,
     pump_lines,
@@ -617,6 +618,7 @@ class SshTransport:
         cwd: str | None,
         on_stdout_line: Callable[[str], None],
         timeout_s: float,
+        answered: asyncio.Event | None = None,
     ) -> ProcessResult:
         """Run `argv` on the host (stdin /dev/null, own process group), streaming stdout.
 
@@ -625,8 +627,9 @@ class SshTransport:
         Raises SpawnError when the executable or `cwd` does not exist remotely and
         SshConnectionError when the connection fails or drops during the run.
 
-        A run whose program exited with status 0 returns when the helper says so; the
-        remote reap and the channel's end follow in a task `close` awaits (`settled`).
+        A run returns when the caller sets `answered` (codex's turn end), or when the
+        helper says its program exited with status 0; the program's exit, the remote
+        reap and the channel's end follow in a task `close` awaits (`settled`).
         """
         if self._state is not _State.OPEN:
             raise TransportError("transport is closed")
@@ -642,21 +645,20 @@ class SshTransport:
                 f"{MAX_COMMAND_BYTES + 1} a remote shell accepts (shorten the prompt)",
             )
         conn, process = await self._open(command)
-        answered = asyncio.Event()
+        early = answered if answered is not None else asyncio.Event()
 
         def on_exit(status: int) -> None:
             if status == 0:
-                answered.set()
+                early.set()
 
         launch = Launch(on_stdout_line, on_exit)
         run = _Run(conn, process, tag, launch)
         self._live.add(run)
-        later = False
+        later: asyncio.Task[None] | None = None
 
         def clean_up_later(rest: Coroutine[Any, Any, None]) -> None:
             nonlocal later
-            later = True
-            self._clean_up(run, rest)
+            later = self._clean_up(run, rest)
 
         try:
             # A read's SshConnectionError stops the run too, and propagates.
@@ -671,17 +673,24 @@ class SshTransport:
                 stop_after_exit=False,
                 name=f"SshTransport:{tag[:8]}",
                 # codex exited with 0: answer now; the helper reaps, the channel closes.
-                answered=answered,
+                answered=early,
                 clean_up_later=clean_up_later,
                 end_bound_s=reap_bound_s(self._kill_grace_s) + self._command_timeout_s,
             )
         finally:
-            if not later:
+            if later is None:
                 self._live.discard(run)
                 process.close()
-        if later:
-            assert launch.exit_status is not None
-            return ProcessResult(exit_code=launch.exit_status, stderr_tail=tail)
+        if later is not None:
+            if launch.exit_status is not None:
+                return ProcessResult(exit_code=launch.exit_status, stderr_tail=tail)
+
+            def exit_status() -> int | None:
+                return launch.exit_status if launch.exit_status is not None else process.returncode
+
+            return ProcessResult(
+                exit_code=None, stderr_tail=tail, ended=ended_after(later, exit_status)
+            )
         if process.exit_status is None and process.exit_signal is None and not timed_out:
             # The channel ended without an exit status: the connection went away.
             raise self._lost(None)
@@ -838,15 +847,15 @@ class SshTransport:
         """Run `codex login status` remotely; the detail never holds the masked key."""
         return await codex_login_status(self, codex_bin, env_overrides)
 
-    def _clean_up(self, run: _Run, rest: Coroutine[Any, Any, None]) -> None:
+    def _clean_up(self, run: _Run, rest: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Finish a run that answered (its channel's end, a kill if it does not come)
-        in a task of our own, which `close` awaits."""
+        in a task of our own, which `close` awaits; the task."""
 
         def finish() -> None:
             self._live.discard(run)
             run.process.close()
 
-        self._cleanups.start(rest, finish, run.tag[:8])
+        return self._cleanups.start(rest, finish, run.tag[:8])
 
     async def settled(self) -> None:
         """Return once the clean-ups of runs that already answered are done."""

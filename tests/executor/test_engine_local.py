@@ -8,6 +8,7 @@ transport must do runs locally and over SSH in test_transport_contract.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shlex
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from executor import transport_local
 from executor.engine import CodexEngine, RunOutcome, RunRequest
 from executor.run_helper import Launch
 from executor.settings import ExecutorSettings
@@ -24,7 +26,7 @@ from executor.transport import LoginStatus
 from executor.transport_local import LocalTransport
 from testkit.fakes.model_server import STUB_API_KEY, StubModelServer
 from testkit.procs import processes_under
-from tests.executor.helpers import Recorder, assert_no_process_left
+from tests.executor.helpers import WAIT_S, Recorder, assert_no_process_left
 
 Settings = Callable[..., ExecutorSettings]
 
@@ -151,6 +153,26 @@ async def test_transport_passes_env_overrides(tmp_path: Path) -> None:
     assert lines == [f"yes:{os.environ['PATH']}"]
 
 
+@pytest.mark.parametrize("pidfd", [True, False], ids=["popen-pidfd", "event-loop"])
+async def test_transport_starts_the_helper_either_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pidfd: bool
+) -> None:
+    """Started through Popen with a pidfd or through the event loop's subprocesses, a run
+    streams its lines, keeps stderr, gives its exit status and leaves nothing behind."""
+    monkeypatch.setattr(transport_local, "_PIDFD", pidfd)
+    lines: list[str] = []
+    async with LocalTransport() as local:
+        result = await local.run(
+            ["sh", "-c", "echo one; echo two; echo oops >&2; exit 5"],
+            env_overrides={},
+            cwd=str(tmp_path),
+            on_stdout_line=lines.append,
+            timeout_s=WAIT_S,
+        )
+    assert lines == ["one", "two"] and result.exit_code == 5 and "oops" in result.stderr_tail
+    assert_no_process_left(tmp_path)
+
+
 async def test_transport_answers_before_the_leftovers_are_reaped(tmp_path: Path) -> None:
     """A run returns at its program's exit while a leftover that ignores SIGTERM still
     runs; the transport reaps it afterwards, and nothing is left once that is done."""
@@ -177,12 +199,12 @@ async def test_a_failing_clean_up_is_logged_and_the_result_stands(
     """An error while cleaning up after the answer is logged; the run's result is kept."""
 
     class BrokenCleanUp(LocalTransport):
-        def _clean_up(self, child: Any, rest: Any) -> None:
+        def _clean_up(self, child: Any, rest: Any) -> Any:
             async def broken() -> None:
                 await rest
                 raise OSError("cannot read /proc")
 
-            super()._clean_up(child, broken())
+            return super()._clean_up(child, broken())
 
     async with BrokenCleanUp() as local:
         result = await local.run(
@@ -196,6 +218,92 @@ async def test_a_failing_clean_up_is_logged_and_the_result_stands(
     assert result.exit_code == 0 and not result.timed_out
     failures = [r for r in caplog.records if "cleaning up after a run failed" in r.message]
     assert failures and "cannot read /proc" in str(failures[0].exc_info)
+
+
+#: A codex stand-in: logged in; `exec` prints a turn's events, then waits for $FAKE_GO,
+#: writes -o and exits 1 (codex writes -o, and could fail, only on its way out).
+FAKE_CODEX = r"""#!/bin/sh
+[ "$1" = login ] && { echo "Logged in using an API key" >&2; exit 0; }
+out=
+while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
+echo "$out" > "$FAKE_GO.out"
+echo '{"type":"thread.started","thread_id":"t-1"}'
+echo '{"type":"turn.started"}'
+echo '{"type":"item.completed","item":{"id":"i0","type":"agent_message","text":"from events"}}'
+echo '{"type":"turn.completed","usage":{"input_tokens":1,"output_tokens":2}}'
+until [ -e "$FAKE_GO" ]; do sleep 0.01; done
+printf 'from -o' > "$out"
+exit 1
+"""
+
+
+async def test_a_run_answers_at_codexs_turn_end_before_codex_exits(
+    executor_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The engine answers with the events' final message at codex's turn end while codex
+    still runs; the -o temp dir goes once codex has exited, and its exit status 1 after
+    the turn end is logged, the answer stands."""
+    fake = tmp_path / "codex"
+    fake.write_text(FAKE_CODEX)
+    fake.chmod(0o755)
+    go = tmp_path / "go"
+    monkeypatch.setenv("FAKE_GO", str(go))
+    async with LocalTransport() as local:
+        engine = CodexEngine(executor_settings(codex_bin=str(fake)), local)
+        async with asyncio.timeout(WAIT_S):
+            outcome = await engine.run(RunRequest("r1", "hi"), Recorder())
+        assert outcome.status == "succeeded", outcome.error
+        assert outcome.answer == "from events" and outcome.thread_id == "t-1"
+        output = Path((tmp_path / "go.out").read_text().strip())
+        assert processes_under([tmp_path]), "codex should still be running"
+        assert output.parent.is_dir()
+        go.touch()
+        async with asyncio.timeout(WAIT_S):
+            await engine.aclose()
+        assert not output.parent.exists()
+        await local.settled()
+    assert_no_process_left(tmp_path)
+    assert any("exited with status 1 after its turn end" in r.message for r in caplog.records)
+
+
+#: A codex stand-in whose first run lingers 0.3 s after its turn end; a `resume` notes
+#: whether that first codex was still running when it started.
+LINGERING_CODEX = r"""#!/bin/sh
+[ "$1" = login ] && { echo "Logged in using an API key" >&2; exit 0; }
+case " $* " in
+  *" resume "*)
+    if kill -0 "$(cat "$FAKE_DIR/first.pid")" 2>/dev/null; then seen=running; else seen=exited; fi
+    echo "$seen" > "$FAKE_DIR/seen" ;;
+  *) echo $$ > "$FAKE_DIR/first.pid" ;;
+esac
+echo '{"type":"thread.started","thread_id":"t-1"}'
+echo '{"type":"item.completed","item":{"id":"i0","type":"agent_message","text":"ok"}}'
+echo '{"type":"turn.completed","usage":{"input_tokens":1,"output_tokens":2}}'
+[ -e "$FAKE_DIR/seen" ] || sleep 0.3
+"""
+
+
+async def test_a_resume_waits_for_the_exit_of_the_codex_that_answered_the_turn_before(
+    executor_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run continuing a thread whose last codex answered but has not exited yet starts
+    its codex only once that one is gone (it may still be writing the session)."""
+    fake = tmp_path / "codex"
+    fake.write_text(LINGERING_CODEX)
+    fake.chmod(0o755)
+    monkeypatch.setenv("FAKE_DIR", str(tmp_path))
+    async with LocalTransport() as local:
+        engine = CodexEngine(executor_settings(codex_bin=str(fake)), local)
+        async with asyncio.timeout(WAIT_S):
+            first = await engine.run(RunRequest("r1", "hi"), Recorder())
+            second = await engine.run(RunRequest("r2", "again", "t-1"), Recorder())
+            await engine.aclose()
+    assert first.status == second.status == "succeeded" and first.thread_id == "t-1"
+    assert (tmp_path / "seen").read_text().strip() == "exited"
+    assert_no_process_left(tmp_path)
 
 
 def test_the_exit_line_ends_the_programs_output() -> None:

@@ -41,6 +41,7 @@ from tests.executor.helpers import (
     assert_no_process_left,
     fifo_signal,
     run_lines,
+    wait_no_process_left,
 )
 
 Settings = Callable[..., ExecutorSettings]
@@ -536,3 +537,49 @@ async def test_missing_codex_is_codex_not_found(engine_for: Callable[..., CodexE
     assert outcome.status == "failed"
     assert outcome.error is not None and outcome.error["code"] == "codex_not_found"
     assert "/nonexistent/codex" in outcome.error["message"]
+
+
+async def test_a_run_returns_when_the_caller_has_its_answer(
+    transport: AnyTransport, tmp_path: Path
+) -> None:
+    """A run returns as soon as the caller sets `answered`, while its program still runs;
+    the program's exit and the clean-up follow, `ended` gives its status, nothing is left."""
+    go = tmp_path / "go"
+    script = f"echo answer; until [ -e {shlex.quote(str(go))} ]; do sleep 0.01; done; exit 3"
+    answered = asyncio.Event()
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        if line == "answer":
+            answered.set()
+
+    result = await transport.run(
+        ["sh", "-c", script],
+        env_overrides={},
+        cwd=str(tmp_path),
+        on_stdout_line=on_line,
+        timeout_s=WAIT_S,
+        answered=answered,
+    )
+    assert lines == ["answer"] and result.exit_code is None and not result.timed_out
+    assert result.ended is not None and not result.ended.done()
+    assert processes_under([tmp_path]), "the program should still be running"
+    go.touch()
+    async with asyncio.timeout(WAIT_S):
+        assert await result.ended == 3
+    await transport.settled()
+    assert_no_process_left(tmp_path)
+
+
+async def test_a_process_that_dropped_the_tag_is_reaped_with_codexs_group(
+    transport: AnyTransport, tmp_path: Path
+) -> None:
+    """A process left in codex's own process group without the run's tag (its environment
+    cleared) is still ended once the run is over."""
+    lines, result = await run_lines(
+        transport, ["sh", "-c", "env -i sleep 43 & echo out"], cwd=str(tmp_path)
+    )
+    assert lines == ["out"] and result.exit_code == 0
+    await transport.settled()
+    await wait_no_process_left(tmp_path)
