@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 
 from hub.app import HubServer
 from hub.appkeys import STORE
@@ -219,3 +221,25 @@ async def test_an_idempotency_key_returns_the_same_run(hub: Any, start_executor:
             second = (resp.headers["X-Run-ID"], await resp.json())
     assert first[0] == second[0]
     assert second[1]["choices"][0]["message"]["content"] == "first"
+
+
+async def test_an_answered_completion_leaves_its_request_to_reference_counting(
+    hub: Any, start_executor: Any
+) -> None:
+    """Once answered, a chat completion's request is in no reference cycle: the garbage
+    collector finds none of the hub's requests to free."""
+    async with start_executor(), aiohttp.ClientSession() as s:
+        async with s.post(hub.url + CHAT, json=chat("warm up")) as resp:
+            assert resp.status == 200
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for i in range(3):
+                async with s.post(hub.url + CHAT, json=chat(f"cycle {i}")) as resp:
+                    assert (await resp.json())["choices"][0]["message"]["content"] == f"cycle {i}"
+            gc.collect()
+            requests = [o for o in gc.garbage if isinstance(o, web.Request)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert requests == []
