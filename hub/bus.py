@@ -297,7 +297,9 @@ class Bus:
         """Whether a message (of run ``run_id``) would reach any subscriber now: when
         not, a publisher may skip building it (nobody is told of a message published
         before they subscribed)."""
-        return bool(self._all or self._frame_subs or (run_id is not None and run_id in self._by_run))
+        if self._all or self._frame_subs:
+            return True
+        return run_id is not None and run_id in self._by_run
 
     def _gather(self, message: Message) -> None:
         key = _coalesce_key(message)

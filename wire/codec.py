@@ -57,6 +57,7 @@ def _long_number(text: str) -> bool:
     match = _SHORT_NUMBERS.match(text)
     return match is not None and match.end() != len(text)
 
+
 _ADAPTERS: dict[tuple[Sender, Role], tuple[TypeAdapter[Any], TypeAdapter[list[Any]]]] = {
     ("node", "executor"): (EXECUTOR_FRAME, EXECUTOR_BATCH),
     ("node", "bridge"): (BRIDGE_FRAME, BRIDGE_BATCH),
