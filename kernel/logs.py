@@ -221,7 +221,10 @@ def _hint_patterns(
 
 def _hinted(patterns: tuple[re.Pattern[Any], ...], data: str | bytes) -> bool:
     """True when any of ``patterns`` matches somewhere in ``data``."""
-    return any(pattern.search(data) is not None for pattern in patterns)
+    for pattern in patterns:  # a loop, not any(): no generator on every event
+        if pattern.search(data) is not None:
+            return True
+    return False
 
 
 _hints = _Hints(set())
