@@ -112,8 +112,14 @@ class Calls:
         self.rejoined = 0
         self._waiters: dict[str, int] = {}
         self._orphans: dict[str, asyncio.Task[None]] = {}
+        #: Handlers waiting for their runs, and their requests (see :meth:`watch`).
+        self._watched: dict[asyncio.Task[Any], web.Request] = {}
+        self._look_handle: asyncio.TimerHandle | None = None
 
     async def close(self) -> None:
+        if self._look_handle is not None:
+            self._look_handle.cancel()
+            self._look_handle = None
         tasks = list(self._orphans.values())
         for task in tasks:
             task.cancel()
@@ -134,6 +140,29 @@ class Calls:
         if found is None or time.monotonic() - found[1] > RETRY_MEMORY_S:
             return None
         return found[0]
+
+    def watch(self, task: asyncio.Task[Any], request: web.Request, tick: float) -> None:
+        """Cancel ``task`` (a handler waiting for its run) once ``request``'s connection
+        is gone, looking every ``tick`` s; until :meth:`unwatch`.
+
+        One timer looks at every waiting request, rather than a timer for each: a timer
+        made and cancelled on every run is not free.
+        """
+        self._watched[task] = request
+        if self._look_handle is None:
+            self._look_handle = asyncio.get_running_loop().call_later(tick, self._look, tick)
+
+    def unwatch(self, task: asyncio.Task[Any]) -> None:
+        """``task`` no longer waits (see :meth:`watch`)."""
+        self._watched.pop(task, None)
+
+    def _look(self, tick: float) -> None:
+        self._look_handle = None
+        for task, request in list(self._watched.items()):
+            if _gone(request):
+                task.cancel()
+        if self._watched:
+            self._look_handle = asyncio.get_running_loop().call_later(tick, self._look, tick)
 
     def attach(self, run_id: str) -> None:
         """A client waits for the run: a pending cancel for a dropped one is called off."""
@@ -707,15 +736,18 @@ def _gone(request: web.Request) -> bool:
 async def wait(request: web.Request, ticket: Ticket) -> Run:
     """Wait for the run; a caller that goes away leaves it a grace period (see Calls).
 
-    aiohttp cancels this handler when the connection drops; a timer that looks every
-    ``HUB_KEEPALIVE_S`` is the second line (a timer, not ``wait_for``: it is on every run).
+    aiohttp cancels this handler when the connection drops; a look every
+    ``HUB_KEEPALIVE_S`` is the second line (:meth:`Calls.watch`: one timer for every
+    waiting request, not ``wait_for`` or a timer each: it is on every run).
     """
     done = ticket.done
     if done.done():
         return done.result()
     calls = request.app[CALLS]
     router = request.app[ROUTER]
-    watch = _DropWatch(request, asyncio.current_task(), request.app[SETTINGS].keepalive_s)
+    task = asyncio.current_task()
+    if task is not None:
+        calls.watch(task, request, request.app[SETTINGS].keepalive_s)
     calls.attach(ticket.run.id)
     dropped = False
     try:
@@ -724,38 +756,9 @@ async def wait(request: web.Request, ticket: Ticket) -> Run:
         dropped = True
         raise
     finally:
-        watch.stop()
+        if task is not None:
+            calls.unwatch(task)
         calls.release(ticket.run.id, router, dropped=dropped)
-
-
-class _DropWatch:
-    """Cancels ``task`` once ``request``'s connection is gone, looking every ``tick`` s.
-
-    An object, not a closure: a closure that schedules itself is a reference cycle
-    (itself, and the timer that holds it), which would keep the request, its response
-    and its task alive until a full garbage collection, one of 10-20 ms every half
-    second at full load. :meth:`stop` lets go of the timer, and with it the cycle.
-    """
-
-    __slots__ = ("_handle", "_loop", "_request", "_task", "_tick")
-
-    def __init__(self, request: web.Request, task: asyncio.Task[Any] | None, tick: float) -> None:
-        self._request = request
-        self._task = task
-        self._tick = tick
-        self._loop = asyncio.get_running_loop()
-        self._handle: asyncio.TimerHandle | None = self._loop.call_later(tick, self._look)
-
-    def _look(self) -> None:
-        if _gone(self._request) and self._task is not None:
-            self._task.cancel()
-        else:
-            self._handle = self._loop.call_later(self._tick, self._look)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 async def _cancel_for_disconnect(router: Router, run_id: str) -> None:

@@ -13,8 +13,10 @@ import openai
 import pytest
 from aiohttp import web
 
+from hub.api_openai import Calls
 from hub.app import HubServer
 from hub.appkeys import STORE
+from hub.settings import HubSettings
 from tests.conftest import NODE_TOKEN, ws_url
 
 CHAT = "/v1/chat/completions"
@@ -243,3 +245,53 @@ async def test_an_answered_completion_leaves_its_request_to_reference_counting(
             gc.set_debug(0)
             gc.garbage.clear()
     assert requests == []
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class _Request:
+    """What the watch reads of a request: its transport."""
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+
+
+async def test_one_look_cancels_the_handlers_whose_clients_are_gone_and_only_those(
+    tmp_path: Any,
+) -> None:
+    """Calls.watch: a waiting handler whose connection closed is cancelled at the next
+    look, one still connected is not, and the looking stops once nobody waits."""
+    settings = HubSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        HUB_PORT=0,
+        HUB_DB=tmp_path / "hub.db",
+        HUB_TOKEN=NODE_TOKEN,
+        HUB_AUTH="none",
+    )
+    calls = Calls(settings)
+    forever = asyncio.get_running_loop().create_future()
+    gone, staying = _Request(), _Request()
+
+    async def waiting() -> None:
+        await asyncio.shield(forever)
+
+    dropped = asyncio.create_task(waiting())
+    kept = asyncio.create_task(waiting())
+    calls.watch(dropped, gone, 0.01)  # type: ignore[arg-type]
+    calls.watch(kept, staying, 0.01)  # type: ignore[arg-type]
+    gone.transport.closing = True
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    assert not kept.done()
+    calls.unwatch(dropped)
+    calls.unwatch(kept)
+    kept.cancel()
+    await asyncio.sleep(0.05)  # a look that finds nobody schedules no other
+    assert calls._look_handle is None
+    await calls.close()
