@@ -112,8 +112,14 @@ class Calls:
         self.rejoined = 0
         self._waiters: dict[str, int] = {}
         self._orphans: dict[str, asyncio.Task[None]] = {}
+        #: Handlers waiting for their runs, and their requests (see :meth:`watch`).
+        self._watched: dict[asyncio.Task[Any], web.Request] = {}
+        self._look_handle: asyncio.TimerHandle | None = None
 
     async def close(self) -> None:
+        if self._look_handle is not None:
+            self._look_handle.cancel()
+            self._look_handle = None
         tasks = list(self._orphans.values())
         for task in tasks:
             task.cancel()
@@ -134,6 +140,29 @@ class Calls:
         if found is None or time.monotonic() - found[1] > RETRY_MEMORY_S:
             return None
         return found[0]
+
+    def watch(self, task: asyncio.Task[Any], request: web.Request, tick: float) -> None:
+        """Cancel ``task`` (a handler waiting for its run) once ``request``'s connection
+        is gone, looking every ``tick`` s; until :meth:`unwatch`.
+
+        One timer looks at every waiting request, rather than a timer for each: a timer
+        made and cancelled on every run is not free.
+        """
+        self._watched[task] = request
+        if self._look_handle is None:
+            self._look_handle = asyncio.get_running_loop().call_later(tick, self._look, tick)
+
+    def unwatch(self, task: asyncio.Task[Any]) -> None:
+        """``task`` no longer waits (see :meth:`watch`)."""
+        self._watched.pop(task, None)
+
+    def _look(self, tick: float) -> None:
+        self._look_handle = None
+        for task, request in list(self._watched.items()):
+            if _gone(request):
+                task.cancel()
+        if self._watched:
+            self._look_handle = asyncio.get_running_loop().call_later(tick, self._look, tick)
 
     def attach(self, run_id: str) -> None:
         """A client waits for the run: a pending cancel for a dropped one is called off."""
@@ -707,27 +736,18 @@ def _gone(request: web.Request) -> bool:
 async def wait(request: web.Request, ticket: Ticket) -> Run:
     """Wait for the run; a caller that goes away leaves it a grace period (see Calls).
 
-    aiohttp cancels this handler when the connection drops; a timer that looks every
-    ``HUB_KEEPALIVE_S`` is the second line (a timer, not ``wait_for``: it is on every run).
+    aiohttp cancels this handler when the connection drops; a look every
+    ``HUB_KEEPALIVE_S`` is the second line (:meth:`Calls.watch`: one timer for every
+    waiting request, not ``wait_for`` or a timer each: it is on every run).
     """
     done = ticket.done
     if done.done():
         return done.result()
     calls = request.app[CALLS]
     router = request.app[ROUTER]
-    tick = request.app[SETTINGS].keepalive_s
-    loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    handle: asyncio.TimerHandle | None = None
-
-    def look() -> None:
-        nonlocal handle
-        if _gone(request) and task is not None:
-            task.cancel()
-        else:
-            handle = loop.call_later(tick, look)
-
-    handle = loop.call_later(tick, look)
+    if task is not None:
+        calls.watch(task, request, request.app[SETTINGS].keepalive_s)
     calls.attach(ticket.run.id)
     dropped = False
     try:
@@ -736,7 +756,8 @@ async def wait(request: web.Request, ticket: Ticket) -> Run:
         dropped = True
         raise
     finally:
-        handle.cancel()
+        if task is not None:
+            calls.unwatch(task)
         calls.release(ticket.run.id, router, dropped=dropped)
 
 

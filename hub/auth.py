@@ -63,8 +63,14 @@ NO_AUTH_PRINCIPAL = "anonymous"
 API_SURFACES = ("http", "monitor")
 
 
+@functools.lru_cache(maxsize=256)
 def principal_for_key(key: str) -> str:
-    """The principal id of an API key: ``key:`` + 12 hex digits of its SHA-256."""
+    """The principal id of an API key: ``key:`` + 12 hex digits of its SHA-256.
+
+    Cached (a hash on every request otherwise): it depends on the key alone, and the
+    middleware asks only for keys it has just checked, so a key removed from the hub's
+    keys is refused before it gets here.
+    """
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
     return f"key:{digest[:12]}"
 

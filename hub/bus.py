@@ -280,6 +280,8 @@ class Bus:
         A message with a ``run_id`` is that run's: frame subscribers see it only if they
         are ``owner`` (the run's principal; None for a chat bridge's run) or operators.
         """
+        if not self.wanted(run_id):
+            return
         message = _Shared(message)
         message.private = run_id is not None
         message.owner = owner
@@ -290,6 +292,14 @@ class Bus:
                 sub._offer(message)
         if self._frame_subs:
             self._gather(message)
+
+    def wanted(self, run_id: str | None = None) -> bool:
+        """Whether a message (of run ``run_id``) would reach any subscriber now: when
+        not, a publisher may skip building it (nobody is told of a message published
+        before they subscribed)."""
+        if self._all or self._frame_subs:
+            return True
+        return run_id is not None and run_id in self._by_run
 
     def _gather(self, message: Message) -> None:
         key = _coalesce_key(message)

@@ -145,6 +145,8 @@ class RouterState:
         """Number the run's next event and hand it to live subscribers."""
         live.seq += 1
         ts = time.time()
+        if not self.bus.wanted(live.run.id):
+            return live.seq, ts
         self.bus.publish(
             {
                 "type": "event",
@@ -169,9 +171,13 @@ class RouterState:
         self.store.post(op_record, live.run.id, fields, (seq, ts, kind, data, exec_seq))
 
     def _publish_run(self, run: Run) -> None:
+        if not self.bus.wanted(run.id):
+            return  # nobody listens: no summary to build
         self.bus.publish({"type": "run", "run": run.summary()}, run.id, owner=run.principal)
 
     def _publish_nodes(self) -> None:
+        if not self.bus.wanted():
+            return  # nobody listens: the nodes and the queue need not be walked
         self.bus.publish({"type": "nodes", "nodes": self.nodes()})
         self.bus.publish({"type": "queue", **self.queue_info()})
 

@@ -346,19 +346,23 @@ class Scheduler(RouterState):
             thread_id = self.sessions.get(run.session_key, (None, None))[0]
         else:
             thread_id = run.thread_id  # set at submit when the run resumes a thread
-        assign = AssignFrame(
-            run_id=run.id,
-            prompt=run.prompt,
-            thread_id=thread_id,
-            optimize=run.optimize,
-            origin=run.origin,
-            session_key=run.session_key,
-            repo=run.origin.get("repo"),
-            open_pr=bool(run.origin.get("open_pr")),
-        )
+        fields: dict[str, Any] = {
+            "run_id": run.id,
+            "prompt": run.prompt,
+            "thread_id": thread_id,
+            "optimize": run.optimize,
+            "origin": run.origin,
+            "session_key": run.session_key,
+            "repo": run.origin.get("repo"),
+            "open_pr": bool(run.origin.get("open_pr")),
+        }
         if live.options:  # left out when there are none, as older hubs did
-            assign = assign.model_copy(update={"options": live.options})
-        node.link.send(assign.dump())
+            fields["options"] = live.options
+        # Checked as the model, sent as what its dump() is (every field given, and its
+        # type): dumping the model again would cost as much as building it, on every run.
+        # link.send encodes it at once, so the run's own dicts are not kept.
+        AssignFrame(**fields)
+        node.link.send({"type": "assign", **fields})
         self._record(
             live,
             "assigned",

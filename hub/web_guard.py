@@ -56,6 +56,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PAGE_PATHS = frozenset({"/", "/favicon.ico"})
 PAGE_PREFIXES = ("/static/",)
 
+#: How many distinct ``Host`` values :meth:`HostPolicy.check_host` remembers.
+HOST_CACHE_SIZE = 256
+
 _HOST = re.compile(r"^(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^:\[\]/@\s]+))(?::(?P<port>\d{1,5}))?$")
 
 
@@ -95,11 +98,29 @@ class HostPolicy:
         self.names = frozenset(names | {h for h in settings.allowed_hosts if h[:1] != "."})
         self.suffixes = tuple(h for h in settings.allowed_hosts if h[:1] == ".")
         self.origins = frozenset(settings.allowed_origins)
+        self._hosts: dict[str, tuple[str, int | None] | None] = {}
 
     def host_allowed(self, name: str) -> bool:
         if self.any_host or name in self.names or _is_ip(name):
             return True
         return any(name.endswith(s) or name == s[1:] for s in self.suffixes)
+
+    def check_host(self, raw: str) -> tuple[str, int | None] | None:
+        """``raw`` (a ``Host`` header) split, when this hub answers to it; else None.
+
+        Every request carries the same few ``Host`` values: their verdicts are kept
+        (the policy never changes), at most ``HOST_CACHE_SIZE`` of them, refusals
+        included, so a scanner's made-up names cannot grow it.
+        """
+        try:
+            return self._hosts[raw]
+        except KeyError:
+            pass
+        host = split_host(raw)
+        verdict = host if host is not None and self.host_allowed(host[0]) else None
+        if len(self._hosts) < HOST_CACHE_SIZE:
+            self._hosts[raw] = verdict
+        return verdict
 
     def origin_allowed(self, origin: str, host: tuple[str, int | None] | None) -> bool:
         """True when ``origin`` is the hub's own (the one ``host`` names) or listed."""
@@ -152,8 +173,8 @@ def make_guard_middleware(settings: HubSettings) -> Any:
     @web.middleware
     async def web_guard(request: web.Request, handler: Any) -> web.StreamResponse:
         raw_host = request.headers.get("Host")
-        host = split_host(raw_host) if raw_host is not None else None
-        if raw_host is not None and (host is None or not policy.host_allowed(host[0])):
+        host = policy.check_host(raw_host) if raw_host is not None else None
+        if raw_host is not None and host is None:
             throttle.warn("host", "refused a request for Host %r: not a name of this hub", raw_host)
             raise Forbidden(
                 f"this hub does not answer to Host {raw_host[:100]!r}: add the name to "

@@ -16,6 +16,9 @@ _PR_GET_DUMPABLE = 3
 
 _heap_frozen = False
 
+#: Allocations (less deallocations) between two collections of the youngest generation.
+YOUNG_THRESHOLD = 10_000
+
 
 def freeze_startup_heap() -> bool:
     """Hide everything alive now from the cyclic garbage collector; once per process.
@@ -26,6 +29,11 @@ def freeze_startup_heap() -> bool:
     with the event loop standing still, which showed as the bridges' worst latencies.
     Frozen (``gc.freeze``) they are skipped; reference counting still frees them as
     before. Returns True when this call froze the heap.
+
+    The youngest generation is then collected every ``YOUNG_THRESHOLD`` allocations
+    rather than Python's 700: what a request or a run allocates is freed by reference
+    counting (it makes no cycles), so each collection walks mostly objects still in
+    use, and at the default the hub spent a tenth of its event loop's time in them.
     """
     global _heap_frozen
     if _heap_frozen:
@@ -33,6 +41,9 @@ def freeze_startup_heap() -> bool:
     _heap_frozen = True
     gc.collect()  # what start-up left behind is freed, not frozen
     gc.freeze()
+    young, *older = gc.get_threshold()
+    if 0 < young < YOUNG_THRESHOLD:  # 0: collection is off; a larger one was chosen
+        gc.set_threshold(YOUNG_THRESHOLD, *older)
     return True
 
 

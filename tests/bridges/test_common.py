@@ -15,6 +15,7 @@ from bridges.common import (
     split_target_prefix,
     target_command,
 )
+from kernel.process import YOUNG_THRESHOLD
 
 
 @pytest.mark.parametrize(
@@ -66,6 +67,12 @@ def test_the_start_up_heap_is_frozen_once_per_process() -> None:
     freeze_startup_heap()
     assert gc.get_freeze_count() > 0
     assert freeze_startup_heap() is False
+
+
+def test_the_youngest_generation_is_collected_less_often_once_up() -> None:
+    """After start-up the collector waits for YOUNG_THRESHOLD allocations, not 700."""
+    freeze_startup_heap()
+    assert gc.get_threshold()[0] >= YOUNG_THRESHOLD
 
 
 def test_a_repo_command_is_told_from_a_request_that_starts_with_the_word() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 from typing import Any
@@ -10,9 +11,12 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 
+from hub.api_openai import Calls
 from hub.app import HubServer
 from hub.appkeys import STORE
+from hub.settings import HubSettings
 from tests.conftest import NODE_TOKEN, ws_url
 
 CHAT = "/v1/chat/completions"
@@ -219,3 +223,75 @@ async def test_an_idempotency_key_returns_the_same_run(hub: Any, start_executor:
             second = (resp.headers["X-Run-ID"], await resp.json())
     assert first[0] == second[0]
     assert second[1]["choices"][0]["message"]["content"] == "first"
+
+
+async def test_an_answered_completion_leaves_its_request_to_reference_counting(
+    hub: Any, start_executor: Any
+) -> None:
+    """Once answered, a chat completion's request is in no reference cycle: the garbage
+    collector finds none of the hub's requests to free."""
+    async with start_executor(), aiohttp.ClientSession() as s:
+        async with s.post(hub.url + CHAT, json=chat("warm up")) as resp:
+            assert resp.status == 200
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for i in range(3):
+                async with s.post(hub.url + CHAT, json=chat(f"cycle {i}")) as resp:
+                    assert (await resp.json())["choices"][0]["message"]["content"] == f"cycle {i}"
+            gc.collect()
+            requests = [o for o in gc.garbage if isinstance(o, web.Request)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert requests == []
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class _Request:
+    """What the watch reads of a request: its transport."""
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+
+
+async def test_one_look_cancels_the_handlers_whose_clients_are_gone_and_only_those(
+    tmp_path: Any,
+) -> None:
+    """Calls.watch: a waiting handler whose connection closed is cancelled at the next
+    look, one still connected is not, and the looking stops once nobody waits."""
+    settings = HubSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        HUB_PORT=0,
+        HUB_DB=tmp_path / "hub.db",
+        HUB_TOKEN=NODE_TOKEN,
+        HUB_AUTH="none",
+    )
+    calls = Calls(settings)
+    forever = asyncio.get_running_loop().create_future()
+    gone, staying = _Request(), _Request()
+
+    async def waiting() -> None:
+        await asyncio.shield(forever)
+
+    dropped = asyncio.create_task(waiting())
+    kept = asyncio.create_task(waiting())
+    calls.watch(dropped, gone, 0.01)  # type: ignore[arg-type]
+    calls.watch(kept, staying, 0.01)  # type: ignore[arg-type]
+    gone.transport.closing = True
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    assert not kept.done()
+    calls.unwatch(dropped)
+    calls.unwatch(kept)
+    kept.cancel()
+    await asyncio.sleep(0.05)  # a look that finds nobody schedules no other
+    assert calls._look_handle is None
+    await calls.close()

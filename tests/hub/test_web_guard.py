@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from hub.app import HubServer
 from hub.settings import HubSettings
-from hub.web_guard import split_host
+from hub.web_guard import HOST_CACHE_SIZE, HostPolicy, split_host
 from tests.conftest import NODE_TOKEN
 
 RUNS = "/api/runs"
@@ -196,3 +196,21 @@ def test_settings_refuse_what_is_no_origin_or_no_host_name(tmp_path: Path) -> No
         settings_for(tmp_path, HUB_ALLOWED_HOSTS="hub.internal:8080")
     ok = settings_for(tmp_path, HUB_ALLOWED_ORIGINS="HTTPS://Hub.Example.com:443/,http://x:80")
     assert ok.allowed_origins == ["https://hub.example.com", "http://x"]
+
+
+def test_a_host_verdict_comes_the_same_from_the_cache_and_it_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    """A Host header asked again gets the verdict it got the first time (allowed or
+    refused), and made-up names past HOST_CACHE_SIZE are judged without being kept."""
+    policy = HostPolicy(settings_for(tmp_path, HUB_ALLOWED_HOSTS="hub.internal"))
+    for _ in range(2):
+        assert policy.check_host("hub.internal:8080") == ("hub.internal", 8080)
+        assert policy.check_host("127.0.0.1") == ("127.0.0.1", None)
+        assert policy.check_host("evil.example") is None
+        assert policy.check_host("hub.internal/x") is None
+    for i in range(HOST_CACHE_SIZE * 2):
+        assert policy.check_host(f"scanner{i}.example") is None
+    assert policy.check_host("hub.internal:8080") == ("hub.internal", 8080)
+    assert policy.check_host(f"scanner{HOST_CACHE_SIZE * 2}.example") is None
+    assert len(policy._hosts) == HOST_CACHE_SIZE
