@@ -366,8 +366,10 @@ async def cancel_run(request: web.Request) -> web.Response:
 
 @routes.get("/api/nodes")
 async def list_nodes(request: web.Request) -> web.Response:
-    """Connected executors and bridges."""
-    return json_response({"nodes": request.app[ROUTER].nodes()})
+    """Connected executors and bridges (an executor's runs: only the caller's own,
+    unless an operator)."""
+    viewer = None if is_operator(request) else principal_of(request)
+    return json_response({"nodes": request.app[ROUTER].nodes_seen_by(viewer)})
 
 
 @routes.get("/api/targets")
@@ -442,8 +444,8 @@ async def feed(request: web.Request) -> web.WebSocketResponse:
     router = request.app[ROUTER]
     ready = {
         "type": "ready",
-        "nodes": router.nodes(),
-        "queue": router.queue_info(),
+        "nodes": router.nodes_seen_by(viewer),
+        "queue": router.queue_seen_by(viewer),
         "now": time.time(),
     }
     transport.write(websocket_text_frame(json.dumps(ready).encode()))

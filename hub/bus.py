@@ -46,13 +46,16 @@ TICK_S = 0.025
 class _Shared(dict[str, Any]):
     """A published message: one object for every subscriber, its JSON made once.
 
-    ``private`` when it is a run's (only the run's ``owner`` and operators see it).
+    ``private`` when it is a run's (only the run's ``owner`` and operators see it);
+    ``view``, when set, gives what a principal that is not an operator sees of it (a
+    broadcast that names runs of several principals: the nodes, the queue).
     """
 
-    __slots__ = ("_json", "owner", "private")
+    __slots__ = ("_json", "owner", "private", "view")
 
     owner: str | None
     private: bool
+    view: Callable[[str], Message] | None
 
     def json(self) -> str:
         try:
@@ -224,6 +227,11 @@ def _owner(message: Message) -> str | None:
     return getattr(message, "owner", None)
 
 
+def _viewed(message: Message, principal: str) -> Message:
+    view = getattr(message, "view", None)
+    return message if view is None else view(principal)
+
+
 def _coalesce_key(message: Message) -> str | None:
     kind = message.get("type")
     if kind == "run":
@@ -273,18 +281,26 @@ class Bus:
         return sub
 
     def publish(
-        self, message: Message, run_id: str | None = None, *, owner: str | None = None
+        self,
+        message: Message,
+        run_id: str | None = None,
+        *,
+        owner: str | None = None,
+        view: Callable[[str], Message] | None = None,
     ) -> None:
         """Hand ``message`` to the subscribers; never waits.
 
         A message with a ``run_id`` is that run's: frame subscribers see it only if they
         are ``owner`` (the run's principal; None for a chat bridge's run) or operators.
+        A message with a ``view`` is sent to a principal's frame subscribers as
+        ``view(principal)`` (operators get ``message``).
         """
         if not self.wanted(run_id):
             return
         message = _Shared(message)
         message.private = run_id is not None
         message.owner = owner
+        message.view = view
         for sub in tuple(self._all):
             sub._offer(message)
         if run_id is not None:
@@ -345,7 +361,9 @@ class Bus:
 
     def _frame_for(self, batch: list[Message], principal: str | None) -> Frame | None:
         if principal is not None:
-            batch = [m for m in batch if not _private(m) or _owner(m) == principal]
+            batch = [
+                _viewed(m, principal) for m in batch if not _private(m) or _owner(m) == principal
+            ]
             if not batch:
                 return None
         self.frames_sent += 1

@@ -178,8 +178,40 @@ class RouterState:
     def _publish_nodes(self) -> None:
         if not self.bus.wanted():
             return  # nobody listens: the nodes and the queue need not be walked
-        self.bus.publish({"type": "nodes", "nodes": self.nodes()})
-        self.bus.publish({"type": "queue", **self.queue_info()})
+        nodes, queue = self.nodes(), self.queue_info()
+        # Each names runs of every principal: a viewer who is not an operator gets its own.
+        self.bus.publish(
+            {"type": "nodes", "nodes": nodes},
+            view=lambda viewer: {"type": "nodes", "nodes": self._nodes_for(nodes, viewer)},
+        )
+        self.bus.publish(
+            {"type": "queue", **queue},
+            view=lambda viewer: {"type": "queue", **self._queue_for(queue, viewer)},
+        )
+
+    def nodes_seen_by(self, viewer: str | None) -> list[dict[str, Any]]:
+        """The nodes as ``viewer`` may see them (see :class:`hub.router_view.RouterView`)."""
+        nodes = self.nodes()
+        return nodes if viewer is None else self._nodes_for(nodes, viewer)
+
+    def queue_seen_by(self, viewer: str | None) -> dict[str, Any]:
+        """The queue as ``viewer`` may see it (see :class:`hub.router_view.RouterView`)."""
+        queue = self.queue_info()
+        return queue if viewer is None else self._queue_for(queue, viewer)
+
+    def _owns(self, viewer: str, run_id: str) -> bool:
+        """Whether ``run_id`` is a live run of ``viewer`` (a run gone: not, fail closed)."""
+        live = self.live.get(run_id)
+        return live is not None and live.run.principal == viewer
+
+    def _nodes_for(self, nodes: list[dict[str, Any]], viewer: str) -> list[dict[str, Any]]:
+        return [
+            {**n, "runs": [r for r in n["runs"] if self._owns(viewer, r)]} if "runs" in n else n
+            for n in nodes
+        ]
+
+    def _queue_for(self, queue: dict[str, Any], viewer: str) -> dict[str, Any]:
+        return {**queue, "runs": [e for e in queue["runs"] if self._owns(viewer, e["id"])]}
 
     def _live_state_changed(self) -> None:
         """Publish the nodes' load and the queue once this loop turn is over."""

@@ -52,3 +52,13 @@ class RouterView(Protocol):
     def queue_info(self) -> dict[str, Any]:
         """The queue's length and head, with why each run waits (the ``queue`` message)."""
         ...
+
+    def nodes_seen_by(self, viewer: str | None) -> list[dict[str, Any]]:
+        """:meth:`nodes` as ``viewer`` may see them: an executor's runs only its own
+        (None: an operator, every run)."""
+        ...
+
+    def queue_seen_by(self, viewer: str | None) -> dict[str, Any]:
+        """:meth:`queue_info` as ``viewer`` may see it: the length, and its own runs of
+        the head with their positions (None: an operator, every run)."""
+        ...

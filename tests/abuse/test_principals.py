@@ -344,3 +344,65 @@ async def test_without_keys_everyone_is_one_principal_and_sees_every_run(
         async with http.get("/api/runs") as response:
             ids = {r["id"] for r in (await response.json())["runs"]}
         assert ids == {telegram_run, run["id"]}
+
+
+async def _nodes_and_queue_until(
+    ws: ClientConnection, done: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The latest ``nodes`` and ``queue`` messages on a feed once ``done(nodes, queue)``."""
+    nodes: list[dict[str, Any]] = []
+    queue: dict[str, Any] = {}
+    async with asyncio.timeout(10):
+        while not done(nodes, queue):
+            for message in feed_messages(await ws.recv()):
+                if message.get("type") == "nodes":
+                    nodes = message["nodes"]
+                elif message.get("type") == "queue":
+                    queue = message
+    return nodes, queue
+
+
+async def test_the_fleet_and_the_queue_name_to_a_key_only_its_own_runs(
+    hub: Any, http: aiohttp.ClientSession, fake_executor: Any
+) -> None:
+    """An executor's runs and the queue's head, in /api/nodes, the feed's ready message
+    and its live messages, name to key B none of key A's runs (B still sees the counts
+    and its own run's place); the operator sees every run."""
+    async with fake_executor(ws_url(hub), token=NODE_TOKEN, capacity=1) as ex:
+        feeds = {key: await feed_of(hub, key) for key in (KEY_B, OPERATOR_KEY)}
+        try:
+            running = (await new_run(http, KEY_A, "a's running plans"))["id"]
+            await ex.wait_type("assign", run_id=running)
+            queued = (await new_run(http, KEY_A, "a's queued plans"))["id"]
+            mine = (await new_run(http, KEY_B, "b's own"))["id"]
+
+            def all_in(nodes: list[dict[str, Any]], queue: dict[str, Any]) -> bool:
+                return queue.get("total") == 2 and any(n.get("busy") for n in nodes)
+
+            b_nodes, b_queue = await _nodes_and_queue_until(feeds[KEY_B], all_in)
+            o_nodes, o_queue = await _nodes_and_queue_until(feeds[OPERATOR_KEY], all_in)
+            for key, nodes_, queue in ((KEY_B, b_nodes, b_queue), (OPERATOR_KEY, o_nodes, o_queue)):
+                executor = next(n for n in nodes_ if n["role"] == "executor")
+                expected = [running] if key == OPERATOR_KEY else []
+                assert executor["runs"] == expected and executor["busy"] == 1, key
+                ids = [r["id"] for r in queue["runs"]]
+                assert ids == ([queued, mine] if key == OPERATOR_KEY else [mine]), key
+            assert next(r for r in b_queue["runs"] if r["id"] == mine)["position"] == 2
+
+            async with http.get("/api/nodes", headers=auth(KEY_B)) as response:
+                listed_b = json.dumps(await response.json())
+            async with http.get("/api/nodes", headers=auth(OPERATOR_KEY)) as response:
+                listed_o = json.dumps(await response.json())
+            assert running not in listed_b and running in listed_o
+            late = await connect(f"ws://127.0.0.1:{hub.port}/api/feed")
+            try:
+                await late.send(json.dumps({"type": "auth", "key": KEY_B}))
+                ready = json.loads(await late.recv())
+            finally:
+                await late.close()
+            assert ready["type"] == "ready"
+            assert running not in json.dumps(ready) and queued not in json.dumps(ready)
+            assert [r["id"] for r in ready["queue"]["runs"]] == [mine]
+        finally:
+            for ws in feeds.values():
+                await ws.close()
