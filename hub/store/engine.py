@@ -16,6 +16,12 @@ grew past ``CHECKPOINT_TRUNCATE_BYTES`` while the writer never paused is truncat
 and only once the writer is idle: a truncating checkpoint holds every commit while it
 runs (169-327 ms here at 64 MiB), which was the hub's tail.
 
+Search is indexed in batches, off the hot transactions (see :mod:`hub.store.sql`):
+the writer indexes what is waiting once ``SEARCH_BATCH_ROWS`` rows wait, or
+``SEARCH_LAG_S`` after the first of them (and when the store closes). The index lags
+behind the writes by that much, a search does not: it also scans the few runs not yet
+indexed.
+
 Lists and searches (:meth:`Engine.read`) run on their own read connections, in a
 small pool of threads, never on the writer: a search over 200k runs does not hold a
 single commit. A read sees every write queued before it (it waits for that commit, not
@@ -50,7 +56,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from hub.store import sql
-from hub.store.folding import Item, Outcome, apply_all, resolve_all, run_one
+from hub.store.folding import Item, Outcome, RunKeys, apply_all, resolve_all, run_one
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,11 @@ CHECKPOINT_CATCH_UP_BYTES = 256 << 20
 CHECKPOINT_IDLE_S = 0.5
 #: The WAL is cut back to this when it starts over (SQLite's ``journal_size_limit``).
 WAL_SIZE_LIMIT_BYTES = 16 << 20
+#: The writer indexes search's backlog once this many rows (a run's prompt, an answer)
+#: wait, ...
+SEARCH_BATCH_ROWS = 1024
+#: ... or this long after the first of them (how far a search may lag behind).
+SEARCH_LAG_S = 0.25
 #: Read connections (and threads) for lists and searches.
 READERS = 2
 #: A read waits at most this long for the writes queued before it to commit.
@@ -78,6 +89,9 @@ READ_WAIT_S = 0.05
 #: A store that cannot write tries its held writes again after this, then ever later.
 RETRY_UNWRITABLE_S = 0.5
 RETRY_UNWRITABLE_MAX_S = 10.0
+
+#: Operations that write nothing worth keeping while the disk refuses writes.
+_NOTHING_TO_HOLD = frozenset({sql.noop})
 
 #: Times a transaction that met a locked database is run again, after a pause.
 BUSY_RETRIES = 5
@@ -116,6 +130,13 @@ class Engine:
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._commits = 0
+        #: Run keys and search backlog (writer thread; see hub.store.folding).
+        self._keys = RunKeys()
+        #: When search's backlog started to wait (monotonic), None when empty.
+        self._search_since: float | None = None
+        self._index_failing = False
+        #: How long the writer's last search indexing took, in s (the last 100).
+        self.index_s: list[float] = []
         self._last_commit = 0.0
         self._catch_up = False
         #: How long the writer's last checkpoints (see checkpoint_now) held it, in s.
@@ -285,6 +306,10 @@ class Engine:
             loop.call_soon_threadsafe(ready.set_exception, exc)
             return
         loop.call_soon_threadsafe(ready.set_result, None)
+        try:
+            self._keys.backlog = sql.search_backlog(conn)  # left by a crash: indexed soon
+        except sqlite3.Error:
+            self._keys.backlog = 1
         stop = False
         while not stop:
             batch = self._next_batch()
@@ -294,8 +319,10 @@ class Engine:
                 self._replay(conn)
             if self._held:
                 results = self._while_held(conn, items)
-            else:
+            elif items:
                 results = self._transaction(conn, items)
+            else:  # woken to index search's backlog
+                results = []
             self._commits += 1
             self._last_commit = time.monotonic()
             if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
@@ -308,6 +335,8 @@ class Engine:
             if self._catch_up:  # after the callers heard: only later commits wait
                 self._catch_up = False
                 self._finish_checkpoint(conn)
+            if self._keys.backlog and not self._held:
+                self._maybe_index(conn, stop)
         if self._held:
             log.error(
                 "store closed with %d writes it could not write (%s): they are lost",
@@ -315,6 +344,36 @@ class Engine:
                 self.unwritable,
             )
         conn.close()
+
+    def _maybe_index(self, conn: sqlite3.Connection, now_anyway: bool) -> None:
+        """Index search's backlog if enough waits, or long enough (see the module's doc)."""
+        now = time.monotonic()
+        if self._search_since is None:
+            self._search_since = now
+        if not (
+            now_anyway
+            or self._keys.backlog >= SEARCH_BATCH_ROWS
+            or now - self._search_since >= SEARCH_LAG_S
+        ):
+            return
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN")
+            sql.index_search(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The backlog stays on disk: the next try is a lag later.
+            sql.rollback(conn)
+            self._search_since = now
+            if not self._index_failing:
+                log.warning("store: indexing search failed (%s); trying again", sql.reason(exc))
+            self._index_failing = True
+            return
+        self._index_failing = False
+        self._keys.backlog = 0
+        self._search_since = None
+        self.index_s.append(time.perf_counter() - started)
+        del self.index_s[:-100]
 
     def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
         """Copy the rest of the WAL from the writer thread, so that it starts over."""
@@ -332,6 +391,9 @@ class Engine:
             if self._held:
                 wait = max(0.0, self._next_retry - time.monotonic())
                 batch: list[Item | None] = [self._queue.get(timeout=wait)]
+            elif self._search_since is not None:  # search's backlog is due then
+                wait = max(0.0, self._search_since + SEARCH_LAG_S - time.monotonic())
+                batch = [self._queue.get(timeout=wait)]
             else:
                 batch = [self._queue.get()]
         except queue.Empty:
@@ -365,7 +427,7 @@ class Engine:
                     if fut is not None:
                         results.append((fut, False, exc.error))
                 continue
-            if fn is not sql.noop:  # a flush has nothing to hold: it only fails
+            if fn not in _NOTHING_TO_HOLD:  # a flush only fails
                 self._hold(fn, args)
             if fut is not None:
                 results.append((fut, False, StoreUnavailable(reason)))
@@ -399,7 +461,7 @@ class Engine:
         """Try the held writes again, in one transaction; writable again once they commit."""
         held = self._held
         try:
-            apply_all(conn, held)
+            apply_all(conn, held, self._keys)
         except Exception as exc:
             sql.rollback(conn)
             error = exc.error if isinstance(exc, (sql.Unwritable, sql.Busy)) else exc
@@ -444,7 +506,7 @@ class Engine:
         """
         for attempt in range(BUSY_RETRIES + 1):
             try:
-                return apply_all(conn, items)
+                return apply_all(conn, items, self._keys)
             except sql.Unwritable as full:
                 self._became_unwritable(conn, full.error)
                 return self._while_held(conn, items)

@@ -435,12 +435,12 @@ async def test_a_transaction_that_breaks_as_a_whole_holds_its_writes_and_the_wri
     apply_all = engine.apply_all
     breaks = iter([True])
 
-    def breaks_once(conn: sqlite3.Connection, items: list[Any]) -> Any:
+    def breaks_once(conn: sqlite3.Connection, items: list[Any], *rest: Any) -> Any:
         if next(breaks, False):
             conn.execute("BEGIN")
             conn.execute("ROLLBACK")
             raise sqlite3.OperationalError("no such savepoint: folded")
-        return apply_all(conn, items)
+        return apply_all(conn, items, *rest)
 
     monkeypatch.setattr(engine, "apply_all", breaks_once)
     async with Store(tmp_path / "a.db") as store:
