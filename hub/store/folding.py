@@ -21,11 +21,10 @@ not written here: new runs and first answers join ``search_backlog`` (see
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import orjson
@@ -159,7 +158,8 @@ class Merge:
         self.ops: list[Item] = []
         self.inserts: dict[str, Run] = {}
         self.updates: dict[str, dict[str, Any]] = {}
-        self.events: list[tuple[Any, ...]] = []
+        #: [run id, seq, ts, kind, data as JSON, exec_seq]: the id becomes the key.
+        self.events: list[list[Any]] = []
         self.tail: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         #: Runs that ended in this batch (the writer forgets their keys).
         self.ended: list[str] = []
@@ -175,7 +175,7 @@ class Merge:
 
     def event(self, run_id: str, event: EventRow) -> None:
         seq, ts, kind, data, exec_seq = event
-        self.events.append((run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq))
+        self.events.append([run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq])
 
     def write(self, conn: sqlite3.Connection, results: list[Outcome], tx: _Tx) -> None:
         conn.execute("SAVEPOINT folded")
@@ -201,7 +201,7 @@ class Merge:
         """Write what was folded; (the keys of the runs it inserted, backlog rows added)."""
         now = time.time()
         rows = []
-        backlog: list[tuple[int]] = []
+        backlog: list[int] = []
         for run_id, run in self.inserts.items():
             values = run.__dict__
             folded = self.updates.pop(run_id, None)
@@ -213,19 +213,14 @@ class Merge:
                 if row[i] is not None:
                     row[i] = orjson.dumps(row[i]).decode()
             rows.append(row)
-        new: dict[str, int] = {}
-        for chunk in _buckets(rows):
-            for run_id, n in conn.execute(
-                _insert_runs_sql(len(chunk)), [v for row in chunk for v in row]
-            ):
-                new[run_id] = n
+        new = sql.insert_runs(conn, rows) if rows else {}
         for run_id, run in self.inserts.items():
             n = new[run_id]
-            backlog.append((2 * n,))
+            backlog.append(2 * n)
             if run.answer or (self.answered and run_id in self.answered):
-                backlog.append((2 * n + 1,))
+                backlog.append(2 * n + 1)
         if backlog:
-            conn.executemany(sql.BACKLOG_ADD, backlog)
+            sql.add_to_backlog(conn, backlog)
         missing = [
             run_id
             for run_id in {*self.updates, *(event[0] for event in self.events)}
@@ -241,18 +236,19 @@ class Merge:
 
         updates = []
         for run_id, fields in self.updates.items():
-            n = key(run_id)
-            if n is not None:  # an unknown run has nothing to update
+            known = key(run_id)
+            if known is not None:  # an unknown run has nothing to update
                 fields["updated_at"] = now
-                updates.append((n, fields))
+                updates.append((known, fields))
         answers = sql.update_runs_by_key(conn, updates) if updates else 0
         events = []
         for event in self.events:
-            n = key(event[0])
-            if n is not None:  # an event of an unknown run is not stored
-                events.append((n, *event[1:]))
+            known = key(event[0])
+            if known is not None:  # an event of an unknown run is not stored
+                event[0] = known
+                events.append(event)
         if events:
-            conn.executemany(sql.INSERT_EVENT_BY_KEY, events)
+            sql.insert_events(conn, events)
         for fn, args in self.tail:
             fn(conn, *args)
         return new, len(backlog) + answers
@@ -264,23 +260,6 @@ class Merge:
 
 _UPDATED_AT = sql.RUN_FIELDS.index("updated_at")
 _JSON_AT = [sql.RUN_FIELDS.index(name) for name in sql.JSON_COLUMNS]
-#: Rows per multi-row INSERT of runs: a batch is cut into these sizes, so that SQLite's
-#: statement cache holds the few statements (a run row has 21 values).
-_BUCKETS = (256, 64, 16, 4, 1)
-
-
-def _buckets(rows: list[Any]) -> Iterable[list[Any]]:
-    start = 0
-    for size in _BUCKETS:
-        while len(rows) - start >= size:
-            yield rows[start : start + size]
-            start += size
-
-
-@functools.lru_cache(maxsize=len(_BUCKETS))
-def _insert_runs_sql(count: int) -> str:
-    row = "(" + ", ".join("?" * len(sql.RUN_FIELDS)) + ")"
-    return f"{sql.INSERT_RUN_HEAD} VALUES {', '.join([row] * count)} RETURNING id, n"
 
 
 def _fold_insert(m: Merge, run: Run) -> None:

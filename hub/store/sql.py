@@ -28,7 +28,7 @@ import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard
 
 import orjson
@@ -241,17 +241,7 @@ def _insert_run(conn: sqlite3.Connection, run: Run) -> None:
     values = [encode(name, getattr(run, name)) for name in RUN_FIELDS]
     cur = conn.execute(_INSERT_RUN_SQL, values)
     run.n = n = int(cur.lastrowid or 0)
-    conn.executemany(BACKLOG_ADD, [(2 * n,), *([(2 * n + 1,)] if run.answer else [])])
-
-
-#: A row of ``runs_fts`` to index (see :func:`index_search`).
-BACKLOG_ADD = "INSERT OR IGNORE INTO search_backlog (row) VALUES (?)"
-#: A run's answer row, for the backlog, when it is the run's first answer (the index
-#: cannot take a row back: it holds no copy of the text).
-BACKLOG_ANSWER = (
-    "INSERT OR IGNORE INTO search_backlog (row) SELECT 2 * n + 1 FROM runs "
-    "WHERE n = ? AND (answer IS NULL OR answer = '')"
-)
+    add_to_backlog(conn, [2 * n, 2 * n + 1] if run.answer else [2 * n])
 
 
 def index_search(conn: sqlite3.Connection) -> int:
@@ -329,7 +319,13 @@ def _add_terms(conn: sqlite3.Connection, texts_sql: str, args: tuple[Any, ...]) 
 
 def update_run(conn: sqlite3.Connection, run_id: str, fields: dict[str, Any]) -> None:
     if fields.get("answer"):
-        conn.execute(BACKLOG_ANSWER.replace("n = ?", "id = ?"), (run_id,))
+        # A run's first answer only: the index cannot take a row back (it holds no
+        # copy of the text).
+        conn.execute(
+            "INSERT OR IGNORE INTO search_backlog (row) SELECT 2 * n + 1 FROM runs "
+            "WHERE id = ? AND (answer IS NULL OR answer = '')",
+            (run_id,),
+        )
     fields = {**fields, "updated_at": time.time()}
     conn.execute(
         _update_sql(tuple(fields)),
@@ -347,22 +343,96 @@ def _update_sql(names: tuple[str, ...], key: str = "id") -> str:
     return f"UPDATE runs SET {sets} WHERE {key} = ?"
 
 
+# The writer's batches go in few statements of few shapes: each statement hands the GIL
+# to the event loop and back (a wait of up to Python's switch interval when the loop is
+# busy), and each new shape is compiled. Rows are cut into pieces of at most MAX_ROWS,
+# each padded with rows of NULLs to a power of two, which the statements leave out.
+MAX_ROWS = 256
+
+
+def padded(rows: list[list[Any]], width: int) -> Iterator[tuple[int, list[Any]]]:
+    """(rows in the statement, its values) for each piece of ``rows`` (see above)."""
+    for start in range(0, len(rows), MAX_ROWS):
+        part = rows[start : start + MAX_ROWS]
+        size = max(8, 1 << (len(part) - 1).bit_length())
+        flat = [v for row in part for v in row]
+        flat.extend([None] * (width * (size - len(part))))
+        yield size, flat
+
+
+@functools.lru_cache(maxsize=64)
+def values_sql(width: int, size: int) -> str:
+    """``VALUES`` with ``size`` rows of ``width`` placeholders."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return "VALUES " + ", ".join([row] * size)
+
+
+def insert_runs(conn: sqlite3.Connection, rows: list[list[Any]]) -> dict[str, int]:
+    """Insert runs (rows of :data:`RUN_FIELDS`' values); their keys by id."""
+    keys: dict[str, int] = {}
+    width = len(RUN_FIELDS)
+    for size, flat in padded(rows, width):
+        found = conn.execute(
+            f"{INSERT_RUN_HEAD} SELECT * FROM ({values_sql(width, size)}) "
+            "WHERE column1 IS NOT NULL RETURNING id, n",
+            flat,
+        )
+        keys.update((row[0], row[1]) for row in found)
+    return keys
+
+
+def insert_events(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
+    """Insert events, rows of (run_n, seq, ts, kind, data as JSON, exec_seq); an event
+    already stored (the same seq, or exec_seq) is left as it is."""
+    for size, flat in padded(rows, 6):
+        conn.execute(
+            f"INSERT OR IGNORE INTO events {EVENT_COLUMNS} SELECT * FROM ({values_sql(6, size)}) "
+            "WHERE column1 IS NOT NULL",
+            flat,
+        )
+
+
+def add_to_backlog(conn: sqlite3.Connection, rows: list[int]) -> None:
+    """Rows of ``runs_fts`` to index (see :func:`index_search`), in one statement."""
+    conn.execute(
+        "INSERT OR IGNORE INTO search_backlog (row) SELECT value FROM json_each(?)",
+        (orjson.dumps(rows).decode(),),
+    )
+
+
 def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[str, Any]]]) -> int:
-    """Set fields of runs named by their integer key: one prepared statement per shape.
+    """Set fields of runs named by their integer key: a statement per shape.
 
     Each dict must hold ``updated_at``. A run's first answer joins ``search_backlog``;
     returns how many did.
     """
-    answered = [(n,) for n, fields in updates if fields.get("answer")]
-    added = conn.executemany(BACKLOG_ANSWER, answered).rowcount if answered else 0
+    answered = [n for n, fields in updates if fields.get("answer")]
+    added = 0
+    if answered:
+        added = conn.execute(
+            "INSERT OR IGNORE INTO search_backlog (row) SELECT 2 * n + 1 FROM runs "
+            "WHERE n IN (SELECT value FROM json_each(?)) AND (answer IS NULL OR answer = '')",
+            (orjson.dumps(answered).decode(),),
+        ).rowcount
     shapes: dict[tuple[str, ...], list[list[Any]]] = {}
     for n, fields in updates:
-        row = [encode(k, v) for k, v in fields.items()]
-        row.append(n)
+        row: list[Any] = [n]
+        row.extend([encode(k, v) for k, v in fields.items()])
         shapes.setdefault(tuple(fields), []).append(row)
     for names, rows in shapes.items():
-        conn.executemany(_update_sql(names, "n"), rows)
+        for size, flat in padded(rows, len(names) + 1):
+            conn.execute(_update_from_sql(names, size), flat)
     return max(0, added)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_from_sql(names: tuple[str, ...], size: int) -> str:
+    _update_sql(names)  # checks the names
+    sets = ", ".join(f"{name} = v.column{i}" for i, name in enumerate(names, start=2))
+    return (
+        f"UPDATE runs SET {sets} FROM ({values_sql(len(names) + 1, size)}) AS v "
+        "WHERE runs.n = v.column1"
+    )
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -590,8 +660,6 @@ def overview(conn: sqlite3.Connection, since: float, failed_since: float) -> dic
 #: ever follow it, in the writer's order); an event of an unknown run is not stored.
 EVENT_ROW = "((SELECT n FROM runs WHERE id = ?), ?, ?, ?, ?, ?)"
 EVENT_COLUMNS = "(run_n, seq, ts, kind, data, exec_seq)"
-#: Events whose run's integer key the writer knows.
-INSERT_EVENT_BY_KEY = f"INSERT OR IGNORE INTO events {EVENT_COLUMNS} VALUES (?, ?, ?, ?, ?, ?)"
 
 
 def run_keys(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, int]:
