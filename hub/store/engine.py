@@ -11,10 +11,16 @@ Checkpoints (copying the WAL back into the database, with an fsync) run on a sec
 thread with its own connection, never inside a commit: SQLite's automatic checkpoint
 made every ~500th commit wait ~9 ms here, and a reply waits for its commit. They are
 passive (they never hold a commit); once one has copied the whole WAL, the writer's
-next transaction starts the WAL over, cut to ``journal_size_limit``. Only a WAL that
-grew past ``CHECKPOINT_TRUNCATE_BYTES`` while the writer never paused is truncated,
-and only once the writer is idle: a truncating checkpoint holds every commit while it
-runs (169-327 ms here at 64 MiB), which was the hub's tail.
+next transaction starts the WAL over, from its start. A writer that never pauses never
+lets a passive checkpoint finish (new frames come in meanwhile), so once the WAL holds
+``CHECKPOINT_CATCH_UP_BYTES`` the writer finishes one itself between two transactions:
+the frames since the checkpointer's last pass, a few ms. The WAL so stays small and
+its file is reused, not cut: cutting a large WAL file is slow (a 153 MiB one took a
+truncating checkpoint 59 ms here, and a writer that starts the WAL over past
+``journal_size_limit`` cuts it inside a commit). Only a file that grew past
+``CHECKPOINT_TRUNCATE_BYTES`` anyway (a reader held the WAL, say) is truncated, once
+the writer is idle: a truncating checkpoint holds every commit while it runs (169-327
+ms at 64 MiB), which was the hub's tail.
 
 Search is indexed in batches, off the hot transactions (see :mod:`hub.store.sql`):
 the writer indexes what is waiting once ``SEARCH_BATCH_ROWS`` rows wait, or
@@ -64,19 +70,21 @@ T = TypeVar("T")
 
 #: The checkpointer runs at least this often, and after this many commits.
 CHECKPOINT_EVERY_S = 1.0
-#: ... and this often while the WAL is past ``WAL_SIZE_LIMIT_BYTES``.
+#: ... and this often while the WAL holds more than ``CHECKPOINT_BEHIND_BYTES``.
 CHECKPOINT_BEHIND_S = 0.05
+CHECKPOINT_BEHIND_BYTES = 4 << 20
 CHECKPOINT_EVERY_COMMITS = 500
-#: A WAL larger than this is truncated by a checkpoint once the writer is idle.
+#: A WAL file larger than this is truncated by a checkpoint once the writer is idle.
 CHECKPOINT_TRUNCATE_BYTES = 64 << 20
-#: A WAL larger than this while the writer never pauses: the writer finishes a
-#: checkpoint between two transactions, so that the WAL starts over (10-60 ms, with
-#: 200k runs stored: rarer is better, and the disk holds this much WAL meanwhile).
-CHECKPOINT_CATCH_UP_BYTES = 256 << 20
+#: A WAL holding more than this while the writer never pauses: the writer finishes a
+#: checkpoint between two transactions, so that the WAL starts over (a few ms: what
+#: came since the checkpointer's last pass, and its fsyncs).
+CHECKPOINT_CATCH_UP_BYTES = 16 << 20
 #: The writer is idle (a truncating checkpoint may hold it) after this long without a commit.
 CHECKPOINT_IDLE_S = 0.5
-#: The WAL is cut back to this when it starts over (SQLite's ``journal_size_limit``).
-WAL_SIZE_LIMIT_BYTES = 16 << 20
+#: A WAL file is cut back to this when it starts over (SQLite's ``journal_size_limit``):
+#: one that stays under it is reused, never cut inside a commit.
+WAL_SIZE_LIMIT_BYTES = 64 << 20
 #: The writer indexes search's backlog once this many rows (a run's prompt, an answer)
 #: wait, ...
 SEARCH_BATCH_ROWS = 1024
@@ -129,6 +137,7 @@ class Engine:
         self._checkpoint_wake = threading.Event()
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
+        self._page_size: int | None = None
         self._commits = 0
         #: Run keys and search backlog (writer thread; see hub.store.folding).
         self._keys = RunKeys()
@@ -139,6 +148,8 @@ class Engine:
         self.index_s: list[float] = []
         self._last_commit = 0.0
         self._catch_up = False
+        #: What the WAL held at the last checkpoint, in bytes (its file may be larger).
+        self._wal_bytes = 0
         #: How long the writer's last checkpoints (see checkpoint_now) held it, in s.
         self.catch_up_s: list[float] = []
         self._closed = False
@@ -240,11 +251,13 @@ class Engine:
         return conn
 
     def _checkpoint_loop(self) -> None:
+        seen = self._commits
         while not self._closed:
-            # A WAL past its limit: checkpoints back to back, so that what is left for
-            # the writer to copy (see checkpoint_now) is a moment's worth.
-            wal = Path(self.path + "-wal")
-            behind = wal.exists() and wal.stat().st_size > WAL_SIZE_LIMIT_BYTES
+            # A WAL that fills: checkpoints back to back, so that what is left for the
+            # writer to copy (see checkpoint_now) is a moment's worth, and the WAL is
+            # seen to fill before it holds much (10k runs/s write 70 MiB a second).
+            behind = self._wal_bytes > CHECKPOINT_BEHIND_BYTES or self._commits != seen
+            seen = self._commits
             self._checkpoint_wake.wait(CHECKPOINT_BEHIND_S if behind else CHECKPOINT_EVERY_S)
             self._checkpoint_wake.clear()
             if self._closed:
@@ -269,11 +282,12 @@ class Engine:
     def checkpoint_now(self) -> tuple[int, int]:
         """Copy the WAL into the database now; (WAL frames, frames copied).
 
-        Passive: it never makes the writer wait. A WAL that grew past
-        ``CHECKPOINT_TRUNCATE_BYTES`` (a writer that never paused long enough for a
-        passive checkpoint to finish) is truncated, but only once the writer has been
-        idle ``CHECKPOINT_IDLE_S``: a truncating checkpoint holds commits while it runs.
-        Past ``CHECKPOINT_CATCH_UP_BYTES`` the writer finishes one itself.
+        Passive: it never makes the writer wait. A WAL holding more than
+        ``CHECKPOINT_CATCH_UP_BYTES`` (a writer that never paused long enough for a
+        passive checkpoint to finish): the writer finishes one itself. A WAL file
+        larger than ``CHECKPOINT_TRUNCATE_BYTES`` is truncated, but only once the
+        writer has been idle ``CHECKPOINT_IDLE_S``: a truncating checkpoint holds
+        commits while it runs.
         The connection stays open until the store closes: a connection that closes
         checks whether it is the database's last one, taking an exclusive lock to do
         so, and the writer must not meet it.
@@ -285,12 +299,17 @@ class Engine:
                 conn.execute("PRAGMA busy_timeout=5000")
                 self._checkpoint_conn = conn
             busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if self._page_size is None:
+                self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            # The WAL's file is reused: what it holds is its frames (a page and a header).
+            held = self._wal_bytes = max(0, int(frames)) * (self._page_size + 24)
             wal = Path(self.path + "-wal")
             size = wal.stat().st_size if wal.exists() else 0
             idle = time.monotonic() - self._last_commit >= CHECKPOINT_IDLE_S
             if idle and size > CHECKPOINT_TRUNCATE_BYTES:
                 busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            elif size > CHECKPOINT_CATCH_UP_BYTES and not busy and copied == frames:
+                self._wal_bytes = 0
+            elif held > CHECKPOINT_CATCH_UP_BYTES and not busy and copied == frames:
                 # A writer that never pauses never lets a checkpoint finish, and the
                 # WAL starts over only after one has. The writer finishes this one
                 # between two transactions: what came since this one, a few ms.
