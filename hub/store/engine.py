@@ -135,6 +135,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_wake = threading.Event()
+        #: The checkpointer waits for a commit (the writer wakes it).
+        self._checkpoint_idle = False
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._page_size: int | None = None
@@ -253,12 +255,15 @@ class Engine:
     def _checkpoint_loop(self) -> None:
         seen = self._commits
         while not self._closed:
-            # A WAL that fills: checkpoints back to back, so that what is left for the
-            # writer to copy (see checkpoint_now) is a moment's worth, and the WAL is
-            # seen to fill before it holds much (10k runs/s write 70 MiB a second).
+            # While writes come in: a pass every CHECKPOINT_BEHIND_S, so that the WAL is
+            # seen to fill before it holds much (10k runs/s write 70 MiB a second) and
+            # what is left for the writer to copy (see checkpoint_now) is a moment's
+            # worth. Otherwise the writer wakes it at its next commit.
             behind = self._wal_bytes > CHECKPOINT_BEHIND_BYTES or self._commits != seen
             seen = self._commits
+            self._checkpoint_idle = not behind
             self._checkpoint_wake.wait(CHECKPOINT_BEHIND_S if behind else CHECKPOINT_EVERY_S)
+            self._checkpoint_idle = False
             self._checkpoint_wake.clear()
             if self._closed:
                 return
@@ -344,7 +349,8 @@ class Engine:
                 results = []
             self._commits += 1
             self._last_commit = time.monotonic()
-            if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
+            if self._checkpoint_idle or self._commits % CHECKPOINT_EVERY_COMMITS == 0:
+                self._checkpoint_idle = False
                 self._checkpoint_wake.set()
             self._applied += len(batch)
             if results:
