@@ -90,6 +90,11 @@ WAL_SIZE_LIMIT_BYTES = 64 << 20
 SEARCH_BATCH_ROWS = 1024
 #: ... or this long after the first of them (how far a search may lag behind).
 SEARCH_LAG_S = 0.25
+#: The writer starts a transaction at most this often: under load, what comes
+#: meanwhile joins it. Each transaction costs its statements' GIL handovers (up to
+#: Python's switch interval each while the event loop is busy), a wake-up of the loop,
+#: and WAL frames for the pages it touches; a writer that is idle starts at once.
+GROUP_COMMIT_S = 0.002
 #: Read connections (and threads) for lists and searches.
 READERS = 2
 #: A read waits at most this long for the writes queued before it to commit.
@@ -97,9 +102,6 @@ READ_WAIT_S = 0.05
 #: A store that cannot write tries its held writes again after this, then ever later.
 RETRY_UNWRITABLE_S = 0.5
 RETRY_UNWRITABLE_MAX_S = 10.0
-
-#: Operations that write nothing worth keeping while the disk refuses writes.
-_NOTHING_TO_HOLD = frozenset({sql.noop})
 
 #: Times a transaction that met a locked database is run again, after a pause.
 BUSY_RETRIES = 5
@@ -141,6 +143,7 @@ class Engine:
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._page_size: int | None = None
         self._commits = 0
+        self._batch_at = 0.0
         #: Run keys and search backlog (writer thread; see hub.store.folding).
         self._keys = RunKeys()
         #: When search's backlog started to wait (monotonic), None when empty.
@@ -423,6 +426,11 @@ class Engine:
                 batch = [self._queue.get()]
         except queue.Empty:
             return []
+        # Group commit: a transaction at most every GROUP_COMMIT_S (see there).
+        pause = self._batch_at + GROUP_COMMIT_S - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        self._batch_at = time.monotonic()
         while len(batch) < 1000:
             try:
                 batch.append(self._queue.get_nowait())
@@ -452,7 +460,7 @@ class Engine:
                     if fut is not None:
                         results.append((fut, False, exc.error))
                 continue
-            if fn not in _NOTHING_TO_HOLD:  # a flush only fails
+            if fn is not sql.noop:  # a flush has nothing to hold: it only fails
                 self._hold(fn, args)
             if fut is not None:
                 results.append((fut, False, StoreUnavailable(reason)))

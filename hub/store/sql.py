@@ -368,16 +368,27 @@ def values_sql(width: int, size: int) -> str:
 
 
 def insert_runs(conn: sqlite3.Connection, rows: list[list[Any]]) -> dict[str, int]:
-    """Insert runs (rows of :data:`RUN_FIELDS`' values); their keys by id."""
-    keys: dict[str, int] = {}
+    """Insert runs (rows of :data:`RUN_FIELDS`' values); their keys by id.
+
+    The keys are read back in one row (``RETURNING`` would step, and hand the GIL
+    over, once per run): this thread is the only writer and keys only grow, so the
+    new runs are those past the last key minus their number.
+    """
     width = len(RUN_FIELDS)
+    last = 0
     for size, flat in padded(rows, width):
-        found = conn.execute(
+        cur = conn.execute(
             f"{INSERT_RUN_HEAD} SELECT * FROM ({values_sql(width, size)}) "
-            "WHERE column1 IS NOT NULL RETURNING id, n",
+            "WHERE column1 IS NOT NULL",
             flat,
         )
-        keys.update((row[0], row[1]) for row in found)
+        last = int(cur.lastrowid or 0)
+    (found,) = conn.execute(
+        "SELECT json_group_object(id, n) FROM runs WHERE n > ?", (last - len(rows),)
+    ).fetchone()
+    keys: dict[str, int] = orjson.loads(found)
+    if len(keys) != len(rows):  # not one after the other after all: ask by id
+        keys = run_keys(conn, [row[0] for row in rows])
     return keys
 
 
