@@ -415,6 +415,12 @@ class Engine:
 
     def _next_batch(self) -> list[Item | None]:
         """What is queued (up to 1000), waiting for the first; [] when a retry is due."""
+        # Group commit: a transaction at most every GROUP_COMMIT_S (see there). The
+        # writer waits its turn before it looks at the queue, so that under load what
+        # comes meanwhile is simply there (no wake-up per write).
+        pause = self._batch_at + GROUP_COMMIT_S - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
         try:
             if self._held:
                 wait = max(0.0, self._next_retry - time.monotonic())
@@ -426,10 +432,6 @@ class Engine:
                 batch = [self._queue.get()]
         except queue.Empty:
             return []
-        # Group commit: a transaction at most every GROUP_COMMIT_S (see there).
-        pause = self._batch_at + GROUP_COMMIT_S - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
         self._batch_at = time.monotonic()
         while len(batch) < 1000:
             try:

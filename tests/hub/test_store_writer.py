@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
@@ -124,3 +125,20 @@ async def test_a_writer_that_never_pauses_reuses_a_small_wal_instead_of_growing_
     assert catch_ups >= 2, "the writer never finished a checkpoint"
     assert max(sizes) <= 2 * limit
     assert sizes == sorted(sizes), "the WAL file was cut while the writes went on"
+
+
+async def test_writes_that_come_in_while_the_writer_waits_its_turn_share_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the writer starts a transaction at most every GROUP_COMMIT_S: writes
+    arriving one by one meanwhile are committed together, not one transaction each."""
+    monkeypatch.setattr(store_engine, "GROUP_COMMIT_S", 0.5)
+    async with Store(tmp_path / "a.db") as store:
+        await store.flush()  # a transaction now: the next may start 0.5 s later
+        before = store._commits
+        for i in range(5):  # arriving 20 ms apart, well inside the 0.5 s
+            store.post(op_insert_run, _run(i))
+            await asyncio.sleep(0.02)
+        await store.flush()
+        assert store._commits - before == 1
+        assert len((await store.list_runs())[0]) == 5
