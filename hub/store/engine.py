@@ -68,12 +68,15 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: The checkpointer runs at least this often, and after this many commits.
+#: The checkpointer runs at least this often, and after this many commits; ...
 CHECKPOINT_EVERY_S = 1.0
-#: ... and this often while the WAL holds more than ``CHECKPOINT_BEHIND_BYTES``.
-CHECKPOINT_BEHIND_S = 0.05
-CHECKPOINT_BEHIND_BYTES = 4 << 20
 CHECKPOINT_EVERY_COMMITS = 500
+#: ... this often while commits come in (each pass costs two fsyncs, and a page
+#: written by many commits is copied once per pass: rarer passes copy less), ...
+CHECKPOINT_BUSY_S = 0.25
+#: ... and this often once the WAL nears ``CHECKPOINT_CATCH_UP_BYTES`` (past three
+#: quarters of it), so that what the writer then copies is a moment's worth.
+CHECKPOINT_BEHIND_S = 0.05
 #: A WAL file larger than this is truncated by a checkpoint once the writer is idle.
 CHECKPOINT_TRUNCATE_BYTES = 64 << 20
 #: A WAL holding more than this while the writer never pauses: the writer finishes a
@@ -258,14 +261,16 @@ class Engine:
     def _checkpoint_loop(self) -> None:
         seen = self._commits
         while not self._closed:
-            # While writes come in: a pass every CHECKPOINT_BEHIND_S, so that the WAL is
-            # seen to fill before it holds much (10k runs/s write 70 MiB a second) and
-            # what is left for the writer to copy (see checkpoint_now) is a moment's
-            # worth. Otherwise the writer wakes it at its next commit.
-            behind = self._wal_bytes > CHECKPOINT_BEHIND_BYTES or self._commits != seen
+            # See the constants; while no commit comes, the writer wakes it at its next.
+            if self._wal_bytes > CHECKPOINT_CATCH_UP_BYTES * 3 // 4:
+                wait = CHECKPOINT_BEHIND_S
+            elif self._commits != seen:
+                wait = min(CHECKPOINT_BUSY_S, CHECKPOINT_EVERY_S)
+            else:
+                wait = CHECKPOINT_EVERY_S
+                self._checkpoint_idle = True
             seen = self._commits
-            self._checkpoint_idle = not behind
-            self._checkpoint_wake.wait(CHECKPOINT_BEHIND_S if behind else CHECKPOINT_EVERY_S)
+            self._checkpoint_wake.wait(wait)
             self._checkpoint_idle = False
             self._checkpoint_wake.clear()
             if self._closed:

@@ -115,7 +115,7 @@ async def test_a_writer_that_never_pauses_reuses_a_small_wal_instead_of_growing_
 
     prompt = "x" * 16_000
     async with Store(path) as store:
-        for group in range(150):  # 20 runs a commit, about 50 MB of WAL in all
+        for group in range(400):  # 20 runs a commit, about 130 MB of WAL in all
             for i in range(group * 20, group * 20 + 20):
                 store.post(op_insert_run, _run(i, prompt=prompt))
             store.post(probe)
@@ -123,7 +123,8 @@ async def test_a_writer_that_never_pauses_reuses_a_small_wal_instead_of_growing_
         catch_ups = len(store.catch_up_s)
     limit = store_engine.CHECKPOINT_CATCH_UP_BYTES
     assert catch_ups >= 2, "the writer never finished a checkpoint"
-    assert max(sizes) <= 2 * limit
+    # The limit, plus what comes in between two passes of the checkpointer.
+    assert max(sizes) <= 3 * limit
     assert sizes == sorted(sizes), "the WAL file was cut while the writes went on"
 
 
