@@ -578,7 +578,8 @@ def _search(
     )
     if before is not None:
         unindexed += " AND runs.n < ?"
-    for row in conn.execute(unindexed + cond, [*bound, *args]):
+    unindexed += f"{cond} ORDER BY b.row DESC LIMIT ?"  # newest first, as the index
+    for row in conn.execute(unindexed, [*bound, *args, 2 * limit]):
         found[row["n"]] = row
     return [found[n] for n in sorted(found, reverse=True)[:limit]]
 
