@@ -65,15 +65,29 @@ async def test_a_finished_run_is_searchable_at_once_and_indexed_in_a_later_batch
         for query in ("zeppelin", "zepp", "archives"):
             found, _ = await store.list_runs(query=query)
             assert [r.id for r in found] == ["run_0001"], query
+        # Pages of runs not yet indexed: newest first, each run once.
+        for i in range(2, 27):
+            store.post(op_insert_run, _run(i, prompt=f"zeppelin number {i}"))
+        pages, before = [], None
+        while True:
+            page, before = await store.list_runs(query="zeppelin", limit=10, before=before)
+            pages.append([r.id for r in page])
+            if before is None:
+                break
+        assert [len(page) for page in pages] == [10, 10, 6]
+        assert [run for page in pages for run in page] == [f"run_{i:04d}" for i in range(26, 0, -1)]
+        assert _indexed(path, "zeppelin") == []
         # The batch is due now: after the next commit the writer indexes it.
         monkeypatch.setattr(store_engine, "SEARCH_LAG_S", 0.0)
         await store.flush()
         await store.flush()  # the writer took this one after it had indexed
-        assert _indexed(path, "zeppelin") == [1] and _indexed(path, "archives") == [1]
+        assert _indexed(path, "zeppelin") == list(range(1, 27))
+        assert _indexed(path, "archives") == [1]
         assert _backlog(path) == 0
-        for query in ("zeppelin", "zepp", "archives"):
-            found, _ = await store.list_runs(query=query)
-            assert [r.id for r in found] == ["run_0001"], query
+        found, _ = await store.list_runs(query="archives")
+        assert [r.id for r in found] == ["run_0001"]
+        found, _ = await store.list_runs(query="zepp", limit=100)
+        assert len(found) == 26
 
 
 async def test_runs_not_yet_indexed_when_the_hub_stopped_are_indexed_after_it_starts_again(
