@@ -11,10 +11,22 @@ Checkpoints (copying the WAL back into the database, with an fsync) run on a sec
 thread with its own connection, never inside a commit: SQLite's automatic checkpoint
 made every ~500th commit wait ~9 ms here, and a reply waits for its commit. They are
 passive (they never hold a commit); once one has copied the whole WAL, the writer's
-next transaction starts the WAL over, cut to ``journal_size_limit``. Only a WAL that
-grew past ``CHECKPOINT_TRUNCATE_BYTES`` while the writer never paused is truncated,
-and only once the writer is idle: a truncating checkpoint holds every commit while it
-runs (169-327 ms here at 64 MiB), which was the hub's tail.
+next transaction starts the WAL over, from its start. A writer that never pauses never
+lets a passive checkpoint finish (new frames come in meanwhile), so once the WAL holds
+``CHECKPOINT_CATCH_UP_BYTES`` the writer finishes one itself between two transactions:
+the frames since the checkpointer's last pass, a few ms. The WAL so stays small and
+its file is reused, not cut: cutting a large WAL file is slow (a 153 MiB one took a
+truncating checkpoint 59 ms here, and a writer that starts the WAL over past
+``journal_size_limit`` cuts it inside a commit). Only a file that grew past
+``CHECKPOINT_TRUNCATE_BYTES`` anyway (a reader held the WAL, say) is truncated, once
+the writer is idle: a truncating checkpoint holds every commit while it runs (169-327
+ms at 64 MiB), which was the hub's tail.
+
+Search is indexed in batches, off the hot transactions (see :mod:`hub.store.sql`):
+the writer indexes what is waiting once ``SEARCH_BATCH_ROWS`` rows wait, or
+``SEARCH_LAG_S`` after the first of them (and when the store closes). The index lags
+behind the writes by that much, a search does not: it also scans the few runs not yet
+indexed.
 
 Lists and searches (:meth:`Engine.read`) run on their own read connections, in a
 small pool of threads, never on the writer: a search over 200k runs does not hold a
@@ -50,27 +62,42 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from hub.store import sql
-from hub.store.folding import Item, Outcome, apply_all, resolve_all, run_one
+from hub.store.folding import Item, Outcome, RunKeys, apply_all, resolve_all, run_one
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: The checkpointer runs at least this often, and after this many commits.
+#: The checkpointer runs at least this often, and after this many commits; ...
 CHECKPOINT_EVERY_S = 1.0
-#: ... and this often while the WAL is past ``WAL_SIZE_LIMIT_BYTES``.
-CHECKPOINT_BEHIND_S = 0.05
 CHECKPOINT_EVERY_COMMITS = 500
-#: A WAL larger than this is truncated by a checkpoint once the writer is idle.
+#: ... this often while commits come in (each pass costs two fsyncs, and a page
+#: written by many commits is copied once per pass: rarer passes copy less), ...
+CHECKPOINT_BUSY_S = 0.25
+#: ... and this often once the WAL nears ``CHECKPOINT_CATCH_UP_BYTES`` (past three
+#: quarters of it), so that what the writer then copies is a moment's worth.
+CHECKPOINT_BEHIND_S = 0.05
+#: A WAL file larger than this is truncated by a checkpoint once the writer is idle.
 CHECKPOINT_TRUNCATE_BYTES = 64 << 20
-#: A WAL larger than this while the writer never pauses: the writer finishes a
-#: checkpoint between two transactions, so that the WAL starts over (10-60 ms, with
-#: 200k runs stored: rarer is better, and the disk holds this much WAL meanwhile).
-CHECKPOINT_CATCH_UP_BYTES = 256 << 20
+#: A WAL holding more than this while the writer never pauses: the writer finishes a
+#: checkpoint between two transactions, so that the WAL starts over (a few ms: what
+#: came since the checkpointer's last pass, and its fsyncs).
+CHECKPOINT_CATCH_UP_BYTES = 16 << 20
 #: The writer is idle (a truncating checkpoint may hold it) after this long without a commit.
 CHECKPOINT_IDLE_S = 0.5
-#: The WAL is cut back to this when it starts over (SQLite's ``journal_size_limit``).
-WAL_SIZE_LIMIT_BYTES = 16 << 20
+#: A WAL file is cut back to this when it starts over (SQLite's ``journal_size_limit``):
+#: one that stays under it is reused, never cut inside a commit.
+WAL_SIZE_LIMIT_BYTES = 64 << 20
+#: The writer indexes search's backlog once this many rows (a run's prompt, an answer)
+#: wait, ...
+SEARCH_BATCH_ROWS = 1024
+#: ... or this long after the first of them (how far a search may lag behind).
+SEARCH_LAG_S = 0.25
+#: The writer starts a transaction at most this often: under load, what comes
+#: meanwhile joins it. Each transaction costs its statements' GIL handovers (up to
+#: Python's switch interval each while the event loop is busy), a wake-up of the loop,
+#: and WAL frames for the pages it touches; a writer that is idle starts at once.
+GROUP_COMMIT_S = 0.002
 #: Read connections (and threads) for lists and searches.
 READERS = 2
 #: A read waits at most this long for the writes queued before it to commit.
@@ -113,11 +140,24 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_wake = threading.Event()
+        #: The checkpointer waits for a commit (the writer wakes it).
+        self._checkpoint_idle = False
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
+        self._page_size: int | None = None
         self._commits = 0
+        self._batch_at = 0.0
+        #: Run keys and search backlog (writer thread; see hub.store.folding).
+        self._keys = RunKeys()
+        #: When search's backlog started to wait (monotonic), None when empty.
+        self._search_since: float | None = None
+        self._index_failing = False
+        #: How long the writer's last search indexing took, in s (the last 100).
+        self.index_s: list[float] = []
         self._last_commit = 0.0
         self._catch_up = False
+        #: What the WAL held at the last checkpoint, in bytes (its file may be larger).
+        self._wal_bytes = 0
         #: How long the writer's last checkpoints (see checkpoint_now) held it, in s.
         self.catch_up_s: list[float] = []
         self._closed = False
@@ -219,12 +259,19 @@ class Engine:
         return conn
 
     def _checkpoint_loop(self) -> None:
+        seen = self._commits
         while not self._closed:
-            # A WAL past its limit: checkpoints back to back, so that what is left for
-            # the writer to copy (see checkpoint_now) is a moment's worth.
-            wal = Path(self.path + "-wal")
-            behind = wal.exists() and wal.stat().st_size > WAL_SIZE_LIMIT_BYTES
-            self._checkpoint_wake.wait(CHECKPOINT_BEHIND_S if behind else CHECKPOINT_EVERY_S)
+            # See the constants; while no commit comes, the writer wakes it at its next.
+            if self._wal_bytes > CHECKPOINT_CATCH_UP_BYTES * 3 // 4:
+                wait = CHECKPOINT_BEHIND_S
+            elif self._commits != seen:
+                wait = min(CHECKPOINT_BUSY_S, CHECKPOINT_EVERY_S)
+            else:
+                wait = CHECKPOINT_EVERY_S
+                self._checkpoint_idle = True
+            seen = self._commits
+            self._checkpoint_wake.wait(wait)
+            self._checkpoint_idle = False
             self._checkpoint_wake.clear()
             if self._closed:
                 return
@@ -248,11 +295,12 @@ class Engine:
     def checkpoint_now(self) -> tuple[int, int]:
         """Copy the WAL into the database now; (WAL frames, frames copied).
 
-        Passive: it never makes the writer wait. A WAL that grew past
-        ``CHECKPOINT_TRUNCATE_BYTES`` (a writer that never paused long enough for a
-        passive checkpoint to finish) is truncated, but only once the writer has been
-        idle ``CHECKPOINT_IDLE_S``: a truncating checkpoint holds commits while it runs.
-        Past ``CHECKPOINT_CATCH_UP_BYTES`` the writer finishes one itself.
+        Passive: it never makes the writer wait. A WAL holding more than
+        ``CHECKPOINT_CATCH_UP_BYTES`` (a writer that never paused long enough for a
+        passive checkpoint to finish): the writer finishes one itself. A WAL file
+        larger than ``CHECKPOINT_TRUNCATE_BYTES`` is truncated, but only once the
+        writer has been idle ``CHECKPOINT_IDLE_S``: a truncating checkpoint holds
+        commits while it runs.
         The connection stays open until the store closes: a connection that closes
         checks whether it is the database's last one, taking an exclusive lock to do
         so, and the writer must not meet it.
@@ -264,12 +312,17 @@ class Engine:
                 conn.execute("PRAGMA busy_timeout=5000")
                 self._checkpoint_conn = conn
             busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if self._page_size is None:
+                self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            # The WAL's file is reused: what it holds is its frames (a page and a header).
+            held = self._wal_bytes = max(0, int(frames)) * (self._page_size + 24)
             wal = Path(self.path + "-wal")
             size = wal.stat().st_size if wal.exists() else 0
             idle = time.monotonic() - self._last_commit >= CHECKPOINT_IDLE_S
             if idle and size > CHECKPOINT_TRUNCATE_BYTES:
                 busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            elif size > CHECKPOINT_CATCH_UP_BYTES and not busy and copied == frames:
+                self._wal_bytes = 0
+            elif held > CHECKPOINT_CATCH_UP_BYTES and not busy and copied == frames:
                 # A writer that never pauses never lets a checkpoint finish, and the
                 # WAL starts over only after one has. The writer finishes this one
                 # between two transactions: what came since this one, a few ms.
@@ -285,6 +338,10 @@ class Engine:
             loop.call_soon_threadsafe(ready.set_exception, exc)
             return
         loop.call_soon_threadsafe(ready.set_result, None)
+        try:
+            self._keys.backlog = sql.search_backlog(conn)  # left by a crash: indexed soon
+        except sqlite3.Error:
+            self._keys.backlog = 1
         stop = False
         while not stop:
             batch = self._next_batch()
@@ -294,11 +351,14 @@ class Engine:
                 self._replay(conn)
             if self._held:
                 results = self._while_held(conn, items)
-            else:
+            elif items:
                 results = self._transaction(conn, items)
+            else:  # woken to index search's backlog
+                results = []
             self._commits += 1
             self._last_commit = time.monotonic()
-            if self._commits % CHECKPOINT_EVERY_COMMITS == 0:
+            if self._checkpoint_idle or self._commits % CHECKPOINT_EVERY_COMMITS == 0:
+                self._checkpoint_idle = False
                 self._checkpoint_wake.set()
             self._applied += len(batch)
             if results:
@@ -308,6 +368,8 @@ class Engine:
             if self._catch_up:  # after the callers heard: only later commits wait
                 self._catch_up = False
                 self._finish_checkpoint(conn)
+            if self._keys.backlog and not self._held:
+                self._maybe_index(conn, stop)
         if self._held:
             log.error(
                 "store closed with %d writes it could not write (%s): they are lost",
@@ -315,6 +377,36 @@ class Engine:
                 self.unwritable,
             )
         conn.close()
+
+    def _maybe_index(self, conn: sqlite3.Connection, now_anyway: bool) -> None:
+        """Index search's backlog if enough waits, or long enough (see the module's doc)."""
+        now = time.monotonic()
+        if self._search_since is None:
+            self._search_since = now
+        if not (
+            now_anyway
+            or self._keys.backlog >= SEARCH_BATCH_ROWS
+            or now - self._search_since >= SEARCH_LAG_S
+        ):
+            return
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN")
+            sql.index_search(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The backlog stays on disk: the next try is a lag later.
+            sql.rollback(conn)
+            self._search_since = now
+            if not self._index_failing:
+                log.warning("store: indexing search failed (%s); trying again", sql.reason(exc))
+            self._index_failing = True
+            return
+        self._index_failing = False
+        self._keys.backlog = 0
+        self._search_since = None
+        self.index_s.append(time.perf_counter() - started)
+        del self.index_s[:-100]
 
     def _finish_checkpoint(self, conn: sqlite3.Connection) -> None:
         """Copy the rest of the WAL from the writer thread, so that it starts over."""
@@ -328,14 +420,24 @@ class Engine:
 
     def _next_batch(self) -> list[Item | None]:
         """What is queued (up to 1000), waiting for the first; [] when a retry is due."""
+        # Group commit: a transaction at most every GROUP_COMMIT_S (see there). The
+        # writer waits its turn before it looks at the queue, so that under load what
+        # comes meanwhile is simply there (no wake-up per write).
+        pause = self._batch_at + GROUP_COMMIT_S - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
         try:
             if self._held:
                 wait = max(0.0, self._next_retry - time.monotonic())
                 batch: list[Item | None] = [self._queue.get(timeout=wait)]
+            elif self._search_since is not None:  # search's backlog is due then
+                wait = max(0.0, self._search_since + SEARCH_LAG_S - time.monotonic())
+                batch = [self._queue.get(timeout=wait)]
             else:
                 batch = [self._queue.get()]
         except queue.Empty:
             return []
+        self._batch_at = time.monotonic()
         while len(batch) < 1000:
             try:
                 batch.append(self._queue.get_nowait())
@@ -399,7 +501,7 @@ class Engine:
         """Try the held writes again, in one transaction; writable again once they commit."""
         held = self._held
         try:
-            apply_all(conn, held)
+            apply_all(conn, held, self._keys)
         except Exception as exc:
             sql.rollback(conn)
             error = exc.error if isinstance(exc, (sql.Unwritable, sql.Busy)) else exc
@@ -444,7 +546,7 @@ class Engine:
         """
         for attempt in range(BUSY_RETRIES + 1):
             try:
-                return apply_all(conn, items)
+                return apply_all(conn, items, self._keys)
             except sql.Unwritable as full:
                 self._became_unwritable(conn, full.error)
                 return self._while_held(conn, items)

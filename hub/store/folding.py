@@ -4,21 +4,28 @@ A run's life is ~9 statements (insert, three updates, five events). Each stateme
 hands the GIL back and forth between the writer and the event loop, and when the loop
 is busy every handback can wait for Python's switch interval: the writer then fell
 behind at ~1,000 runs/s. So within one transaction the writer folds the hot-path
-operations into few statements: new runs in one multi-row INSERT, each run's updates
-into one UPDATE (or into its INSERT), all events in one multi-row INSERT. The result
-is what the operations one by one would have left. Anything else (a read, an ack)
-first writes what was folded, so it sees it. If a folded write fails, it is undone and
-the operations run one by one, so only the failing one fails, as before.
+operations into few statements: new runs in one multi-row INSERT, the runs' updates
+into one ``UPDATE ... FROM (VALUES ...)`` per set of fields changed (or into the run's
+INSERT), all events in one multi-row INSERT (padded to a few fixed sizes, so that the
+statements are compiled once: see :func:`hub.store.sql.padded`). The result is what
+the operations one by one would have left. Anything else (a read, an ack) first writes what was
+folded, so it sees it. If a folded write fails, it is undone and the operations run one
+by one, so only the failing one fails, as before.
+
+Rows are keyed by the run's integer key (``runs.n``): the writer keeps the keys of the
+runs it inserted (:class:`RunKeys`, read back with ``RETURNING``), so events and
+updates name a run by its key, not by a lookup of its id per row. The search index is
+not written here: new runs and first answers join ``search_backlog`` (see
+:func:`hub.store.sql.index_search`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import orjson
@@ -35,9 +42,55 @@ Item: TypeAlias = tuple[asyncio.Future[Any] | None, Callable[..., Any], tuple[An
 Outcome: TypeAlias = tuple[asyncio.Future[Any], bool, Any]
 
 
-def apply_all(conn: sqlite3.Connection, items: list[Item]) -> list[Outcome]:
-    """One transaction: every item, folded where it can be; each item's outcome."""
+#: Run keys the writer keeps at most; past this it forgets them all (and looks up those
+#: it needs again): runs that never end in this process must not grow it for ever.
+KEYS_KEPT = 100_000
+
+
+class RunKeys:
+    """The writer's memory across transactions: run id -> ``runs.n`` of the runs it
+    inserted and that have not ended yet, and rows it added to ``search_backlog``."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, int] = {}
+        #: Rows added to ``search_backlog`` by committed transactions (the engine
+        #: resets it when it indexes).
+        self.backlog = 0
+
+    def commit(self, tx: _Tx) -> None:
+        """What a committed transaction learned."""
+        known = self.known
+        known.update(tx.new)
+        for run_id in tx.ended:
+            known.pop(run_id, None)
+        if len(known) > KEYS_KEPT:
+            known.clear()
+        self.backlog += tx.backlog
+
+
+class _Tx:
+    """What one transaction learned; kept only once it commits."""
+
+    def __init__(self, keys: RunKeys) -> None:
+        self.known = keys.known
+        self.new: dict[str, int] = {}
+        self.ended: list[str] = []
+        self.backlog = 0
+
+    def key(self, run_id: str) -> int | None:
+        n = self.new.get(run_id)
+        return self.known.get(run_id) if n is None else n
+
+
+def apply_all(
+    conn: sqlite3.Connection, items: list[Item], keys: RunKeys | None = None
+) -> list[Outcome]:
+    """One transaction: every item, folded where it can be; each item's outcome.
+
+    ``keys`` (the writer's) learns what the transaction did once it has committed.
+    """
     results: list[Outcome] = []
+    tx = _Tx(keys if keys is not None else RunKeys())
     merge = Merge()
     conn.execute("BEGIN")
     for item in items:
@@ -48,11 +101,13 @@ def apply_all(conn: sqlite3.Connection, items: list[Item]) -> list[Outcome]:
             merge.ops.append(item)
             continue
         if merge.ops:  # what was folded goes first: this op may read it
-            merge.write(conn, results)
+            merge.write(conn, results, tx)
             merge = Merge()
+        if fn in _ADDS_TO_BACKLOG:
+            tx.backlog += 1  # may: the engine indexes soon either way
         run_one(conn, item, results)
     if merge.ops:
-        merge.write(conn, results)
+        merge.write(conn, results, tx)
     try:
         conn.execute("COMMIT")
     except Exception as exc:
@@ -61,6 +116,8 @@ def apply_all(conn: sqlite3.Connection, items: list[Item]) -> list[Outcome]:
         # A full disk fails the WAL append here; whatever the cause, nothing of this
         # transaction is on disk, so all of it is held.
         raise sql.Unwritable(exc) from exc
+    if keys is not None:
+        keys.commit(tx)
     return results
 
 
@@ -95,10 +152,6 @@ def resolve_all(results: list[Outcome]) -> None:
             fut.set_exception(value)
 
 
-#: Rows per multi-row INSERT (SQLite allows 32,766 variables; a run row has 21).
-_ROWS_PER_INSERT = 500
-
-
 class Merge:
     """The hot-path writes of one transaction, folded (see the module's doc)."""
 
@@ -106,20 +159,29 @@ class Merge:
         self.ops: list[Item] = []
         self.inserts: dict[str, Run] = {}
         self.updates: dict[str, dict[str, Any]] = {}
-        self.events: list[tuple[Any, ...]] = []
+        #: [run id, seq, ts, kind, data as JSON, exec_seq]: the id becomes the key.
+        self.events: list[list[Any]] = []
         self.tail: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        #: Runs that ended in this batch (the writer forgets their keys).
+        self.ended: list[str] = []
+        #: Runs given an answer in this batch.
+        self.answered: set[str] | None = None
 
     def update(self, run_id: str, fields: dict[str, Any]) -> None:
         self.updates.setdefault(run_id, {}).update(fields)
+        if fields.get("answer"):
+            if self.answered is None:
+                self.answered = set()
+            self.answered.add(run_id)
 
     def event(self, run_id: str, event: EventRow) -> None:
         seq, ts, kind, data, exec_seq = event
-        self.events.append((run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq))
+        self.events.append([run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq])
 
-    def write(self, conn: sqlite3.Connection, results: list[Outcome]) -> None:
+    def write(self, conn: sqlite3.Connection, results: list[Outcome], tx: _Tx) -> None:
         conn.execute("SAVEPOINT folded")
         try:
-            self._write(conn)
+            new, backlog = self._write(conn, tx)
         except Exception as exc:
             if sql.is_busy(exc):
                 raise sql.Busy(exc) from exc  # the whole transaction goes again
@@ -128,56 +190,77 @@ class Merge:
             conn.execute("ROLLBACK TO folded")
             conn.execute("RELEASE folded")
             self._one_by_one(conn, results)
+            tx.backlog += len(self.inserts) + len(self.updates)  # an upper bound
             return
         conn.execute("RELEASE folded")
+        tx.new.update(new)
+        tx.ended.extend(self.ended)
+        tx.backlog += backlog
         results.extend((fut, True, None) for fut, _, _ in self.ops if fut is not None)
 
-    def _write(self, conn: sqlite3.Connection) -> None:
+    def _write(self, conn: sqlite3.Connection, tx: _Tx) -> tuple[dict[str, int], int]:
+        """Write what was folded; (the keys of the runs it inserted, backlog rows added)."""
         now = time.time()
         rows = []
+        backlog: list[int] = []
         for run_id, run in self.inserts.items():
-            values = {name: getattr(run, name) for name in sql.RUN_FIELDS}
+            values = run.__dict__
             folded = self.updates.pop(run_id, None)
             if folded:
-                values.update(folded, updated_at=now)
-            values["updated_at"] = values["updated_at"] or now
-            rows.append([sql.encode(name, values[name]) for name in sql.RUN_FIELDS])
-        if rows:
-            last = sql.last_n(conn)
-            for chunk in _chunks(rows):
-                conn.execute(
-                    f"{sql.INSERT_RUN_HEAD} VALUES {_placeholders(chunk)}",
-                    [v for row in chunk for v in row],
-                )
-            sql.index_new_runs(conn, last)
+                values = {**values, **folded, "updated_at": now}
+            row = [values[name] for name in sql.RUN_FIELDS]
+            row[_UPDATED_AT] = row[_UPDATED_AT] or now
+            for i in _JSON_AT:
+                if row[i] is not None:
+                    row[i] = orjson.dumps(row[i]).decode()
+            rows.append(row)
+        new = sql.insert_runs(conn, rows) if rows else {}
+        for run_id, run in self.inserts.items():
+            n = new[run_id]
+            backlog.append(2 * n)
+            if run.answer or (self.answered and run_id in self.answered):
+                backlog.append(2 * n + 1)
+        if backlog:
+            sql.add_to_backlog(conn, backlog)
+        missing = [
+            run_id
+            for run_id in {*self.updates, *(event[0] for event in self.events)}
+            if run_id not in new and tx.key(run_id) is None
+        ]
+        found = sql.run_keys(conn, missing) if missing else {}
+
+        def key(run_id: str) -> int | None:
+            n = new.get(run_id)
+            if n is None:
+                n = tx.key(run_id)
+            return found.get(run_id) if n is None else n
+
+        updates = []
         for run_id, fields in self.updates.items():
-            sql.update_run(conn, run_id, fields)
-        for chunk in _chunks(self.events):
-            conn.execute(
-                f"INSERT OR IGNORE INTO events {sql.EVENT_COLUMNS} VALUES "
-                + ", ".join([sql.EVENT_ROW] * len(chunk)),
-                [v for row in chunk for v in row],
-            )
+            known = key(run_id)
+            if known is not None:  # an unknown run has nothing to update
+                fields["updated_at"] = now
+                updates.append((known, fields))
+        answers = sql.update_runs_by_key(conn, updates) if updates else 0
+        events = []
+        for event in self.events:
+            known = key(event[0])
+            if known is not None:  # an event of an unknown run is not stored
+                event[0] = known
+                events.append(event)
+        if events:
+            sql.insert_events(conn, events)
         for fn, args in self.tail:
             fn(conn, *args)
+        return new, len(backlog) + answers
 
     def _one_by_one(self, conn: sqlite3.Connection, results: list[Outcome]) -> None:
         for item in self.ops:
             run_one(conn, item, results)
 
 
-def _chunks(rows: list[Any]) -> Iterable[list[Any]]:
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        yield rows[start : start + _ROWS_PER_INSERT]
-
-
-@functools.lru_cache(maxsize=64)
-def _row_placeholders(width: int) -> str:
-    return "(" + ", ".join("?" * width) + ")"
-
-
-def _placeholders(rows: list[Any]) -> str:
-    return ", ".join([_row_placeholders(len(rows[0]))] * len(rows))
+_UPDATED_AT = sql.RUN_FIELDS.index("updated_at")
+_JSON_AT = [sql.RUN_FIELDS.index(name) for name in sql.JSON_COLUMNS]
 
 
 def _fold_insert(m: Merge, run: Run) -> None:
@@ -211,6 +294,7 @@ def _fold_finish(
     event: EventRow | None = None,
 ) -> None:
     m.update(run.id, {name: getattr(run, name) for name in sql.FINAL_FIELDS})
+    m.ended.append(run.id)
     if event is not None:
         m.event(run.id, event)
     if delivery is not None:
@@ -218,6 +302,9 @@ def _fold_finish(
     if session is not None:
         m.tail.append((sql.set_session, session))
 
+
+#: Operations that may add rows to ``search_backlog`` when they run one by one.
+_ADDS_TO_BACKLOG = frozenset({sql.op_insert_run, sql.op_record, sql.finish_run})
 
 MERGEABLE: dict[Callable[..., Any], Callable[..., None]] = {
     sql.op_insert_run: _fold_insert,

@@ -4,11 +4,16 @@
 Keys append: events are keyed by the run's integer key (``runs.n``) and their sequence,
 so a run's events sit together at the end of the table instead of at a random place.
 
-Search uses two FTS5 indexes kept in step by the writer in the same transactions:
-``runs_fts``, contentless (no second copy of the text), holds a run's prompt and user
-as row ``2n`` (written with the run) and its answer as row ``2n + 1`` (written with the
-answer: a contentless index cannot change a row); ``search_terms`` holds the index's
-words, to turn a typed prefix into the words it starts (see :func:`fts_query`).
+Search uses two FTS5 indexes: ``runs_fts``, contentless (no second copy of the text),
+holds a run's prompt and user as row ``2n`` and its answer as row ``2n + 1`` (a
+contentless index cannot change a row); ``search_terms`` holds the index's words, to
+turn a typed prefix into the words it starts (see :func:`fts_query`). The hot path
+does not index: the transaction that writes a run (or its first answer) adds its row
+number to ``search_backlog``, and the writer indexes that backlog in batches
+(:func:`index_search`), a fraction of a second later. A search also scans the runs in
+the backlog, so it never misses a run for it. Indexing a run at a time cost the writer
+about a third of its CPU (FTS5 writes a segment per transaction and merges them); the
+backlog is on disk, so a crash loses none of it.
 
 The ``op_*`` functions are the writes the hub posts without waiting
 (:meth:`~hub.store.engine.Engine.post`); :data:`READS` names the statements that only
@@ -23,7 +28,7 @@ import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard
 
 import orjson
@@ -138,16 +143,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE known_targets (kind TEXT NOT NULL, value TEXT NOT NULL, "
         "first_seen REAL NOT NULL, PRIMARY KEY (kind, value)) WITHOUT ROWID",
     ),
+    # 4: search indexed in batches, off the hot transaction (issue 19): the rows of
+    # ``runs_fts`` (2n: prompt and user, 2n + 1: answer) written but not yet indexed.
+    ("CREATE TABLE search_backlog (row INTEGER PRIMARY KEY)",),
 )
 
-_JSON_COLUMNS = ("origin", "usage", "error")
+JSON_COLUMNS = ("origin", "usage", "error")
 
 RUN_FIELDS = [f for f in Run.__dataclass_fields__ if f != "n"]
 
 
 def row_to_run(row: sqlite3.Row) -> Run:
     data = dict(row)
-    for col in _JSON_COLUMNS:
+    for col in JSON_COLUMNS:
         if data.get(col) is not None:
             data[col] = orjson.loads(data[col])
     if data.get("optimize") is not None:
@@ -157,7 +165,7 @@ def row_to_run(row: sqlite3.Row) -> Run:
 
 
 def encode(name: str, value: Any) -> Any:
-    if name in _JSON_COLUMNS and value is not None:
+    if name in JSON_COLUMNS and value is not None:
         return orjson.dumps(value).decode()
     return value
 
@@ -231,20 +239,43 @@ _INSERT_RUN_SQL = f"{INSERT_RUN_HEAD} VALUES ({', '.join('?' * len(RUN_FIELDS))}
 def _insert_run(conn: sqlite3.Connection, run: Run) -> None:
     run.updated_at = run.updated_at or time.time()
     values = [encode(name, getattr(run, name)) for name in RUN_FIELDS]
-    last = last_n(conn)
     cur = conn.execute(_INSERT_RUN_SQL, values)
-    run.n = cur.lastrowid
-    index_new_runs(conn, last)
+    run.n = n = int(cur.lastrowid or 0)
+    add_to_backlog(conn, [2 * n, 2 * n + 1] if run.answer else [2 * n])
 
 
-def last_n(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COALESCE(MAX(n), 0) FROM runs").fetchone()[0])
+def index_search(conn: sqlite3.Connection) -> int:
+    """Index the rows in ``search_backlog`` and empty it; how many there were.
+
+    Prompts and users as row ``2n``, answers as row ``2n + 1``, read from ``runs`` as
+    they are now, and their words into ``search_terms``.
+    """
+    rows = "FROM search_backlog AS b CROSS JOIN runs AS r ON r.n = b.row >> 1"
+    conn.execute(
+        f"INSERT INTO runs_fts (rowid, user, prompt) SELECT b.row, r.user, r.prompt {rows} "
+        "WHERE b.row & 1 = 0"
+    )
+    conn.execute(
+        f"INSERT INTO runs_fts (rowid, answer) SELECT b.row, r.answer {rows} "
+        "WHERE b.row & 1 = 1 AND r.answer IS NOT NULL AND r.answer != ''"
+    )
+    _add_terms(
+        conn,
+        "SELECT CASE WHEN b.row & 1 THEN coalesce(r.answer, '') "
+        f"ELSE coalesce(r.user, '') || ' ' || r.prompt END {rows}",
+        (),
+    )
+    return int(conn.execute("DELETE FROM search_backlog").rowcount)
+
+
+def search_backlog(conn: sqlite3.Connection) -> int:
+    """How many rows wait in ``search_backlog``."""
+    return int(conn.execute("SELECT COUNT(*) FROM search_backlog").fetchone()[0])
 
 
 def index_new_runs(conn: sqlite3.Connection, last: int) -> None:
-    """Add the runs inserted after key ``last`` to the search indexes (same transaction).
-
-    Keys only grow and this thread is the only writer, so those are the new ones.
+    """Add the runs inserted after key ``last`` to the search indexes at once (a bulk
+    load's, in its transaction; the hub's writer goes through ``search_backlog``).
     """
     conn.execute(
         "INSERT INTO runs_fts (rowid, user, prompt) SELECT 2 * n, user, prompt FROM runs "
@@ -288,15 +319,13 @@ def _add_terms(conn: sqlite3.Connection, texts_sql: str, args: tuple[Any, ...]) 
 
 def update_run(conn: sqlite3.Connection, run_id: str, fields: dict[str, Any]) -> None:
     if fields.get("answer"):
-        # Indexed once, when a run first has an answer (the index cannot take a row
-        # back: it holds no copy of the text).
-        cur = conn.execute(
-            "INSERT INTO runs_fts (rowid, answer) SELECT 2 * n + 1, ? FROM runs "
+        # A run's first answer only: the index cannot take a row back (it holds no
+        # copy of the text).
+        conn.execute(
+            "INSERT OR IGNORE INTO search_backlog (row) SELECT 2 * n + 1 FROM runs "
             "WHERE id = ? AND (answer IS NULL OR answer = '')",
-            (fields["answer"], run_id),
+            (run_id,),
         )
-        if cur.rowcount:
-            _add_terms(conn, "SELECT ?", (fields["answer"],))
     fields = {**fields, "updated_at": time.time()}
     conn.execute(
         _update_sql(tuple(fields)),
@@ -305,13 +334,116 @@ def update_run(conn: sqlite3.Connection, run_id: str, fields: dict[str, Any]) ->
 
 
 @functools.lru_cache(maxsize=256)
-def _update_sql(names: tuple[str, ...]) -> str:
+def _update_sql(names: tuple[str, ...], key: str = "id") -> str:
     # Cached: the writer thread runs a few of these per run, with few distinct shapes.
     unknown = set(names) - set(RUN_FIELDS)
     if unknown:
         raise ValueError(f"unknown run fields: {sorted(unknown)}")
     sets = ", ".join(f"{name} = ?" for name in names)
-    return f"UPDATE runs SET {sets} WHERE id = ?"
+    return f"UPDATE runs SET {sets} WHERE {key} = ?"
+
+
+# The writer's batches go in few statements of few shapes: each statement hands the GIL
+# to the event loop and back (a wait of up to Python's switch interval when the loop is
+# busy), and each new shape is compiled. Rows are cut into pieces of at most MAX_ROWS,
+# each padded with rows of NULLs to a power of two, which the statements leave out.
+MAX_ROWS = 256
+
+
+def padded(rows: list[list[Any]], width: int) -> Iterator[tuple[int, list[Any]]]:
+    """(rows in the statement, its values) for each piece of ``rows`` (see above)."""
+    for start in range(0, len(rows), MAX_ROWS):
+        part = rows[start : start + MAX_ROWS]
+        size = max(8, 1 << (len(part) - 1).bit_length())
+        flat = [v for row in part for v in row]
+        flat.extend([None] * (width * (size - len(part))))
+        yield size, flat
+
+
+@functools.lru_cache(maxsize=64)
+def values_sql(width: int, size: int) -> str:
+    """``VALUES`` with ``size`` rows of ``width`` placeholders."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return "VALUES " + ", ".join([row] * size)
+
+
+def insert_runs(conn: sqlite3.Connection, rows: list[list[Any]]) -> dict[str, int]:
+    """Insert runs (rows of :data:`RUN_FIELDS`' values); their keys by id.
+
+    The keys are read back in one row (``RETURNING`` would step, and hand the GIL
+    over, once per run): this thread is the only writer and keys only grow, so the
+    new runs are those past the last key minus their number.
+    """
+    width = len(RUN_FIELDS)
+    last = 0
+    for size, flat in padded(rows, width):
+        cur = conn.execute(
+            f"{INSERT_RUN_HEAD} SELECT * FROM ({values_sql(width, size)}) "
+            "WHERE column1 IS NOT NULL",
+            flat,
+        )
+        last = int(cur.lastrowid or 0)
+    (found,) = conn.execute(
+        "SELECT json_group_object(id, n) FROM runs WHERE n > ?", (last - len(rows),)
+    ).fetchone()
+    keys: dict[str, int] = orjson.loads(found)
+    if len(keys) != len(rows):  # not one after the other after all: ask by id
+        keys = run_keys(conn, [row[0] for row in rows])
+    return keys
+
+
+def insert_events(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
+    """Insert events, rows of (run_n, seq, ts, kind, data as JSON, exec_seq); an event
+    already stored (the same seq, or exec_seq) is left as it is."""
+    for size, flat in padded(rows, 6):
+        conn.execute(
+            f"INSERT OR IGNORE INTO events {EVENT_COLUMNS} SELECT * FROM ({values_sql(6, size)}) "
+            "WHERE column1 IS NOT NULL",
+            flat,
+        )
+
+
+def add_to_backlog(conn: sqlite3.Connection, rows: list[int]) -> None:
+    """Rows of ``runs_fts`` to index (see :func:`index_search`), in one statement."""
+    conn.execute(
+        "INSERT OR IGNORE INTO search_backlog (row) SELECT value FROM json_each(?)",
+        (orjson.dumps(rows).decode(),),
+    )
+
+
+def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[str, Any]]]) -> int:
+    """Set fields of runs named by their integer key: a statement per shape.
+
+    Each dict must hold ``updated_at``. A run's first answer joins ``search_backlog``;
+    returns how many did.
+    """
+    answered = [n for n, fields in updates if fields.get("answer")]
+    added = 0
+    if answered:
+        added = conn.execute(
+            "INSERT OR IGNORE INTO search_backlog (row) SELECT 2 * n + 1 FROM runs "
+            "WHERE n IN (SELECT value FROM json_each(?)) AND (answer IS NULL OR answer = '')",
+            (orjson.dumps(answered).decode(),),
+        ).rowcount
+    shapes: dict[tuple[str, ...], list[list[Any]]] = {}
+    for n, fields in updates:
+        row: list[Any] = [n]
+        row.extend([encode(k, v) for k, v in fields.items()])
+        shapes.setdefault(tuple(fields), []).append(row)
+    for names, rows in shapes.items():
+        for size, flat in padded(rows, len(names) + 1):
+            conn.execute(_update_from_sql(names, size), flat)
+    return max(0, added)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_from_sql(names: tuple[str, ...], size: int) -> str:
+    _update_sql(names)  # checks the names
+    sets = ", ".join(f"{name} = v.column{i}" for i, name in enumerate(names, start=2))
+    return (
+        f"UPDATE runs SET {sets} FROM ({values_sql(len(names) + 1, size)}) AS v "
+        "WHERE runs.n = v.column1"
+    )
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -415,7 +547,8 @@ def _search(
     The index is walked newest first (FTS5 hands rowids out in order; a run's prompt
     and user are row ``2n``, its answer ``2n + 1``) and stops once ``limit`` runs
     passed, so a common word costs no more than a rare one. The run whose id is the
-    query joins them.
+    query joins them, and so do the runs in ``search_backlog`` that pass ``where``
+    (which holds the query as a LIKE).
     """
     cond = "".join(f" AND {w}" for w in where)
     bound: list[Any] = []
@@ -437,6 +570,16 @@ def _search(
         by_id += " AND runs.n < ?"
         bound = [before]
     for row in conn.execute(by_id + cond, [query, *bound, *args]):
+        found[row["n"]] = row
+    # Runs written but not yet indexed: a scan of the backlog (a few hundred rows; the
+    # conditions hold the LIKE), so a search never lags behind the writes.
+    unindexed = (
+        "SELECT runs.* FROM search_backlog AS b CROSS JOIN runs ON runs.n = b.row >> 1 WHERE 1"
+    )
+    if before is not None:
+        unindexed += " AND runs.n < ?"
+    unindexed += f"{cond} ORDER BY b.row DESC LIMIT ?"  # newest first, as the index
+    for row in conn.execute(unindexed, [*bound, *args, 2 * limit]):
         found[row["n"]] = row
     return [found[n] for n in sorted(found, reverse=True)[:limit]]
 
@@ -529,6 +672,18 @@ def overview(conn: sqlite3.Connection, since: float, failed_since: float) -> dic
 #: ever follow it, in the writer's order); an event of an unknown run is not stored.
 EVENT_ROW = "((SELECT n FROM runs WHERE id = ?), ?, ?, ?, ?, ?)"
 EVENT_COLUMNS = "(run_n, seq, ts, kind, data, exec_seq)"
+
+
+def run_keys(conn: sqlite3.Connection, run_ids: list[str]) -> dict[str, int]:
+    """The integer keys of the runs with these ids (those that exist)."""
+    keys: dict[str, int] = {}
+    for start in range(0, len(run_ids), 500):
+        part = run_ids[start : start + 500]
+        found = conn.execute(
+            f"SELECT id, n FROM runs WHERE id IN ({', '.join('?' * len(part))})", part
+        )
+        keys.update((row[0], row[1]) for row in found)
+    return keys
 
 
 def add_events(

@@ -226,6 +226,11 @@ def _dump(path: Path) -> dict[str, list[Any]]:
         conn.close()
 
 
+def _late(i: int) -> tuple[Any, tuple[Any, ...]]:
+    """An event of a run that ended in an earlier transaction (the writer forgot its key)."""
+    return (op_record, (f"run_{i:04d}", None, (7, 4.0, "note", {"late": i}, None)))
+
+
 async def test_folded_writes_leave_what_the_writes_one_by_one_leave(tmp_path: Path) -> None:
     async with Store(tmp_path / "folded.db") as store:
         release = await _hold(store)
@@ -234,14 +239,21 @@ async def test_folded_writes_leave_what_the_writes_one_by_one_leave(tmp_path: Pa
                 store.post(fn, *args)
         release.set()
         await store.flush()
+        for i in range(0, 40, 3):
+            fn, args = _late(i)
+            store.post(fn, *args)
+        await store.flush()
     async with Store(tmp_path / "single.db") as store:
         for i in range(40):
             for fn, args in _life(i):
                 # A wrapper is not foldable: each operation runs on its own.
                 await store.call(lambda conn, fn=fn, args=args: fn(conn, *args))
+        for i in range(0, 40, 3):
+            fn, args = _late(i)
+            await store.call(lambda conn, fn=fn, args=args: fn(conn, *args))
     folded, single = _dump(tmp_path / "folded.db"), _dump(tmp_path / "single.db")
     assert folded == single
-    assert len(folded["runs"]) == 40 and len(folded["events"]) == 40 * 5
+    assert len(folded["runs"]) == 40 and len(folded["events"]) == 40 * 5 + 14
 
 
 async def test_a_read_after_folded_writes_sees_them(tmp_path: Path) -> None:
@@ -435,12 +447,12 @@ async def test_a_transaction_that_breaks_as_a_whole_holds_its_writes_and_the_wri
     apply_all = engine.apply_all
     breaks = iter([True])
 
-    def breaks_once(conn: sqlite3.Connection, items: list[Any]) -> Any:
+    def breaks_once(conn: sqlite3.Connection, items: list[Any], *rest: Any) -> Any:
         if next(breaks, False):
             conn.execute("BEGIN")
             conn.execute("ROLLBACK")
             raise sqlite3.OperationalError("no such savepoint: folded")
-        return apply_all(conn, items)
+        return apply_all(conn, items, *rest)
 
     monkeypatch.setattr(engine, "apply_all", breaks_once)
     async with Store(tmp_path / "a.db") as store:

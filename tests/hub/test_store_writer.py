@@ -1,0 +1,159 @@
+"""The store's writer: search indexed in batches off the hot path, a WAL that stays small."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from hub.store import Run, Store, op_insert_run
+from hub.store import engine as store_engine
+from hub.store.sql import finish_run
+
+
+def _run(i: int, **fields: object) -> Run:
+    now = time.time()
+    values: dict[str, object] = {
+        "id": f"run_{i:04d}",
+        "prompt": f"prompt {i}",
+        "origin": {"source": "http"},
+        "source": "http",
+        "created_at": now,
+        "updated_at": now,
+    }
+    values.update(fields)
+    return Run(**values)  # type: ignore[arg-type]
+
+
+def _indexed(path: Path, word: str) -> list[int]:
+    """The runs (their keys) the FTS index itself finds for ``word``."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT rowid FROM runs_fts WHERE runs_fts MATCH ?", (word,))
+        return sorted({rowid >> 1 for (rowid,) in rows})
+    finally:
+        conn.close()
+
+
+def _backlog(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM search_backlog").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_a_finished_run_is_searchable_at_once_and_indexed_in_a_later_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transactions that write a run and its answer leave the FTS index alone;
+    a search finds the run anyway, and the writer's next batch puts it in the index."""
+    monkeypatch.setattr(store_engine, "SEARCH_LAG_S", 3600.0)
+    monkeypatch.setattr(store_engine, "SEARCH_BATCH_ROWS", 10**9)
+    path = tmp_path / "a.db"
+    async with Store(path) as store:
+        await store.call(op_insert_run, _run(1, prompt="rotate the zeppelin logs"))
+        done = _run(1, prompt="rotate the zeppelin logs", state="succeeded")
+        done.answer = "the archives were rotated"
+        await store.call(finish_run, done, None, None, None)
+        assert _indexed(path, "zeppelin") == [] and _indexed(path, "archives") == []
+        assert _backlog(path) == 2  # the prompt's row and the answer's
+        for query in ("zeppelin", "zepp", "archives"):
+            found, _ = await store.list_runs(query=query)
+            assert [r.id for r in found] == ["run_0001"], query
+        # Pages of runs not yet indexed: newest first, each run once.
+        for i in range(2, 27):
+            store.post(op_insert_run, _run(i, prompt=f"zeppelin number {i}"))
+        pages, before = [], None
+        while True:
+            page, before = await store.list_runs(query="zeppelin", limit=10, before=before)
+            pages.append([r.id for r in page])
+            if before is None:
+                break
+        assert [len(page) for page in pages] == [10, 10, 6]
+        assert [run for page in pages for run in page] == [f"run_{i:04d}" for i in range(26, 0, -1)]
+        assert _indexed(path, "zeppelin") == []
+        # The batch is due now: after the next commit the writer indexes it.
+        monkeypatch.setattr(store_engine, "SEARCH_LAG_S", 0.0)
+        await store.flush()
+        await store.flush()  # the writer took this one after it had indexed
+        assert _indexed(path, "zeppelin") == list(range(1, 27))
+        assert _indexed(path, "archives") == [1]
+        assert _backlog(path) == 0
+        found, _ = await store.list_runs(query="archives")
+        assert [r.id for r in found] == ["run_0001"]
+        found, _ = await store.list_runs(query="zepp", limit=100)
+        assert len(found) == 26
+
+
+async def test_runs_not_yet_indexed_when_the_hub_stopped_are_indexed_after_it_starts_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Search's backlog is on disk: what a crash left unindexed is indexed by the next
+    writer, soon after it opens the store."""
+    path = tmp_path / "a.db"
+    with monkeypatch.context() as crashed:
+        crashed.setattr(store_engine.Engine, "_maybe_index", lambda *_: None)
+        async with Store(path) as store:
+            for i in range(30):
+                store.post(op_insert_run, _run(i, prompt=f"deploy the gateway {i}"))
+            await store.flush()
+    assert _backlog(path) == 30 and _indexed(path, "gateway") == []
+    monkeypatch.setattr(store_engine, "SEARCH_LAG_S", 0.0)
+    async with Store(path) as store:
+        await store.flush()
+        await store.flush()
+        assert _indexed(path, "gateway") == list(range(1, 31))
+        assert _backlog(path) == 0
+        found, _ = await store.list_runs(query="gateway", limit=100)
+        assert len(found) == 30
+
+
+async def test_a_writer_that_never_pauses_reuses_a_small_wal_instead_of_growing_and_cutting_it(
+    tmp_path: Path,
+) -> None:
+    """Under writes queued back to back (the writer never idle), the writer finishes a
+    checkpoint each time the WAL holds its limit: the WAL file stays near that size,
+    and it is reused, never cut while the writes go on (cutting a large file held the
+    commits)."""
+    path = tmp_path / "a.db"
+    wal = f"{path}-wal"
+    sizes: list[int] = []
+
+    def probe(conn: sqlite3.Connection) -> None:
+        sizes.append(os.stat(wal).st_size)
+
+    prompt = "x" * 16_000
+    async with Store(path) as store:
+        for group in range(400):  # 20 runs a commit, about 130 MB of WAL in all
+            for i in range(group * 20, group * 20 + 20):
+                store.post(op_insert_run, _run(i, prompt=prompt))
+            store.post(probe)
+            await store.flush()
+        catch_ups = len(store.catch_up_s)
+    limit = store_engine.CHECKPOINT_CATCH_UP_BYTES
+    assert catch_ups >= 2, "the writer never finished a checkpoint"
+    # The limit, plus what comes in between two passes of the checkpointer.
+    assert max(sizes) <= 3 * limit
+    assert sizes == sorted(sizes), "the WAL file was cut while the writes went on"
+
+
+async def test_writes_that_come_in_while_the_writer_waits_its_turn_share_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the writer starts a transaction at most every GROUP_COMMIT_S: writes
+    arriving one by one meanwhile are committed together, not one transaction each."""
+    monkeypatch.setattr(store_engine, "GROUP_COMMIT_S", 0.5)
+    async with Store(tmp_path / "a.db") as store:
+        await store.flush()  # a transaction now: the next may start 0.5 s later
+        before = store._commits
+        for i in range(5):  # arriving 20 ms apart, well inside the 0.5 s
+            store.post(op_insert_run, _run(i))
+            await asyncio.sleep(0.02)
+        await store.flush()
+        assert store._commits - before == 1
+        assert len((await store.list_runs())[0]) == 5
