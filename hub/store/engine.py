@@ -96,8 +96,11 @@ SEARCH_LAG_S = 0.25
 #: The writer starts a transaction at most this often: under load, what comes
 #: meanwhile joins it. Each transaction costs its statements' GIL handovers (up to
 #: Python's switch interval each while the event loop is busy), a wake-up of the loop,
-#: and WAL frames for the pages it touches; a writer that is idle starts at once.
+#: and WAL frames for the pages it touches; a writer that is idle starts at once, and
+#: so does one whose last transaction held fewer than GROUP_COMMIT_MIN_WRITES writes (one
+#: caller awaiting each write in turn: pacing would add the pause to every one of them).
 GROUP_COMMIT_S = 0.002
+GROUP_COMMIT_MIN_WRITES = 8
 #: Read connections (and threads) for lists and searches.
 READERS = 2
 #: A read waits at most this long for the writes queued before it to commit.
@@ -147,6 +150,7 @@ class Engine:
         self._page_size: int | None = None
         self._commits = 0
         self._batch_at = 0.0
+        self._batch_size = 0
         #: Run keys and search backlog (writer thread; see hub.store.folding).
         self._keys = RunKeys()
         #: When search's backlog started to wait (monotonic), None when empty.
@@ -423,9 +427,10 @@ class Engine:
         # Group commit: a transaction at most every GROUP_COMMIT_S (see there). The
         # writer waits its turn before it looks at the queue, so that under load what
         # comes meanwhile is simply there (no wake-up per write).
-        pause = self._batch_at + GROUP_COMMIT_S - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
+        if self._batch_size >= GROUP_COMMIT_MIN_WRITES:
+            pause = self._batch_at + GROUP_COMMIT_S - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
         try:
             if self._held:
                 wait = max(0.0, self._next_retry - time.monotonic())
@@ -443,6 +448,7 @@ class Engine:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
+        self._batch_size = len(batch)
         return batch
 
     def _to_loop(self, fn: Callable[..., Any], *args: Any) -> None:

@@ -145,15 +145,33 @@ async def test_a_writer_that_never_pauses_reuses_a_small_wal_instead_of_growing_
 async def test_writes_that_come_in_while_the_writer_waits_its_turn_share_one_transaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Under load the writer starts a transaction at most every GROUP_COMMIT_S: writes
-    arriving one by one meanwhile are committed together, not one transaction each."""
+    """Under load (the last transaction held many writes) the writer starts a transaction
+    at most every GROUP_COMMIT_S: writes arriving one by one meanwhile are committed
+    together, not one transaction each."""
     monkeypatch.setattr(store_engine, "GROUP_COMMIT_S", 0.5)
     async with Store(tmp_path / "a.db") as store:
-        await store.flush()  # a transaction now: the next may start 0.5 s later
+        for i in range(store_engine.GROUP_COMMIT_MIN_WRITES):
+            store.post(op_insert_run, _run(100 + i))
+        await store.flush()  # a busy transaction now: the next may start 0.5 s later
         before = store._commits
         for i in range(5):  # arriving 20 ms apart, well inside the 0.5 s
             store.post(op_insert_run, _run(i))
             await asyncio.sleep(0.02)
         await store.flush()
         assert store._commits - before == 1
-        assert len((await store.list_runs())[0]) == 5
+        assert len((await store.list_runs())[0]) == 5 + store_engine.GROUP_COMMIT_MIN_WRITES
+
+
+async def test_a_caller_awaiting_each_write_in_turn_is_not_paced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One caller that awaits each write before the next (a conversation's first turn:
+    its session read, then its run) gets each committed at once, not a group-commit
+    pause per write."""
+    monkeypatch.setattr(store_engine, "GROUP_COMMIT_S", 30.0)
+    async with Store(tmp_path / "a.db") as store:
+        async with asyncio.timeout(10):  # paced, three writes would take a minute
+            for i in range(3):
+                store.post(op_insert_run, _run(i))
+                await store.flush()
+        assert len((await store.list_runs())[0]) == 3
