@@ -292,6 +292,12 @@ async def test_one_look_cancels_the_handlers_whose_clients_are_gone_and_only_tho
     calls.unwatch(dropped)
     calls.unwatch(kept)
     kept.cancel()
-    await asyncio.sleep(0.05)  # a look that finds nobody schedules no other
+    # The look already scheduled finds nobody and schedules no other: once a timer set
+    # just after it has fired (the loop runs timers in time order), no look is pending.
+    pending = calls._look_handle
+    assert pending is not None
+    looked = asyncio.Event()
+    asyncio.get_running_loop().call_at(pending.when() + 0.001, looked.set)
+    await looked.wait()
     assert calls._look_handle is None
     await calls.close()

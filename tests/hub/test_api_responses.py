@@ -13,6 +13,17 @@ import pytest
 from tests.conftest import NODE_TOKEN, ws_url
 
 RESPONSES = "/v1/responses"
+#: A streamed response's events up to its end, for a message with text in one delta.
+MESSAGE_EVENTS = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+]
 
 
 def client(hub: Any) -> openai.AsyncOpenAI:
@@ -39,17 +50,7 @@ async def test_streaming_sends_the_responses_event_sequence(hub: Any, start_exec
         stream = await sdk.responses.create(model="codex", input="stream it", stream=True)
         events = [event async for event in stream]
     await sdk.close()
-    assert [e.type for e in events] == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_text.delta",
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert [e.type for e in events] == [*MESSAGE_EVENTS, "response.completed"]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[4].delta == "stream it"
     assert events[-1].response.output_text == "stream it"
@@ -81,17 +82,7 @@ async def test_a_stream_that_fails_after_text_closes_its_item_as_incomplete(
         )
         events += [event async for event in stream]
     await sdk.close()
-    assert [e.type for e in events] == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_text.delta",
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.failed",
-    ]
+    assert [e.type for e in events] == [*MESSAGE_EVENTS, "response.failed"]
     done = next(e for e in events if e.type == "response.output_item.done")
     assert done.item.status == "incomplete"
     assert done.item.content[0].text == "Half an "

@@ -5,28 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
-from hub.store import Run, Store, op_insert_run
+from hub.store import Store, op_insert_run
 from hub.store import engine as store_engine
 from hub.store.sql import finish_run
-
-
-def _run(i: int, **fields: object) -> Run:
-    now = time.time()
-    values: dict[str, object] = {
-        "id": f"run_{i:04d}",
-        "prompt": f"prompt {i}",
-        "origin": {"source": "http"},
-        "source": "http",
-        "created_at": now,
-        "updated_at": now,
-    }
-    values.update(fields)
-    return Run(**values)  # type: ignore[arg-type]
+from tests.hub.test_store import make_run as _run
 
 
 def _indexed(path: Path, word: str) -> list[int]:
@@ -148,13 +134,13 @@ async def test_writes_that_come_in_while_the_writer_waits_its_turn_share_one_tra
     """Under load (the last transaction held many writes) the writer starts a transaction
     at most every GROUP_COMMIT_S: writes arriving one by one meanwhile are committed
     together, not one transaction each."""
-    monkeypatch.setattr(store_engine, "GROUP_COMMIT_S", 0.5)
+    monkeypatch.setattr(store_engine, "GROUP_COMMIT_S", 2.0)
     async with Store(tmp_path / "a.db") as store:
         for i in range(store_engine.GROUP_COMMIT_MIN_WRITES):
             store.post(op_insert_run, _run(100 + i))
-        await store.flush()  # a busy transaction now: the next may start 0.5 s later
+        await store.flush()  # a busy transaction now: the next may start 2 s later
         before = store._commits
-        for i in range(5):  # arriving 20 ms apart, well inside the 0.5 s
+        for i in range(5):  # arriving 20 ms apart, well inside the 2 s
             store.post(op_insert_run, _run(i))
             await asyncio.sleep(0.02)
         await store.flush()
