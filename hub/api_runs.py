@@ -129,7 +129,7 @@ async def list_runs(request: web.Request) -> web.Response:
     """Newest runs first, filtered and paged."""
     store = request.app[STORE]
     router = request.app[ROUTER]
-    runs, next_before = await store.list_runs(
+    summaries, next_before = await store.run_summaries(
         states=_csv(request.query.get("state")),
         sources=_csv(request.query.get("source")),
         query=request.query.get("q", "")[:200],
@@ -138,9 +138,11 @@ async def list_runs(request: web.Request) -> web.Response:
         limit=_int(request, "limit", 50, 1, 500) or 50,
         principal=None if is_operator(request) else principal_of(request),
     )
+    # A run still in flight is shown as it is now (the store has its last write).
     items = []
-    for run in runs:
-        items.append((router.live_run(run.id) or run).summary())
+    for summary in summaries:
+        live = router.live_run(summary["id"])
+        items.append(live.summary() if live is not None else summary)
     return json_response({"runs": items, "next_before": next_before})
 
 

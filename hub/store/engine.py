@@ -174,7 +174,9 @@ class Engine:
         # waits until the writer has applied what was queued before it.
         self._queued = 0
         self._applied = 0
-        self._read_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: The writer notifies it after each batch when a read thread waits on it.
+        self._applied_changed = threading.Condition()
+        self._readers_waiting = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpoint_failing = False
         #: Writes the disk refused, in order, with those queued after them (writer thread).
@@ -364,11 +366,12 @@ class Engine:
             if self._checkpoint_idle or self._commits % CHECKPOINT_EVERY_COMMITS == 0:
                 self._checkpoint_idle = False
                 self._checkpoint_wake.set()
-            self._applied += len(batch)
+            with self._applied_changed:
+                self._applied += len(batch)
+                if self._readers_waiting:
+                    self._applied_changed.notify_all()
             if results:
                 self._to_loop(resolve_all, results)
-            if self._read_waiters:
-                self._to_loop(self._release_reads)
             if self._catch_up:  # after the callers heard: only later commits wait
                 self._catch_up = False
                 self._finish_checkpoint(conn)
@@ -598,35 +601,35 @@ class Engine:
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the read ``fn(conn, *args)`` on a read connection, off the writer thread.
 
-        It sees every write queued before this call: it waits for their commit (which
-        the writer makes anyway, in a few ms), but at most ``READ_WAIT_S``; a writer
-        held longer (a long transaction, a locked file) does not hold the read, which
-        then sees what is committed. It never waits for, or holds, later writes.
+        It sees every write queued before this call: its read thread waits for their
+        commit (which the writer makes anyway, in a few ms), but at most
+        ``READ_WAIT_S``; a writer held longer (a long transaction, a locked file) does
+        not hold the read, which then sees what is committed. It never waits for, or
+        holds, later writes. The wait is the read thread's, not the event loop's: a
+        loaded loop adds no round trip to it.
         """
         if self._closed or self._loop is None or self._readers is None:
             raise StoreClosed("the store is closed")
-        ticket = self._queued
-        if self._applied < ticket:
-            waiter: asyncio.Future[None] = self._loop.create_future()
-            self._read_waiters.append((ticket, waiter))
-            # Read again after queueing the waiter: the writer looks at the waiters only
-            # after it counted its batch, so one of the two sees the other.
-            if self._applied < ticket:
-                await asyncio.wait({waiter}, timeout=READ_WAIT_S)
-            if not waiter.done():
-                self._read_waiters.remove((ticket, waiter))
-        return await self._loop.run_in_executor(self._readers, self._read_now, fn, args)
+        return await self._loop.run_in_executor(
+            self._readers, self._read_after, self._queued, fn, args
+        )
 
-    def _release_reads(self) -> None:
-        applied = self._applied
-        waiting = []
-        for ticket, waiter in self._read_waiters:
-            if ticket <= applied:
-                if not waiter.done():
-                    waiter.set_result(None)
-            else:
-                waiting.append((ticket, waiter))
-        self._read_waiters = waiting
+    def _read_after(self, ticket: int, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """Wait (read thread) until the writer applied the writes numbered up to
+        ``ticket``, at most ``READ_WAIT_S``; then read."""
+        if self._applied < ticket:
+            deadline = time.monotonic() + READ_WAIT_S
+            with self._applied_changed:
+                self._readers_waiting += 1
+                try:
+                    while self._applied < ticket:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._applied_changed.wait(left)
+                finally:
+                    self._readers_waiting -= 1
+        return self._read_now(fn, args)
 
     def _read_now(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)

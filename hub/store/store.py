@@ -44,6 +44,29 @@ class Store(Engine):
             sql.list_runs, list(states), list(sources), query, session_key, before, limit, principal
         )
 
+    async def run_summaries(
+        self,
+        *,
+        states: Iterable[str] = (),
+        sources: Iterable[str] = (),
+        query: str = "",
+        session_key: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+        principal: str | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """:meth:`list_runs`' page as each run's :meth:`Run.summary`, cheaper to read."""
+        return await self.read(
+            sql.run_summaries,
+            list(states),
+            list(sources),
+            query,
+            session_key,
+            before,
+            limit,
+            principal,
+        )
+
     async def run_by_dedupe_key(self, key: str) -> Run | None:
         """The run submitted with this idempotency key, if any."""
         return await self.call(sql.run_by_dedupe_key, key)

@@ -597,6 +597,41 @@ async def test_search_by_the_index_finds_what_like_found_for_ordinary_words(
         assert [r.id for r in answered] == ["run_0299"]
 
 
+async def test_a_page_of_summaries_is_each_runs_summary_in_the_lists_order(
+    tmp_path: Path,
+) -> None:
+    """The summaries SQLite builds for a list or a search are exactly each run's
+    ``Run.summary()`` (times to the last bit, a long prompt cut where Python cuts it,
+    the error as an object, nulls), in the order and with the cursor of ``list_runs``."""
+    import random
+
+    rng = random.Random(11)
+    async with Store(tmp_path / "a.db") as store:
+        for i in range(40):
+            t = time.time() + rng.uniform(-1e6, 1e6)
+            fields: dict[str, object] = {
+                "prompt": f"deploy ünïcode {'é' * rng.randrange(150, 260)} {i}",
+                "created_at": t,
+                "updated_at": t + rng.random(),
+                "user": None if i % 3 else f"user {i}",
+                "source": "slack" if i % 2 else "http",
+            }
+            if i % 4 == 0:
+                fields |= {"started_at": t + rng.random(), "finished_at": t + 1 + rng.random()}
+            if i % 5 == 0:
+                fields |= {"state": "failed", "error": {"code": "boom", "message": 'it\'s "x"'}}
+            await store.call(op_insert_run, make_run(i, **fields))
+        for query in ("", "deploy", "ünïcode"):
+            for before in (None, 30):
+                kwargs: dict[str, Any] = {"query": query, "before": before, "limit": 7}
+                runs, cursor = await store.list_runs(**kwargs)
+                summaries, summaries_cursor = await store.run_summaries(**kwargs)
+                assert summaries == [r.summary() for r in runs], (query, before)
+                assert summaries_cursor == cursor and len(summaries) == 7
+        slack, _ = await store.run_summaries(sources=["slack"], limit=100)
+        assert len(slack) == 20 and all(s["source"] == "slack" for s in slack)
+
+
 async def test_a_list_during_a_long_write_transaction_does_not_wait_for_it(
     tmp_path: Path,
 ) -> None:
