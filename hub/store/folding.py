@@ -7,7 +7,7 @@ behind at ~1,000 runs/s. So within one transaction the writer folds the hot-path
 operations into few statements: new runs in one multi-row INSERT, the runs' updates
 into one ``UPDATE ... FROM (VALUES ...)`` per set of fields changed (or into the run's
 INSERT), all events in one multi-row INSERT (padded to a few fixed sizes, so that the
-statements are compiled once: see :func:`hub.store.sql.padded`). The result is what
+statements are compiled once: see :func:`hub.store.sql.pieces`). The result is what
 the operations one by one would have left. Anything else (a read, an ack) first writes what was
 folded, so it sees it. If a folded write fails, it is undone and the operations run one
 by one, so only the failing one fails, as before.

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hub.store import Store, op_insert_run
+from hub.store import Store, op_insert_run, op_record, op_set_executor
 from hub.store import engine as store_engine
-from hub.store.sql import finish_run
+from hub.store.sql import finish_run, pieces
+from tests.hub.test_store import _hold
 from tests.hub.test_store import make_run as _run
 
 
@@ -161,3 +162,34 @@ async def test_a_caller_awaiting_each_write_in_turn_is_not_paced(
                 store.post(op_insert_run, _run(i))
                 await store.flush()
         assert len((await store.list_runs())[0]) == 3
+
+
+async def test_a_column_null_in_every_folded_row_binds_no_value_and_is_still_written_null(
+    tmp_path: Path,
+) -> None:
+    """Binding a NULL is the dearest value for Python: a column NULL in every row of a
+    folded statement is left out of its values (the statement writes NULL there), a
+    padding row binds one NULL, and the runs read back as written one by one."""
+    rows: list[list[object]] = [["a", None, 1, None], ["b", None, None, None], ["c", None, 3, None]]
+    [piece] = list(pieces(rows))
+    assert piece.bound == (True, False, True, False) and piece.size == 8
+    assert piece.values == ["a", 1, "b", None, "c", 3, *[None, 0] * 5]
+    async with Store(tmp_path / "a.db") as store:
+        for i in range(3):
+            await store.call(op_insert_run, _run(i, executor="ex", user=f"u{i}"))
+        release = await _hold(store)
+        for i in range(3):  # one update shape, its only field NULL in every row
+            store.post(op_set_executor, f"run_{i:04d}", None)
+        store.post(op_record, "run_0001", {"state": "running", "user": None}, (1, 1.0, "s", {}, 7))
+        store.post(
+            op_record, "run_0002", {"state": "running", "user": "v"}, (1, 1.0, "s", {}, None)
+        )
+        release.set()
+        await store.flush()
+        runs = {r.id: r for r in (await store.list_runs())[0]}
+    assert [runs[f"run_{i:04d}"].executor for i in range(3)] == [None, None, None]
+    assert [(runs[f"run_{i:04d}"].state, runs[f"run_{i:04d}"].user) for i in range(3)] == [
+        ("queued", "u0"),
+        ("running", None),
+        ("running", "v"),
+    ]
