@@ -99,7 +99,7 @@ SEARCH_LAG_S = 0.25
 #: and WAL frames for the pages it touches; a writer that is idle starts at once, and
 #: so does one whose last transaction held fewer than GROUP_COMMIT_MIN_WRITES writes (one
 #: caller awaiting each write in turn: pacing would add the pause to every one of them).
-GROUP_COMMIT_S = 0.002
+GROUP_COMMIT_S = 0.005
 GROUP_COMMIT_MIN_WRITES = 8
 #: Read connections (and threads) for lists and searches.
 READERS = 2

@@ -26,6 +26,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, TypeAlias
 
 import orjson
@@ -92,6 +93,7 @@ def apply_all(
     results: list[Outcome] = []
     tx = _Tx(keys if keys is not None else RunKeys())
     merge = Merge()
+    first = True  # nothing written yet in this transaction
     conn.execute("BEGIN")
     for item in items:
         _, fn, args = item
@@ -101,13 +103,14 @@ def apply_all(
             merge.ops.append(item)
             continue
         if merge.ops:  # what was folded goes first: this op may read it
-            merge.write(conn, results, tx)
+            merge.write(conn, results, tx, first)
             merge = Merge()
         if fn in _ADDS_TO_BACKLOG:
             tx.backlog += 1  # may: the engine indexes soon either way
         run_one(conn, item, results)
+        first = False
     if merge.ops:
-        merge.write(conn, results, tx)
+        merge.write(conn, results, tx, first)
     try:
         conn.execute("COMMIT")
     except Exception as exc:
@@ -178,8 +181,14 @@ class Merge:
         seq, ts, kind, data, exec_seq = event
         self.events.append([run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq])
 
-    def write(self, conn: sqlite3.Connection, results: list[Outcome], tx: _Tx) -> None:
-        conn.execute("SAVEPOINT folded")
+    def write(
+        self, conn: sqlite3.Connection, results: list[Outcome], tx: _Tx, first: bool = False
+    ) -> None:
+        """Write what was folded; if that fails, undo it and run the operations one by
+        one. ``first``: nothing else was written in the transaction yet, so undoing is
+        rolling it back (no savepoint: two statements fewer per transaction)."""
+        if not first:
+            conn.execute("SAVEPOINT folded")
         try:
             new, backlog = self._write(conn, tx)
         except Exception as exc:
@@ -187,12 +196,17 @@ class Merge:
                 raise sql.Busy(exc) from exc  # the whole transaction goes again
             if sql.is_unwritable(exc) or not conn.in_transaction:
                 raise sql.Unwritable(exc) from exc  # the whole transaction is held
-            conn.execute("ROLLBACK TO folded")
-            conn.execute("RELEASE folded")
+            if first:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN")
+            else:
+                conn.execute("ROLLBACK TO folded")
+                conn.execute("RELEASE folded")
             self._one_by_one(conn, results)
             tx.backlog += len(self.inserts) + len(self.updates)  # an upper bound
             return
-        conn.execute("RELEASE folded")
+        if not first:
+            conn.execute("RELEASE folded")
         tx.new.update(new)
         tx.ended.extend(self.ended)
         tx.backlog += backlog
@@ -208,7 +222,7 @@ class Merge:
             folded = self.updates.pop(run_id, None)
             if folded:
                 values = {**values, **folded, "updated_at": now}
-            row = [values[name] for name in sql.RUN_FIELDS]
+            row = list(_RUN_VALUES(values))
             row[_UPDATED_AT] = row[_UPDATED_AT] or now
             for i in _JSON_AT:
                 if row[i] is not None:
@@ -259,6 +273,7 @@ class Merge:
             run_one(conn, item, results)
 
 
+_RUN_VALUES = itemgetter(*sql.RUN_FIELDS)
 _UPDATED_AT = sql.RUN_FIELDS.index("updated_at")
 _JSON_AT = [sql.RUN_FIELDS.index(name) for name in sql.JSON_COLUMNS]
 

@@ -464,13 +464,21 @@ def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[s
         ).rowcount
     shapes: dict[tuple[str, ...], list[list[Any]]] = {}
     for n, fields in updates:
-        row: list[Any] = [n]
-        row.extend([encode(k, v) for k, v in fields.items()])
-        shapes.setdefault(tuple(fields), []).append(row)
+        shapes.setdefault(tuple(fields), []).append([n, *fields.values()])
     for names, rows in shapes.items():
+        for i in _json_at(names):
+            for row in rows:
+                if row[i] is not None:
+                    row[i] = orjson.dumps(row[i]).decode()
         for piece in pieces(rows):
             conn.execute(_update_from_sql(names, piece.bound, piece.size), piece.values)
     return max(0, added)
+
+
+@functools.lru_cache(maxsize=256)
+def _json_at(names: tuple[str, ...]) -> tuple[int, ...]:
+    """Where the JSON columns are in a row of ``(key, *names)``."""
+    return tuple(i for i, name in enumerate(names, start=1) if name in JSON_COLUMNS)
 
 
 @functools.lru_cache(maxsize=256)

@@ -193,3 +193,22 @@ async def test_a_column_null_in_every_folded_row_binds_no_value_and_is_still_wri
         ("running", None),
         ("running", "v"),
     ]
+
+
+async def test_a_transaction_of_folded_writes_alone_sets_no_savepoint(tmp_path: Path) -> None:
+    """Folded writes that come first in their transaction are undone, if they fail, by
+    rolling it back: no SAVEPOINT and RELEASE, two statements fewer per transaction."""
+    statements: list[str] = []
+    async with Store(tmp_path / "a.db") as store:
+        release = await _hold(store)
+        store.post(lambda conn: conn.set_trace_callback(statements.append))
+        release.set()
+        await store.flush()
+        release = await _hold(store)
+        for i in range(3):
+            store.post(op_insert_run, _run(i))
+            store.post(op_record, f"run_{i:04d}", {"state": "running"}, (1, 1.0, "s", {}, None))
+        release.set()
+        await store.flush()
+        assert len((await store.list_runs())[0]) == 3
+    assert statements and not [s for s in statements if "SAVEPOINT" in s or "RELEASE" in s]
