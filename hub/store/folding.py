@@ -234,39 +234,44 @@ class Merge:
             backlog.append(2 * n)
             if run.answer or (self.answered and run_id in self.answered):
                 backlog.append(2 * n + 1)
-        if backlog:
-            sql.add_to_backlog(conn, backlog)
-        missing = [
-            run_id
-            for run_id in {*self.updates, *(event[0] for event in self.events)}
-            if run_id not in new and tx.key(run_id) is None
-        ]
-        found = sql.run_keys(conn, missing) if missing else {}
-
-        def key(run_id: str) -> int | None:
-            n = new.get(run_id)
-            if n is None:
-                n = tx.key(run_id)
-            return found.get(run_id) if n is None else n
-
+        # The keys of the runs this names: inserted now, by this transaction, earlier
+        # (the writer keeps them), else looked up (keys are never 0).
+        ids = set(self.updates)
+        ids.update([event[0] for event in self.events])
+        keys: dict[str, int] = {}
+        missing = []
+        tx_new, known = tx.new, tx.known
+        for run_id in ids:
+            found = new.get(run_id) or tx_new.get(run_id) or known.get(run_id)
+            if found:
+                keys[run_id] = found
+            else:
+                missing.append(run_id)
+        if missing:
+            keys.update(sql.run_keys(conn, missing))
         updates = []
+        answered = []
         for run_id, fields in self.updates.items():
-            known = key(run_id)
-            if known is not None:  # an unknown run has nothing to update
+            key = keys.get(run_id)
+            if key is not None:  # an unknown run has nothing to update
                 fields["updated_at"] = now
-                updates.append((known, fields))
-        answers = sql.update_runs_by_key(conn, updates) if updates else 0
+                updates.append((key, fields))
+                if fields.get("answer"):
+                    answered.append(key)
+        added = sql.add_to_backlog(conn, backlog, answered) if backlog or answered else 0
+        if updates:
+            sql.update_runs_by_key(conn, updates)
         events = []
         for event in self.events:
-            known = key(event[0])
-            if known is not None:  # an event of an unknown run is not stored
-                event[0] = known
+            key = keys.get(event[0])
+            if key is not None:  # an event of an unknown run is not stored
+                event[0] = key
                 events.append(event)
         if events:
             sql.insert_events(conn, events)
         for fn, args in self.tail:
             fn(conn, *args)
-        return new, len(backlog) + answers
+        return new, added
 
     def _one_by_one(self, conn: sqlite3.Connection, results: list[Outcome]) -> None:
         for item in self.ops:

@@ -28,7 +28,7 @@ import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
@@ -440,28 +440,28 @@ def insert_events(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
         )
 
 
-def add_to_backlog(conn: sqlite3.Connection, rows: list[int]) -> None:
-    """Rows of ``runs_fts`` to index (see :func:`index_search`), in one statement."""
-    conn.execute(
-        "INSERT OR IGNORE INTO search_backlog (row) SELECT value FROM json_each(?)",
-        (orjson.dumps(rows).decode(),),
+def add_to_backlog(conn: sqlite3.Connection, rows: list[int], answered: Sequence[int] = ()) -> int:
+    """Rows of ``runs_fts`` to index (see :func:`index_search`), and the answers of the
+    runs with keys ``answered`` that have none yet (call it before they are stored: the
+    index cannot take a row back, it holds no copy of the text), in one statement; how
+    many rows were added."""
+    statement = "INSERT OR IGNORE INTO search_backlog (row) SELECT value FROM json_each(?)"
+    if not answered:
+        return int(conn.execute(statement, (orjson.dumps(rows).decode(),)).rowcount)
+    statement += (
+        " UNION ALL SELECT 2 * n + 1 FROM runs WHERE n IN (SELECT value FROM json_each(?)) "
+        "AND (answer IS NULL OR answer = '')"
     )
+    args = (orjson.dumps(rows).decode(), orjson.dumps(answered).decode())
+    return int(conn.execute(statement, args).rowcount)
 
 
-def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[str, Any]]]) -> int:
+def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[str, Any]]]) -> None:
     """Set fields of runs named by their integer key: a statement per shape.
 
-    Each dict must hold ``updated_at``. A run's first answer joins ``search_backlog``;
-    returns how many did.
+    Each dict must hold ``updated_at``. A first answer must join ``search_backlog``
+    first (:func:`add_to_backlog`).
     """
-    answered = [n for n, fields in updates if fields.get("answer")]
-    added = 0
-    if answered:
-        added = conn.execute(
-            "INSERT OR IGNORE INTO search_backlog (row) SELECT 2 * n + 1 FROM runs "
-            "WHERE n IN (SELECT value FROM json_each(?)) AND (answer IS NULL OR answer = '')",
-            (orjson.dumps(answered).decode(),),
-        ).rowcount
     shapes: dict[tuple[str, ...], list[list[Any]]] = {}
     for n, fields in updates:
         shapes.setdefault(tuple(fields), []).append([n, *fields.values()])
@@ -472,7 +472,6 @@ def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[s
                     row[i] = orjson.dumps(row[i]).decode()
         for piece in pieces(rows):
             conn.execute(_update_from_sql(names, piece.bound, piece.size), piece.values)
-    return max(0, added)
 
 
 @functools.lru_cache(maxsize=256)
