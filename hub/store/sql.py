@@ -149,6 +149,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 4: search indexed in batches, off the hot transaction (issue 19): the rows of
     # ``runs_fts`` (2n: prompt and user, 2n + 1: answer) written but not yet indexed.
     ("CREATE TABLE search_backlog (row INTEGER PRIMARY KEY)",),
+    # 5: the session index leaves out the runs without a session (most API runs), which
+    # nobody looks up by session (``session_key = ?`` uses it as before): a page fewer
+    # written per transaction (issue 19).
+    (
+        "DROP INDEX IF EXISTS runs_session",
+        "CREATE INDEX runs_session ON runs(session_key) WHERE session_key IS NOT NULL",
+    ),
 )
 
 JSON_COLUMNS = ("origin", "usage", "error")

@@ -11,7 +11,7 @@ import pytest
 
 from hub.store import Store, op_insert_run, op_record, op_set_executor
 from hub.store import engine as store_engine
-from hub.store.sql import finish_run, pieces
+from hub.store.sql import MIGRATIONS, SCHEMA, finish_run, pieces
 from tests.hub.test_store import _hold
 from tests.hub.test_store import make_run as _run
 
@@ -212,3 +212,51 @@ async def test_a_transaction_of_folded_writes_alone_sets_no_savepoint(tmp_path: 
         await store.flush()
         assert len((await store.list_runs())[0]) == 3
     assert statements and not [s for s in statements if "SAVEPOINT" in s or "RELEASE" in s]
+
+
+async def test_a_version_4_store_keeps_its_runs_and_indexes_only_the_runs_with_a_session(
+    tmp_path: Path,
+) -> None:
+    """Opening a store of schema version 4 narrows its session index to the runs that
+    have a session (a run without one writes no entry), and a list by session still
+    finds them through it."""
+    path = tmp_path / "v4.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA)
+    for statements in MIGRATIONS[:4]:
+        for statement in statements:
+            old.execute(statement)
+    old.execute("PRAGMA user_version = 4")
+    for i in range(4):
+        old.execute(
+            "INSERT INTO runs (id, created_at, updated_at, state, source, origin, prompt, "
+            "session_key) VALUES (?, 1, 1, 'succeeded', 'http', '{}', 'p', ?)",
+            (f"run_{i:04d}", "s1" if i % 2 else None),
+        )
+    old.commit()
+    old.close()
+    async with Store(path) as store:
+        await store.call(op_insert_run, _run(9, session_key="s1"))
+        await store.call(op_insert_run, _run(10))
+        found, _ = await store.list_runs(session_key="s1")
+        assert [r.id for r in found] == ["run_0009", "run_0003", "run_0001"]
+        assert len((await store.list_runs())[0]) == 6
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) >= 5
+        plan = check.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM runs WHERE runs.session_key = ? "
+            "ORDER BY n DESC LIMIT 51",
+            ("s1",),
+        ).fetchall()
+        assert "runs_session" in " ".join(row[3] for row in plan)
+        # A partial index: one entry per run with a session.
+        (entries,) = check.execute(
+            "SELECT COUNT(*) FROM runs INDEXED BY runs_session WHERE session_key IS NOT NULL"
+        ).fetchone()
+        (sql_text,) = check.execute(
+            "SELECT sql FROM sqlite_schema WHERE name = 'runs_session'"
+        ).fetchone()
+        assert entries == 3 and "WHERE session_key IS NOT NULL" in sql_text
+    finally:
+        check.close()
