@@ -471,7 +471,8 @@ def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[s
     """
     shapes: dict[tuple[str, ...], list[list[Any]]] = {}
     for n, fields in updates:
-        shapes.setdefault(tuple(fields), []).append([n, *fields.values()])
+        names, values = _shape(tuple(fields))
+        shapes.setdefault(names, []).append([n, *values(fields)])
     for names, rows in shapes.items():
         for i in _json_at(names):
             for row in rows:
@@ -479,6 +480,17 @@ def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[s
                     row[i] = orjson.dumps(row[i]).decode()
         for piece in pieces(rows):
             conn.execute(_update_from_sql(names, piece.bound, piece.size), piece.values)
+
+
+@functools.lru_cache(maxsize=256)
+def _shape(names: tuple[str, ...]) -> tuple[tuple[str, ...], Callable[[dict[str, Any]], Any]]:
+    """The fields ``names`` in one order whatever order they were set in (a run's
+    ``running`` and its end folded together, or its end alone: one statement), and
+    what reads their values from a dict in that order."""
+    ordered = tuple(sorted(names, key=_RUN_NAMES.index))
+    if len(ordered) == 1:
+        return ordered, lambda fields: (fields[ordered[0]],)
+    return ordered, itemgetter(*ordered)
 
 
 @functools.lru_cache(maxsize=256)

@@ -260,3 +260,33 @@ async def test_a_version_4_store_keeps_its_runs_and_indexes_only_the_runs_with_a
         assert entries == 3 and "WHERE session_key IS NOT NULL" in sql_text
     finally:
         check.close()
+
+
+async def test_runs_ending_in_one_transaction_are_updated_by_one_statement_whatever_came_first(
+    tmp_path: Path,
+) -> None:
+    """A run whose ``running`` is folded with its end, and a run whose end comes alone,
+    set the same fields in another order: one UPDATE writes both, as one by one."""
+    statements: list[str] = []
+    async with Store(tmp_path / "a.db") as store:
+        for i in range(2):
+            await store.call(op_insert_run, _run(i))
+        await store.call(op_record, "run_0001", {"state": "running", "started_at": 2.0}, _EVT)
+        release = await _hold(store)
+        store.post(lambda conn: conn.set_trace_callback(statements.append))
+        store.post(op_record, "run_0000", {"state": "running", "started_at": 1.0}, _EVT)
+        for i in range(2):
+            done = _run(i, state="succeeded", answer=f"answer {i}", executor="ex")
+            done.started_at, done.finished_at = float(i + 1), 3.0
+            store.post(finish_run, done, None, None, None)
+        release.set()
+        await store.flush()
+        runs = {r.id: r for r in (await store.list_runs())[0]}
+    assert len([s for s in statements if s.startswith("UPDATE runs")]) == 1
+    assert [
+        (runs[f"run_{i:04d}"].state, runs[f"run_{i:04d}"].started_at, runs[f"run_{i:04d}"].answer)
+        for i in range(2)
+    ] == [("succeeded", 1.0, "answer 0"), ("succeeded", 2.0, "answer 1")]
+
+
+_EVT = (1, 1.0, "state", {}, None)
