@@ -7,7 +7,7 @@ behind at ~1,000 runs/s. So within one transaction the writer folds the hot-path
 operations into few statements: new runs in one multi-row INSERT, the runs' updates
 into one ``UPDATE ... FROM (VALUES ...)`` per set of fields changed (or into the run's
 INSERT), all events in one multi-row INSERT (padded to a few fixed sizes, so that the
-statements are compiled once: see :func:`hub.store.sql.padded`). The result is what
+statements are compiled once: see :func:`hub.store.sql.pieces`). The result is what
 the operations one by one would have left. Anything else (a read, an ack) first writes what was
 folded, so it sees it. If a folded write fails, it is undone and the operations run one
 by one, so only the failing one fails, as before.
@@ -26,6 +26,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, TypeAlias
 
 import orjson
@@ -92,6 +93,7 @@ def apply_all(
     results: list[Outcome] = []
     tx = _Tx(keys if keys is not None else RunKeys())
     merge = Merge()
+    first = True  # nothing written yet in this transaction
     conn.execute("BEGIN")
     for item in items:
         _, fn, args = item
@@ -101,13 +103,14 @@ def apply_all(
             merge.ops.append(item)
             continue
         if merge.ops:  # what was folded goes first: this op may read it
-            merge.write(conn, results, tx)
+            merge.write(conn, results, tx, first)
             merge = Merge()
         if fn in _ADDS_TO_BACKLOG:
             tx.backlog += 1  # may: the engine indexes soon either way
         run_one(conn, item, results)
+        first = False
     if merge.ops:
-        merge.write(conn, results, tx)
+        merge.write(conn, results, tx, first)
     try:
         conn.execute("COMMIT")
     except Exception as exc:
@@ -178,8 +181,14 @@ class Merge:
         seq, ts, kind, data, exec_seq = event
         self.events.append([run_id, seq, ts, kind, orjson.dumps(data).decode(), exec_seq])
 
-    def write(self, conn: sqlite3.Connection, results: list[Outcome], tx: _Tx) -> None:
-        conn.execute("SAVEPOINT folded")
+    def write(
+        self, conn: sqlite3.Connection, results: list[Outcome], tx: _Tx, first: bool = False
+    ) -> None:
+        """Write what was folded; if that fails, undo it and run the operations one by
+        one. ``first``: nothing else was written in the transaction yet, so undoing is
+        rolling it back (no savepoint: two statements fewer per transaction)."""
+        if not first:
+            conn.execute("SAVEPOINT folded")
         try:
             new, backlog = self._write(conn, tx)
         except Exception as exc:
@@ -187,12 +196,17 @@ class Merge:
                 raise sql.Busy(exc) from exc  # the whole transaction goes again
             if sql.is_unwritable(exc) or not conn.in_transaction:
                 raise sql.Unwritable(exc) from exc  # the whole transaction is held
-            conn.execute("ROLLBACK TO folded")
-            conn.execute("RELEASE folded")
+            if first:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN")
+            else:
+                conn.execute("ROLLBACK TO folded")
+                conn.execute("RELEASE folded")
             self._one_by_one(conn, results)
             tx.backlog += len(self.inserts) + len(self.updates)  # an upper bound
             return
-        conn.execute("RELEASE folded")
+        if not first:
+            conn.execute("RELEASE folded")
         tx.new.update(new)
         tx.ended.extend(self.ended)
         tx.backlog += backlog
@@ -208,7 +222,7 @@ class Merge:
             folded = self.updates.pop(run_id, None)
             if folded:
                 values = {**values, **folded, "updated_at": now}
-            row = [values[name] for name in sql.RUN_FIELDS]
+            row = list(_RUN_VALUES(values))
             row[_UPDATED_AT] = row[_UPDATED_AT] or now
             for i in _JSON_AT:
                 if row[i] is not None:
@@ -220,45 +234,51 @@ class Merge:
             backlog.append(2 * n)
             if run.answer or (self.answered and run_id in self.answered):
                 backlog.append(2 * n + 1)
-        if backlog:
-            sql.add_to_backlog(conn, backlog)
-        missing = [
-            run_id
-            for run_id in {*self.updates, *(event[0] for event in self.events)}
-            if run_id not in new and tx.key(run_id) is None
-        ]
-        found = sql.run_keys(conn, missing) if missing else {}
-
-        def key(run_id: str) -> int | None:
-            n = new.get(run_id)
-            if n is None:
-                n = tx.key(run_id)
-            return found.get(run_id) if n is None else n
-
+        # The keys of the runs this names: inserted now, by this transaction, earlier
+        # (the writer keeps them), else looked up (keys are never 0).
+        ids = set(self.updates)
+        ids.update([event[0] for event in self.events])
+        keys: dict[str, int] = {}
+        missing = []
+        tx_new, known = tx.new, tx.known
+        for run_id in ids:
+            found = new.get(run_id) or tx_new.get(run_id) or known.get(run_id)
+            if found:
+                keys[run_id] = found
+            else:
+                missing.append(run_id)
+        if missing:
+            keys.update(sql.run_keys(conn, missing))
         updates = []
+        answered = []
         for run_id, fields in self.updates.items():
-            known = key(run_id)
-            if known is not None:  # an unknown run has nothing to update
+            key = keys.get(run_id)
+            if key is not None:  # an unknown run has nothing to update
                 fields["updated_at"] = now
-                updates.append((known, fields))
-        answers = sql.update_runs_by_key(conn, updates) if updates else 0
+                updates.append((key, fields))
+                if fields.get("answer"):
+                    answered.append(key)
+        added = sql.add_to_backlog(conn, backlog, answered) if backlog or answered else 0
+        if updates:
+            sql.update_runs_by_key(conn, updates)
         events = []
         for event in self.events:
-            known = key(event[0])
-            if known is not None:  # an event of an unknown run is not stored
-                event[0] = known
+            key = keys.get(event[0])
+            if key is not None:  # an event of an unknown run is not stored
+                event[0] = key
                 events.append(event)
         if events:
             sql.insert_events(conn, events)
         for fn, args in self.tail:
             fn(conn, *args)
-        return new, len(backlog) + answers
+        return new, added
 
     def _one_by_one(self, conn: sqlite3.Connection, results: list[Outcome]) -> None:
         for item in self.ops:
             run_one(conn, item, results)
 
 
+_RUN_VALUES = itemgetter(*sql.RUN_FIELDS)
 _UPDATED_AT = sql.RUN_FIELDS.index("updated_at")
 _JSON_AT = [sql.RUN_FIELDS.index(name) for name in sql.JSON_COLUMNS]
 

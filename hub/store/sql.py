@@ -28,7 +28,10 @@ import re
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import Any, TypeGuard
 
 import orjson
@@ -146,6 +149,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 4: search indexed in batches, off the hot transaction (issue 19): the rows of
     # ``runs_fts`` (2n: prompt and user, 2n + 1: answer) written but not yet indexed.
     ("CREATE TABLE search_backlog (row INTEGER PRIMARY KEY)",),
+    # 5: the session index leaves out the runs without a session (most API runs), which
+    # nobody looks up by session (``session_key = ?`` uses it as before): a page fewer
+    # written per transaction (issue 19).
+    (
+        "DROP INDEX IF EXISTS runs_session",
+        "CREATE INDEX runs_session ON runs(session_key) WHERE session_key IS NOT NULL",
+    ),
 )
 
 JSON_COLUMNS = ("origin", "usage", "error")
@@ -346,25 +356,59 @@ def _update_sql(names: tuple[str, ...], key: str = "id") -> str:
 # The writer's batches go in few statements of few shapes: each statement hands the GIL
 # to the event loop and back (a wait of up to Python's switch interval when the loop is
 # busy), and each new shape is compiled. Rows are cut into pieces of at most MAX_ROWS,
-# each padded with rows of NULLs to a power of two, which the statements leave out.
+# each padded to a power of two with rows that the statements leave out (a NULL key,
+# then zeros). Binding a value costs Python 60-120 ns, a NULL 300 (sqlite3 looks for an
+# adapter first): a column that is NULL in every row of a piece is not bound but
+# written as NULL in the statement (of a new run, most are), and a padding row binds
+# one NULL.
 MAX_ROWS = 256
 
 
-def padded(rows: list[list[Any]], width: int) -> Iterator[tuple[int, list[Any]]]:
-    """(rows in the statement, its values) for each piece of ``rows`` (see above)."""
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Rows of one statement (see above): which columns it binds (the rest are NULL in
+    every row), how many rows it has with the padding, and its values."""
+
+    bound: tuple[bool, ...]
+    size: int
+    values: list[Any]
+
+
+def pieces(rows: list[list[Any]]) -> Iterator[Piece]:
+    """The pieces of ``rows`` (see above); the first column must never be NULL."""
     for start in range(0, len(rows), MAX_ROWS):
         part = rows[start : start + MAX_ROWS]
-        size = max(8, 1 << (len(part) - 1).bit_length())
-        flat = [v for row in part for v in row]
-        flat.extend([None] * (width * (size - len(part))))
-        yield size, flat
+        count = len(part)
+        bound = tuple(column.count(None) != count for column in zip(*part, strict=True))
+        width = sum(bound)
+        if width == len(bound):
+            values = list(chain.from_iterable(part))
+        elif width == 1:
+            values = [row[0] for row in part]
+        else:
+            pick = itemgetter(*[i for i, b in enumerate(bound) if b])
+            values = list(chain.from_iterable(map(pick, part)))
+        size = max(8, 1 << (count - 1).bit_length())
+        if size > count:
+            values.extend([None, *[0] * (width - 1)] * (size - count))
+        yield Piece(bound, size, values)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def values_sql(width: int, size: int) -> str:
     """``VALUES`` with ``size`` rows of ``width`` placeholders."""
     row = "(" + ", ".join("?" * width) + ")"
     return "VALUES " + ", ".join([row] * size)
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(head: str, names: tuple[str, ...], bound: tuple[bool, ...], size: int) -> str:
+    """``head`` (``INSERT INTO table``) of the rows of a piece, padding left out."""
+    columns = ", ".join(name for name, b in zip(names, bound, strict=True) if b)
+    return (
+        f"{head} ({columns}) SELECT * FROM ({values_sql(sum(bound), size)}) "
+        "WHERE column1 IS NOT NULL"
+    )
 
 
 def insert_runs(conn: sqlite3.Connection, rows: list[list[Any]]) -> dict[str, int]:
@@ -374,13 +418,10 @@ def insert_runs(conn: sqlite3.Connection, rows: list[list[Any]]) -> dict[str, in
     over, once per run): this thread is the only writer and keys only grow, so the
     new runs are those past the last key minus their number.
     """
-    width = len(RUN_FIELDS)
     last = 0
-    for size, flat in padded(rows, width):
+    for piece in pieces(rows):
         cur = conn.execute(
-            f"{INSERT_RUN_HEAD} SELECT * FROM ({values_sql(width, size)}) "
-            "WHERE column1 IS NOT NULL",
-            flat,
+            _insert_sql("INSERT INTO runs", _RUN_NAMES, piece.bound, piece.size), piece.values
         )
         last = int(cur.lastrowid or 0)
     (found,) = conn.execute(
@@ -392,56 +433,84 @@ def insert_runs(conn: sqlite3.Connection, rows: list[list[Any]]) -> dict[str, in
     return keys
 
 
+_RUN_NAMES = tuple(RUN_FIELDS)
+_EVENT_NAMES = ("run_n", "seq", "ts", "kind", "data", "exec_seq")
+
+
 def insert_events(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
     """Insert events, rows of (run_n, seq, ts, kind, data as JSON, exec_seq); an event
     already stored (the same seq, or exec_seq) is left as it is."""
-    for size, flat in padded(rows, 6):
+    for piece in pieces(rows):
         conn.execute(
-            f"INSERT OR IGNORE INTO events {EVENT_COLUMNS} SELECT * FROM ({values_sql(6, size)}) "
-            "WHERE column1 IS NOT NULL",
-            flat,
+            _insert_sql("INSERT OR IGNORE INTO events", _EVENT_NAMES, piece.bound, piece.size),
+            piece.values,
         )
 
 
-def add_to_backlog(conn: sqlite3.Connection, rows: list[int]) -> None:
-    """Rows of ``runs_fts`` to index (see :func:`index_search`), in one statement."""
-    conn.execute(
-        "INSERT OR IGNORE INTO search_backlog (row) SELECT value FROM json_each(?)",
-        (orjson.dumps(rows).decode(),),
+def add_to_backlog(conn: sqlite3.Connection, rows: list[int], answered: Sequence[int] = ()) -> int:
+    """Rows of ``runs_fts`` to index (see :func:`index_search`), and the answers of the
+    runs with keys ``answered`` that have none yet (call it before they are stored: the
+    index cannot take a row back, it holds no copy of the text), in one statement; how
+    many rows were added."""
+    statement = "INSERT OR IGNORE INTO search_backlog (row) SELECT value FROM json_each(?)"
+    if not answered:
+        return int(conn.execute(statement, (orjson.dumps(rows).decode(),)).rowcount)
+    statement += (
+        " UNION ALL SELECT 2 * n + 1 FROM runs WHERE n IN (SELECT value FROM json_each(?)) "
+        "AND (answer IS NULL OR answer = '')"
     )
+    args = (orjson.dumps(rows).decode(), orjson.dumps(answered).decode())
+    return int(conn.execute(statement, args).rowcount)
 
 
-def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[str, Any]]]) -> int:
+def update_runs_by_key(conn: sqlite3.Connection, updates: list[tuple[int, dict[str, Any]]]) -> None:
     """Set fields of runs named by their integer key: a statement per shape.
 
-    Each dict must hold ``updated_at``. A run's first answer joins ``search_backlog``;
-    returns how many did.
+    Each dict must hold ``updated_at``. A first answer must join ``search_backlog``
+    first (:func:`add_to_backlog`).
     """
-    answered = [n for n, fields in updates if fields.get("answer")]
-    added = 0
-    if answered:
-        added = conn.execute(
-            "INSERT OR IGNORE INTO search_backlog (row) SELECT 2 * n + 1 FROM runs "
-            "WHERE n IN (SELECT value FROM json_each(?)) AND (answer IS NULL OR answer = '')",
-            (orjson.dumps(answered).decode(),),
-        ).rowcount
     shapes: dict[tuple[str, ...], list[list[Any]]] = {}
     for n, fields in updates:
-        row: list[Any] = [n]
-        row.extend([encode(k, v) for k, v in fields.items()])
-        shapes.setdefault(tuple(fields), []).append(row)
+        names, values = _shape(tuple(fields))
+        shapes.setdefault(names, []).append([n, *values(fields)])
     for names, rows in shapes.items():
-        for size, flat in padded(rows, len(names) + 1):
-            conn.execute(_update_from_sql(names, size), flat)
-    return max(0, added)
+        for i in _json_at(names):
+            for row in rows:
+                if row[i] is not None:
+                    row[i] = orjson.dumps(row[i]).decode()
+        for piece in pieces(rows):
+            conn.execute(_update_from_sql(names, piece.bound, piece.size), piece.values)
 
 
 @functools.lru_cache(maxsize=256)
-def _update_from_sql(names: tuple[str, ...], size: int) -> str:
+def _shape(names: tuple[str, ...]) -> tuple[tuple[str, ...], Callable[[dict[str, Any]], Any]]:
+    """The fields ``names`` in one order whatever order they were set in (a run's
+    ``running`` and its end folded together, or its end alone: one statement), and
+    what reads their values from a dict in that order."""
+    ordered = tuple(sorted(names, key=_RUN_NAMES.index))
+    if len(ordered) == 1:
+        return ordered, lambda fields: (fields[ordered[0]],)
+    return ordered, itemgetter(*ordered)
+
+
+@functools.lru_cache(maxsize=256)
+def _json_at(names: tuple[str, ...]) -> tuple[int, ...]:
+    """Where the JSON columns are in a row of ``(key, *names)``."""
+    return tuple(i for i, name in enumerate(names, start=1) if name in JSON_COLUMNS)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_from_sql(names: tuple[str, ...], bound: tuple[bool, ...], size: int) -> str:
+    """The update of a piece's runs (its first column is the key), padding left out."""
     _update_sql(names)  # checks the names
-    sets = ", ".join(f"{name} = v.column{i}" for i, name in enumerate(names, start=2))
+    sets = []
+    column = 1
+    for name, b in zip(names, bound[1:], strict=True):
+        if b:
+            column += 1
+        sets.append(f"{name} = v.column{column}" if b else f"{name} = NULL")
     return (
-        f"UPDATE runs SET {sets} FROM ({values_sql(len(names) + 1, size)}) AS v "
+        f"UPDATE runs SET {', '.join(sets)} FROM ({values_sql(sum(bound), size)}) AS v "
         "WHERE runs.n = v.column1"
     )
 

@@ -23,7 +23,7 @@ from hub.store import (
     op_set_executor,
     op_set_origin,
 )
-from hub.store.sql import finish_run
+from hub.store.sql import finish_run, set_session
 
 
 def make_run(i: int, **fields: object) -> Run:
@@ -269,12 +269,18 @@ async def test_a_read_after_folded_writes_sees_them(tmp_path: Path) -> None:
         assert [e["seq"] for e in await events] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("unfolded_first", [False, True])
 async def test_one_bad_write_among_folded_ones_fails_alone(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, unfolded_first: bool
 ) -> None:
+    """The folded writes that fail are undone and run one by one, whether they came
+    first in their transaction (rolled back) or after a write that is kept (undone to a
+    savepoint)."""
     async with Store(tmp_path / "a.db") as store:
         await store.call(op_insert_run, make_run(1))
         release = await _hold(store)
+        if unfolded_first:
+            store.post(set_session, "kept", "t", "ex")  # not folded: runs on its own
         store.post(op_insert_run, make_run(1))  # already there: UNIQUE fails
         for fn, args in _life(2):
             store.post(fn, *args)
@@ -284,6 +290,8 @@ async def test_one_bad_write_among_folded_ones_fails_alone(
         await store.flush()
         assert (await store.get_run("run_0002")).state == "succeeded"  # type: ignore[union-attr]
         assert len(await store.get_events("run_0002")) == 5
+        if unfolded_first:
+            assert await store.get_session("kept") == ("t", "ex")
     assert "store write op_insert_run failed" in caplog.text
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hub.store import Store, op_insert_run
+from hub.store import Store, op_insert_run, op_record, op_set_executor
 from hub.store import engine as store_engine
-from hub.store.sql import finish_run
+from hub.store.sql import MIGRATIONS, SCHEMA, finish_run, pieces
+from tests.hub.test_store import _hold
 from tests.hub.test_store import make_run as _run
 
 
@@ -161,3 +162,131 @@ async def test_a_caller_awaiting_each_write_in_turn_is_not_paced(
                 store.post(op_insert_run, _run(i))
                 await store.flush()
         assert len((await store.list_runs())[0]) == 3
+
+
+async def test_a_column_null_in_every_folded_row_binds_no_value_and_is_still_written_null(
+    tmp_path: Path,
+) -> None:
+    """Binding a NULL is the dearest value for Python: a column NULL in every row of a
+    folded statement is left out of its values (the statement writes NULL there), a
+    padding row binds one NULL, and the runs read back as written one by one."""
+    rows: list[list[object]] = [["a", None, 1, None], ["b", None, None, None], ["c", None, 3, None]]
+    [piece] = list(pieces(rows))
+    assert piece.bound == (True, False, True, False) and piece.size == 8
+    assert piece.values == ["a", 1, "b", None, "c", 3, *[None, 0] * 5]
+    async with Store(tmp_path / "a.db") as store:
+        for i in range(3):
+            await store.call(op_insert_run, _run(i, executor="ex", user=f"u{i}"))
+        release = await _hold(store)
+        for i in range(3):  # one update shape, its only field NULL in every row
+            store.post(op_set_executor, f"run_{i:04d}", None)
+        store.post(op_record, "run_0001", {"state": "running", "user": None}, (1, 1.0, "s", {}, 7))
+        store.post(
+            op_record, "run_0002", {"state": "running", "user": "v"}, (1, 1.0, "s", {}, None)
+        )
+        release.set()
+        await store.flush()
+        runs = {r.id: r for r in (await store.list_runs())[0]}
+    assert [runs[f"run_{i:04d}"].executor for i in range(3)] == [None, None, None]
+    assert [(runs[f"run_{i:04d}"].state, runs[f"run_{i:04d}"].user) for i in range(3)] == [
+        ("queued", "u0"),
+        ("running", None),
+        ("running", "v"),
+    ]
+
+
+async def test_a_transaction_of_folded_writes_alone_sets_no_savepoint(tmp_path: Path) -> None:
+    """Folded writes that come first in their transaction are undone, if they fail, by
+    rolling it back: no SAVEPOINT and RELEASE, two statements fewer per transaction."""
+    statements: list[str] = []
+    async with Store(tmp_path / "a.db") as store:
+        release = await _hold(store)
+        store.post(lambda conn: conn.set_trace_callback(statements.append))
+        release.set()
+        await store.flush()
+        release = await _hold(store)
+        for i in range(3):
+            store.post(op_insert_run, _run(i))
+            store.post(op_record, f"run_{i:04d}", {"state": "running"}, (1, 1.0, "s", {}, None))
+        release.set()
+        await store.flush()
+        assert len((await store.list_runs())[0]) == 3
+    assert statements and not [s for s in statements if "SAVEPOINT" in s or "RELEASE" in s]
+
+
+async def test_a_version_4_store_keeps_its_runs_and_indexes_only_the_runs_with_a_session(
+    tmp_path: Path,
+) -> None:
+    """Opening a store of schema version 4 narrows its session index to the runs that
+    have a session (a run without one writes no entry), and a list by session still
+    finds them through it."""
+    path = tmp_path / "v4.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA)
+    for statements in MIGRATIONS[:4]:
+        for statement in statements:
+            old.execute(statement)
+    old.execute("PRAGMA user_version = 4")
+    for i in range(4):
+        old.execute(
+            "INSERT INTO runs (id, created_at, updated_at, state, source, origin, prompt, "
+            "session_key) VALUES (?, 1, 1, 'succeeded', 'http', '{}', 'p', ?)",
+            (f"run_{i:04d}", "s1" if i % 2 else None),
+        )
+    old.commit()
+    old.close()
+    async with Store(path) as store:
+        await store.call(op_insert_run, _run(9, session_key="s1"))
+        await store.call(op_insert_run, _run(10))
+        found, _ = await store.list_runs(session_key="s1")
+        assert [r.id for r in found] == ["run_0009", "run_0003", "run_0001"]
+        assert len((await store.list_runs())[0]) == 6
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) >= 5
+        plan = check.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM runs WHERE runs.session_key = ? "
+            "ORDER BY n DESC LIMIT 51",
+            ("s1",),
+        ).fetchall()
+        assert "runs_session" in " ".join(row[3] for row in plan)
+        # A partial index: one entry per run with a session.
+        (entries,) = check.execute(
+            "SELECT COUNT(*) FROM runs INDEXED BY runs_session WHERE session_key IS NOT NULL"
+        ).fetchone()
+        (sql_text,) = check.execute(
+            "SELECT sql FROM sqlite_schema WHERE name = 'runs_session'"
+        ).fetchone()
+        assert entries == 3 and "WHERE session_key IS NOT NULL" in sql_text
+    finally:
+        check.close()
+
+
+async def test_runs_ending_in_one_transaction_are_updated_by_one_statement_whatever_came_first(
+    tmp_path: Path,
+) -> None:
+    """A run whose ``running`` is folded with its end, and a run whose end comes alone,
+    set the same fields in another order: one UPDATE writes both, as one by one."""
+    statements: list[str] = []
+    async with Store(tmp_path / "a.db") as store:
+        for i in range(2):
+            await store.call(op_insert_run, _run(i))
+        await store.call(op_record, "run_0001", {"state": "running", "started_at": 2.0}, _EVT)
+        release = await _hold(store)
+        store.post(lambda conn: conn.set_trace_callback(statements.append))
+        store.post(op_record, "run_0000", {"state": "running", "started_at": 1.0}, _EVT)
+        for i in range(2):
+            done = _run(i, state="succeeded", answer=f"answer {i}", executor="ex")
+            done.started_at, done.finished_at = float(i + 1), 3.0
+            store.post(finish_run, done, None, None, None)
+        release.set()
+        await store.flush()
+        runs = {r.id: r for r in (await store.list_runs())[0]}
+    assert len([s for s in statements if s.startswith("UPDATE runs")]) == 1
+    assert [
+        (runs[f"run_{i:04d}"].state, runs[f"run_{i:04d}"].started_at, runs[f"run_{i:04d}"].answer)
+        for i in range(2)
+    ] == [("succeeded", 1.0, "answer 0"), ("succeeded", 2.0, "answer 1")]
+
+
+_EVT = (1, 1.0, "state", {}, None)
