@@ -181,6 +181,8 @@ class Engine:
         #: The writer notifies it after each batch when a read thread waits on it.
         self._applied_changed = threading.Condition()
         self._readers_waiting = 0
+        #: Set by a read thread that waits for the writer: no group-commit pause then.
+        self._read_waiting = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpoint_failing = False
         #: Writes the disk refused, in order, with those queued after them (writer thread).
@@ -437,7 +439,9 @@ class Engine:
         if self._batch_size >= GROUP_COMMIT_MIN_WRITES:
             pause = self._batch_at + GROUP_COMMIT_S - time.monotonic()
             if pause > 0:
-                time.sleep(pause)
+                # A read waiting for the writes queued before it cuts the pause short.
+                self._read_waiting.wait(pause)
+            self._read_waiting.clear()
         try:
             if self._held:
                 wait = max(0.0, self._next_retry - time.monotonic())
@@ -625,6 +629,7 @@ class Engine:
             deadline = time.monotonic() + READ_WAIT_S
             with self._applied_changed:
                 self._readers_waiting += 1
+                self._read_waiting.set()
                 try:
                     while self._applied < ticket:
                         left = deadline - time.monotonic()

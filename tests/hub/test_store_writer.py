@@ -164,6 +164,25 @@ async def test_a_caller_awaiting_each_write_in_turn_is_not_paced(
         assert len((await store.list_runs())[0]) == 3
 
 
+async def test_a_read_waiting_for_queued_writes_cuts_the_group_commit_pause_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list or search made while the writer waits its group-commit turn gets the writes
+    queued before it committed at once: it neither waits the pause out nor gives up and
+    misses them."""
+    monkeypatch.setattr(store_engine, "GROUP_COMMIT_S", 30.0)
+    async with Store(tmp_path / "a.db") as store:
+        for i in range(store_engine.GROUP_COMMIT_MIN_WRITES):
+            store.post(op_insert_run, _run(100 + i))
+        await store.flush()  # a busy transaction now: the next would start 30 s later
+        store.post(op_insert_run, _run(1, prompt="queued just before the search"))
+        async with asyncio.timeout(10):
+            found, _ = await store.list_runs(query="queued just before")
+            summaries, _ = await store.run_summaries()
+        assert [r.id for r in found] == ["run_0001"]
+        assert summaries[0]["id"] == "run_0001"
+
+
 async def test_a_column_null_in_every_folded_row_binds_no_value_and_is_still_written_null(
     tmp_path: Path,
 ) -> None:
