@@ -44,6 +44,7 @@ from hub.router import Router
 from hub.settings import HubSettings, parse_networks
 from hub.store import Store
 from hub.ws_nodes import node_socket
+from kernel.process import share_the_gil
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,12 @@ class HubServer:
         self.limits: ConnectionLimits | None = None
 
     async def start(self) -> None:
-        """Listen; with ``HUB_PORT=0`` the port chosen is in :attr:`port`."""
+        """Listen; with ``HUB_PORT=0`` the port chosen is in :attr:`port`.
+
+        The event loop shares the GIL with the store's writer thread: waits for it are
+        kept short (:func:`kernel.process.share_the_gil`).
+        """
+        share_the_gil()
         await self.runner.setup()
         self.limits = ConnectionLimits.from_settings(self.settings)
         site = LimitedSite(self.runner, self.settings.host, self.settings.port, self.limits)

@@ -102,8 +102,13 @@ class RouterState:
         self.pending: dict[str, Delivery] = {}
         self._next_send: dict[str, float] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
-        #: The hub's own deadline of each assigned run.
-        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        #: The hub's own deadline of each assigned run: (loop time, the executor's timeout).
+        self._deadlines: dict[str, tuple[float, float]] = {}
+        #: The same deadlines as a heap (with entries of runs since ended, dropped as they
+        #: come up), and the one timer of them all, due at the earliest (hub.scheduler).
+        self._deadline_heap: list[tuple[float, str, float]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_due = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Ends the store failed to write, by run id: written when the result comes again.
         self._unstored: dict[str, tuple[Run, Delivery | None, Any, Any]] = {}
