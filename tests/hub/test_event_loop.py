@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.values import MutexValue
 
-from hub.app import HubServer
+from hub.app import HubServer, create_app
 from hub.appkeys import ROUTER
 from hub.metrics import Metrics
 from hub.store import Run
@@ -120,3 +120,11 @@ def test_a_runs_metrics_move_without_a_lock_and_render_as_prometheus_would(
     assert samples[(f"{took}_bucket", (("le", "2.5"), ("state", "succeeded")))] == 1
     assert samples[(f"{took}_sum", (("state", "succeeded"),))] == pytest.approx(2.0)
     assert (f"{took}_created", (("state", "succeeded"),)) in samples
+
+
+def test_a_request_passes_one_middleware_for_the_guard_the_key_and_the_errors(
+    hub_settings: Any,
+) -> None:
+    """The web guard, the key check and the error rendering are one middleware: each
+    middleware is another coroutine on every request (their behaviour: tests/abuse)."""
+    assert len(create_app(hub_settings).middlewares) == 1
