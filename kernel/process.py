@@ -54,11 +54,11 @@ def share_the_gil() -> bool:
     """Let a thread that waits for the GIL have it after ``SWITCH_INTERVAL_S``, not 5 ms.
 
     For a process whose event loop shares the GIL with a busy thread (the hub's store
-    writer): at Python's 5 ms a request the loop has read may wait that long for the
-    writer's Python code, on every handover, and those waits made the hub's tail (p99
-    at 64 concurrent runs 47-177 ms at 5 ms, 41-60 ms at 1 ms, with less CPU per run
-    on the event loop's thread). Never raises the interval a process set lower.
-    Returns True when this call lowered it.
+    writer): at Python's 5 ms the loop, with requests read and waiting, may stand that
+    long behind the writer's Python code at every handover, which showed in the hub's
+    tail (issue 19: side by side at 64 concurrent runs, p99 41-60 ms at 1 ms against
+    47-63 ms at 5 ms, and 272-282 against 286-330 us of the loop's CPU per run). Never
+    raises an interval the process set lower. Returns True when this call lowered it.
     """
     if sys.getswitchinterval() <= SWITCH_INTERVAL_S:
         return False
