@@ -752,9 +752,13 @@ async def wait(request: web.Request, ticket: Ticket) -> Run:
     if task is not None:
         calls.watch(task, request, app[SETTINGS].keepalive_s)
     calls.attach(ticket.run.id)
+    # A future of this caller's own, resolved with ``done`` in the same step: awaiting
+    # ``done`` through asyncio.shield would take the loop one more turn on every run.
+    # Its cancellation (the caller went away) leaves ``done`` alone.
+    waiter = router.waiter(ticket.run.id, done)
     dropped = False
     try:
-        return await asyncio.shield(done)
+        return await (asyncio.shield(done) if waiter is None else waiter)
     except asyncio.CancelledError:
         dropped = True
         raise

@@ -170,6 +170,8 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
         for live in self.live.values():
             if not live.done.done():
                 live.done.cancel()
+            for waiter in live.waiters or ():
+                waiter.cancel()
 
     # the read API (hub.router_view.RouterView)
 

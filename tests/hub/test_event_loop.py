@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.values import MutexValue
@@ -128,3 +129,33 @@ def test_a_request_passes_one_middleware_for_the_guard_the_key_and_the_errors(
     """The web guard, the key check and the error rendering are one middleware: each
     middleware is another coroutine on every request (their behaviour: tests/abuse)."""
     assert len(create_app(hub_settings).middlewares) == 1
+
+
+async def test_a_waiting_chat_caller_is_woken_with_its_runs_end_without_a_shield(
+    hub: Any, fake_executor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler waits on a future of its own that the run's end resolves directly: no
+    asyncio.shield around the run's outcome (one more loop turn on every run)."""
+    shielded: list[Any] = []
+    shield = asyncio.shield
+
+    def counting_shield(arg: Any) -> Any:
+        if isinstance(arg, asyncio.Future):
+            shielded.append(arg)
+        return shield(arg)
+
+    monkeypatch.setattr(asyncio, "shield", counting_shield)
+    async with (
+        fake_executor(ws_url(hub), token=node_token("executor")) as ex,
+        aiohttp.ClientSession() as session,
+    ):
+        body = {"model": "codex", "messages": [{"role": "user", "content": "hello"}]}
+        posted = asyncio.ensure_future(session.post(hub.url + "/v1/chat/completions", json=body))
+        assign = await ex.wait_type("assign")
+        await ex.finish(assign["run_id"], "hi there")
+        async with await posted as resp:
+            assert resp.status == 200
+            answer = await resp.json()
+    assert answer["choices"][0]["message"]["content"] == "hi there"
+    outcomes = [f for f in shielded if f.done() and not f.cancelled()]
+    assert [f for f in outcomes if isinstance(f.result(), Run)] == []
