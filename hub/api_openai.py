@@ -482,8 +482,9 @@ async def start(
     request: web.Request, plan_of: Callable[[], Awaitable[Plan]], *, watch: bool
 ) -> Ticket:
     """Join the run this request retries, or plan and submit a new one."""
-    calls = request.app[CALLS]
-    router = request.app[ROUTER]
+    app = request.app  # a property that walks the match info: once
+    calls = app[CALLS]
+    router = app[ROUTER]
     principal = principal_of(request)
     body = await request.read()  # read before, and kept by aiohttp
     fingerprint = hashlib.sha256(
@@ -613,8 +614,9 @@ def refuse_chat_params(extra: dict[str, Any]) -> None:
 @routes.post("/v1/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Run codex on the conversation and answer like OpenAI would."""
-    settings = request.app[SETTINGS]
-    router = request.app[ROUTER]
+    app = request.app  # a property that walks the match info: once
+    settings = app[SETTINGS]
+    router = app[ROUTER]
     run_id = new_run_id()
     request[RUN_ID] = run_id
     bind(run_id=run_id)
@@ -655,7 +657,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             origin=origin,
             session=session,
             optimize=optimize,
-            resume=None if session else request.app[CALLS].threads.find(asked.history_key),
+            resume=None if session else app[CALLS].threads.find(asked.history_key),
             resume_is_shortcut=True,
             output_schema=schema,
             json_object=json_object,
@@ -743,15 +745,20 @@ async def wait(request: web.Request, ticket: Ticket) -> Run:
     done = ticket.done
     if done.done():
         return done.result()
-    calls = request.app[CALLS]
-    router = request.app[ROUTER]
+    app = request.app
+    calls = app[CALLS]
+    router = app[ROUTER]
     task = asyncio.current_task()
     if task is not None:
-        calls.watch(task, request, request.app[SETTINGS].keepalive_s)
+        calls.watch(task, request, app[SETTINGS].keepalive_s)
     calls.attach(ticket.run.id)
+    # A future of this caller's own, resolved with ``done`` in the same step: awaiting
+    # ``done`` through asyncio.shield would take the loop one more turn on every run.
+    # Its cancellation (the caller went away) leaves ``done`` alone.
+    waiter = router.waiter(ticket.run.id, done)
     dropped = False
     try:
-        return await asyncio.shield(done)
+        return await (asyncio.shield(done) if waiter is None else waiter)
     except asyncio.CancelledError:
         dropped = True
         raise

@@ -34,16 +34,17 @@ from hub.appkeys import (
     STORE,
 )
 from hub.approvals import approvers_of
-from hub.auth import AuthFailures, RateLimiter, make_auth_middleware, principal_for_key
+from hub.auth import AuthFailures, RateLimiter, make_auth_check, principal_for_key
 from hub.bus import Bus
 from hub.connections import ConnectionLimits, LimitedSite
 from hub.credentials import resolve
-from hub.errors import error_middleware
+from hub.errors import make_middleware
 from hub.metrics import Metrics
 from hub.router import Router
 from hub.settings import HubSettings, parse_networks
 from hub.store import Store
 from hub.ws_nodes import node_socket
+from kernel.process import share_the_gil
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,13 @@ def create_app(settings: HubSettings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         # The web guard refuses what pages of other sites send before any key is checked
-        # (their requests never count as failed logins); its refusals are rendered by
-        # the error middleware, like every other error.
+        # (their requests never count as failed logins); its refusals are rendered like
+        # every other error. One middleware for the three: each costs every request.
         middlewares=[
-            error_middleware,
-            web_guard.make_guard_middleware(settings),
-            make_auth_middleware(settings.api_keys, limiter, failures, settings.operator_keys),
+            make_middleware(
+                web_guard.make_guard(settings),
+                make_auth_check(settings.api_keys, limiter, failures, settings.operator_keys),
+            )
         ],
     )
     web_guard.setup(app)
@@ -142,7 +144,12 @@ class HubServer:
         self.limits: ConnectionLimits | None = None
 
     async def start(self) -> None:
-        """Listen; with ``HUB_PORT=0`` the port chosen is in :attr:`port`."""
+        """Listen; with ``HUB_PORT=0`` the port chosen is in :attr:`port`.
+
+        The event loop shares the GIL with the store's writer thread: waits for it are
+        kept short (:func:`kernel.process.share_the_gil`).
+        """
+        share_the_gil()
         await self.runner.setup()
         self.limits = ConnectionLimits.from_settings(self.settings)
         site = LimitedSite(self.runner, self.settings.host, self.settings.port, self.limits)

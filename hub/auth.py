@@ -11,11 +11,12 @@ chat bridges) and may continue any conversation. Without any key configured ever
 is one principal (:data:`NO_AUTH_PRINCIPAL`) and an operator. Runs from chat bridges
 belong to no API principal (their ``principal`` is null): only operators see them.
 
-The auth middleware sets ``request[PRINCIPAL]`` and ``request[OPERATOR]`` on every
-request it checks (typed request keys named ``principal`` and ``operator``: aiohttp warns
-on plain string keys); handlers read them with :func:`principal_of`, :func:`is_operator`
-and :func:`can_see`. A session id an HTTP caller names is put in its principal's namespace
-with :func:`session_key`, so it can never name another principal's session.
+The key check (:func:`make_auth_check`, in the hub's middleware) sets
+``request[PRINCIPAL]`` and ``request[OPERATOR]`` on every request it checks (typed
+request keys named ``principal`` and ``operator``: aiohttp warns on plain string keys);
+handlers read them with :func:`principal_of`, :func:`is_operator` and :func:`can_see`.
+A session id an HTTP caller names is put in its principal's namespace with
+:func:`session_key`, so it can never name another principal's session.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from aiohttp import web
 
@@ -54,7 +54,7 @@ def key_matches(presented: str, keys: Iterable[str]) -> bool:
     return found and bool(presented)
 
 
-#: Where the auth middleware leaves a request's principal, and whether it is an operator.
+#: Where the key check leaves a request's principal, and whether it is an operator.
 PRINCIPAL: web.RequestKey[str] = web.RequestKey("principal", str)
 OPERATOR: web.RequestKey[bool] = web.RequestKey("operator", bool)
 #: The one principal of a hub that has no API key at all (everyone is an operator then).
@@ -76,7 +76,7 @@ def principal_for_key(key: str) -> str:
 
 
 def principal_of(request: web.Request) -> str:
-    """The principal the auth middleware found for ``request``.
+    """The principal the key check found for ``request``.
 
     Raises :class:`~hub.errors.Unauthorized` on a path the middleware did not check,
     rather than guess: a handler that needs a principal must be behind a key.
@@ -265,12 +265,12 @@ class AuthFailures:
         )
 
 
-def make_auth_middleware(
+def make_auth_check(
     keys: list[str],
     limiter: RateLimiter,
     failures: AuthFailures,
     operator_keys: list[str] | None = None,
-) -> Any:
+) -> Callable[[web.Request], None]:
     """Refuse API calls without a valid Bearer key when any key is configured.
 
     ``keys`` are the plain API keys (the effective ones: the generated key included),
@@ -279,16 +279,16 @@ def make_auth_middleware(
     and refused with 429 once the address has too many. A request with no key at all is
     refused (401) without being counted: any web page can send those, and they must not
     lock the right key out. A request let through carries ``request[PRINCIPAL]`` and
-    ``request[OPERATOR]``.
+    ``request[OPERATOR]``. The check raises to refuse; the error rendering is around
+    it (:func:`hub.errors.make_middleware`).
     """
     operator_keys = list(operator_keys or ())
     every_key = [*keys, *operator_keys]
 
-    @web.middleware
-    async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    def auth_check(request: web.Request) -> None:
         path = request.path
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or path in SELF_AUTH_PATHS:
-            return await handler(request)
+            return
         key = bearer(request)
         if every_key:
             if not key_matches(key, every_key):
@@ -310,9 +310,8 @@ def make_auth_middleware(
                 f"rate limit of {limiter.per_min} requests a minute reached; retry in {wait:.0f} s",
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
-        return await handler(request)
 
-    return auth_middleware
+    return auth_check
 
 
 def check_wrong_credential(failures: AuthFailures, client: str) -> None:

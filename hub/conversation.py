@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 
 class ConversationError(ValueError):
     """The request's conversation cannot be run; ``param`` and ``code`` say where and why."""
@@ -151,8 +153,14 @@ def response_turns(items: str | list[Any]) -> list[Turn]:
 
 def _digest(principal: str, turns: Iterable[Turn]) -> str:
     canonical = [principal] + [[t.role, t.text.strip(), list(t.images)] for t in turns]
-    data = json.dumps(canonical, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+    try:
+        # Every run that answers computes one (its answer's key): orjson, not json. The
+        # keys live in this process only (Threads), so only their equality matters.
+        data = orjson.dumps(canonical)
+    except TypeError:  # a lone surrogate, which orjson refuses
+        text = json.dumps(canonical, ensure_ascii=False, separators=(",", ":"))
+        data = text.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
 
 
 def answer_key(principal: str, turns: list[Turn], answer: str) -> str:

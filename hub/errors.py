@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -138,42 +139,61 @@ def _run_id(request: web.Request) -> str | None:
     return run_id
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Render every error of the API in OpenAI's envelope; never leak a traceback."""
-    try:
-        return await handler(request)
-    except ApiError as err:
-        return error_response(err, _run_id(request))
-    except StoreUnwritable as exc:
+def make_middleware(*checks: Callable[[web.Request], None]) -> Any:
+    """The hub's one middleware: each of ``checks`` in order (each raises to refuse the
+    request), then the handler; every error of the API rendered in OpenAI's envelope
+    (:func:`error_answer`), never a traceback.
+
+    One middleware rather than one per check: each is another coroutine every request
+    passes through, and passes through again whenever its handler resumes.
+    """
+
+    @web.middleware
+    async def hub_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            for check in checks:
+                check(request)
+            return await handler(request)
+        except Exception as exc:
+            return error_answer(request, exc)
+
+    return hub_middleware
+
+
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to ``request`` for ``exc``, in OpenAI's envelope; raises ``exc`` again
+    when it is not the API's to render (a connection lost, a redirect, a static 404).
+    Call it in the ``except`` block that caught ``exc`` (it may log its traceback)."""
+    if isinstance(exc, ApiError):
+        return error_response(exc, _run_id(request))
+    if isinstance(exc, StoreUnwritable):
         full = Unavailable(
             str(exc), code=exc.code, headers={"Retry-After": str(STORE_RETRY_AFTER_S)}
         )
         return error_response(full, _run_id(request))
-    except RequestPayloadError as exc:
+    if isinstance(exc, RequestPayloadError):
         # The body could not be decoded (a Content-Encoding that is not what it says,
         # broken chunks, a body cut short): the client's mistake, not ours.
         detail = " ".join(str(getattr(exc.__cause__, "message", "") or exc).split())
         bad_body = BadRequest(f"the request body could not be read: {detail}", code="invalid_body")
         bad_body.close_connection = True
         return error_response(bad_body, _run_id(request))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400 or (
             request.path.startswith(("/static", "/assets")) and exc.status == 404
         ):
-            raise
+            raise exc
         type_, code = _HTTP_CODES.get(exc.status, ("invalid_request_error", None))
         message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         if exc.status == 413:
             message = f"request body is too large: {message}"
         http_err = ApiError(message, status=exc.status, type=type_, code=code)
         return error_response(http_err, _run_id(request))
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
-        internal = ApiError("internal error: the hub logged the details", code="internal_error")
-        return error_response(internal, _run_id(request))
+    if isinstance(exc, ConnectionError):
+        raise exc
+    log.exception("internal error on %s %s", request.method, request.path)
+    internal = ApiError("internal error: the hub logged the details", code="internal_error")
+    return error_response(internal, _run_id(request))
 
 
 #: The longest a client may take to send a request body.

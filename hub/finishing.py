@@ -68,6 +68,9 @@ class Finishing(RouterState):
         # the result until result_ack, which is sent only after the commit below.
         if not live.done.done():
             live.done.set_result(run)
+        for waiter in live.waiters or ():
+            if not waiter.done():  # cancelled: its caller went away
+                waiter.set_result(run)
         stored = False
         try:
             stored = await self._store_end(run, delivery, session, (seq, ts, "state", final, None))

@@ -162,12 +162,16 @@ class Router(NodeFrames, Scheduler, Finishing, Outbox, NodeRegistry):
         await asyncio.gather(*tasks, return_exceptions=True)
         self._timers.clear()
         self._tasks.clear()
-        for handle in self._deadlines.values():
-            handle.cancel()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         self._deadlines.clear()
+        self._deadline_heap.clear()
         for live in self.live.values():
             if not live.done.done():
                 live.done.cancel()
+            for waiter in live.waiters or ():
+                waiter.cancel()
 
     # the read API (hub.router_view.RouterView)
 

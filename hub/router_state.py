@@ -62,6 +62,9 @@ class Live:
     answer: AnswerSoFar = field(default_factory=AnswerSoFar)
     #: Parked in the queue: why it waits (no executor its target or conversation fits).
     waiting: str | None = None
+    #: Futures of callers waiting for the run (:meth:`RouterState.waiter`), resolved
+    #: with ``done``.
+    waiters: list[asyncio.Future[Run]] | None = None
 
 
 @dataclass
@@ -102,8 +105,13 @@ class RouterState:
         self.pending: dict[str, Delivery] = {}
         self._next_send: dict[str, float] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
-        #: The hub's own deadline of each assigned run.
-        self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        #: The hub's own deadline of each assigned run: (loop time, the executor's timeout).
+        self._deadlines: dict[str, tuple[float, float]] = {}
+        #: The same deadlines as a heap (with entries of runs since ended, dropped as they
+        #: come up), and the one timer of them all, due at the earliest (hub.scheduler).
+        self._deadline_heap: list[tuple[float, str, float]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_due = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Ends the store failed to write, by run id: written when the result comes again.
         self._unstored: dict[str, tuple[Run, Delivery | None, Any, Any]] = {}
@@ -119,6 +127,22 @@ class RouterState:
         self.steering = Steering(self)
         #: Targets, known labels, rules, conversations' executors (hub.placement).
         self.placement = Placement(settings, store)
+
+    def waiter(self, run_id: str, done: asyncio.Future[Run]) -> asyncio.Future[Run] | None:
+        """A future of the caller's own for the unfinished run whose outcome is ``done``:
+        it gets the run when ``done`` does, in the same step (not a loop turn later, as
+        through ``asyncio.shield(done)``), and cancelling it leaves ``done`` alone. None
+        when ``done`` is not such a run's (the run has ended, or is not this router's).
+        """
+        live = self.live.get(run_id)
+        if live is None or live.done is not done or done.done():
+            return None
+        waiter: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        if live.waiters is None:
+            live.waiters = [waiter]
+        else:
+            live.waiters.append(waiter)
+        return waiter
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

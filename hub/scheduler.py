@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from typing import Any
@@ -32,6 +33,8 @@ log = logging.getLogger("hub.router")
 STORE_BACKLOG_LIMIT = 2000
 #: How many queued runs the ``queue`` message names (the rest are counted).
 QUEUE_SHOWN = 100
+#: Entries of ended runs the deadline heap may hold beyond twice the live ones.
+DEADLINE_SLACK = 1024
 
 
 class Scheduler(RouterState):
@@ -383,18 +386,57 @@ class Scheduler(RouterState):
 
     def _arm_deadline(self, live: Live, node: NodeInfo) -> None:
         """Start the run's deadline: the executor's timeout (else HUB_RUN_TIMEOUT_S)
-        plus HUB_RUN_GRACE_S."""
+        plus HUB_RUN_GRACE_S.
+
+        One timer serves every run, due at the earliest deadline: a timer made and
+        cancelled for each run cost the event loop more than the rest of its deadline.
+        """
         timeout = node.timeout_s or self.settings.run_timeout_s
-        limit = timeout + self.settings.run_grace_s
-        self._disarm_deadline(live.run.id)
-        self._deadlines[live.run.id] = asyncio.get_running_loop().call_later(
-            limit, self._deadline_passed, live.run.id, timeout
-        )
+        loop = asyncio.get_running_loop()
+        when = loop.time() + timeout + self.settings.run_grace_s
+        run_id = live.run.id
+        self._deadlines[run_id] = (when, timeout)
+        heap = self._deadline_heap
+        if len(heap) > 2 * len(self._deadlines) + DEADLINE_SLACK:
+            # Most entries are of runs that ended: keep only the live ones.
+            heap[:] = [(at, rid, limit) for rid, (at, limit) in self._deadlines.items()]
+            heapq.heapify(heap)
+        else:
+            heapq.heappush(heap, (when, run_id, timeout))
+        if self._deadline_timer is None or when < self._deadline_due:
+            self._set_deadline_timer(loop, when)
+
+    def _set_deadline_timer(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_due = when
+        self._deadline_timer = loop.call_at(when, self._deadlines_due)
 
     def _disarm_deadline(self, run_id: str) -> None:
-        handle = self._deadlines.pop(run_id, None)
-        if handle is not None:
-            handle.cancel()
+        # Its heap entry stays until it comes up (or the heap is rebuilt): then it is
+        # not in _deadlines any more, or with another time (armed again), and is dropped.
+        self._deadlines.pop(run_id, None)
+
+    def _deadlines_due(self) -> None:
+        """The earliest deadline came: end every run whose deadline passed."""
+        self._deadline_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        heap = self._deadline_heap
+        passed: list[tuple[str, float]] = []
+        while heap:
+            when, run_id, timeout = heap[0]
+            current = self._deadlines.get(run_id)
+            if current is None or current[0] != when:
+                heapq.heappop(heap)  # ended, or armed again since
+            elif when <= now:
+                heapq.heappop(heap)
+                passed.append((run_id, timeout))
+            else:
+                self._set_deadline_timer(loop, when)
+                break
+        for run_id, timeout in passed:
+            self._deadline_passed(run_id, timeout)
 
     def _deadline_passed(self, run_id: str, timeout: float) -> None:
         self._deadlines.pop(run_id, None)

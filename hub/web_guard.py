@@ -37,6 +37,7 @@ import ipaddress
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp.web_response
@@ -164,14 +165,14 @@ class _Throttle:
         log.warning(message + suffix, *args)
 
 
-def make_guard_middleware(settings: HubSettings) -> Any:
-    """The middleware of this module, for ``settings``; goes after the error middleware
-    (which renders its refusals) and before the key check."""
+def make_guard(settings: HubSettings) -> Callable[[web.Request], None]:
+    """The check of this module, for ``settings``: raises an :class:`ApiError` (403, 415)
+    for a request it refuses. It goes before the key check, inside the error rendering
+    (:func:`hub.errors.make_middleware`)."""
     policy = HostPolicy(settings)
     throttle = _Throttle()
 
-    @web.middleware
-    async def web_guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    def web_guard(request: web.Request) -> None:
         raw_host = request.headers.get("Host")
         host = policy.check_host(raw_host) if raw_host is not None else None
         if raw_host is not None and host is None:
@@ -202,7 +203,6 @@ def make_guard_middleware(settings: HubSettings) -> Any:
             )
             refused.close_connection = True  # its body stays unread
             raise refused
-        return await handler(request)
 
     return web_guard
 
