@@ -112,7 +112,10 @@ class NodeClient:
         self.last_close: tuple[int | None, str] | None = None
         self.connections = 0
         self._ws: ClientConnection | None = None
-        self._out: asyncio.Queue[str] = asyncio.Queue()
+        #: Frames (encoded) for the writer, and the future it waits on while there are
+        #: none: a list and one wake-up per message, not a Queue's work per frame.
+        self._out: list[str] = []
+        self._out_ready: asyncio.Future[None] | None = None
         #: The hub takes several frames in one message (it said protocol >= 2).
         self._batches = False
         self._task: asyncio.Task[None] | None = None
@@ -155,7 +158,12 @@ class NodeClient:
         while disconnected."""
         if not self.connected.is_set():
             return False
-        self._out.put_nowait(frame if type(frame) is str else encode_frame(frame))
+        self._out.append(frame if type(frame) is str else encode_frame(frame))
+        ready = self._out_ready
+        if ready is not None:
+            self._out_ready = None
+            if not ready.done():
+                ready.set_result(None)
         return True
 
     async def request(self, frame: Frame, timeout: float = 30.0) -> Frame:  # noqa: ASYNC109
@@ -228,7 +236,8 @@ class NodeClient:
                 protocol = welcome.protocol
             else:
                 raise ConnectionError(f"unexpected first frame from the hub: {welcome!r}")
-            self._out = asyncio.Queue()
+            self._out = []
+            self._out_ready = None
             self._batches = protocol >= BATCH_SINCE
             self.state = State.CONNECTED
             self.connections += 1
@@ -307,17 +316,19 @@ class NodeClient:
             log.exception("%s: handling a %s frame failed", self.name, _field(frame, "type"))
 
     async def _write(self, ws: ClientConnection) -> None:
-        out = self._out
+        loop = asyncio.get_running_loop()
         while True:
-            data = await out.get()
-            if not self._batches or out.empty():
-                await ws.send(data)
+            if not self._out:
+                ready = self._out_ready = loop.create_future()
+                await ready
+                continue
+            frames, self._out = self._out, []
+            if not self._batches:
+                for data in frames:
+                    await ws.send(data)
                 continue
             # Frames queued while the last message was written go in one message: a
             # short run's state, events and result cost the hub one read, not five.
-            frames = [data]
-            while not out.empty():
-                frames.append(out.get_nowait())
             for message in batch(frames):
                 await ws.send(message)
 
