@@ -115,9 +115,11 @@ class ExecutorNode:
         if isinstance(engine, AppServerEngine) and engine.approve is None:
             engine.approve = self._approve
         self._steers: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Check codex's login and version, then connect to the hub (in the background)."""
+        self._loop = asyncio.get_running_loop()
         await self._check_login()
         await self._check_version()
         await self.client.start()
@@ -213,8 +215,10 @@ class ExecutorNode:
         )
         state = _RunState(job)
         self.runs[run_id] = state
-        # No name: building one per run is measurable; the coroutine names the run.
-        state.task = asyncio.get_running_loop().create_task(self._execute(state))
+        # No name: building one per run is measurable; the coroutine names the run. The
+        # loop is the one start() saw: asking for the running loop costs a getpid().
+        loop = self._loop or asyncio.get_running_loop()
+        state.task = loop.create_task(self._execute(state))
 
     async def _steer(self, frame: SteerFrame) -> None:
         """Add a message to a run's running turn; answer the hub how it went."""
