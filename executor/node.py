@@ -35,6 +35,7 @@ from wire import (
     AssignFrame,
     ErrorCode,
     ErrorFrame,
+    EventFrame,
     FrameModel,
     Hello,
     LoginState,
@@ -69,13 +70,22 @@ class _RunState:
     task: asyncio.Task[None] | None = None
 
 
+#: The models of the frames a run's task builds as dicts (its result has its own).
+_MODELS: dict[str, type[EventFrame] | type[StateFrame]] = {"event": EventFrame, "state": StateFrame}
+
+
 def _encoded(frame: dict[str, Any], *, shapes: bool) -> str:
     """``frame`` masked (:func:`kernel.logs.redact_json`) and encoded as
     :func:`wire.encode_frame` does: encoded once and searched once when there is nothing
     to mask, as for nearly every frame."""
     try:
         data = orjson.dumps(frame)
-    except TypeError:  # not plain JSON for orjson: the long way, as before
+    except TypeError:
+        # Not plain JSON for orjson (an object in an event): the long way, through the
+        # frame's model as before, which turns what it can into JSON or refuses it.
+        model = _MODELS.get(frame["type"])
+        if model is not None:
+            frame = model(**frame).dump()
         return encode_frame(redact_json(frame, shapes=shapes))
     if clean_json(data, shapes=shapes):
         return data.decode()
@@ -270,10 +280,15 @@ class ExecutorNode:
         # models: what goes in is this process's own, and a model built to be dumped at
         # once costs more than the rest of a dry run's frame.
         def emit(event: dict[str, Any]) -> None:
-            if type(event) is not dict:
-                raise TypeError(f"an event is a dict, not {type(event).__name__}")
             state.seq += 1
-            frame = {"type": "event", "run_id": run_id, "seq": state.seq, "event": event}
+            frame: dict[str, Any] = {
+                "type": "event",
+                "run_id": run_id,
+                "seq": state.seq,
+                "event": event,
+            }
+            if type(event) is not dict:  # what the model takes (a mapping) or refuses
+                frame = EventFrame(**frame).dump()
             self._send(state, frame, shapes=True)
 
         def set_state(name: str, effective_prompt: str | None) -> None:

@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -21,9 +22,18 @@ from websockets.exceptions import ConnectionClosed
 
 from executor.factory import build_pipeline
 from executor.node import ExecutorNode
+from executor.pipeline import Job, Result
 from executor.settings import ExecutorSettings
 from kernel import logs
-from wire import AssignFrame, EventFrame, ResultAckFrame, ResultFrame, StateFrame, encode_frame
+from wire import (
+    AssignFrame,
+    EventFrame,
+    LoginState,
+    ResultAckFrame,
+    ResultFrame,
+    StateFrame,
+    encode_frame,
+)
 
 SECRET = "canary-exec-secret-8d7c6b5a"
 GITHUB = "ghp_" + "a1B2" * 9
@@ -241,3 +251,28 @@ async def test_a_run_costs_the_executor_one_task_and_its_frames_from_the_hub_non
         finally:
             await pipeline.aclose()
             await transport.close()
+
+
+async def test_events_orjson_cannot_write_as_they_are_go_through_the_model_as_before(
+    tmp_path: Path,
+) -> None:
+    """An event that is a mapping but not a dict, or holds a model, is sent as
+    EventFrame's dump() makes it, as when every frame went through the model."""
+    login = LoginState(logged_in=True, detail="ok")
+    events: list[Any] = [MappingProxyType({"kind": "note", "n": 1}), {"kind": "x", "m": login}]
+
+    async def run(job: Job, emit: Any, set_state: Any) -> Result:
+        set_state("running", job.prompt)
+        for event in events:
+            emit(event)
+        return Result(status="succeeded", answer="a", effective_prompt=job.prompt)
+
+    async with offline_node(tmp_path) as (node, sent):
+        node.pipeline.run = run  # type: ignore[method-assign]
+        await dry_run(node, "r-4", "p")
+    expected = [
+        encode_frame(EventFrame(run_id="r-4", seq=seq, event=event).dump())
+        for seq, event in enumerate(events, start=1)
+    ]
+    assert sent.texts[1:3] == expected
+    assert json.loads(sent.texts[2])["event"]["m"] == {"logged_in": True, "detail": "ok"}
