@@ -19,14 +19,16 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
+
+import orjson
 
 from executor.appserver_protocol import ApprovalDecision, ApprovalRequest
 from executor.engine_appserver import AppServerEngine
 from executor.pipeline import Job, Pipeline, Result
 from executor.settings import ExecutorSettings
 from kernel.credentials import node_token
-from kernel.logs import bind, redact_json
+from kernel.logs import bind, clean_json, redact_json
 from kernel.node_client import NodeClient
 from wire import (
     ApprovalDecisionFrame,
@@ -43,6 +45,7 @@ from wire import (
     StatusFrame,
     SteeredFrame,
     SteerFrame,
+    encode_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -53,15 +56,40 @@ EARLY_DECISIONS_MAX = 256
 #: The longest a ``steer`` may take here before it is answered as failed (the hub
 #: waits a little longer, then queues the text as a new run).
 STEER_TIMEOUT_S = 5.0
+#: What a ``state`` frame may say (wire's StateFrame: optimizing, running).
+_STATES: frozenset[str] = frozenset(get_args(StateFrame.model_fields["state"].annotation))
 
 
 @dataclass
 class _RunState:
     job: Job
-    frames: list[dict[str, Any]] = field(default_factory=list)
+    #: The run's state and event frames, and its result, as sent (masked, encoded).
+    frames: list[str] = field(default_factory=list)
     seq: int = 0
-    result: dict[str, Any] | None = None
+    result: str | None = None
     task: asyncio.Task[None] | None = None
+
+
+#: The models of the frames a run's task builds as dicts (its result has its own).
+_MODELS: dict[str, type[EventFrame] | type[StateFrame]] = {"event": EventFrame, "state": StateFrame}
+
+
+def _encoded(frame: dict[str, Any], *, shapes: bool) -> str:
+    """``frame`` masked (:func:`kernel.logs.redact_json`) and encoded as
+    :func:`wire.encode_frame` does: encoded once and searched once when there is nothing
+    to mask, as for nearly every frame."""
+    try:
+        data = orjson.dumps(frame)
+    except TypeError:
+        # Not plain JSON for orjson (an object in an event): the long way, through the
+        # frame's model as before, which turns what it can into JSON or refuses it.
+        model = _MODELS.get(frame["type"])
+        if model is not None:
+            frame = model(**frame).dump()
+        return encode_frame(redact_json(frame, shapes=shapes))
+    if clean_json(data, shapes=shapes):
+        return data.decode()
+    return encode_frame(redact_json(frame, shapes=shapes))
 
 
 class ExecutorNode:
@@ -97,9 +125,11 @@ class ExecutorNode:
         if isinstance(engine, AppServerEngine) and engine.approve is None:
             engine.approve = self._approve
         self._steers: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Check codex's login and version, then connect to the hub (in the background)."""
+        self._loop = asyncio.get_running_loop()
         await self._check_login()
         await self._check_version()
         await self.client.start()
@@ -158,9 +188,13 @@ class ExecutorNode:
             if state.result is not None:
                 self.client.send(state.result)
 
-    async def _on_frame(self, frame: FrameModel) -> None:
+    def _on_frame(self, frame: FrameModel) -> None:
+        # A plain function: the client calls it as each frame comes, no task per frame
+        # (what takes time, a run or a steer, gets its own task here).
         if isinstance(frame, AssignFrame):
             self._assign(frame)
+        elif isinstance(frame, ResultAckFrame):
+            self.runs.pop(frame.run_id, None)
         elif isinstance(frame, RunCancelFrame):
             state = self.runs.get(frame.run_id)
             if state is not None and state.task is not None and state.result is None:
@@ -169,8 +203,6 @@ class ExecutorNode:
             task = asyncio.create_task(self._steer(frame), name=f"Executor:steer:{frame.run_id}")
             self._steers.add(task)
             task.add_done_callback(self._steers.discard)
-        elif isinstance(frame, ResultAckFrame):
-            self.runs.pop(frame.run_id, None)
         elif isinstance(frame, ApprovalDecisionFrame):
             self._decided(frame)
         elif isinstance(frame, ErrorFrame):
@@ -193,7 +225,10 @@ class ExecutorNode:
         )
         state = _RunState(job)
         self.runs[run_id] = state
-        state.task = asyncio.create_task(self._execute(state), name=f"Executor:run:{run_id}")
+        # No name: building one per run is measurable; the coroutine names the run. The
+        # loop is the one start() saw: asking for the running loop costs a getpid().
+        loop = self._loop or asyncio.get_running_loop()
+        state.task = loop.create_task(self._execute(state))
 
     async def _steer(self, frame: SteerFrame) -> None:
         """Add a message to a run's running turn; answer the hub how it went."""
@@ -228,28 +263,41 @@ class ExecutorNode:
 
     # running
 
-    def _send(self, state: _RunState, model: EventFrame | StateFrame) -> None:
+    def _send(self, state: _RunState, frame: dict[str, Any], *, shapes: bool) -> None:
         # codex or the optimizer may quote a secret of this process (a command that
         # prints a key): registered secrets are masked before anything leaves it, and
         # credential-shaped tokens too in events (not in the user's prompt or answer).
-        frame = redact_json(model.dump(), shapes=isinstance(model, EventFrame))
-        state.frames.append(frame)
-        self.client.send(frame)
+        text = _encoded(frame, shapes=shapes)
+        state.frames.append(text)
+        self.client.send(text)
 
     async def _execute(self, state: _RunState) -> None:
         run_id = state.job.run_id
         bind(run_id=run_id)  # every line logged on this run's path carries its id
 
+        # The frames are built as the dicts their models' dump() gives (wire's
+        # EventFrame, StateFrame: the same keys, in the same order), not through the
+        # models: what goes in is this process's own, and a model built to be dumped at
+        # once costs more than the rest of a dry run's frame.
         def emit(event: dict[str, Any]) -> None:
             state.seq += 1
-            self._send(state, EventFrame(run_id=run_id, seq=state.seq, event=event))
+            frame: dict[str, Any] = {
+                "type": "event",
+                "run_id": run_id,
+                "seq": state.seq,
+                "event": event,
+            }
+            if type(event) is not dict:  # what the model takes (a mapping) or refuses
+                frame = EventFrame(**frame).dump()
+            self._send(state, frame, shapes=True)
 
         def set_state(name: str, effective_prompt: str | None) -> None:
-            if effective_prompt is None:
-                frame = StateFrame(run_id=run_id, state=name)  # type: ignore[arg-type]
-            else:
-                frame = StateFrame(run_id=run_id, state=name, effective_prompt=effective_prompt)  # type: ignore[arg-type]
-            self._send(state, frame)
+            if name not in _STATES:
+                raise ValueError(f"a run's state frame says optimizing or running, not {name!r}")
+            frame = {"type": "state", "run_id": run_id, "state": name}
+            if effective_prompt is not None:
+                frame["effective_prompt"] = effective_prompt
+            self._send(state, frame, shapes=False)
 
         try:
             result = await self.pipeline.run(state.job, emit, set_state)
@@ -285,7 +333,7 @@ class ExecutorNode:
                 status="failed",
                 error={"code": ErrorCode.EXECUTOR_ERROR, "message": f"executor error: {exc}"},
             ).frame(run_id)
-        state.result = redact_json(frame, shapes=False)
+        state.result = _encoded(frame, shapes=False)
         sent = self.client.send(state.result)
         # Kept either way until the hub acknowledges it; said so when the hub is away.
         # DEBUG when all is well: a line per run costs the executor a fifth of its CPU.

@@ -16,7 +16,7 @@ from executor.settings import ExecutorSettings
 from executor.transport import TransportError
 from executor.workspace import Changes, Published, Workspace, WorkspaceError, Workspaces
 from executor.workspace_names import repo_in_prompt, split_pr_command
-from wire import ErrorCode, ResultFrame
+from wire import RESULT_STATUSES, ErrorCode, ResultFrame
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,21 @@ class Result:
     effective_prompt: str | None = None
 
     def frame(self, run_id: str) -> dict[str, Any]:
-        """The ``result`` frame, as it goes on the wire."""
+        """The ``result`` frame, as it goes on the wire (``ResultFrame(...).dump()``);
+        ValueError (pydantic's) when a field does not fit it."""
+        if self._plain(run_id):
+            # What the model would give for these values (it takes them as they are):
+            # every field given, in its order, without building and dumping a model.
+            return {
+                "type": "result",
+                "run_id": run_id,
+                "status": self.status,
+                "answer": self.answer,
+                "thread_id": self.thread_id,
+                "usage": None if self.usage is None else dict(self.usage),
+                "error": None if self.error is None else dict(self.error),
+                "effective_prompt": self.effective_prompt,
+            }
         return ResultFrame(
             run_id=run_id,
             status=self.status,  # type: ignore[arg-type]
@@ -83,6 +97,34 @@ class Result:
             error=self.error,
             effective_prompt=self.effective_prompt,
         ).dump()
+
+    def _plain(self, run_id: str) -> bool:
+        """True when ResultFrame would take every field as it is: the exact types, a
+        status it knows, integer usage (not bool) and text errors. Anything else goes
+        through the model, which converts it or says why it cannot."""
+        usage, error = self.usage, self.error
+        return (
+            type(run_id) is str
+            and type(self.status) is str
+            and self.status in RESULT_STATUSES
+            and type(self.answer) is str
+            and (self.thread_id is None or type(self.thread_id) is str)
+            and (self.effective_prompt is None or type(self.effective_prompt) is str)
+            and (
+                usage is None
+                or (
+                    type(usage) is dict
+                    and all(type(k) is str and type(v) is int for k, v in usage.items())
+                )
+            )
+            and (
+                error is None
+                or (
+                    type(error) is dict
+                    and all(type(k) is str and type(v) is str for k, v in error.items())
+                )
+            )
+        )
 
 
 class Pipeline:

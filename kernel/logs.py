@@ -20,7 +20,8 @@ import anything from here except to bind context or register a secret.
   the prompt and answer. The masking is
   done when a record is made, so every handler sees clean records, not only ours.
   ``redact(text)`` and ``redact_json(value)`` apply it to what leaves by another road:
-  the hub masks every frame an executor sends before it is stored, shown or forwarded.
+  the hub masks every frame an executor sends before it is stored, shown or forwarded
+  (``clean_json(encoded)`` proves a value already encoded clean, in one search).
 - ``quiet_client_errors()`` (part of ``configure_logging``) logs aiohttp's reports of
   malformed client requests at INFO, in one line: they are answered 400, not failures.
 
@@ -52,6 +53,7 @@ __all__ = [
     "bind",
     "bind_run",
     "bound",
+    "clean_json",
     "configure_logging",
     "current_fields",
     "forget_secrets",
@@ -147,27 +149,52 @@ _LOOSE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}"), "Bearer " + MASK),
 )
 
-# Hints: looser forms of the shapes above (no word boundaries, no lookarounds), so that
-# one search proves most text clean without running every substitution. Each matches
-# wherever its shape does, in text and in that text's JSON encoding alike (the parts they
-# match never contain a character JSON escapes). A hint that matches only sends the text
-# through the full masking, so being loose costs time, never correctness.
+# Hints: looser forms of the shapes above (no word boundaries), so that one search
+# proves most text clean without running every substitution. Each matches wherever its
+# shape does, in text and in that text's JSON encoding alike (the parts they match never
+# contain a character JSON escapes). A hint that matches only sends the text through the
+# full masking, so being loose costs time, never correctness.
+#
+# Each starts with a fixed character, so that all of them (and the secrets) are one
+# alternation, which ``re`` tries only where one of those characters is: a hint that
+# starts with a class (``\d``, a letter in any case) is tried at every character, twice
+# as slow on the frames a run sends. So the AWS hint starts at the ``_`` its shape
+# always holds, and the bot-token ones at the colon, the digits before it checked
+# looking back.
+#
+# Each is a text form and a form for JSON bytes (UTF-8). In text, ``\d`` is any digit and
+# a letter in any case takes the few non-ASCII letters that fold to it (long s to s, the
+# Kelvin sign to k), as in the masking; in bytes, re knows only ASCII, so the JSON form
+# takes any non-ASCII byte for a digit, and those letters' UTF-8 bytes, spelled out.
+_DIGIT_BYTES = rb"[0-9\x80-\xff]"
+
+
+def _hint(text: str, raw: bytes | None = None) -> tuple[str, bytes]:
+    return text, text.encode() if raw is None else raw
+
+
 _CREDENTIAL_HINTS = (
-    r"PRIVATE KEY-----",
-    r"xox[a-z]-",
-    r"xapp-",
-    r"sk-[A-Za-z0-9_-]{16,}",
-    r"gh[pousr]_[A-Za-z0-9]{36}",
-    r"github_pat_",
-    r"glpat-",
-    r"A[KS]IA[0-9A-Z]{16}",
-    r"(?i:aws_secret_access_key)",
-    r"\d{5,}:[A-Za-z0-9_-]{35}",
+    _hint(r"PRIVATE KEY-----"),
+    _hint(r"xox[a-z]-"),
+    _hint(r"xapp-"),
+    _hint(r"sk-[A-Za-z0-9_-]{16,}"),
+    _hint(r"gh[pousr]_[A-Za-z0-9]{36}"),
+    _hint(r"github_pat_"),
+    _hint(r"glpat-"),
+    _hint(r"A[KS]IA[0-9A-Z]{16}"),
+    # aws_secret_access_key in any case.
+    _hint(
+        r"_(?i:secret_access_key)",
+        rb"_(?i:(?:s|\xc5\xbf)ecret_acce(?:s|\xc5\xbf){2}_(?:k|\xe2\x84\xaa)ey)",
+    ),
+    # \d{5,}:[A-Za-z0-9_-]{35}
+    _hint(r":(?<=\d{5}:)[A-Za-z0-9_-]{35}", rb":(?<=" + _DIGIT_BYTES + rb"{5}:)[A-Za-z0-9_-]{35}"),
 )
 _LOOSE_HINTS = (
-    r"bot\d+:",
-    r"\d{5,}:[A-Za-z0-9_-]{30,}",
-    r"Bearer",
+    _hint(r"bot\d+:", rb"bot" + _DIGIT_BYTES + rb"+:"),
+    # \d{5,}:[A-Za-z0-9_-]{30,}
+    _hint(r":(?<=\d{5}:)[A-Za-z0-9_-]{30}", rb":(?<=" + _DIGIT_BYTES + rb"{5}:)[A-Za-z0-9_-]{30}"),
+    _hint(r"Bearer"),
 )
 
 _secrets_lock = threading.Lock()
@@ -178,11 +205,8 @@ _secrets_re: re.Pattern[str] | None = None
 class _Hints:
     """Compiled hints for the secrets registered now: text, and JSON bytes from orjson.
 
-    Each set of hints is a few patterns, any of which matching is a hint: the secrets
-    and the hints that start with a given character in one alternation (which ``re``
-    scans only at the characters they can start with), the others alone. One
-    alternation of them all is tried at every character, three times slower, on every
-    event a run sends.
+    Each set of hints is one pattern: the secrets and the hints in one alternation,
+    which ``re`` scans only at the characters they can start with (see the hints).
     """
 
     def __init__(self, secrets: set[str]) -> None:
@@ -196,27 +220,10 @@ class _Hints:
                 raw.append(re.escape(form))
         credentials = _CREDENTIAL_HINTS
         shapes = (*_CREDENTIAL_HINTS, *_LOOSE_HINTS)
-        self.text_secrets = _hint_patterns(text, credentials, as_bytes=False)
-        self.text_all = _hint_patterns(text, shapes, as_bytes=False)
-        self.json_secrets = _hint_patterns(raw, credentials, as_bytes=True)
-        self.json_all = _hint_patterns(raw, shapes, as_bytes=True)
-
-
-#: Hints that start with a class of characters (any digit, any case): kept out of the
-#: alternation of the others, which would otherwise be tried at every character.
-_UNHEADED = ("\\d", "(?i")
-
-
-def _hint_patterns(
-    literals: list[str] | list[bytes], hints: tuple[str, ...], *, as_bytes: bool
-) -> tuple[re.Pattern[Any], ...]:
-    """``literals`` and ``hints`` as patterns that together match where their one
-    alternation would (see :class:`_Hints`)."""
-    headed = [h for h in hints if not h.startswith(_UNHEADED)]
-    other = [h for h in hints if h.startswith(_UNHEADED)]
-    parts: list[Any] = [*literals, *((h.encode() if as_bytes else h) for h in headed)]
-    joined = (b"|" if as_bytes else "|").join(parts)
-    return (re.compile(joined), *(re.compile(h.encode() if as_bytes else h) for h in other))
+        self.text_secrets = (re.compile("|".join([*text, *(t for t, _ in credentials)])),)
+        self.text_all = (re.compile("|".join([*text, *(t for t, _ in shapes)])),)
+        self.json_secrets = (re.compile(b"|".join([*raw, *(r for _, r in credentials)])),)
+        self.json_all = (re.compile(b"|".join([*raw, *(r for _, r in shapes)])),)
 
 
 def _hinted(patterns: tuple[re.Pattern[Any], ...], data: str | bytes) -> bool:
@@ -331,16 +338,26 @@ def redact_json(value: Any, *, shapes: bool = True) -> Any:
     if isinstance(value, str):
         return redact(value, shapes=shapes)
     if isinstance(value, dict | list | tuple):
-        hints = _hints
-        hint = hints.json_all if shapes else hints.json_secrets
         try:
             encoded = orjson.dumps(value)
         except TypeError:  # not plain JSON (a key that is not a str, a huge int): walk it
             pass
         else:
-            if not _hinted(hint, encoded):
+            if clean_json(encoded, shapes=shapes):
                 return value
     return _redact_walk(value, shapes)
+
+
+def clean_json(encoded: bytes, *, shapes: bool = True) -> bool:
+    """True when the value that ``encoded`` is (as ``orjson.dumps`` wrote it) holds
+    nothing :func:`redact_json` would mask: one search over the bytes.
+
+    False may be a false alarm (the search is looser than the masking): mask the value
+    with :func:`redact_json` then. For a caller that encodes a value anyway (a frame it
+    sends) and so scans that encoding instead of encoding it twice.
+    """
+    hints = _hints
+    return not _hinted(hints.json_all if shapes else hints.json_secrets, encoded)
 
 
 def _redact_walk(value: Any, shapes: bool) -> Any:

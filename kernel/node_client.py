@@ -2,7 +2,9 @@
 
 Used by every node (executor, bridges). It says hello, hands each frame from the hub to
 the node (decoded by :func:`wire.decode` into the frame models of the node's role; a
-client without a role gets the JSON objects as they are), and reconnects with
+client without a role gets the JSON objects as they are), in arrival order: a handler
+that is a plain function is called at once, an async one runs in a task of its own (one
+slow handler, a Slack post, must not stop the others). It reconnects with
 exponential backoff and jitter whenever the connection drops or is refused. Frames sent
 while disconnected are not queued: a node re-sends what matters from its own state in
 ``on_connect`` (see :mod:`wire`).
@@ -18,6 +20,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -52,6 +55,10 @@ def _field(frame: Frame, name: str) -> Any:
     """A field of a frame, model or dict alike (None when it has none)."""
     if type(frame) is dict:  # the common case first: an ABC check costs microseconds
         return frame.get(name)
+    if isinstance(frame, BaseModel):
+        # Its fields are its __dict__: getattr of one it lacks costs pydantic two
+        # exceptions with their messages, some 10 us, on every frame.
+        return frame.__dict__.get(name)
     if isinstance(frame, Mapping):
         return frame.get(name)
     return getattr(frame, name, None)
@@ -72,7 +79,9 @@ class NodeClient:
     """A reconnecting websocket client for one node.
 
     ``hello`` builds the hello frame at each (re)connect; ``on_frame`` receives every
-    frame from the hub; ``on_connect`` runs after each welcome (re-send state there).
+    frame from the hub, in arrival order: a plain function is called at once (no task:
+    it must not block), an async one gets a task per frame, so a slow one does not
+    hold up the next frames; ``on_connect`` runs after each welcome (re-send state there).
     With a ``role``, frames from the hub are the models of what the hub sends a node of
     that role (:data:`wire.ToExecutorFrame`, :data:`wire.ToBridgeFrame`); one that is
     not such a frame is logged and skipped.
@@ -83,7 +92,7 @@ class NodeClient:
         url: str,
         *,
         hello: Callable[[], Frame],
-        on_frame: Callable[[Frame], Awaitable[None]],
+        on_frame: Callable[[Frame], Awaitable[None] | None],
         on_connect: Callable[[], Awaitable[None]] | None = None,
         name: str = "node",
         role: Role | None = None,
@@ -103,12 +112,16 @@ class NodeClient:
         self.last_close: tuple[int | None, str] | None = None
         self.connections = 0
         self._ws: ClientConnection | None = None
-        self._out: asyncio.Queue[str] = asyncio.Queue()
+        #: Frames (encoded) for the writer, and the future it waits on while there are
+        #: none: a list and one wake-up per message, not a Queue's work per frame.
+        self._out: list[str] = []
+        self._out_ready: asyncio.Future[None] | None = None
         #: The hub takes several frames in one message (it said protocol >= 2).
         self._batches = False
         self._task: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[Frame]] = {}
         self._frame_tasks: set[asyncio.Task[None]] = set()
+        self._frame_task_name = f"NodeClient:{name}:frame"
 
     async def start(self) -> None:
         """Start connecting in the background."""
@@ -140,11 +153,17 @@ class NodeClient:
         await self.close()
 
     def send(self, frame: Frame) -> bool:
-        """Queue a frame (a model of :mod:`wire`, or a dict) for the hub; False (and
-        nothing queued) while disconnected."""
+        """Queue a frame (a model of :mod:`wire`, a dict, or the text
+        :func:`wire.encode_frame` made of one) for the hub; False (and nothing queued)
+        while disconnected."""
         if not self.connected.is_set():
             return False
-        self._out.put_nowait(encode_frame(frame))
+        self._out.append(frame if type(frame) is str else encode_frame(frame))
+        ready = self._out_ready
+        if ready is not None:
+            self._out_ready = None
+            if not ready.done():
+                ready.set_result(None)
         return True
 
     async def request(self, frame: Frame, timeout: float = 30.0) -> Frame:  # noqa: ASYNC109
@@ -217,7 +236,8 @@ class NodeClient:
                 protocol = welcome.protocol
             else:
                 raise ConnectionError(f"unexpected first frame from the hub: {welcome!r}")
-            self._out = asyncio.Queue()
+            self._out = []
+            self._out_ready = None
             self._batches = protocol >= BATCH_SINCE
             self.state = State.CONNECTED
             self.connections += 1
@@ -265,39 +285,50 @@ class NodeClient:
         return decoded.frames
 
     def _receive(self, frame: Frame) -> None:
-        req_id = _field(frame, "req_id")
-        if req_id and req_id in self._pending and _field(frame, "type") != "deliver":
-            fut = self._pending.pop(req_id)
-            if not fut.done():
-                fut.set_result(frame)
-            return
+        if self._pending:  # an executor never asks: no field lookups for it
+            req_id = _field(frame, "req_id")
+            if req_id and req_id in self._pending and _field(frame, "type") != "deliver":
+                fut = self._pending.pop(req_id)
+                if not fut.done():
+                    fut.set_result(frame)
+                return
         self._dispatch(frame)
 
     def _dispatch(self, frame: Frame) -> None:
-        # Frames are handled in arrival order per run, but one slow handler (a Slack
-        # post) must not stop the others: each gets a task the client owns.
-        task = asyncio.create_task(self._handle(frame), name=f"NodeClient:{self.name}:frame")
+        # Frames are handled in arrival order; a plain handler is done here and now, an
+        # async one (a Slack post) gets a task the client owns, so that one slow frame
+        # does not stop the others.
+        try:
+            pending = self._on_frame(frame)
+        except Exception:
+            log.exception("%s: handling a %s frame failed", self.name, _field(frame, "type"))
+            return
+        if pending is None:
+            return
+        task = asyncio.create_task(self._handle(pending, frame), name=self._frame_task_name)
         self._frame_tasks.add(task)
         task.add_done_callback(self._frame_tasks.discard)
 
-    async def _handle(self, frame: Frame) -> None:
+    async def _handle(self, pending: Awaitable[None], frame: Frame) -> None:
         try:
-            await self._on_frame(frame)
+            await pending
         except Exception:
             log.exception("%s: handling a %s frame failed", self.name, _field(frame, "type"))
 
     async def _write(self, ws: ClientConnection) -> None:
-        out = self._out
+        loop = asyncio.get_running_loop()
         while True:
-            data = await out.get()
-            if not self._batches or out.empty():
-                await ws.send(data)
+            if not self._out:
+                ready = self._out_ready = loop.create_future()
+                await ready
+                continue
+            frames, self._out = self._out, []
+            if not self._batches:
+                for data in frames:
+                    await ws.send(data)
                 continue
             # Frames queued while the last message was written go in one message: a
             # short run's state, events and result cost the hub one read, not five.
-            frames = [data]
-            while not out.empty():
-                frames.append(out.get_nowait())
             for message in batch(frames):
                 await ws.send(message)
 

@@ -48,7 +48,7 @@ async def node_of(tmp_path: Path, **env: Any) -> AsyncIterator[tuple[ExecutorNod
 
 async def steered(node: ExecutorNode, sent: SentFrames, run_id: str) -> dict[str, Any]:
     """Hand the node a steer of ``run_id``; its answer."""
-    await node._on_frame(SteerFrame(run_id=run_id, steer_id="st1", text="also this"))
+    node._on_frame(SteerFrame(run_id=run_id, steer_id="st1", text="also this"))
     await asyncio.gather(*node._steers)
     [answer] = sent.frames
     return answer
