@@ -152,6 +152,9 @@ def bulk_insert(db: Path, count: int, principal: str, seed: int) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
+    # And with the bulk on disk: the kernel writing its pages back would otherwise land
+    # in the step's first phase (the hub's commits waiting behind a write-back).
+    os.sync()
 
 
 async def _load(base_url: str, api_key: str, concurrency: int, count: int, tag: str) -> LoadResult:
