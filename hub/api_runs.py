@@ -90,6 +90,7 @@ from hub.errors import (
 )
 from hub.metrics import CONTENT_TYPE
 from hub.router import HubClosing, QueueFull, new_run_id
+from hub.store import RunPage
 from hub.targets import TargetRefused
 from monitor import MONITOR_DIR
 from wire import CLOSE_RATE_LIMITED, NUL_IN_PROMPT, repo_problem
@@ -129,15 +130,16 @@ async def list_runs(request: web.Request) -> web.Response:
     """Newest runs first, filtered and paged."""
     store = request.app[STORE]
     router = request.app[ROUTER]
-    summaries, next_before = await store.run_summaries(
-        states=_csv(request.query.get("state")),
-        sources=_csv(request.query.get("source")),
+    page = RunPage(
+        states=tuple(_csv(request.query.get("state"))),
+        sources=tuple(_csv(request.query.get("source"))),
         query=request.query.get("q", "")[:200],
         session_key=request.query.get("session_key") or None,
         before=_int(request, "before", None, 0, 2**62),
         limit=_int(request, "limit", 50, 1, 500) or 50,
         principal=None if is_operator(request) else principal_of(request),
     )
+    summaries, next_before = await store.run_summaries(page)
     # A run still in flight is shown as it is now (the store has its last write).
     items = []
     for summary in summaries:

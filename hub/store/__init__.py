@@ -14,7 +14,7 @@ The rooms, each on the ones before it (no module imports a later one):
 """
 
 from hub.store.engine import StoreClosed, StoreUnavailable
-from hub.store.records import Delivery, EventRow, Run, SessionRow, new_run_id
+from hub.store.records import Delivery, EventRow, Run, RunPage, SessionRow, new_run_id
 from hub.store.sql import (
     MIGRATIONS,
     SCHEMA,
@@ -33,6 +33,7 @@ __all__ = [
     "Delivery",
     "EventRow",
     "Run",
+    "RunPage",
     "SessionRow",
     "Store",
     "StoreClosed",

@@ -83,6 +83,22 @@ class Run:
         }
 
 
+@dataclass(frozen=True)
+class RunPage:
+    """Which runs a list or search asks for: newest first, filtered, ``limit`` of them
+    older than the key ``before`` (the cursor of the page before)."""
+
+    states: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    #: What a user typed into search ('' for none).
+    query: str = ""
+    session_key: str | None = None
+    before: int | None = None
+    limit: int = 50
+    #: Only this principal's runs (None: everyone's).
+    principal: str | None = None
+
+
 @dataclass
 class Delivery:
     """A reply waiting in the outbox until the bridge of its platform acknowledges it."""

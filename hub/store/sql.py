@@ -36,7 +36,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from hub.store.records import Delivery, EventRow, Run, SessionRow
+from hub.store.records import Delivery, EventRow, Run, RunPage, SessionRow
 from wire import RunState
 
 log = logging.getLogger(__name__)
@@ -552,19 +552,8 @@ def run_by_dedupe_key(conn: sqlite3.Connection, key: str) -> Run | None:
     return row_to_run(row) if row else None
 
 
-def list_runs(
-    conn: sqlite3.Connection,
-    states: list[str],
-    sources: list[str],
-    query: str,
-    session_key: str | None,
-    before: int | None,
-    limit: int,
-    principal: str | None = None,
-) -> tuple[list[Run], int | None]:
-    keys, next_before = page_keys(
-        conn, states, sources, query, session_key, before, limit, principal
-    )
+def list_runs(conn: sqlite3.Connection, page: RunPage) -> tuple[list[Run], int | None]:
+    keys, next_before = page_keys(conn, page)
     rows = conn.execute(
         "SELECT * FROM runs WHERE n IN (SELECT value FROM json_each(?)) ORDER BY n DESC",
         (orjson.dumps(keys).decode(),),
@@ -590,56 +579,39 @@ SUMMARY_JSON = (
 
 
 def run_summaries(
-    conn: sqlite3.Connection,
-    states: list[str],
-    sources: list[str],
-    query: str,
-    session_key: str | None,
-    before: int | None,
-    limit: int,
-    principal: str | None = None,
+    conn: sqlite3.Connection, page: RunPage
 ) -> tuple[list[dict[str, Any]], int | None]:
     """:func:`list_runs`' page as the runs' summaries, built by SQLite in one step:
     a list or search of 50 runs is read without a Python object per run, and without
     handing the GIL over once per row (it runs beside a busy event loop)."""
-    keys, next_before = page_keys(
-        conn, states, sources, query, session_key, before, limit, principal
-    )
-    (page,) = conn.execute(
+    keys, next_before = page_keys(conn, page)
+    (found,) = conn.execute(
         f"SELECT json_group_array({SUMMARY_JSON}) FROM (SELECT * FROM runs "
         "WHERE n IN (SELECT value FROM json_each(?)) ORDER BY n DESC)",
         (orjson.dumps(keys).decode(),),
     ).fetchone()
-    summaries: list[dict[str, Any]] = orjson.loads(page)
+    summaries: list[dict[str, Any]] = orjson.loads(found)
     return summaries, next_before
 
 
-def page_keys(
-    conn: sqlite3.Connection,
-    states: list[str],
-    sources: list[str],
-    query: str,
-    session_key: str | None,
-    before: int | None,
-    limit: int,
-    principal: str | None = None,
-) -> tuple[list[int], int | None]:
+def page_keys(conn: sqlite3.Connection, page: RunPage) -> tuple[list[int], int | None]:
     """The keys of a page of runs, newest first, filtered; and the cursor of the next
     page (None at the end)."""
+    query, before, limit = page.query, page.before, page.limit
     where: list[str] = []
     args: list[Any] = []
-    if principal is not None:
+    if page.principal is not None:
         where.append("runs.principal = ?")
-        args.append(principal)
-    if states:
-        where.append(f"runs.state IN ({', '.join('?' * len(states))})")
-        args += states
-    if sources:
-        where.append(f"runs.source IN ({', '.join('?' * len(sources))})")
-        args += sources
-    if session_key is not None:
+        args.append(page.principal)
+    if page.states:
+        where.append(f"runs.state IN ({', '.join('?' * len(page.states))})")
+        args += page.states
+    if page.sources:
+        where.append(f"runs.source IN ({', '.join('?' * len(page.sources))})")
+        args += page.sources
+    if page.session_key is not None:
         where.append("runs.session_key = ?")
-        args.append(session_key)
+        args.append(page.session_key)
     match = fts_query(conn, query) if query else None
     if query:
         like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -13,7 +13,7 @@ from typing import Any
 
 from hub.store import sql
 from hub.store.engine import Engine
-from hub.store.records import Delivery, EventRow, Run, SessionRow
+from hub.store.records import Delivery, EventRow, Run, RunPage, SessionRow
 
 
 class Store(Engine):
@@ -40,32 +40,13 @@ class Store(Engine):
 
         ``principal`` keeps only that principal's runs (None: everyone's).
         """
-        return await self.read(
-            sql.list_runs, list(states), list(sources), query, session_key, before, limit, principal
-        )
+        page = RunPage(tuple(states), tuple(sources), query, session_key, before, limit, principal)
+        return await self.read(sql.list_runs, page)
 
-    async def run_summaries(
-        self,
-        *,
-        states: Iterable[str] = (),
-        sources: Iterable[str] = (),
-        query: str = "",
-        session_key: str | None = None,
-        before: int | None = None,
-        limit: int = 50,
-        principal: str | None = None,
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        """:meth:`list_runs`' page as each run's :meth:`Run.summary`, cheaper to read."""
-        return await self.read(
-            sql.run_summaries,
-            list(states),
-            list(sources),
-            query,
-            session_key,
-            before,
-            limit,
-            principal,
-        )
+    async def run_summaries(self, page: RunPage) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of runs as each one's :meth:`Run.summary` (cheaper to read than
+        :meth:`list_runs`' runs), and the cursor of the next page."""
+        return await self.read(sql.run_summaries, page)
 
     async def run_by_dedupe_key(self, key: str) -> Run | None:
         """The run submitted with this idempotency key, if any."""

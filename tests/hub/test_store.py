@@ -16,6 +16,7 @@ from hub.store import (
     SCHEMA,
     Delivery,
     Run,
+    RunPage,
     Store,
     op_insert_run,
     op_record,
@@ -633,10 +634,10 @@ async def test_a_page_of_summaries_is_each_runs_summary_in_the_lists_order(
             for before in (None, 30):
                 kwargs: dict[str, Any] = {"query": query, "before": before, "limit": 7}
                 runs, cursor = await store.list_runs(**kwargs)
-                summaries, summaries_cursor = await store.run_summaries(**kwargs)
+                summaries, summaries_cursor = await store.run_summaries(RunPage(**kwargs))
                 assert summaries == [r.summary() for r in runs], (query, before)
                 assert summaries_cursor == cursor and len(summaries) == 7
-        slack, _ = await store.run_summaries(sources=["slack"], limit=100)
+        slack, _ = await store.run_summaries(RunPage(sources=("slack",), limit=100))
         assert len(slack) == 20 and all(s["source"] == "slack" for s in slack)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.store import Store, op_insert_run, op_record, op_set_executor
+from hub.store import RunPage, Store, op_insert_run, op_record, op_set_executor
 from hub.store import engine as store_engine
 from hub.store.sql import MIGRATIONS, SCHEMA, finish_run, pieces
 from tests.hub.test_store import _hold
@@ -178,7 +178,7 @@ async def test_a_read_waiting_for_queued_writes_cuts_the_group_commit_pause_shor
         store.post(op_insert_run, _run(1, prompt="queued just before the search"))
         async with asyncio.timeout(10):
             found, _ = await store.list_runs(query="queued just before")
-            summaries, _ = await store.run_summaries()
+            summaries, _ = await store.run_summaries(RunPage())
         assert [r.id for r in found] == ["run_0001"]
         assert summaries[0]["id"] == "run_0001"
 
