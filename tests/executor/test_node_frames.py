@@ -8,23 +8,22 @@ registered secret masked (a dry run echoes the prompt, which may hold one).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.server import serve
 
 from executor.factory import build_pipeline
 from executor.node import ExecutorNode
 from executor.pipeline import Job, Result
 from executor.settings import ExecutorSettings
 from kernel import logs
+from tests.kernel.test_node_client import Hub, tasks_started
 from wire import (
     AssignFrame,
     EventFrame,
@@ -160,37 +159,27 @@ async def test_a_secret_escaped_in_json_is_masked_too(tmp_path: Path) -> None:
 # --- tasks per run, against a hub on a socket ------------------------------------------
 
 
-class FakeHub:
-    """A hub on 127.0.0.1 that welcomes one executor and sends it what the test says."""
+class FakeHub(Hub):
+    """A hub on 127.0.0.1 that welcomes one executor, sends it what the test says and
+    reads the frames of its messages one by one."""
 
     def __init__(self) -> None:
-        self.got: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.ws: ServerConnection | None = None
-        self.joined = asyncio.Event()
-        self.url = ""
-
-    async def _serve(self, ws: ServerConnection) -> None:
-        hello = json.loads(await ws.recv())
-        await ws.send(json.dumps({"type": "welcome", "node_id": hello["node_id"], "protocol": 2}))
-        self.ws = ws
-        self.joined.set()
-        with contextlib.suppress(ConnectionClosed):  # the node leaving, as the test ends
-            async for raw in ws:
-                data = json.loads(raw)
-                for frame in data if isinstance(data, list) else [data]:
-                    self.got.put_nowait(frame)
+        super().__init__()
+        self._frames: list[dict[str, Any]] = []
 
     async def send(self, *frames: dict[str, Any]) -> None:
         """Send ``frames`` in one message (a batch)."""
-        assert self.ws is not None
-        await self.ws.send(json.dumps(list(frames)))
+        await super().send(list(frames))
 
     async def frames(self, kind: str, count: int) -> list[dict[str, Any]]:
         """The next ``count`` frames of type ``kind`` (others are skipped)."""
         out: list[dict[str, Any]] = []
         async with asyncio.timeout(10):
             while len(out) < count:
-                frame = await self.got.get()
+                if not self._frames:
+                    data = json.loads(await self.got.get())
+                    self._frames = data if isinstance(data, list) else [data]
+                frame = self._frames.pop(0)
                 if frame["type"] == kind:
                     out.append(frame)
         return out
@@ -203,24 +192,6 @@ async def fake_hub() -> AsyncIterator[FakeHub]:
         port = server.sockets[0].getsockname()[1]
         hub.url = f"ws://127.0.0.1:{port}/ws"
         yield hub
-
-
-@contextmanager
-def tasks_started() -> Iterator[list[str]]:
-    """The qualified names of the coroutines of the tasks started inside the block."""
-    loop = asyncio.get_running_loop()
-    names: list[str] = []
-    previous = loop.get_task_factory()
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        names.append(getattr(coro, "__qualname__", repr(coro)))
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(factory)
-    try:
-        yield names
-    finally:
-        loop.set_task_factory(previous)
 
 
 async def test_a_run_costs_the_executor_one_task_and_its_frames_from_the_hub_none(
