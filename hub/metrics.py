@@ -7,22 +7,12 @@ router), so they are never stale.
 
 from __future__ import annotations
 
-import math
-import time
-from bisect import bisect_left
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from hub.router_view import RouterView
@@ -71,83 +61,37 @@ class _RouterGauges(Collector):
         yield held
 
 
-class _Histogram:
-    """One histogram's counts (per bucket, not cumulative), sum, and creation time."""
-
-    __slots__ = ("counts", "created", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(_BUCKETS) + 1)  # the last: above every bound (+Inf)
-        self.sum = 0.0
-        self.created = time.time()
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(_BUCKETS, value)] += 1  # the first bound >= value
-        self.sum += value
-
-    def add_to(self, family: HistogramMetricFamily, labels: dict[str, str]) -> None:
-        buckets, total = [], 0
-        for bound, count in zip((*_BUCKETS, math.inf), self.counts, strict=True):
-            total += count
-            buckets.append((floatToGoString(bound), float(total)))
-        family.add_metric(list(labels.values()), buckets, self.sum)
-        family.samples.append(Sample(family.name + "_created", labels, self.created))
-
-
-class _RunCounters(Collector):
-    """The counters and histograms of runs, as plain numbers the event loop moves.
-
-    What ``prometheus_client``'s Counter and Histogram would render, samples and
-    ``_created`` included, without a lock taken and a label looked up on every move:
-    those cost the event loop 3-4 us of each run. Only the event loop moves them, and
-    /metrics reads them there.
-    """
-
-    def __init__(self) -> None:
-        #: source -> [runs received, created]
-        self.submitted: dict[str, list[float]] = {}
-        #: (state, source) -> [runs ended so, created]
-        self.finished: dict[tuple[str, str], list[float]] = {}
-        self.duration: dict[str, _Histogram] = {}
-        self.queue_wait = _Histogram()
-
-    def collect(self) -> Iterator[Metric]:
-        runs = CounterMetricFamily(
-            "codex_hub_runs",
-            "Runs that reached a final state, by state and source",
-            labels=["state", "source"],
-        )
-        for (state, source), (count, created) in self.finished.items():
-            runs.add_metric([state, source], count, created=created)
-        yield runs
-        submitted = CounterMetricFamily(
-            "codex_hub_runs_submitted", "Runs received, by source", labels=["source"]
-        )
-        for source, (count, created) in self.submitted.items():
-            submitted.add_metric([source], count, created=created)
-        yield submitted
-        duration = HistogramMetricFamily(
-            "codex_hub_run_duration_seconds",
-            "Time from a run's arrival to its end",
-            labels=["state"],
-        )
-        for state, histogram in self.duration.items():
-            histogram.add_to(duration, {"state": state})
-        yield duration
-        wait = HistogramMetricFamily(
-            "codex_hub_queue_wait_seconds", "Time a run waited for an executor"
-        )
-        self.queue_wait.add_to(wait, {})
-        yield wait
-
-
 class Metrics:
     """The hub's metric families, in a registry of their own."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry()
-        self._runs = _RunCounters()
-        self.registry.register(self._runs)
+        self.runs = Counter(
+            "codex_hub_runs",
+            "Runs that reached a final state, by state and source",
+            ["state", "source"],
+            registry=self.registry,
+        )
+        self.submitted = Counter(
+            "codex_hub_runs_submitted",
+            "Runs received, by source",
+            ["source"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "codex_hub_run_duration_seconds",
+            "Time from a run's arrival to its end",
+            ["state"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "codex_hub_queue_wait_seconds",
+            "Time a run waited for an executor",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self._gauges = _RouterGauges()
         self.registry.register(self._gauges)
 
@@ -156,30 +100,26 @@ class Metrics:
         self._gauges.router = router
 
     def run_submitted(self, run: Run) -> None:
-        counter = self._runs.submitted.get(run.source)
-        if counter is None:
-            self._runs.submitted[run.source] = [1.0, time.time()]
-        else:
-            counter[0] += 1
+        self._child(self.submitted, run.source).inc()
 
     def run_assigned(self, run: Run, assigned_at: float) -> None:
         """Time a run spent waiting for an executor."""
-        self._runs.queue_wait.observe(max(0.0, assigned_at - run.created_at))
+        self.queue_wait.observe(max(0.0, assigned_at - run.created_at))
 
     def run_finished(self, run: Run) -> None:
         """Count a finished run and its duration."""
-        runs = self._runs
-        key = (str(run.state), run.source)
-        counter = runs.finished.get(key)
-        if counter is None:
-            runs.finished[key] = [1.0, time.time()]
-        else:
-            counter[0] += 1
+        self._child(self.runs, run.state, run.source).inc()
         if run.finished_at is not None:
-            histogram = runs.duration.get(key[0])
-            if histogram is None:
-                histogram = runs.duration[key[0]] = _Histogram()
-            histogram.observe(max(0.0, run.finished_at - run.created_at))
+            took = max(0.0, run.finished_at - run.created_at)
+            self._child(self.duration, run.state).observe(took)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` is slow, runs are many."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         """The text exposition format."""

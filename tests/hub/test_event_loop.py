@@ -9,17 +9,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.values import MutexValue
 
 from hub.app import HubServer, create_app
 from hub.appkeys import ROUTER
-from hub.metrics import Metrics
 from hub.store import Run
 from kernel.credentials import derive
 from kernel.process import SWITCH_INTERVAL_S
 from tests.conftest import NODE_TOKEN, ws_url
-from wire import RunState
 
 
 def node_token(role: str) -> str:
@@ -86,41 +82,6 @@ async def test_runs_share_one_deadline_timer_and_each_still_times_out_on_time(
                 for ticket in tickets:
                     assert (await asyncio.wait_for(ticket.done, 10)).state == "succeeded"
         assert router._deadlines == {}
-
-
-def test_a_runs_metrics_move_without_a_lock_and_render_as_prometheus_would(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Counting a run moves plain numbers (no prometheus_client value, each behind a
-    lock); /metrics still shows the counters, buckets, sums and _created samples."""
-    moved: list[str] = []
-    monkeypatch.setattr(MutexValue, "inc", lambda self, amount: moved.append("inc"))
-    metrics = Metrics()
-    run = Run(id="r1", prompt="p", origin={}, source="slack", created_at=100.0, updated_at=100.0)
-    metrics.run_submitted(run)
-    metrics.run_assigned(run, 100.03)
-    run.state, run.finished_at = RunState.SUCCEEDED, 102.0
-    metrics.run_finished(run)
-    assert moved == []
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(metrics.render().decode())
-        for s in family.samples
-    }
-    assert samples[("codex_hub_runs_submitted_total", (("source", "slack"),))] == 1
-    assert samples[("codex_hub_runs_total", (("source", "slack"), ("state", "succeeded")))] == 1
-    assert ("codex_hub_runs_created", (("source", "slack"), ("state", "succeeded"))) in samples
-    wait = "codex_hub_queue_wait_seconds"
-    assert samples[(f"{wait}_bucket", (("le", "0.01"),))] == 0
-    assert samples[(f"{wait}_bucket", (("le", "0.05"),))] == 1
-    assert samples[(f"{wait}_bucket", (("le", "+Inf"),))] == 1
-    assert samples[(f"{wait}_count", ())] == 1
-    assert samples[(f"{wait}_sum", ())] == pytest.approx(0.03)
-    took = "codex_hub_run_duration_seconds"
-    assert samples[(f"{took}_bucket", (("le", "1.0"), ("state", "succeeded")))] == 0
-    assert samples[(f"{took}_bucket", (("le", "2.5"), ("state", "succeeded")))] == 1
-    assert samples[(f"{took}_sum", (("state", "succeeded"),))] == pytest.approx(2.0)
-    assert (f"{took}_created", (("state", "succeeded"),)) in samples
 
 
 def test_a_request_passes_one_middleware_for_the_guard_the_key_and_the_errors(
