@@ -66,11 +66,7 @@ class Finishing(RouterState):
         self._dispatch()
         # The waiting caller may answer before the commit: the executor keeps re-sending
         # the result until result_ack, which is sent only after the commit below.
-        if not live.done.done():
-            live.done.set_result(run)
-        for waiter in live.waiters or ():
-            if not waiter.done():  # cancelled: its caller went away
-                waiter.set_result(run)
+        live.settle(run)
         stored = False
         try:
             stored = await self._store_end(run, delivery, session, (seq, ts, "state", final, None))

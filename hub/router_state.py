@@ -66,6 +66,12 @@ class Live:
     #: with ``done``.
     waiters: list[asyncio.Future[Run]] | None = None
 
+    def settle(self, run: Run) -> None:
+        """Give the run's outcome to ``done`` and to every caller's waiter still there."""
+        for future in (self.done, *(self.waiters or ())):
+            if not future.done():  # a waiter cancelled: its caller went away
+                future.set_result(run)
+
 
 @dataclass
 class Ticket:
