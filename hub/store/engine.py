@@ -101,8 +101,8 @@ SEARCH_LAG_S = 0.25
 #: caller awaiting each write in turn: pacing would add the pause to every one of them).
 #: A transaction costs the writer ~0.3 ms of CPU besides its rows (its WAL frames:
 #: ~25 pages, two writes each, shared by its runs), so 5 ms (was 2) took a fifth off
-#: its CPU per run at 64 concurrent; no answer waits for a commit, a flush or a read
-#: under load waits up to that much.
+#: its CPU per run at 64 concurrent; no answer waits for a commit, a flush under load
+#: waits up to that much (a read waiting for the writer cuts the pause short).
 GROUP_COMMIT_S = 0.005
 GROUP_COMMIT_MIN_WRITES = 8
 #: Read connections (and threads) for lists and searches.
