@@ -49,6 +49,11 @@ class SentTexts:
         self.texts.append(frame if isinstance(frame, str) else encode_frame(frame))
         return True
 
+    @property
+    def frames(self) -> list[dict[str, Any]]:
+        """What was sent, decoded."""
+        return [json.loads(text) for text in self.texts]
+
 
 @pytest.fixture(autouse=True)
 def no_secrets() -> Iterator[None]:
@@ -58,19 +63,22 @@ def no_secrets() -> Iterator[None]:
     logs.forget_secrets()
 
 
-def settings_of(tmp_path: Path, hub_url: str = "ws://127.0.0.1:9/ws") -> ExecutorSettings:
+def settings_of(
+    tmp_path: Path, hub_url: str = "ws://127.0.0.1:9/ws", **env: Any
+) -> ExecutorSettings:
     return ExecutorSettings(
         _env_file=None,  # type: ignore[call-arg]
         HUB_URL=hub_url,
         EXEC_WORKDIR=tmp_path,
         EXEC_DRY_RUN=True,
+        **env,
     )
 
 
 @asynccontextmanager
-async def offline_node(tmp_path: Path) -> AsyncIterator[tuple[ExecutorNode, SentTexts]]:
-    """A dry-run node whose hub connection is a :class:`SentTexts`."""
-    pipeline, transport = build_pipeline(settings_of(tmp_path))
+async def offline_node(tmp_path: Path, **env: Any) -> AsyncIterator[tuple[ExecutorNode, SentTexts]]:
+    """A dry-run node (with settings ``env``) whose hub connection is a :class:`SentTexts`."""
+    pipeline, transport = build_pipeline(settings_of(tmp_path, **env))
     node = ExecutorNode(pipeline.settings, pipeline)
     sent = SentTexts()
     node.client = sent  # type: ignore[assignment]
