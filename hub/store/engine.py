@@ -1,5 +1,5 @@
 """The store's engine: one writer thread with group commit, checkpoints off the commit
-path, a pool of read connections, and writes held while the disk refuses them.
+path, reader processes for lists and searches, and writes held while the disk refuses them.
 
 SQLite runs in WAL mode on one dedicated thread that owns the connection, so the event
 loop never blocks on disk. Operations queue up for that thread, which runs everything
@@ -28,10 +28,11 @@ the writer indexes what is waiting once ``SEARCH_BATCH_ROWS`` rows wait, or
 behind the writes by that much, a search does not: it also scans the few runs not yet
 indexed.
 
-Lists and searches (:meth:`Engine.read`) run on their own read connections, in a
-small pool of threads, never on the writer: a search over 200k runs does not hold a
-single commit. A read sees every write queued before it (it waits for that commit, not
-for the writes queued after it) unless the writer is held up longer than
+Lists, searches and the overview (:meth:`Engine.read`) run in reader processes of
+their own (:mod:`hub.store.readers`), never on the writer: a search over 200k runs
+does not hold a single commit, and its SQLite steps do not take turns with the event
+loop for the hub's GIL. A read sees every write queued before it (it waits for that
+commit, not for the writes queued after it) unless the writer is held up longer than
 ``READ_WAIT_S`` (then it sees what is committed).
 
 A store that cannot write (disk full: ``SQLITE_FULL``; or an I/O error, a read-only
@@ -51,7 +52,6 @@ executor keeps it and sends it again to the next hub).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import queue
 import sqlite3
@@ -63,6 +63,7 @@ from typing import Any, Self, TypeVar
 
 from hub.store import sql
 from hub.store.folding import Item, Outcome, RunKeys, apply_all, resolve_all, run_one
+from hub.store.readers import ReaderPool
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ SEARCH_LAG_S = 0.25
 #: waits up to that much (a read waiting for the writer cuts the pause short).
 GROUP_COMMIT_S = 0.005
 GROUP_COMMIT_MIN_WRITES = 8
-#: Read connections (and threads) for lists and searches.
+#: Reader processes for lists and searches (reads at once).
 READERS = 2
 #: A read waits at most this long for the writes queued before it to commit.
 READ_WAIT_S = 0.05
@@ -116,6 +117,11 @@ RETRY_UNWRITABLE_MAX_S = 10.0
 #: Times a transaction that met a locked database is run again, after a pause.
 BUSY_RETRIES = 5
 _backoff = time.sleep
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 class StoreClosed(RuntimeError):
@@ -169,19 +175,15 @@ class Engine:
         #: How long the writer's last checkpoints (see checkpoint_now) held it, in s.
         self.catch_up_s: list[float] = []
         self._closed = False
-        # Reads off the writer (lists, searches): a pool of threads, a connection each.
-        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
-        self._reader_local = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._reader_conns_lock = threading.Lock()
+        # Reads off the writer (lists, searches): processes of their own.
+        self._readers: ReaderPool | None = None
         # Items queued for the writer (loop side) and taken and applied by it: a read
         # waits until the writer has applied what was queued before it.
         self._queued = 0
         self._applied = 0
-        #: The writer notifies it after each batch when a read thread waits on it.
-        self._applied_changed = threading.Condition()
-        self._readers_waiting = 0
-        #: Set by a read thread that waits for the writer: no group-commit pause then.
+        #: Reads waiting (on the loop) for the writes numbered up to their ticket.
+        self._read_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: Set while a read waits for the writer: no group-commit pause then.
         self._read_waiting = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpoint_failing = False
@@ -215,9 +217,7 @@ class Engine:
             target=self._checkpoint_loop, name=f"Checkpoint:{self.path}", daemon=True
         )
         self._checkpointer.start()
-        self._readers = concurrent.futures.ThreadPoolExecutor(
-            max_workers=READERS, thread_name_prefix=f"StoreRead:{self.path}"
-        )
+        self._readers = ReaderPool(self.path, READERS)
 
     async def close(self) -> None:
         """Commit what is queued, then stop the writer thread. Idempotent."""
@@ -226,11 +226,7 @@ class Engine:
             return
         self._closed = True
         if self._readers is not None:
-            await asyncio.to_thread(self._readers.shutdown, True)
-            with self._reader_conns_lock:
-                for conn in self._reader_conns:
-                    conn.close()
-                self._reader_conns.clear()
+            await self._readers.close()
         self._checkpoint_wake.set()
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
@@ -372,10 +368,9 @@ class Engine:
             if self._checkpoint_idle or self._commits % CHECKPOINT_EVERY_COMMITS == 0:
                 self._checkpoint_idle = False
                 self._checkpoint_wake.set()
-            with self._applied_changed:
-                self._applied += len(batch)
-                if self._readers_waiting:
-                    self._applied_changed.notify_all()
+            self._applied += len(batch)
+            if self._read_waiters:  # read after the add: see Engine.read
+                self._to_loop(self._wake_reads)
             if results:
                 self._to_loop(resolve_all, results)
             if self._catch_up:  # after the callers heard: only later commits wait
@@ -607,50 +602,44 @@ class Engine:
         return await fut
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run the read ``fn(conn, *args)`` on a read connection, off the writer thread.
+        """Run the read ``fn(conn, *args)`` in a reader process, off the writer.
 
-        It sees every write queued before this call: its read thread waits for their
-        commit (which the writer makes anyway, in a few ms), but at most
-        ``READ_WAIT_S``; a writer held longer (a long transaction, a locked file) does
-        not hold the read, which then sees what is committed. It never waits for, or
-        holds, later writes. The wait is the read thread's, not the event loop's: a
-        loaded loop adds no round trip to it.
+        It sees every write queued before this call: it waits for their commit (which
+        the writer makes at once when a read waits), but at most ``READ_WAIT_S``; a
+        writer held longer (a long transaction, a locked file) does not hold the read,
+        which then sees what is committed. It never waits for, or holds, later writes.
         """
         if self._closed or self._loop is None or self._readers is None:
             raise StoreClosed("the store is closed")
-        return await self._loop.run_in_executor(
-            self._readers, self._read_after, self._queued, fn, args
-        )
-
-    def _read_after(self, ticket: int, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """Wait (read thread) until the writer applied the writes numbered up to
-        ``ticket``, at most ``READ_WAIT_S``; then read."""
+        ticket = self._queued
         if self._applied < ticket:
-            deadline = time.monotonic() + READ_WAIT_S
-            with self._applied_changed:
-                self._readers_waiting += 1
-                self._read_waiting.set()
-                try:
-                    while self._applied < ticket:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._applied_changed.wait(left)
-                finally:
-                    self._readers_waiting -= 1
-        return self._read_now(fn, args)
+            await self._writes_applied(ticket)
+        return await self._readers.read(fn, args)
 
-    def _read_now(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("PRAGMA query_only=1")
-            self._reader_local.conn = conn
-            with self._reader_conns_lock:
-                self._reader_conns.append(conn)
-        return fn(conn, *args)
+    async def _writes_applied(self, ticket: int) -> None:
+        """Return once the writer applied the writes numbered up to ``ticket``, or
+        after ``READ_WAIT_S``."""
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        entry = (ticket, done)
+        self._read_waiters.append(entry)
+        self._read_waiting.set()
+        # The writer adds to _applied, then looks for waiters; this added itself first,
+        # then looks at _applied: one of the two sees the other.
+        if self._applied >= ticket:
+            done.set_result(None)
+        timer = self._loop.call_later(READ_WAIT_S, _settle, done)
+        try:
+            await done
+        finally:
+            timer.cancel()
+            self._read_waiters.remove(entry)
+
+    def _wake_reads(self) -> None:
+        applied = self._applied
+        for ticket, done in self._read_waiters:
+            if ticket <= applied:
+                _settle(done)
 
     async def flush(self) -> None:
         """Return once every write queued before this call is committed.

@@ -1,0 +1,327 @@
+"""Lists, searches and the overview, read in processes of their own.
+
+A read on a thread of the hub hands the GIL over at each SQLite step and waits to get
+it back; beside an event loop that is busy all the time each hand-back waits out
+Python's switch interval, so a search of five statements took 12-15 ms at 16
+concurrent chats for 0.6 ms of work, and its Python competed with the runs for the
+hub's one GIL. Here a read is one message to a reader process and one back: the
+event loop writes the request, reads the answer, and nothing else of the read runs
+in the hub.
+
+Each reader process (``python -m hub.store.readers DB``) owns one read-only
+connection and serves one read at a time: a request is the read's name (one of
+:data:`SERVED`) and its arguments, the answer its value or its exception, each
+pickled behind its length, over the process's stdin and stdout (its stray output
+goes to stderr). It exits when its stdin closes, so a hub killed with -9 leaves none
+behind. It gets no environment of the hub's (no tokens, no keys): only what Python
+needs to import this package.
+
+The pool starts a process at the first read that finds none free (up to ``size``);
+one starts in about 0.35 s (importing the wire's models), which only the first reads
+after start-up wait for. A process that dies is replaced, and a read it was serving
+runs once more on another; a read whose caller gave up is still answered and its
+answer dropped, so that the process is free again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import sqlite3
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from hub.store import sql
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The reads a reader process serves, by name.
+SERVED: dict[str, Callable[..., Any]] = {
+    fn.__name__: fn for fn in (sql.list_runs, sql.run_summaries, sql.overview)
+}
+
+_LENGTH = struct.Struct(">I")
+#: Where the ``hub`` package is: a reader process imports it from there.
+_ROOT = str(Path(sql.__file__).resolve().parents[2])
+#: A reader that does not exit within this long of its stdin closing is killed.
+CLOSE_WAIT_S = 2.0
+
+
+#: What a reader process keeps of the hub's environment: what Python and SQLite need.
+_KEPT_ENV = ("PYTHONHOME", "LD_LIBRARY_PATH", "TMPDIR", "SQLITE_TMPDIR")
+
+
+def _environment() -> dict[str, str]:
+    """A reader's environment: none of the hub's tokens and keys, only what imports
+    this package and runs SQLite."""
+    env = {name: os.environ[name] for name in _KEPT_ENV if name in os.environ}
+    env.update(PYTHONPATH=_ROOT, PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+class ReaderDied(RuntimeError):
+    """A reader process died (twice) while it served a read."""
+
+
+class _Reader(asyncio.SubprocessProtocol):
+    """One reader process: requests go down its stdin, answers come up its stdout,
+    each answer to the oldest request still unanswered (one at a time: see the pool)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.SubprocessTransport | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._buffer = bytearray()
+        self._waiting: asyncio.Future[tuple[bool, Any]] | None = None
+        #: Called when a read whose caller gave up has been answered after all.
+        self.when_answered: Callable[[], None] | None = None
+        self.alive = True
+        self.exited = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio's classes; they have the same methods.
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+        self._stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
+
+    def ask(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[tuple[bool, Any]]:
+        """Send a read; a future of its (succeeded, value or exception)."""
+        assert self._stdin is not None and self._waiting is None
+        waiting = self._waiting = asyncio.get_running_loop().create_future()
+        if not self.alive:
+            waiting.set_exception(ReaderDied("the reader process had ended"))
+            return waiting
+        payload = pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL)
+        self._stdin.write(_LENGTH.pack(len(payload)) + payload)
+        return waiting
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd != 1:
+            return
+        buffer = self._buffer
+        buffer += data
+        if len(buffer) < _LENGTH.size:
+            return
+        (length,) = _LENGTH.unpack_from(buffer)
+        if len(buffer) < _LENGTH.size + length:
+            return
+        body = bytes(buffer[_LENGTH.size : _LENGTH.size + length])
+        del buffer[: _LENGTH.size + length]
+        waiting, self._waiting = self._waiting, None
+        try:
+            answer = pickle.loads(body)
+        except Exception as exc:
+            answer = (False, ReaderDied(f"the reader's answer did not read back ({exc!r})"))
+        if waiting is not None and not waiting.done():
+            waiting.set_result(answer)
+        elif self.when_answered is not None:
+            when_answered, self.when_answered = self.when_answered, None
+            when_answered()
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._ended(exc)
+
+    def process_exited(self) -> None:
+        self._ended(None)
+        self.exited.set()
+
+    def _ended(self, exc: Exception | None) -> None:
+        self.alive = False
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(ReaderDied(f"the reader process ended ({exc or 'exited'})"))
+        elif self.when_answered is not None:
+            when_answered, self.when_answered = self.when_answered, None
+            when_answered()
+
+    @property
+    def busy(self) -> bool:
+        return self._waiting is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self.transport.get_pid() if self.transport is not None else None
+
+    async def close(self) -> None:
+        """Close its stdin (it exits once it has answered); kill it if it lingers."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._stdin is not None:
+            self._stdin.close()
+        try:
+            await asyncio.wait_for(self.exited.wait(), CLOSE_WAIT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                transport.kill()
+            await self.exited.wait()
+        transport.close()
+
+
+class ReaderPool:
+    """Reader processes on the database at ``path``, at most ``size`` reads at once."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[_Reader] = []
+        self._all: set[_Reader] = set()
+        self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def read(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """``fn(conn, *args)`` in a reader process; its value, or its exception raised."""
+        name = fn.__name__
+        if SERVED.get(name) is not fn:
+            raise ValueError(f"{name} is not a read the reader processes serve")
+        async with self._slots:
+            for attempt in range(2):
+                reader = self._idle.pop() if self._idle else await self._start()
+                try:
+                    ok, value = await reader.ask(name, args)
+                except asyncio.CancelledError:
+                    # A caller that gave up (its client gone): the process is free again
+                    # once it has answered, nothing left in its pipe.
+                    if reader.busy:
+                        reader.when_answered = lambda r=reader: self._give_back(r)
+                    else:
+                        self._give_back(reader)
+                    raise
+                except ReaderDied as exc:
+                    self._lost(reader, exc)
+                    if attempt:
+                        raise
+                    continue
+                self._give_back(reader)
+                if ok:
+                    return value
+                raise value
+        raise AssertionError("unreachable")
+
+    async def _start(self) -> _Reader:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        _, reader = await asyncio.get_running_loop().subprocess_exec(
+            _Reader,
+            sys.executable,
+            "-m",
+            "hub.store.readers",
+            self.path,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            env=_environment(),
+            cwd=_ROOT,
+        )
+        self._all.add(reader)
+        return reader
+
+    def _give_back(self, reader: _Reader) -> None:
+        if not reader.alive:
+            self._lost(reader, None)
+        elif self._closed or len(self._idle) >= self.size:
+            self._all.discard(reader)
+            closing = asyncio.ensure_future(reader.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        else:
+            self._idle.append(reader)
+
+    def _lost(self, reader: _Reader, exc: BaseException | None) -> None:
+        self._all.discard(reader)
+        if reader in self._idle:
+            self._idle.remove(reader)
+        if not self._closed:
+            log.warning(
+                "store: a reader process (pid %s) ended (%s); another takes its place",
+                reader.pid,
+                exc or "exited",
+            )
+        if reader.transport is not None:
+            reader.transport.close()  # kills it if it still runs
+
+    @property
+    def pids(self) -> list[int]:
+        """The reader processes running now."""
+        return [pid for reader in self._all if (pid := reader.pid) is not None]
+
+    async def close(self) -> None:
+        """Stop every reader process; one serving a read answers it first."""
+        self._closed = True
+        self._idle = []
+        readers, self._all = list(self._all), set()
+        await asyncio.gather(*(reader.close() for reader in readers), *self._closing)
+
+
+# --- the reader process ---------------------------------------------------------------
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A read-only connection as the reads expect it."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    """``size`` bytes from ``fd``; None at its end."""
+    chunks = []
+    while size:
+        chunk = os.read(fd, size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _answer(ok: bool, value: Any) -> bytes:
+    try:
+        payload = pickle.dumps((ok, value), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # an exception that does not pickle: said in words
+        error = RuntimeError(f"{type(value).__name__}: {value} (and it did not pickle: {exc})")
+        payload = pickle.dumps((False, error), pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def serve(path: str) -> None:
+    """Answer reads from stdin on stdout until stdin ends."""
+    out = os.dup(1)
+    os.dup2(2, 1)  # stray output must not corrupt the answers
+    conn = connect(path)
+    try:
+        while True:
+            head = _read_exactly(0, _LENGTH.size)
+            if head is None:
+                return
+            body = _read_exactly(0, _LENGTH.unpack(head)[0])
+            if body is None:
+                return
+            name, args = pickle.loads(body)
+            try:
+                answer = _answer(True, SERVED[name](conn, *args))
+            except Exception as exc:
+                answer = _answer(False, exc)
+            view = memoryview(answer)
+            while view:
+                view = view[os.write(out, view) :]
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    try:
+        serve(sys.argv[1])
+    except KeyboardInterrupt:
+        pass

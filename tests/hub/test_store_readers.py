@@ -1,0 +1,149 @@
+"""The store's reads in reader processes: off the hub's GIL, without its secrets, and
+never lost to a reader that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub.store import RunPage, Store, op_insert_run, sql
+from hub.store import engine as store_engine
+from hub.store.readers import ReaderPool
+from tests.hub.test_store import make_run as _run
+
+
+def _pool(store: Store) -> ReaderPool:
+    assert store._readers is not None
+    return store._readers
+
+
+async def _busy(pool: ReaderPool) -> None:
+    """Return once one of the pool's processes has a read in hand."""
+    # The read's task reaches the process within a few turns of the loop; nothing
+    # tells when, so look each turn.
+    while not any(reader.busy for reader in pool._all):  # noqa: ASYNC110
+        await asyncio.sleep(0)
+
+
+def _proc(pid: int, name: str) -> bytes:
+    return Path(f"/proc/{pid}/{name}").read_bytes()
+
+
+async def test_a_list_is_read_in_a_process_of_its_own_without_the_hubs_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HUB_TOKEN", "bridge-token-that-must-stay-home")
+    monkeypatch.setenv("HUB_API_KEYS", "sk-key-that-must-stay-home")
+    async with Store(tmp_path / "a.db") as store:
+        await store.call(op_insert_run, _run(1, prompt="read elsewhere"))
+        found, _ = await store.list_runs()
+        assert [r.id for r in found] == ["run_0001"]
+        [pid] = _pool(store).pids
+        assert pid != os.getpid()
+        assert b"hub.store.readers" in _proc(pid, "cmdline")
+        environ = _proc(pid, "environ")
+        assert b"must-stay-home" not in environ and b"HUB_" not in environ
+    assert _pool(store).pids == []
+
+
+async def test_a_reader_killed_in_the_middle_of_a_read_is_replaced_and_the_read_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_engine, "READERS", 1)
+    async with Store(tmp_path / "a.db") as store:
+        await store.call(op_insert_run, _run(1, prompt="still answered"))
+        await store.list_runs()  # the process is up
+        [first] = _pool(store).pids
+        os.kill(first, signal.SIGSTOP)  # it takes the read and never answers
+        read = asyncio.ensure_future(store.list_runs(query="answered"))
+        await _busy(_pool(store))
+        os.kill(first, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            found, _ = await read
+        assert [r.id for r in found] == ["run_0001"]
+        assert first not in _pool(store).pids
+        # And an idle one that died is replaced too.
+        [second] = _pool(store).pids
+        os.kill(second, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            assert [r.id for r in (await store.list_runs())[0]] == ["run_0001"]
+
+
+async def test_a_read_whose_caller_gave_up_frees_its_process_for_the_next_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer to the abandoned read is dropped, not handed to the read after it."""
+    monkeypatch.setattr(store_engine, "READERS", 1)
+    async with Store(tmp_path / "a.db") as store:
+        await store.call(op_insert_run, _run(1, prompt="apples"))
+        await store.call(op_insert_run, _run(2, prompt="pears"))
+        await store.list_runs()
+        [pid] = _pool(store).pids
+        os.kill(pid, signal.SIGSTOP)
+        abandoned = asyncio.ensure_future(store.list_runs(query="apples"))
+        await _busy(_pool(store))
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        os.kill(pid, signal.SIGCONT)
+        async with asyncio.timeout(30):
+            found, _ = await store.list_runs(query="pears")
+        assert [r.id for r in found] == ["run_0002"]
+        assert _pool(store).pids == [pid]
+
+
+async def test_an_error_in_a_read_is_raised_to_its_caller_and_only_served_reads_go(
+    tmp_path: Path,
+) -> None:
+    async with Store(tmp_path / "a.db") as store:
+        with pytest.raises(TypeError):
+            await store.run_summaries(RunPage(limit="fifty"))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="get_run is not a read"):
+            await store.read(sql.get_run, "run_0001")
+        assert (await store.run_summaries(RunPage()))[0] == []
+
+
+_HUB = """
+import asyncio, sys
+from hub.store import Store
+
+async def main():
+    async with Store(sys.argv[1]) as store:
+        await store.list_runs()
+        print(*store._readers.pids, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_a_hub_killed_with_sigkill_leaves_no_reader_process_behind(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    hub = subprocess.Popen(
+        [sys.executable, "-c", _HUB, str(tmp_path / "a.db")],
+        stdout=subprocess.PIPE,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert hub.stdout is not None
+        pids = [int(pid) for pid in hub.stdout.readline().split()]
+        assert pids
+        watched = [os.pidfd_open(pid) for pid in pids]
+    finally:
+        hub.kill()
+        hub.wait()
+    try:
+        for pidfd in watched:  # readable once that process has exited
+            ready, _, _ = select.select([pidfd], [], [], 30)
+            assert ready == [pidfd]
+    finally:
+        for pidfd in watched:
+            os.close(pidfd)
