@@ -88,6 +88,23 @@ def rss_kib(pid: int) -> int:
     raise ProcessLookupError(f"no VmRSS for process {pid}")
 
 
+def children(pid: int, marker: bytes = b"") -> list[int]:
+    """The processes whose parent is ``pid`` (and whose command line holds ``marker``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # it ended meanwhile
+            continue
+        # The command's name, in parentheses, may hold spaces: the fields follow it.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
