@@ -540,6 +540,11 @@ class Engine:
         await self._writable.wait()
 
     @property
+    def reader_pids(self) -> list[int]:
+        """The store's reader processes running now (see :mod:`hub.store.readers`)."""
+        return self._readers.pids if self._readers is not None else []
+
+    @property
     def held(self) -> int:
         """Writes the disk refused, kept in memory until it takes them."""
         return len(self._held)

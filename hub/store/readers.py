@@ -8,8 +8,9 @@ hub's one GIL. Here a read is one message to a reader process and one back: the
 event loop writes the request, reads the answer, and nothing else of the read runs
 in the hub.
 
-Each reader process (``python -m hub.store.readers DB``) owns one read-only
-connection and serves one read at a time: a request is the read's name (one of
+Each reader process (``python -m hub.store.readers``) owns one read-only connection
+(the database's path is its first message, not an argument that ``ps`` would show to
+every user) and serves one read at a time: a request is the read's name (one of
 :data:`SERVED`) and its arguments, the answer its value or its exception, each
 pickled behind its length, over the process's stdin and stdout (its stray output
 goes to stderr). It exits when its stdin closes, so a hub killed with -9 leaves none
@@ -91,6 +92,11 @@ class _Reader(asyncio.SubprocessProtocol):
         self.transport = cast(asyncio.SubprocessTransport, transport)
         self._stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
 
+    def send(self, message: Any) -> None:
+        assert self._stdin is not None
+        payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        self._stdin.write(_LENGTH.pack(len(payload)) + payload)
+
     def ask(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[tuple[bool, Any]]:
         """Send a read; a future of its (succeeded, value or exception)."""
         assert self._stdin is not None and self._waiting is None
@@ -98,8 +104,7 @@ class _Reader(asyncio.SubprocessProtocol):
         if not self.alive:
             waiting.set_exception(ReaderDied("the reader process had ended"))
             return waiting
-        payload = pickle.dumps((name, args), pickle.HIGHEST_PROTOCOL)
-        self._stdin.write(_LENGTH.pack(len(payload)) + payload)
+        self.send((name, args))
         return waiting
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
@@ -215,13 +220,13 @@ class ReaderPool:
             sys.executable,
             "-m",
             "hub.store.readers",
-            self.path,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
             env=_environment(),
             cwd=_ROOT,
         )
+        reader.send(self.path)
         self._all.add(reader)
         return reader
 
@@ -295,20 +300,25 @@ def _answer(ok: bool, value: Any) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def serve(path: str) -> None:
-    """Answer reads from stdin on stdout until stdin ends."""
+def _receive() -> Any:
+    """The next message on stdin; None at its end."""
+    head = _read_exactly(0, _LENGTH.size)
+    body = _read_exactly(0, _LENGTH.unpack(head)[0]) if head is not None else None
+    return pickle.loads(body) if body is not None else None
+
+
+def serve() -> None:
+    """Open the database named by the first message, then answer reads from stdin on
+    stdout until stdin ends."""
     out = os.dup(1)
     os.dup2(2, 1)  # stray output must not corrupt the answers
+    path = _receive()
+    if path is None:
+        return
     conn = connect(path)
     try:
-        while True:
-            head = _read_exactly(0, _LENGTH.size)
-            if head is None:
-                return
-            body = _read_exactly(0, _LENGTH.unpack(head)[0])
-            if body is None:
-                return
-            name, args = pickle.loads(body)
+        while (request := _receive()) is not None:
+            name, args = request
             try:
                 answer = _answer(True, SERVED[name](conn, *args))
             except Exception as exc:
@@ -322,6 +332,6 @@ def serve(path: str) -> None:
 
 if __name__ == "__main__":
     try:
-        serve(sys.argv[1])
+        serve()
     except KeyboardInterrupt:
         pass

@@ -47,7 +47,8 @@ async def test_a_list_is_read_in_a_process_of_its_own_without_the_hubs_environme
         assert [r.id for r in found] == ["run_0001"]
         [pid] = _pool(store).pids
         assert pid != os.getpid()
-        assert b"hub.store.readers" in _proc(pid, "cmdline")
+        cmdline = _proc(pid, "cmdline")
+        assert b"hub.store.readers" in cmdline and b"a.db" not in cmdline
         environ = _proc(pid, "environ")
         assert b"must-stay-home" not in environ and b"HUB_" not in environ
     assert _pool(store).pids == []
