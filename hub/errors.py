@@ -24,7 +24,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from hub.router_errors import StoreUnwritable
-from hub.store import new_run_id
+from hub.store import ReadFailed, new_run_id
+from wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,14 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
             str(exc), code=exc.code, headers={"Retry-After": str(STORE_RETRY_AFTER_S)}
         )
         return error_response(full, _run_id(request))
+    if isinstance(exc, ReadFailed):
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        unread = Unavailable(
+            f"the store could not answer this read ({exc}); try again",
+            code=ErrorCode.STORE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+        return error_response(unread, _run_id(request))
     if isinstance(exc, RequestPayloadError):
         # The body could not be decoded (a Content-Encoding that is not what it says,
         # broken chunks, a body cut short): the client's mistake, not ours.

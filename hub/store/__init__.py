@@ -7,13 +7,15 @@ The rooms, each on the ones before it (no module imports a later one):
 - :mod:`~hub.store.sql`: the schema, its migrations and every statement, as
   ``fn(conn, *args)`` operations (the ``op_*`` ones are what the hub posts);
 - :mod:`~hub.store.folding`: one transaction of the writer, the hot path's writes
-  folded into few statements;
-- :mod:`~hub.store.engine`: the writer thread and group commit, checkpoints, the read
-  pool, and writes held while the disk refuses them (:class:`StoreUnavailable`);
+  folded into few statements; beside it :mod:`~hub.store.readers`: lists and searches
+  in reader processes of their own;
+- :mod:`~hub.store.engine`: the writer thread and group commit, checkpoints, the
+  readers, and writes held while the disk refuses them (:class:`StoreUnavailable`);
 - :mod:`~hub.store.store`: :class:`Store`, the engine with the hub's reads and writes.
 """
 
 from hub.store.engine import StoreClosed, StoreUnavailable
+from hub.store.readers import ReadFailed
 from hub.store.records import Delivery, EventRow, Run, RunPage, SessionRow, new_run_id
 from hub.store.sql import (
     MIGRATIONS,
@@ -32,6 +34,7 @@ __all__ = [
     "SCHEMA",
     "Delivery",
     "EventRow",
+    "ReadFailed",
     "Run",
     "RunPage",
     "SessionRow",

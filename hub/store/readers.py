@@ -55,6 +55,10 @@ _LENGTH = struct.Struct(">I")
 _ROOT = str(Path(sql.__file__).resolve().parents[2])
 #: A reader that does not exit within this long of its stdin closing is killed.
 CLOSE_WAIT_S = 2.0
+#: A read not answered within this long is given up, and its process killed (stuck:
+#: a lock held for ever, a disk that does not answer); it is not tried again. A search
+#: takes milliseconds, and SQLite waits 5 s for a lock.
+READ_TIMEOUT_S = 30.0
 
 
 #: What a reader process keeps of the hub's environment: what Python and SQLite need.
@@ -69,8 +73,13 @@ def _environment() -> dict[str, str]:
     return env
 
 
-class ReaderDied(RuntimeError):
-    """A reader process died (twice) while it served a read."""
+class ReadFailed(RuntimeError):
+    """The store could not serve a read: its reader process died (twice) while it
+    served it, or did not answer within ``READ_TIMEOUT_S``."""
+
+
+class ReaderDied(ReadFailed):
+    """A reader process ended while it served a read."""
 
 
 class _Reader(asyncio.SubprocessProtocol):
@@ -85,6 +94,7 @@ class _Reader(asyncio.SubprocessProtocol):
         #: Called when a read whose caller gave up has been answered after all.
         self.when_answered: Callable[[], None] | None = None
         self.alive = True
+        self.timed_out = False
         self.exited = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,6 +157,13 @@ class _Reader(asyncio.SubprocessProtocol):
             when_answered, self.when_answered = self.when_answered, None
             when_answered()
 
+    def stuck(self) -> None:
+        """Its read took too long: kill it (its read fails with :class:`ReaderDied`)."""
+        self.timed_out = True
+        if self.transport is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.kill()
+
     @property
     def busy(self) -> bool:
         return self._waiting is not None
@@ -191,21 +208,30 @@ class ReaderPool:
         async with self._slots:
             for attempt in range(2):
                 reader = self._idle.pop() if self._idle else await self._start()
+                timer = asyncio.get_running_loop().call_later(READ_TIMEOUT_S, reader.stuck)
                 try:
                     ok, value = await reader.ask(name, args)
                 except asyncio.CancelledError:
                     # A caller that gave up (its client gone): the process is free again
-                    # once it has answered, nothing left in its pipe.
+                    # once it has answered, nothing left in its pipe (or killed once the
+                    # read has taken READ_TIMEOUT_S: the timer stays).
                     if reader.busy:
-                        reader.when_answered = lambda r=reader: self._give_back(r)
+                        reader.when_answered = lambda r=reader, t=timer: self._after(r, t)
                     else:
+                        timer.cancel()
                         self._give_back(reader)
                     raise
                 except ReaderDied as exc:
+                    timer.cancel()
                     self._lost(reader, exc)
+                    if reader.timed_out:
+                        raise ReadFailed(
+                            f"the store's reader did not answer within {READ_TIMEOUT_S:.0f} s"
+                        ) from None
                     if attempt:
                         raise
                     continue
+                timer.cancel()
                 self._give_back(reader)
                 if ok:
                     return value
@@ -229,6 +255,11 @@ class ReaderPool:
         reader.send(self.path)
         self._all.add(reader)
         return reader
+
+    def _after(self, reader: _Reader, timer: asyncio.TimerHandle) -> None:
+        """The read of a caller that gave up has been answered, or its process ended."""
+        timer.cancel()
+        self._give_back(reader)
 
     def _give_back(self, reader: _Reader) -> None:
         if not reader.alive:

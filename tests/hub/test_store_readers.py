@@ -10,10 +10,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
-from hub.store import RunPage, Store, op_insert_run, sql
+from hub.appkeys import STORE
+from hub.store import ReadFailed, RunPage, Store, op_insert_run, readers, sql
 from hub.store import engine as store_engine
 from hub.store.readers import ReaderPool
 from tests.hub.test_store import make_run as _run
@@ -98,6 +101,54 @@ async def test_a_read_whose_caller_gave_up_frees_its_process_for_the_next_read(
             found, _ = await store.list_runs(query="pears")
         assert [r.id for r in found] == ["run_0002"]
         assert _pool(store).pids == [pid]
+
+
+async def test_a_reader_that_does_not_answer_is_killed_and_its_read_fails_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stuck read (a lock held for ever, a disk that does not answer) is given up after
+    READ_TIMEOUT_S, not tried again; the next read gets a process of its own."""
+    monkeypatch.setattr(store_engine, "READERS", 1)
+    monkeypatch.setattr(readers, "READ_TIMEOUT_S", 0.5)
+    async with Store(tmp_path / "a.db") as store:
+        await store.call(op_insert_run, _run(1))
+        await store.list_runs()
+        [stuck] = _pool(store).pids
+        os.kill(stuck, signal.SIGSTOP)
+        async with asyncio.timeout(30):
+            with pytest.raises(ReadFailed, match="did not answer within"):
+                await store.list_runs()
+            assert [r.id for r in (await store.list_runs())[0]] == ["run_0001"]
+        assert stuck not in _pool(store).pids
+        assert _killed(stuck)
+
+
+def _killed(pid: int) -> bool:
+    """The process has ended (reaped, or a zombie not reaped yet)."""
+    try:
+        return _proc(pid, "stat").rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except FileNotFoundError:
+        return True
+
+
+async def test_the_api_answers_503_when_the_store_cannot_serve_a_list(
+    hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "READ_TIMEOUT_S", 0.5)
+    store = hub.app[STORE]
+    async with aiohttp.ClientSession() as s:
+        async with s.get(hub.url + "/api/runs") as resp:
+            assert resp.status == 200
+        for pid in store.reader_pids:
+            os.kill(pid, signal.SIGSTOP)
+        async with s.get(hub.url + "/api/runs") as resp:
+            body = await resp.json()
+            assert resp.status == 503, body
+            assert resp.headers["Retry-After"] == "1"
+        assert body["error"]["code"] == "store_unavailable"
+        assert "did not answer" in body["error"]["message"]
+        async with s.get(hub.url + "/api/runs") as resp:
+            assert resp.status == 200
 
 
 async def test_an_error_in_a_read_is_raised_to_its_caller_and_only_served_reads_go(
