@@ -694,3 +694,24 @@ async def test_a_writer_that_never_pauses_keeps_the_wal_bounded_without_a_trunca
         assert len(store.catch_up_s) >= 2, "the writer never finished a checkpoint"
         # The WAL started over again and again instead of holding it all.
         assert largest <= 8 * CHECKPOINT_TEST_LIMIT
+
+
+def test_run_ids_grow_with_time_and_never_repeat_even_when_the_clock_steps_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ids that grow land next to each other in the store's id index (random ones put
+    every new run on an index page of its own); the format is the one ids always had."""
+    from types import SimpleNamespace
+
+    from hub.store import records
+
+    clock = [1_800_000_000_000 * 1_000_000]  # ns
+    monkeypatch.setattr(records, "time", SimpleNamespace(time_ns=lambda: clock[0]))
+    ids = []
+    for step_ms in (0, 0, 0, 1, 5, -1000, -1000, 0, 2000):  # back by two seconds, twice
+        clock[0] += step_ms * 1_000_000
+        ids.append(records.new_run_id())
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == 20 and i.startswith("run_") and int(i[4:], 16) for i in ids)
+    # Back in time the count went on from the last id; it carries the latest ms seen.
+    assert int(ids[-1][4:], 16) >> records._SEQ_BITS == 1_800_000_000_006
