@@ -296,6 +296,7 @@ def _line(step: Step) -> str:
     q = Summary.of(step.searches) if step.searches else None
     return (
         f"  {step.runs:>7} runs: 64c p99 {fmt_ms(h.p99)} ms {step.hub_64.rate:.0f}/s "
+        f"hub CPU {step.hub_cpu_ms:.3f} ms/run "
         f"(floor {fmt_ms(f.p99)} ms {step.floor_64.rate:.0f}/s); 16c p99 {fmt_ms(c.p99)} -> "
         f"{fmt_ms(s.p99)} ms searching; search p50 {fmt_ms(q.p50) if q else '-'} "
         f"p99 {fmt_ms(q.p99) if q else '-'} ms ({len(step.searches)}); "
