@@ -31,6 +31,7 @@ from bench import (
     router_scale,
     slack_latency,
     ssh_overhead,
+    store_writer,
     telegram_latency,
     workspaces,
 )
@@ -80,6 +81,7 @@ SUITES: dict[str, Suite] = {
         Suite(hub_codex.NAME, hub_codex.TITLE, hub_codex.main),
         Suite(hub_engines.NAME, hub_engines.TITLE, hub_engines.main),
         Suite(router_scale.NAME, router_scale.TITLE, router_scale.main),
+        Suite(store_writer.NAME, store_writer.TITLE, store_writer.main),
     ]
 }
 
