@@ -877,7 +877,10 @@ def report(results: Results) -> str:
         f"`data: [DONE]`), open loops of {rates} (Poisson arrivals, latency from each "
         "request's scheduled start, so a client that falls behind shows), and a closed "
         f"loop at {plan.sustain_concurrency} for {plan.sustain_s:g} s for the sustained "
-        "rate. Each pool is opened before its clock starts. A closed loop keeps N "
+        "rate. Each pool is opened before its clock starts, and the bench process's "
+        "garbage collector is paused while a phase runs (what is alive is collected and "
+        "frozen before it: a full collection of the client's own took 50-60 ms and was "
+        "measured as the target's latency). A closed loop keeps N "
         "requests in flight, so its latency is N / throughput (Little's law): it measures "
         "the capacity more than the cost of one request; the open loops and the single "
         "client show the latency below saturation.",
