@@ -1,19 +1,18 @@
 """The wire contract between the hub and its nodes (executors, bridges): every frame,
 the codes and the constants both sides must agree on, and the codec. Free of I/O; every
 process imports it as ``from wire import ...`` (the modules behind it may move).
+
+The codes (:mod:`wire.codes`) load with the package; the frames' models and the codec
+(:mod:`wire.protocol`, :mod:`wire.codec`, pydantic's) at the first use of one of their
+names: a process that needs only the codes (the store's reader processes) starts
+without them.
 """
 
-from wire.codec import (
-    Decoded,
-    Role,
-    Sender,
-    batch,
-    decode,
-    decode_objects,
-    dump,
-    encode,
-    encode_frame,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from wire.codes import (
     BATCH_MAX_BYTES,
     BATCH_MAX_FRAMES,
@@ -38,70 +37,99 @@ from wire.codes import (
     RECONNECT_MAX_S,
     RECONNECT_MIN_S,
     ErrorCode,
-)
-from wire.protocol import (
-    ACTIVE_STATES,
-    ASSIGN,
-    BRIDGE_BATCH,
-    BRIDGE_FRAME,
-    DECISIONS,
-    EXECUTOR_BATCH,
-    EXECUTOR_FRAME,
-    FRAME_MODELS,
-    HELLO,
-    LABEL_PATTERN,
-    MAX_LABELS,
-    NUL_IN_PROMPT,
-    PROGRESS_ANSWER_CHARS,
-    RESULT_STATUSES,
-    RUN_STATES,
-    TERMINAL_STATES,
-    TO_BRIDGE_BATCH,
-    TO_BRIDGE_FRAME,
-    TO_EXECUTOR_BATCH,
-    TO_EXECUTOR_FRAME,
-    AckFrame,
-    ApprovalDecideFrame,
-    ApprovalDecisionFrame,
-    ApprovalFrame,
-    ApprovalResultFrame,
-    ApprovalShownFrame,
-    AssignFrame,
-    BridgeFrame,
-    CancelFrame,
-    CancelledFrame,
-    Decision,
-    DeliverFrame,
-    ErrorFrame,
-    EventFrame,
-    ExecutorFrame,
-    FrameModel,
-    Hello,
-    LoginState,
-    OkFrame,
-    ProgressFrame,
-    ResetSessionFrame,
-    ResultAckFrame,
-    ResultFrame,
-    ResultStatus,
-    RunCancelFrame,
     RunState,
-    SessionFrame,
-    SessionStatusFrame,
-    StateFrame,
-    StatusFrame,
-    StatusRefFrame,
-    SteeredFrame,
-    SteerFrame,
-    SubmitFrame,
-    SubmittedFrame,
-    ToBridgeFrame,
-    ToExecutorFrame,
-    WelcomeFrame,
-    error_frame,
-    refuse_nul,
-    repo_problem,
 )
+
+if TYPE_CHECKING:
+    from wire.codec import (
+        Decoded,
+        Role,
+        Sender,
+        batch,
+        decode,
+        decode_objects,
+        dump,
+        encode,
+        encode_frame,
+    )
+    from wire.protocol import (
+        ACTIVE_STATES,
+        ASSIGN,
+        BRIDGE_BATCH,
+        BRIDGE_FRAME,
+        DECISIONS,
+        EXECUTOR_BATCH,
+        EXECUTOR_FRAME,
+        FRAME_MODELS,
+        HELLO,
+        LABEL_PATTERN,
+        MAX_LABELS,
+        NUL_IN_PROMPT,
+        PROGRESS_ANSWER_CHARS,
+        RESULT_STATUSES,
+        RUN_STATES,
+        TERMINAL_STATES,
+        TO_BRIDGE_BATCH,
+        TO_BRIDGE_FRAME,
+        TO_EXECUTOR_BATCH,
+        TO_EXECUTOR_FRAME,
+        AckFrame,
+        ApprovalDecideFrame,
+        ApprovalDecisionFrame,
+        ApprovalFrame,
+        ApprovalResultFrame,
+        ApprovalShownFrame,
+        AssignFrame,
+        BridgeFrame,
+        CancelFrame,
+        CancelledFrame,
+        Decision,
+        DeliverFrame,
+        ErrorFrame,
+        EventFrame,
+        ExecutorFrame,
+        FrameModel,
+        Hello,
+        LoginState,
+        OkFrame,
+        ProgressFrame,
+        ResetSessionFrame,
+        ResultAckFrame,
+        ResultFrame,
+        ResultStatus,
+        RunCancelFrame,
+        SessionFrame,
+        SessionStatusFrame,
+        StateFrame,
+        StatusFrame,
+        StatusRefFrame,
+        SteeredFrame,
+        SteerFrame,
+        SubmitFrame,
+        SubmittedFrame,
+        ToBridgeFrame,
+        ToExecutorFrame,
+        WelcomeFrame,
+        error_frame,
+        refuse_nul,
+        repo_problem,
+    )
+
+#: Where the names that load at their first use are.
+_LAZY = ("wire.protocol", "wire.codec")
+
+
+def __getattr__(name: str) -> Any:
+    """A name of the models or the codec: loaded now, kept for the next time."""
+    if name in __all__:
+        for module_name in _LAZY:
+            module = importlib.import_module(module_name)
+            if name in vars(module):
+                value = vars(module)[name]
+                globals()[name] = value
+                return value
+    raise AttributeError(f"module 'wire' has no attribute {name!r}")
+
 
 __all__ = [
     "ACTIVE_STATES",

@@ -158,3 +158,18 @@ NODE_OPEN_TIMEOUT_S = 10.0
 #: A node's reconnect backoff: from this, doubling, up to the max (full jitter).
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 10.0
+
+
+class RunState(enum.StrEnum):
+    """A run's state: in the store, the runs API, ``progress`` frames and the bridges."""
+
+    QUEUED = "queued"
+    OPTIMIZING = "optimizing"
+    RUNNING = "running"
+    #: codex asked to run a command or apply a change and waits for a person's decision.
+    AWAITING_APPROVAL = "awaiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    REJECTED = "rejected"

@@ -161,7 +161,6 @@ here, in its union, and in :data:`FRAME_MODELS`: the codec and its tests take it
 
 from __future__ import annotations
 
-import enum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, field_validator
@@ -179,6 +178,7 @@ from wire.codes import (
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
     PROTOCOL_VERSION,
+    RunState,
 )
 
 __all__ = [  # what other modules take from here besides the frames (see wire/__init__.py)
@@ -193,22 +193,8 @@ __all__ = [  # what other modules take from here besides the frames (see wire/__
     "CLOSE_REPLACED",
     "CLOSE_UNAUTHORIZED",
     "PROTOCOL_VERSION",
+    "RunState",
 ]
-
-
-class RunState(enum.StrEnum):
-    """A run's state: in the store, the runs API, ``progress`` frames and the bridges."""
-
-    QUEUED = "queued"
-    OPTIMIZING = "optimizing"
-    RUNNING = "running"
-    #: codex asked to run a command or apply a change and waits for a person's decision.
-    AWAITING_APPROVAL = "awaiting_approval"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    REJECTED = "rejected"
 
 
 #: Every run state, in the order a run may pass them (the OpenAPI document's enum).
