@@ -8,7 +8,7 @@ hub's one GIL. Here a read is one message to a reader process and one back: the
 event loop writes the request, reads the answer, and nothing else of the read runs
 in the hub.
 
-Each reader process (``python -m hub.store.readers``) owns one read-only connection
+Each reader process (``python -c`` :data:`ENTRY`) owns one read-only connection
 (the database's path is its first message, not an argument that ``ps`` would show to
 every user) and serves one read at a time: a request is the read's name (one of
 :data:`SERVED`) and its arguments, the answer its value or its exception, each
@@ -18,7 +18,7 @@ behind. It gets no environment of the hub's (no tokens, no keys): only what Pyth
 needs to import this package.
 
 The pool starts a process at the first read that finds none free (up to ``size``);
-one starts in about 0.35 s (importing the wire's models), which only the first reads
+one starts in about 0.1 s (Python, sqlite3 and this package), which only the first reads
 after start-up wait for. A process that dies is replaced, and a read it was serving
 runs once more on another; a read whose caller gave up is still answered and its
 answer dropped, so that the process is free again.
@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
 import sqlite3
 import struct
 import subprocess
@@ -51,6 +52,8 @@ SERVED: dict[str, Callable[..., Any]] = {
 }
 
 _LENGTH = struct.Struct(">I")
+#: What a reader process runs (not ``-m`` this module: the package imports it first).
+ENTRY = "from hub.store.readers import serve; serve()"
 #: Where the ``hub`` package is: a reader process imports it from there.
 _ROOT = str(Path(sql.__file__).resolve().parents[2])
 #: A reader that does not exit within this long of its stdin closing is killed.
@@ -244,8 +247,8 @@ class ReaderPool:
         _, reader = await asyncio.get_running_loop().subprocess_exec(
             _Reader,
             sys.executable,
-            "-m",
-            "hub.store.readers",
+            "-c",
+            ENTRY,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
@@ -341,6 +344,9 @@ def _receive() -> Any:
 def serve() -> None:
     """Open the database named by the first message, then answer reads from stdin on
     stdout until stdin ends."""
+    # Ctrl-C in a terminal reaches the whole process group: the hub stops its readers
+    # (it closes their stdin) once it is done with them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = os.dup(1)
     os.dup2(2, 1)  # stray output must not corrupt the answers
     path = _receive()
@@ -359,10 +365,3 @@ def serve() -> None:
                 view = view[os.write(out, view) :]
     finally:
         conn.close()
-
-
-if __name__ == "__main__":
-    try:
-        serve()
-    except KeyboardInterrupt:
-        pass

@@ -199,3 +199,14 @@ def test_a_hub_killed_with_sigkill_leaves_no_reader_process_behind(tmp_path: Pat
     finally:
         for pidfd in watched:
             os.close(pidfd)
+
+
+async def test_a_reader_starts_and_stops_without_a_word_on_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Its stderr is the hub's: a warning there at every start (runpy's, for a module
+    run with -m that its package imports) would land in the hub's log."""
+    async with Store(tmp_path / "a.db") as store:
+        await store.list_runs()
+        assert _pool(store).pids
+    assert capfd.readouterr().err == ""
