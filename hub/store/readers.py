@@ -52,6 +52,8 @@ SERVED: dict[str, Callable[..., Any]] = {
 }
 
 _LENGTH = struct.Struct(">I")
+#: The interpreter a reader process runs on: the hub's own.
+PYTHON = sys.executable
 #: What a reader process runs (not ``-m`` this module: the package imports it first).
 ENTRY = "from hub.store.readers import serve; serve()"
 #: Where the ``hub`` package is: a reader process imports it from there.
@@ -244,17 +246,20 @@ class ReaderPool:
     async def _start(self) -> _Reader:
         if self._closed:
             raise RuntimeError("the store is closed")
-        _, reader = await asyncio.get_running_loop().subprocess_exec(
-            _Reader,
-            sys.executable,
-            "-c",
-            ENTRY,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,
-            env=_environment(),
-            cwd=_ROOT,
-        )
+        try:
+            _, reader = await asyncio.get_running_loop().subprocess_exec(
+                _Reader,
+                PYTHON,
+                "-c",
+                ENTRY,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
+                env=_environment(),
+                cwd=_ROOT,
+            )
+        except OSError as exc:  # no process to be had (a limit, a missing interpreter)
+            raise ReadFailed(f"could not start a reader process ({exc})") from exc
         reader.send(self.path)
         self._all.add(reader)
         return reader

@@ -210,3 +210,19 @@ async def test_a_reader_starts_and_stops_without_a_word_on_stderr(
         await store.list_runs()
         assert _pool(store).pids
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("python", ["/nonexistent/python3", "/bin/false"], ids=["missing", "dies"])
+async def test_a_reader_that_cannot_start_fails_the_read_clearly_and_the_next_one_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python: str
+) -> None:
+    """No process to be had (a process limit, a broken install): the read fails with
+    ReadFailed (the API's 503), not an OSError (a 500) or a hang; runs are untouched."""
+    async with Store(tmp_path / "a.db") as store:
+        await store.call(op_insert_run, _run(1))
+        monkeypatch.setattr(readers, "PYTHON", python)
+        async with asyncio.timeout(30):
+            with pytest.raises(ReadFailed):
+                await store.list_runs()
+        monkeypatch.setattr(readers, "PYTHON", sys.executable)
+        assert [r.id for r in (await store.list_runs())[0]] == ["run_0001"]
