@@ -79,8 +79,9 @@ def _environment() -> dict[str, str]:
 
 
 class ReadFailed(RuntimeError):
-    """The store could not serve a read: its reader process died (twice) while it
-    served it, or did not answer within ``READ_TIMEOUT_S``."""
+    """The store could not serve a read: no reader process could be started (or the
+    store is closing), one died twice while serving it, or it did not answer within
+    ``READ_TIMEOUT_S``."""
 
 
 class ReaderDied(ReadFailed):
@@ -244,8 +245,8 @@ class ReaderPool:
         raise AssertionError("unreachable")
 
     async def _start(self) -> _Reader:
-        if self._closed:
-            raise RuntimeError("the store is closed")
+        if self._closed:  # closed while the read waited for the writer
+            raise ReadFailed("the store is closing")
         try:
             _, reader = await asyncio.get_running_loop().subprocess_exec(
                 _Reader,

@@ -30,9 +30,10 @@ def _pool(store: Store) -> ReaderPool:
 async def _busy(pool: ReaderPool) -> None:
     """Return once one of the pool's processes has a read in hand."""
     # The read's task reaches the process within a few turns of the loop; nothing
-    # tells when, so look each turn.
-    while not any(reader.busy for reader in pool._all):  # noqa: ASYNC110
-        await asyncio.sleep(0)
+    # tells when, so look each turn (for 10 s at most: a test must not hang).
+    async with asyncio.timeout(10):
+        while not any(reader.busy for reader in pool._all):  # noqa: ASYNC110
+            await asyncio.sleep(0)
 
 
 def _proc(pid: int, name: str) -> bytes:
