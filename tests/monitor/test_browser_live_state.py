@@ -4,6 +4,7 @@ feed is down."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -97,6 +98,17 @@ async def test_while_the_feed_is_down_active_runs_say_unknown_and_retry_reconnec
         run = (await api(first, "POST", "/api/runs", json={"prompt": "wait for me"}))["run"]
         await expect(row(page, run["id"]).locator(".badge")).to_have_text("queued")
         await expect(page.locator("#retry")).to_be_hidden()
+        # The feed's attempts to reconnect, each a new websocket (refused while no hub).
+        attempts = 0
+        backed_off = asyncio.Event()
+
+        def attempted(_: object) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts >= 4:  # the next one waits 4-8 s (500 ms x 2^4, jittered by half)
+                backed_off.set()
+
+        page.on("websocket", attempted)
     finally:
         await first.close()
     badge = row(page, run["id"]).locator(".badge")
@@ -108,8 +120,10 @@ async def test_while_the_feed_is_down_active_runs_say_unknown_and_retry_reconnec
         await page.set_viewport_size(viewport)
         await page.screenshot(path=SCREENSHOTS / f"live-state-feed-down-{size}.png")
     await page.set_viewport_size(LAPTOP)
-    # Let the backoff grow well past what the test waits, then retry by hand.
-    await page.wait_for_function("document.querySelector('#conn').dataset.state !== 'live'")
+    # Let the backoff grow well past what the test waits, then retry by hand: an
+    # attempt of the page's own that met the new hub first would hide the button.
+    async with asyncio.timeout(30):
+        await backed_off.wait()
     async with HubServer(make_settings(tmp_path, port=port)):
         started = time.monotonic()
         await retry.click()
