@@ -10,11 +10,12 @@ At each step:
 - 64 concurrent chat completions against the hub, then against the floor (a bare
   aiohttp server in its own process, :mod:`bench.echo_server`), back to back: p99 and
   throughput, the hub's as a share of the floor's;
-- 16 concurrent chat completions alone, and again while one client searches back to
-  back (``GET /api/runs?q=<a word of the prompts>``, as an API key that sees only its
-  own runs), in rounds that take turns (alone first, then searching first, ...): the
-  chat p99 of each way's requests pooled, and each search's latency. The p99 of one
-  phase of 2,000 requests moves by up to a third between two identical phases here;
+- 16 concurrent chat completions alone, and again while one client, in a process of
+  its own (:mod:`bench.searcher`), searches back to back (``GET /api/runs?q=<a word of
+  the prompts>``, as an API key that sees only its own runs), in rounds that take
+  turns (alone first, then searching first, ...): the chat p99 of each way's requests
+  pooled, and each search's latency. The p99 of one phase of 2,000 requests moves by up
+  to a third between two identical phases here;
   pooled over rounds that take turns, the machine's drift falls on both sides;
 - the hub's resident memory (VmRSS), its reader processes' together, and the store's size.
 """
@@ -22,9 +23,11 @@ At each step:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import sqlite3
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ import aiohttp
 import orjson
 
 from bench.common import (
+    ROOT,
     BenchError,
     LoadResult,
     Summary,
@@ -48,7 +52,7 @@ from bench.common import (
 )
 from bench.hub_latency import ChatClient, running_echo, running_hub
 from hub.auth import principal_for_key
-from testkit.procs import children, rss_kib
+from testkit.procs import children, clean_env, rss_kib
 
 NAME = "growth"
 TITLE = "Growth: the store from empty to 200k runs"
@@ -174,23 +178,6 @@ async def _load(base_url: str, api_key: str, concurrency: int, count: int, tag: 
         return await closed_loop(client.complete, concurrency, count=count)
 
 
-async def _searching(
-    base_url: str, api_key: str, stop: asyncio.Event, out: list[float], at_least_once: bool = False
-) -> None:
-    headers = {"Authorization": f"Bearer {api_key}"}
-    rng = random.Random(7)
-    async with aiohttp.ClientSession(base_url) as http:
-        while at_least_once or not stop.is_set():
-            at_least_once = False
-            word = rng.choice(_VOCABULARY)
-            t0 = time.perf_counter()
-            async with http.get("/api/runs", params={"q": word}, headers=headers) as resp:
-                body = await resp.read()
-            if resp.status != 200:
-                raise BenchError(f"search: HTTP {resp.status}: {body[:300]!r}")
-            out.append(time.perf_counter() - t0)
-
-
 async def main(options: Any) -> str:
     """Run every step; the markdown section."""
     plan = QUICK if options.quick else FULL
@@ -220,19 +207,21 @@ async def main(options: Any) -> str:
                 hub_cpu = (cpu_seconds(hut.hub.pid) - hub_cpu0) / done
                 floor_64 = await _load(echo.base_url, "", 64, plan.requests_64, "g64")
                 searches: list[float] = []
+                searcher_cpu: list[float] = []
                 alone: list[LoadResult] = []
                 searching: list[LoadResult] = []
                 for round_ in range(plan.rounds_16):
                     for search in (False, True) if round_ % 2 == 0 else (True, False):
                         if search:
-                            searching.append(await _load_searching(hut, plan, searches))
+                            phase = await _load_searching(hut, plan, searches, searcher_cpu)
+                            searching.append(phase)
                         else:
                             alone.append(
                                 await _load(hut.base_url, hut.api_key, 16, plan.requests_16, "g16")
                             )
                 chat_16, chat_16_searching = _pooled(alone), _pooled(searching)
                 # What the rest of the machine (others' tests) used meanwhile.
-                ours = _ours(pids) - ours0
+                ours = _ours(pids) - ours0 + sum(searcher_cpu)
                 busy = (machine_busy_seconds() - busy0 - ours) / max(1e-9, time.monotonic() - t0)
                 step = Step(
                     runs=target,
@@ -255,15 +244,48 @@ async def main(options: Any) -> str:
     return report(plan, steps, quiet)
 
 
-async def _load_searching(hut: Any, plan: Plan, searches: list[float]) -> LoadResult:
-    """16 concurrent chat completions while one more client searches back to back."""
-    stop = asyncio.Event()
-    searcher = asyncio.create_task(_searching(hut.base_url, hut.api_key, stop, searches))
+async def _load_searching(
+    hut: Any, plan: Plan, searches: list[float], cpu: list[float]
+) -> LoadResult:
+    """16 concurrent chat completions while one more client, in a process of its own
+    (:mod:`bench.searcher`), searches back to back; its latencies join ``searches``, its
+    CPU seconds ``cpu``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.searcher",
+        "--url",
+        hut.base_url,
+        "--key",
+        hut.api_key,
+        "--words",
+        ",".join(_VOCABULARY),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=clean_env(),
+        start_new_session=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
     try:
-        return await _load(hut.base_url, hut.api_key, 16, plan.requests_16, "g16s")
+        if not (await asyncio.wait_for(proc.stdout.readline(), timeout=60)):
+            raise BenchError(f"the searcher exited before its first search ({await proc.wait()})")
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        result = await _load(hut.base_url, hut.api_key, 16, plan.requests_16, "g16s")
+        proc.stdin.write(b"stop\n")
+        await proc.stdin.drain()
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+        if not line:
+            raise BenchError(f"the searcher failed ({await proc.wait()})")
+        report = json.loads(line)
+        searches += report["latencies"]
+        cpu.append(report["cpu_s"])
+        return result
     finally:
-        stop.set()
-        await searcher
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 def _pooled(results: list[LoadResult]) -> LoadResult:
@@ -276,9 +298,13 @@ def _pooled(results: list[LoadResult]) -> LoadResult:
 
 
 async def _search_once(base_url: str, api_key: str) -> None:
-    stop = asyncio.Event()
-    stop.set()
-    await _searching(base_url, api_key, stop, [], at_least_once=True)
+    """One search (the first starts the hub's reader process)."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with aiohttp.ClientSession(base_url) as http:
+        async with http.get("/api/runs", params={"q": _VOCABULARY[0]}, headers=headers) as resp:
+            body = await resp.read()
+    if resp.status != 200:
+        raise BenchError(f"search: HTTP {resp.status}: {body[:300]!r}")
 
 
 def _ours(pids: tuple[int, ...]) -> float:
@@ -376,11 +402,13 @@ def report(plan: Plan, steps: list[Step], quiet: float) -> str:
             f"{plan.requests_64} chat completions from 64 concurrent clients against the "
             "hub, then as many against the floor (a bare aiohttp server in its own "
             f"process); {plan.rounds_16} rounds of {plan.requests_16} from 16 concurrent "
-            "clients alone and as many while one more client searches back to back "
-            "(`GET /api/runs?q=<a word of the prompts>`, as an API key that sees only its "
-            "own runs: every stored run is its), the two taking turns to go first; the "
-            "16c p99s are those of each way's requests pooled. *Hub CPU ms/run*: the hub "
-            "process's CPU time (/proc) over the 64-concurrent phase, per request. "
+            "clients alone and as many while one more client, a process of its own "
+            "(`bench/searcher.py`: another user, not the chat clients' event loop), "
+            "searches back to back (`GET /api/runs?q=<a word of the prompts>`, as an API "
+            "key that sees only its own runs: every stored run is its), the two taking "
+            "turns to go first; the 16c p99s are those of each way's requests pooled. "
+            "*Hub CPU ms/run*: the hub process's CPU time (/proc) over the 64-concurrent "
+            "phase, per request. "
             "Goals (issue 19): 64c p99 <= "
             f"{GOAL_P99_64_MS:.0f} ms and >= {GOAL_SHARE_OF_FLOOR:.0%} of the floor's "
             f"throughput; a search under {GOAL_SEARCH_MS:.0f} ms moving the 16c p99 by "
