@@ -47,6 +47,7 @@ from bench.common import (
     fmt_ms,
     machine_busy_seconds,
     machine_lines,
+    percentile,
     render_table,
     wait_quiet,
 )
@@ -71,8 +72,8 @@ class Plan:
     steps: tuple[int, ...] = (0, 50_000, 100_000, 200_000)
     requests_64: int = 4000
     #: Requests of each 16-concurrent phase, and the rounds of the two phases.
-    requests_16: int = 1000
-    rounds_16: int = 4
+    requests_16: int = 2000
+    rounds_16: int = 8
     warmup: int = 300
 
 
@@ -105,6 +106,8 @@ class Step:
     #: CPU time of the hub's process per run at 64 concurrent, in ms.
     hub_cpu_ms: float = 0.0
     bulk_s: float = 0.0
+    #: 95% interval of the impact (see :func:`impact_interval`), None with one round.
+    impact_ci: tuple[float, float] | None = None
 
 
 def bulk_insert(db: Path, count: int, principal: str, seed: int) -> None:
@@ -238,6 +241,7 @@ async def main(options: Any) -> str:
                     others_cores=busy,
                     hub_cpu_ms=hub_cpu * 1e3,
                     bulk_s=bulk_s,
+                    impact_ci=impact_interval(alone, searching),
                 )
                 steps.append(step)
                 print(_line(step), flush=True)
@@ -288,6 +292,36 @@ async def _load_searching(
         await proc.wait()
 
 
+def impact(alone: list[float], searching: list[float]) -> float:
+    """How much searching moved the chats' p99: p99(searching) / p99(alone) - 1."""
+    return percentile(searching, 99) / percentile(alone, 99) - 1
+
+
+def impact_interval(
+    alone: list[LoadResult], searching: list[LoadResult], resamples: int = 400, seed: int = 19
+) -> tuple[float, float] | None:
+    """A 95% interval of :func:`impact` over the pooled rounds, by bootstrap: rounds
+    drawn with replacement, each round's two phases kept together (they share the
+    machine's drift), the impact of the pooled draws; its 2.5th and 97.5th percentiles.
+    None with fewer than two rounds."""
+    if len(alone) != len(searching):
+        raise ValueError("each round has both phases")
+    if len(alone) < 2:
+        return None
+    rng = random.Random(seed)
+    rounds = range(len(alone))
+    draws = []
+    for _ in range(resamples):
+        picked = [rng.choice(rounds) for _ in rounds]
+        draws.append(
+            impact(
+                [x for i in picked for x in alone[i].latencies],
+                [x for i in picked for x in searching[i].latencies],
+            )
+        )
+    return percentile(draws, 2.5), percentile(draws, 97.5)
+
+
 def _pooled(results: list[LoadResult]) -> LoadResult:
     """The phases' requests as one result: their latencies, their overall rate."""
     return LoadResult(
@@ -324,11 +358,18 @@ def _line(step: Step) -> str:
         f"  {step.runs:>7} runs: 64c p99 {fmt_ms(h.p99)} ms {step.hub_64.rate:.0f}/s "
         f"hub CPU {step.hub_cpu_ms:.3f} ms/run "
         f"(floor {fmt_ms(f.p99)} ms {step.floor_64.rate:.0f}/s); 16c p99 {fmt_ms(c.p99)} -> "
-        f"{fmt_ms(s.p99)} ms searching; search p50 {fmt_ms(q.p50) if q else '-'} "
+        f"{fmt_ms(s.p99)} ms searching ({_impact_text(step)}); "
+        f"search p50 {fmt_ms(q.p50) if q else '-'} "
         f"p99 {fmt_ms(q.p99) if q else '-'} ms ({len(step.searches)}); "
         f"RSS {step.rss_kib // 1024} MiB (readers {step.readers_rss_kib // 1024}); "
         f"others busy {step.others_cores:.2f} cores"
     )
+
+
+def _impact_text(step: Step) -> str:
+    moved = impact(step.chat_16.latencies, step.chat_16_searching.latencies)
+    ci = step.impact_ci
+    return f"{moved:+.0%}" + (f", 95% {ci[0]:+.0%} .. {ci[1]:+.0%}" if ci else "")
 
 
 def report(plan: Plan, steps: list[Step], quiet: float) -> str:
@@ -339,7 +380,7 @@ def report(plan: Plan, steps: list[Step], quiet: float) -> str:
         c, s = Summary.of(step.chat_16.latencies), Summary.of(step.chat_16_searching.latencies)
         q = Summary.of(step.searches) if step.searches else None
         share = step.hub_64.rate / step.floor_64.rate if step.floor_64.rate else 0.0
-        impact = s.p99 / c.p99 - 1 if c.p99 else 0.0
+        ci = step.impact_ci
         rows.append(
             [
                 f"{step.runs:,}",
@@ -351,7 +392,8 @@ def report(plan: Plan, steps: list[Step], quiet: float) -> str:
                 f"{step.hub_cpu_ms:.2f}",
                 fmt_ms(c.p99),
                 fmt_ms(s.p99),
-                f"{impact:+.0%}",
+                f"{impact(step.chat_16.latencies, step.chat_16_searching.latencies):+.0%}",
+                f"{ci[0]:+.0%} .. {ci[1]:+.0%}" if ci else "-",
                 fmt_ms(q.p50) if q else "-",
                 fmt_ms(q.p99) if q else "-",
                 str(len(step.searches)),
@@ -373,6 +415,7 @@ def report(plan: Plan, steps: list[Step], quiet: float) -> str:
             "16c p99 ms",
             "16c p99 ms, searching",
             "impact",
+            "impact, 95% interval",
             "search p50 ms",
             "search p99 ms",
             "searches",
@@ -407,6 +450,8 @@ def report(plan: Plan, steps: list[Step], quiet: float) -> str:
             "searches back to back (`GET /api/runs?q=<a word of the prompts>`, as an API "
             "key that sees only its own runs: every stored run is its), the two taking "
             "turns to go first; the 16c p99s are those of each way's requests pooled. "
+            "*Impact*: how much searching moved that p99; its *95% interval* comes from "
+            "a bootstrap over the rounds (each round's two phases drawn together). "
             "*Hub CPU ms/run*: the hub process's CPU time (/proc) over the 64-concurrent "
             "phase, per request. "
             "Goals (issue 19): 64c p99 <= "

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from bench.common import (
     DOC_TITLE,
+    LoadResult,
     Summary,
     percentile,
     render_table,
@@ -15,6 +16,7 @@ from bench.common import (
     section_markers,
     with_load,
 )
+from bench.growth import impact, impact_interval
 from bench.profiling import Profile
 
 
@@ -111,3 +113,38 @@ def test_with_load_puts_the_load_after_the_machine_lines() -> None:
     assert lines[4].startswith("- Load (1, 5, 15 min averages")
     assert "0.10 0.20 0.30 before the suite, 1.50 0.60 0.40 after" in lines[4]
     assert lines[:4] == section.split("\n")[:4] and lines[5:] == ["", "body"]
+
+
+def _phase(latencies: list[float]) -> LoadResult:
+    return LoadResult(latencies=latencies, elapsed=1.0)
+
+
+def test_impact_is_the_change_of_the_p99() -> None:
+    """Searching 20% slower throughout moves the p99 by +20%."""
+    alone = [i / 1000 for i in range(1, 1001)]
+    assert impact(alone, [x * 1.2 for x in alone]) == pytest.approx(0.2)
+    assert impact(alone, alone) == 0
+
+
+def test_impact_interval_holds_the_impact_and_widens_when_rounds_disagree() -> None:
+    """Rounds that agree give a narrow interval at the impact; rounds whose impacts
+    differ (searching 10% slower in half of them, not at all in the others) an interval
+    around the pooled impact, inside 0..10%; one round gives none."""
+    base = [i / 1000 for i in range(1, 1001)]
+    alone = [_phase(base) for _ in range(8)]
+    searching = [_phase([x * 1.05 for x in base]) for _ in range(8)]
+    lo, hi = impact_interval(alone, searching) or (None, None)
+    assert lo == pytest.approx(0.05) and hi == pytest.approx(0.05)
+
+    mixed = [_phase([x * (1.1 if r % 2 else 1.0) for x in base]) for r in range(8)]
+    pooled = impact(
+        [x for p in alone for x in p.latencies], [x for p in mixed for x in p.latencies]
+    )
+    wide = impact_interval(alone, mixed)
+    assert wide is not None
+    assert -1e-9 <= wide[0] < pooled < wide[1] <= 0.1 + 1e-9
+    assert wide[1] - wide[0] > 0.02
+
+    assert impact_interval(alone[:1], searching[:1]) is None
+    with pytest.raises(ValueError):
+        impact_interval(alone, searching[:3])
