@@ -62,6 +62,7 @@ async def _router_ctx(app: web.Application) -> AsyncIterator[None]:
     # An API key written in APPROVERS counts as its principal (hub.auth's id of it).
     router.approvals.approvers = approvers_of(app[SETTINGS], principal_for_key)
     app[METRICS].attach(router)
+    app[METRICS].watch_store(app[STORE].activity)
     app[ROUTER] = router
     await router.start()
     yield

@@ -7,16 +7,16 @@ router), so they are never stale.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from hub.router_view import RouterView
-    from hub.store import Run
+    from hub.store import Run, StoreActivity
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -61,6 +61,49 @@ class _RouterGauges(Collector):
         yield held
 
 
+class _StoreCounters(Collector):
+    """The store's writer and readers since it opened (:meth:`hub.store.Store.activity`)."""
+
+    def __init__(self) -> None:
+        self.activity: Callable[[], StoreActivity] | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        if self.activity is None:
+            return
+        now = self.activity()
+        for name, doc, count in (
+            (
+                "codex_hub_store_transactions",
+                "Transactions of the store's writer (each holds many writes: group commit)",
+                now.transactions,
+            ),
+            (
+                "codex_hub_store_transaction_seconds",
+                "Time the store's writer spent in its transactions",
+                now.transaction_s,
+            ),
+            (
+                "codex_hub_store_reads",
+                "Lists, searches and overviews read (in the reader processes)",
+                now.reads,
+            ),
+            (
+                "codex_hub_store_read_seconds",
+                "Time those reads took, the wait for earlier writes included",
+                now.read_s,
+            ),
+            (
+                "codex_hub_store_read_failures",
+                "Reads that failed (a reader that died twice, timed out or could not "
+                "start): answered 503 store_unavailable",
+                now.read_failures,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], count)
+            yield family
+
+
 class Metrics:
     """The hub's metric families, in a registry of their own."""
 
@@ -94,10 +137,16 @@ class Metrics:
         )
         self._gauges = _RouterGauges()
         self.registry.register(self._gauges)
+        self._store = _StoreCounters()
+        self.registry.register(self._store)
 
     def attach(self, router: RouterView) -> None:
         """Read live gauges from ``router`` (its :meth:`~hub.router_view.RouterView.load`)."""
         self._gauges.router = router
+
+    def watch_store(self, activity: Callable[[], StoreActivity]) -> None:
+        """Read the store's counters from ``activity`` (:meth:`hub.store.Store.activity`)."""
+        self._store.activity = activity
 
     def run_submitted(self, run: Run) -> None:
         self._child(self.submitted, run.source).inc()

@@ -16,7 +16,15 @@ The rooms, each on the ones before it (no module imports a later one):
 
 from hub.store.engine import StoreClosed, StoreUnavailable
 from hub.store.readers import ReadFailed
-from hub.store.records import Delivery, EventRow, Run, RunPage, SessionRow, new_run_id
+from hub.store.records import (
+    Delivery,
+    EventRow,
+    Run,
+    RunPage,
+    SessionRow,
+    StoreActivity,
+    new_run_id,
+)
 from hub.store.sql import (
     MIGRATIONS,
     SCHEMA,
@@ -39,6 +47,7 @@ __all__ = [
     "RunPage",
     "SessionRow",
     "Store",
+    "StoreActivity",
     "StoreClosed",
     "StoreUnavailable",
     "new_run_id",

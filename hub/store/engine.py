@@ -63,7 +63,8 @@ from typing import Any, Self, TypeVar
 
 from hub.store import sql
 from hub.store.folding import Item, Outcome, RunKeys, apply_all, resolve_all, run_one
-from hub.store.readers import ReaderPool
+from hub.store.readers import ReaderPool, ReadFailed
+from hub.store.records import StoreActivity
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,13 @@ class Engine:
         self._wal_bytes = 0
         #: How long the writer's last checkpoints (see checkpoint_now) held it, in s.
         self.catch_up_s: list[float] = []
+        # Counters for activity() (each written by one thread: the writer's two by the
+        # writer, the reads' on the loop).
+        self._transactions = 0
+        self._transaction_s = 0.0
+        self._reads = 0
+        self._read_s = 0.0
+        self._read_failures = 0
         self._closed = False
         # Reads off the writer (lists, searches): processes of their own.
         self._readers: ReaderPool | None = None
@@ -357,12 +365,16 @@ class Engine:
             items = [item for item in batch if item is not None]
             if self._held and (stop or time.monotonic() >= self._next_retry):
                 self._replay(conn)
+            started = time.perf_counter()
             if self._held:
                 results = self._while_held(conn, items)
             elif items:
                 results = self._transaction(conn, items)
             else:  # woken to index search's backlog
                 results = []
+            if items:
+                self._transaction_s += time.perf_counter() - started
+                self._transactions += 1
             self._commits += 1
             self._last_commit = time.monotonic()
             if self._checkpoint_idle or self._commits % CHECKPOINT_EVERY_COMMITS == 0:
@@ -616,10 +628,29 @@ class Engine:
         """
         if self._closed or self._loop is None or self._readers is None:
             raise StoreClosed("the store is closed")
-        ticket = self._queued
-        if self._applied < ticket:
-            await self._writes_applied(ticket)
-        return await self._readers.read(fn, args)
+        started = time.perf_counter()
+        try:
+            ticket = self._queued
+            if self._applied < ticket:
+                await self._writes_applied(ticket)
+            return await self._readers.read(fn, args)
+        except ReadFailed:
+            self._read_failures += 1
+            raise
+        finally:
+            self._reads += 1
+            self._read_s += time.perf_counter() - started
+
+    def activity(self) -> StoreActivity:
+        """What the store did since it opened (a scrape may see the writer between its
+        two counters: one transaction's time without its count, say)."""
+        return StoreActivity(
+            transactions=self._transactions,
+            transaction_s=self._transaction_s,
+            reads=self._reads,
+            read_s=self._read_s,
+            read_failures=self._read_failures,
+        )
 
     async def _writes_applied(self, ticket: int) -> None:
         """Return once the writer applied the writes numbered up to ``ticket``, or

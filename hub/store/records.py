@@ -137,3 +137,17 @@ def new_run_id() -> str:
     with _id_lock:
         number = _last_id = max(start, _last_id + 1)
     return f"run_{number:016x}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreActivity:
+    """What the store did since it opened, as counters (``/metrics``)."""
+
+    #: Transactions the writer committed (or rolled back), and their time in all (s).
+    transactions: int
+    transaction_s: float
+    #: Reads (lists, searches, the overview) answered or failed, their time in all (s,
+    #: the wait for earlier writes included), and those that failed (the API's 503).
+    reads: int
+    read_s: float
+    read_failures: int

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hub.appkeys import STORE
+from hub.store import op_insert_run, readers
 from tests.conftest import NODE_TOKEN, ws_url
+from tests.hub.test_store import make_run
 
 Samples = dict[tuple[str, tuple[Any, ...]], float]
 
@@ -92,3 +98,46 @@ async def test_readyz_needs_a_logged_in_executor(hub: Any, fake_executor: Any) -
             async with s.get(hub.url + "/readyz") as resp:
                 assert resp.status == 200
                 assert (await resp.json())["ready"] is True
+
+
+async def test_the_stores_counters_move_with_writes_reads_and_a_failed_read(
+    hub: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transactions and their time move with writes, reads with a list, and a read the
+    readers cannot answer (here: the only reader stopped, past the read timeout) counts
+    as a failure as well as a read; what the operator sees when lists answer 503."""
+    monkeypatch.setattr(readers, "READ_TIMEOUT_S", 0.5)
+    store = hub.app[STORE]
+    async with aiohttp.ClientSession() as s:
+        before = await scrape(s, hub)
+        await store.call(op_insert_run, make_run(1))
+        await store.flush()
+        async with s.get(hub.url + "/api/runs") as resp:
+            assert resp.status == 200
+        after = await scrape(s, hub)
+        assert (
+            value(after, "codex_hub_store_transactions_total")
+            >= value(before, "codex_hub_store_transactions_total") + 2
+        )  # the insert, the flush
+        assert value(after, "codex_hub_store_transaction_seconds_total") > value(
+            before, "codex_hub_store_transaction_seconds_total"
+        )
+        assert (
+            value(after, "codex_hub_store_reads_total")
+            == value(before, "codex_hub_store_reads_total") + 1
+        )
+        assert value(after, "codex_hub_store_read_seconds_total") > value(
+            before, "codex_hub_store_read_seconds_total"
+        )
+        assert value(after, "codex_hub_store_read_failures_total") == 0
+
+        (pid,) = store.reader_pids
+        os.kill(pid, signal.SIGSTOP)
+        async with s.get(hub.url + "/api/runs") as resp:
+            assert resp.status == 503
+        failed = await scrape(s, hub)
+        assert value(failed, "codex_hub_store_read_failures_total") == 1
+        assert (
+            value(failed, "codex_hub_store_reads_total")
+            == value(after, "codex_hub_store_reads_total") + 1
+        )
