@@ -64,7 +64,7 @@ async def measure() -> PageResult | None:
     from playwright.async_api import async_playwright
 
     with tempfile.TemporaryDirectory(prefix="bench-page-") as tmp:
-        settings = HubSettings(HUB_PORT=0, HUB_DB=Path(tmp) / "hub.db", HUB_API_KEYS=_KEY)
+        settings = HubSettings(HUB_PORT=0, HUB_DB=Path(tmp) / "hub.db", HUB_OPERATOR_KEYS=_KEY)
         async with HubServer(settings) as hub, async_playwright() as playwright:
             store = hub.app[STORE]
             start = time.time() - 7200
