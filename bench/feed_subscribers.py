@@ -38,6 +38,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from kernel.process import loop_factory
+
 
 @dataclass
 class Counts:
@@ -154,13 +156,6 @@ async def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run() -> int:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main())
-    return uvloop.run(main())
-
-
 if __name__ == "__main__":
-    sys.exit(_run())
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop where installed
+        sys.exit(runner.run(main()))

@@ -31,6 +31,8 @@ import time
 
 import aiohttp
 
+from kernel.process import loop_factory
+
 
 async def _search(http: aiohttp.ClientSession, headers: dict[str, str], word: str) -> float:
     t0 = time.perf_counter()
@@ -72,13 +74,6 @@ async def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run() -> int:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main())
-    return uvloop.run(main())
-
-
 if __name__ == "__main__":
-    sys.exit(_run())
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop where installed
+        sys.exit(runner.run(main()))
