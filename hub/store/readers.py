@@ -15,7 +15,10 @@ every user) and serves one read at a time: a request is the read's name (one of
 pickled behind its length, over the process's stdin and stdout (its stray output
 goes to stderr). It exits when its stdin closes, so a hub killed with -9 leaves none
 behind. It gets no environment of the hub's (no tokens, no keys): only what Python
-needs to import this package.
+needs to import this package. Like the hub, it makes itself non-dumpable first thing, so
+that codex's commands (the same user) cannot open its pipes through ``/proc``; and both
+sides unpickle only what a read takes or gives (:func:`loads`), so that a message
+written into a pipe by anyone else cannot make the hub call anything.
 
 The pool starts a process at the first read that finds none free (up to ``size``);
 one starts in about 0.1 s (Python, sqlite3 and this package), which only the first reads
@@ -27,7 +30,9 @@ answer dropped, so that the process is free again.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import io
 import logging
 import os
 import pickle
@@ -55,7 +60,13 @@ _LENGTH = struct.Struct(">I")
 #: The interpreter a reader process runs on: the hub's own.
 PYTHON = sys.executable
 #: What a reader process runs (not ``-m`` this module: the package imports it first).
-ENTRY = "from hub.store.readers import serve; serve()"
+#: It closes itself to processes of the same user (codex's commands) before anything
+#: else, as the hub does: a dumpable reader's ``/proc/<pid>/fd`` would hand them the
+#: pipes to and from the hub.
+ENTRY = (
+    "from kernel.process import make_undumpable; make_undumpable(); "
+    "from hub.store.readers import serve; serve()"
+)
 #: Where the ``hub`` package is: a reader process imports it from there.
 _ROOT = str(Path(sql.__file__).resolve().parents[2])
 #: A reader that does not exit within this long of its stdin closing is killed.
@@ -76,6 +87,34 @@ def _environment() -> dict[str, str]:
     env = {name: os.environ[name] for name in _KEPT_ENV if name in os.environ}
     env.update(PYTHONPATH=_ROOT, PYTHONDONTWRITEBYTECODE="1")
     return env
+
+
+#: What a message between the hub and a reader may hold besides plain values (str,
+#: numbers, None, lists, tuples, dicts, sets): the records the reads take and give, and
+#: the exceptions they raise. Nothing else unpickles, so a message written into a pipe
+#: by someone else cannot make either side call anything.
+_MESSAGE_CLASSES = {
+    ("hub.store.records", "Run"),
+    ("hub.store.records", "RunPage"),
+    ("wire.codes", "RunState"),
+}
+_EXCEPTION_MODULES = {"builtins": builtins, "sqlite3": sqlite3}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _MESSAGE_CLASSES:
+            return super().find_class(module, name)
+        found = getattr(_EXCEPTION_MODULES.get(module), name, None)
+        if isinstance(found, type) and issubclass(found, Exception):
+            return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a reader's messages")
+
+
+def loads(data: bytes) -> Any:
+    """A message between the hub and a reader, unpickled with only what a read may hold
+    (:data:`_MESSAGE_CLASSES`, plain values, exceptions of Python and sqlite3)."""
+    return _Unpickler(io.BytesIO(data)).load()
 
 
 class ReadFailed(RuntimeError):
@@ -137,7 +176,7 @@ class _Reader(asyncio.SubprocessProtocol):
         del buffer[: _LENGTH.size + length]
         waiting, self._waiting = self._waiting, None
         try:
-            answer = pickle.loads(body)
+            answer = loads(body)
         except Exception as exc:
             answer = (False, ReaderDied(f"the reader's answer did not read back ({exc!r})"))
         if waiting is not None and not waiting.done():
@@ -332,6 +371,9 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 
 
 def _answer(ok: bool, value: Any) -> bytes:
+    if not ok and type(value).__module__ not in _EXCEPTION_MODULES:
+        # The hub unpickles only Python's and sqlite3's exceptions: another is said in words.
+        value = RuntimeError(f"{type(value).__module__}.{type(value).__name__}: {value}")
     try:
         payload = pickle.dumps((ok, value), pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # an exception that does not pickle: said in words
@@ -344,7 +386,7 @@ def _receive() -> Any:
     """The next message on stdin; None at its end."""
     head = _read_exactly(0, _LENGTH.size)
     body = _read_exactly(0, _LENGTH.unpack(head)[0]) if head is not None else None
-    return pickle.loads(body) if body is not None else None
+    return loads(body) if body is not None else None
 
 
 def serve() -> None:

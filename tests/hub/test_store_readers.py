@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import select
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ from hub.store import ReadFailed, RunPage, Store, op_insert_run, readers, sql
 from hub.store import engine as store_engine
 from hub.store.readers import ReaderPool
 from tests.hub.test_store import make_run as _run
+from wire import RunState
 
 
 def _pool(store: Store) -> ReaderPool:
@@ -227,3 +231,106 @@ async def test_a_reader_that_cannot_start_fails_the_read_clearly_and_the_next_on
                 await store.list_runs()
         monkeypatch.setattr(readers, "PYTHON", sys.executable)
         assert [r.id for r in (await store.list_runs())[0]] == ["run_0001"]
+
+
+class _Gadget:
+    """What a crafted message would carry: a call made while it unpickles."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (subprocess.call, (["touch", str(self.marker)],))
+
+
+def test_a_message_unpickles_only_what_a_read_takes_or_gives(tmp_path: Path) -> None:
+    """Requests and answers (runs, pages, plain values, Python's and sqlite3's errors)
+    read back; a message that would call something (written into a reader's pipe by
+    another process of the user) is refused before anything runs."""
+    message = (
+        True,
+        (
+            [_run(1, state=RunState.RUNNING), _run(2)],
+            RunPage(states=("failed",), query="deploy", principal="key:p"),
+            {"runs": [{"id": "run_1", "n": 1.5, "tags": {"a", "b"}}], "next": None},
+            sqlite3.OperationalError("database is locked"),
+            ValueError("'limit' must be a whole number"),
+        ),
+    )
+    ok, (runs, page, plain, locked, invalid) = readers.loads(
+        pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    )
+    assert ok and (runs, page, plain) == message[1][:3]
+    assert runs[0].state is RunState.RUNNING
+    assert type(locked) is sqlite3.OperationalError and str(locked) == "database is locked"
+    assert type(invalid) is ValueError and "whole number" in str(invalid)
+    marker = tmp_path / "ran"
+    for crafted in (_Gadget(marker), (False, _Gadget(marker)), [os.system]):
+        with pytest.raises(pickle.UnpicklingError, match="not part of a reader's messages"):
+            readers.loads(pickle.dumps(crafted, pickle.HIGHEST_PROTOCOL))
+    assert not marker.exists()
+
+
+def test_an_error_no_message_may_carry_reaches_the_caller_in_words() -> None:
+    """An exception the hub would not unpickle (not Python's or sqlite3's) comes back
+    as a RuntimeError naming it, not as a reader that failed."""
+    payload = readers._answer(False, readers.ReaderDied("from a read"))
+    ok, error = readers.loads(payload[readers._LENGTH.size :])
+    assert not ok and isinstance(error, RuntimeError)
+    assert str(error) == "hub.store.readers.ReaderDied: from a read"
+
+
+_HUB_LISTING = """
+import asyncio, sys
+from hub.store import Store, op_insert_run
+from tests.hub.test_store import make_run
+
+async def main():
+    async with Store(sys.argv[1]) as store:
+        await store.call(op_insert_run, make_run(1, prompt="only mine"))
+        await store.list_runs()
+        print(*store._readers.pids, flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        found, _ = await store.list_runs(query="mine")
+        print(*[run.id for run in found], flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_reader_is_closed_to_other_processes_of_its_user(tmp_path: Path) -> None:
+    """A reader is not dumpable, like the hub: a process of the same user (codex's
+    commands) can neither read its environment nor open its pipes through /proc to write
+    into the hub's or its own; reads go on. Run as root, every process here drops its
+    capabilities (as in tests/abuse), or root would pass every check."""
+    root = Path(__file__).resolve().parents[2]
+    drop = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--"]
+    prefix = drop if os.geteuid() == 0 else []
+    if prefix and shutil.which("setpriv") is None:
+        pytest.fail("running as root needs setpriv (util-linux) to drop capabilities")
+    hub = subprocess.Popen(
+        [*prefix, sys.executable, "-c", _HUB_LISTING, str(tmp_path / "a.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert hub.stdin is not None and hub.stdout is not None
+        [pid] = [int(pid) for pid in hub.stdout.readline().split()]
+        for cmd in (
+            ["sh", "-c", f"printf 'junk' > /proc/{pid}/fd/1"],
+            ["sh", "-c", f"printf 'junk' > /proc/{pid}/fd/0"],
+            ["cat", f"/proc/{pid}/environ"],
+        ):
+            done = subprocess.run([*prefix, *cmd], capture_output=True, timeout=30)
+            assert done.returncode != 0, (cmd, done.stdout)
+            assert b"Permission denied" in done.stderr, (cmd, done.stderr)
+        hub.stdin.write(b"go\n")
+        hub.stdin.flush()
+        assert hub.stdout.readline().split() == [b"run_0001"]
+        assert hub.wait(timeout=30) == 0
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+            hub.wait()
