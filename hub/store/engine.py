@@ -109,8 +109,12 @@ GROUP_COMMIT_S = 0.005
 GROUP_COMMIT_MIN_WRITES = 8
 #: Reader processes for lists and searches (reads at once).
 READERS = 2
-#: A read waits at most this long for the writes queued before it to commit.
-READ_WAIT_S = 0.05
+#: A read waits at most this long for the writes queued before it to commit. Runs are
+#: posted, not awaited, so a client that lists right after its answer needs this wait
+#: to see its run; a writer busy for longer than 50 ms (the cap until now) is common on a
+#: loaded machine. It bounds a read only while the writer is stuck (a long transaction,
+#: a locked file it retries).
+READ_WAIT_S = 1.0
 #: A store that cannot write tries its held writes again after this, then ever later.
 RETRY_UNWRITABLE_S = 0.5
 RETRY_UNWRITABLE_MAX_S = 10.0

@@ -309,3 +309,41 @@ async def test_runs_ending_in_one_transaction_are_updated_by_one_statement_whate
 
 
 _EVT = (1, 1.0, "state", {}, None)
+
+
+async def test_a_read_sees_the_writes_queued_before_it_while_the_writer_is_slow(
+    tmp_path: Path,
+) -> None:
+    """A run posted just before a list is in it even when the writer is busy for a while
+    (here 0.3 s; the cap was 50 ms, and a client that listed right after its answer on
+    a loaded machine saw no run)."""
+    async with Store(tmp_path / "a.db") as store:
+        release = await _hold(store)
+        store.post(op_insert_run, _run(1, prompt="posted just before"))
+        listing = asyncio.ensure_future(store.list_runs())
+        async with asyncio.timeout(10):
+            while not store._read_waiters:  # noqa: ASYNC110 - the read is waiting
+                await asyncio.sleep(0)
+        asyncio.get_running_loop().call_later(0.3, release.set)  # a writer 0.3 s slow
+        async with asyncio.timeout(10):
+            found, _ = await listing
+        assert [r.id for r in found] == ["run_0001"]
+
+
+async def test_a_read_is_not_held_by_a_writer_stuck_past_its_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stuck for longer than READ_WAIT_S does not hold the read: it answers with
+    what is committed, and the write lands once the writer goes on."""
+    monkeypatch.setattr(store_engine, "READ_WAIT_S", 0.2)
+    async with Store(tmp_path / "a.db") as store:
+        release = await _hold(store)
+        try:
+            store.post(op_insert_run, _run(1))
+            async with asyncio.timeout(5):
+                found, _ = await store.list_runs()
+            assert found == []
+        finally:
+            release.set()
+        await store.flush()
+        assert [r.id for r in (await store.list_runs())[0]] == ["run_0001"]
