@@ -3,6 +3,7 @@ today, the median duration; it follows runs as they start and end."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pytest
@@ -32,6 +33,10 @@ async def test_the_overview_strip_shows_now_the_last_hour_and_today(
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     store = monitor_hub.app[STORE]
     now = time.time()
+    # "Today" starts at the page's midnight (the machine's time zone, Chromium's too):
+    # 20 minutes ago, or at midnight when the test runs in the first 20 minutes of a day.
+    midnight = dt.datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    earlier = max(now - 1200, midnight.timestamp())
     for i, (state, took) in enumerate((("failed", 4.0), ("succeeded", 64.0), ("succeeded", 8.0))):
         await store.call(
             op_insert_run,
@@ -40,8 +45,8 @@ async def test_the_overview_strip_shows_now_the_last_hour_and_today(
                 prompt="earlier today",
                 origin={"source": "slack"},
                 source="slack",
-                created_at=now - 1200,
-                finished_at=now - 1200 + took,
+                created_at=earlier,
+                finished_at=earlier + took,
                 state=state,
                 usage={"input_tokens": 1200, "output_tokens": 300},
             ),
